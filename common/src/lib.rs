@@ -1,1 +1,13 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+pub mod ids;
+pub mod layout;
+pub mod range;
+pub mod shard_store;
+pub mod storage;
+
+pub use error::RequestError;
+pub use ids::{JobId, OrgId, ShardId};
+pub use layout::Layout;
+pub use range::{Hour, HourRange};
