@@ -126,13 +126,37 @@ impl fmt::Display for JobId {
     }
 }
 
-/// One shard: one hour of a job's source, named `YYYYMMDDHH`.
+/// One shard: one hour of a job's source, named (and serialised as) `YYYYMMDDHH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ShardId(pub Hour);
 
 impl ShardId {
     pub fn hour(&self) -> Hour {
         self.0
+    }
+
+    pub fn parse(s: &str) -> Result<ShardId, RequestError> {
+        let bad = || RequestError::new("shard id", format!("{s:?} is not YYYYMMDDHH"));
+        if s.len() != 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let t = chrono::NaiveDateTime::parse_from_str(&format!("{s}0000"), "%Y%m%d%H%M%S")
+            .map_err(|_| bad())?;
+        Ok(ShardId(Hour::from_datetime(t.and_utc())))
+    }
+}
+
+impl TryFrom<String> for ShardId {
+    type Error = RequestError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        ShardId::parse(&value)
+    }
+}
+
+impl From<ShardId> for String {
+    fn from(value: ShardId) -> Self {
+        value.to_string()
     }
 }
 
@@ -162,5 +186,14 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), "20240401-120455-7f3a".len());
         assert!(JobId::parse(a.as_str()).is_ok());
+    }
+
+    #[test]
+    fn shard_ids_round_trip_as_text() {
+        let id = ShardId::parse("2024022923").unwrap();
+        assert_eq!(id.to_string(), "2024022923");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"2024022923\"");
+        assert!(ShardId::parse("2023023012").is_err());
+        assert!(ShardId::parse("20230230").is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod job;
 pub mod layout;
 pub mod range;
 pub mod shard_store;
@@ -9,5 +10,6 @@ pub mod storage;
 
 pub use error::RequestError;
 pub use ids::{JobId, OrgId, ShardId};
+pub use job::{JobSpec, OutputKeys};
 pub use layout::Layout;
 pub use range::{Hour, HourRange};

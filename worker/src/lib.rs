@@ -1,4 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod decode;
+pub mod pipeline;
+pub mod record;
+pub mod run;
 pub mod scan;
+pub mod sink;

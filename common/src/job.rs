@@ -1,0 +1,107 @@
+//! The job spec and where a job's outputs live in the destination.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, OrgId, ShardId};
+use crate::layout::Layout;
+use crate::range::HourRange;
+
+/// Everything a worker needs to know about a job to run any of its shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub job: JobId,
+    pub org: OrgId,
+    pub range: HourRange,
+    pub layout: Layout,
+    /// Keep only events whose `arrival_epoch` falls inside `range`.
+    pub arrival_filter: bool,
+    pub max_event_bytes: usize,
+    pub max_attempts: u32,
+}
+
+/// The keys of a job's outputs. Everything of one job sits below `execution_id={job}/`, so two
+/// executions into the same destination never mix, and deleting a job is deleting one prefix.
+/// Names starting with `_` are ignored by Hive-style readers (Spark, pyarrow, DuckDB globs on
+/// `*.parquet`).
+#[derive(Debug, Clone)]
+pub struct OutputKeys {
+    job: JobId,
+}
+
+impl OutputKeys {
+    pub fn new(job: &JobId) -> OutputKeys {
+        OutputKeys { job: job.clone() }
+    }
+
+    /// `execution_id={job}/`: the prefix of every output of the job, in both stores.
+    pub fn job_prefix(&self) -> String {
+        format!("execution_id={}/", self.job)
+    }
+
+    /// A Parquet file of one shard attempt, in its Hive partition.
+    pub fn data_file(&self, org: &OrgId, shard: ShardId, attempt: u32, n: u32) -> String {
+        format!(
+            "execution_id={}/org_id={}/date={}/part-{shard}-a{attempt}-{n}.zstd.parquet",
+            self.job,
+            org,
+            shard.hour().date_string()
+        )
+    }
+
+    /// The failed records of one shard attempt (in the failed-output store).
+    pub fn failed_file(&self, shard: ShardId, attempt: u32) -> String {
+        format!("execution_id={}/failed-{shard}-a{attempt}.jsonl", self.job)
+    }
+
+    /// The manifest a shard attempt writes before it commits.
+    pub fn shard_manifest(&self, shard: ShardId, attempt: u32) -> String {
+        format!(
+            "execution_id={}/_rewind/shards/{shard}-a{attempt}.json",
+            self.job
+        )
+    }
+
+    pub fn job_manifest(&self) -> String {
+        format!("execution_id={}/_manifest.json", self.job)
+    }
+
+    pub fn success_marker(&self) -> String {
+        format!("execution_id={}/_SUCCESS", self.job)
+    }
+}
+
+/// One output file, as listed in manifests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFileEntry {
+    pub key: String,
+    pub size: u64,
+    pub rows: u64,
+}
+
+/// What one archive object contributed to a shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStats {
+    pub key: String,
+    pub size: u64,
+    /// Decompressed bytes decoded.
+    pub decoded_bytes: u64,
+    pub compression: String,
+    pub events: u64,
+    pub damaged: u64,
+}
+
+/// Written by a shard attempt next to its outputs; the shard's done record points to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardManifest {
+    pub job: JobId,
+    pub shard: ShardId,
+    pub attempt: u32,
+    pub prefix: String,
+    pub files: Vec<OutputFileEntry>,
+    pub failed_file: Option<OutputFileEntry>,
+    pub objects: Vec<ObjectStats>,
+    pub skipped_objects: Vec<String>,
+    pub counts: crate::shard_store::ShardCounts,
+    /// Failed records by reason code.
+    pub failed_by_reason: std::collections::BTreeMap<String, u64>,
+}

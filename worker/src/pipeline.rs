@@ -1,0 +1,349 @@
+//! One shard attempt, start to end: list the hour prefix, stream and decode each object,
+//! route every event to exactly one outcome, write the outputs and the shard manifest.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rewind_common::job::{ObjectStats, OutputKeys, ShardManifest};
+use rewind_common::shard_store::ShardCounts;
+use rewind_common::storage::{ObjectSource, OutputStore, StorageError};
+use rewind_common::{JobSpec, ShardId};
+
+use crate::decode::{Decoder, DecoderConfig, Item};
+use crate::record::Verdict;
+use crate::sink::{FailedRecord, FailedSink, ParquetSink, SinkError};
+
+/// Live counters shared by every worker of a process, for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+    pub recovered: AtomicU64,
+    pub filtered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Why a shard attempt failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ShardError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ShardError {
+    fn storage(context: &str, e: &StorageError) -> ShardError {
+        ShardError {
+            message: format!("{context}: {e}"),
+            retryable: e.is_retryable(),
+        }
+    }
+
+    fn sink(e: SinkError) -> ShardError {
+        let retryable = match &e {
+            SinkError::Storage(s) => s.is_retryable(),
+            _ => true,
+        };
+        ShardError {
+            message: format!("writing output: {e}"),
+            retryable,
+        }
+    }
+}
+
+/// Where a shard attempt reads and writes.
+#[derive(Clone)]
+pub struct ShardEnv {
+    pub spec: Arc<JobSpec>,
+    pub source: Arc<dyn ObjectSource>,
+    pub output: Arc<dyn OutputStore>,
+    pub failed_output: Arc<dyn OutputStore>,
+    pub progress: Arc<Progress>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// The compression of an object, detected from its first bytes (names can lie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Codec {
+    pub fn detect(head: &[u8]) -> Codec {
+        match head {
+            [0x1f, 0x8b, ..] => Codec::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Codec::Zstd,
+            _ => Codec::None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// Counts the bytes read through it (the stored, possibly compressed, bytes).
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens an object as a stream of its decompressed bytes.
+pub fn open_decoded(mut raw: Box<dyn Read + Send>) -> io::Result<(Codec, Box<dyn Read + Send>)> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match raw.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let codec = Codec::detect(&head[..got]);
+    let stream = io::Cursor::new(head[..got].to_vec()).chain(raw);
+    let reader: Box<dyn Read + Send> = match codec {
+        Codec::None => Box::new(stream),
+        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(256 << 10, stream),
+        )),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(stream)?),
+    };
+    Ok((codec, reader))
+}
+
+/// Whether an object named like `dataplatform-<org>-<seq>-…` belongs to another org.
+/// Objects with other names are read (a per-org bucket holds only that org's objects).
+fn names_other_org(key: &str, org: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    match name.strip_prefix("dataplatform-") {
+        Some(rest) => {
+            // The org id may itself contain '-': the name is <org>-<seq>-<YYYY>-…, so match the
+            // job's org followed by '-' and a digit (the sequence number).
+            match rest.get(..org.len()) {
+                Some(p) if p.eq_ignore_ascii_case(org) => {
+                    !rest[org.len()..].starts_with('-')
+                        || !rest[org.len() + 1..].starts_with(|c: char| c.is_ascii_digit())
+                }
+                _ => true,
+            }
+        }
+        None => false,
+    }
+}
+
+/// Runs one attempt of one shard and writes its manifest. Outputs of a failed attempt are left
+/// for the caller to discard (they are never referenced by a committed manifest).
+pub fn run_shard(
+    env: &ShardEnv,
+    shard: ShardId,
+    attempt: u32,
+    decoder: DecoderConfig,
+) -> Result<(String, ShardManifest), ShardError> {
+    let spec = &env.spec;
+    let keys = OutputKeys::new(&spec.job);
+    let prefix = spec.layout.prefix(shard.hour(), &spec.org);
+    let listed = env.source.list(&prefix).map_err(|e| {
+        ShardError::storage(
+            &format!("listing {prefix} in {}", env.source.describe()),
+            &e,
+        )
+    })?;
+    let window = spec.arrival_filter.then(|| spec.range.window_ms());
+
+    let (data_keys, org) = (keys.clone(), spec.org.clone());
+    let mut sink = ParquetSink::new(env.output.as_ref(), move |n| {
+        data_keys.data_file(&org, shard, attempt, n)
+    });
+    let mut failed = FailedSink::new(env.failed_output.as_ref(), keys.failed_file(shard, attempt));
+    let mut counts = ShardCounts::default();
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    let mut objects = Vec::new();
+    let mut skipped = Vec::new();
+    let p = &env.progress;
+
+    for object in listed {
+        if env.cancel.load(Ordering::Relaxed) {
+            return Err(ShardError {
+                message: "cancelled".into(),
+                retryable: false,
+            });
+        }
+        if names_other_org(&object.key, spec.org.as_str()) {
+            counts.objects_skipped += 1;
+            skipped.push(object.key);
+            continue;
+        }
+        let raw = env
+            .source
+            .open(&object.key)
+            .map_err(|e| ShardError::storage(&format!("opening {}", object.key), &e))?;
+        let stored = Arc::new(AtomicU64::new(0));
+        let counted = Box::new(Counting {
+            inner: raw,
+            count: stored.clone(),
+        });
+        let (codec, reader) = open_decoded(counted).map_err(|e| ShardError {
+            message: format!("reading {}: {e}", object.key),
+            retryable: true,
+        })?;
+        let mut stats = ObjectStats {
+            key: object.key.clone(),
+            size: object.size,
+            compression: codec.name().into(),
+            ..ObjectStats::default()
+        };
+        let mut dec = Decoder::new(reader, decoder);
+        loop {
+            let item = dec.next().map_err(|e| ShardError {
+                message: format!("reading {}: {e}", object.key),
+                retryable: true,
+            })?;
+            let Some(item) = item else { break };
+            match item {
+                Item::Event(ev) => {
+                    stats.events += 1;
+                    match sink.rows().push(&ev, &spec.org, window) {
+                        Verdict::Recovered => counts.recovered += 1,
+                        Verdict::Filtered => counts.filtered += 1,
+                        Verdict::Failed(reason) => {
+                            counts.failed += 1;
+                            *by_reason.entry("invalid_field".into()).or_default() += 1;
+                            let rec = FailedRecord::new(
+                                &object.key,
+                                ev.offset,
+                                ev.bytes.len() as u64,
+                                "invalid_field",
+                                &reason,
+                                ev.bytes,
+                                false,
+                            );
+                            failed.write(&rec).map_err(ShardError::sink)?;
+                        }
+                    }
+                }
+                Item::Damaged(d) => {
+                    stats.damaged += 1;
+                    counts.failed += 1;
+                    let code = d.damage.code();
+                    *by_reason.entry(code.into()).or_default() += 1;
+                    let reason = d.damage.to_string();
+                    let rec = FailedRecord::new(
+                        &object.key,
+                        d.offset,
+                        d.length,
+                        code,
+                        &reason,
+                        d.raw,
+                        d.raw_truncated,
+                    );
+                    failed.write(&rec).map_err(ShardError::sink)?;
+                }
+            }
+            sink.maybe_flush().map_err(ShardError::sink)?;
+        }
+        stats.decoded_bytes = dec.bytes_read();
+        let stored_bytes = stored.load(Ordering::Relaxed);
+        counts.objects += 1;
+        counts.bytes += stored_bytes;
+        p.objects.fetch_add(1, Ordering::Relaxed);
+        p.bytes.fetch_add(stored_bytes, Ordering::Relaxed);
+        objects.push(stats);
+    }
+    let files = sink.finish().map_err(ShardError::sink)?;
+    let failed_file = failed.finish().map_err(ShardError::sink)?;
+    p.recovered.fetch_add(counts.recovered, Ordering::Relaxed);
+    p.filtered.fetch_add(counts.filtered, Ordering::Relaxed);
+    p.failed.fetch_add(counts.failed, Ordering::Relaxed);
+
+    let manifest = ShardManifest {
+        job: spec.job.clone(),
+        shard,
+        attempt,
+        prefix,
+        files,
+        failed_file,
+        objects,
+        skipped_objects: skipped,
+        counts,
+        failed_by_reason: by_reason,
+    };
+    let key = keys.shard_manifest(shard, attempt);
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ShardError {
+        message: format!("serialising the shard manifest: {e}"),
+        retryable: false,
+    })?;
+    env.output
+        .put(&key, &body)
+        .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
+    Ok((key, manifest))
+}
+
+/// Deletes everything a shard attempt wrote (a failed or fenced attempt). Best effort: what is
+/// left is removed by the job commit's orphan sweep.
+pub fn discard_attempt(
+    env: &ShardEnv,
+    manifest: Option<&ShardManifest>,
+    shard: ShardId,
+    attempt: u32,
+) {
+    let keys = OutputKeys::new(&env.spec.job);
+    if let Some(m) = manifest {
+        for f in &m.files {
+            let _ = env.output.delete(&f.key);
+        }
+    }
+    let _ = env.failed_output.delete(&keys.failed_file(shard, attempt));
+    let _ = env.output.delete(&keys.shard_manifest(shard, attempt));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_of_other_orgs_are_recognised() {
+        let k = "main_stream/2024/04/01/00/";
+        assert!(!names_other_org(
+            &format!("{k}dataplatform-TN-1-000001-2024-04-01-00-05-00-ab"),
+            "TN-1"
+        ));
+        assert!(!names_other_org(
+            &format!("{k}dataplatform-tn-1-000001-2024-04-01-00-05-00-ab.gz"),
+            "TN-1"
+        ));
+        assert!(names_other_org(
+            &format!("{k}dataplatform-TN-12-000001-2024-04-01-00-05-00-ab"),
+            "TN-1"
+        ));
+        assert!(names_other_org(
+            &format!("{k}dataplatform-XY-000001-2024-04-01-00-05-00-ab"),
+            "TN-1"
+        ));
+        assert!(!names_other_org(&format!("{k}events-000001.json"), "TN-1"));
+    }
+
+    #[test]
+    fn codecs_are_detected_by_magic_bytes() {
+        assert_eq!(Codec::detect(&[0x1f, 0x8b, 8, 0]), Codec::Gzip);
+        assert_eq!(Codec::detect(&[0x28, 0xb5, 0x2f, 0xfd]), Codec::Zstd);
+        assert_eq!(Codec::detect(b"{\"a\""), Codec::None);
+        assert_eq!(Codec::detect(b""), Codec::None);
+    }
+}

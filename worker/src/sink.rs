@@ -1,0 +1,245 @@
+//! Outputs of one shard attempt: Parquet files of recovered events and JSON lines of failed
+//! records. Both are written through an `OutputStore` and become visible only when finished.
+
+use std::io::Write;
+
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use rewind_common::job::OutputFileEntry;
+use rewind_common::storage::{OutputFile, OutputStore, StorageError};
+use serde::Serialize;
+
+use crate::record::{Rows, schema};
+
+/// Rows per record batch handed to the Parquet writer.
+const BATCH_ROWS: usize = 16 * 1024;
+/// Or fewer when the `data` column of a batch grows past this.
+const BATCH_BYTES: usize = 32 << 20;
+/// A file is closed and a new one started past this many uncompressed bytes.
+const FILE_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("writing parquet {key}: {source}")]
+    Parquet {
+        key: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("writing {key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn writer_properties() -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .set_max_row_group_bytes(Some(128 << 20))
+        .set_dictionary_enabled(false)
+        .set_statistics_truncate_length(Some(64))
+        .set_created_by(format!("rewind {}", env!("CARGO_PKG_VERSION")));
+    // Low-cardinality columns compress best with dictionaries.
+    for col in ["org_id", "event_type", "domain", "schema_version"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(col), true);
+    }
+    // Min/max of raw JSON text is useless for pruning and costs time.
+    b = b.set_column_statistics_enabled(ColumnPath::from("data"), EnabledStatistics::None);
+    b.build()
+}
+
+/// Writes the recovered rows of one shard attempt as one or more Parquet files.
+pub struct ParquetSink<'a> {
+    store: &'a dyn OutputStore,
+    key_for: Box<dyn Fn(u32) -> String + Send + 'a>,
+    schema: SchemaRef,
+    rows: Rows,
+    current: Option<(String, ArrowWriter<Box<dyn OutputFile>>, u64, u64)>,
+    files: Vec<OutputFileEntry>,
+    next_n: u32,
+}
+
+impl<'a> ParquetSink<'a> {
+    /// `key_for(n)` names the n-th file of the attempt.
+    pub fn new(store: &'a dyn OutputStore, key_for: impl Fn(u32) -> String + Send + 'a) -> Self {
+        ParquetSink {
+            store,
+            key_for: Box::new(key_for),
+            schema: schema(),
+            rows: Rows::default(),
+            current: None,
+            files: Vec::new(),
+            next_n: 0,
+        }
+    }
+
+    pub fn rows(&mut self) -> &mut Rows {
+        &mut self.rows
+    }
+
+    /// Writes the buffered rows out when a batch is full.
+    pub fn maybe_flush(&mut self) -> Result<(), SinkError> {
+        if self.rows.len() >= BATCH_ROWS || self.rows.buffered_bytes() >= BATCH_BYTES {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), SinkError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let batch_bytes = self.rows.buffered_bytes() as u64;
+        let batch = self.rows.finish(&self.schema);
+        if self.current.is_none() {
+            let key = (self.key_for)(self.next_n);
+            self.next_n += 1;
+            let file = self.store.create(&key)?;
+            let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(writer_properties()))
+                .map_err(|source| SinkError::Parquet {
+                    key: key.clone(),
+                    source,
+                })?;
+            self.current = Some((key, writer, 0, 0));
+        }
+        let Some((key, writer, rows, bytes)) = self.current.as_mut() else {
+            unreachable!("a file was just opened")
+        };
+        writer.write(&batch).map_err(|source| SinkError::Parquet {
+            key: key.clone(),
+            source,
+        })?;
+        *rows += batch.num_rows() as u64;
+        *bytes += batch_bytes;
+        if *bytes >= FILE_BYTES {
+            self.close_file()?;
+        }
+        Ok(())
+    }
+
+    fn close_file(&mut self) -> Result<(), SinkError> {
+        if let Some((key, writer, rows, _)) = self.current.take() {
+            let file = writer.into_inner().map_err(|source| SinkError::Parquet {
+                key: key.clone(),
+                source,
+            })?;
+            let size = file.finish()?;
+            self.files.push(OutputFileEntry { key, size, rows });
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes; returns the files written (none when no row was recovered).
+    pub fn finish(mut self) -> Result<Vec<OutputFileEntry>, SinkError> {
+        self.flush_batch()?;
+        self.close_file()?;
+        Ok(std::mem::take(&mut self.files))
+    }
+}
+
+/// One failed record, as written to the failed output (JSON lines).
+#[derive(Debug, Serialize)]
+pub struct FailedRecord<'a> {
+    pub source_key: &'a str,
+    pub byte_offset: u64,
+    pub byte_length: u64,
+    /// A stable short name of the failure (`truncated`, `syntax`, `invalid_utf8`, …).
+    pub code: &'a str,
+    pub reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub raw_truncated: bool,
+}
+
+impl<'a> FailedRecord<'a> {
+    /// `raw` goes out as text when it is UTF-8, else base64.
+    pub fn new(
+        source_key: &'a str,
+        byte_offset: u64,
+        byte_length: u64,
+        code: &'a str,
+        reason: &'a str,
+        raw: &'a [u8],
+        raw_truncated: bool,
+    ) -> Self {
+        use base64::Engine;
+        let (raw, raw_base64) = match std::str::from_utf8(raw) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(raw)),
+            ),
+        };
+        FailedRecord {
+            source_key,
+            byte_offset,
+            byte_length,
+            code,
+            reason,
+            raw,
+            raw_base64,
+            raw_truncated,
+        }
+    }
+}
+
+/// Writes the failed records of one shard attempt; the file exists only if a record was written.
+pub struct FailedSink<'a> {
+    store: &'a dyn OutputStore,
+    key: String,
+    file: Option<Box<dyn OutputFile>>,
+    records: u64,
+}
+
+impl<'a> FailedSink<'a> {
+    pub fn new(store: &'a dyn OutputStore, key: String) -> Self {
+        FailedSink {
+            store,
+            key,
+            file: None,
+            records: 0,
+        }
+    }
+
+    pub fn write(&mut self, record: &FailedRecord<'_>) -> Result<(), SinkError> {
+        if self.file.is_none() {
+            self.file = Some(self.store.create(&self.key)?);
+        }
+        let Some(file) = self.file.as_mut() else {
+            unreachable!("opened above")
+        };
+        let io = |source| SinkError::Io {
+            key: self.key.clone(),
+            source,
+        };
+        serde_json::to_writer(&mut *file, record).map_err(|e| io(e.into()))?;
+        file.write_all(b"\n").map_err(io)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Option<OutputFileEntry>, SinkError> {
+        match self.file {
+            None => Ok(None),
+            Some(file) => {
+                let size = file.finish()?;
+                Ok(Some(OutputFileEntry {
+                    key: self.key,
+                    size,
+                    rows: self.records,
+                }))
+            }
+        }
+    }
+}
