@@ -1,0 +1,54 @@
+//! `rewind gen`.
+
+use rewind_common::range::HourRange;
+use rewind_common::{OrgId, RequestError};
+use rewind_gen::{Compression, GenConfig, generate};
+
+use crate::{Failure, GenArgs};
+
+fn bad(e: RequestError) -> Failure {
+    Failure::BadRequest(e.to_string())
+}
+
+pub fn run(args: GenArgs) -> Result<(), Failure> {
+    let org = OrgId::parse(&args.org).map_err(bad)?;
+    let range = HourRange::parse(&args.start, &args.start, u64::MAX).map_err(bad)?;
+    let compression: Compression = args
+        .compression
+        .parse()
+        .map_err(|e| Failure::BadRequest(format!("invalid --compression: {e}")))?;
+    if !(args.object_mb > 0.0 && args.object_mb <= 1024.0) {
+        return Err(Failure::BadRequest(
+            "invalid --object-mb: must be in (0, 1024]".into(),
+        ));
+    }
+    if args.hours == 0 || args.objects_per_hour == 0 {
+        return Err(Failure::BadRequest(
+            "invalid --hours/--objects-per-hour: must be at least 1".into(),
+        ));
+    }
+    let cfg = GenConfig {
+        org: org.to_string(),
+        start_epoch_hour: range.first.epoch_hours(),
+        hours: args.hours,
+        objects_per_hour: args.objects_per_hour,
+        object_bytes: (args.object_mb * 1024.0 * 1024.0) as u64,
+        seed: args.seed,
+        compression,
+    };
+    let summary = generate(&args.out, &cfg)
+        .map_err(|e| Failure::Job(format!("writing {}: {e}", args.out.display())))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        println!(
+            "wrote {} objects, {} events, {:.1} MB ({:.1} MB stored) under {}",
+            summary.objects,
+            summary.events,
+            summary.bytes as f64 / 1e6,
+            summary.stored_bytes as f64 / 1e6,
+            args.out.display()
+        );
+    }
+    Ok(())
+}

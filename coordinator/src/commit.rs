@@ -1,0 +1,296 @@
+//! The job commit: runs once every shard is done or failed.
+//!
+//! 1. Read the manifest of every committed shard (the done record points to it).
+//! 2. Delete every object under the job's prefix (outputs and failed outputs) that no committed
+//!    manifest references: leftovers of failed or fenced attempts.
+//! 3. Write the job manifest (every file with size and rows, totals, failed shards).
+//! 4. Write `_SUCCESS` only when every shard is done. Readers trust a job after `_SUCCESS`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rewind_common::job::{OutputFileEntry, ShardManifest};
+use rewind_common::shard_store::{ShardCounts, ShardState};
+use rewind_common::storage::{OutputStore, StorageError};
+use rewind_common::{JobSpec, OutputKeys, ShardId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedShard {
+    pub shard: ShardId,
+    pub attempts: u32,
+    pub reason: String,
+}
+
+/// The job manifest, written at `execution_id={job}/_manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobManifest {
+    pub job_id: String,
+    pub state: JobState,
+    pub spec: JobSpec,
+    pub shards: u64,
+    pub shards_done: u64,
+    pub failed_shards: Vec<FailedShard>,
+    pub counts: ShardCounts,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub files: Vec<OutputFileEntry>,
+    pub failed_files: Vec<OutputFileEntry>,
+    pub orphans_deleted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("shard {shard}: manifest {key} is missing or unreadable: {why}")]
+    Manifest {
+        shard: ShardId,
+        key: String,
+        why: String,
+    },
+    #[error("shard {0} is not finished")]
+    Unfinished(ShardId),
+}
+
+/// Commits a job whose shards are all finished (done or failed).
+pub fn commit_job(
+    spec: &JobSpec,
+    shards: &[(ShardId, ShardState)],
+    output: &dyn OutputStore,
+    failed_output: &dyn OutputStore,
+) -> Result<JobManifest, CommitError> {
+    let keys = OutputKeys::new(&spec.job);
+    let mut manifests = Vec::new();
+    let mut failed_shards = Vec::new();
+    for (shard, state) in shards {
+        match state {
+            ShardState::Done(done) => {
+                let bad = |why: String| CommitError::Manifest {
+                    shard: *shard,
+                    key: done.manifest_key.clone(),
+                    why,
+                };
+                let body = output
+                    .get(&done.manifest_key)?
+                    .ok_or_else(|| bad("not found".into()))?;
+                let m: ShardManifest =
+                    serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+                manifests.push((done.manifest_key.clone(), m));
+            }
+            ShardState::Failed { attempts, reason } => failed_shards.push(FailedShard {
+                shard: *shard,
+                attempts: *attempts,
+                reason: reason.clone(),
+            }),
+            ShardState::Pending { .. } | ShardState::Running { .. } => {
+                return Err(CommitError::Unfinished(*shard));
+            }
+        }
+    }
+
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut keep_failed: HashSet<String> = HashSet::new();
+    let mut counts = ShardCounts::default();
+    let mut by_reason = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut failed_files = Vec::new();
+    for (key, m) in &manifests {
+        keep.insert(key.clone());
+        for f in &m.files {
+            keep.insert(f.key.clone());
+            files.push(f.clone());
+        }
+        if let Some(f) = &m.failed_file {
+            keep_failed.insert(f.key.clone());
+            failed_files.push(f.clone());
+        }
+        counts.add(&m.counts);
+        for (reason, n) in &m.failed_by_reason {
+            *by_reason.entry(reason.clone()).or_insert(0) += n;
+        }
+    }
+
+    // Orphans: anything under the job's prefix that no committed shard references.
+    let prefix = keys.job_prefix();
+    let mut orphans = 0;
+    let control = [keys.job_manifest(), keys.success_marker()];
+    for o in output.list(&prefix)? {
+        // (keep_failed too: the failed output may be the same store as the output.)
+        if !keep.contains(&o.key) && !keep_failed.contains(&o.key) && !control.contains(&o.key) {
+            output.delete(&o.key)?;
+            orphans += 1;
+        }
+    }
+    for o in failed_output.list(&prefix)? {
+        if !keep_failed.contains(&o.key) && !keep.contains(&o.key) && !control.contains(&o.key) {
+            failed_output.delete(&o.key)?;
+            orphans += 1;
+        }
+    }
+
+    files.sort_by(|a, b| a.key.cmp(&b.key));
+    failed_files.sort_by(|a, b| a.key.cmp(&b.key));
+    let state = if failed_shards.is_empty() {
+        JobState::Succeeded
+    } else {
+        JobState::Failed
+    };
+    let manifest = JobManifest {
+        job_id: spec.job.to_string(),
+        state,
+        spec: spec.clone(),
+        shards: shards.len() as u64,
+        shards_done: manifests.len() as u64,
+        failed_shards,
+        counts,
+        failed_by_reason: by_reason,
+        files,
+        failed_files,
+        orphans_deleted: orphans,
+    };
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Manifest {
+        shard: ShardId(spec.range.first),
+        key: keys.job_manifest(),
+        why: e.to_string(),
+    })?;
+    output.put(&keys.job_manifest(), &body)?;
+    if state == JobState::Succeeded {
+        output.put(&keys.success_marker(), b"")?;
+    }
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_common::shard_store::ShardDone;
+    use rewind_common::storage::LocalOutput;
+    use rewind_common::{HourRange, JobId, Layout, OrgId};
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            job: JobId::generate(),
+            org: OrgId::parse("TN-1").unwrap(),
+            range: HourRange::parse("2024-01-01T00", "2024-01-01T01", 10).unwrap(),
+            layout: Layout::default(),
+            arrival_filter: false,
+            max_event_bytes: 1 << 20,
+            max_attempts: 3,
+        }
+    }
+
+    fn manifest(
+        spec: &JobSpec,
+        shard: ShardId,
+        attempt: u32,
+        files: Vec<OutputFileEntry>,
+    ) -> ShardManifest {
+        ShardManifest {
+            job: spec.job.clone(),
+            shard,
+            attempt,
+            prefix: String::new(),
+            files,
+            failed_file: None,
+            objects: vec![],
+            skipped_objects: vec![],
+            counts: ShardCounts {
+                recovered: 5,
+                ..Default::default()
+            },
+            failed_by_reason: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn deletes_orphans_and_marks_success_only_when_all_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = LocalOutput::new(dir.path());
+        let failed = LocalOutput::new(dir.path().join("_failed"));
+        let spec = spec();
+        let keys = OutputKeys::new(&spec.job);
+        let hours: Vec<ShardId> = spec.range.hours().map(ShardId).collect();
+        // Attempt 1 of shard 0 died and left a file; attempt 2 committed.
+        let dead = keys.data_file(&spec.org, hours[0], 1, 0);
+        let live = keys.data_file(&spec.org, hours[0], 2, 0);
+        out.put(&dead, b"dead").unwrap();
+        out.put(&live, b"live").unwrap();
+        failed.put(&keys.failed_file(hours[0], 1), b"{}\n").unwrap();
+        let m = manifest(
+            &spec,
+            hours[0],
+            2,
+            vec![OutputFileEntry {
+                key: live.clone(),
+                size: 4,
+                rows: 5,
+            }],
+        );
+        let mkey = keys.shard_manifest(hours[0], 2);
+        out.put(&mkey, &serde_json::to_vec(&m).unwrap()).unwrap();
+        let done = ShardState::Done(ShardDone {
+            attempt: 2,
+            manifest_key: mkey,
+            counts: m.counts.clone(),
+        });
+        let failed_state = ShardState::Failed {
+            attempts: 3,
+            reason: "boom".into(),
+        };
+
+        let result = commit_job(
+            &spec,
+            &[(hours[0], done.clone()), (hours[1], failed_state)],
+            &out,
+            &failed,
+        )
+        .unwrap();
+        assert_eq!(result.state, JobState::Failed);
+        assert_eq!(result.orphans_deleted, 2);
+        assert_eq!(result.failed_shards[0].reason, "boom");
+        assert!(out.get(&dead).unwrap().is_none());
+        assert!(out.get(&live).unwrap().is_some());
+        assert!(out.get(&keys.job_manifest()).unwrap().is_some());
+        assert!(
+            out.get(&keys.success_marker()).unwrap().is_none(),
+            "no _SUCCESS for a failed job"
+        );
+
+        let (other, _) = (hours[1], ());
+        let m2 = manifest(&spec, other, 1, vec![]);
+        let m2key = keys.shard_manifest(other, 1);
+        out.put(&m2key, &serde_json::to_vec(&m2).unwrap()).unwrap();
+        let done2 = ShardState::Done(ShardDone {
+            attempt: 1,
+            manifest_key: m2key,
+            counts: m2.counts.clone(),
+        });
+        let ok = commit_job(&spec, &[(hours[0], done), (other, done2)], &out, &failed).unwrap();
+        assert_eq!(ok.state, JobState::Succeeded);
+        assert_eq!(ok.counts.recovered, 10);
+        assert_eq!(ok.files.len(), 1);
+        assert!(out.get(&keys.success_marker()).unwrap().is_some());
+    }
+
+    #[test]
+    fn refuses_unfinished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = LocalOutput::new(dir.path());
+        let spec = spec();
+        let shard = ShardId(spec.range.first);
+        let running = ShardState::Running {
+            attempt: 1,
+            worker: "w".into(),
+        };
+        assert!(matches!(
+            commit_job(&spec, &[(shard, running)], &out, &out),
+            Err(CommitError::Unfinished(_))
+        ));
+    }
+}
