@@ -1,0 +1,494 @@
+//! End to end through the `rewind` binary: generate an archive, recover it, read the Parquet
+//! back and compare every event with what was archived (read independently with serde_json).
+//! No server is needed: this is the embedded mode.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rewind");
+
+/// The generator seed: fixed by default, `REWIND_TEST_SEED` to try others.
+fn seed() -> String {
+    std::env::var("REWIND_TEST_SEED").unwrap_or_else(|_| "20240401".into())
+}
+
+fn generate(dir: &Path, start: &str, hours: &str, compression: &str, extra: &[&str]) {
+    let seed = seed();
+    let mut args = vec![
+        "gen",
+        "--out",
+        dir.to_str().unwrap(),
+        "--org",
+        "TN-e2e",
+        "--start",
+        start,
+        "--hours",
+        hours,
+        "--objects-per-hour",
+        "3",
+        "--object-mb",
+        "0.2",
+        "--seed",
+        &seed,
+        "--compression",
+        compression,
+    ];
+    args.extend_from_slice(extra);
+    let out = run(BIN, &args);
+    assert!(
+        out.status.success(),
+        "gen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn recover(src: &Path, dest: &Path, start: &str, end: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "run",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        "TN-e2e",
+        "--start",
+        start,
+        "--end",
+        end,
+        "--dest",
+        dest.to_str().unwrap(),
+        "--json",
+        "--workers",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(BIN, &args);
+    assert!(
+        out.status.success(),
+        "run failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(&out)
+}
+
+fn by_event_id(rows: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
+    let mut map = BTreeMap::new();
+    for row in rows {
+        let id = row["event_id"].as_str().unwrap().to_string();
+        assert!(
+            map.insert(id.clone(), row).is_none(),
+            "event {id} appears twice"
+        );
+    }
+    map
+}
+
+#[test]
+fn recovers_exactly_the_events_of_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    // Four hours across midnight; recover the middle two (one per day) with the arrival filter.
+    generate(&src, "2024-04-01T22", "4", "mixed", &[]);
+    let summary = recover(
+        &src,
+        &dest,
+        "2024-04-01T23",
+        "2024-04-02T00",
+        &["--arrival-filter"],
+    );
+
+    let (lo, hi) = (1_712_012_400_000i64, 1_712_019_600_000i64); // 2024-04-01T23 .. 2024-04-02T01
+    let in_hours = ["main_stream/2024/04/01/23", "main_stream/2024/04/02/00"];
+    let archived: Vec<_> = archived_events(&src)
+        .into_iter()
+        .filter(|e| in_hours.contains(&e.hour_dir.as_str()))
+        .collect();
+    let expected: Vec<_> = archived
+        .iter()
+        .filter(|e| (lo..hi).contains(&e.value["arrival_epoch"].as_i64().unwrap()))
+        .collect();
+    assert!(
+        archived.len() > expected.len(),
+        "the sample must contain late arrivals to filter"
+    );
+
+    let job = summary["job_id"].as_str().unwrap().to_string();
+    let rows = parquet_rows(&dest);
+    for row in &rows {
+        let p = &row["_partition"];
+        assert_eq!(p["execution_id"], job.as_str());
+        assert_eq!(p["org_id"], "TN-e2e");
+    }
+    // Partition date = the date of the hour shard the event was filed under.
+    let date_of: BTreeMap<String, String> = expected
+        .iter()
+        .map(|e| {
+            (
+                e.value["event_id"].as_str().unwrap().to_string(),
+                e.hour_dir[12..22].replace('/', "-"),
+            )
+        })
+        .collect();
+    for row in &rows {
+        let id = row["event_id"].as_str().unwrap();
+        assert_eq!(
+            row["_partition"]["date"].as_str(),
+            date_of.get(id).map(String::as_str),
+            "{id}"
+        );
+    }
+    let got = by_event_id(rows.into_iter().map(|mut r| {
+        r.as_object_mut().unwrap().remove("_partition");
+        r
+    }));
+    let want = by_event_id(expected.iter().map(|e| expected_row(&e.value)));
+    assert_eq!(got.len(), want.len());
+    for (id, row) in &want {
+        assert_eq!(got.get(id), Some(row), "event {id} differs");
+    }
+
+    assert_eq!(summary["state"], "succeeded");
+    assert_eq!(summary["shards"], 2);
+    assert_eq!(summary["objects"], 6);
+    assert_eq!(summary["recovered"], want.len() as u64);
+    assert_eq!(summary["filtered"], (archived.len() - want.len()) as u64);
+    assert_eq!(summary["failed"], 0);
+    let exec = dest.join(format!("execution_id={job}"));
+    assert!(exec.join("_SUCCESS").exists());
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(exec.join("_manifest.json")).unwrap()).unwrap();
+    let manifest_rows: u64 = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(manifest_rows, want.len() as u64);
+    assert!(!dest.join("_failed").exists() || files_below(&dest.join("_failed")).is_empty());
+}
+
+#[test]
+fn two_runs_into_one_destination_stay_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2024-02-29T10", "2", "none", &[]);
+    let all = recover(&src, &dest, "2024-02-29", "2024-02-29", &[]);
+    let one = recover(&src, &dest, "2024-02-29T11", "2024-02-29T11", &[]);
+    let (a, b) = (
+        all["job_id"].as_str().unwrap(),
+        one["job_id"].as_str().unwrap(),
+    );
+    assert_ne!(a, b);
+    assert_eq!(all["shards"], 24, "a date means the whole day");
+    let total = archived_events(&src).len() as u64;
+    assert_eq!(all["recovered"], total);
+    let rows = parquet_rows(&dest);
+    let per_job = |job: &str| {
+        rows.iter()
+            .filter(|r| r["_partition"]["execution_id"] == job)
+            .count() as u64
+    };
+    assert_eq!(per_job(a), total);
+    assert_eq!(per_job(b), one["recovered"].as_u64().unwrap());
+    assert!(per_job(b) > 0 && per_job(b) < total);
+    for job in [a, b] {
+        assert!(dest.join(format!("execution_id={job}/_SUCCESS")).exists());
+    }
+}
+
+#[test]
+fn damage_is_routed_to_failed_records_and_the_rest_recovered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2024-04-01T05", "1", "none", &[]);
+    let objects = files_below(&src);
+    assert_eq!(objects.len(), 3);
+    let all_ids: BTreeSet<String> = archived_events(&src)
+        .iter()
+        .map(|e| e.value["event_id"].as_str().unwrap().to_string())
+        .collect();
+
+    // Event boundaries of each object, found independently.
+    let bounds = |bytes: &[u8]| -> Vec<usize> {
+        let mut it = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+        let mut ends = vec![];
+        while it.next().is_some() {
+            ends.push(it.byte_offset());
+        }
+        ends
+    };
+    let id_at = |bytes: &[u8], from: usize| -> String {
+        let v: Value = serde_json::Deserializer::from_slice(&bytes[from..])
+            .into_iter()
+            .next()
+            .unwrap()
+            .unwrap();
+        v["event_id"].as_str().unwrap().to_string()
+    };
+    let mut lost = BTreeSet::new();
+    // 1. A truncated tail: the last event is cut in half.
+    let mut a = fs::read(&objects[0]).unwrap();
+    let ends = bounds(&a);
+    let last_start = ends[ends.len() - 2];
+    lost.insert(id_at(&a, last_start));
+    a.truncate(last_start + (ends[ends.len() - 1] - last_start) / 2);
+    fs::write(&objects[0], &a).unwrap();
+    // 2. Garbage between two events, and an event with invalid UTF-8 in a string.
+    let mut b = fs::read(&objects[1]).unwrap();
+    let ends = bounds(&b);
+    let (g, u) = (ends[3], ends[10]);
+    lost.insert(id_at(&b, u));
+    let quote = b[u..].iter().position(|&c| c == b'"').unwrap() + u;
+    let close = b[quote + 1..].iter().position(|&c| c == b'"').unwrap() + quote + 1;
+    b.insert(close, 0xff);
+    b.splice(g..g, b"\x00garbage{oops".iter().copied());
+    fs::write(&objects[1], &b).unwrap();
+    // 3. An event cut in the middle and followed directly by the next one.
+    let mut c = fs::read(&objects[2]).unwrap();
+    let ends = bounds(&c);
+    let (s, e) = (ends[5], ends[6]);
+    lost.insert(id_at(&c, s));
+    c.drain(s + (e - s) / 2..e);
+    fs::write(&objects[2], &c).unwrap();
+
+    let summary = recover(&src, &dest, "2024-04-01T05", "2024-04-01T05", &[]);
+    assert_eq!(
+        summary["state"], "succeeded",
+        "damage does not fail the job"
+    );
+    assert_eq!(summary["failed"], 4);
+    let reasons = &summary["failed_by_reason"];
+    assert_eq!(reasons["truncated"], 1);
+    assert_eq!(reasons["syntax"], 2);
+    assert_eq!(reasons["invalid_utf8"], 1);
+
+    let recovered: BTreeSet<String> = parquet_rows(&dest)
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    let want: BTreeSet<String> = all_ids.difference(&lost).cloned().collect();
+    assert_eq!(
+        recovered, want,
+        "every undamaged event is recovered, nothing else"
+    );
+    assert_eq!(summary["recovered"], want.len() as u64);
+
+    let job = summary["job_id"].as_str().unwrap();
+    let failed_dir = dest.join(format!("_failed/execution_id={job}"));
+    let mut records = Vec::new();
+    for f in files_below(&failed_dir) {
+        for line in fs::read_to_string(&f).unwrap().lines() {
+            records.push(serde_json::from_str::<Value>(line).unwrap());
+        }
+    }
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        let key = r["source_key"].as_str().unwrap();
+        assert!(
+            key.starts_with("main_stream/2024/04/01/05/dataplatform-TN-e2e-"),
+            "{key}"
+        );
+        assert!(r["reason"].as_str().unwrap().len() > 5);
+        let (off, len) = (
+            r["byte_offset"].as_u64().unwrap() as usize,
+            r["byte_length"].as_u64().unwrap() as usize,
+        );
+        let object = fs::read(src.join(key)).unwrap();
+        let raw: Vec<u8> = match (&r["raw"], &r["raw_base64"]) {
+            (Value::String(s), _) => s.as_bytes().to_vec(),
+            (_, Value::String(b)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.decode(b).unwrap()
+            }
+            _ => panic!("no raw bytes in {r}"),
+        };
+        assert_eq!(raw, object[off..off + len], "raw bytes of {r}");
+    }
+    assert!(
+        records.iter().any(|r| r["raw_base64"].is_string()),
+        "invalid UTF-8 goes out as base64"
+    );
+}
+
+#[test]
+fn bad_requests_exit_2_name_the_argument_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    fs::create_dir_all(&src).unwrap();
+    let dest = tmp.path().join("out");
+    let s = src.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--org",
+                "TN-1",
+                "--start",
+                "2024-02-30",
+                "--end",
+                "2024-03-01",
+            ],
+            "--start",
+        ),
+        (
+            vec![
+                "--org",
+                "TN-1",
+                "--start",
+                "2024-03-02",
+                "--end",
+                "2024-03-01",
+            ],
+            "--end",
+        ),
+        (
+            vec![
+                "--org",
+                "TN-1",
+                "--start",
+                "2024-03-01T25",
+                "--end",
+                "2024-03-01",
+            ],
+            "--start",
+        ),
+        (
+            vec![
+                "--org",
+                "../etc",
+                "--start",
+                "2024-03-01",
+                "--end",
+                "2024-03-01",
+            ],
+            "--org",
+        ),
+        (
+            vec![
+                "--org",
+                "a/b",
+                "--start",
+                "2024-03-01",
+                "--end",
+                "2024-03-01",
+            ],
+            "--org",
+        ),
+        (
+            vec![
+                "--org",
+                "TN-1",
+                "--start",
+                "2020-01-01",
+                "--end",
+                "2024-03-01",
+            ],
+            "--max-range-hours",
+        ),
+        (
+            vec![
+                "--org",
+                "TN-1",
+                "--start",
+                "2024-03-01",
+                "--end",
+                "2024-03-01",
+                "--layout",
+                "../{YYYY}/{MM}/{DD}/{HH}",
+            ],
+            "--layout",
+        ),
+    ];
+    for (extra, named) in cases {
+        let mut args = vec!["run", "--source", &s, "--dest", dest.to_str().unwrap()];
+        args.extend(extra.iter());
+        let out = run(BIN, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{extra:?}: message does not name {named}: {stderr}"
+        );
+        assert!(!dest.exists(), "{extra:?} wrote something");
+    }
+    let missing = tmp.path().join("nope");
+    let out = run(
+        BIN,
+        &[
+            "run",
+            "--source",
+            missing.to_str().unwrap(),
+            "--org",
+            "TN-1",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-03-01",
+            "--dest",
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--source"));
+    assert!(!dest.exists());
+}
+
+#[test]
+fn a_shard_that_fails_every_attempt_fails_the_job_with_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2024-04-01T00", "2", "none", &[]);
+    // The second hour's prefix cannot be listed: a file stands where its directory should be.
+    let hour = src.join("main_stream/2024/04/01/01");
+    fs::remove_dir_all(&hour).unwrap();
+    fs::write(&hour, b"not a directory").unwrap();
+    let out = run(
+        BIN,
+        &[
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-e2e",
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T01",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--json",
+            "--max-attempts",
+            "2",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout_json(&out);
+    assert_eq!(summary["state"], "failed");
+    assert_eq!(summary["shards_done"], 1);
+    let failed = &summary["failed_shards"][0];
+    assert_eq!(failed["shard"], "2024040101");
+    assert_eq!(failed["attempts"], 2);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("main_stream/2024/04/01/01/"),
+        "{failed}"
+    );
+    let job = summary["job_id"].as_str().unwrap();
+    let exec = dest.join(format!("execution_id={job}"));
+    assert!(
+        !exec.join("_SUCCESS").exists(),
+        "a failed job has no _SUCCESS"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(exec.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["state"], "failed");
+}
