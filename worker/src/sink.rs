@@ -56,13 +56,20 @@ pub fn writer_properties() -> WriterProperties {
     b.build()
 }
 
+struct OpenFile {
+    key: String,
+    writer: ArrowWriter<Box<dyn OutputFile>>,
+    rows: u64,
+    bytes: u64,
+}
+
 /// Writes the recovered rows of one shard attempt as one or more Parquet files.
 pub struct ParquetSink<'a> {
     store: &'a dyn OutputStore,
     key_for: Box<dyn Fn(u32) -> String + Send + 'a>,
     schema: SchemaRef,
     rows: Rows,
-    current: Option<(String, ArrowWriter<Box<dyn OutputFile>>, u64, u64)>,
+    current: Option<OpenFile>,
     files: Vec<OutputFileEntry>,
     next_n: u32,
 }
@@ -108,9 +115,20 @@ impl<'a> ParquetSink<'a> {
                     key: key.clone(),
                     source,
                 })?;
-            self.current = Some((key, writer, 0, 0));
+            self.current = Some(OpenFile {
+                key,
+                writer,
+                rows: 0,
+                bytes: 0,
+            });
         }
-        let Some((key, writer, rows, bytes)) = self.current.as_mut() else {
+        let Some(OpenFile {
+            key,
+            writer,
+            rows,
+            bytes,
+        }) = self.current.as_mut()
+        else {
             unreachable!("a file was just opened")
         };
         writer.write(&batch).map_err(|source| SinkError::Parquet {
@@ -126,7 +144,10 @@ impl<'a> ParquetSink<'a> {
     }
 
     fn close_file(&mut self) -> Result<(), SinkError> {
-        if let Some((key, writer, rows, _)) = self.current.take() {
+        if let Some(OpenFile {
+            key, writer, rows, ..
+        }) = self.current.take()
+        {
             let file = writer.into_inner().map_err(|source| SinkError::Parquet {
                 key: key.clone(),
                 source,

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""End-to-end efficiency of `rewind run` against DuckDB, measured in the same run.
+
+    python3 bench/compare.py                 # ~240 MB: 4 hours x 12 objects x 5 MB
+    BENCH_HOURS=2 BENCH_OBJECT_MB=5 python3 bench/compare.py
+
+Needs: `pip install duckdb` and a release build (`cargo build --release -p rewind-cli`; the
+script builds it when missing). Each contender runs as a child process; its CPU time
+(user + sys) and peak RSS come from wait4(), so the figures are MB of input per CPU-second.
+Compare ratios, not absolute numbers: these machines are shared and noisy.
+"""
+import json, os, shutil, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "out")
+BIN = os.path.join(ROOT, "target", "release", "rewind")
+
+
+def child(args, **kw):
+    """Runs a command; returns (cpu_seconds, wall_seconds, peak_rss_mb, stdout)."""
+    t0 = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, **kw)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args[0]} failed with {status}")
+    return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
+
+
+def gen(path, hours, per_hour, object_mb):
+    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run([BIN, "gen", "--out", path, "--org", "TN-bench", "--start", "2024-04-01T00",
+                    "--hours", str(hours), "--objects-per-hour", str(per_hour),
+                    "--object-mb", str(object_mb), "--seed", "7"], check=True, stdout=subprocess.DEVNULL)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def rewind(src, hours, workers):
+    dest = os.path.join(OUT, "rewind-dest")
+    shutil.rmtree(dest, ignore_errors=True)
+    end = f"2024-04-01T{hours - 1:02d}"
+    cpu, wall, rss, out = child([BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                                 "--end", end, "--dest", dest, "--json", "--workers", str(workers)])
+    return cpu, wall, rss, json.loads(out)["recovered"]
+
+
+DUCK = """
+import duckdb, sys
+con = duckdb.connect()
+con.execute("SET threads TO 2")
+con.execute(f"COPY (SELECT * FROM read_json('{sys.argv[1]}/**/*', format='unstructured')) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")
+print(con.execute(f"SELECT count(*) FROM '{sys.argv[2]}'").fetchone()[0])
+"""
+
+
+def duckdb(src):
+    dest = os.path.join(OUT, "duckdb.parquet")
+    if os.path.exists(dest):
+        os.remove(dest)
+    cpu, wall, rss, out = child([sys.executable, "-c", DUCK, src, dest])
+    return cpu, wall, rss, int(out)
+
+
+def main():
+    hours = int(os.environ.get("BENCH_HOURS", "4"))
+    per_hour = int(os.environ.get("BENCH_OBJECTS_PER_HOUR", "12"))
+    object_mb = float(os.environ.get("BENCH_OBJECT_MB", "5"))
+    if not os.path.exists(BIN):
+        subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
+    os.makedirs(OUT, exist_ok=True)
+    src = os.path.join(OUT, "archive")
+    size = gen(src, hours, per_hour, object_mb)
+    mb = size / 1e6
+    print(f"input: {mb:.0f} MB in {hours * per_hour} objects of {object_mb} MB")
+    r = rewind(src, hours, 2)
+    d = duckdb(src)
+    print(f"{'':22}{'events':>10}{'CPU s':>8}{'wall s':>8}{'MB/CPU-s':>10}{'peak RSS MB':>13}")
+    for name, (cpu, wall, rss, n) in [("rewind run", r), ("duckdb unstructured", d)]:
+        print(f"{name:22}{n:>10}{cpu:>8.2f}{wall:>8.2f}{mb / cpu:>10.0f}{rss:>13.0f}")
+    if r[3] != d[3]:
+        print(f"WARNING: event counts differ (rewind {r[3]}, duckdb {d[3]})")
+    print(f"efficiency ratio rewind/duckdb: {(mb / r[0]) / (mb / d[0]):.2f}x")
+
+    # Peak RSS must not grow with object size: same bytes, objects 4x larger.
+    small = gen(src, 1, 16, object_mb / 2)
+    rs = rewind(src, 1, 2)
+    large = gen(src, 1, 2, object_mb * 4)
+    rl = rewind(src, 1, 2)
+    print(f"peak RSS, 1 hour: {small / 1e6:.0f} MB in {object_mb / 2} MB objects -> {rs[2]:.0f} MB; "
+          f"{large / 1e6:.0f} MB in {object_mb * 4} MB objects -> {rl[2]:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
