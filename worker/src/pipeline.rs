@@ -209,6 +209,7 @@ pub fn run_shard(
             compression: codec.name().into(),
             ..ObjectStats::default()
         };
+        let before = counts.clone();
         let mut dec = Decoder::new(reader, decoder);
         loop {
             let item = dec.next().map_err(|e| ShardError {
@@ -262,15 +263,19 @@ pub fn run_shard(
         let stored_bytes = stored.load(Ordering::Relaxed);
         counts.objects += 1;
         counts.bytes += stored_bytes;
+        // Published per object, keeping atomics out of the per-event loop.
         p.objects.fetch_add(1, Ordering::Relaxed);
         p.bytes.fetch_add(stored_bytes, Ordering::Relaxed);
+        p.recovered
+            .fetch_add(counts.recovered - before.recovered, Ordering::Relaxed);
+        p.filtered
+            .fetch_add(counts.filtered - before.filtered, Ordering::Relaxed);
+        p.failed
+            .fetch_add(counts.failed - before.failed, Ordering::Relaxed);
         objects.push(stats);
     }
     let files = sink.finish().map_err(ShardError::sink)?;
     let failed_file = failed.finish().map_err(ShardError::sink)?;
-    p.recovered.fetch_add(counts.recovered, Ordering::Relaxed);
-    p.filtered.fetch_add(counts.filtered, Ordering::Relaxed);
-    p.failed.fetch_add(counts.failed, Ordering::Relaxed);
 
     let manifest = ShardManifest {
         job: spec.job.clone(),
