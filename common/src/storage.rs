@@ -127,12 +127,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
     };
     for entry in entries {
         let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        let file_type = entry.file_type()?;
         let path = entry.path();
+        if entry.file_name().to_str().is_none() {
+            // Object keys are UTF-8; never skip such a file silently.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} has a name that is not valid UTF-8", path.display()),
+            ));
+        }
+        let file_type = entry.file_type()?;
         if file_type.is_dir() {
             walk(root, &path, out)?;
         } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
@@ -142,7 +145,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
                 .filter_map(|c| c.as_os_str().to_str())
                 .collect::<Vec<_>>()
                 .join("/");
-            let _ = name;
             out.push(ObjectMeta {
                 key,
                 size: entry.metadata()?.len(),
