@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rewind_common::shard_store::{InMemoryShardStore, ShardStore};
 use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore};
-use rewind_common::{HourRange, JobId, JobSpec, Layout, OrgId, OutputKeys, RequestError};
+use rewind_common::{HourRange, JobId, JobSpec, Layout, OrgId, OutputKeys};
 use rewind_coordinator::commit::{JobManifest, JobState, commit_job};
 use rewind_coordinator::plan::plan;
 use rewind_worker::decode::DecoderConfig;
@@ -18,10 +18,6 @@ use rewind_worker::run::{WorkerConfig, work_job};
 use serde::Serialize;
 
 use crate::{Failure, RunArgs};
-
-fn bad(e: RequestError) -> Failure {
-    Failure::BadRequest(e.to_string())
-}
 
 /// The final summary; with `--json` it is the only thing on stdout.
 #[derive(Debug, Serialize)]
@@ -52,9 +48,9 @@ struct Summary<'a> {
 }
 
 fn validate(args: &RunArgs) -> Result<JobSpec, Failure> {
-    let org = OrgId::parse(&args.org).map_err(bad)?;
-    let range = HourRange::parse(&args.start, &args.end, args.max_range_hours).map_err(bad)?;
-    let layout = Layout::parse(&args.layout).map_err(bad)?;
+    let org = OrgId::parse(&args.org)?;
+    let range = HourRange::parse(&args.start, &args.end, args.max_range_hours)?;
+    let layout = Layout::parse(&args.layout)?;
     if !args.source.is_dir() {
         return Err(Failure::BadRequest(format!(
             "invalid --source: {} is not a directory",

@@ -1,18 +1,14 @@
 //! `rewind gen`.
 
+use rewind_common::OrgId;
 use rewind_common::range::HourRange;
-use rewind_common::{OrgId, RequestError};
 use rewind_gen::{Compression, GenConfig, generate};
 
 use crate::{Failure, GenArgs};
 
-fn bad(e: RequestError) -> Failure {
-    Failure::BadRequest(e.to_string())
-}
-
 pub fn run(args: GenArgs) -> Result<(), Failure> {
-    let org = OrgId::parse(&args.org).map_err(bad)?;
-    let range = HourRange::parse(&args.start, &args.start, u64::MAX).map_err(bad)?;
+    let org = OrgId::parse(&args.org)?;
+    let range = HourRange::parse(&args.start, &args.start, u64::MAX)?;
     let compression: Compression = args
         .compression
         .parse()

@@ -103,6 +103,12 @@ pub enum Failure {
     Job(String),
 }
 
+impl From<rewind_common::RequestError> for Failure {
+    fn from(e: rewind_common::RequestError) -> Self {
+        Failure::BadRequest(e.to_string())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = !std::io::stderr().is_terminal();
