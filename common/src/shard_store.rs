@@ -145,7 +145,8 @@ pub trait ShardStore: Send + Sync {
         worker: &str,
     ) -> impl Future<Output = Result<Option<Claim>, StoreError>> + Send;
 
-    /// Marks the claimed shard done; `Fenced` when the claim is no longer current.
+    /// Marks the claimed shard done; `Fenced` when the claim is no longer current. Idempotent:
+    /// repeating a commit that took effect (its response was lost) returns `Ok`.
     fn commit(
         &self,
         claim: &Claim,
@@ -391,6 +392,12 @@ impl ShardStore for InMemoryShardStore {
 
     async fn commit(&self, claim: &Claim, done: ShardDone) -> Result<(), StoreError> {
         self.with(|s| {
+            if let Some(mem) = s.jobs.get(&claim.job)
+                && !mem.claims.contains_key(&claim.shard)
+                && mem.shards.get(&claim.shard) == Some(&ShardState::Done(done.clone()))
+            {
+                return Ok(()); // the same commit again: acknowledged, nothing changes
+            }
             let job = Self::check_claim(s, claim)?;
             job.claims.remove(&claim.shard);
             job.shards.insert(claim.shard, ShardState::Done(done));
@@ -540,8 +547,17 @@ pub mod contract {
         store.commit(&second, done(2)).await.unwrap();
         let states = store.shards(&job).await.unwrap();
         assert_eq!(states[0].1, ShardState::Done(done(2)));
-        // Committing twice is fenced too: the claim is gone.
-        assert!(store.commit(&second, done(2)).await.is_err());
+        // A commit retried after a lost response is acknowledged (same record), but the claim
+        // is gone: anything else is fenced.
+        store
+            .commit(&second, done(2))
+            .await
+            .expect("a repeated identical commit is idempotent");
+        assert!(matches!(
+            store.commit(&second, done(3)).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert_eq!(states[0].1, ShardState::Done(done(2)));
     }
 
     /// Keep-alive keeps claims; failures are retried until max attempts, then failed with the

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod servers;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;

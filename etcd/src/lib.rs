@@ -1,0 +1,1001 @@
+//! The etcd side of the distributed mode: the [`ShardStore`] over etcd ([`EtcdStore`]), the job
+//! registry the coordinator and workers share, and the coordinator's leader key.
+//!
+//! Keys, below a root (default `/rewind/v1/`):
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `specs/{job}` | the job record (spec, source, destination) | - |
+//! | `states/{job}` | the job status (running, cancelled, final summary) | - |
+//! | `active/{job}` | empty: the jobs workers look for work in | - |
+//! | `jobs/{job}/meta` | max attempts and the shard list as runs of hours | - |
+//! | `jobs/{job}/cursor` | index of the first shard not yet made claimable | - |
+//! | `jobs/{job}/ready/{shard}` | a claimable shard (attempts so far, last error) | - |
+//! | `jobs/{job}/run/{shard}` | an attempt in flight (attempt, worker) | - |
+//! | `jobs/{job}/claim/{shard}` | the worker holding the shard | worker's |
+//! | `jobs/{job}/live/{shard}` | live counters of the attempt | worker's |
+//! | `jobs/{job}/done/{shard}` | attempt, manifest key, counts | - |
+//! | `jobs/{job}/failed/{shard}` | attempts, last reason | - |
+//! | `leader` | the leading coordinator | its own |
+//!
+//! Pending shards are made claimable lazily, a window at a time (`cursor`), so a job of a year
+//! writes 100 ready keys, not 8,760, and claiming never scans the job. A claim is one txn (ready
+//! key unchanged and claim key absent -> delete ready, put run, put claim with the lease); the
+//! revision of that txn is the claim key's create revision and the **fencing token**. Commit and
+//! fail are one txn each that succeeds only while the claim key still has that create revision.
+//! When a worker's lease expires, etcd deletes its claim keys; the `run` record stays behind and
+//! marks the attempt as lost: the next claimant re-claims it (attempt + 1) or, at the last
+//! attempt, records it failed. Until then, `progress` and `shards` already report it that way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
+    Txn, TxnOp, TxnOpResponse,
+};
+use rewind_common::shard_store::{
+    AfterFailure, Claim, JobProgress, LeaseId, ShardDone, ShardState, ShardStore, StoreError,
+};
+use rewind_common::{Hour, JobId, ShardId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+pub const DEFAULT_ROOT: &str = "/rewind/v1/";
+
+/// How many shards one refill makes claimable (etcd allows 128 operations per txn).
+const WINDOW: usize = 100;
+/// How many ready keys a claimant looks at before picking one at random (fewer collisions).
+const PICK_FROM: i64 = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    max_attempts: u32,
+    /// The shards, as runs of consecutive hours: (first epoch hour, count).
+    runs: Vec<(i64, u64)>,
+    total: u64,
+}
+
+impl Meta {
+    fn new(shards: &[ShardId], max_attempts: u32) -> Meta {
+        let mut runs: Vec<(i64, u64)> = Vec::new();
+        for s in shards {
+            let h = s.hour().epoch_hours();
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n as i64 == h => *n += 1,
+                _ => runs.push((h, 1)),
+            }
+        }
+        Meta {
+            max_attempts: max_attempts.max(1),
+            runs,
+            total: shards.len() as u64,
+        }
+    }
+
+    fn shard(&self, mut index: u64) -> Option<ShardId> {
+        for (first, n) in &self.runs {
+            if index < *n {
+                return Some(ShardId(Hour::from_epoch_hours(first + index as i64)));
+            }
+            index -= n;
+        }
+        None
+    }
+
+    fn all(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.runs.iter().flat_map(|(first, n)| {
+            (0..*n as i64).map(move |i| ShardId(Hour::from_epoch_hours(first + i)))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ReadyRecord {
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunRecord {
+    attempt: u32,
+    worker: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FailedRecord {
+    attempts: u32,
+    reason: String,
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+fn lease_error(e: etcd_client::Error, lease: LeaseId) -> StoreError {
+    let text = e.to_string();
+    if text.contains("lease not found") {
+        StoreError::LeaseExpired(lease)
+    } else {
+        unavailable(e)
+    }
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd key {key} holds an unreadable value: {e}"))
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn parse<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+    serde_json::from_slice(kv.value()).map_err(|e| corrupt(&String::from_utf8_lossy(kv.key()), e))
+}
+
+fn lost_reason(attempt: u32) -> String {
+    format!("lease expired during attempt {attempt}")
+}
+
+/// A small random number source for picking among ready keys (no dependency needed).
+fn random_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(n);
+    (h.finish() % n.max(1) as u64) as usize
+}
+
+/// The etcd shard store and job registry. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    root: String,
+    endpoints: Vec<String>,
+    metas: std::sync::Arc<Mutex<HashMap<JobId, Meta>>>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// Connects and checks that etcd answers. One attempt; see [`EtcdStore::connect_retrying`].
+    pub async fn connect(endpoints: &[String], root: &str) -> Result<EtcdStore, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        let where_ = endpoints.join(",");
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("etcd at {where_}: {e}")))?;
+        let store = EtcdStore {
+            client,
+            root: if root.ends_with('/') {
+                root.to_string()
+            } else {
+                format!("{root}/")
+            },
+            endpoints: endpoints.to_vec(),
+            metas: Default::default(),
+        };
+        store
+            .client
+            .kv_client()
+            .get(format!("{}probe", store.root), None)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("etcd at {where_}: {e}")))?;
+        Ok(store)
+    }
+
+    /// Connects, retrying with exponential backoff (capped at 5 s) until etcd answers or
+    /// `give_up_after` passes. Each failed attempt is logged with the address.
+    pub async fn connect_retrying(
+        endpoints: &[String],
+        root: &str,
+        give_up_after: Option<Duration>,
+    ) -> Result<EtcdStore, StoreError> {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match EtcdStore::connect(endpoints, root).await {
+                Ok(store) => return Ok(store),
+                Err(e) => {
+                    if give_up_after.is_some_and(|limit| started.elapsed() >= limit) {
+                        return Err(e);
+                    }
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn job_key(&self, job: &JobId, kind: &str) -> String {
+        format!("{}jobs/{job}/{kind}", self.root)
+    }
+
+    fn shard_key(&self, job: &JobId, kind: &str, shard: ShardId) -> String {
+        format!("{}jobs/{job}/{kind}/{shard}", self.root)
+    }
+
+    fn shard_of(key: &[u8]) -> Option<ShardId> {
+        let key = std::str::from_utf8(key).ok()?;
+        ShardId::parse(key.rsplit('/').next()?).ok()
+    }
+
+    async fn get(
+        &self,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut resp = self
+            .client
+            .kv_client()
+            .get(key, options)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.take_kvs())
+    }
+
+    async fn prefix(&self, key: String) -> Result<Vec<KeyValue>, StoreError> {
+        self.get(key, Some(GetOptions::new().with_prefix())).await
+    }
+
+    async fn count(&self, key: String) -> Result<u64, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.count().max(0) as u64)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.client.kv_client().txn(txn).await
+    }
+
+    async fn meta(&self, job: &JobId) -> Result<Meta, StoreError> {
+        if let Some(m) = self.metas.lock().ok().and_then(|m| m.get(job).cloned()) {
+            return Ok(m);
+        }
+        let kvs = self.get(self.job_key(job, "meta"), None).await?;
+        let kv = kvs
+            .first()
+            .ok_or_else(|| StoreError::JobNotFound(job.clone()))?;
+        let meta: Meta = parse(kv)?;
+        if let Ok(mut m) = self.metas.lock() {
+            m.insert(job.clone(), meta.clone());
+        }
+        Ok(meta)
+    }
+
+    fn create_ops(&self, job: &JobId, shards: &[ShardId], max_attempts: u32) -> Vec<TxnOp> {
+        vec![
+            TxnOp::put(
+                self.job_key(job, "meta"),
+                json(&Meta::new(shards, max_attempts)),
+                None,
+            ),
+            TxnOp::put(self.job_key(job, "cursor"), "0", None),
+        ]
+    }
+
+    /// Claims under `lease` with one txn; `Ok(None)` when the txn lost a race.
+    async fn try_claim(
+        &self,
+        job: &JobId,
+        shard: ShardId,
+        attempt: u32,
+        lease: LeaseId,
+        worker: &str,
+        guard: Compare,
+        extra: Option<TxnOp>,
+    ) -> Result<Option<Claim>, StoreError> {
+        let claim_key = self.shard_key(job, "claim", shard);
+        let mut ops = vec![
+            TxnOp::put(
+                self.shard_key(job, "run", shard),
+                json(&RunRecord {
+                    attempt,
+                    worker: worker.to_string(),
+                }),
+                None,
+            ),
+            TxnOp::put(
+                claim_key.clone(),
+                worker,
+                Some(PutOptions::new().with_lease(lease.0)),
+            ),
+        ];
+        ops.extend(extra);
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([
+                        guard,
+                        Compare::create_revision(claim_key, CompareOp::Equal, 0),
+                    ])
+                    .and_then(ops),
+            )
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        let token = resp.header().map(|h| h.revision()).unwrap_or_default() as u64;
+        Ok(Some(Claim {
+            job: job.clone(),
+            shard,
+            lease,
+            token,
+            attempt,
+        }))
+    }
+
+    /// Attempts in flight whose claim vanished with an expired lease: (shard, record, mod rev).
+    async fn lost_attempts(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<(ShardId, RunRecord, i64)>, StoreError> {
+        let runs = self.prefix(self.job_key(job, "run/")).await?;
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claims: HashSet<ShardId> = self
+            .get(
+                self.job_key(job, "claim/"),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?
+            .iter()
+            .filter_map(|kv| Self::shard_of(kv.key()))
+            .collect();
+        let mut lost = Vec::new();
+        for kv in &runs {
+            let Some(shard) = Self::shard_of(kv.key()) else {
+                continue;
+            };
+            if !claims.contains(&shard) {
+                lost.push((shard, parse::<RunRecord>(kv)?, kv.mod_revision()));
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn lease_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let resp = self
+            .client
+            .lease_client()
+            .time_to_live(lease.0, None)
+            .await
+            .map_err(unavailable)?;
+        if resp.ttl() <= 0 {
+            Err(StoreError::LeaseExpired(lease))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Revokes a lease now (a worker or coordinator shutting down cleanly): its claims go back
+    /// at once instead of after the TTL.
+    pub async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.client
+            .lease_client()
+            .revoke(lease.0)
+            .await
+            .map(|_| ())
+            .map_err(|e| lease_error(e, lease))
+    }
+
+    // ---- job registry -------------------------------------------------------------------
+
+    /// Registers a job: its record, status, shards and the active marker, in one txn.
+    pub async fn submit<R: Serialize, S: Serialize>(
+        &self,
+        job: &JobId,
+        record: &R,
+        status: &S,
+        shards: &[ShardId],
+        max_attempts: u32,
+    ) -> Result<(), StoreError> {
+        let mut ops = self.create_ops(job, shards, max_attempts);
+        ops.push(TxnOp::put(
+            format!("{}specs/{job}", self.root),
+            json(record),
+            None,
+        ));
+        ops.push(TxnOp::put(
+            format!("{}states/{job}", self.root),
+            json(status),
+            None,
+        ));
+        ops.push(TxnOp::put(format!("{}active/{job}", self.root), "", None));
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        format!("{}specs/{job}", self.root),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(ops),
+            )
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::JobExists(job.clone()))
+        }
+    }
+
+    /// The job's record, as submitted.
+    pub async fn record<R: DeserializeOwned>(&self, job: &JobId) -> Result<R, StoreError> {
+        let kvs = self.get(format!("{}specs/{job}", self.root), None).await?;
+        parse(
+            kvs.first()
+                .ok_or_else(|| StoreError::JobNotFound(job.clone()))?,
+        )
+    }
+
+    /// The job's status.
+    pub async fn status<S: DeserializeOwned>(&self, job: &JobId) -> Result<S, StoreError> {
+        let kvs = self.get(format!("{}states/{job}", self.root), None).await?;
+        parse(
+            kvs.first()
+                .ok_or_else(|| StoreError::JobNotFound(job.clone()))?,
+        )
+    }
+
+    /// Every job's status, oldest job id first.
+    pub async fn statuses<S: DeserializeOwned>(&self) -> Result<Vec<(JobId, S)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.prefix(format!("{}states/", self.root)).await? {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            let Some(id) = key.rsplit('/').next().and_then(|s| JobId::parse(s).ok()) else {
+                continue;
+            };
+            out.push((id, parse(&kv)?));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the job's status; `finished` also removes it from the active jobs.
+    pub async fn set_status<S: Serialize>(
+        &self,
+        job: &JobId,
+        status: &S,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        let mut ops = vec![TxnOp::put(
+            format!("{}states/{job}", self.root),
+            json(status),
+            None,
+        )];
+        if finished {
+            ops.push(TxnOp::delete(format!("{}active/{job}", self.root), None));
+        }
+        self.txn(Txn::new().and_then(ops))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Deletes a finished job's per-shard keys; its status (with the summary) stays.
+    pub async fn compact(&self, job: &JobId) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .delete(
+                self.job_key(job, ""),
+                Some(DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(unavailable)?;
+        if let Ok(mut m) = self.metas.lock() {
+            m.remove(job);
+        }
+        Ok(())
+    }
+
+    /// The jobs workers should look for shards in.
+    pub async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        Ok(self
+            .get(
+                format!("{}active/", self.root),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                JobId::parse(key.rsplit('/').next()?).ok()
+            })
+            .collect())
+    }
+
+    /// Publishes an attempt's live counters, attached to the worker's lease.
+    pub async fn put_live<T: Serialize>(
+        &self,
+        claim: &Claim,
+        counts: &T,
+    ) -> Result<(), StoreError> {
+        let claim_key = self.shard_key(&claim.job, "claim", claim.shard);
+        self.txn(
+            Txn::new()
+                .when([Compare::create_revision(
+                    claim_key,
+                    CompareOp::Equal,
+                    claim.token as i64,
+                )])
+                .and_then([TxnOp::put(
+                    self.shard_key(&claim.job, "live", claim.shard),
+                    json(counts),
+                    Some(PutOptions::new().with_lease(claim.lease.0)),
+                )]),
+        )
+        .await
+        .map_err(|e| lease_error(e, claim.lease))?;
+        Ok(())
+    }
+
+    /// The live counters of the job's attempts in flight.
+    pub async fn live<T: DeserializeOwned>(&self, job: &JobId) -> Result<Vec<T>, StoreError> {
+        self.prefix(self.job_key(job, "live/"))
+            .await?
+            .iter()
+            .map(parse)
+            .collect()
+    }
+
+    /// The committed shards' done records.
+    pub async fn done(&self, job: &JobId) -> Result<Vec<(ShardId, ShardDone)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.prefix(self.job_key(job, "done/")).await? {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                out.push((shard, parse(&kv)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes or keeps the leader key for `id` under `lease`; true while this caller leads.
+    pub async fn lead(&self, id: &str, lease: LeaseId) -> Result<bool, StoreError> {
+        let key = format!("{}leader", self.root);
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        id,
+                        Some(PutOptions::new().with_lease(lease.0)),
+                    )])
+                    .or_else([TxnOp::get(key, None)]),
+            )
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(get) = op
+                && let Some(kv) = get.kvs().first()
+            {
+                return Ok(kv.value() == id.as_bytes() && kv.lease() == lease.0);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The id of the leading coordinator, if any.
+    pub async fn leader(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(format!("{}leader", self.root), None)
+            .await?
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+    }
+}
+
+impl ShardStore for EtcdStore {
+    async fn create_job(
+        &self,
+        job: &JobId,
+        shards: &[ShardId],
+        max_attempts: u32,
+    ) -> Result<(), StoreError> {
+        let meta_key = self.job_key(job, "meta");
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(meta_key, CompareOp::Equal, 0)])
+                    .and_then(self.create_ops(job, shards, max_attempts)),
+            )
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::JobExists(job.clone()))
+        }
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let resp = self
+            .client
+            .lease_client()
+            .grant(secs, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.client
+            .lease_client()
+            .keep_alive(lease.0)
+            .await
+            .map(|_| ())
+            .map_err(|e| lease_error(e, lease))
+    }
+
+    async fn claim(
+        &self,
+        job: &JobId,
+        lease: LeaseId,
+        worker: &str,
+    ) -> Result<Option<Claim>, StoreError> {
+        let meta = self.meta(job).await?;
+        // Each round either claims, loses a race to another claimant (and retries), or finds
+        // nothing; the bound only guards against a livelock bug.
+        for _ in 0..10_000 {
+            // 1. A ready shard, picked at random among the first few to spread claimants.
+            let ready = self
+                .get(
+                    self.job_key(job, "ready/"),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_limit(PICK_FROM)
+                            .with_serializable(),
+                    ),
+                )
+                .await?;
+            if !ready.is_empty() {
+                let kv = &ready[random_index(ready.len())];
+                let Some(shard) = Self::shard_of(kv.key()) else {
+                    continue;
+                };
+                let rec: ReadyRecord = parse(kv)?;
+                let guard =
+                    Compare::mod_revision(kv.key().to_vec(), CompareOp::Equal, kv.mod_revision());
+                let delete = TxnOp::delete(kv.key().to_vec(), None);
+                if let Some(c) = self
+                    .try_claim(
+                        job,
+                        shard,
+                        rec.attempts + 1,
+                        lease,
+                        worker,
+                        guard,
+                        Some(delete),
+                    )
+                    .await?
+                {
+                    return Ok(Some(c));
+                }
+                continue;
+            }
+            // 2. Make the next window of shards claimable.
+            let cursor_key = self.job_key(job, "cursor");
+            let cursor = self.get(cursor_key.clone(), None).await?;
+            let Some(kv) = cursor.first() else {
+                return Err(StoreError::JobNotFound(job.clone()));
+            };
+            let next: u64 = std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| corrupt(&cursor_key, "not a number"))?;
+            if next < meta.total {
+                let end = (next + WINDOW as u64).min(meta.total);
+                let mut ops = vec![TxnOp::put(cursor_key.clone(), end.to_string(), None)];
+                for i in next..end {
+                    if let Some(shard) = meta.shard(i) {
+                        ops.push(TxnOp::put(self.shard_key(job, "ready", shard), "{}", None));
+                    }
+                }
+                self.txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            cursor_key,
+                            CompareOp::Equal,
+                            kv.mod_revision(),
+                        )])
+                        .and_then(ops),
+                )
+                .await
+                .map_err(unavailable)?;
+                continue;
+            }
+            // 3. Attempts lost with an expired lease: retry them, or fail them at the last one.
+            let mut raced = false;
+            for (shard, run, rev) in self.lost_attempts(job).await? {
+                let run_key = self.shard_key(job, "run", shard);
+                let guard = Compare::mod_revision(run_key.clone(), CompareOp::Equal, rev);
+                if run.attempt < meta.max_attempts {
+                    match self
+                        .try_claim(job, shard, run.attempt + 1, lease, worker, guard, None)
+                        .await?
+                    {
+                        Some(c) => return Ok(Some(c)),
+                        None => raced = true,
+                    }
+                } else {
+                    let failed = FailedRecord {
+                        attempts: run.attempt,
+                        reason: lost_reason(run.attempt),
+                    };
+                    self.txn(
+                        Txn::new()
+                            .when([
+                                guard,
+                                Compare::create_revision(
+                                    self.shard_key(job, "claim", shard),
+                                    CompareOp::Equal,
+                                    0,
+                                ),
+                            ])
+                            .and_then([
+                                TxnOp::delete(run_key, None),
+                                TxnOp::put(
+                                    self.shard_key(job, "failed", shard),
+                                    json(&failed),
+                                    None,
+                                ),
+                            ]),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
+            }
+            if raced {
+                continue;
+            }
+            // Nothing claimable: say so, unless the caller's lease is gone.
+            self.lease_alive(lease).await?;
+            return Ok(None);
+        }
+        Err(StoreError::Unavailable(
+            "claim kept losing races; giving up this round".into(),
+        ))
+    }
+
+    async fn commit(&self, claim: &Claim, done: ShardDone) -> Result<(), StoreError> {
+        let job = &claim.job;
+        let done_key = self.shard_key(job, "done", claim.shard);
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        self.shard_key(job, "claim", claim.shard),
+                        CompareOp::Equal,
+                        claim.token as i64,
+                    )])
+                    .and_then([
+                        TxnOp::put(done_key.clone(), json(&done), None),
+                        TxnOp::delete(self.shard_key(job, "claim", claim.shard), None),
+                        TxnOp::delete(self.shard_key(job, "run", claim.shard), None),
+                        TxnOp::delete(self.shard_key(job, "live", claim.shard), None),
+                    ])
+                    .or_else([TxnOp::get(done_key, None)]),
+            )
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        // A commit retried after its response was lost finds its own done record: committed.
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(get) = op
+                && let Some(kv) = get.kvs().first()
+                && parse::<ShardDone>(kv).is_ok_and(|d| d == done)
+            {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Fenced {
+            shard: claim.shard,
+            token: claim.token,
+        })
+    }
+
+    async fn fail(
+        &self,
+        claim: &Claim,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<AfterFailure, StoreError> {
+        let job = &claim.job;
+        let meta = self.meta(job).await?;
+        let (after, op) = if retryable && claim.attempt < meta.max_attempts {
+            let rec = ReadyRecord {
+                attempts: claim.attempt,
+                last_error: Some(reason.to_string()),
+            };
+            (
+                AfterFailure::WillRetry,
+                TxnOp::put(self.shard_key(job, "ready", claim.shard), json(&rec), None),
+            )
+        } else {
+            let rec = FailedRecord {
+                attempts: claim.attempt,
+                reason: reason.to_string(),
+            };
+            (
+                AfterFailure::Failed,
+                TxnOp::put(self.shard_key(job, "failed", claim.shard), json(&rec), None),
+            )
+        };
+        self.end_attempt(claim, op).await?;
+        Ok(after)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+        let rec = ReadyRecord {
+            attempts: claim.attempt - 1,
+            last_error: None,
+        };
+        let op = TxnOp::put(
+            self.shard_key(&claim.job, "ready", claim.shard),
+            json(&rec),
+            None,
+        );
+        self.end_attempt(claim, op).await
+    }
+
+    async fn progress(&self, job: &JobId) -> Result<JobProgress, StoreError> {
+        let meta = self.meta(job).await?;
+        let done = self.count(self.job_key(job, "done/")).await?;
+        let mut failed = self.count(self.job_key(job, "failed/")).await?;
+        let running = self.count(self.job_key(job, "claim/")).await?;
+        for (_, run, _) in self.lost_attempts(job).await? {
+            if run.attempt >= meta.max_attempts {
+                failed += 1;
+            }
+        }
+        let pending = meta.total.saturating_sub(done + failed + running);
+        Ok(JobProgress {
+            pending,
+            running,
+            done,
+            failed,
+        })
+    }
+
+    async fn shards(&self, job: &JobId) -> Result<Vec<(ShardId, ShardState)>, StoreError> {
+        let meta = self.meta(job).await?;
+        let mut states: BTreeMap<ShardId, ShardState> = meta
+            .all()
+            .map(|s| {
+                (
+                    s,
+                    ShardState::Pending {
+                        attempts: 0,
+                        last_error: None,
+                    },
+                )
+            })
+            .collect();
+        for kv in self.prefix(self.job_key(job, "ready/")).await? {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                let rec: ReadyRecord = parse(&kv)?;
+                states.insert(
+                    shard,
+                    ShardState::Pending {
+                        attempts: rec.attempts,
+                        last_error: rec.last_error,
+                    },
+                );
+            }
+        }
+        let claims: HashSet<ShardId> = self
+            .get(
+                self.job_key(job, "claim/"),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?
+            .iter()
+            .filter_map(|kv| Self::shard_of(kv.key()))
+            .collect();
+        for kv in self.prefix(self.job_key(job, "run/")).await? {
+            let Some(shard) = Self::shard_of(kv.key()) else {
+                continue;
+            };
+            let run: RunRecord = parse(&kv)?;
+            let state = if claims.contains(&shard) {
+                ShardState::Running {
+                    attempt: run.attempt,
+                    worker: run.worker,
+                }
+            } else if run.attempt >= meta.max_attempts {
+                ShardState::Failed {
+                    attempts: run.attempt,
+                    reason: lost_reason(run.attempt),
+                }
+            } else {
+                ShardState::Pending {
+                    attempts: run.attempt,
+                    last_error: Some(lost_reason(run.attempt)),
+                }
+            };
+            states.insert(shard, state);
+        }
+        for kv in self.prefix(self.job_key(job, "done/")).await? {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                states.insert(shard, ShardState::Done(parse(&kv)?));
+            }
+        }
+        for kv in self.prefix(self.job_key(job, "failed/")).await? {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                let f: FailedRecord = parse(&kv)?;
+                states.insert(
+                    shard,
+                    ShardState::Failed {
+                        attempts: f.attempts,
+                        reason: f.reason,
+                    },
+                );
+            }
+        }
+        Ok(states.into_iter().collect())
+    }
+}
+
+impl EtcdStore {
+    /// Ends an attempt (fail or release) with one txn guarded by the fencing token.
+    async fn end_attempt(&self, claim: &Claim, op: TxnOp) -> Result<(), StoreError> {
+        let job = &claim.job;
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        self.shard_key(job, "claim", claim.shard),
+                        CompareOp::Equal,
+                        claim.token as i64,
+                    )])
+                    .and_then([
+                        op,
+                        TxnOp::delete(self.shard_key(job, "claim", claim.shard), None),
+                        TxnOp::delete(self.shard_key(job, "run", claim.shard), None),
+                        TxnOp::delete(self.shard_key(job, "live", claim.shard), None),
+                    ]),
+            )
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                shard: claim.shard,
+                token: claim.token,
+            })
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Real servers for tests, started on free loopback ports with temp dirs and stopped on drop:
+//! etcd, and our own binaries as child processes (so kill -9 and SIGSTOP are real).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A temp dir on tmpfs when the machine has one (etcd fsyncs every write; tests do not need
+/// durability across machine crashes, only across process restarts).
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new().prefix("rewind-").tempdir_in(shm)
+    {
+        return d;
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn http_get_ok(port: u16, path: &str) -> bool {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200")
+}
+
+/// Kills a child (and reaps it) when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, then wait.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit by itself, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(c) = self.0.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.0 = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            // A stopped process ignores SIGKILL until continued on some kernels' ptrace paths;
+            // SIGCONT first makes the kill reliable.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// A real etcd (Debian's `etcd-server`) on free loopback ports.
+#[derive(Debug)]
+pub struct Etcd {
+    pub client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: ChildGuard,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = fast_tempdir();
+        let client_port = free_port();
+        let peer_port = free_port();
+        let child = Self::spawn(dir.path(), client_port, peer_port);
+        let etcd = Etcd {
+            client_port,
+            peer_port,
+            dir,
+            child,
+        };
+        etcd.wait_ready();
+        etcd
+    }
+
+    fn spawn(dir: &Path, client_port: u16, peer_port: u16) -> ChildGuard {
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", "t1", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t1={peer}")])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}); install it with `apt-get install -y etcd-server` (scripts/test.sh does)")
+            });
+        ChildGuard(Some(child))
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_get_ok(self.client_port, "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        panic!(
+            "etcd did not become healthy on port {}; log: {}",
+            self.client_port,
+            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (SIGKILL) and leaves it down.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts etcd again on the same ports and data: a restart.
+    pub fn restart(&mut self) {
+        self.child.kill();
+        self.child = Self::spawn(self.dir.path(), self.client_port, self.peer_port);
+        self.wait_ready();
+    }
+}
+
+/// One of our binaries running as a child process, with its stderr in a file.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: ChildGuard,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(bin: &str, args: &[String], log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .env("REWIND_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        Proc {
+            child: ChildGuard(Some(child)),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits until `port` accepts TCP connections.
+pub fn wait_port(port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
