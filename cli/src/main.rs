@@ -1,11 +1,11 @@
 //! The `rewind` command line.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod client;
 mod embedded;
 mod generate;
 
@@ -26,10 +26,60 @@ enum Command {
     Run(RunArgs),
     /// Write a deterministic, realistic sample archive.
     Gen(GenArgs),
+    /// Submit a job to a coordinator (the distributed mode); prints the job id.
+    Submit(SubmitArgs),
+    /// Show the plan of a job (shards, objects, bytes) without running it.
+    Plan(PlanArgs),
+    /// Show one job's state and counts.
+    Status(JobRef),
+    /// Follow a job with a live progress bar; exits with the job's outcome.
+    Watch(JobRef),
+    /// List the coordinator's jobs.
+    Jobs(Remote),
+    /// Cancel a job: workers stop its shards, no _SUCCESS is written.
+    Cancel(JobRef),
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct Remote {
+    /// The coordinator's gRPC address.
+    #[arg(long, env = "REWIND_COORDINATOR", default_value = client::DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobRef {
+    /// The job id (as printed by `rewind submit`).
+    pub job: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Wait for the job to finish: print its summary and exit with its outcome (0, 1).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+/// What to recover: the same flags for `rewind run`, `rewind submit` and `rewind plan`.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
     /// Directory holding the archive (laid out as --layout describes).
     #[arg(long)]
     pub source: PathBuf,
@@ -51,21 +101,50 @@ pub struct RunArgs {
     /// Keep only events whose arrival_epoch falls inside the requested range.
     #[arg(long)]
     pub arrival_filter: bool,
-    /// Shards processed in parallel (default: the number of CPUs).
-    #[arg(long)]
-    pub workers: Option<usize>,
     /// Where failed records go (default: <dest>/_failed).
     #[arg(long)]
     pub failed_output: Option<PathBuf>,
     /// Largest event accepted, in bytes; larger ones are failed records.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
     /// Longest range accepted, in hours.
     #[arg(long, default_value_t = rewind_common::range::DEFAULT_MAX_HOURS)]
     pub max_range_hours: u64,
     /// Attempts per shard before the shard (and the job) fails.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+}
+
+impl JobArgs {
+    /// The request, with paths made absolute (a coordinator and workers may run elsewhere).
+    pub fn request(&self) -> rewind_common::JobRequest {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        rewind_common::JobRequest {
+            source: abs(&self.source).display().to_string(),
+            org: self.org.clone(),
+            start: self.start.clone(),
+            end: self.end.clone(),
+            dest: abs(&self.dest).display().to_string(),
+            layout: self.layout.clone(),
+            arrival_filter: self.arrival_filter,
+            failed_output: self
+                .failed_output
+                .as_ref()
+                .map(|p| abs(p).display().to_string()),
+            max_event_bytes: self.max_event_bytes,
+            max_attempts: self.max_attempts,
+            max_range_hours: self.max_range_hours,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Shards processed in parallel (default: the number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Print exactly one JSON object (the summary) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -111,20 +190,16 @@ impl From<rewind_common::RequestError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json_logs = !std::io::stderr().is_terminal();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json_logs {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    rewind_cli::init_logging("warn");
     let result = match cli.command {
         Command::Run(args) => embedded::run(args),
         Command::Gen(args) => generate::run(args),
+        Command::Submit(a) => client::submit(&a.remote.coordinator, &a.job, a.wait, a.remote.json),
+        Command::Plan(a) => client::plan(&a.remote.coordinator, &a.job, a.remote.json),
+        Command::Status(a) => client::status(&a.remote.coordinator, &a.job, a.remote.json),
+        Command::Watch(a) => client::watch(&a.remote.coordinator, &a.job, a.remote.json),
+        Command::Jobs(a) => client::jobs(&a.coordinator, a.json),
+        Command::Cancel(a) => client::cancel(&a.remote.coordinator, &a.job),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ pub mod ids;
 pub mod job;
 pub mod layout;
 pub mod range;
+pub mod request;
 pub mod shard_store;
 pub mod storage;
 
@@ -13,3 +14,4 @@ pub use ids::{JobId, OrgId, ShardId};
 pub use job::{JobSpec, OutputKeys};
 pub use layout::Layout;
 pub use range::{Hour, HourRange};
+pub use request::{JobRecord, JobRequest};

@@ -42,6 +42,8 @@ pub struct JobManifest {
 pub enum JobState {
     Succeeded,
     Failed,
+    /// Stopped by the user: committed shards' files stay, listed in the manifest; no `_SUCCESS`.
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,27 @@ pub fn commit_job(
     shards: &[(ShardId, ShardState)],
     output: &dyn OutputStore,
     failed_output: &dyn OutputStore,
+) -> Result<JobManifest, CommitError> {
+    commit(spec, shards, output, failed_output, false)
+}
+
+/// Ends a cancelled job once no attempt is in flight: orphans swept, manifest written with state
+/// `cancelled` (unfinished shards are counted as not done), never `_SUCCESS`.
+pub fn commit_cancelled(
+    spec: &JobSpec,
+    shards: &[(ShardId, ShardState)],
+    output: &dyn OutputStore,
+    failed_output: &dyn OutputStore,
+) -> Result<JobManifest, CommitError> {
+    commit(spec, shards, output, failed_output, true)
+}
+
+fn commit(
+    spec: &JobSpec,
+    shards: &[(ShardId, ShardState)],
+    output: &dyn OutputStore,
+    failed_output: &dyn OutputStore,
+    cancelled: bool,
 ) -> Result<JobManifest, CommitError> {
     let keys = OutputKeys::new(&spec.job);
     let mut manifests = Vec::new();
@@ -88,6 +111,7 @@ pub fn commit_job(
                 attempts: *attempts,
                 reason: reason.clone(),
             }),
+            ShardState::Pending { .. } | ShardState::Running { .. } if cancelled => {}
             ShardState::Pending { .. } | ShardState::Running { .. } => {
                 return Err(CommitError::Unfinished(*shard));
             }
@@ -136,7 +160,9 @@ pub fn commit_job(
 
     files.sort_by(|a, b| a.key.cmp(&b.key));
     failed_files.sort_by(|a, b| a.key.cmp(&b.key));
-    let state = if failed_shards.is_empty() {
+    let state = if cancelled {
+        JobState::Cancelled
+    } else if failed_shards.is_empty() {
         JobState::Succeeded
     } else {
         JobState::Failed

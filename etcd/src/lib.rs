@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `specs/{job}` | the job record (spec, source, destination) | - |
 //! | `states/{job}` | the job status (running, cancelled, final summary) | - |
-//! | `active/{job}` | empty: the jobs workers look for work in | - |
+//! | `active/{job}` | phase of an unfinished job: `running` or `cancelling` | - |
 //! | `jobs/{job}/meta` | max attempts and the shard list as runs of hours | - |
 //! | `jobs/{job}/cursor` | index of the first shard not yet made claimable | - |
 //! | `jobs/{job}/ready/{shard}` | a claimable shard (attempts so far, last error) | - |
@@ -49,6 +49,16 @@ pub const DEFAULT_ROOT: &str = "/rewind/v1/";
 const WINDOW: usize = 100;
 /// How many ready keys a claimant looks at before picking one at random (fewer collisions).
 const PICK_FROM: i64 = 32;
+
+/// Counters of one attempt in flight (`jobs/{job}/live/{shard}`), for live progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveCounts {
+    pub objects: u64,
+    pub bytes: u64,
+    pub recovered: u64,
+    pub filtered: u64,
+    pub failed: u64,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
@@ -425,7 +435,7 @@ impl EtcdStore {
             json(status),
             None,
         ));
-        ops.push(TxnOp::put(format!("{}active/{job}", self.root), "", None));
+        ops.push(TxnOp::put(format!("{}active/{job}", self.root), "running", None));
         let resp = self
             .txn(
                 Txn::new()
@@ -513,20 +523,41 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// The jobs workers should look for shards in.
-    pub async fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+    /// The jobs not finished yet, with their phase (`running`, `cancelling`): workers claim in
+    /// running ones, the coordinator drives both to the end.
+    pub async fn active_jobs(&self) -> Result<Vec<(JobId, String)>, StoreError> {
         Ok(self
-            .get(
-                format!("{}active/", self.root),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+            .prefix(format!("{}active/", self.root))
             .await?
             .iter()
             .filter_map(|kv| {
                 let key = std::str::from_utf8(kv.key()).ok()?;
-                JobId::parse(key.rsplit('/').next()?).ok()
+                let job = JobId::parse(key.rsplit('/').next()?).ok()?;
+                Some((job, String::from_utf8_lossy(kv.value()).to_string()))
             })
             .collect())
+    }
+
+    /// Replaces the job's status and its phase in the active list (it must still be active).
+    pub async fn set_phase<S: Serialize>(
+        &self,
+        job: &JobId,
+        status: &S,
+        phase: &str,
+    ) -> Result<bool, StoreError> {
+        let active = format!("{}active/{job}", self.root);
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(active.clone(), CompareOp::Greater, 0)])
+                    .and_then([
+                        TxnOp::put(format!("{}states/{job}", self.root), json(status), None),
+                        TxnOp::put(active, phase, None),
+                    ]),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.succeeded())
     }
 
     /// Publishes an attempt's live counters, attached to the worker's lease.

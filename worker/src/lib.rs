@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod daemon;
 pub mod decode;
 pub mod pipeline;
 pub mod record;

@@ -314,6 +314,16 @@ pub fn discard_attempt(
             let _ = env.output.delete(&f.key);
         }
     }
+    // Files finished before the attempt failed or was stopped: every data file of this attempt
+    // sits under one prefix (`part-{shard}-a{attempt}-`).
+    let first = keys.data_file(&env.spec.org, shard, attempt, 0);
+    if let Some(prefix) = first.strip_suffix("0.zstd.parquet")
+        && let Ok(files) = env.output.list(prefix)
+    {
+        for f in files {
+            let _ = env.output.delete(&f.key);
+        }
+    }
     let _ = env.failed_output.delete(&keys.failed_file(shard, attempt));
     let _ = env.output.delete(&keys.shard_manifest(shard, attempt));
 }

@@ -1,0 +1,113 @@
+//! `rewind-coordinator`: serves rewind.v1.JobService and, while it leads, drives jobs.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rewind_coordinator::driver::{LeaderConfig, lead};
+use rewind_coordinator::service::JobServiceImpl;
+use rewind_proto::v1::job_service_server::JobServiceServer;
+
+#[derive(Debug, Parser)]
+#[command(name = "rewind-coordinator", version, about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end")]
+struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "REWIND_ETCD")]
+    etcd: String,
+    /// Replica id for leader election and logs (default: host name and process id).
+    #[arg(long)]
+    id: Option<String>,
+    /// Leader lease TTL in seconds: a standby takes over this long after the leader dies.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u64,
+    /// Key prefix in etcd (several Rewind installations can share one etcd).
+    #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
+    etcd_prefix: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    rewind_cli::init_logging("info");
+    let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "coordinator".into());
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let store = match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let leader = tokio::spawn(lead(
+            store.clone(),
+            LeaderConfig {
+                id: id.clone(),
+                lease_ttl: Duration::from_secs(args.lease_ttl.max(2)),
+                tick: Duration::from_millis(300),
+            },
+            rx.clone(),
+        ));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<JobServiceServer<JobServiceImpl>>()
+            .await;
+        let reflection = match tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rewind_proto::v1::FILE_DESCRIPTOR_SET)
+            .build_v1()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: reflection service: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(listen = %args.listen, coordinator = %id, "serving rewind.v1.JobService");
+        let mut stop = rx.clone();
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(JobServiceServer::new(JobServiceImpl::new(store)))
+            .serve_with_shutdown(args.listen, async move {
+                tokio::select! {
+                    _ = rewind_cli::shutdown_signal() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            })
+            .await;
+        let _ = tx.send(true);
+        let _ = leader.await;
+        match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: serving on {}: {e}", args.listen);
+                ExitCode::from(1)
+            }
+        }
+    })
+}

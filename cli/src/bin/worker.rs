@@ -1,0 +1,98 @@
+//! `rewind-worker`: a stateless worker of the distributed mode (see rewind_worker::daemon).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rewind_worker::daemon::{DaemonConfig, run_daemon};
+
+#[derive(Debug, Parser)]
+#[command(name = "rewind-worker", version, about = "Rewind worker: leases hour shards through etcd and runs them")]
+struct Args {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "REWIND_ETCD")]
+    etcd: String,
+    /// Shards this process runs at once (default: the number of CPUs).
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Worker id in claims and logs (default: host name and process id).
+    #[arg(long)]
+    id: Option<String>,
+    /// Lease TTL in seconds; a frozen or partitioned worker loses its shards after this long.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u64,
+    /// Seconds running shards may take to finish after SIGTERM before they are released.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+    /// How often to look for new jobs, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_ms: u64,
+    /// Key prefix in etcd (several Rewind installations can share one etcd).
+    #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
+    etcd_prefix: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    rewind_cli::init_logging("info");
+    let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.slots == Some(0) || args.lease_ttl < 2 {
+        eprintln!("error: invalid --slots or --lease-ttl: --slots must be at least 1, --lease-ttl at least 2");
+        return ExitCode::from(2);
+    }
+    let slots = args.slots.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(slots + 4)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let store = match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            rewind_cli::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        let cfg = DaemonConfig {
+            id,
+            slots,
+            lease_ttl: Duration::from_secs(args.lease_ttl),
+            poll: Duration::from_millis(args.poll_ms.max(10)),
+            grace: Duration::from_secs(args.grace),
+        };
+        match run_daemon(store, cfg, rx).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

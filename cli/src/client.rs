@@ -1,0 +1,354 @@
+//! The distributed mode's client commands: submit, status, watch, jobs, cancel, plan.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use rewind_coordinator::service::request_to_pb;
+use rewind_coordinator::summary::Summary;
+use rewind_proto::v1 as pb;
+use rewind_proto::v1::job_service_client::JobServiceClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::{Failure, JobArgs};
+
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))
+}
+
+async fn connect(url: &str) -> Result<JobServiceClient<Channel>, Failure> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint = Channel::from_shared(url.clone())
+        .map_err(|e| Failure::BadRequest(format!("invalid --coordinator {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::Job(format!(
+            "cannot reach the coordinator at {url}: {e} (is rewind-coordinator running there?)"
+        ))
+    })?;
+    Ok(JobServiceClient::new(channel))
+}
+
+fn status_failure(s: tonic::Status) -> Failure {
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+            Failure::BadRequest(s.message().to_string())
+        }
+        tonic::Code::Unavailable => Failure::Job(format!("coordinator unavailable: {}", s.message())),
+        _ => Failure::Job(s.message().to_string()),
+    }
+}
+
+fn finished(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// A job as one JSON object (`status --json`, `jobs --json`).
+pub fn job_json(j: &pb::Job) -> Value {
+    let shards = j.shards.clone().unwrap_or_default();
+    let counts = j.counts.clone().unwrap_or_default();
+    let request = j.request.clone().unwrap_or_default();
+    json!({
+        "job_id": j.job_id,
+        "state": j.state,
+        "org": request.org,
+        "start": request.start,
+        "end": request.end,
+        "source": request.source,
+        "dest": request.dest,
+        "shards": {"total": shards.total, "pending": shards.pending, "running": shards.running,
+                   "done": shards.done, "failed": shards.failed},
+        "objects": counts.objects,
+        "bytes": counts.bytes,
+        "recovered": counts.recovered,
+        "filtered": counts.filtered,
+        "failed": counts.failed,
+        "events_per_s": (j.events_per_s * 10.0).round() / 10.0,
+        "eta_s": if j.eta_s < 0.0 { Value::Null } else { json!((j.eta_s * 10.0).round() / 10.0) },
+        "created_ms": j.created_ms,
+        "finished_ms": if j.finished_ms == 0 { Value::Null } else { json!(j.finished_ms) },
+        "message": j.message,
+        "failed_shards": j.failed_shards.iter().map(|f| json!({
+            "shard": f.shard, "attempts": f.attempts, "reason": f.reason})).collect::<Vec<_>>(),
+        "summary": serde_json::from_str::<Value>(&j.summary_json).unwrap_or(Value::Null),
+    })
+}
+
+fn job_line(j: &pb::Job) -> String {
+    let s = j.shards.clone().unwrap_or_default();
+    let c = j.counts.clone().unwrap_or_default();
+    format!(
+        "{}  {:<10}  shards {}/{} done, {} failed, {} running  events {} recovered, {} filtered, {} failed{}",
+        j.job_id,
+        j.state,
+        s.done,
+        s.total,
+        s.failed,
+        s.running,
+        c.recovered,
+        c.filtered,
+        c.failed,
+        if j.message.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", j.message)
+        }
+    )
+}
+
+/// The end of a finished job: its summary (JSON or text) and the exit code it implies.
+fn conclude(j: &pb::Job, as_json: bool) -> Result<(), Failure> {
+    match serde_json::from_str::<Summary>(&j.summary_json) {
+        Ok(summary) => crate::embedded::report(&summary, as_json),
+        Err(_) => {
+            if as_json {
+                println!("{}", job_json(j));
+            } else {
+                println!("{}", job_line(j));
+            }
+            Err(Failure::Job(format!(
+                "job {} {}: {}",
+                j.job_id, j.state, j.message
+            )))
+        }
+    }
+}
+
+/// Follows a job to its end; with a terminal on stderr, as a progress bar.
+async fn follow(
+    client: &mut JobServiceClient<Channel>,
+    job_id: &str,
+) -> Result<pb::Job, Failure> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let mut last = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(j)) => {
+                if let Some(bar) = &bar {
+                    let s = j.shards.clone().unwrap_or_default();
+                    let c = j.counts.clone().unwrap_or_default();
+                    bar.set_length(s.total);
+                    bar.set_position(s.done + s.failed);
+                    bar.set_message(format!(
+                        "| {} running | {} events | {:.0} ev/s | ETA {}",
+                        s.running,
+                        c.recovered + c.filtered + c.failed,
+                        j.events_per_s,
+                        if j.eta_s < 0.0 {
+                            "?".to_string()
+                        } else {
+                            format!("{:.0}s", j.eta_s)
+                        }
+                    ));
+                }
+                let done = finished(&j.state);
+                last = Some(j);
+                if done {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(s) => {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+                return Err(status_failure(s));
+            }
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match last {
+        Some(j) if finished(&j.state) => Ok(j),
+        _ => {
+            // The stream ended early (coordinator restarting): ask once more.
+            let j = client
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.to_string(),
+                })
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            if finished(&j.state) {
+                Ok(j)
+            } else {
+                Err(Failure::Job(format!(
+                    "lost the watch of job {job_id} while it was {}; see `rewind status {job_id}`",
+                    j.state
+                )))
+            }
+        }
+    }
+}
+
+pub fn submit(coordinator: &str, job: &JobArgs, wait: bool, as_json: bool) -> Result<(), Failure> {
+    let request = request_to_pb(&job.request());
+    runtime()?.block_on(async {
+        let mut client = connect(coordinator).await?;
+        let resp = client
+            .submit_job(pb::SubmitJobRequest {
+                job: Some(request),
+            })
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        if !wait {
+            if as_json {
+                println!("{}", json!({"job_id": resp.job_id, "shards": resp.shards}));
+            } else {
+                println!("{}", resp.job_id);
+            }
+            return Ok(());
+        }
+        if !as_json {
+            eprintln!("submitted job {} ({} shards)", resp.job_id, resp.shards);
+        }
+        let j = follow_retrying(&mut client, &resp.job_id).await?;
+        conclude(&j, as_json)
+    })
+}
+
+/// Follows a job, reconnecting the watch a few times if the coordinator restarts meanwhile.
+async fn follow_retrying(
+    client: &mut JobServiceClient<Channel>,
+    job_id: &str,
+) -> Result<pb::Job, Failure> {
+    let mut tries = 0;
+    loop {
+        match follow(client, job_id).await {
+            Ok(j) => return Ok(j),
+            Err(Failure::Job(why)) if tries < 30 => {
+                tries += 1;
+                tracing::warn!(error = %why, "watch interrupted; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn status(coordinator: &str, job_id: &str, as_json: bool) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let mut client = connect(coordinator).await?;
+        let j = client
+            .get_job(pb::GetJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        if as_json {
+            println!("{}", job_json(&j));
+        } else {
+            println!("{}", job_line(&j));
+            for f in &j.failed_shards {
+                println!("  shard {} failed after {} attempts: {}", f.shard, f.attempts, f.reason);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn watch(coordinator: &str, job_id: &str, as_json: bool) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let mut client = connect(coordinator).await?;
+        let j = follow_retrying(&mut client, job_id).await?;
+        conclude(&j, as_json)
+    })
+}
+
+pub fn jobs(coordinator: &str, as_json: bool) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let mut client = connect(coordinator).await?;
+        let list = client
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .map_err(status_failure)?
+            .into_inner()
+            .jobs;
+        if as_json {
+            println!("{}", Value::Array(list.iter().map(job_json).collect()));
+        } else {
+            for j in &list {
+                println!("{}", job_line(j));
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn cancel(coordinator: &str, job_id: &str) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let mut client = connect(coordinator).await?;
+        let j = client
+            .cancel_job(pb::CancelJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        println!("{}", job_line(&j));
+        Ok(())
+    })
+}
+
+pub fn plan(coordinator: &str, job: &JobArgs, as_json: bool) -> Result<(), Failure> {
+    let request = request_to_pb(&job.request());
+    runtime()?.block_on(async {
+        let mut client = connect(coordinator).await?;
+        let p = client
+            .plan_job(pb::PlanJobRequest { job: Some(request) })
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        if as_json {
+            let shards: Vec<Value> = p
+                .shards
+                .iter()
+                .map(|s| json!({"shard": s.shard, "prefix": s.prefix, "objects": s.objects, "bytes": s.bytes}))
+                .collect();
+            println!(
+                "{}",
+                json!({"shards": shards, "objects": p.objects, "bytes": p.bytes})
+            );
+        } else {
+            for s in &p.shards {
+                println!("{}  {}  {} objects  {} bytes", s.shard, s.prefix, s.objects, s.bytes);
+            }
+            println!(
+                "{} shards, {} objects, {:.1} MB",
+                p.shards.len(),
+                p.objects,
+                p.bytes as f64 / 1e6
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,163 @@
+//! A job request as a user states it (`rewind run` / `rewind submit` flags, the gRPC
+//! `JobRequest`), its validation into a [`JobSpec`], and the record the distributed mode keeps.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RequestError;
+use crate::ids::{JobId, OrgId};
+use crate::job::JobSpec;
+use crate::layout::{DEFAULT_LAYOUT, Layout};
+use crate::range::{DEFAULT_MAX_HOURS, HourRange};
+
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// The job as requested. Strings are validated by [`JobRequest::validate`], which names the
+/// offending field the way the CLI spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub source: String,
+    pub org: String,
+    pub start: String,
+    pub end: String,
+    pub dest: String,
+    pub layout: String,
+    pub arrival_filter: bool,
+    /// Where failed records go; default `<dest>/_failed`.
+    pub failed_output: Option<String>,
+    pub max_event_bytes: usize,
+    pub max_attempts: u32,
+    pub max_range_hours: u64,
+}
+
+impl Default for JobRequest {
+    fn default() -> Self {
+        JobRequest {
+            source: String::new(),
+            org: String::new(),
+            start: String::new(),
+            end: String::new(),
+            dest: String::new(),
+            layout: DEFAULT_LAYOUT.to_string(),
+            arrival_filter: false,
+            failed_output: None,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_range_hours: DEFAULT_MAX_HOURS,
+        }
+    }
+}
+
+impl JobRequest {
+    /// Checks everything that does not touch storage and returns the spec for `job`.
+    pub fn validate(&self, job: JobId) -> Result<JobSpec, RequestError> {
+        if self.source.trim().is_empty() {
+            return Err(RequestError::new("--source", "is required"));
+        }
+        if self.dest.trim().is_empty() {
+            return Err(RequestError::new("--dest", "is required"));
+        }
+        let org = OrgId::parse(&self.org)?;
+        let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;
+        let layout = Layout::parse(&self.layout)?;
+        if self.max_event_bytes < 64 {
+            return Err(RequestError::new("--max-event-bytes", "must be at least 64"));
+        }
+        if self.max_attempts == 0 {
+            return Err(RequestError::new("--max-attempts", "must be at least 1"));
+        }
+        Ok(JobSpec {
+            job,
+            org,
+            range,
+            layout,
+            arrival_filter: self.arrival_filter,
+            max_event_bytes: self.max_event_bytes,
+            max_attempts: self.max_attempts,
+        })
+    }
+
+    /// Checks the local directories: the source exists, the destinations are not files.
+    pub fn check_local_paths(&self) -> Result<(), RequestError> {
+        if !Path::new(&self.source).is_dir() {
+            return Err(RequestError::new(
+                "--source",
+                format!("{} is not a directory", self.source),
+            ));
+        }
+        let failed = self.failed_dir();
+        for (field, path) in [("--dest", Path::new(&self.dest)), ("--failed-output", &failed)] {
+            if path.exists() && !path.is_dir() {
+                return Err(RequestError::new(
+                    field,
+                    format!("{} exists and is not a directory", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where failed records go.
+    pub fn failed_dir(&self) -> PathBuf {
+        match &self.failed_output {
+            Some(f) if !f.is_empty() => PathBuf::from(f),
+            _ => Path::new(&self.dest).join("_failed"),
+        }
+    }
+}
+
+/// What the distributed mode stores for a job: everything a worker needs to run any shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub request: JobRequest,
+    pub created_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> JobRequest {
+        JobRequest {
+            source: "/archive".into(),
+            org: "TN-1".into(),
+            start: "2024-04-01T00".into(),
+            end: "2024-04-01T05".into(),
+            dest: "/out".into(),
+            ..JobRequest::default()
+        }
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        assert!(ok().validate(JobId::generate()).is_ok());
+        let cases: Vec<(&str, Box<dyn Fn(&mut JobRequest)>)> = vec![
+            ("--source", Box::new(|r| r.source.clear())),
+            ("--dest", Box::new(|r| r.dest = " ".into())),
+            ("--org", Box::new(|r| r.org = "../x".into())),
+            ("--end", Box::new(|r| r.end = "2024-03-01".into())),
+            ("--layout", Box::new(|r| r.layout = "{YYYY}/../{MM}".into())),
+            ("--max-event-bytes", Box::new(|r| r.max_event_bytes = 1)),
+            ("--max-attempts", Box::new(|r| r.max_attempts = 0)),
+        ];
+        for (field, edit) in cases {
+            let mut r = ok();
+            edit(&mut r);
+            let e = r.validate(JobId::generate()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn failed_dir_defaults_below_dest() {
+        assert_eq!(ok().failed_dir(), PathBuf::from("/out/_failed"));
+        let r = JobRequest {
+            failed_output: Some("/f".into()),
+            ..ok()
+        };
+        assert_eq!(r.failed_dir(), PathBuf::from("/f"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The leader's loop: drives every unfinished job to its end. All state is in etcd, so a
+//! restarted or newly elected coordinator simply goes on where the last one stopped.
+//!
+//! - A running job whose shards are all done or failed is committed ([`commit_job`]): orphan
+//!   sweep, job manifest, `_SUCCESS` when every shard is done. Then its status gets the summary
+//!   and its per-shard keys are compacted away.
+//! - A cancelling job is ended ([`commit_cancelled`]) once no attempt of it is in flight.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewind_common::shard_store::{ShardStore, StoreError};
+use rewind_common::storage::{LocalOutput, OutputStore};
+use rewind_common::{JobId, JobRecord};
+use rewind_etcd::EtcdStore;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::commit::{CommitError, commit_cancelled, commit_job};
+use crate::status::{JobStatus, Phase, now_ms};
+use crate::summary::Summary;
+
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub id: String,
+    pub lease_ttl: Duration,
+    pub tick: Duration,
+}
+
+/// Campaigns for leadership and, while leading, drives jobs. Returns when `shutdown` is set,
+/// revoking its lease so a standby takes over at once.
+pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut lease = None;
+    let mut leading = false;
+    let mut last_keepalive = tokio::time::Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        // Keep (or get) our lease.
+        let current = match lease {
+            Some(l) if last_keepalive.elapsed() < cfg.lease_ttl / 3 => Some(l),
+            Some(l) => match store.keep_alive(l).await {
+                Ok(()) => {
+                    last_keepalive = tokio::time::Instant::now();
+                    Some(l)
+                }
+                Err(StoreError::LeaseExpired(_)) => None,
+                Err(e) => {
+                    warn!(error = %e, "coordinator lease keep-alive failed");
+                    Some(l)
+                }
+            },
+            None => None,
+        };
+        let current = match current {
+            Some(l) => l,
+            None => match store.grant_lease(cfg.lease_ttl).await {
+                Ok(l) => {
+                    last_keepalive = tokio::time::Instant::now();
+                    l
+                }
+                Err(e) => {
+                    warn!(error = %e, "etcd unavailable; retrying");
+                    wait(&mut shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        lease = Some(current);
+        match store.lead(&cfg.id, current).await {
+            Ok(true) => {
+                if !leading {
+                    info!(coordinator = %cfg.id, "leading: driving jobs");
+                    leading = true;
+                }
+                if let Err(e) = drive_once(&store).await {
+                    warn!(error = %e, "driving jobs");
+                }
+            }
+            Ok(false) => {
+                if leading {
+                    warn!(coordinator = %cfg.id, "lost leadership; standing by");
+                }
+                leading = false;
+            }
+            Err(StoreError::LeaseExpired(_)) => lease = None,
+            Err(e) => warn!(error = %e, "leader election"),
+        }
+        wait(&mut shutdown, cfg.tick).await;
+    }
+    if let Some(l) = lease {
+        let _ = store.revoke(l).await;
+    }
+}
+
+async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
+    let _ = tokio::time::timeout(d, shutdown.wait_for(|s| *s)).await;
+}
+
+/// One pass over the unfinished jobs.
+pub async fn drive_once(store: &EtcdStore) -> Result<(), StoreError> {
+    for (job, phase) in store.active_jobs().await? {
+        let progress = match store.progress(&job).await {
+            Ok(p) => p,
+            Err(StoreError::JobNotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let ready = match phase.as_str() {
+            "cancelling" => progress.running == 0,
+            _ => progress.finished(),
+        };
+        if ready {
+            finish(store, &job, phase == "cancelling").await?;
+        }
+    }
+    Ok(())
+}
+
+async fn finish(store: &EtcdStore, job: &JobId, cancelled: bool) -> Result<(), StoreError> {
+    let record: JobRecord = store.record(job).await?;
+    let mut status: JobStatus = store.status(job).await?;
+    let states = store.shards(job).await?;
+    let request = record.request.clone();
+    let spec = Arc::new(record.spec.clone());
+    let commit_spec = spec.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let output: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(Path::new(&request.dest)));
+        let failed: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(&request.failed_dir()));
+        if cancelled {
+            commit_cancelled(&commit_spec, &states, output.as_ref(), failed.as_ref())
+        } else {
+            commit_job(&commit_spec, &states, output.as_ref(), failed.as_ref())
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?;
+    let finished_ms = now_ms();
+    match committed {
+        Ok(manifest) => {
+            let elapsed = Duration::from_millis((finished_ms - record.created_ms).max(0) as u64);
+            let summary = Summary::new(&record.request, &spec, &manifest, elapsed);
+            status.phase = manifest.state.into();
+            if !manifest.failed_shards.is_empty() && status.message.is_none() {
+                status.message = Some(format!(
+                    "{} of {} shards failed",
+                    manifest.failed_shards.len(),
+                    manifest.shards
+                ));
+            }
+            status.summary = Some(summary);
+        }
+        // A storage error may pass (the destination is back later): try again next tick.
+        Err(CommitError::Storage(e)) if e.is_retryable() => {
+            warn!(job = %job, error = %e, "job commit failed; retrying");
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(job = %job, error = %e, "job commit failed for good");
+            status.phase = Phase::Failed;
+            status.message = Some(format!("job commit: {e}"));
+        }
+    }
+    status.finished_ms = Some(finished_ms);
+    store.set_status(job, &status, true).await?;
+    store.compact(job).await?;
+    info!(job = %job, state = status.phase.as_str(), "job finished");
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! The gRPC `rewind.v1.JobService`. Every replica serves it (all state is in etcd); only the
+//! leader drives jobs to their end (see [`crate::driver`]).
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewind_common::shard_store::{ShardState, ShardStore, StoreError};
+use rewind_common::storage::{LocalSource, ObjectSource};
+use rewind_common::{JobId, JobRecord, JobRequest, RequestError};
+use rewind_etcd::{EtcdStore, LiveCounts};
+use rewind_proto::v1 as pb;
+use rewind_proto::v1::job_service_server::JobService;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::plan::plan;
+use crate::status::{JobStatus, Phase, now_ms};
+
+#[derive(Debug, Clone)]
+pub struct JobServiceImpl {
+    store: EtcdStore,
+    /// How often WatchJob looks for changes.
+    watch_every: Duration,
+}
+
+impl JobServiceImpl {
+    pub fn new(store: EtcdStore) -> Self {
+        JobServiceImpl {
+            store,
+            watch_every: Duration::from_millis(250),
+        }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::JobNotFound(job) => Status::not_found(format!("job {job} not found")),
+        StoreError::Unavailable(why) => Status::unavailable(why),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn invalid(e: RequestError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The request with the CLI's defaults for fields left empty.
+pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("invalid job: missing"))?;
+    let d = JobRequest::default();
+    Ok(JobRequest {
+        source: r.source,
+        org: r.org,
+        start: r.start,
+        end: r.end,
+        dest: r.dest,
+        layout: if r.layout.is_empty() { d.layout } else { r.layout },
+        arrival_filter: r.arrival_filter,
+        failed_output: (!r.failed_output.is_empty()).then_some(r.failed_output),
+        max_event_bytes: if r.max_event_bytes == 0 {
+            d.max_event_bytes
+        } else {
+            r.max_event_bytes as usize
+        },
+        max_attempts: if r.max_attempts == 0 {
+            d.max_attempts
+        } else {
+            r.max_attempts
+        },
+        max_range_hours: if r.max_range_hours == 0 {
+            d.max_range_hours
+        } else {
+            r.max_range_hours
+        },
+    })
+}
+
+pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
+    pb::JobRequest {
+        source: r.source.clone(),
+        org: r.org.clone(),
+        start: r.start.clone(),
+        end: r.end.clone(),
+        dest: r.dest.clone(),
+        layout: r.layout.clone(),
+        arrival_filter: r.arrival_filter,
+        failed_output: r.failed_output.clone().unwrap_or_default(),
+        max_event_bytes: r.max_event_bytes as u64,
+        max_attempts: r.max_attempts,
+        max_range_hours: r.max_range_hours,
+    }
+}
+
+fn parse_job(id: &str) -> Result<JobId, Status> {
+    JobId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+impl JobServiceImpl {
+    /// The job as the API shows it: status, shard counts, event counts (committed + live).
+    async fn job(&self, job: &JobId) -> Result<pb::Job, Status> {
+        let status: JobStatus = self.store.status(job).await.map_err(store_status)?;
+        let record: JobRecord = self.store.record(job).await.map_err(store_status)?;
+        let mut out = pb::Job {
+            job_id: job.to_string(),
+            state: status.phase.as_str().to_string(),
+            request: Some(request_to_pb(&record.request)),
+            created_ms: status.created_ms,
+            finished_ms: status.finished_ms.unwrap_or(0),
+            message: status.message.clone().unwrap_or_default(),
+            eta_s: -1.0,
+            ..pb::Job::default()
+        };
+        if let Some(s) = &status.summary {
+            out.shards = Some(pb::ShardCounts {
+                total: s.shards,
+                done: s.shards_done,
+                failed: s.shards_failed,
+                ..Default::default()
+            });
+            out.counts = Some(pb::EventCounts {
+                objects: s.objects,
+                bytes: s.bytes,
+                recovered: s.recovered,
+                filtered: s.filtered,
+                failed: s.failed,
+                objects_skipped: s.objects_skipped,
+            });
+            out.failed_shards = s
+                .failed_shards
+                .iter()
+                .map(|f| pb::FailedShard {
+                    shard: f.shard.to_string(),
+                    attempts: f.attempts,
+                    reason: f.reason.clone(),
+                })
+                .collect();
+            out.summary_json = serde_json::to_string(s).unwrap_or_default();
+            out.eta_s = 0.0;
+            return Ok(out);
+        }
+        if status.phase.finished() {
+            out.shards = Some(pb::ShardCounts {
+                total: status.shards,
+                ..Default::default()
+            });
+            return Ok(out);
+        }
+        // Unfinished: shard states and counters from etcd.
+        let p = self.store.progress(job).await.map_err(store_status)?;
+        out.shards = Some(pb::ShardCounts {
+            total: p.total(),
+            pending: p.pending,
+            running: p.running,
+            done: p.done,
+            failed: p.failed,
+        });
+        let mut c = pb::EventCounts::default();
+        for (_, done) in self.store.done(job).await.map_err(store_status)? {
+            c.objects += done.counts.objects;
+            c.bytes += done.counts.bytes;
+            c.recovered += done.counts.recovered;
+            c.filtered += done.counts.filtered;
+            c.failed += done.counts.failed;
+            c.objects_skipped += done.counts.objects_skipped;
+        }
+        for live in self
+            .store
+            .live::<LiveCounts>(job)
+            .await
+            .map_err(store_status)?
+        {
+            c.objects += live.objects;
+            c.bytes += live.bytes;
+            c.recovered += live.recovered;
+            c.filtered += live.filtered;
+            c.failed += live.failed;
+        }
+        let secs = ((now_ms() - status.created_ms).max(1) as f64) / 1000.0;
+        out.events_per_s = (c.recovered + c.filtered + c.failed) as f64 / secs;
+        out.bytes_per_s = c.bytes as f64 / secs;
+        let finished = p.done + p.failed;
+        if finished > 0 {
+            out.eta_s = secs * (p.pending + p.running) as f64 / finished as f64;
+        }
+        out.counts = Some(c);
+        if p.failed > 0 {
+            out.failed_shards = self
+                .store
+                .shards(job)
+                .await
+                .map_err(store_status)?
+                .into_iter()
+                .filter_map(|(shard, s)| match s {
+                    ShardState::Failed { attempts, reason } => Some(pb::FailedShard {
+                        shard: shard.to_string(),
+                        attempts,
+                        reason,
+                    }),
+                    _ => None,
+                })
+                .collect();
+        }
+        Ok(out)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobServiceImpl {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let request = request_from_pb(req.into_inner().job)?;
+        let mut spec = request.validate(JobId::generate()).map_err(invalid)?;
+        request.check_local_paths().map_err(invalid)?;
+        let shards: Vec<_> = plan(&spec).into_iter().map(|s| s.id).collect();
+        for _ in 0..8 {
+            let record = JobRecord {
+                spec: spec.clone(),
+                request: request.clone(),
+                created_ms: now_ms(),
+            };
+            let status = JobStatus {
+                phase: Phase::Running,
+                shards: shards.len() as u64,
+                created_ms: record.created_ms,
+                finished_ms: None,
+                message: None,
+                summary: None,
+            };
+            match self
+                .store
+                .submit(&spec.job, &record, &status, &shards, spec.max_attempts)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(job = %spec.job, shards = shards.len(), "job submitted");
+                    return Ok(Response::new(pb::SubmitJobResponse {
+                        job_id: spec.job.to_string(),
+                        shards: shards.len() as u64,
+                    }));
+                }
+                Err(StoreError::JobExists(_)) => spec.job = JobId::generate(),
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::internal("could not find an unused job id"))
+    }
+
+    async fn plan_job(
+        &self,
+        req: Request<pb::PlanJobRequest>,
+    ) -> Result<Response<pb::PlanJobResponse>, Status> {
+        let request = request_from_pb(req.into_inner().job)?;
+        let spec = request.validate(JobId::generate()).map_err(invalid)?;
+        request.check_local_paths().map_err(invalid)?;
+        let source: Arc<dyn ObjectSource> = Arc::new(
+            LocalSource::new(Path::new(&request.source))
+                .map_err(|e| Status::invalid_argument(format!("invalid --source: {e}")))?,
+        );
+        // Hour prefixes are listed concurrently, 16 at a time.
+        let planned = plan(&spec);
+        let mut shards = Vec::with_capacity(planned.len());
+        for chunk in planned.chunks(16) {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, s) in chunk.iter().enumerate() {
+                let (source, prefix) = (source.clone(), s.prefix.clone());
+                set.spawn_blocking(move || (i, source.list(&prefix)));
+            }
+            let mut listed = vec![None; chunk.len()];
+            while let Some(r) = set.join_next().await {
+                let (i, r) = r.map_err(|e| Status::internal(e.to_string()))?;
+                let objects = r.map_err(|e| {
+                    Status::failed_precondition(format!("listing {}: {e}", chunk[i].prefix))
+                })?;
+                listed[i] = Some(objects);
+            }
+            for (s, objects) in chunk.iter().zip(listed) {
+                let objects = objects.unwrap_or_default();
+                shards.push(pb::PlannedShard {
+                    shard: s.id.to_string(),
+                    prefix: s.prefix.clone(),
+                    objects: objects.len() as u64,
+                    bytes: objects.iter().map(|o| o.size).sum(),
+                });
+            }
+        }
+        Ok(Response::new(pb::PlanJobResponse {
+            objects: shards.iter().map(|s| s.objects).sum(),
+            bytes: shards.iter().map(|s| s.bytes).sum(),
+            shards,
+        }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let job = parse_job(&req.into_inner().job_id)?;
+        Ok(Response::new(self.job(&job).await?))
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let mut jobs = Vec::new();
+        for (job, _) in self
+            .store
+            .statuses::<JobStatus>()
+            .await
+            .map_err(store_status)?
+        {
+            match self.job(&job).await {
+                Ok(j) => jobs.push(j),
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s),
+            }
+        }
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let job = parse_job(&req.into_inner().job_id)?;
+        let first = self.job(&job).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            let mut failures = 0;
+            while !matches!(last.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                tokio::time::sleep(this.watch_every).await;
+                match this.job(&job).await {
+                    Ok(now) => {
+                        failures = 0;
+                        if now != last {
+                            if tx.send(Ok(now.clone())).await.is_err() {
+                                return;
+                            }
+                            last = now;
+                        }
+                    }
+                    // etcd restarting: keep the stream open for a while.
+                    Err(s) if s.code() == tonic::Code::Unavailable && failures < 120 => {
+                        failures += 1;
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let job = parse_job(&req.into_inner().job_id)?;
+        let mut status: JobStatus = self.store.status(&job).await.map_err(store_status)?;
+        if status.phase == Phase::Running {
+            status.phase = Phase::Cancelling;
+            status.message = Some("cancelled by request".into());
+            // False when the job finished meanwhile: then there is nothing to cancel.
+            self.store
+                .set_phase(&job, &status, "cancelling")
+                .await
+                .map_err(store_status)?;
+            tracing::info!(job = %job, "job cancelling");
+        }
+        Ok(Response::new(self.job(&job).await?))
+    }
+}

@@ -1,0 +1,127 @@
+//! The one-object job summary: what `rewind run --json` prints, what the coordinator stores when
+//! a job finishes, and what `rewind submit --wait --json` prints. One type so they never drift.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rewind_common::{JobRequest, JobSpec, OutputKeys};
+use serde::{Deserialize, Serialize};
+
+use crate::commit::{FailedShard, JobManifest, JobState};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub job_id: String,
+    pub state: JobState,
+    pub org: String,
+    pub start: String,
+    pub end: String,
+    pub source: String,
+    pub dest: String,
+    pub output: String,
+    pub failed_output: String,
+    pub shards: u64,
+    pub shards_done: u64,
+    pub shards_failed: u64,
+    pub objects: u64,
+    pub objects_skipped: u64,
+    pub bytes: u64,
+    pub recovered: u64,
+    pub filtered: u64,
+    pub failed: u64,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub files: usize,
+    pub duration_s: f64,
+    pub mb_per_s: f64,
+    pub failed_shards: Vec<FailedShard>,
+}
+
+impl Summary {
+    pub fn new(
+        request: &JobRequest,
+        spec: &JobSpec,
+        m: &JobManifest,
+        elapsed: Duration,
+    ) -> Summary {
+        let keys = OutputKeys::new(&spec.job);
+        let secs = elapsed.as_secs_f64();
+        Summary {
+            job_id: spec.job.to_string(),
+            state: m.state,
+            org: spec.org.to_string(),
+            start: spec.range.first.to_string(),
+            end: spec.range.last.to_string(),
+            source: request.source.clone(),
+            dest: request.dest.clone(),
+            output: Path::new(&request.dest)
+                .join(keys.job_prefix())
+                .display()
+                .to_string(),
+            failed_output: request
+                .failed_dir()
+                .join(keys.job_prefix())
+                .display()
+                .to_string(),
+            shards: m.shards,
+            shards_done: m.shards_done,
+            shards_failed: m.failed_shards.len() as u64,
+            objects: m.counts.objects,
+            objects_skipped: m.counts.objects_skipped,
+            bytes: m.counts.bytes,
+            recovered: m.counts.recovered,
+            filtered: m.counts.filtered,
+            failed: m.counts.failed,
+            failed_by_reason: m.failed_by_reason.clone(),
+            files: m.files.len(),
+            duration_s: (secs * 1000.0).round() / 1000.0,
+            mb_per_s: ((m.counts.bytes as f64 / 1e6 / secs.max(1e-9)) * 10.0).round() / 10.0,
+            failed_shards: m.failed_shards.clone(),
+        }
+    }
+
+    /// The human-readable report, one line per item.
+    pub fn human(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "job {} {}: {} shards ({} failed), {} objects, {:.1} MB in {:.2}s ({:.1} MB/s)",
+                self.job_id,
+                match self.state {
+                    JobState::Succeeded => "succeeded",
+                    JobState::Failed => "FAILED",
+                    JobState::Cancelled => "CANCELLED",
+                },
+                self.shards,
+                self.shards_failed,
+                self.objects,
+                self.bytes as f64 / 1e6,
+                self.duration_s,
+                self.mb_per_s
+            ),
+            format!(
+                "events: {} recovered, {} filtered, {} failed",
+                self.recovered, self.filtered, self.failed
+            ),
+            format!("output: {}", self.output),
+        ];
+        if self.failed > 0 {
+            lines.push(format!(
+                "failed records: {} ({:?})",
+                self.failed_output, self.failed_by_reason
+            ));
+        }
+        if self.objects_skipped > 0 {
+            lines.push(format!(
+                "skipped {} objects named for another org",
+                self.objects_skipped
+            ));
+        }
+        for f in &self.failed_shards {
+            lines.push(format!(
+                "shard {} failed after {} attempts: {}",
+                f.shard, f.attempts, f.reason
+            ));
+        }
+        lines
+    }
+}

@@ -1,0 +1,317 @@
+//! `rewind-worker`: a stateless worker process of the distributed mode.
+//!
+//! One etcd lease per process, kept alive; `slots` tasks each claim a shard of any active job,
+//! run it with [`execute_claim`] (the same code as the embedded mode) and commit. A poller keeps
+//! the list of active jobs and stops the attempts of jobs that were cancelled. When the lease is
+//! lost (the process was paused, etcd was partitioned away), attempts under it are stopped and
+//! their output discarded, and a new lease is granted. On shutdown the worker stops claiming,
+//! lets running attempts finish for `grace`, then stops and releases the rest.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rewind_common::shard_store::{Claim, LeaseId, ShardStore, StoreError};
+use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore};
+use rewind_common::{JobId, JobRecord};
+use rewind_etcd::{EtcdStore, LiveCounts};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::decode::DecoderConfig;
+use crate::pipeline::{Progress, ShardEnv};
+use crate::run::{Attempt, execute_claim};
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub id: String,
+    pub slots: usize,
+    pub lease_ttl: Duration,
+    /// How often the active jobs are re-read and an idle slot looks for work.
+    pub poll: Duration,
+    /// How long running attempts may go on after shutdown was asked for.
+    pub grace: Duration,
+}
+
+fn live_counts(p: &Progress) -> LiveCounts {
+    LiveCounts {
+        objects: p.objects.load(Ordering::Relaxed),
+        bytes: p.bytes.load(Ordering::Relaxed),
+        recovered: p.recovered.load(Ordering::Relaxed),
+        filtered: p.filtered.load(Ordering::Relaxed),
+        failed: p.failed.load(Ordering::Relaxed),
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DaemonStats {
+    pub committed: u64,
+    pub failed_attempts: u64,
+    pub fenced: u64,
+    pub released: u64,
+}
+
+/// A job as this worker sees it: the environment to run its shards, or why it cannot.
+#[derive(Clone)]
+enum JobEnv {
+    Ready(ShardEnv),
+    Broken(String),
+}
+
+struct InFlight {
+    job: JobId,
+    lease: LeaseId,
+    stop: Arc<AtomicBool>,
+}
+
+struct Shared {
+    store: EtcdStore,
+    cfg: DaemonConfig,
+    lease: Mutex<LeaseId>,
+    jobs: Mutex<Vec<(JobId, JobEnv)>>,
+    inflight: Mutex<HashMap<u64, InFlight>>,
+    stats: Mutex<DaemonStats>,
+}
+
+impl Shared {
+    fn lease(&self) -> LeaseId {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_where(&self, pred: impl Fn(&InFlight) -> bool) {
+        let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        for f in inflight.values() {
+            if pred(f) {
+                f.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn busy(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+fn open_env(record: &JobRecord) -> JobEnv {
+    let request = &record.request;
+    let source: Arc<dyn ObjectSource> = match LocalSource::new(Path::new(&request.source)) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return JobEnv::Broken(format!("source {}: {e}", request.source)),
+    };
+    JobEnv::Ready(ShardEnv {
+        spec: Arc::new(record.spec.clone()),
+        source,
+        output: Arc::new(LocalOutput::new(Path::new(&request.dest))) as Arc<dyn OutputStore>,
+        failed_output: Arc::new(LocalOutput::new(&request.failed_dir())),
+        progress: Arc::new(Progress::default()),
+        cancel: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// Runs the worker until `shutdown` turns true, then drains within the grace period.
+pub async fn run_daemon(
+    store: EtcdStore,
+    cfg: DaemonConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<DaemonStats, StoreError> {
+    let lease = crate::run::retry_unavailable(|| store.grant_lease(cfg.lease_ttl)).await?;
+    info!(worker = %cfg.id, lease = lease.0, slots = cfg.slots, "worker started");
+    let shared = Arc::new(Shared {
+        store,
+        cfg: cfg.clone(),
+        lease: Mutex::new(lease),
+        jobs: Mutex::new(Vec::new()),
+        inflight: Mutex::new(HashMap::new()),
+        stats: Mutex::new(DaemonStats::default()),
+    });
+    let keeper = tokio::spawn(keep_lease(shared.clone()));
+    let poller = tokio::spawn(poll_jobs(shared.clone()));
+    let mut slots = Vec::new();
+    for n in 0..cfg.slots.max(1) {
+        slots.push(tokio::spawn(slot(shared.clone(), n, shutdown.clone())));
+    }
+
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    info!(worker = %cfg.id, running = shared.busy(), "shutting down: no new claims");
+    let deadline = tokio::time::Instant::now() + cfg.grace;
+    while shared.busy() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if shared.busy() > 0 {
+        warn!(worker = %cfg.id, running = shared.busy(), "grace period over: stopping and releasing running shards");
+        shared.stop_where(|_| true);
+    }
+    for s in slots {
+        let _ = s.await;
+    }
+    keeper.abort();
+    poller.abort();
+    let lease = shared.lease();
+    if let Err(e) = shared.store.revoke(lease).await {
+        warn!(error = %e, "revoking the lease");
+    }
+    let stats = *shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+    info!(worker = %cfg.id, committed = stats.committed, fenced = stats.fenced, released = stats.released, "worker stopped");
+    Ok(stats)
+}
+
+async fn keep_lease(shared: Arc<Shared>) {
+    let every = shared.cfg.lease_ttl / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let lease = shared.lease();
+        match shared.store.keep_alive(lease).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseExpired(_)) => {
+                warn!(lease = lease.0, "lease lost: stopping its attempts and taking a new lease");
+                shared.stop_where(|f| f.lease == lease);
+                match shared.store.grant_lease(shared.cfg.lease_ttl).await {
+                    Ok(new) => *shared.lease.lock().unwrap_or_else(|p| p.into_inner()) = new,
+                    Err(e) => warn!(error = %e, "granting a new lease"),
+                }
+            }
+            Err(e) => warn!(error = %e, "lease keep-alive failed; retrying"),
+        }
+    }
+}
+
+async fn poll_jobs(shared: Arc<Shared>) {
+    let mut known: HashMap<JobId, JobEnv> = HashMap::new();
+    loop {
+        match shared.store.active_jobs().await {
+            Ok(active) => {
+                let mut list = Vec::new();
+                for (job, phase) in active {
+                    if phase != "running" {
+                        continue;
+                    }
+                    let env = match known.get(&job) {
+                        Some(env) => env.clone(),
+                        None => match shared.store.record::<JobRecord>(&job).await {
+                            Ok(record) => open_env(&record),
+                            Err(e) => {
+                                warn!(job = %job, error = %e, "reading the job record");
+                                continue;
+                            }
+                        },
+                    };
+                    known.insert(job.clone(), env.clone());
+                    list.push((job, env));
+                }
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                let live: Vec<JobId> = list.iter().map(|(j, _)| j.clone()).collect();
+                known.retain(|j, _| live.contains(j));
+                // Attempts of jobs that are no longer running (cancelled) stop now.
+                shared.stop_where(|f| !live.contains(&f.job));
+                *shared.jobs.lock().unwrap_or_else(|p| p.into_inner()) = list;
+            }
+            Err(e) => warn!(error = %e, "listing active jobs"),
+        }
+        tokio::time::sleep(shared.cfg.poll).await;
+    }
+}
+
+async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
+    let worker = format!("{}/{n}", shared.cfg.id);
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        let jobs = shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let lease = shared.lease();
+        let mut claimed = None;
+        let mut trouble = false;
+        for (job, env) in jobs {
+            match shared.store.claim(&job, lease, &worker).await {
+                Ok(Some(c)) => {
+                    claimed = Some((c, env));
+                    break;
+                }
+                Ok(None) => {}
+                Err(StoreError::JobNotFound(_)) => {}
+                Err(e) => {
+                    warn!(job = %job, error = %e, "claiming");
+                    trouble = true;
+                    break;
+                }
+            }
+        }
+        let Some((claim, env)) = claimed else {
+            let wait = if trouble {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff
+            } else {
+                backoff = Duration::from_millis(100);
+                shared.cfg.poll
+            };
+            tokio::time::sleep(wait).await;
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        run_attempt(&shared, claim, env).await;
+    }
+}
+
+async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
+    let env = match env {
+        JobEnv::Ready(env) => env,
+        JobEnv::Broken(why) => {
+            warn!(job = %claim.job, shard = %claim.shard, error = %why, "cannot run the job here");
+            let _ = shared.store.fail(&claim, &why, false).await;
+            bump(shared, |s| s.failed_attempts += 1);
+            return;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    let env = ShardEnv {
+        cancel: stop.clone(),
+        progress: progress.clone(),
+        ..env
+    };
+    shared.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        claim.token,
+        InFlight {
+            job: claim.job.clone(),
+            lease: claim.lease,
+            stop,
+        },
+    );
+    // Live counters for WatchJob, every second while the attempt runs.
+    let reporter = {
+        let (store, claim, progress) = (shared.store.clone(), claim.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut last = LiveCounts::default();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = live_counts(&progress);
+                if now != last {
+                    let _ = store.put_live(&claim, &now).await;
+                    last = now;
+                }
+            }
+        })
+    };
+    let decoder = DecoderConfig {
+        max_event_bytes: env.spec.max_event_bytes,
+        ..DecoderConfig::default()
+    };
+    let outcome = execute_claim(&shared.store, &env, &claim, decoder).await;
+    reporter.abort();
+    shared
+        .inflight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&claim.token);
+    match outcome {
+        Ok(Attempt::Committed) => bump(shared, |s| s.committed += 1),
+        Ok(Attempt::Fenced) => bump(shared, |s| s.fenced += 1),
+        Ok(Attempt::Failed) => bump(shared, |s| s.failed_attempts += 1),
+        Ok(Attempt::Released) => bump(shared, |s| s.released += 1),
+        Err(e) => warn!(job = %claim.job, shard = %claim.shard, error = %e, "ending the attempt; the lease expiry returns the shard"),
+    }
+}
+
+fn bump(shared: &Shared, f: impl FnOnce(&mut DaemonStats)) {
+    f(&mut shared.stats.lock().unwrap_or_else(|p| p.into_inner()));
+}
