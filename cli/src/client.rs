@@ -43,7 +43,9 @@ fn status_failure(s: tonic::Status) -> Failure {
         tonic::Code::InvalidArgument | tonic::Code::NotFound => {
             Failure::BadRequest(s.message().to_string())
         }
-        tonic::Code::Unavailable => Failure::Job(format!("coordinator unavailable: {}", s.message())),
+        tonic::Code::Unavailable => {
+            Failure::Job(format!("coordinator unavailable: {}", s.message()))
+        }
         _ => Failure::Job(s.message().to_string()),
     }
 }
@@ -54,8 +56,8 @@ fn finished(state: &str) -> bool {
 
 /// A job as one JSON object (`status --json`, `jobs --json`).
 pub fn job_json(j: &pb::Job) -> Value {
-    let shards = j.shards.clone().unwrap_or_default();
-    let counts = j.counts.clone().unwrap_or_default();
+    let shards = j.shards.unwrap_or_default();
+    let counts = j.counts.unwrap_or_default();
     let request = j.request.clone().unwrap_or_default();
     json!({
         "job_id": j.job_id,
@@ -84,8 +86,8 @@ pub fn job_json(j: &pb::Job) -> Value {
 }
 
 fn job_line(j: &pb::Job) -> String {
-    let s = j.shards.clone().unwrap_or_default();
-    let c = j.counts.clone().unwrap_or_default();
+    let s = j.shards.unwrap_or_default();
+    let c = j.counts.unwrap_or_default();
     format!(
         "{}  {:<10}  shards {}/{} done, {} failed, {} running  events {} recovered, {} filtered, {} failed{}",
         j.job_id,
@@ -124,10 +126,7 @@ fn conclude(j: &pb::Job, as_json: bool) -> Result<(), Failure> {
 }
 
 /// Follows a job to its end; with a terminal on stderr, as a progress bar.
-async fn follow(
-    client: &mut JobServiceClient<Channel>,
-    job_id: &str,
-) -> Result<pb::Job, Failure> {
+async fn follow(client: &mut JobServiceClient<Channel>, job_id: &str) -> Result<pb::Job, Failure> {
     let mut stream = client
         .watch_job(pb::WatchJobRequest {
             job_id: job_id.to_string(),
@@ -151,8 +150,8 @@ async fn follow(
         match stream.message().await {
             Ok(Some(j)) => {
                 if let Some(bar) = &bar {
-                    let s = j.shards.clone().unwrap_or_default();
-                    let c = j.counts.clone().unwrap_or_default();
+                    let s = j.shards.unwrap_or_default();
+                    let c = j.counts.unwrap_or_default();
                     bar.set_length(s.total);
                     bar.set_position(s.done + s.failed);
                     bar.set_message(format!(
@@ -213,9 +212,7 @@ pub fn submit(coordinator: &str, job: &JobArgs, wait: bool, as_json: bool) -> Re
     runtime()?.block_on(async {
         let mut client = connect(coordinator).await?;
         let resp = client
-            .submit_job(pb::SubmitJobRequest {
-                job: Some(request),
-            })
+            .submit_job(pb::SubmitJobRequest { job: Some(request) })
             .await
             .map_err(status_failure)?
             .into_inner();
@@ -269,7 +266,10 @@ pub fn status(coordinator: &str, job_id: &str, as_json: bool) -> Result<(), Fail
         } else {
             println!("{}", job_line(&j));
             for f in &j.failed_shards {
-                println!("  shard {} failed after {} attempts: {}", f.shard, f.attempts, f.reason);
+                println!(
+                    "  shard {} failed after {} attempts: {}",
+                    f.shard, f.attempts, f.reason
+                );
             }
         }
         Ok(())

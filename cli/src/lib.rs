@@ -33,7 +33,9 @@ pub fn etcd_endpoints(value: &str) -> Result<Vec<String>, String> {
         })
         .collect();
     if list.is_empty() {
-        return Err("invalid --etcd: give at least one endpoint, e.g. http://127.0.0.1:2379".into());
+        return Err(
+            "invalid --etcd: give at least one endpoint, e.g. http://127.0.0.1:2379".into(),
+        );
     }
     Ok(list)
 }

@@ -63,7 +63,10 @@ impl JobRequest {
         let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;
         let layout = Layout::parse(&self.layout)?;
         if self.max_event_bytes < 64 {
-            return Err(RequestError::new("--max-event-bytes", "must be at least 64"));
+            return Err(RequestError::new(
+                "--max-event-bytes",
+                "must be at least 64",
+            ));
         }
         if self.max_attempts == 0 {
             return Err(RequestError::new("--max-attempts", "must be at least 1"));
@@ -88,7 +91,10 @@ impl JobRequest {
             ));
         }
         let failed = self.failed_dir();
-        for (field, path) in [("--dest", Path::new(&self.dest)), ("--failed-output", &failed)] {
+        for (field, path) in [
+            ("--dest", Path::new(&self.dest)),
+            ("--failed-output", &failed),
+        ] {
             if path.exists() && !path.is_dir() {
                 return Err(RequestError::new(
                     field,
@@ -134,7 +140,8 @@ mod tests {
     #[test]
     fn validate_names_the_field() {
         assert!(ok().validate(JobId::generate()).is_ok());
-        let cases: Vec<(&str, Box<dyn Fn(&mut JobRequest)>)> = vec![
+        type Edit = Box<dyn Fn(&mut JobRequest)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("--source", Box::new(|r| r.source.clear())),
             ("--dest", Box::new(|r| r.dest = " ".into())),
             ("--org", Box::new(|r| r.org = "../x".into())),

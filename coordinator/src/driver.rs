@@ -127,7 +127,7 @@ async fn finish(store: &EtcdStore, job: &JobId, cancelled: bool) -> Result<(), S
     let commit_spec = spec.clone();
     let committed = tokio::task::spawn_blocking(move || {
         let output: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(Path::new(&request.dest)));
-        let failed: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(&request.failed_dir()));
+        let failed: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(request.failed_dir()));
         if cancelled {
             commit_cancelled(&commit_spec, &states, output.as_ref(), failed.as_ref())
         } else {

@@ -56,7 +56,11 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         start: r.start,
         end: r.end,
         dest: r.dest,
-        layout: if r.layout.is_empty() { d.layout } else { r.layout },
+        layout: if r.layout.is_empty() {
+            d.layout
+        } else {
+            r.layout
+        },
         arrival_filter: r.arrival_filter,
         failed_output: (!r.failed_output.is_empty()).then_some(r.failed_output),
         max_event_bytes: if r.max_event_bytes == 0 {

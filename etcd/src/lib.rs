@@ -122,6 +122,15 @@ struct FailedRecord {
     reason: String,
 }
 
+/// What a claim txn takes: the shard, its attempt number, the condition that proves the shard
+/// is still where the claimant saw it, and one more operation (deleting the ready key).
+struct Target {
+    shard: ShardId,
+    attempt: u32,
+    guard: Compare,
+    extra: Option<TxnOp>,
+}
+
 fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(format!("etcd: {e}"))
 }
@@ -310,13 +319,16 @@ impl EtcdStore {
     async fn try_claim(
         &self,
         job: &JobId,
-        shard: ShardId,
-        attempt: u32,
+        target: Target,
         lease: LeaseId,
         worker: &str,
-        guard: Compare,
-        extra: Option<TxnOp>,
     ) -> Result<Option<Claim>, StoreError> {
+        let Target {
+            shard,
+            attempt,
+            guard,
+            extra,
+        } = target;
         let claim_key = self.shard_key(job, "claim", shard);
         let mut ops = vec![
             TxnOp::put(
@@ -435,7 +447,11 @@ impl EtcdStore {
             json(status),
             None,
         ));
-        ops.push(TxnOp::put(format!("{}active/{job}", self.root), "running", None));
+        ops.push(TxnOp::put(
+            format!("{}active/{job}", self.root),
+            "running",
+            None,
+        ));
         let resp = self
             .txn(
                 Txn::new()
@@ -549,7 +565,11 @@ impl EtcdStore {
         let resp = self
             .txn(
                 Txn::new()
-                    .when([Compare::create_revision(active.clone(), CompareOp::Greater, 0)])
+                    .when([Compare::create_revision(
+                        active.clone(),
+                        CompareOp::Greater,
+                        0,
+                    )])
                     .and_then([
                         TxnOp::put(format!("{}states/{job}", self.root), json(status), None),
                         TxnOp::put(active, phase, None),
@@ -718,18 +738,13 @@ impl ShardStore for EtcdStore {
                 let guard =
                     Compare::mod_revision(kv.key().to_vec(), CompareOp::Equal, kv.mod_revision());
                 let delete = TxnOp::delete(kv.key().to_vec(), None);
-                if let Some(c) = self
-                    .try_claim(
-                        job,
-                        shard,
-                        rec.attempts + 1,
-                        lease,
-                        worker,
-                        guard,
-                        Some(delete),
-                    )
-                    .await?
-                {
+                let target = Target {
+                    shard,
+                    attempt: rec.attempts + 1,
+                    guard,
+                    extra: Some(delete),
+                };
+                if let Some(c) = self.try_claim(job, target, lease, worker).await? {
                     return Ok(Some(c));
                 }
                 continue;
@@ -771,10 +786,13 @@ impl ShardStore for EtcdStore {
                 let run_key = self.shard_key(job, "run", shard);
                 let guard = Compare::mod_revision(run_key.clone(), CompareOp::Equal, rev);
                 if run.attempt < meta.max_attempts {
-                    match self
-                        .try_claim(job, shard, run.attempt + 1, lease, worker, guard, None)
-                        .await?
-                    {
+                    let target = Target {
+                        shard,
+                        attempt: run.attempt + 1,
+                        guard,
+                        extra: None,
+                    };
+                    match self.try_claim(job, target, lease, worker).await? {
                         Some(c) => return Ok(Some(c)),
                         None => raced = true,
                     }

@@ -104,7 +104,7 @@ fn open_env(record: &JobRecord) -> JobEnv {
         spec: Arc::new(record.spec.clone()),
         source,
         output: Arc::new(LocalOutput::new(Path::new(&request.dest))) as Arc<dyn OutputStore>,
-        failed_output: Arc::new(LocalOutput::new(&request.failed_dir())),
+        failed_output: Arc::new(LocalOutput::new(request.failed_dir())),
         progress: Arc::new(Progress::default()),
         cancel: Arc::new(AtomicBool::new(false)),
     })
@@ -165,7 +165,10 @@ async fn keep_lease(shared: Arc<Shared>) {
         match shared.store.keep_alive(lease).await {
             Ok(()) => {}
             Err(StoreError::LeaseExpired(_)) => {
-                warn!(lease = lease.0, "lease lost: stopping its attempts and taking a new lease");
+                warn!(
+                    lease = lease.0,
+                    "lease lost: stopping its attempts and taking a new lease"
+                );
                 shared.stop_where(|f| f.lease == lease);
                 match shared.store.grant_lease(shared.cfg.lease_ttl).await {
                     Ok(new) => *shared.lease.lock().unwrap_or_else(|p| p.into_inner()) = new,
@@ -217,7 +220,11 @@ async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
     let worker = format!("{}/{n}", shared.cfg.id);
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        let jobs = shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let jobs = shared
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let lease = shared.lease();
         let mut claimed = None;
         let mut trouble = false;
@@ -269,14 +276,18 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
         progress: progress.clone(),
         ..env
     };
-    shared.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        claim.token,
-        InFlight {
-            job: claim.job.clone(),
-            lease: claim.lease,
-            stop,
-        },
-    );
+    shared
+        .inflight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            claim.token,
+            InFlight {
+                job: claim.job.clone(),
+                lease: claim.lease,
+                stop,
+            },
+        );
     // Live counters for WatchJob, every second while the attempt runs.
     let reporter = {
         let (store, claim, progress) = (shared.store.clone(), claim.clone(), progress.clone());
@@ -308,7 +319,9 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
         Ok(Attempt::Fenced) => bump(shared, |s| s.fenced += 1),
         Ok(Attempt::Failed) => bump(shared, |s| s.failed_attempts += 1),
         Ok(Attempt::Released) => bump(shared, |s| s.released += 1),
-        Err(e) => warn!(job = %claim.job, shard = %claim.shard, error = %e, "ending the attempt; the lease expiry returns the shard"),
+        Err(e) => {
+            warn!(job = %claim.job, shard = %claim.shard, error = %e, "ending the attempt; the lease expiry returns the shard")
+        }
     }
 }
 

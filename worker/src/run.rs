@@ -46,15 +46,14 @@ pub async fn execute_claim<S: ShardStore>(
     let job = &claim.job;
     let (shard, attempt) = (claim.shard, claim.attempt);
     let run_env = env.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || run_shard(&run_env, shard, attempt, decoder))
-            .await
-            .unwrap_or_else(|panic| {
-                Err(ShardError {
-                    message: format!("worker panicked: {panic}"),
-                    retryable: true,
-                })
-            });
+    let outcome = tokio::task::spawn_blocking(move || run_shard(&run_env, shard, attempt, decoder))
+        .await
+        .unwrap_or_else(|panic| {
+            Err(ShardError {
+                message: format!("worker panicked: {panic}"),
+                retryable: true,
+            })
+        });
     match outcome {
         Ok((manifest_key, manifest)) => {
             let done = ShardDone {

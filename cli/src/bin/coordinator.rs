@@ -10,7 +10,11 @@ use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1::job_service_server::JobServiceServer;
 
 #[derive(Debug, Parser)]
-#[command(name = "rewind-coordinator", version, about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end")]
+#[command(
+    name = "rewind-coordinator",
+    version,
+    about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end"
+)]
 struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -56,13 +60,16 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let store = match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        };
+        let store =
+            match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let leader = tokio::spawn(lead(
             store.clone(),

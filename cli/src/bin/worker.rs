@@ -7,7 +7,11 @@ use clap::Parser;
 use rewind_worker::daemon::{DaemonConfig, run_daemon};
 
 #[derive(Debug, Parser)]
-#[command(name = "rewind-worker", version, about = "Rewind worker: leases hour shards through etcd and runs them")]
+#[command(
+    name = "rewind-worker",
+    version,
+    about = "Rewind worker: leases hour shards through etcd and runs them"
+)]
 struct Args {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "REWIND_ETCD")]
@@ -43,7 +47,9 @@ fn main() -> ExitCode {
         }
     };
     if args.slots == Some(0) || args.lease_ttl < 2 {
-        eprintln!("error: invalid --slots or --lease-ttl: --slots must be at least 1, --lease-ttl at least 2");
+        eprintln!(
+            "error: invalid --slots or --lease-ttl: --slots must be at least 1, --lease-ttl at least 2"
+        );
         return ExitCode::from(2);
     }
     let slots = args.slots.unwrap_or_else(|| {
@@ -68,13 +74,16 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let store = match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        };
+        let store =
+            match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             rewind_cli::shutdown_signal().await;

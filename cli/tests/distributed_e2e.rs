@@ -1,0 +1,519 @@
+//! The distributed mode end to end, with a real etcd (Debian's `etcd-server`, started on free
+//! loopback ports by the harness) and our own binaries as processes, so kill -9 and SIGSTOP are
+//! real: `rewind-coordinator`, three `rewind-worker`s and the `rewind` CLI as the client.
+//! Each test compares the output with the archive read independently (serde_json), event by
+//! event: nothing lost, nothing twice, no file on disk that the job manifest does not list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
+use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
+use serde_json::Value;
+
+const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
+const WORKER: &str = env!("CARGO_BIN_EXE_rewind-worker");
+const ORG: &str = "TN-dist";
+/// Lease TTL of workers and coordinators in these tests (seconds; etcd's minimum is 2).
+const TTL: &str = "2";
+
+fn seed() -> String {
+    std::env::var("REWIND_TEST_SEED").unwrap_or_else(|_| "424242".into())
+}
+
+struct Cluster {
+    tmp: tempfile::TempDir,
+    etcd: Etcd,
+    port: u16,
+    coordinator: Option<Proc>,
+    workers: Vec<Proc>,
+    spawned: usize,
+}
+
+impl Cluster {
+    fn start(workers: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start();
+        let mut c = Cluster {
+            tmp,
+            etcd,
+            port: free_port(),
+            coordinator: None,
+            workers: Vec::new(),
+            spawned: 0,
+        };
+        c.start_coordinator();
+        for _ in 0..workers {
+            c.add_worker();
+        }
+        c
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn start_coordinator(&mut self) {
+        self.spawned += 1;
+        let log = self
+            .tmp
+            .path()
+            .join(format!("coordinator-{}.log", self.spawned));
+        let args = vec![
+            "--listen".to_string(),
+            self.addr(),
+            "--etcd".into(),
+            self.etcd.endpoint(),
+            "--lease-ttl".into(),
+            TTL.into(),
+            "--id".into(),
+            format!("c{}", self.spawned),
+        ];
+        self.coordinator = Some(Proc::spawn(COORDINATOR, &args, log));
+        assert!(
+            wait_port(self.port, Duration::from_secs(20)),
+            "coordinator did not listen: {}",
+            self.coordinator.as_ref().unwrap().log_text()
+        );
+    }
+
+    fn add_worker(&mut self) {
+        let n = self.workers.len();
+        let log = self.tmp.path().join(format!("worker-{n}.log"));
+        let args: Vec<String> = [
+            "--etcd",
+            &self.etcd.endpoint(),
+            "--slots",
+            "1",
+            "--lease-ttl",
+            TTL,
+            "--poll-ms",
+            "100",
+            "--grace",
+            "5",
+            "--id",
+            &format!("w{n}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.workers.push(Proc::spawn(WORKER, &args, log));
+    }
+
+    fn src(&self) -> PathBuf {
+        self.tmp.path().join("archive")
+    }
+
+    fn dest(&self) -> PathBuf {
+        self.tmp.path().join("out")
+    }
+
+    /// An archive of `hours` hours from 2024-04-01T00, 3 objects of 0.5 MB per hour.
+    fn generate(&self, hours: u32) {
+        let out = run(
+            REWIND,
+            &[
+                "gen",
+                "--out",
+                self.src().to_str().unwrap(),
+                "--org",
+                ORG,
+                "--start",
+                "2024-04-01T00",
+                "--hours",
+                &hours.to_string(),
+                "--objects-per-hour",
+                "3",
+                "--object-mb",
+                "0.5",
+                "--seed",
+                &seed(),
+                "--compression",
+                "mixed",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<&str> = args.to_vec();
+        let addr = self.addr();
+        all.extend(["--coordinator", &addr]);
+        run(REWIND, &all)
+    }
+
+    fn submit(&self, hours: u32) -> String {
+        let end = format!("2024-04-01T{:02}", hours - 1);
+        let src = self.src();
+        let dest = self.dest();
+        let out = self.cli(&[
+            "submit",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            &end,
+            "--dest",
+            dest.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn status(&self, job: &str) -> Value {
+        let out = self.cli(&["status", job, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout_json(&out)
+    }
+
+    /// Polls the job's status until `pred` holds.
+    fn wait_until(&self, job: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = self.status(job);
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `rewind watch JOB --json`: exit code and summary.
+    fn watch(&self, job: &str) -> (Option<i32>, Value) {
+        let out = self.cli(&["watch", job, "--json"]);
+        let code = out.status.code();
+        (code, stdout_json(&out))
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for p in self.coordinator.iter().chain(&self.workers) {
+            text.push_str(&format!("--- {}\n{}\n", p.log.display(), p.log_text()));
+        }
+        text
+    }
+}
+
+/// Every event of the first `hours` hours, by event id, as the row Rewind must write.
+fn expected(src: &Path, hours: u32) -> BTreeMap<String, Value> {
+    let dirs: BTreeSet<String> = (0..hours)
+        .map(|h| format!("main_stream/2024/04/01/{h:02}"))
+        .collect();
+    let mut map = BTreeMap::new();
+    for e in archived_events(src) {
+        if dirs.contains(&e.hour_dir) {
+            let id = e.value["event_id"].as_str().unwrap().to_string();
+            map.insert(id, expected_row(&e.value));
+        }
+    }
+    map
+}
+
+/// The job's output equals the archive exactly, and disk holds exactly the manifest's files.
+fn assert_exact_output(dest: &Path, job: &str, want: &BTreeMap<String, Value>) -> Value {
+    let exec = dest.join(format!("execution_id={job}"));
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(exec.join("_manifest.json")).expect("job manifest"))
+            .unwrap();
+    let listed: BTreeSet<PathBuf> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| dest.join(f["key"].as_str().unwrap()))
+        .collect();
+    let on_disk: BTreeSet<PathBuf> = files_below(&exec)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(
+        on_disk, listed,
+        "Parquet files on disk must be exactly the manifest's"
+    );
+
+    let mut got = BTreeMap::new();
+    for mut row in parquet_rows(&exec) {
+        row.as_object_mut().unwrap().remove("_partition");
+        let id = row["event_id"].as_str().unwrap().to_string();
+        assert!(
+            got.insert(id.clone(), row).is_none(),
+            "event {id} written twice"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "event count");
+    for (id, row) in want {
+        assert_eq!(got.get(id), Some(row), "event {id} differs or is missing");
+    }
+    manifest
+}
+
+/// Waits until every Parquet file below the job's prefix is listed in its manifest (a fenced
+/// zombie deletes what it wrote once it learns it lost its lease).
+fn wait_no_orphans(dest: &Path, job: &str) {
+    let exec = dest.join(format!("execution_id={job}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(exec.join("_manifest.json")).unwrap()).unwrap();
+        let listed: BTreeSet<String> = manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["key"].as_str().unwrap().to_string())
+            .collect();
+        let extra: Vec<PathBuf> = files_below(&exec)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .filter(|p| {
+                !listed.contains(&p.strip_prefix(dest).unwrap().to_string_lossy().to_string())
+            })
+            .collect();
+        if extra.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "files not in the manifest remain: {extra:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn attempts_above_one(manifest: &Value) -> usize {
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !f["key"].as_str().unwrap().contains("-a1-"))
+        .count()
+}
+
+fn running(s: &Value) -> u64 {
+    s["shards"]["running"].as_u64().unwrap_or(0)
+}
+
+/// (a) kill -9 a worker while it holds a shard: its lease expires, the shard is re-run by
+/// another worker, and the output is exact.
+#[test]
+fn killed_worker_loses_nothing_and_duplicates_nothing() {
+    let mut c = Cluster::start(3);
+    let hours = 8;
+    c.generate(hours);
+    let job = c.submit(hours);
+    // Every worker holds one shard (one slot each) when all three are running.
+    c.wait_until(&job, "three running shards", |s| running(s) >= 3);
+    c.workers[0].child.kill();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_eq!(summary["state"], "succeeded");
+    assert_eq!(summary["shards_done"], hours as u64);
+    let want = expected(&c.src(), hours);
+    assert_eq!(summary["recovered"], want.len() as u64);
+    let manifest = assert_exact_output(&c.dest(), &job, &want);
+    assert!(
+        c.dest()
+            .join(format!("execution_id={job}/_SUCCESS"))
+            .exists(),
+        "_SUCCESS"
+    );
+    assert!(
+        attempts_above_one(&manifest) >= 1,
+        "the killed worker's shard must have been re-run as a later attempt"
+    );
+}
+
+/// (b) SIGSTOP a worker past its lease, let the job finish without it, then SIGCONT: it is
+/// fenced (cannot commit), deletes what it wrote, and the output is exact.
+#[test]
+fn frozen_worker_is_fenced_after_it_resumes() {
+    let c = Cluster::start(3);
+    let hours = 8;
+    c.generate(hours);
+    let job = c.submit(hours);
+    c.wait_until(&job, "three running shards", |s| running(s) >= 3);
+    c.workers[0].child.signal("STOP");
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    c.workers[0].child.signal("CONT");
+    let want = expected(&c.src(), hours);
+    wait_no_orphans(&c.dest(), &job);
+    // Give the resumed worker time to act on its lost lease, then check again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.workers[0].log_text().contains("lease lost") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.workers[0].log_text().contains("lease lost"),
+        "the resumed worker must notice it lost its lease:\n{}",
+        c.workers[0].log_text()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    wait_no_orphans(&c.dest(), &job);
+    let manifest = assert_exact_output(&c.dest(), &job, &want);
+    assert!(attempts_above_one(&manifest) >= 1);
+}
+
+/// (c) kill -9 the coordinator mid-job and start a new one: it takes the lead from etcd and
+/// finishes the job. Then (e) restart etcd mid-job: workers and coordinator reconnect.
+#[test]
+fn coordinator_and_etcd_restarts_mid_job() {
+    let mut c = Cluster::start(3);
+    let hours = 8;
+    c.generate(hours);
+    let want = expected(&c.src(), hours);
+
+    let job = c.submit(hours);
+    c.wait_until(&job, "a shard done", |s| {
+        s["shards"]["done"].as_u64() >= Some(1)
+    });
+    c.coordinator.as_mut().unwrap().child.kill();
+    c.start_coordinator();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_exact_output(&c.dest(), &job, &want);
+
+    let job = c.submit(hours);
+    c.wait_until(&job, "running shards", |s| running(s) >= 1);
+    c.etcd.restart();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_exact_output(&c.dest(), &job, &want);
+}
+
+/// (d) cancel: workers stop the job's shards, the job ends `cancelled`, no `_SUCCESS`, and only
+/// committed shards' files remain (listed in the manifest).
+#[test]
+fn cancel_stops_the_job_without_success() {
+    let c = Cluster::start(2);
+    let hours = 12;
+    c.generate(hours);
+    let job = c.submit(hours);
+    c.wait_until(&job, "running shards", |s| running(s) >= 1);
+    let out = c.cli(&["cancel", &job]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(1), "a cancelled job exits 1: {summary}");
+    assert_eq!(summary["state"], "cancelled");
+    assert!(summary["shards_done"].as_u64().unwrap() < hours as u64);
+    let exec = c.dest().join(format!("execution_id={job}"));
+    assert!(!exec.join("_SUCCESS").exists());
+    wait_no_orphans(&c.dest(), &job);
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(exec.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["state"], "cancelled");
+    let s = c.status(&job);
+    assert_eq!(s["state"], "cancelled");
+    // The workers are idle again and take the next job.
+    let next = c.submit(2);
+    let (code, summary) = c.watch(&next);
+    assert_eq!(code, Some(0), "{summary}");
+}
+
+/// Bad requests are INVALID_ARGUMENT naming the field (exit 2), unknown jobs NOT_FOUND (exit 2),
+/// and an unreachable coordinator is named with its address (exit 1).
+#[test]
+fn bad_requests_unknown_jobs_and_unreachable_coordinator() {
+    let c = Cluster::start(0);
+    c.generate(1);
+    let src = c.src();
+    let dest = c.dest();
+    let base = |org: &str, start: &str, end: &str, source: &Path| -> Vec<String> {
+        [
+            "submit",
+            "--source",
+            source.to_str().unwrap(),
+            "--org",
+            org,
+            "--start",
+            start,
+            "--end",
+            end,
+            "--dest",
+            dest.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cases = [
+        (
+            base("../etc", "2024-04-01T00", "2024-04-01T00", &src),
+            "--org",
+        ),
+        (base(ORG, "2024-04-02", "2024-04-01", &src), "--end"),
+        (base(ORG, "2024-13-01", "2024-04-01", &src), "--start"),
+        (
+            base(ORG, "2024-04-01", "2024-04-01", &src.join("nope")),
+            "--source",
+        ),
+    ];
+    for (args, field) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = c.cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?}: {stderr}");
+    }
+    assert!(!dest.exists(), "a bad request writes nothing");
+
+    let out = c.cli(&["status", "20990101-000000-abcd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = run(REWIND, &["jobs", "--coordinator", &dead]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&dead));
+
+    // The plan lists what a job would read, without running it.
+    let out = c.cli(&[
+        "plan",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T01",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = stdout_json(&out);
+    assert_eq!(plan["shards"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["shards"][0]["objects"], 3);
+    assert_eq!(plan["shards"][1]["objects"], 0);
+    assert!(!dest.exists(), "planning writes nothing");
+}
