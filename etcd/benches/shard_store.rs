@@ -1,1 +1,210 @@
-fn main() {}
+//! Benchmark of the etcd shard store against one real local etcd (started here, data on tmpfs
+//! when the machine has /dev/shm):
+//!
+//! 1. planning + registering a year (8,760 hour shards) as one job: plan, then one submit txn;
+//! 2. claim + commit throughput with many concurrent claimants on one job, for several claimant
+//!    counts: shards/s = shards / wall time until every shard is committed.
+//!
+//! `cargo bench -p rewind-etcd --bench shard_store` (needs `etcd` on the PATH; `REWIND_BENCH_SHARDS`
+//! sets the shards per throughput run, default 6,000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rewind_common::shard_store::{ShardDone, ShardStore};
+use rewind_common::{HourRange, JobId, Layout, OrgId, ShardId};
+use rewind_etcd::EtcdStore;
+use rewind_testkit::servers::Etcd;
+
+fn main() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench(&etcd));
+}
+
+async fn bench(etcd: &Etcd) {
+    let store = Arc::new(
+        EtcdStore::connect(&[etcd.endpoint()], "/rewind/bench/")
+            .await
+            .unwrap(),
+    );
+
+    // The coordinator compacts etcd's history while it leads; do the same here.
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = store.compact_history(1000).await;
+            }
+        });
+    }
+
+    // 1. A year: plan (one shard per hour with its prefix) and register it.
+    let mut plan_times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let range = HourRange::parse("2025-01-01", "2025-12-31", 9000).unwrap();
+        let org = OrgId::parse("TN-bench").unwrap();
+        let layout = Layout::default();
+        let planned: Vec<(ShardId, String)> = range
+            .hours()
+            .map(|h| (ShardId(h), layout.prefix(h, &org)))
+            .collect();
+        let ids: Vec<ShardId> = planned.iter().map(|(id, _)| *id).collect();
+        let job = JobId::generate();
+        store
+            .submit(&job, &"record", &"status", &ids, 3)
+            .await
+            .unwrap();
+        plan_times.push((started.elapsed(), ids.len()));
+    }
+    plan_times.sort();
+    let (median, n) = plan_times[plan_times.len() / 2];
+    println!(
+        "plan + register a year: {n} shards in {:.1} ms (median of 5; first progress read {:.1} ms)",
+        median.as_secs_f64() * 1000.0,
+        {
+            let job = JobId::generate();
+            let ids: Vec<ShardId> = HourRange::parse("2025-01-01", "2025-12-31", 9000)
+                .unwrap()
+                .hours()
+                .map(ShardId)
+                .collect();
+            store.create_job(&job, &ids, 3).await.unwrap();
+            let t = Instant::now();
+            let p = store.progress(&job).await.unwrap();
+            assert_eq!(p.pending, 8760);
+            t.elapsed().as_secs_f64() * 1000.0
+        }
+    );
+
+    // 2. Claim + commit throughput.
+    let shards: usize = std::env::var("REWIND_BENCH_SHARDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6000);
+    println!("claim + commit, {shards} shards per run, against plain puts on the same etcd:");
+    println!("claimants (processes)  shards/s  plain puts/s  puts per shard  lost races per shard");
+    for claimants in [1usize, 8, 32, 64] {
+        let job = JobId::generate();
+        let ids: Vec<ShardId> = HourRange::parse("2020-01-01T00", "2030-01-01T00", 200_000)
+            .unwrap()
+            .hours()
+            .take(shards)
+            .map(ShardId)
+            .collect();
+        store.create_job(&job, &ids, 3).await.unwrap();
+        let started = Instant::now();
+        let races0 = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed);
+        // Claimants as worker processes would hold them: 8 slots per process, each process
+        // with its own connection and its own cache of claimable keys.
+        let mut stores = Vec::new();
+        for _ in 0..claimants.div_ceil(8) {
+            stores.push(Arc::new(
+                EtcdStore::connect(&[etcd.endpoint()], "/rewind/bench/")
+                    .await
+                    .unwrap(),
+            ));
+        }
+        let mut tasks = Vec::new();
+        for w in 0..claimants {
+            let (store, job) = (stores[w % stores.len()].clone(), job.clone());
+            tasks.push(tokio::spawn(async move {
+                let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+                let name = format!("w{w}");
+                let mut n = 0u64;
+                let (mut tc, mut tm) = (Duration::ZERO, Duration::ZERO);
+                loop {
+                    let t = Instant::now();
+                    let Some(c) = store.claim(&job, lease, &name).await.unwrap() else {
+                        break;
+                    };
+                    tc += t.elapsed();
+                    let t = Instant::now();
+                    let done = ShardDone {
+                        attempt: c.attempt,
+                        manifest_key: format!(
+                            "execution_id={}/_rewind/shards/{}-a1.json",
+                            c.job, c.shard
+                        ),
+                        counts: Default::default(),
+                    };
+                    store.commit(&c, done).await.unwrap();
+                    tm += t.elapsed();
+                    n += 1;
+                }
+                if std::env::var("REWIND_BENCH_LAT").is_ok() && w == 0 {
+                    eprintln!(
+                        "claimant 0: claim {:.2} ms, commit {:.2} ms",
+                        tc.as_secs_f64() * 1e3 / n as f64,
+                        tm.as_secs_f64() * 1e3 / n as f64
+                    );
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(total as usize, shards, "every shard committed exactly once");
+        let p = store.progress(&job).await.unwrap();
+        assert_eq!(p.done as usize, shards);
+        let rate = shards as f64 / secs;
+        store.compact(&job).await.unwrap();
+        let puts = plain_puts(etcd, claimants, shards * 2).await;
+        let races = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed) - races0;
+        println!(
+            "{claimants:>9} ({:>9})  {rate:>8.0}  {puts:>12.0}  {:>14.2}  {:>20.2}",
+            claimants.div_ceil(8),
+            puts / rate,
+            races as f64 / shards as f64
+        );
+    }
+}
+
+/// The baseline: `n` plain puts of small values by `clients` concurrent clients; puts/s.
+async fn plain_puts(etcd: &Etcd, clients: usize, n: usize) -> f64 {
+    let client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (mut kv, next) = (client.kv_client(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                kv.put(
+                    format!("/rewind/bench/plain/{i:08}"),
+                    "{\"attempt\":1}",
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let mut kv = client.kv_client();
+    kv.delete(
+        "/rewind/bench/plain/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    rate
+}

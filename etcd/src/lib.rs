@@ -10,7 +10,8 @@
 //! | `active/{job}` | phase of an unfinished job: `running` or `cancelling` | - |
 //! | `jobs/{job}/meta` | max attempts and the shard list as runs of hours | - |
 //! | `jobs/{job}/cursor` | index of the first shard not yet made claimable | - |
-//! | `jobs/{job}/ready/{shard}` | a claimable shard (attempts so far, last error) | - |
+//! | `jobs/{job}/ready/{shard}` | a claimable shard never claimed yet | - |
+//! | `jobs/{job}/retry/{shard}` | a claimable shard given back (attempts so far, last error) | - |
 //! | `jobs/{job}/run/{shard}` | an attempt in flight (attempt, worker) | - |
 //! | `jobs/{job}/claim/{shard}` | the worker holding the shard | worker's |
 //! | `jobs/{job}/live/{shard}` | live counters of the attempt | worker's |
@@ -43,12 +44,22 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+/// Claim txns lost to another claimant (a measure of contention, for the benchmark).
+pub static CLAIM_RACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub const DEFAULT_ROOT: &str = "/rewind/v1/";
 
 /// How many shards one refill makes claimable (etcd allows 128 operations per txn).
-const WINDOW: usize = 100;
-/// How many ready keys a claimant looks at before picking one at random (fewer collisions).
+const WINDOW: usize = 120;
+/// How many ready keys a claimant looks at before picking one at random: many claimants then
+/// rarely pick the same key (a lost race costs a txn).
 const PICK_FROM: i64 = 32;
+/// Below this many ready keys, a claimant first tops the window up (one of them wins), so
+/// claimants do not all run dry and race on the cursor at once.
+/// At most this many windows are made claimable ahead of the lowest unclaimed shard: room for
+/// many worker processes to pick different keys, still small next to a year of shards.
+const AHEAD: usize = 8;
+const LOW_WATER: usize = 32;
 
 /// Counters of one attempt in flight (`jobs/{job}/live/{shard}`), for live progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +102,19 @@ impl Meta {
                 return Some(ShardId(Hour::from_epoch_hours(first + index as i64)));
             }
             index -= n;
+        }
+        None
+    }
+
+    /// The position of `shard` in the job's shard list.
+    fn index(&self, shard: ShardId) -> Option<u64> {
+        let h = shard.hour().epoch_hours();
+        let mut before = 0;
+        for (first, n) in &self.runs {
+            if h >= *first && h < first + *n as i64 {
+                return Some(before + (h - first) as u64);
+            }
+            before += n;
         }
         None
     }
@@ -175,6 +199,14 @@ pub struct EtcdStore {
     root: String,
     endpoints: Vec<String>,
     metas: std::sync::Arc<Mutex<HashMap<JobId, Meta>>>,
+    /// Jobs whose cursor reached the end (it only moves forward): no more refills to try.
+    drained: std::sync::Arc<Mutex<HashSet<JobId>>>,
+    /// Per job, the lowest fresh ready key last seen (see `fresh_ready`).
+    low: std::sync::Arc<Mutex<HashMap<JobId, Vec<u8>>>>,
+    /// Claimable keys read but not tried yet, per job; shared by the process's claimants.
+    cache: std::sync::Arc<Mutex<HashMap<JobId, Vec<KeyValue>>>>,
+    /// Counts reads of claimable keys, to look at retries on every fourth one.
+    turn: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -206,6 +238,10 @@ impl EtcdStore {
             },
             endpoints: endpoints.to_vec(),
             metas: Default::default(),
+            drained: Default::default(),
+            low: Default::default(),
+            turn: Default::default(),
+            cache: Default::default(),
         };
         store
             .client
@@ -260,6 +296,20 @@ impl EtcdStore {
     async fn get(
         &self,
         key: String,
+        options: Option<GetOptions>,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut resp = self
+            .client
+            .kv_client()
+            .get(key, options)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.take_kvs())
+    }
+
+    async fn get_raw(
+        &self,
+        key: Vec<u8>,
         options: Option<GetOptions>,
     ) -> Result<Vec<KeyValue>, StoreError> {
         let mut resp = self
@@ -358,6 +408,7 @@ impl EtcdStore {
             .await
             .map_err(|e| lease_error(e, lease))?;
         if !resp.succeeded() {
+            CLAIM_RACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(None);
         }
         let token = resp.header().map(|h| h.revision()).unwrap_or_default() as u64;
@@ -368,6 +419,144 @@ impl EtcdStore {
             token,
             attempt,
         }))
+    }
+
+    /// Takes a random key from this process's cache of claimable keys of `job`.
+    fn cached_ready(&self, job: &JobId) -> Option<KeyValue> {
+        let mut cache = self.cache.lock().ok()?;
+        let keys = cache.get_mut(job)?;
+        if keys.is_empty() {
+            cache.remove(job);
+            return None;
+        }
+        let i = random_index(keys.len());
+        Some(keys.swap_remove(i))
+    }
+
+    /// The first shards given back (failed and retryable, or released).
+    async fn retry_ready(&self, job: &JobId) -> Result<Vec<KeyValue>, StoreError> {
+        self.get(
+            self.job_key(job, "retry/"),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_limit(PICK_FROM)
+                    .with_serializable(),
+            ),
+        )
+        .await
+    }
+
+    /// The first ready keys of never-claimed shards, read from the lowest one this store saw
+    /// last time: keys below it were all claimed (refills only add keys above the cursor), so
+    /// the range skips their tombstones instead of scanning every claimed shard again.
+    ///
+    /// Each read starts at a random point of the window (so that worker processes, each with
+    /// its own cache, mostly try different keys) and wraps to the lowest key when nothing is
+    /// left above that point.
+    async fn fresh_ready(&self, job: &JobId, meta: &Meta) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = self.job_key(job, "ready/");
+        let low = self
+            .low
+            .lock()
+            .ok()
+            .and_then(|l| l.get(job).cloned())
+            .unwrap_or_else(|| prefix.clone().into_bytes());
+        let mut end = prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1; // "ready/" -> "ready0": the end of the prefix
+        }
+        let low_index = Self::shard_of(&low)
+            .and_then(|s| meta.index(s))
+            .unwrap_or(0);
+        let start = low_index + random_index(WINDOW * AHEAD) as u64;
+        if start > low_index
+            && let Some(shard) = meta.shard(start)
+        {
+            let ready = self
+                .get_raw(
+                    self.shard_key(job, "ready", shard).into_bytes(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_limit(PICK_FROM)
+                            .with_serializable(),
+                    ),
+                )
+                .await?;
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+        }
+        let ready = self
+            .get_raw(
+                low,
+                Some(
+                    GetOptions::new()
+                        .with_range(end)
+                        .with_limit(PICK_FROM)
+                        .with_serializable(),
+                ),
+            )
+            .await?;
+        if let (Some(first), Ok(mut low)) = (ready.first(), self.low.lock()) {
+            low.insert(job.clone(), first.key().to_vec());
+        }
+        Ok(ready)
+    }
+
+    /// Makes the next window of never-claimed shards claimable. False when none are left.
+    /// Unless `force`d (no ready key is left), it does nothing while a few windows are ready.
+    async fn refill(&self, job: &JobId, meta: &Meta, force: bool) -> Result<bool, StoreError> {
+        if self.drained.lock().is_ok_and(|d| d.contains(job)) {
+            return Ok(false);
+        }
+        let cursor_key = self.job_key(job, "cursor");
+        let cursor = self.get(cursor_key.clone(), None).await?;
+        let Some(kv) = cursor.first() else {
+            return Err(StoreError::JobNotFound(job.clone()));
+        };
+        let next: u64 = std::str::from_utf8(kv.value())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(&cursor_key, "not a number"))?;
+        // Keep at most a few windows of ready keys: etcd holds pending work lazily.
+        let low_index = self
+            .low
+            .lock()
+            .ok()
+            .and_then(|l| l.get(job).and_then(|k| Self::shard_of(k)))
+            .and_then(|s| meta.index(s))
+            .unwrap_or(0);
+        if !force && next >= low_index + AHEAD as u64 * WINDOW as u64 && next < meta.total {
+            return Ok(true);
+        }
+        if next >= meta.total {
+            if let Ok(mut d) = self.drained.lock() {
+                d.insert(job.clone());
+            }
+            return Ok(false);
+        }
+        let end = (next + WINDOW as u64).min(meta.total);
+        let mut ops = vec![TxnOp::put(cursor_key.clone(), end.to_string(), None)];
+        for i in next..end {
+            if let Some(shard) = meta.shard(i) {
+                ops.push(TxnOp::put(self.shard_key(job, "ready", shard), "{}", None));
+            }
+        }
+        // Another claimant may have moved the cursor first: then its window is there.
+        self.txn(
+            Txn::new()
+                .when([Compare::mod_revision(
+                    cursor_key,
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then(ops),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(true)
     }
 
     /// Attempts in flight whose claim vanished with an expired lease: (shard, record, mod rev).
@@ -536,6 +725,15 @@ impl EtcdStore {
         if let Ok(mut m) = self.metas.lock() {
             m.remove(job);
         }
+        if let Ok(mut d) = self.drained.lock() {
+            d.remove(job);
+        }
+        if let Ok(mut l) = self.low.lock() {
+            l.remove(job);
+        }
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(job);
+        }
         Ok(())
     }
 
@@ -654,6 +852,34 @@ impl EtcdStore {
         Ok(false)
     }
 
+    /// Compacts etcd's history, keeping the last `keep` revisions. Rewind never reads old
+    /// revisions (fencing compares current keys' create revisions), but without compaction
+    /// every claim, commit and deleted key stays in etcd's history and its write path slows
+    /// down by an order of magnitude (measured: `cargo bench -p rewind-etcd`). Returns the
+    /// revision compacted to, if any.
+    pub async fn compact_history(&self, keep: i64) -> Result<Option<i64>, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                format!("{}leader", self.root),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(unavailable)?;
+        let current = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let target = current - keep.max(0);
+        if target <= 1 {
+            return Ok(None);
+        }
+        match self.client.kv_client().compact(target, None).await {
+            Ok(_) => Ok(Some(target)),
+            // Already compacted past it (another coordinator did): nothing to do.
+            Err(e) if e.to_string().contains("compacted") => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// The id of the leading coordinator, if any.
     pub async fn leader(&self) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -717,24 +943,14 @@ impl ShardStore for EtcdStore {
         // Each round either claims, loses a race to another claimant (and retries), or finds
         // nothing; the bound only guards against a livelock bug.
         for _ in 0..10_000 {
-            // 1. A ready shard, picked at random among the first few to spread claimants.
-            let ready = self
-                .get(
-                    self.job_key(job, "ready/"),
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_limit(PICK_FROM)
-                            .with_serializable(),
-                    ),
-                )
-                .await?;
-            if !ready.is_empty() {
-                let kv = &ready[random_index(ready.len())];
+            // 1. A claimable key this process read earlier and has not tried yet: one txn per
+            //    claim, no read. Another worker may have taken it meanwhile; the txn's guard (the
+            //    key's mod revision) then fails and the next one is tried.
+            if let Some(kv) = self.cached_ready(job) {
                 let Some(shard) = Self::shard_of(kv.key()) else {
                     continue;
                 };
-                let rec: ReadyRecord = parse(kv)?;
+                let rec: ReadyRecord = parse(&kv)?;
                 let guard =
                     Compare::mod_revision(kv.key().to_vec(), CompareOp::Equal, kv.mod_revision());
                 let delete = TxnOp::delete(kv.key().to_vec(), None);
@@ -747,37 +963,43 @@ impl ShardStore for EtcdStore {
                 if let Some(c) = self.try_claim(job, target, lease, worker).await? {
                     return Ok(Some(c));
                 }
+                // Lost to another process: it is probably working through the same keys, so
+                // drop them and read afresh from another point of the window.
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.remove(job);
+                }
                 continue;
             }
-            // 2. Make the next window of shards claimable.
-            let cursor_key = self.job_key(job, "cursor");
-            let cursor = self.get(cursor_key.clone(), None).await?;
-            let Some(kv) = cursor.first() else {
-                return Err(StoreError::JobNotFound(job.clone()));
+            // 2. Read the next claimable keys: shards given back (failed and retryable, or
+            //    released) on every fourth read and whenever no fresh shard is left, else the
+            //    first never-claimed ones.
+            let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut ready = if turn.is_multiple_of(4) {
+                self.retry_ready(job).await?
+            } else {
+                Vec::new()
             };
-            let next: u64 = std::str::from_utf8(kv.value())
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| corrupt(&cursor_key, "not a number"))?;
-            if next < meta.total {
-                let end = (next + WINDOW as u64).min(meta.total);
-                let mut ops = vec![TxnOp::put(cursor_key.clone(), end.to_string(), None)];
-                for i in next..end {
-                    if let Some(shard) = meta.shard(i) {
-                        ops.push(TxnOp::put(self.shard_key(job, "ready", shard), "{}", None));
+            if ready.is_empty() {
+                ready = self.fresh_ready(job, &meta).await?;
+            }
+            if ready.is_empty() && !turn.is_multiple_of(4) {
+                ready = self.retry_ready(job).await?;
+            }
+            // Top the window up from the cursor when it runs low.
+            let refilled =
+                ready.len() < LOW_WATER && self.refill(job, &meta, ready.is_empty()).await?;
+            if !ready.is_empty() {
+                // Another claimant of this process may have filled the cache meanwhile, with
+                // the same keys: then use its batch, not both (trying a key twice is a lost txn).
+                if let Ok(mut cache) = self.cache.lock() {
+                    let keys = cache.entry(job.clone()).or_default();
+                    if keys.is_empty() {
+                        *keys = ready;
                     }
                 }
-                self.txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            cursor_key,
-                            CompareOp::Equal,
-                            kv.mod_revision(),
-                        )])
-                        .and_then(ops),
-                )
-                .await
-                .map_err(unavailable)?;
+                continue;
+            }
+            if refilled {
                 continue;
             }
             // 3. Attempts lost with an expired lease: retry them, or fail them at the last one.
@@ -890,7 +1112,7 @@ impl ShardStore for EtcdStore {
             };
             (
                 AfterFailure::WillRetry,
-                TxnOp::put(self.shard_key(job, "ready", claim.shard), json(&rec), None),
+                TxnOp::put(self.shard_key(job, "retry", claim.shard), json(&rec), None),
             )
         } else {
             let rec = FailedRecord {
@@ -912,7 +1134,7 @@ impl ShardStore for EtcdStore {
             last_error: None,
         };
         let op = TxnOp::put(
-            self.shard_key(&claim.job, "ready", claim.shard),
+            self.shard_key(&claim.job, "retry", claim.shard),
             json(&rec),
             None,
         );
@@ -952,7 +1174,9 @@ impl ShardStore for EtcdStore {
                 )
             })
             .collect();
-        for kv in self.prefix(self.job_key(job, "ready/")).await? {
+        let mut ready = self.prefix(self.job_key(job, "ready/")).await?;
+        ready.extend(self.prefix(self.job_key(job, "retry/")).await?);
+        for kv in ready {
             if let Some(shard) = Self::shard_of(kv.key()) {
                 let rec: ReadyRecord = parse(&kv)?;
                 states.insert(
