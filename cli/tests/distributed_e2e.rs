@@ -517,3 +517,27 @@ fn bad_requests_unknown_jobs_and_unreachable_coordinator() {
     assert_eq!(plan["shards"][1]["objects"], 0);
     assert!(!dest.exists(), "planning writes nothing");
 }
+
+/// SIGTERM: the worker stops claiming, finishes or releases its shard within its grace period
+/// (5 s here) and exits 0; the job completes exactly on the other workers.
+#[test]
+fn sigterm_drains_a_worker_within_its_grace_period() {
+    let mut c = Cluster::start(2);
+    let hours = 8;
+    c.generate(hours);
+    let job = c.submit(hours);
+    c.wait_until(&job, "two running shards", |s| running(s) >= 2);
+    let asked = Instant::now();
+    c.workers[0].child.signal("TERM");
+    let status = c.workers[0]
+        .child
+        .wait_exit(Duration::from_secs(20))
+        .expect("the worker exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", c.workers[0].log_text());
+    assert!(asked.elapsed() < Duration::from_secs(15));
+    let log = c.workers[0].log_text();
+    assert!(log.contains("no new claims"), "{log}");
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+}

@@ -26,6 +26,11 @@ pub struct LeaderConfig {
     pub id: String,
     pub lease_ttl: Duration,
     pub tick: Duration,
+    /// How often the leader compacts etcd's history (None: never; then etcd's own
+    /// `--auto-compaction-*` must do it, or claims slow down as history grows).
+    pub compact_every: Option<Duration>,
+    /// Revisions kept by each compaction.
+    pub compact_keep: i64,
 }
 
 /// Campaigns for leadership and, while leading, drives jobs. Returns when `shutdown` is set,
@@ -34,6 +39,7 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
     let mut lease = None;
     let mut leading = false;
     let mut last_keepalive = tokio::time::Instant::now();
+    let mut last_compaction = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
@@ -77,6 +83,16 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
                 }
                 if let Err(e) = drive_once(&store).await {
                     warn!(error = %e, "driving jobs");
+                }
+                if let Some(every) = cfg.compact_every
+                    && last_compaction.elapsed() >= every
+                {
+                    last_compaction = tokio::time::Instant::now();
+                    match store.compact_history(cfg.compact_keep).await {
+                        Ok(Some(rev)) => info!(revision = rev, "compacted etcd history"),
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "compacting etcd history"),
+                    }
                 }
             }
             Ok(false) => {

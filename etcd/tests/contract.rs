@@ -86,3 +86,59 @@ async fn etcd_concurrent_claimants_claim_each_shard_once() {
     let p = s.progress(&job).await.unwrap();
     assert_eq!((p.done, p.pending, p.running, p.failed), (250, 0, 0, 0));
 }
+
+/// Compacting etcd's history (the coordinator does it periodically) does not disturb claims in
+/// flight: fencing tokens are create revisions of live keys, not old revisions.
+#[tokio::test]
+async fn etcd_claims_survive_history_compaction() {
+    use rewind_common::shard_store::{ShardDone, ShardStore, StoreError};
+    use rewind_common::{Hour, JobId, ShardId};
+
+    let etcd = Etcd::start();
+    let s = store(&etcd).await;
+    let job = JobId::generate();
+    let shards: Vec<ShardId> = (0..3)
+        .map(|h| ShardId(Hour::from_epoch_hours(490_000 + h)))
+        .collect();
+    s.create_job(&job, &shards, 3).await.unwrap();
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let c = s.claim(&job, lease, "w").await.unwrap().unwrap();
+    let compacted = s.compact_history(0).await.unwrap();
+    assert!(compacted.is_some(), "there is history to compact");
+    let done = |attempt| ShardDone {
+        attempt,
+        manifest_key: "m".into(),
+        counts: Default::default(),
+    };
+    s.commit(&c, done(1)).await.unwrap();
+    // A claim whose token is not current stays fenced after compaction.
+    let mut stale = s.claim(&job, lease, "w").await.unwrap().unwrap();
+    stale.token -= 1;
+    assert!(matches!(
+        s.commit(&stale, done(1)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let p = s.progress(&job).await.unwrap();
+    assert_eq!((p.done, p.running, p.pending), (1, 1, 1));
+}
+
+/// Two coordinator replicas: one leads, the other stands by until the leader's lease goes.
+#[tokio::test]
+async fn etcd_one_leader_at_a_time() {
+    use rewind_common::shard_store::ShardStore;
+
+    let etcd = Etcd::start();
+    let s = store(&etcd).await;
+    let a = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let b = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    assert!(s.lead("a", a).await.unwrap());
+    assert!(!s.lead("b", b).await.unwrap(), "b must stand by");
+    assert!(s.lead("a", a).await.unwrap(), "a keeps leading");
+    assert_eq!(s.leader().await.unwrap().as_deref(), Some("a"));
+    s.revoke(a).await.unwrap();
+    assert!(
+        s.lead("b", b).await.unwrap(),
+        "b takes over once a's lease is gone"
+    );
+    assert!(!s.lead("a", a).await.unwrap_or(false));
+}

@@ -28,6 +28,13 @@ struct Args {
     /// Leader lease TTL in seconds: a standby takes over this long after the leader dies.
     #[arg(long, default_value_t = 10)]
     lease_ttl: u64,
+    /// Seconds between compactions of etcd's history by the leader (0: never, leave it to
+    /// etcd's --auto-compaction-*). Without any compaction, claims slow down as history grows.
+    #[arg(long, default_value_t = 60)]
+    etcd_compact_every: u64,
+    /// Revisions each compaction keeps.
+    #[arg(long, default_value_t = 10_000)]
+    etcd_compact_keep: i64,
     /// Key prefix in etcd (several Rewind installations can share one etcd).
     #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
     etcd_prefix: String,
@@ -77,6 +84,9 @@ fn main() -> ExitCode {
                 id: id.clone(),
                 lease_ttl: Duration::from_secs(args.lease_ttl.max(2)),
                 tick: Duration::from_millis(300),
+                compact_every: (args.etcd_compact_every > 0)
+                    .then(|| Duration::from_secs(args.etcd_compact_every)),
+                compact_keep: args.etcd_compact_keep,
             },
             rx.clone(),
         ));
