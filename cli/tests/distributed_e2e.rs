@@ -548,10 +548,10 @@ fn sigterm_drains_a_worker_within_its_grace_period() {
 fn health_and_reflection() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let c = Cluster::start(0);
     let url = format!("http://{}", c.addr());
@@ -588,6 +588,9 @@ fn health_and_reflection() {
             panic!("unexpected reflection reply {reply:?}");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.contains(&"rewind.v1.JobService".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"rewind.v1.JobService".to_string()),
+            "{names:?}"
+        );
     });
 }
