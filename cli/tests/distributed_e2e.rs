@@ -542,10 +542,11 @@ fn sigterm_drains_a_worker_within_its_grace_period() {
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
 
-/// The coordinator answers the standard gRPC health check for rewind.v1.JobService and lists
-/// its services through server reflection (what grpcurl and Kubernetes probes use).
+/// The gRPC API itself: status codes (INVALID_ARGUMENT naming the field, NOT_FOUND), the
+/// standard health check for rewind.v1.JobService, and server reflection (what grpcurl and
+/// Kubernetes probes use).
 #[test]
-fn health_and_reflection() {
+fn grpc_codes_health_and_reflection() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -565,6 +566,36 @@ fn health_and_reflection() {
             .connect()
             .await
             .unwrap();
+        let mut api = rewind_proto::v1::job_service_client::JobServiceClient::new(channel.clone());
+        let bad = rewind_proto::v1::JobRequest {
+            source: "/nonexistent".into(),
+            org: "TN 1".into(),
+            start: "2024-04-01".into(),
+            end: "2024-04-01".into(),
+            dest: "/tmp/x".into(),
+            ..Default::default()
+        };
+        let err = api
+            .submit_job(rewind_proto::v1::SubmitJobRequest { job: Some(bad) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("--org"), "{}", err.message());
+        let err = api
+            .get_job(rewind_proto::v1::GetJobRequest {
+                job_id: "20990101-000000-abcd".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        let err = api
+            .cancel_job(rewind_proto::v1::CancelJobRequest {
+                job_id: "../../etc".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
         let health = HealthClient::new(channel.clone())
             .check(tonic_health::pb::HealthCheckRequest {
                 service: "rewind.v1.JobService".into(),
