@@ -691,7 +691,8 @@ impl EtcdStore {
         Ok(out)
     }
 
-    /// Replaces the job's status; `finished` also removes it from the active jobs.
+    /// Replaces the job's status; `finished` also removes it from the active jobs and deletes
+    /// its per-shard keys (the status, with the summary, is what remains of a finished job).
     pub async fn set_status<S: Serialize>(
         &self,
         job: &JobId,
@@ -704,7 +705,13 @@ impl EtcdStore {
             None,
         )];
         if finished {
+            // The job's end and the removal of its per-shard keys are one txn: a coordinator
+            // dying in between cannot leave them behind.
             ops.push(TxnOp::delete(format!("{}active/{job}", self.root), None));
+            ops.push(TxnOp::delete(
+                self.job_key(job, ""),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
         }
         self.txn(Txn::new().and_then(ops))
             .await
