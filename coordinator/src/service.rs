@@ -102,8 +102,27 @@ fn parse_job(id: &str) -> Result<JobId, Status> {
 }
 
 impl JobServiceImpl {
-    /// The job as the API shows it: status, shard counts, event counts (committed + live).
+    /// The job as the API shows it. A job that finishes while it is being read loses its
+    /// per-shard keys half-way (they go with the final status, in one txn): read it again.
     async fn job(&self, job: &JobId) -> Result<pb::Job, Status> {
+        let mut tries = 0;
+        loop {
+            match self.job_once(job).await {
+                Err(s) if s.code() == tonic::Code::NotFound && tries < 3 => {
+                    // Unknown job ids fail the status read: only shard keys can vanish.
+                    self.store
+                        .status::<JobStatus>(job)
+                        .await
+                        .map_err(store_status)?;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Status, shard counts, event counts (committed + live).
+    async fn job_once(&self, job: &JobId) -> Result<pb::Job, Status> {
         let status: JobStatus = self.store.status(job).await.map_err(store_status)?;
         let record: JobRecord = self.store.record(job).await.map_err(store_status)?;
         let mut out = pb::Job {
