@@ -625,3 +625,99 @@ fn grpc_codes_health_and_reflection() {
         );
     });
 }
+
+/// Two coordinator replicas: one leads, the other stands by; kill -9 the leader mid-job and the
+/// standby takes over (after the leader's lease expires) and finishes the job.
+#[test]
+fn standby_coordinator_takes_over() {
+    let mut c = Cluster::start(2);
+    let standby_port = free_port();
+    let standby = Proc::spawn(
+        COORDINATOR,
+        &[
+            "--listen".to_string(),
+            format!("127.0.0.1:{standby_port}"),
+            "--etcd".into(),
+            c.etcd.endpoint(),
+            "--lease-ttl".into(),
+            TTL.into(),
+            "--id".into(),
+            "standby".into(),
+        ],
+        c.tmp.path().join("standby.log"),
+    );
+    assert!(wait_port(standby_port, Duration::from_secs(20)));
+    let hours = 6;
+    c.generate(hours);
+    let job = c.submit(hours);
+    c.wait_until(&job, "a shard done", |s| {
+        s["shards"]["done"].as_u64() >= Some(1)
+    });
+    assert!(
+        !standby.log_text().contains("leading"),
+        "the standby must not lead while the first replica does:\n{}",
+        standby.log_text()
+    );
+    c.coordinator.as_mut().unwrap().child.kill();
+    // Ask the standby from now on.
+    c.port = standby_port;
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", standby.log_text());
+    assert!(
+        standby.log_text().contains("leading"),
+        "{}",
+        standby.log_text()
+    );
+    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+}
+
+/// etcd not there yet when a worker and a coordinator start: they say so, retry with backoff,
+/// and work once etcd comes up.
+#[test]
+fn processes_wait_for_etcd_to_come_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd_port = free_port();
+    let endpoint = format!("http://127.0.0.1:{etcd_port}");
+    let api = free_port();
+    let worker = Proc::spawn(
+        WORKER,
+        &["--etcd", &endpoint, "--slots", "1", "--lease-ttl", TTL].map(String::from),
+        tmp.path().join("worker.log"),
+    );
+    let coordinator = Proc::spawn(
+        COORDINATOR,
+        &[
+            "--etcd",
+            &endpoint,
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--lease-ttl",
+            TTL,
+        ]
+        .map(String::from),
+        tmp.path().join("coordinator.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(worker.log_text().contains("etcd unreachable")
+        && coordinator.log_text().contains("etcd unreachable"))
+    {
+        assert!(Instant::now() < deadline, "no retry logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        worker
+            .log_text()
+            .contains(&format!("127.0.0.1:{etcd_port}"))
+    );
+    let _etcd = Etcd::start_at(etcd_port);
+    assert!(
+        wait_port(api, Duration::from_secs(30)),
+        "the coordinator serves once etcd is up: {}",
+        coordinator.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !worker.log_text().contains("worker started") {
+        assert!(Instant::now() < deadline, "{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

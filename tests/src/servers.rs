@@ -111,8 +111,12 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_at(free_port())
+    }
+
+    /// Starts etcd with its client port chosen beforehand (to start clients before the server).
+    pub fn start_at(client_port: u16) -> Etcd {
         let dir = fast_tempdir();
-        let client_port = free_port();
         let peer_port = free_port();
         let child = Self::spawn(dir.path(), client_port, peer_port);
         let etcd = Etcd {
