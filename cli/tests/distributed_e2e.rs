@@ -647,7 +647,7 @@ fn standby_coordinator_takes_over() {
         c.tmp.path().join("standby.log"),
     );
     assert!(wait_port(standby_port, Duration::from_secs(20)));
-    let hours = 6;
+    let hours = 8;
     c.generate(hours);
     let job = c.submit(hours);
     c.wait_until(&job, "a shard done", |s| {
@@ -663,11 +663,11 @@ fn standby_coordinator_takes_over() {
     c.port = standby_port;
     let (code, summary) = c.watch(&job);
     assert_eq!(code, Some(0), "{summary}\n{}", standby.log_text());
-    assert!(
-        standby.log_text().contains("leading"),
-        "{}",
-        standby.log_text()
-    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !standby.log_text().contains("leading") {
+        assert!(Instant::now() < deadline, "{}", standby.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
 
