@@ -81,7 +81,8 @@ impl Cluster {
     }
 
     fn add_worker(&mut self) {
-        let n = self.workers.len();
+        self.spawned += 1;
+        let n = self.spawned;
         let log = self.tmp.path().join(format!("worker-{n}.log"));
         let args: Vec<String> = [
             "--etcd",
@@ -720,4 +721,44 @@ fn processes_wait_for_etcd_to_come_up() {
         assert!(Instant::now() < deadline, "{}", worker.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Chaos: while the job runs, kill -9 a worker every ~0.7 s (which one and when follows the
+/// seed) and start a fresh one in its place. Crashes land at any moment of an attempt: before
+/// output, mid-file, between the shard manifest and the commit. The output is still exact.
+#[test]
+fn repeated_crashes_at_random_moments() {
+    let mut c = Cluster::start(3);
+    let hours = 10;
+    c.generate(hours);
+    let job = c.submit(hours);
+    let mut rng: u64 = seed().parse::<u64>().unwrap_or(7) | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = c.status(&job);
+        if s["state"] != "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {s}");
+        if kills < 6 {
+            std::thread::sleep(Duration::from_millis(400 + next() % 600));
+            let victim = (next() % c.workers.len() as u64) as usize;
+            c.workers[victim].child.kill();
+            c.workers.remove(victim);
+            c.add_worker();
+            kills += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }

@@ -274,6 +274,14 @@ pub fn run_shard(
             .fetch_add(counts.failed - before.failed, Ordering::Relaxed);
         objects.push(stats);
     }
+    // Last look before the files become visible: a stopped attempt (cancelled job, lost lease,
+    // shutdown) drops its unfinished files here instead of publishing them.
+    if env.cancel.load(Ordering::Relaxed) {
+        return Err(ShardError {
+            message: "cancelled".into(),
+            retryable: false,
+        });
+    }
     let files = sink.finish().map_err(ShardError::sink)?;
     let failed_file = failed.finish().map_err(ShardError::sink)?;
 
