@@ -762,3 +762,80 @@ fn repeated_crashes_at_random_moments() {
     assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
+
+/// WatchJob is a stream of progress: states go running -> succeeded, shard and event counts
+/// never go down, the last message carries the summary, and the counts add up to it.
+#[test]
+fn watch_stream_reports_progress_to_the_end() {
+    use rewind_proto::v1 as pb;
+
+    let c = Cluster::start(1);
+    let hours = 6;
+    c.generate(hours);
+    let url = format!("http://{}", c.addr());
+    let (src, dest) = (c.src(), c.dest());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages = rt.block_on(async move {
+        let mut api = pb::job_service_client::JobServiceClient::connect(url)
+            .await
+            .unwrap();
+        let job = pb::JobRequest {
+            source: src.display().to_string(),
+            org: ORG.into(),
+            start: "2024-04-01T00".into(),
+            end: format!("2024-04-01T{:02}", hours - 1),
+            dest: dest.display().to_string(),
+            ..Default::default()
+        };
+        let id = api
+            .submit_job(pb::SubmitJobRequest { job: Some(job) })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let mut stream = api
+            .watch_job(pb::WatchJobRequest { job_id: id })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut messages = Vec::new();
+        while let Some(j) = stream.message().await.unwrap() {
+            messages.push(j);
+        }
+        messages
+    });
+    assert!(
+        messages.len() >= 3,
+        "a progress stream, not one answer: {messages:?}"
+    );
+    assert_eq!(messages[0].state, "running");
+    let last = messages.last().unwrap();
+    assert_eq!(last.state, "succeeded");
+    let mut done = 0;
+    let mut recovered = 0;
+    for m in &messages {
+        let s = m.shards.unwrap_or_default();
+        let e = m.counts.unwrap_or_default();
+        assert_eq!(s.total, hours as u64);
+        assert!(
+            s.done >= done && e.recovered >= recovered,
+            "counts went down: {m:?}"
+        );
+        (done, recovered) = (s.done, e.recovered);
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.state == "running" && m.shards.unwrap_or_default().done > 0),
+        "some message shows the job part-way"
+    );
+    let summary: Value = serde_json::from_str(&last.summary_json).unwrap();
+    assert_eq!(summary["recovered"], recovered);
+    assert_eq!(
+        summary["recovered"].as_u64().unwrap() as usize,
+        expected(&c.src(), hours).len()
+    );
+}

@@ -180,7 +180,12 @@ impl JobServiceImpl {
             failed: p.failed,
         });
         let mut c = pb::EventCounts::default();
-        for (_, done) in self.store.done(job).await.map_err(store_status)? {
+        let (done, live) = self
+            .store
+            .counts_snapshot::<LiveCounts>(job)
+            .await
+            .map_err(store_status)?;
+        for done in done {
             c.objects += done.counts.objects;
             c.bytes += done.counts.bytes;
             c.recovered += done.counts.recovered;
@@ -188,12 +193,7 @@ impl JobServiceImpl {
             c.failed += done.counts.failed;
             c.objects_skipped += done.counts.objects_skipped;
         }
-        for live in self
-            .store
-            .live::<LiveCounts>(job)
-            .await
-            .map_err(store_status)?
-        {
+        for live in live {
             c.objects += live.objects;
             c.bytes += live.bytes;
             c.recovered += live.recovered;

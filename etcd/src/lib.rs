@@ -819,6 +819,37 @@ impl EtcdStore {
             .collect()
     }
 
+    /// The committed shards' done records and the live counters of attempts in flight, read in
+    /// one txn: a commit (which moves a shard from live to done) is on one side or the other.
+    pub async fn counts_snapshot<T: DeserializeOwned>(
+        &self,
+        job: &JobId,
+    ) -> Result<(Vec<ShardDone>, Vec<T>), StoreError> {
+        let resp = self
+            .txn(Txn::new().and_then([
+                TxnOp::get(
+                    self.job_key(job, "done/"),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+                TxnOp::get(
+                    self.job_key(job, "live/"),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+            ]))
+            .await
+            .map_err(unavailable)?;
+        let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(done), Some(live)) = (gets.next(), gets.next()) else {
+            return Err(StoreError::Unavailable("etcd: incomplete txn reply".into()));
+        };
+        let done = done.kvs().iter().map(parse).collect::<Result<_, _>>()?;
+        let live = live.kvs().iter().map(parse).collect::<Result<_, _>>()?;
+        Ok((done, live))
+    }
+
     /// The committed shards' done records.
     pub async fn done(&self, job: &JobId) -> Result<Vec<(ShardId, ShardDone)>, StoreError> {
         let mut out = Vec::new();
