@@ -55,3 +55,89 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// A future returned by an ops hook.
+pub type Hook<T> = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send + Sync,
+>;
+
+#[derive(Clone)]
+struct OpsState {
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    refresh: Hook<()>,
+    ready: Hook<Result<(), String>>,
+}
+
+/// Serves `/metrics` (Prometheus text format; `refresh` runs before each scrape), `/healthz`
+/// (the process answers) and `/readyz` (`ready` says whether it can work: etcd reachable) on
+/// `addr`, until the process ends.
+pub async fn serve_ops(
+    addr: std::net::SocketAddr,
+    registry: prometheus_client::registry::Registry,
+    refresh: Hook<()>,
+    ready: Hook<Result<(), String>>,
+) -> std::io::Result<()> {
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
+        (s.refresh)().await;
+        let mut body = String::new();
+        match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+            Ok(()) => (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                body,
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain")],
+                e.to_string(),
+            ),
+        }
+    }
+    async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
+        match (s.ready)().await {
+            Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        }
+    }
+    let state = OpsState {
+        registry: std::sync::Arc::new(registry),
+        refresh,
+        ready,
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(listen = %addr, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, app).await
+}
+
+/// Readiness of a process that needs etcd: etcd answers within 2 s.
+pub fn etcd_ready(store: rewind_etcd::EtcdStore) -> Hook<Result<(), String>> {
+    std::sync::Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), store.leader()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "etcd at {} did not answer in 2 s",
+                    store.endpoints().join(",")
+                )),
+            }
+        })
+    })
+}

@@ -839,3 +839,119 @@ fn watch_stream_reports_progress_to_the_end() {
         expected(&c.src(), hours).len()
     );
 }
+
+/// Metrics and probes: a coordinator and a worker with `--metrics-listen`, scraped during a
+/// real job. Counters move while it runs, the job's shard gauges add up, /readyz follows etcd.
+#[test]
+fn metrics_and_probes_during_a_job() {
+    use rewind_testkit::servers::{http_get, metric};
+
+    let mut c = Cluster::start(0);
+    let (cm, wm) = (free_port(), free_port());
+    // A second coordinator with metrics (it stands by; job gauges come from etcd either way).
+    let coordinator = Proc::spawn(
+        COORDINATOR,
+        &[
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+            "--etcd".into(),
+            c.etcd.endpoint(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{cm}"),
+        ],
+        c.tmp.path().join("coordinator-metrics.log"),
+    );
+    let worker = Proc::spawn(
+        WORKER,
+        &[
+            "--etcd".to_string(),
+            c.etcd.endpoint(),
+            "--slots".into(),
+            "1".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{wm}"),
+        ],
+        c.tmp.path().join("worker-metrics.log"),
+    );
+    assert!(
+        wait_port(cm, Duration::from_secs(20)),
+        "{}",
+        coordinator.log_text()
+    );
+    assert!(
+        wait_port(wm, Duration::from_secs(20)),
+        "{}",
+        worker.log_text()
+    );
+    assert_eq!(http_get(wm, "/healthz").0, 200);
+    assert_eq!(http_get(wm, "/readyz").0, 200);
+    assert_eq!(http_get(cm, "/readyz").0, 200);
+
+    let hours = 8;
+    c.generate(hours);
+    let job = c.submit(hours);
+    // While the job runs: events counted so far, and the job's shards by state.
+    let mut seen_moving = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen_moving.is_none() {
+        assert!(Instant::now() < deadline, "no moving counters seen");
+        let (_, w) = http_get(wm, "/metrics");
+        let (_, m) = http_get(cm, "/metrics");
+        let events = metric(&w, "rewind_events_total{outcome=\"recovered\"}").unwrap_or(0.0);
+        let done = metric(
+            &m,
+            &format!("rewind_job_shards{{job=\"{job}\",state=\"done\"}}"),
+        );
+        let pending = metric(
+            &m,
+            &format!("rewind_job_shards{{job=\"{job}\",state=\"pending\"}}"),
+        );
+        if events > 0.0
+            && let (Some(done), Some(pending)) = (done, pending)
+            && done < hours as f64
+        {
+            assert!(pending + done <= hours as f64);
+            seen_moving = Some(events);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}");
+    let (_, w) = http_get(wm, "/metrics");
+    let recovered = metric(&w, "rewind_events_total{outcome=\"recovered\"}").unwrap();
+    assert!(
+        recovered > seen_moving.unwrap(),
+        "the counter moved on after the first scrape"
+    );
+    assert_eq!(recovered as u64, summary["recovered"].as_u64().unwrap());
+    assert_eq!(
+        metric(&w, "rewind_worker_attempts_total{outcome=\"committed\"}"),
+        Some(hours as f64)
+    );
+    assert!(metric(&w, "rewind_bytes_read_total").unwrap() > 0.0);
+    assert_eq!(
+        metric(&w, "rewind_shard_duration_seconds_count"),
+        Some(hours as f64)
+    );
+    let (_, m) = http_get(cm, "/metrics");
+    assert!(
+        !m.contains(&format!("job=\"{job}\"")),
+        "finished jobs leave the job gauges"
+    );
+    assert_eq!(metric(&m, "rewind_jobs_active"), Some(0.0));
+
+    // etcd down: not ready (but alive); back up: ready again.
+    c.etcd.kill();
+    assert_eq!(http_get(wm, "/healthz").0, 200);
+    let (code, body) = http_get(wm, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    c.etcd.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(cm, "/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "coordinator not ready after etcd came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::commit::{CommitError, commit_cancelled, commit_job};
+use crate::metrics::{CoordinatorMetrics, StateLabel};
 use crate::status::{JobStatus, Phase, now_ms};
 use crate::summary::Summary;
 
@@ -31,6 +32,7 @@ pub struct LeaderConfig {
     pub compact_every: Option<Duration>,
     /// Revisions kept by each compaction.
     pub compact_keep: i64,
+    pub metrics: CoordinatorMetrics,
 }
 
 /// Campaigns for leadership and, while leading, drives jobs. Returns when `shutdown` is set,
@@ -80,8 +82,9 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
                 if !leading {
                     info!(coordinator = %cfg.id, "leading: driving jobs");
                     leading = true;
+                    cfg.metrics.leader.set(1);
                 }
-                if let Err(e) = drive_once(&store).await {
+                if let Err(e) = drive_once(&store, &cfg.metrics).await {
                     warn!(error = %e, "driving jobs");
                 }
                 if let Some(every) = cfg.compact_every
@@ -89,7 +92,10 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
                 {
                     last_compaction = tokio::time::Instant::now();
                     match store.compact_history(cfg.compact_keep).await {
-                        Ok(Some(rev)) => info!(revision = rev, "compacted etcd history"),
+                        Ok(Some(rev)) => {
+                            cfg.metrics.etcd_compactions.inc();
+                            info!(revision = rev, "compacted etcd history")
+                        }
                         Ok(None) => {}
                         Err(e) => warn!(error = %e, "compacting etcd history"),
                     }
@@ -100,6 +106,7 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
                     warn!(coordinator = %cfg.id, "lost leadership; standing by");
                 }
                 leading = false;
+                cfg.metrics.leader.set(0);
             }
             Err(StoreError::LeaseExpired(_)) => lease = None,
             Err(e) => warn!(error = %e, "leader election"),
@@ -116,7 +123,7 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
 }
 
 /// One pass over the unfinished jobs.
-pub async fn drive_once(store: &EtcdStore) -> Result<(), StoreError> {
+pub async fn drive_once(store: &EtcdStore, metrics: &CoordinatorMetrics) -> Result<(), StoreError> {
     for (job, phase) in store.active_jobs().await? {
         let progress = match store.progress(&job).await {
             Ok(p) => p,
@@ -127,14 +134,24 @@ pub async fn drive_once(store: &EtcdStore) -> Result<(), StoreError> {
             "cancelling" => progress.running == 0,
             _ => progress.finished(),
         };
-        if ready {
-            finish(store, &job, phase == "cancelling").await?;
+        if ready && let Some(state) = finish(store, &job, phase == "cancelling").await? {
+            metrics
+                .jobs_finished
+                .get_or_create(&StateLabel {
+                    state: state.to_string(),
+                })
+                .inc();
         }
     }
     Ok(())
 }
 
-async fn finish(store: &EtcdStore, job: &JobId, cancelled: bool) -> Result<(), StoreError> {
+/// Ends a job; returns its final state, or None when the commit is to be tried again.
+async fn finish(
+    store: &EtcdStore,
+    job: &JobId,
+    cancelled: bool,
+) -> Result<Option<&'static str>, StoreError> {
     let record: JobRecord = store.record(job).await?;
     let mut status: JobStatus = store.status(job).await?;
     let states = store.shards(job).await?;
@@ -170,7 +187,7 @@ async fn finish(store: &EtcdStore, job: &JobId, cancelled: bool) -> Result<(), S
         // A storage error may pass (the destination is back later): try again next tick.
         Err(CommitError::Storage(e)) if e.is_retryable() => {
             warn!(job = %job, error = %e, "job commit failed; retrying");
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => {
             warn!(job = %job, error = %e, "job commit failed for good");
@@ -182,5 +199,5 @@ async fn finish(store: &EtcdStore, job: &JobId, cancelled: bool) -> Result<(), S
     store.set_status(job, &status, true).await?;
     store.compact(job).await?;
     info!(job = %job, state = status.phase.as_str(), "job finished");
-    Ok(())
+    Ok(Some(status.phase.as_str()))
 }

@@ -2,6 +2,7 @@
 
 pub mod commit;
 pub mod driver;
+pub mod metrics;
 pub mod plan;
 pub mod service;
 pub mod status;

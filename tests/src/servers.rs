@@ -44,6 +44,44 @@ fn http_get_ok(port: u16, path: &str) -> bool {
     body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200")
 }
 
+/// A plain HTTP GET on loopback: (status code, body). Status 0 when nothing answers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+    else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus sample (`name{labels} value`) in a text exposition, if present.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        rest.strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// Kills a child (and reaps it) when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub Option<Child>);

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::decode::DecoderConfig;
+use crate::metrics::WorkerMetrics;
 use crate::pipeline::{Progress, ShardEnv};
 use crate::run::{Attempt, execute_claim};
 
@@ -33,6 +34,29 @@ pub struct DaemonConfig {
     pub poll: Duration,
     /// How long running attempts may go on after shutdown was asked for.
     pub grace: Duration,
+    /// Where the process's metrics go (registered by the caller).
+    pub metrics: WorkerMetrics,
+}
+
+/// Adds what `progress` counted since `counted` to the metrics.
+fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<LiveCounts>) {
+    let now = live_counts(progress);
+    let mut last = counted.lock().unwrap_or_else(|p| p.into_inner());
+    let delta = |a: u64, b: u64| a.saturating_sub(b);
+    for (outcome, n) in [
+        ("recovered", delta(now.recovered, last.recovered)),
+        ("filtered", delta(now.filtered, last.filtered)),
+        ("failed", delta(now.failed, last.failed)),
+    ] {
+        if n > 0 {
+            WorkerMetrics::outcome(&metrics.events, outcome).inc_by(n);
+        }
+    }
+    metrics.bytes_read.inc_by(delta(now.bytes, last.bytes));
+    metrics
+        .objects_read
+        .inc_by(delta(now.objects, last.objects));
+    *last = now;
 }
 
 fn live_counts(p: &Progress) -> LiveCounts {
@@ -169,6 +193,7 @@ async fn keep_lease(shared: Arc<Shared>) {
                     lease = lease.0,
                     "lease lost: stopping its attempts and taking a new lease"
                 );
+                shared.cfg.metrics.lease_losses.inc();
                 shared.stop_where(|f| f.lease == lease);
                 match shared.store.grant_lease(shared.cfg.lease_ttl).await {
                     Ok(new) => *shared.lease.lock().unwrap_or_else(|p| p.into_inner()) = new,
@@ -237,6 +262,7 @@ async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
                 Ok(None) => {}
                 Err(StoreError::JobNotFound(_)) => {}
                 Err(e) => {
+                    shared.cfg.metrics.store_retries.inc();
                     warn!(job = %job, error = %e, "claiming");
                     trouble = true;
                     break;
@@ -288,13 +314,19 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
                 stop,
             },
         );
-    // Live counters for WatchJob, every second while the attempt runs.
+    // Live counters for WatchJob and the metrics, every second while the attempt runs.
+    let counted = Arc::new(Mutex::new(LiveCounts::default()));
+    let metrics = &shared.cfg.metrics;
+    metrics.shards_running.inc();
+    let started = std::time::Instant::now();
     let reporter = {
         let (store, claim, progress) = (shared.store.clone(), claim.clone(), progress.clone());
+        let (metrics, counted) = (metrics.clone(), counted.clone());
         tokio::spawn(async move {
             let mut last = LiveCounts::default();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                count_progress(&metrics, &progress, &counted);
                 let now = live_counts(&progress);
                 if now != last {
                     let _ = store.put_live(&claim, &now).await;
@@ -309,6 +341,19 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
     };
     let outcome = execute_claim(&shared.store, &env, &claim, decoder).await;
     reporter.abort();
+    count_progress(metrics, &progress, &counted);
+    metrics.shards_running.dec();
+    metrics
+        .shard_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let ended = match &outcome {
+        Ok(Attempt::Committed) => "committed",
+        Ok(Attempt::Fenced) => "fenced",
+        Ok(Attempt::Failed) => "failed",
+        Ok(Attempt::Released) => "released",
+        Err(_) => "error",
+    };
+    WorkerMetrics::outcome(&metrics.attempts, ended).inc();
     shared
         .inflight
         .lock()

@@ -35,6 +35,9 @@ struct Args {
     /// Revisions each compaction keeps.
     #[arg(long, default_value_t = 10_000)]
     etcd_compact_keep: i64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
+    #[arg(long, env = "REWIND_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Key prefix in etcd (several Rewind installations can share one etcd).
     #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
     etcd_prefix: String,
@@ -77,6 +80,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+        let metrics = rewind_coordinator::metrics::CoordinatorMetrics::default();
+        if let Some(addr) = args.metrics_listen {
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let ready = rewind_cli::etcd_ready(store.clone());
+            let refresh: rewind_cli::Hook<()> = {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                std::sync::Arc::new(move || {
+                    let (store, metrics) = (store.clone(), metrics.clone());
+                    Box::pin(async move { metrics.refresh(&store).await })
+                })
+            };
+            tokio::spawn(async move {
+                if let Err(e) = rewind_cli::serve_ops(addr, registry, refresh, ready).await {
+                    tracing::error!(error = %e, listen = %addr, "metrics endpoint failed");
+                }
+            });
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         let leader = tokio::spawn(lead(
             store.clone(),
@@ -87,6 +108,7 @@ fn main() -> ExitCode {
                 compact_every: (args.etcd_compact_every > 0)
                     .then(|| Duration::from_secs(args.etcd_compact_every)),
                 compact_keep: args.etcd_compact_keep,
+                metrics,
             },
             rx.clone(),
         ));

@@ -31,6 +31,9 @@ struct Args {
     /// How often to look for new jobs, in milliseconds.
     #[arg(long, default_value_t = 500)]
     poll_ms: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
+    #[arg(long, env = "REWIND_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Key prefix in etcd (several Rewind installations can share one etcd).
     #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
     etcd_prefix: String,
@@ -89,12 +92,25 @@ fn main() -> ExitCode {
             rewind_cli::shutdown_signal().await;
             let _ = tx.send(true);
         });
+        let metrics = rewind_worker::metrics::WorkerMetrics::default();
+        if let Some(addr) = args.metrics_listen {
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let ready = rewind_cli::etcd_ready(store.clone());
+            let refresh: rewind_cli::Hook<()> = std::sync::Arc::new(|| Box::pin(async {}));
+            tokio::spawn(async move {
+                if let Err(e) = rewind_cli::serve_ops(addr, registry, refresh, ready).await {
+                    tracing::error!(error = %e, listen = %addr, "metrics endpoint failed");
+                }
+            });
+        }
         let cfg = DaemonConfig {
             id,
             slots,
             lease_ttl: Duration::from_secs(args.lease_ttl),
             poll: Duration::from_millis(args.poll_ms.max(10)),
             grace: Duration::from_secs(args.grace),
+            metrics,
         };
         match run_daemon(store, cfg, rx).await {
             Ok(_) => ExitCode::SUCCESS,

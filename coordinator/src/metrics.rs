@@ -1,0 +1,96 @@
+//! Prometheus metrics of a coordinator (`rewind-coordinator --metrics-listen`). Job-level
+//! gauges are labelled by job id for unfinished jobs only, so cardinality stays bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rewind_common::shard_store::ShardStore;
+use rewind_etcd::EtcdStore;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobShardLabel {
+    pub job: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CoordinatorMetrics {
+    /// 1 while this replica leads.
+    pub leader: Gauge,
+    pub jobs_finished: Family<StateLabel, Counter>,
+    /// Shards of unfinished jobs by state (refreshed from etcd at every scrape).
+    pub job_shards: Family<JobShardLabel, Gauge>,
+    /// Pending shards over all unfinished jobs: what an autoscaler scales workers on.
+    pub shards_pending: Gauge,
+    pub jobs_active: Gauge,
+    pub etcd_compactions: Counter,
+}
+
+impl CoordinatorMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("rewind");
+        r.register(
+            "coordinator_leader",
+            "1 while this coordinator replica leads",
+            self.leader.clone(),
+        );
+        r.register(
+            "jobs_finished",
+            "Jobs this replica finished, by final state",
+            self.jobs_finished.clone(),
+        );
+        r.register(
+            "job_shards",
+            "Shards of unfinished jobs, by job and state",
+            self.job_shards.clone(),
+        );
+        r.register(
+            "shards_pending",
+            "Pending shards over all unfinished jobs",
+            self.shards_pending.clone(),
+        );
+        r.register("jobs_active", "Unfinished jobs", self.jobs_active.clone());
+        r.register(
+            "etcd_compactions",
+            "Compactions of etcd's history done by this replica",
+            self.etcd_compactions.clone(),
+        );
+    }
+
+    /// Re-reads the unfinished jobs' shard counts from etcd (called before each scrape).
+    pub async fn refresh(&self, store: &EtcdStore) {
+        let Ok(active) = store.active_jobs().await else {
+            return;
+        };
+        self.job_shards.clear();
+        let mut pending = 0;
+        for (job, _) in &active {
+            let Ok(p) = store.progress(job).await else {
+                continue;
+            };
+            pending += p.pending;
+            for (state, n) in [
+                ("pending", p.pending),
+                ("running", p.running),
+                ("done", p.done),
+                ("failed", p.failed),
+            ] {
+                self.job_shards
+                    .get_or_create(&JobShardLabel {
+                        job: job.to_string(),
+                        state: state.to_string(),
+                    })
+                    .set(n as i64);
+            }
+        }
+        self.jobs_active.set(active.len() as i64);
+        self.shards_pending.set(pending as i64);
+    }
+}
