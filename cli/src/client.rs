@@ -8,9 +8,10 @@ use rewind_coordinator::summary::Summary;
 use rewind_proto::v1 as pb;
 use rewind_proto::v1::job_service_client::JobServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::{Failure, JobArgs};
+use crate::{Failure, JobArgs, Remote};
 
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
 
@@ -21,21 +22,78 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))
 }
 
-async fn connect(url: &str) -> Result<JobServiceClient<Channel>, Failure> {
-    let url = if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
+/// Adds the bearer token, when one is configured, to every call.
+#[derive(Clone)]
+pub struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = JobServiceClient<InterceptedService<Channel, Token>>;
+
+fn token(remote: &Remote) -> Result<Token, Failure> {
+    let raw = match (&remote.token_file, std::env::var("REWIND_TOKEN")) {
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|e| {
+            Failure::BadRequest(format!("invalid --token-file {}: {e}", path.display()))
+        })?,
+        (None, Ok(t)) => t,
+        (None, Err(_)) => return Ok(Token(None)),
     };
-    let endpoint = Channel::from_shared(url.clone())
+    let value = format!("Bearer {}", raw.trim())
+        .parse()
+        .map_err(|_| Failure::BadRequest("invalid token: not printable ASCII".into()))?;
+    Ok(Token(Some(value)))
+}
+
+async fn connect(remote: &Remote) -> Result<Client, Failure> {
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| Failure::BadRequest(format!("invalid {flag} {}: {e}", p.display())))
+    };
+    let tls = remote.tls_ca.is_some() || remote.coordinator.starts_with("https://");
+    let url = if remote.coordinator.contains("://") {
+        remote.coordinator.clone()
+    } else if tls {
+        format!("https://{}", remote.coordinator)
+    } else {
+        format!("http://{}", remote.coordinator)
+    };
+    let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|e| Failure::BadRequest(format!("invalid --coordinator {url}: {e}")))?
         .connect_timeout(Duration::from_secs(5));
+    if tls {
+        let mut config = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &remote.tls_ca {
+            config = config.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&remote.tls_cert, &remote.tls_key) {
+            config = config.identity(Identity::from_pem(
+                read("--tls-cert", cert)?,
+                read("--tls-key", key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| Failure::BadRequest(format!("TLS configuration: {e}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
         Failure::Job(format!(
-            "cannot reach the coordinator at {url}: {e} (is rewind-coordinator running there?)"
+            "cannot reach the coordinator at {url}: {why} (is rewind-coordinator running there?)"
         ))
     })?;
-    Ok(JobServiceClient::new(channel))
+    Ok(JobServiceClient::with_interceptor(channel, token(remote)?))
 }
 
 fn status_failure(s: tonic::Status) -> Failure {
@@ -126,7 +184,7 @@ fn conclude(j: &pb::Job, as_json: bool) -> Result<(), Failure> {
 }
 
 /// Follows a job to its end; with a terminal on stderr, as a progress bar.
-async fn follow(client: &mut JobServiceClient<Channel>, job_id: &str) -> Result<pb::Job, Failure> {
+async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
     let mut stream = client
         .watch_job(pb::WatchJobRequest {
             job_id: job_id.to_string(),
@@ -207,10 +265,11 @@ async fn follow(client: &mut JobServiceClient<Channel>, job_id: &str) -> Result<
     }
 }
 
-pub fn submit(coordinator: &str, job: &JobArgs, wait: bool, as_json: bool) -> Result<(), Failure> {
+pub fn submit(remote: &Remote, job: &JobArgs, wait: bool) -> Result<(), Failure> {
+    let as_json = remote.json;
     let request = request_to_pb(&job.request());
     runtime()?.block_on(async {
-        let mut client = connect(coordinator).await?;
+        let mut client = connect(remote).await?;
         let resp = client
             .submit_job(pb::SubmitJobRequest { job: Some(request) })
             .await
@@ -233,10 +292,7 @@ pub fn submit(coordinator: &str, job: &JobArgs, wait: bool, as_json: bool) -> Re
 }
 
 /// Follows a job, reconnecting the watch a few times if the coordinator restarts meanwhile.
-async fn follow_retrying(
-    client: &mut JobServiceClient<Channel>,
-    job_id: &str,
-) -> Result<pb::Job, Failure> {
+async fn follow_retrying(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
     let mut tries = 0;
     loop {
         match follow(client, job_id).await {
@@ -251,9 +307,10 @@ async fn follow_retrying(
     }
 }
 
-pub fn status(coordinator: &str, job_id: &str, as_json: bool) -> Result<(), Failure> {
+pub fn status(remote: &Remote, job_id: &str) -> Result<(), Failure> {
+    let as_json = remote.json;
     runtime()?.block_on(async {
-        let mut client = connect(coordinator).await?;
+        let mut client = connect(remote).await?;
         let j = client
             .get_job(pb::GetJobRequest {
                 job_id: job_id.to_string(),
@@ -276,17 +333,19 @@ pub fn status(coordinator: &str, job_id: &str, as_json: bool) -> Result<(), Fail
     })
 }
 
-pub fn watch(coordinator: &str, job_id: &str, as_json: bool) -> Result<(), Failure> {
+pub fn watch(remote: &Remote, job_id: &str) -> Result<(), Failure> {
+    let as_json = remote.json;
     runtime()?.block_on(async {
-        let mut client = connect(coordinator).await?;
+        let mut client = connect(remote).await?;
         let j = follow_retrying(&mut client, job_id).await?;
         conclude(&j, as_json)
     })
 }
 
-pub fn jobs(coordinator: &str, as_json: bool) -> Result<(), Failure> {
+pub fn jobs(remote: &Remote) -> Result<(), Failure> {
+    let as_json = remote.json;
     runtime()?.block_on(async {
-        let mut client = connect(coordinator).await?;
+        let mut client = connect(remote).await?;
         let list = client
             .list_jobs(pb::ListJobsRequest {})
             .await
@@ -304,9 +363,9 @@ pub fn jobs(coordinator: &str, as_json: bool) -> Result<(), Failure> {
     })
 }
 
-pub fn cancel(coordinator: &str, job_id: &str) -> Result<(), Failure> {
+pub fn cancel(remote: &Remote, job_id: &str) -> Result<(), Failure> {
     runtime()?.block_on(async {
-        let mut client = connect(coordinator).await?;
+        let mut client = connect(remote).await?;
         let j = client
             .cancel_job(pb::CancelJobRequest {
                 job_id: job_id.to_string(),
@@ -319,10 +378,11 @@ pub fn cancel(coordinator: &str, job_id: &str) -> Result<(), Failure> {
     })
 }
 
-pub fn plan(coordinator: &str, job: &JobArgs, as_json: bool) -> Result<(), Failure> {
+pub fn plan(remote: &Remote, job: &JobArgs) -> Result<(), Failure> {
+    let as_json = remote.json;
     let request = request_to_pb(&job.request());
     runtime()?.block_on(async {
-        let mut client = connect(coordinator).await?;
+        let mut client = connect(remote).await?;
         let p = client
             .plan_job(pb::PlanJobRequest { job: Some(request) })
             .await

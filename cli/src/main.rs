@@ -42,9 +42,21 @@ enum Command {
 
 #[derive(Debug, Args)]
 pub struct Remote {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address (https://… for TLS).
     #[arg(long, env = "REWIND_COORDINATOR", default_value = client::DEFAULT_COORDINATOR)]
     pub coordinator: String,
+    /// File holding the bearer token the coordinator requires (or set $REWIND_TOKEN).
+    #[arg(long, env = "REWIND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the coordinator's TLS certificate; implies TLS.
+    #[arg(long, env = "REWIND_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "REWIND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "REWIND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -194,12 +206,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => embedded::run(args),
         Command::Gen(args) => generate::run(args),
-        Command::Submit(a) => client::submit(&a.remote.coordinator, &a.job, a.wait, a.remote.json),
-        Command::Plan(a) => client::plan(&a.remote.coordinator, &a.job, a.remote.json),
-        Command::Status(a) => client::status(&a.remote.coordinator, &a.job, a.remote.json),
-        Command::Watch(a) => client::watch(&a.remote.coordinator, &a.job, a.remote.json),
-        Command::Jobs(a) => client::jobs(&a.coordinator, a.json),
-        Command::Cancel(a) => client::cancel(&a.remote.coordinator, &a.job),
+        Command::Submit(a) => client::submit(&a.remote, &a.job, a.wait),
+        Command::Plan(a) => client::plan(&a.remote, &a.job),
+        Command::Status(a) => client::status(&a.remote, &a.job),
+        Command::Watch(a) => client::watch(&a.remote, &a.job),
+        Command::Jobs(a) => client::jobs(&a),
+        Command::Cancel(a) => client::cancel(&a.remote, &a.job),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,19 @@ struct Args {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
     #[arg(long, env = "REWIND_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "REWIND_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "REWIND_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "REWIND_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Require `authorization: Bearer <token>` on JobService calls; the token is this file's
+    /// content. Health and reflection stay open.
+    #[arg(long, env = "REWIND_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<std::path::PathBuf>,
     /// Key prefix in etcd (several Rewind installations can share one etcd).
     #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
     etcd_prefix: String,
@@ -52,6 +65,28 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            match rewind_cli::server_tls(cert, key, args.tls_client_ca.as_deref()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let auth = match &args.auth_token_file {
+        Some(path) => match rewind_cli::RequireToken::from_file(path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "coordinator".into());
     let id = args
@@ -128,10 +163,23 @@ fn main() -> ExitCode {
         };
         tracing::info!(listen = %args.listen, coordinator = %id, "serving rewind.v1.JobService");
         let mut stop = rx.clone();
-        let served = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(JobServiceServer::new(JobServiceImpl::new(store)))
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = match builder.tls_config(tls) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: TLS configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+        }
+        let api = JobServiceImpl::new(store);
+        let router = builder.add_service(health_service).add_service(reflection);
+        let router = match auth {
+            Some(auth) => router.add_service(JobServiceServer::with_interceptor(api, auth)),
+            None => router.add_service(JobServiceServer::new(api)),
+        };
+        let served = router
             .serve_with_shutdown(args.listen, async move {
                 tokio::select! {
                     _ = rewind_cli::shutdown_signal() => {}
