@@ -13,7 +13,8 @@ mod generate;
 #[command(
     name = "rewind",
     version,
-    about = "Recover and replay event data from object-storage archives"
+    about = "Recover and replay event data from object-storage archives",
+    after_help = "Logging: REWIND_LOG sets the filter (default warn); JSON lines when stderr is not a terminal."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -13,7 +13,8 @@ use rewind_proto::v1::job_service_server::JobServiceServer;
 #[command(
     name = "rewind-coordinator",
     version,
-    about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end"
+    about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end",
+    after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
 )]
 struct Args {
     /// Address to serve gRPC on.

@@ -10,7 +10,8 @@ use rewind_worker::daemon::{DaemonConfig, run_daemon};
 #[command(
     name = "rewind-worker",
     version,
-    about = "Rewind worker: leases hour shards through etcd and runs them"
+    about = "Rewind worker: leases hour shards through etcd and runs them",
+    after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
 )]
 struct Args {
     /// etcd endpoints, comma-separated.

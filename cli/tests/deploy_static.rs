@@ -1,0 +1,379 @@
+//! Static validation of `deploy/` (Docker and Kubernetes cannot run on our CI machines): the
+//! Kubernetes manifests and the compose file parse, and every command, flag, env var, port and
+//! probe they name exists in the binaries, checked against the binaries' own `--help`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
+const WORKER: &str = env!("CARGO_BIN_EXE_rewind-worker");
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every YAML document of a file, with merge keys (`<<`) applied, as JSON values.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let mut v = serde_yaml_ng::Value::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+        v.apply_merge()
+            .unwrap_or_else(|e| panic!("{}: merge keys: {e}", path.display()));
+        if !v.is_null() {
+            docs.push(serde_json::to_value(v).unwrap());
+        }
+    }
+    docs
+}
+
+fn help(bin: &str, sub: Option<&str>) -> String {
+    let mut cmd = Command::new(bin);
+    if let Some(sub) = sub {
+        cmd.arg(sub);
+    }
+    let out = cmd.arg("--help").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} {sub:?} --help failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// One run of one of our binaries, as a manifest states it.
+#[derive(Debug)]
+struct Invocation {
+    bin: &'static str,
+    sub: Option<String>,
+    args: Vec<String>,
+}
+
+impl Invocation {
+    /// Through the image's entrypoint: `coordinator …`, `worker …`, else the CLI.
+    fn from_entrypoint_args(args: &[String]) -> Invocation {
+        match args.first().map(String::as_str) {
+            Some("coordinator") => Invocation {
+                bin: COORDINATOR,
+                sub: None,
+                args: args[1..].to_vec(),
+            },
+            Some("worker") => Invocation {
+                bin: WORKER,
+                sub: None,
+                args: args[1..].to_vec(),
+            },
+            _ => Invocation::cli(args),
+        }
+    }
+
+    fn cli(args: &[String]) -> Invocation {
+        Invocation {
+            bin: REWIND,
+            sub: args.first().cloned(),
+            args: args.get(1..).unwrap_or_default().to_vec(),
+        }
+    }
+
+    /// `rewind …` lines of a shell script.
+    fn from_script(script: &str) -> Vec<Invocation> {
+        script
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("rewind "))
+            .map(|l| Invocation::cli(&l.split_whitespace().map(String::from).collect::<Vec<_>>()))
+            .collect()
+    }
+
+    fn help(&self) -> String {
+        help(self.bin, self.sub.as_deref())
+    }
+
+    /// Checks every `--flag` against the binary's help; returns the flags' values.
+    fn check_flags(&self, whence: &str) -> BTreeMap<String, String> {
+        let help = self.help();
+        let mut values = BTreeMap::new();
+        let mut i = 0;
+        while i < self.args.len() {
+            let a = &self.args[i];
+            if let Some(flag) = a.strip_prefix("--") {
+                let (name, inline) = match flag.split_once('=') {
+                    Some((n, v)) => (n, Some(v.to_string())),
+                    None => (flag, None),
+                };
+                let spelled = format!("--{name}");
+                assert!(
+                    help.split(|c: char| !(c.is_alphanumeric() || c == '-'))
+                        .any(|w| w == spelled),
+                    "{whence}: {} {:?} has no flag {spelled}",
+                    self.bin,
+                    self.sub
+                );
+                let value = inline.or_else(|| {
+                    self.args
+                        .get(i + 1)
+                        .filter(|v| !v.starts_with("--"))
+                        .cloned()
+                });
+                values.insert(spelled, value.unwrap_or_default());
+            }
+            i += 1;
+        }
+        values
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| match x {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn check_env(names: &BTreeSet<String>, invocations: &[Invocation], whence: &str) {
+    // The subcommand's help and the binary's own (where process-wide settings are told).
+    let helps: Vec<String> = invocations
+        .iter()
+        .flat_map(|i| [i.help(), help(i.bin, None)])
+        .collect();
+    for name in names.iter().filter(|n| n.starts_with("REWIND_")) {
+        assert!(
+            helps.iter().any(|h| h.contains(name.as_str())),
+            "{whence}: env {name} is read by none of {:?}",
+            invocations.iter().map(|i| i.bin).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn kubernetes_manifests_match_the_binaries() {
+    let base = deploy().join("k8s/base");
+    let kustomization = &yaml_docs(&base.join("kustomization.yaml"))[0];
+    let mut docs = Vec::new();
+    for r in strings(&kustomization["resources"]) {
+        let path = base.join(&r);
+        assert!(path.exists(), "kustomization names a missing resource {r}");
+        docs.extend(yaml_docs(&path).into_iter().map(|d| (r.clone(), d)));
+    }
+    yaml_docs(&base.join("hpa.example.yaml"));
+    let images: BTreeSet<String> = kustomization["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    // The overlay points at the base and patches a resource that exists.
+    let overlay_dir = deploy().join("k8s/overlays/example");
+    let overlay = &yaml_docs(&overlay_dir.join("kustomization.yaml"))[0];
+    for r in strings(&overlay["resources"]) {
+        assert!(
+            overlay_dir.join(&r).join("kustomization.yaml").exists(),
+            "{r}"
+        );
+    }
+
+    let configmaps: BTreeMap<String, BTreeSet<String>> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ConfigMap")
+        .map(|(_, d)| {
+            (
+                d["metadata"]["name"].as_str().unwrap().to_string(),
+                d["data"].as_object().unwrap().keys().cloned().collect(),
+            )
+        })
+        .collect();
+    let mut ours = 0;
+    for (file, doc) in &docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        assert!(doc["apiVersion"].is_string(), "{file}: apiVersion");
+        assert!(doc["metadata"]["name"].is_string(), "{file}: metadata.name");
+        if !matches!(kind, "Deployment" | "StatefulSet") {
+            continue;
+        }
+        let spec = &doc["spec"]["template"]["spec"];
+        for c in spec["containers"].as_array().unwrap() {
+            let whence = format!("{file} {}", c["name"]);
+            let image = c["image"].as_str().unwrap();
+            if image != "rewind" {
+                continue; // etcd
+            }
+            assert!(
+                images.contains(image),
+                "{whence}: image {image} not set by kustomize"
+            );
+            ours += 1;
+            let inv = Invocation::from_entrypoint_args(&strings(&c["args"]));
+            let flags = inv.check_flags(&whence);
+            // Ports: named container ports are the ones the flags listen on.
+            let mut ports = BTreeMap::new();
+            for p in c["ports"].as_array().cloned().unwrap_or_default() {
+                ports.insert(
+                    p["name"].as_str().unwrap().to_string(),
+                    p["containerPort"].as_u64().unwrap() as u16,
+                );
+            }
+            if let Some(listen) = flags.get("--listen") {
+                assert_eq!(ports.get("grpc"), Some(&port_of(listen)), "{whence}");
+            }
+            let metrics = flags.get("--metrics-listen").map(|a| port_of(a));
+            assert_eq!(ports.get("metrics").copied(), metrics, "{whence}");
+            for probe in ["livenessProbe", "readinessProbe"] {
+                let get = &c[probe]["httpGet"];
+                assert!(get.is_object(), "{whence}: {probe} missing");
+                let path = get["path"].as_str().unwrap();
+                assert!(
+                    matches!(
+                        (probe, path),
+                        ("livenessProbe", "/healthz") | ("readinessProbe", "/readyz")
+                    ),
+                    "{whence}: {probe} on {path}"
+                );
+                let port = match &get["port"] {
+                    Value::String(name) => ports.get(name).copied(),
+                    Value::Number(n) => n.as_u64().map(|n| n as u16),
+                    _ => None,
+                };
+                assert_eq!(
+                    port, metrics,
+                    "{whence}: {probe} must hit the metrics listener"
+                );
+            }
+            let mut env: BTreeSet<String> = c["env"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect();
+            for from in c["envFrom"].as_array().cloned().unwrap_or_default() {
+                let name = from["configMapRef"]["name"].as_str().unwrap();
+                env.extend(configmaps[name].iter().cloned());
+            }
+            check_env(&env, &[inv], &whence);
+            // Workers must be given the time their drain takes.
+            if kind == "Deployment" && c["name"] == "worker" {
+                let grace: u64 = flags["--grace"].parse().unwrap();
+                let pod_grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+                assert!(
+                    pod_grace > grace,
+                    "terminationGracePeriodSeconds {pod_grace} <= --grace {grace}"
+                );
+            }
+        }
+    }
+    assert_eq!(ours, 2, "a coordinator and a worker Deployment");
+    // The autoscaler's query names a metric the coordinator exports.
+    let scaled = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "ScaledObject")
+        .expect("a KEDA ScaledObject");
+    let query = scaled.1["spec"]["triggers"][0]["metadata"]["query"]
+        .as_str()
+        .unwrap();
+    let coordinator_src = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../coordinator/src/metrics.rs"),
+    )
+    .unwrap();
+    assert!(query.contains("rewind_shards_pending"));
+    assert!(coordinator_src.contains("\"shards_pending\""));
+}
+
+#[test]
+fn compose_file_matches_the_binaries() {
+    let docs = yaml_docs(&deploy().join("compose/docker-compose.yml"));
+    let services = docs[0]["services"].as_object().expect("services");
+    for name in ["etcd", "coordinator", "worker", "loadgen"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    for (name, svc) in services {
+        if svc["image"] != "rewind:dev" {
+            continue;
+        }
+        let whence = format!("compose service {name}");
+        let command = strings(&svc["command"]);
+        let invocations =
+            if strings(&svc["entrypoint"]).first().map(String::as_str) == Some("/bin/sh") {
+                let found = Invocation::from_script(&command.join("\n"));
+                assert!(
+                    !found.is_empty(),
+                    "{whence}: no rewind command in the script"
+                );
+                found
+            } else {
+                vec![Invocation::from_entrypoint_args(&command)]
+            };
+        for inv in &invocations {
+            inv.check_flags(&whence);
+        }
+        let env: BTreeSet<String> = svc["environment"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        check_env(&env, &invocations, &whence);
+        if let Some(test) = svc["healthcheck"]["test"].as_array() {
+            let test: Vec<String> = test
+                .iter()
+                .skip(1)
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(test[0], "rewind", "{whence}: healthcheck runs the CLI");
+            Invocation::cli(&test[1..]).check_flags(&whence);
+        }
+    }
+}
+
+#[test]
+fn dockerfile_ships_the_three_binaries_and_the_entrypoint_dispatches() {
+    let dockerfile = fs::read_to_string(deploy().join("Dockerfile")).unwrap();
+    for bin in ["rewind", "rewind-coordinator", "rewind-worker"] {
+        assert!(
+            dockerfile.contains(&format!("target/release/{bin}")),
+            "{bin}"
+        );
+    }
+    assert!(dockerfile.contains("USER 10001"), "runs as a non-root user");
+    assert!(dockerfile.contains("COPY deploy/entrypoint.sh"));
+    let entry = fs::read_to_string(deploy().join("entrypoint.sh")).unwrap();
+    assert!(entry.contains("coordinator) shift; exec rewind-coordinator"));
+    assert!(entry.contains("worker) shift; exec rewind-worker"));
+    // The entrypoint really dispatches (run with our binaries first on the PATH).
+    let bin_dir = Path::new(REWIND).parent().unwrap();
+    for (arg, expect) in [
+        ("coordinator", "rewind-coordinator"),
+        ("worker", "rewind-worker"),
+        ("run", "rewind run"),
+    ] {
+        let out = Command::new("sh")
+            .arg(deploy().join("entrypoint.sh"))
+            .args([arg, "--help"])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{arg}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(expect) || text.contains("Usage"),
+            "{arg}: {text}"
+        );
+    }
+}
