@@ -2,6 +2,9 @@
 
 use std::io::IsTerminal;
 
+pub mod args;
+pub mod config;
+
 /// Logs to stderr: JSON lines when stderr is not a terminal (services, CI), text otherwise.
 /// The filter comes from `REWIND_LOG` (default `default_level`).
 pub fn init_logging(default_level: &str) {

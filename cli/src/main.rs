@@ -19,6 +19,9 @@ mod generate;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// TOML file with settings (its [cli] table); flags and REWIND_* variables override it.
+    #[arg(long, global = true, env = "REWIND_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +42,21 @@ enum Command {
     Jobs(Remote),
     /// Cancel a job: workers stop its shards, no _SUCCESS is written.
     Cancel(JobRef),
+    /// Show the effective settings (and where each comes from), or document them all.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings of a binary, secrets masked.
+    Show {
+        /// Which binary: cli, coordinator or worker.
+        #[arg(long = "for", default_value = "cli")]
+        binary: String,
+    },
+    /// Print docs/configuration.md (every setting of every binary).
+    Docs,
 }
 
 #[derive(Debug, Args)]
@@ -201,8 +219,51 @@ impl From<rewind_common::RequestError> for Failure {
     }
 }
 
+fn config_command(c: ConfigCommand, file: Option<PathBuf>) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    use rewind_cli::args::{CoordinatorArgs, WorkerArgs};
+    match c {
+        ConfigCommand::Docs => {
+            print!(
+                "{}",
+                rewind_cli::config::docs(&[
+                    ("coordinator", CoordinatorArgs::command()),
+                    ("worker", WorkerArgs::command()),
+                    ("cli", Cli::command()),
+                ])
+            );
+            Ok(())
+        }
+        ConfigCommand::Show { binary } => {
+            let mut argv: Vec<std::ffi::OsString> = vec![binary.clone().into()];
+            if let Some(f) = file {
+                argv.push("--config".into());
+                argv.push(f.into());
+            }
+            let shown = match binary.as_str() {
+                "coordinator" => {
+                    rewind_cli::config::effective("coordinator", CoordinatorArgs::command(), &argv)
+                }
+                "worker" => rewind_cli::config::effective("worker", WorkerArgs::command(), &argv),
+                "cli" => {
+                    // The client settings, as `rewind jobs` would use them.
+                    argv.insert(1, "jobs".into());
+                    rewind_cli::config::effective("cli", Cli::command(), &argv)
+                }
+                other => {
+                    return Err(Failure::BadRequest(format!(
+                        "invalid --for: {other}; one of cli, coordinator, worker"
+                    )));
+                }
+            };
+            print!("{}", shown.map_err(Failure::BadRequest)?);
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = rewind_cli::config::parse("cli");
     rewind_cli::init_logging("warn");
     let result = match cli.command {
         Command::Run(args) => embedded::run(args),
@@ -213,6 +274,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => client::watch(&a.remote, &a.job),
         Command::Jobs(a) => client::jobs(&a),
         Command::Cancel(a) => client::cancel(&a.remote, &a.job),
+        Command::Config(c) => config_command(c, cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

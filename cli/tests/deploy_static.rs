@@ -377,3 +377,82 @@ fn dockerfile_ships_the_three_binaries_and_the_entrypoint_dispatches() {
         );
     }
 }
+
+/// docs/configuration.md is generated from the binaries' definitions and must be current
+/// (regenerate: `cargo run -p rewind-cli -- config docs > docs/configuration.md`).
+#[test]
+fn configuration_docs_are_current() {
+    let out = Command::new(REWIND)
+        .args(["config", "docs"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let committed = fs::read_to_string(deploy().join("../docs/configuration.md")).unwrap();
+    assert!(
+        committed == String::from_utf8_lossy(&out.stdout),
+        "docs/configuration.md is stale: run `cargo run -p rewind-cli -- config docs > docs/configuration.md`"
+    );
+}
+
+/// Layering through the real binaries: file < env < flag, unknown keys refused (exit 2), and
+/// `rewind config show` masks nothing it should not and shows sources.
+#[test]
+fn layered_configuration_through_the_binaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rewind.toml");
+    fs::write(
+        &file,
+        "[worker]\netcd = [\"http://a:2379\", \"http://b:2379\"]\nslots = 3\ngrace = 40\n\
+         [coordinator]\nlease-ttl = 7\n[cli]\ncoordinator = \"http://coord:50051\"\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = Command::new(WORKER)
+        .args(["--config", f, "--grace", "50", "--print-config"])
+        .env("REWIND_WORKER_SLOTS", "4")
+        .env_remove("REWIND_ETCD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("etcd = \"http://a:2379,http://b:2379\"  # file"),
+        "{text}"
+    );
+    assert!(text.contains("slots = \"4\"  # env"), "{text}");
+    assert!(text.contains("grace = \"50\"  # flag"), "{text}");
+    assert!(text.contains("poll-ms = \"500\"  # default"), "{text}");
+
+    let out = Command::new(REWIND)
+        .args(["config", "show", "--for", "coordinator", "--config", f])
+        .env_remove("REWIND_ETCD")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lease-ttl = \"7\"  # file"), "{text}");
+    assert!(text.contains("# etcd # (unset)"), "{text}");
+    let out = Command::new(REWIND)
+        .args(["config", "show", "--config", f])
+        .env_remove("REWIND_COORDINATOR")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("coordinator = \"http://coord:50051\"  # file")
+    );
+
+    fs::write(&file, "[worker]\nslotz = 3\n").unwrap();
+    let out = Command::new(WORKER).args(["--config", f]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no setting slotz"));
+    fs::write(&file, "slots = 3\n").unwrap();
+    let out = Command::new(REWIND)
+        .args(["jobs", "--config", f])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,64 +1,14 @@
 //! `rewind-coordinator`: serves rewind.v1.JobService and, while it leads, drives jobs.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use rewind_coordinator::driver::{LeaderConfig, lead};
 use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1::job_service_server::JobServiceServer;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rewind-coordinator",
-    version,
-    about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end",
-    after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
-)]
-struct Args {
-    /// Address to serve gRPC on.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "REWIND_ETCD")]
-    etcd: String,
-    /// Replica id for leader election and logs (default: host name and process id).
-    #[arg(long)]
-    id: Option<String>,
-    /// Leader lease TTL in seconds: a standby takes over this long after the leader dies.
-    #[arg(long, default_value_t = 10)]
-    lease_ttl: u64,
-    /// Seconds between compactions of etcd's history by the leader (0: never, leave it to
-    /// etcd's --auto-compaction-*). Without any compaction, claims slow down as history grows.
-    #[arg(long, default_value_t = 60)]
-    etcd_compact_every: u64,
-    /// Revisions each compaction keeps.
-    #[arg(long, default_value_t = 10_000)]
-    etcd_compact_keep: i64,
-    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
-    #[arg(long, env = "REWIND_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
-    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, env = "REWIND_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "REWIND_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// Require client certificates signed by this CA (PEM): mutual TLS.
-    #[arg(long, env = "REWIND_TLS_CLIENT_CA", requires = "tls_cert")]
-    tls_client_ca: Option<std::path::PathBuf>,
-    /// Require `authorization: Bearer <token>` on JobService calls; the token is this file's
-    /// content. Health and reflection stay open.
-    #[arg(long, env = "REWIND_AUTH_TOKEN_FILE")]
-    auth_token_file: Option<std::path::PathBuf>,
-    /// Key prefix in etcd (several Rewind installations can share one etcd).
-    #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
-    etcd_prefix: String,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: rewind_cli::args::CoordinatorArgs = rewind_cli::config::parse("coordinator");
     rewind_cli::init_logging("info");
     let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
         Ok(e) => e,

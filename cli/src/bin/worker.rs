@@ -3,45 +3,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use rewind_worker::daemon::{DaemonConfig, run_daemon};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rewind-worker",
-    version,
-    about = "Rewind worker: leases hour shards through etcd and runs them",
-    after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
-)]
-struct Args {
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "REWIND_ETCD")]
-    etcd: String,
-    /// Shards this process runs at once (default: the number of CPUs).
-    #[arg(long)]
-    slots: Option<usize>,
-    /// Worker id in claims and logs (default: host name and process id).
-    #[arg(long)]
-    id: Option<String>,
-    /// Lease TTL in seconds; a frozen or partitioned worker loses its shards after this long.
-    #[arg(long, default_value_t = 10)]
-    lease_ttl: u64,
-    /// Seconds running shards may take to finish after SIGTERM before they are released.
-    #[arg(long, default_value_t = 30)]
-    grace: u64,
-    /// How often to look for new jobs, in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    poll_ms: u64,
-    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
-    #[arg(long, env = "REWIND_METRICS_LISTEN")]
-    metrics_listen: Option<std::net::SocketAddr>,
-    /// Key prefix in etcd (several Rewind installations can share one etcd).
-    #[arg(long, default_value = rewind_etcd::DEFAULT_ROOT)]
-    etcd_prefix: String,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: rewind_cli::args::WorkerArgs = rewind_cli::config::parse("worker");
     rewind_cli::init_logging("info");
     let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
         Ok(e) => e,

@@ -1,0 +1,109 @@
+//! The command lines of the services, here so that `rewind config` can show and document them.
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rewind-coordinator",
+    version,
+    about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end",
+    after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
+)]
+pub struct CoordinatorArgs {
+    /// TOML file with settings (its [coordinator] table); flags and REWIND_* variables override it.
+    #[arg(long, env = "REWIND_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective settings (and where each comes from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Address to serve gRPC on.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "REWIND_ETCD")]
+    pub etcd: String,
+    /// Replica id for leader election and logs (default: host name and process id).
+    #[arg(long, env = "REWIND_COORDINATOR_ID")]
+    pub id: Option<String>,
+    /// Leader lease TTL in seconds: a standby takes over this long after the leader dies.
+    #[arg(long, env = "REWIND_COORDINATOR_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Seconds between compactions of etcd's history by the leader (0: never, leave it to
+    /// etcd's --auto-compaction-*). Without any compaction, claims slow down as history grows.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_ETCD_COMPACT_EVERY",
+        default_value_t = 60
+    )]
+    pub etcd_compact_every: u64,
+    /// Revisions each compaction keeps.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_ETCD_COMPACT_KEEP",
+        default_value_t = 10_000
+    )]
+    pub etcd_compact_keep: i64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
+    #[arg(long, env = "REWIND_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "REWIND_COORDINATOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "REWIND_COORDINATOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "REWIND_COORDINATOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Require `authorization: Bearer <token>` on JobService calls; the token is this file's
+    /// content. Health and reflection stay open.
+    #[arg(long, env = "REWIND_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// Key prefix in etcd (several Rewind installations can share one etcd).
+    #[arg(long, env = "REWIND_ETCD_PREFIX", default_value = rewind_etcd::DEFAULT_ROOT)]
+    pub etcd_prefix: String,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rewind-worker",
+    version,
+    about = "Rewind worker: leases hour shards through etcd and runs them",
+    after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
+)]
+pub struct WorkerArgs {
+    /// TOML file with settings (its [worker] table); flags and REWIND_* variables override it.
+    #[arg(long, env = "REWIND_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective settings (and where each comes from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "REWIND_ETCD")]
+    pub etcd: String,
+    /// Shards this process runs at once (default: the number of CPUs).
+    #[arg(long, env = "REWIND_WORKER_SLOTS")]
+    pub slots: Option<usize>,
+    /// Worker id in claims and logs (default: host name and process id).
+    #[arg(long, env = "REWIND_WORKER_ID")]
+    pub id: Option<String>,
+    /// Lease TTL in seconds; a frozen or partitioned worker loses its shards after this long.
+    #[arg(long, env = "REWIND_WORKER_LEASE_TTL", default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Seconds running shards may take to finish after SIGTERM before they are released.
+    #[arg(long, env = "REWIND_WORKER_GRACE", default_value_t = 30)]
+    pub grace: u64,
+    /// How often to look for new jobs, in milliseconds.
+    #[arg(long, env = "REWIND_WORKER_POLL_MS", default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
+    #[arg(long, env = "REWIND_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Key prefix in etcd (several Rewind installations can share one etcd).
+    #[arg(long, env = "REWIND_ETCD_PREFIX", default_value = rewind_etcd::DEFAULT_ROOT)]
+    pub etcd_prefix: String,
+}
