@@ -31,6 +31,17 @@ impl tonic::service::Interceptor for Token {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // The caller's trace context (traceparent), when traces are exported.
+        let mut headers = std::collections::HashMap::new();
+        rewind_common::trace::inject(&tracing::Span::current(), &mut headers);
+        for (k, v) in headers {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+                v.parse(),
+            ) {
+                req.metadata_mut().insert(k, v);
+            }
+        }
         Ok(req)
     }
 }
@@ -268,27 +279,32 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
 pub fn submit(remote: &Remote, job: &JobArgs, wait: bool) -> Result<(), Failure> {
     let as_json = remote.json;
     let request = request_to_pb(&job.request());
-    runtime()?.block_on(async {
-        let mut client = connect(remote).await?;
-        let resp = client
-            .submit_job(pb::SubmitJobRequest { job: Some(request) })
-            .await
-            .map_err(status_failure)?
-            .into_inner();
-        if !wait {
-            if as_json {
-                println!("{}", json!({"job_id": resp.job_id, "shards": resp.shards}));
-            } else {
-                println!("{}", resp.job_id);
+    let span =
+        tracing::info_span!("rewind.submit", org = %job.org, start = %job.start, end = %job.end);
+    runtime()?.block_on(tracing::Instrument::instrument(
+        async {
+            let mut client = connect(remote).await?;
+            let resp = client
+                .submit_job(pb::SubmitJobRequest { job: Some(request) })
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            if !wait {
+                if as_json {
+                    println!("{}", json!({"job_id": resp.job_id, "shards": resp.shards}));
+                } else {
+                    println!("{}", resp.job_id);
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if !as_json {
-            eprintln!("submitted job {} ({} shards)", resp.job_id, resp.shards);
-        }
-        let j = follow_retrying(&mut client, &resp.job_id).await?;
-        conclude(&j, as_json)
-    })
+            if !as_json {
+                eprintln!("submitted job {} ({} shards)", resp.job_id, resp.shards);
+            }
+            let j = follow_retrying(&mut client, &resp.job_id).await?;
+            conclude(&j, as_json)
+        },
+        span,
+    ))
 }
 
 /// Follows a job, reconnecting the watch a few times if the coordinator restarts meanwhile.

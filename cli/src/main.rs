@@ -264,7 +264,7 @@ fn config_command(c: ConfigCommand, file: Option<PathBuf>) -> Result<(), Failure
 
 fn main() -> ExitCode {
     let cli: Cli = rewind_cli::config::parse("cli");
-    rewind_cli::init_logging("warn");
+    let _telemetry = rewind_cli::init_logging("warn", "rewind");
     let result = match cli.command {
         Command::Run(args) => embedded::run(args),
         Command::Gen(args) => generate::run(args),

@@ -8,6 +8,7 @@ pub mod range;
 pub mod request;
 pub mod shard_store;
 pub mod storage;
+pub mod trace;
 
 pub use error::RequestError;
 pub use ids::{JobId, OrgId, ShardId};

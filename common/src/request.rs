@@ -120,6 +120,9 @@ pub struct JobRecord {
     pub spec: JobSpec,
     pub request: JobRequest,
     pub created_ms: i64,
+    /// W3C `traceparent` of the job's span, when traces are exported: shard spans join it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 #[cfg(test)]

@@ -152,7 +152,21 @@ async fn finish(
     job: &JobId,
     cancelled: bool,
 ) -> Result<Option<&'static str>, StoreError> {
+    use tracing::Instrument as _;
     let record: JobRecord = store.record(job).await?;
+    let span = tracing::info_span!("rewind.job.commit", job_id = %job, cancelled);
+    rewind_common::trace::set_parent(&span, record.trace_parent.as_deref());
+    finish_record(store, job, cancelled, record)
+        .instrument(span)
+        .await
+}
+
+async fn finish_record(
+    store: &EtcdStore,
+    job: &JobId,
+    cancelled: bool,
+    record: JobRecord,
+) -> Result<Option<&'static str>, StoreError> {
     let mut status: JobStatus = store.status(job).await?;
     let states = store.shards(job).await?;
     let request = record.request.clone();

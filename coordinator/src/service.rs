@@ -237,15 +237,30 @@ impl JobService for JobServiceImpl {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        // The job's span continues the caller's trace; shard spans (on workers) join it.
+        let headers: std::collections::HashMap<String, String> = req
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        let span = tracing::info_span!("rewind.job", job_id = tracing::field::Empty);
+        rewind_common::trace::set_parent_from(&span, &headers);
         let request = request_from_pb(req.into_inner().job)?;
         let mut spec = request.validate(JobId::generate()).map_err(invalid)?;
         request.check_local_paths().map_err(invalid)?;
         let shards: Vec<_> = plan(&spec).into_iter().map(|s| s.id).collect();
         for _ in 0..8 {
+            span.record("job_id", spec.job.as_str());
             let record = JobRecord {
                 spec: spec.clone(),
                 request: request.clone(),
                 created_ms: now_ms(),
+                trace_parent: rewind_common::trace::traceparent(&span),
             };
             let status = JobStatus {
                 phase: Phase::Running,

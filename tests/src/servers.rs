@@ -230,9 +230,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(bin: &str, args: &[String], log: PathBuf) -> Proc {
+        Proc::spawn_with_env(bin, args, log, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables.
+    pub fn spawn_with_env(bin: &str, args: &[String], log: PathBuf, env: &[(&str, &str)]) -> Proc {
         let err = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("REWIND_LOG", "info")
             .stdout(Stdio::null())
             .stderr(err)

@@ -18,7 +18,7 @@ use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore
 use rewind_common::{JobId, JobRecord};
 use rewind_etcd::{EtcdStore, LiveCounts};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::decode::DecoderConfig;
 use crate::metrics::WorkerMetrics;
@@ -80,7 +80,8 @@ pub struct DaemonStats {
 /// A job as this worker sees it: the environment to run its shards, or why it cannot.
 #[derive(Clone)]
 enum JobEnv {
-    Ready(ShardEnv),
+    /// The environment, and the job's trace context (W3C traceparent) if traced.
+    Ready(ShardEnv, Option<String>),
     Broken(String),
 }
 
@@ -124,14 +125,17 @@ fn open_env(record: &JobRecord) -> JobEnv {
         Ok(s) => Arc::new(s),
         Err(e) => return JobEnv::Broken(format!("source {}: {e}", request.source)),
     };
-    JobEnv::Ready(ShardEnv {
-        spec: Arc::new(record.spec.clone()),
-        source,
-        output: Arc::new(LocalOutput::new(Path::new(&request.dest))) as Arc<dyn OutputStore>,
-        failed_output: Arc::new(LocalOutput::new(request.failed_dir())),
-        progress: Arc::new(Progress::default()),
-        cancel: Arc::new(AtomicBool::new(false)),
-    })
+    JobEnv::Ready(
+        ShardEnv {
+            spec: Arc::new(record.spec.clone()),
+            source,
+            output: Arc::new(LocalOutput::new(Path::new(&request.dest))) as Arc<dyn OutputStore>,
+            failed_output: Arc::new(LocalOutput::new(request.failed_dir())),
+            progress: Arc::new(Progress::default()),
+            cancel: Arc::new(AtomicBool::new(false)),
+        },
+        record.trace_parent.clone(),
+    )
 }
 
 /// Runs the worker until `shutdown` turns true, then drains within the grace period.
@@ -286,8 +290,8 @@ async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
 }
 
 async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
-    let env = match env {
-        JobEnv::Ready(env) => env,
+    let (env, trace_parent) = match env {
+        JobEnv::Ready(env, trace_parent) => (env, trace_parent),
         JobEnv::Broken(why) => {
             warn!(job = %claim.job, shard = %claim.shard, error = %why, "cannot run the job here");
             let _ = shared.store.fail(&claim, &why, false).await;
@@ -339,7 +343,18 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
         max_event_bytes: env.spec.max_event_bytes,
         ..DecoderConfig::default()
     };
-    let outcome = execute_claim(&shared.store, &env, &claim, decoder).await;
+    let span = tracing::info_span!(
+        "rewind.shard",
+        job_id = %claim.job,
+        shard = %claim.shard,
+        attempt = claim.attempt,
+        worker = %shared.cfg.id,
+        outcome = tracing::field::Empty
+    );
+    rewind_common::trace::set_parent(&span, trace_parent.as_deref());
+    let outcome = execute_claim(&shared.store, &env, &claim, decoder)
+        .instrument(span.clone())
+        .await;
     reporter.abort();
     count_progress(metrics, &progress, &counted);
     metrics.shards_running.dec();
@@ -354,6 +369,7 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
         Err(_) => "error",
     };
     WorkerMetrics::outcome(&metrics.attempts, ended).inc();
+    span.record("outcome", ended);
     shared
         .inflight
         .lock()

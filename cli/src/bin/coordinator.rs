@@ -9,7 +9,7 @@ use rewind_proto::v1::job_service_server::JobServiceServer;
 
 fn main() -> ExitCode {
     let args: rewind_cli::args::CoordinatorArgs = rewind_cli::config::parse("coordinator");
-    rewind_cli::init_logging("info");
+    let _telemetry = rewind_cli::init_logging("info", "rewind-coordinator");
     let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
         Ok(e) => e,
         Err(e) => {

@@ -7,7 +7,7 @@ use rewind_worker::daemon::{DaemonConfig, run_daemon};
 
 fn main() -> ExitCode {
     let args: rewind_cli::args::WorkerArgs = rewind_cli::config::parse("worker");
-    rewind_cli::init_logging("info");
+    let _telemetry = rewind_cli::init_logging("info", "rewind-worker");
     let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
         Ok(e) => e,
         Err(e) => {
