@@ -555,7 +555,7 @@ fn grpc_codes_health_and_reflection() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let c = Cluster::start(0);
+    let mut c = Cluster::start(0);
     let url = format!("http://{}", c.addr());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -610,6 +610,7 @@ fn grpc_codes_health_and_reflection() {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
+        let channel_for_health = channel.clone();
         let mut stream = ServerReflectionClient::new(channel)
             .server_reflection_info(tokio_stream::iter(vec![request]))
             .await
@@ -619,6 +620,25 @@ fn grpc_codes_health_and_reflection() {
         let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
             panic!("unexpected reflection reply {reply:?}");
         };
+        // Health follows etcd: NOT_SERVING while it is down.
+        c.etcd.kill();
+        let mut health_client = HealthClient::new(channel_for_health.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = health_client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "rewind.v1.JobService".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == ServingStatus::NotServing as i32 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "still {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         assert!(
             names.contains(&"rewind.v1.JobService".to_string()),

@@ -98,10 +98,36 @@ fn main() -> ExitCode {
             },
             rx.clone(),
         ));
+        // gRPC health follows real readiness: SERVING while etcd answers (leader or standby),
+        // NOT_SERVING while it does not. Checked every 2 s.
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<JobServiceServer<JobServiceImpl>>()
             .await;
+        {
+            let ready = rewind_cli::etcd_ready(store.clone());
+            let health = health.clone();
+            tokio::spawn(async move {
+                let mut serving = true;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let ok = ready().await.is_ok();
+                    if ok != serving {
+                        serving = ok;
+                        if ok {
+                            health
+                                .set_serving::<JobServiceServer<JobServiceImpl>>()
+                                .await;
+                        } else {
+                            tracing::warn!("etcd unreachable: reporting NOT_SERVING");
+                            health
+                                .set_not_serving::<JobServiceServer<JobServiceImpl>>()
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
         let reflection = match tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rewind_proto::v1::FILE_DESCRIPTOR_SET)
             .build_v1()
