@@ -26,6 +26,21 @@ pub struct CoordinatorArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "REWIND_ETCD")]
     pub etcd: String,
+    /// CA certificate (PEM) to trust for etcd's TLS (use https:// endpoints).
+    #[arg(long, env = "REWIND_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
+    #[arg(long, env = "REWIND_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, env = "REWIND_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd user, when etcd has authentication enabled.
+    #[arg(long, env = "REWIND_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "REWIND_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Replica id for leader election and logs (default: host name and process id).
     #[arg(long, env = "REWIND_COORDINATOR_ID")]
     pub id: Option<String>,
@@ -85,6 +100,21 @@ pub struct WorkerArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "REWIND_ETCD")]
     pub etcd: String,
+    /// CA certificate (PEM) to trust for etcd's TLS (use https:// endpoints).
+    #[arg(long, env = "REWIND_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
+    #[arg(long, env = "REWIND_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, env = "REWIND_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd user, when etcd has authentication enabled.
+    #[arg(long, env = "REWIND_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "REWIND_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Shards this process runs at once (default: the number of CPUs).
     #[arg(long, env = "REWIND_WORKER_SLOTS")]
     pub slots: Option<usize>,
@@ -106,4 +136,21 @@ pub struct WorkerArgs {
     /// Key prefix in etcd (several Rewind installations can share one etcd).
     #[arg(long, env = "REWIND_ETCD_PREFIX", default_value = rewind_etcd::DEFAULT_ROOT)]
     pub etcd_prefix: String,
+}
+
+/// The etcd security settings of a service's flags.
+pub fn etcd_security(
+    ca: &Option<std::path::PathBuf>,
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    user: &Option<String>,
+    password_file: &Option<std::path::PathBuf>,
+) -> rewind_etcd::EtcdSecurity {
+    rewind_etcd::EtcdSecurity {
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+        user: user.clone(),
+        password_file: password_file.clone(),
+    }
 }

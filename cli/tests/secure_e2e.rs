@@ -2,53 +2,14 @@
 //! and the binaries as processes. Certificates are made here with rcgen (a test CA).
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rewind_testkit::pki::Pki;
 use rewind_testkit::run;
 use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
-
-/// A CA, and certificates it signed: the server's (for 127.0.0.1) and a client's.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
-        let dir = dir.join(name);
-        fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        for (who, names) in [
-            (
-                "server",
-                vec!["127.0.0.1".to_string(), "localhost".to_string()],
-            ),
-            ("client", vec!["rewind-cli".to_string()]),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &issuer)
-                .unwrap();
-            fs::write(dir.join(format!("{who}.pem")), cert.pem()).unwrap();
-            fs::write(dir.join(format!("{who}.key")), key.serialize_pem()).unwrap();
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-}
 
 fn jobs(addr: &str, extra: &[&str]) -> (Option<i32>, String) {
     let mut args = vec!["jobs", "--coordinator", addr];

@@ -218,13 +218,76 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// How to reach a secured etcd: TLS (a CA to trust, a client certificate for etcd's
+/// `--client-cert-auth`) and/or etcd's own users. Paths are read at connect time.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdSecurity {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl EtcdSecurity {
+    fn apply(&self, mut options: ConnectOptions) -> Result<ConnectOptions, StoreError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                StoreError::Unavailable(format!("reading the etcd {what} {}: {e}", p.display()))
+            })
+        };
+        if self.ca.is_some() || self.cert.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("CA", ca)?));
+            }
+            match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(
+                        read("certificate", cert)?,
+                        read("key", key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::Unavailable(
+                        "an etcd client certificate needs both --etcd-cert and --etcd-key".into(),
+                    ));
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some(user) = &self.user {
+            let password = match &self.password_file {
+                Some(p) => String::from_utf8_lossy(&read("password file", p)?)
+                    .trim()
+                    .to_string(),
+                None => String::new(),
+            };
+            options = options.with_user(user.clone(), password);
+        }
+        Ok(options)
+    }
+}
+
 impl EtcdStore {
     /// Connects and checks that etcd answers. One attempt; see [`EtcdStore::connect_retrying`].
     pub async fn connect(endpoints: &[String], root: &str) -> Result<EtcdStore, StoreError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        EtcdStore::connect_secured(endpoints, root, &EtcdSecurity::default()).await
+    }
+
+    /// Connects to a secured etcd (TLS, users).
+    pub async fn connect_secured(
+        endpoints: &[String],
+        root: &str,
+        security: &EtcdSecurity,
+    ) -> Result<EtcdStore, StoreError> {
+        let options = security.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(5))
+                .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3)),
+        )?;
         let where_ = endpoints.join(",");
         let client = Client::connect(endpoints, Some(options))
             .await
@@ -257,12 +320,13 @@ impl EtcdStore {
     pub async fn connect_retrying(
         endpoints: &[String],
         root: &str,
+        security: &EtcdSecurity,
         give_up_after: Option<Duration>,
     ) -> Result<EtcdStore, StoreError> {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(200);
         loop {
-            match EtcdStore::connect(endpoints, root).await {
+            match EtcdStore::connect_secured(endpoints, root, security).await {
                 Ok(store) => return Ok(store),
                 Err(e) => {
                     if give_up_after.is_some_and(|limit| started.elapsed() >= limit) {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod pki;
 pub mod servers;
 
 use std::collections::BTreeMap;

@@ -167,6 +167,44 @@ impl Etcd {
         etcd
     }
 
+    /// etcd serving clients over TLS only, requiring client certificates signed by the CA of
+    /// `pki` (its `server.pem` is etcd's certificate).
+    pub fn start_tls(pki: &crate::pki::Pki) -> Etcd {
+        let dir = fast_tempdir();
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client = format!("https://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", "t1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t1={peer}")])
+            .args(["--cert-file", &pki.path("server.pem")])
+            .args(["--key-file", &pki.path("server.key")])
+            .args(["--trusted-ca-file", &pki.path("ca.pem")])
+            .arg("--client-cert-auth")
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd");
+        assert!(
+            wait_port(client_port, Duration::from_secs(20)),
+            "etcd (TLS) did not listen"
+        );
+        Etcd {
+            client_port,
+            peer_port,
+            dir,
+            child: ChildGuard(Some(child)),
+        }
+    }
+
     fn spawn(dir: &Path, client_port: u16, peer_port: u16) -> ChildGuard {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");

@@ -55,17 +55,28 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let security = rewind_cli::args::etcd_security(
+        &args.etcd_ca,
+        &args.etcd_cert,
+        &args.etcd_key,
+        &args.etcd_user,
+        &args.etcd_password_file,
+    );
     runtime.block_on(async move {
-        let store =
-            match rewind_etcd::EtcdStore::connect_retrying(&endpoints, &args.etcd_prefix, None)
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
+        let store = match rewind_etcd::EtcdStore::connect_retrying(
+            &endpoints,
+            &args.etcd_prefix,
+            &security,
+            None,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
         let metrics = rewind_coordinator::metrics::CoordinatorMetrics::default();
         if let Some(addr) = args.metrics_listen {
             let mut registry = prometheus_client::registry::Registry::default();
