@@ -329,6 +329,27 @@ pub fn server_tls(
     Ok(tls)
 }
 
+/// Registers `rewind_etcd_requests_total` and `rewind_etcd_errors_total` (this process's etcd
+/// round trips) and returns the hook that brings them up to date before a scrape.
+pub fn etcd_metrics(registry: &mut prometheus_client::registry::Registry) -> Hook<()> {
+    use prometheus_client::metrics::counter::Counter;
+    use std::sync::atomic::Ordering;
+    let requests = Counter::<u64>::default();
+    let errors = Counter::<u64>::default();
+    let r = registry.sub_registry_with_prefix("rewind");
+    r.register("etcd_requests", "Requests sent to etcd", requests.clone());
+    r.register("etcd_errors", "etcd requests that failed", errors.clone());
+    std::sync::Arc::new(move || {
+        let (requests, errors) = (requests.clone(), errors.clone());
+        Box::pin(async move {
+            let total = rewind_etcd::ROUND_TRIPS.load(Ordering::Relaxed);
+            requests.inc_by(total.saturating_sub(requests.get()));
+            let failed = rewind_etcd::ERRORS.load(Ordering::Relaxed);
+            errors.inc_by(failed.saturating_sub(errors.get()));
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

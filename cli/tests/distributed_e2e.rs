@@ -949,6 +949,7 @@ fn metrics_and_probes_during_a_job() {
         Some(hours as f64)
     );
     assert!(metric(&w, "rewind_bytes_read_total").unwrap() > 0.0);
+    assert!(metric(&w, "rewind_etcd_requests_total").unwrap() >= 2.0 * hours as f64);
     assert_eq!(
         metric(&w, "rewind_shard_duration_seconds_count"),
         Some(hours as f64)

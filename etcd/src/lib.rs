@@ -47,6 +47,10 @@ use tracing::warn;
 /// Claim txns lost to another claimant (a measure of contention, for the benchmark).
 pub static CLAIM_RACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Requests sent to etcd by this process, and those that failed (for the metrics).
+pub static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub const DEFAULT_ROOT: &str = "/rewind/v1/";
 
 /// How many shards one refill makes claimable (etcd allows 128 operations per txn).
@@ -156,12 +160,14 @@ struct Target {
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
+    ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     StoreError::Unavailable(format!("etcd: {e}"))
 }
 
 fn lease_error(e: etcd_client::Error, lease: LeaseId) -> StoreError {
     let text = e.to_string();
     if text.contains("lease not found") {
+        ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         StoreError::LeaseExpired(lease)
     } else {
         unavailable(e)
@@ -340,6 +346,18 @@ impl EtcdStore {
         }
     }
 
+    /// A KV client, counting the request it is taken for.
+    fn kv(&self) -> etcd_client::KvClient {
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.client.kv_client()
+    }
+
+    /// A lease client, counting the request it is taken for.
+    fn leases(&self) -> etcd_client::LeaseClient {
+        ROUND_TRIPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.client.lease_client()
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
@@ -362,12 +380,7 @@ impl EtcdStore {
         key: String,
         options: Option<GetOptions>,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        let mut resp = self
-            .client
-            .kv_client()
-            .get(key, options)
-            .await
-            .map_err(unavailable)?;
+        let mut resp = self.kv().get(key, options).await.map_err(unavailable)?;
         Ok(resp.take_kvs())
     }
 
@@ -376,12 +389,7 @@ impl EtcdStore {
         key: Vec<u8>,
         options: Option<GetOptions>,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        let mut resp = self
-            .client
-            .kv_client()
-            .get(key, options)
-            .await
-            .map_err(unavailable)?;
+        let mut resp = self.kv().get(key, options).await.map_err(unavailable)?;
         Ok(resp.take_kvs())
     }
 
@@ -391,8 +399,7 @@ impl EtcdStore {
 
     async fn count(&self, key: String) -> Result<u64, StoreError> {
         let resp = self
-            .client
-            .kv_client()
+            .kv()
             .get(key, Some(GetOptions::new().with_prefix().with_count_only()))
             .await
             .map_err(unavailable)?;
@@ -400,7 +407,7 @@ impl EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-        self.client.kv_client().txn(txn).await
+        self.kv().txn(txn).await
     }
 
     async fn meta(&self, job: &JobId) -> Result<Meta, StoreError> {
@@ -655,8 +662,7 @@ impl EtcdStore {
 
     async fn lease_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         let resp = self
-            .client
-            .lease_client()
+            .leases()
             .time_to_live(lease.0, None)
             .await
             .map_err(unavailable)?;
@@ -670,8 +676,7 @@ impl EtcdStore {
     /// Revokes a lease now (a worker or coordinator shutting down cleanly): its claims go back
     /// at once instead of after the TTL.
     pub async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.client
-            .lease_client()
+        self.leases()
             .revoke(lease.0)
             .await
             .map(|_| ())
@@ -785,8 +790,7 @@ impl EtcdStore {
 
     /// Deletes a finished job's per-shard keys; its status (with the summary) stays.
     pub async fn compact(&self, job: &JobId) -> Result<(), StoreError> {
-        self.client
-            .kv_client()
+        self.kv()
             .delete(
                 self.job_key(job, ""),
                 Some(DeleteOptions::new().with_prefix()),
@@ -961,8 +965,7 @@ impl EtcdStore {
     /// revision compacted to, if any.
     pub async fn compact_history(&self, keep: i64) -> Result<Option<i64>, StoreError> {
         let resp = self
-            .client
-            .kv_client()
+            .kv()
             .get(
                 format!("{}leader", self.root),
                 Some(GetOptions::new().with_count_only()),
@@ -974,7 +977,7 @@ impl EtcdStore {
         if target <= 1 {
             return Ok(None);
         }
-        match self.client.kv_client().compact(target, None).await {
+        match self.kv().compact(target, None).await {
             Ok(_) => Ok(Some(target)),
             // Already compacted past it (another coordinator did): nothing to do.
             Err(e) if e.to_string().contains("compacted") => Ok(None),
@@ -1017,18 +1020,12 @@ impl ShardStore for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let resp = self
-            .client
-            .lease_client()
-            .grant(secs, None)
-            .await
-            .map_err(unavailable)?;
+        let resp = self.leases().grant(secs, None).await.map_err(unavailable)?;
         Ok(LeaseId(resp.id()))
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.client
-            .lease_client()
+        self.leases()
             .keep_alive(lease.0)
             .await
             .map(|_| ())

@@ -82,11 +82,15 @@ fn main() -> ExitCode {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);
             let ready = rewind_cli::etcd_ready(store.clone());
+            let etcd = rewind_cli::etcd_metrics(&mut registry);
             let refresh: rewind_cli::Hook<()> = {
                 let (store, metrics) = (store.clone(), metrics.clone());
                 std::sync::Arc::new(move || {
-                    let (store, metrics) = (store.clone(), metrics.clone());
-                    Box::pin(async move { metrics.refresh(&store).await })
+                    let (store, metrics, etcd) = (store.clone(), metrics.clone(), etcd.clone());
+                    Box::pin(async move {
+                        metrics.refresh(&store).await;
+                        etcd().await;
+                    })
                 })
             };
             tokio::spawn(async move {

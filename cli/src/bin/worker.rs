@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);
             let ready = rewind_cli::etcd_ready(store.clone());
-            let refresh: rewind_cli::Hook<()> = std::sync::Arc::new(|| Box::pin(async {}));
+            let refresh = rewind_cli::etcd_metrics(&mut registry);
             tokio::spawn(async move {
                 if let Err(e) = rewind_cli::serve_ops(addr, registry, refresh, ready).await {
                     tracing::error!(error = %e, listen = %addr, "metrics endpoint failed");
