@@ -456,3 +456,21 @@ fn layered_configuration_through_the_binaries() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The README's front-door command is `cargo run -p rewind-cli -- run …`: with three binaries
+/// in the package, that only works while `rewind` is the package's default-run binary.
+#[test]
+fn readme_cargo_run_reaches_the_rewind_binary() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("../README.md")).unwrap();
+    assert!(readme.contains("cargo run --release -p rewind-cli -- run "));
+    let manifest: toml::Table = fs::read_to_string(root.join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        manifest["package"]["default-run"].as_str(),
+        Some("rewind"),
+        "cli/Cargo.toml needs default-run = \"rewind\""
+    );
+}
