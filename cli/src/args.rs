@@ -16,6 +16,8 @@ pub struct CoordinatorArgs {
     /// Print the effective settings (and where each comes from) and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Address to serve gRPC on.
     #[arg(
         long,
@@ -23,24 +25,6 @@ pub struct CoordinatorArgs {
         default_value = "127.0.0.1:50051"
     )]
     pub listen: std::net::SocketAddr,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "REWIND_ETCD")]
-    pub etcd: String,
-    /// CA certificate (PEM) to trust for etcd's TLS (use https:// endpoints).
-    #[arg(long, env = "REWIND_ETCD_CA")]
-    pub etcd_ca: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
-    #[arg(long, env = "REWIND_ETCD_CERT", requires = "etcd_key")]
-    pub etcd_cert: Option<std::path::PathBuf>,
-    /// The private key of --etcd-cert (PEM).
-    #[arg(long, env = "REWIND_ETCD_KEY", requires = "etcd_cert")]
-    pub etcd_key: Option<std::path::PathBuf>,
-    /// etcd user, when etcd has authentication enabled.
-    #[arg(long, env = "REWIND_ETCD_USER")]
-    pub etcd_user: Option<String>,
-    /// File holding the etcd user's password.
-    #[arg(long, env = "REWIND_ETCD_PASSWORD_FILE", requires = "etcd_user")]
-    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Replica id for leader election and logs (default: host name and process id).
     #[arg(long, env = "REWIND_COORDINATOR_ID")]
     pub id: Option<String>,
@@ -78,9 +62,6 @@ pub struct CoordinatorArgs {
     /// content. Health and reflection stay open.
     #[arg(long, env = "REWIND_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
-    /// Key prefix in etcd (several Rewind installations can share one etcd).
-    #[arg(long, env = "REWIND_ETCD_PREFIX", default_value = rewind_etcd::DEFAULT_ROOT)]
-    pub etcd_prefix: String,
 }
 
 #[derive(Debug, Parser)]
@@ -97,24 +78,8 @@ pub struct WorkerArgs {
     /// Print the effective settings (and where each comes from) and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "REWIND_ETCD")]
-    pub etcd: String,
-    /// CA certificate (PEM) to trust for etcd's TLS (use https:// endpoints).
-    #[arg(long, env = "REWIND_ETCD_CA")]
-    pub etcd_ca: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
-    #[arg(long, env = "REWIND_ETCD_CERT", requires = "etcd_key")]
-    pub etcd_cert: Option<std::path::PathBuf>,
-    /// The private key of --etcd-cert (PEM).
-    #[arg(long, env = "REWIND_ETCD_KEY", requires = "etcd_cert")]
-    pub etcd_key: Option<std::path::PathBuf>,
-    /// etcd user, when etcd has authentication enabled.
-    #[arg(long, env = "REWIND_ETCD_USER")]
-    pub etcd_user: Option<String>,
-    /// File holding the etcd user's password.
-    #[arg(long, env = "REWIND_ETCD_PASSWORD_FILE", requires = "etcd_user")]
-    pub etcd_password_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Shards this process runs at once (default: the number of CPUs).
     #[arg(long, env = "REWIND_WORKER_SLOTS")]
     pub slots: Option<usize>,
@@ -133,24 +98,58 @@ pub struct WorkerArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (off when unset).
     #[arg(long, env = "REWIND_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// How a service reaches etcd: the same flags for the coordinator and the workers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "REWIND_ETCD")]
+    pub etcd: String,
+    /// CA certificate (PEM) to trust for etcd's TLS (use https:// endpoints).
+    #[arg(long, env = "REWIND_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
+    #[arg(long, env = "REWIND_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, env = "REWIND_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd user, when etcd has authentication enabled.
+    #[arg(long, env = "REWIND_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "REWIND_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Key prefix in etcd (several Rewind installations can share one etcd).
     #[arg(long, env = "REWIND_ETCD_PREFIX", default_value = rewind_etcd::DEFAULT_ROOT)]
     pub etcd_prefix: String,
 }
 
-/// The etcd security settings of a service's flags.
-pub fn etcd_security(
-    ca: &Option<std::path::PathBuf>,
-    cert: &Option<std::path::PathBuf>,
-    key: &Option<std::path::PathBuf>,
-    user: &Option<String>,
-    password_file: &Option<std::path::PathBuf>,
-) -> rewind_etcd::EtcdSecurity {
-    rewind_etcd::EtcdSecurity {
-        ca: ca.clone(),
-        cert: cert.clone(),
-        key: key.clone(),
-        user: user.clone(),
-        password_file: password_file.clone(),
+impl EtcdArgs {
+    pub fn endpoints(&self) -> Result<Vec<String>, String> {
+        crate::etcd_endpoints(&self.etcd)
     }
+
+    /// Connects, retrying with backoff while etcd is unreachable (each failure is logged).
+    pub async fn connect(
+        &self,
+        endpoints: &[String],
+    ) -> Result<rewind_etcd::EtcdStore, rewind_common::shard_store::StoreError> {
+        let security = rewind_etcd::EtcdSecurity {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+        };
+        rewind_etcd::EtcdStore::connect_retrying(endpoints, &self.etcd_prefix, &security, None)
+            .await
+    }
+}
+
+/// A process id for claims, leadership and logs: host name and process id.
+pub fn default_id(fallback_host: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| fallback_host.into());
+    format!("{}-{}", host.trim(), std::process::id())
 }

@@ -10,7 +10,7 @@ use rewind_proto::v1::job_service_server::JobServiceServer;
 fn main() -> ExitCode {
     let args: rewind_cli::args::CoordinatorArgs = rewind_cli::config::parse("coordinator");
     let _telemetry = rewind_cli::init_logging("info", "rewind-coordinator");
-    let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
+    let endpoints = match args.etcd.endpoints() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -39,11 +39,10 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "coordinator".into());
     let id = args
         .id
         .clone()
-        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+        .unwrap_or_else(|| rewind_cli::args::default_id("coordinator"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,22 +54,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let security = rewind_cli::args::etcd_security(
-        &args.etcd_ca,
-        &args.etcd_cert,
-        &args.etcd_key,
-        &args.etcd_user,
-        &args.etcd_password_file,
-    );
     runtime.block_on(async move {
-        let store = match rewind_etcd::EtcdStore::connect_retrying(
-            &endpoints,
-            &args.etcd_prefix,
-            &security,
-            None,
-        )
-        .await
-        {
+        let store = match args.etcd.connect(&endpoints).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");

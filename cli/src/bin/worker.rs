@@ -8,7 +8,7 @@ use rewind_worker::daemon::{DaemonConfig, run_daemon};
 fn main() -> ExitCode {
     let args: rewind_cli::args::WorkerArgs = rewind_cli::config::parse("worker");
     let _telemetry = rewind_cli::init_logging("info", "rewind-worker");
-    let endpoints = match rewind_cli::etcd_endpoints(&args.etcd) {
+    let endpoints = match args.etcd.endpoints() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -26,10 +26,9 @@ fn main() -> ExitCode {
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
     let id = args
         .id
-        .unwrap_or_else(|| format!("{}-{}", host.trim(), std::process::id()));
+        .unwrap_or_else(|| rewind_cli::args::default_id("worker"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(slots + 4)
@@ -42,22 +41,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let security = rewind_cli::args::etcd_security(
-        &args.etcd_ca,
-        &args.etcd_cert,
-        &args.etcd_key,
-        &args.etcd_user,
-        &args.etcd_password_file,
-    );
     runtime.block_on(async move {
-        let store = match rewind_etcd::EtcdStore::connect_retrying(
-            &endpoints,
-            &args.etcd_prefix,
-            &security,
-            None,
-        )
-        .await
-        {
+        let store = match args.etcd.connect(&endpoints).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");
