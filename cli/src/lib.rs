@@ -133,6 +133,16 @@ pub fn init_logging(default_level: &str, service: &str) -> Telemetry {
     telemetry
 }
 
+/// The runtime of a service: two async threads (the work is on the blocking pool or in etcd)
+/// and at most `max_blocking` blocking threads.
+pub fn service_runtime(max_blocking: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(max_blocking)
+        .enable_all()
+        .build()
+}
+
 /// `--etcd http://a:2379,http://b:2379` as a list; an empty list is an error naming the flag.
 pub fn etcd_endpoints(value: &str) -> Result<Vec<String>, String> {
     let list: Vec<String> = value

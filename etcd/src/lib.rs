@@ -630,6 +630,19 @@ impl EtcdStore {
         Ok(true)
     }
 
+    /// The shards with a live claim (keys only: one cheap read).
+    async fn claimed(&self, job: &JobId) -> Result<HashSet<ShardId>, StoreError> {
+        Ok(self
+            .get(
+                self.job_key(job, "claim/"),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?
+            .iter()
+            .filter_map(|kv| Self::shard_of(kv.key()))
+            .collect())
+    }
+
     /// Attempts in flight whose claim vanished with an expired lease: (shard, record, mod rev).
     async fn lost_attempts(
         &self,
@@ -639,15 +652,7 @@ impl EtcdStore {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let claims: HashSet<ShardId> = self
-            .get(
-                self.job_key(job, "claim/"),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?
-            .iter()
-            .filter_map(|kv| Self::shard_of(kv.key()))
-            .collect();
+        let claims = self.claimed(job).await?;
         let mut lost = Vec::new();
         for kv in &runs {
             let Some(shard) = Self::shard_of(kv.key()) else {
@@ -1287,15 +1292,7 @@ impl ShardStore for EtcdStore {
                 );
             }
         }
-        let claims: HashSet<ShardId> = self
-            .get(
-                self.job_key(job, "claim/"),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?
-            .iter()
-            .filter_map(|kv| Self::shard_of(kv.key()))
-            .collect();
+        let claims = self.claimed(job).await?;
         for kv in self.prefix(self.job_key(job, "run/")).await? {
             let Some(shard) = Self::shard_of(kv.key()) else {
                 continue;

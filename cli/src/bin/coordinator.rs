@@ -43,11 +43,7 @@ fn main() -> ExitCode {
         .id
         .clone()
         .unwrap_or_else(|| rewind_cli::args::default_id("coordinator"));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match rewind_cli::service_runtime(512) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

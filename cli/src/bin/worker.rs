@@ -29,12 +29,7 @@ fn main() -> ExitCode {
     let id = args
         .id
         .unwrap_or_else(|| rewind_cli::args::default_id("worker"));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(slots + 4)
-        .enable_all()
-        .build()
-    {
+    let runtime = match rewind_cli::service_runtime(slots + 4) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
