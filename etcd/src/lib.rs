@@ -864,14 +864,9 @@ impl EtcdStore {
         claim: &Claim,
         counts: &T,
     ) -> Result<(), StoreError> {
-        let claim_key = self.shard_key(&claim.job, "claim", claim.shard);
         self.txn(
             Txn::new()
-                .when([Compare::create_revision(
-                    claim_key,
-                    CompareOp::Equal,
-                    claim.token as i64,
-                )])
+                .when([self.claim_is_current(claim)])
                 .and_then([TxnOp::put(
                     self.shard_key(&claim.job, "live", claim.shard),
                     json(counts),
@@ -1163,22 +1158,11 @@ impl ShardStore for EtcdStore {
     }
 
     async fn commit(&self, claim: &Claim, done: ShardDone) -> Result<(), StoreError> {
-        let job = &claim.job;
-        let done_key = self.shard_key(job, "done", claim.shard);
+        let done_key = self.shard_key(&claim.job, "done", claim.shard);
+        let put = TxnOp::put(done_key.clone(), json(&done), None);
         let resp = self
             .txn(
-                Txn::new()
-                    .when([Compare::create_revision(
-                        self.shard_key(job, "claim", claim.shard),
-                        CompareOp::Equal,
-                        claim.token as i64,
-                    )])
-                    .and_then([
-                        TxnOp::put(done_key.clone(), json(&done), None),
-                        TxnOp::delete(self.shard_key(job, "claim", claim.shard), None),
-                        TxnOp::delete(self.shard_key(job, "run", claim.shard), None),
-                        TxnOp::delete(self.shard_key(job, "live", claim.shard), None),
-                    ])
+                self.end_txn(claim, put)
                     .or_else([TxnOp::get(done_key, None)]),
             )
             .await
@@ -1338,24 +1322,31 @@ impl ShardStore for EtcdStore {
 }
 
 impl EtcdStore {
+    /// The fencing guard: the claim key still has the claim's create revision.
+    fn claim_is_current(&self, claim: &Claim) -> Compare {
+        Compare::create_revision(
+            self.shard_key(&claim.job, "claim", claim.shard),
+            CompareOp::Equal,
+            claim.token as i64,
+        )
+    }
+
+    /// The txn that ends an attempt: while the claim is current, `op` (done, retry, failed)
+    /// and the removal of the attempt's claim, run record and live counters.
+    fn end_txn(&self, claim: &Claim, op: TxnOp) -> Txn {
+        let key = |kind| self.shard_key(&claim.job, kind, claim.shard);
+        Txn::new().when([self.claim_is_current(claim)]).and_then([
+            op,
+            TxnOp::delete(key("claim"), None),
+            TxnOp::delete(key("run"), None),
+            TxnOp::delete(key("live"), None),
+        ])
+    }
+
     /// Ends an attempt (fail or release) with one txn guarded by the fencing token.
     async fn end_attempt(&self, claim: &Claim, op: TxnOp) -> Result<(), StoreError> {
-        let job = &claim.job;
         let resp = self
-            .txn(
-                Txn::new()
-                    .when([Compare::create_revision(
-                        self.shard_key(job, "claim", claim.shard),
-                        CompareOp::Equal,
-                        claim.token as i64,
-                    )])
-                    .and_then([
-                        op,
-                        TxnOp::delete(self.shard_key(job, "claim", claim.shard), None),
-                        TxnOp::delete(self.shard_key(job, "run", claim.shard), None),
-                        TxnOp::delete(self.shard_key(job, "live", claim.shard), None),
-                    ]),
-            )
+            .txn(self.end_txn(claim, op))
             .await
             .map_err(unavailable)?;
         if resp.succeeded() {
