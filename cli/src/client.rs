@@ -194,6 +194,16 @@ fn conclude(j: &pb::Job, as_json: bool) -> Result<(), Failure> {
     }
 }
 
+async fn get_job(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
+    Ok(client
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(status_failure)?
+        .into_inner())
+}
+
 /// Follows a job to its end; with a terminal on stderr, as a progress bar.
 async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
     let mut stream = client
@@ -257,13 +267,7 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
         Some(j) if finished(&j.state) => Ok(j),
         _ => {
             // The stream ended early (coordinator restarting): ask once more.
-            let j = client
-                .get_job(pb::GetJobRequest {
-                    job_id: job_id.to_string(),
-                })
-                .await
-                .map_err(status_failure)?
-                .into_inner();
+            let j = get_job(client, job_id).await?;
             if finished(&j.state) {
                 Ok(j)
             } else {
@@ -327,13 +331,7 @@ pub fn status(remote: &Remote, job_id: &str) -> Result<(), Failure> {
     let as_json = remote.json;
     runtime()?.block_on(async {
         let mut client = connect(remote).await?;
-        let j = client
-            .get_job(pb::GetJobRequest {
-                job_id: job_id.to_string(),
-            })
-            .await
-            .map_err(status_failure)?
-            .into_inner();
+        let j = get_job(&mut client, job_id).await?;
         if as_json {
             println!("{}", job_json(&j));
         } else {

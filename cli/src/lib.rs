@@ -143,6 +143,36 @@ pub fn service_runtime(max_blocking: usize) -> std::io::Result<tokio::runtime::R
         .build()
 }
 
+/// Runs a service: its runtime, then etcd (retried until it answers), then `body`. Failing to
+/// start the runtime or to reach etcd for good is exit code 1, said on stderr.
+pub fn run_service<F, Fut>(
+    max_blocking: usize,
+    etcd: &args::EtcdArgs,
+    endpoints: &[String],
+    body: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(rewind_etcd::EtcdStore) -> Fut,
+    Fut: std::future::Future<Output = std::process::ExitCode>,
+{
+    let runtime = match service_runtime(max_blocking) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match etcd.connect(endpoints).await {
+            Ok(store) => body(store).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(1)
+            }
+        }
+    })
+}
+
 /// `--etcd http://a:2379,http://b:2379` as a list; an empty list is an error naming the flag.
 pub fn etcd_endpoints(value: &str) -> Result<Vec<String>, String> {
     let list: Vec<String> = value

@@ -43,21 +43,8 @@ fn main() -> ExitCode {
         .id
         .clone()
         .unwrap_or_else(|| rewind_cli::args::default_id("coordinator"));
-    let runtime = match rewind_cli::service_runtime(512) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
-        let store = match args.etcd.connect(&endpoints).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let etcd = args.etcd.clone();
+    rewind_cli::run_service(512, &etcd, &endpoints, |store| async move {
         let metrics = rewind_coordinator::metrics::CoordinatorMetrics::default();
         if let Some(addr) = args.metrics_listen {
             let mut registry = prometheus_client::registry::Registry::default();

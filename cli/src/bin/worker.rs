@@ -29,21 +29,8 @@ fn main() -> ExitCode {
     let id = args
         .id
         .unwrap_or_else(|| rewind_cli::args::default_id("worker"));
-    let runtime = match rewind_cli::service_runtime(slots + 4) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
-        let store = match args.etcd.connect(&endpoints).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let etcd = args.etcd.clone();
+    rewind_cli::run_service(slots + 4, &etcd, &endpoints, |store| async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             rewind_cli::shutdown_signal().await;
