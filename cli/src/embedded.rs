@@ -1,20 +1,21 @@
 //! `rewind run`: the embedded mode. The same planning, worker loop and job commit as the
 //! distributed mode, wired together in one process with the in-memory shard store.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rewind_common::location::JobSide;
 use rewind_common::shard_store::{InMemoryShardStore, ShardStore};
-use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore};
+use rewind_common::storage::{OutputStore, StorageError};
 use rewind_common::{JobId, JobRequest, JobSpec, OutputKeys};
 use rewind_coordinator::commit::{JobState, commit_job};
-use rewind_coordinator::plan::plan;
+use rewind_coordinator::plan::pin;
 use rewind_coordinator::summary::Summary;
 use rewind_worker::decode::DecoderConfig;
-use rewind_worker::pipeline::{Progress, ShardEnv};
+use rewind_worker::pipeline::{Pins, Progress, ShardEnv};
 use rewind_worker::run::{WorkerConfig, work_job};
 
 use crate::{Failure, RunArgs};
@@ -22,7 +23,7 @@ use crate::{Failure, RunArgs};
 fn validate(args: &RunArgs) -> Result<(JobRequest, JobSpec), Failure> {
     let request = args.job.request();
     let spec = request.validate(JobId::generate())?;
-    request.check_local_paths()?;
+    request.check_local_paths(&spec.org)?;
     if args.workers == Some(0) {
         return Err(Failure::BadRequest(
             "invalid --workers: must be at least 1".into(),
@@ -67,18 +68,32 @@ async fn run_job(
     workers: usize,
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    let source: Arc<dyn ObjectSource> = Arc::new(
-        LocalSource::new(Path::new(&request.source))
-            .map_err(|e| Failure::BadRequest(format!("invalid --source: {e}")))?,
-    );
-    let failed_dir = request.failed_dir();
-    let output: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(Path::new(&request.dest)));
-    let failed_output: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(&failed_dir));
-    let spec = Arc::new(fresh_job_id(output.as_ref(), spec)?);
+    let places = request.locations(&spec.org)?;
+    let opened = |what: &str, e: StorageError| Failure::Job(format!("opening the {what}: {e}"));
+    let source = rewind_s3::open_source(&places.source, &request.s3)
+        .await
+        .map_err(|e| opened("source", e))?;
+    let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest)
+        .await
+        .map_err(|e| opened("destination", e))?;
+    let failed_output = rewind_s3::open_output(&places.failed, &request.s3, JobSide::Dest)
+        .await
+        .map_err(|e| opened("failed output", e))?;
+    let spec = {
+        let output = output.clone();
+        tokio::task::spawn_blocking(move || fresh_job_id(output.as_ref(), spec))
+            .await
+            .map_err(|e| Failure::Job(format!("choosing a job id: {e}")))??
+    };
+    let spec = Arc::new(spec);
 
-    let shards = plan(&spec);
+    // Every hour prefix is listed once, now: each shard reads exactly what was listed.
+    let plans = pin(source.clone(), &spec)
+        .await
+        .map_err(|e| Failure::Job(format!("planning job {}: {e}", spec.job)))?;
     let store = Arc::new(InMemoryShardStore::new());
-    let ids: Vec<_> = shards.iter().map(|s| s.id).collect();
+    let ids: Vec<_> = plans.iter().map(|p| p.shard).collect();
+    let pins: HashMap<_, _> = plans.into_iter().map(|p| (p.shard, p)).collect();
     store
         .create_job(&spec.job, &ids, spec.max_attempts)
         .await
@@ -90,6 +105,7 @@ async fn run_job(
         source,
         output: output.clone(),
         failed_output: failed_output.clone(),
+        pins: Pins::Memory(Arc::new(pins)),
         progress: progress.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
     };

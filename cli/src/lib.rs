@@ -390,6 +390,12 @@ pub fn etcd_metrics(registry: &mut prometheus_client::registry::Registry) -> Hoo
     })
 }
 
+/// Chooses the TLS crypto provider once per process: the gRPC stack (ring) and the AWS SDK
+/// (aws-lc-rs) both bring one, and rustls refuses to guess between two.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,9 +111,10 @@ pub struct PlanArgs {
 /// What to recover: the same flags for `rewind run`, `rewind submit` and `rewind plan`.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
-    /// Directory holding the archive (laid out as --layout describes).
+    /// The archive: a directory or s3://BUCKET[/PREFIX], laid out as --layout describes. A
+    /// {org} placeholder is replaced with the lowercase org id (s3://pismo-dataplatform-{org}).
     #[arg(long)]
-    pub source: PathBuf,
+    pub source: String,
     /// Tenant (organisation) id.
     #[arg(long)]
     pub org: String,
@@ -123,18 +124,19 @@ pub struct JobArgs {
     /// Last hour to recover, inclusive, UTC: YYYY-MM-DD (the whole day) or YYYY-MM-DDTHH.
     #[arg(long)]
     pub end: String,
-    /// Directory to write Parquet under (execution_id=<job>/org_id=<org>/date=<day>/).
+    /// Where to write Parquet (execution_id=<job>/org_id=<org>/date=<day>/): a directory or
+    /// s3://BUCKET[/PREFIX].
     #[arg(long)]
-    pub dest: PathBuf,
+    pub dest: String,
     /// Where an hour's objects live below --source.
     #[arg(long, default_value = rewind_common::layout::DEFAULT_LAYOUT)]
     pub layout: String,
     /// Keep only events whose arrival_epoch falls inside the requested range.
     #[arg(long)]
     pub arrival_filter: bool,
-    /// Where failed records go (default: <dest>/_failed).
+    /// Where failed records go, a directory or s3:// URL (default: <dest>/_failed).
     #[arg(long)]
-    pub failed_output: Option<PathBuf>,
+    pub failed_output: Option<String>,
     /// Largest event accepted, in bytes; larger ones are failed records.
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
@@ -144,27 +146,89 @@ pub struct JobArgs {
     /// Attempts per shard before the shard (and the job) fails.
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// How to reach S3 when --source or --dest is an s3:// URL. Credentials come from the standard
+/// AWS chain (environment, profile, web identity / IRSA, container or instance metadata).
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
+    /// AWS region (default: from the AWS environment or profile; us-east-1 for a custom endpoint).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3 endpoint for S3-compatible stores (MinIO, Ceph, ...), e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT (most S3-compatible stores).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// IAM role to assume for reading the source (STS AssumeRole, refreshed before expiry).
+    #[arg(long)]
+    pub source_role_arn: Option<String>,
+    /// External id the source role's trust policy requires.
+    #[arg(long, requires = "source_role_arn")]
+    pub source_external_id: Option<String>,
+    /// IAM role to assume for writing the destination and failed output.
+    #[arg(long)]
+    pub dest_role_arn: Option<String>,
+    /// External id the destination role's trust policy requires.
+    #[arg(long, requires = "dest_role_arn")]
+    pub dest_external_id: Option<String>,
+    /// Session name of assumed roles (shows in CloudTrail; default rewind).
+    #[arg(long)]
+    pub role_session_name: Option<String>,
+    /// Multipart upload part size in MiB (5-5120): the memory each file being written holds.
+    #[arg(long, default_value_t = rewind_common::location::DEFAULT_PART_SIZE_MIB)]
+    pub s3_part_size_mib: u32,
+    /// Objects a shard downloads ahead of the one it decodes (concurrent GETs per shard).
+    #[arg(long, default_value_t = rewind_common::location::DEFAULT_READ_AHEAD)]
+    pub s3_read_ahead: u32,
+}
+
+impl S3Args {
+    pub fn options(&self) -> rewind_common::S3Options {
+        rewind_common::S3Options {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.force_path_style,
+            source_role_arn: self.source_role_arn.clone(),
+            source_external_id: self.source_external_id.clone(),
+            dest_role_arn: self.dest_role_arn.clone(),
+            dest_external_id: self.dest_external_id.clone(),
+            role_session_name: self.role_session_name.clone(),
+            part_size_mib: self.s3_part_size_mib,
+            read_ahead: self.s3_read_ahead,
+        }
+    }
 }
 
 impl JobArgs {
-    /// The request, with paths made absolute (a coordinator and workers may run elsewhere).
+    /// The request, with local paths made absolute (a coordinator and workers may run
+    /// elsewhere); URLs stay as given.
     pub fn request(&self) -> rewind_common::JobRequest {
-        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let abs = |p: &str| {
+            if p.contains("://") || p.trim().is_empty() {
+                p.to_string()
+            } else {
+                std::path::absolute(p)
+                    .map(|a| a.display().to_string())
+                    .unwrap_or_else(|_| p.to_string())
+            }
+        };
         rewind_common::JobRequest {
-            source: abs(&self.source).display().to_string(),
+            source: abs(&self.source),
             org: self.org.clone(),
             start: self.start.clone(),
             end: self.end.clone(),
-            dest: abs(&self.dest).display().to_string(),
+            dest: abs(&self.dest),
             layout: self.layout.clone(),
             arrival_filter: self.arrival_filter,
-            failed_output: self
-                .failed_output
-                .as_ref()
-                .map(|p| abs(p).display().to_string()),
+            failed_output: self.failed_output.as_deref().map(abs),
             max_event_bytes: self.max_event_bytes,
             max_attempts: self.max_attempts,
             max_range_hours: self.max_range_hours,
+            s3: self.s3.options(),
         }
     }
 }
@@ -263,6 +327,7 @@ fn config_command(c: ConfigCommand, file: Option<PathBuf>) -> Result<(), Failure
 }
 
 fn main() -> ExitCode {
+    rewind_cli::init_crypto();
     let cli: Cli = rewind_cli::config::parse("cli");
     let _telemetry = rewind_cli::init_logging("warn", "rewind");
     let result = match cli.command {

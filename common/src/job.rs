@@ -61,6 +61,15 @@ impl OutputKeys {
         )
     }
 
+    /// The objects a shard reads, listed and pinned when the job was planned.
+    pub fn shard_plan(&self, shard: ShardId) -> String {
+        format!("{}{shard}.json", self.plan_prefix())
+    }
+
+    pub fn plan_prefix(&self) -> String {
+        format!("execution_id={}/_rewind/plan/", self.job)
+    }
+
     pub fn job_manifest(&self) -> String {
         format!("execution_id={}/_manifest.json", self.job)
     }
@@ -76,6 +85,9 @@ pub struct OutputFileEntry {
     pub key: String,
     pub size: u64,
     pub rows: u64,
+    /// The object's VersionId when the destination bucket is versioned (rollback needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// What one archive object contributed to a shard.
@@ -83,6 +95,11 @@ pub struct OutputFileEntry {
 pub struct ObjectStats {
     pub key: String,
     pub size: u64,
+    /// The content tag and version that were read (pinned when the job was planned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Decompressed bytes decoded.
     pub decoded_bytes: u64,
     pub compression: String,
@@ -104,4 +121,17 @@ pub struct ShardManifest {
     pub counts: crate::shard_store::ShardCounts,
     /// Failed records by reason code.
     pub failed_by_reason: std::collections::BTreeMap<String, u64>,
+}
+
+/// The objects one shard reads, listed when the job was planned (the coordinator stores one per
+/// shard; the embedded mode keeps them in memory). Workers read exactly these versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlan {
+    pub shard: ShardId,
+    pub prefix: String,
+    pub objects: Vec<crate::storage::ObjectMeta>,
+    /// Why the prefix could not be listed when the job was planned: the shard's attempts list
+    /// it themselves (and fail with the reason if they cannot either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted: Option<String>,
 }

@@ -1,14 +1,13 @@
 //! A job request as a user states it (`rewind run` / `rewind submit` flags, the gRPC
 //! `JobRequest`), its validation into a [`JobSpec`], and the record the distributed mode keeps.
 
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::RequestError;
 use crate::ids::{JobId, OrgId};
 use crate::job::JobSpec;
 use crate::layout::{DEFAULT_LAYOUT, Layout};
+use crate::location::{Location, S3Options};
 use crate::range::{DEFAULT_MAX_HOURS, HourRange};
 
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
@@ -30,6 +29,9 @@ pub struct JobRequest {
     pub max_event_bytes: usize,
     pub max_attempts: u32,
     pub max_range_hours: u64,
+    /// Endpoint, region and roles when a side is on S3.
+    #[serde(default)]
+    pub s3: S3Options,
 }
 
 impl Default for JobRequest {
@@ -46,6 +48,7 @@ impl Default for JobRequest {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_range_hours: DEFAULT_MAX_HOURS,
+            s3: S3Options::default(),
         }
     }
 }
@@ -60,6 +63,8 @@ impl JobRequest {
             return Err(RequestError::new("--dest", "is required"));
         }
         let org = OrgId::parse(&self.org)?;
+        self.locations(&org)?;
+        self.s3.validate()?;
         let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;
         let layout = Layout::parse(&self.layout)?;
         if self.max_event_bytes < 64 {
@@ -82,20 +87,38 @@ impl JobRequest {
         })
     }
 
-    /// Checks the local directories: the source exists, the destinations are not files.
-    pub fn check_local_paths(&self) -> Result<(), RequestError> {
-        if !Path::new(&self.source).is_dir() {
+    /// Source, destination and failed-record locations, placeholders filled.
+    pub fn locations(&self, org: &OrgId) -> Result<JobLocations, RequestError> {
+        let source = Location::parse("--source", &self.source, org)?;
+        let dest = Location::parse("--dest", &self.dest, org)?;
+        let failed = match &self.failed_output {
+            Some(f) if !f.trim().is_empty() => Location::parse("--failed-output", f, org)?,
+            _ => dest.join("_failed"),
+        };
+        Ok(JobLocations {
+            source,
+            dest,
+            failed,
+        })
+    }
+
+    /// Checks the local directories among the locations: the source exists, the destinations
+    /// are not files. S3 locations are checked when the job opens them.
+    pub fn check_local_paths(&self, org: &OrgId) -> Result<(), RequestError> {
+        let l = self.locations(org)?;
+        if let Location::Local(src) = &l.source
+            && !src.is_dir()
+        {
             return Err(RequestError::new(
                 "--source",
-                format!("{} is not a directory", self.source),
+                format!("{} is not a directory", src.display()),
             ));
         }
-        let failed = self.failed_dir();
-        for (field, path) in [
-            ("--dest", Path::new(&self.dest)),
-            ("--failed-output", &failed),
-        ] {
-            if path.exists() && !path.is_dir() {
+        for (field, loc) in [("--dest", &l.dest), ("--failed-output", &l.failed)] {
+            if let Location::Local(path) = loc
+                && path.exists()
+                && !path.is_dir()
+            {
                 return Err(RequestError::new(
                     field,
                     format!("{} exists and is not a directory", path.display()),
@@ -104,13 +127,21 @@ impl JobRequest {
         }
         Ok(())
     }
+}
 
-    /// Where failed records go.
-    pub fn failed_dir(&self) -> PathBuf {
-        match &self.failed_output {
-            Some(f) if !f.is_empty() => PathBuf::from(f),
-            _ => Path::new(&self.dest).join("_failed"),
-        }
+/// The three places of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLocations {
+    pub source: Location,
+    pub dest: Location,
+    pub failed: Location,
+}
+
+impl JobLocations {
+    pub fn any_local(&self) -> bool {
+        [&self.source, &self.dest, &self.failed]
+            .iter()
+            .any(|l| !l.is_s3())
     }
 }
 
@@ -152,6 +183,15 @@ mod tests {
             ("--layout", Box::new(|r| r.layout = "{YYYY}/../{MM}".into())),
             ("--max-event-bytes", Box::new(|r| r.max_event_bytes = 1)),
             ("--max-attempts", Box::new(|r| r.max_attempts = 0)),
+            (
+                "--source",
+                Box::new(|r| r.source = "s3://Bad_Bucket".into()),
+            ),
+            (
+                "--failed-output",
+                Box::new(|r| r.failed_output = Some("s3://x".into())),
+            ),
+            ("--s3-part-size-mib", Box::new(|r| r.s3.part_size_mib = 1)),
         ];
         for (field, edit) in cases {
             let mut r = ok();
@@ -162,12 +202,25 @@ mod tests {
     }
 
     #[test]
-    fn failed_dir_defaults_below_dest() {
-        assert_eq!(ok().failed_dir(), PathBuf::from("/out/_failed"));
+    fn failed_output_defaults_below_dest() {
+        let org = OrgId::parse("TN-1").unwrap();
+        let l = ok().locations(&org).unwrap();
+        assert_eq!(l.failed, Location::Local("/out/_failed".into()));
         let r = JobRequest {
             failed_output: Some("/f".into()),
             ..ok()
         };
-        assert_eq!(r.failed_dir(), PathBuf::from("/f"));
+        assert_eq!(
+            r.locations(&org).unwrap().failed,
+            Location::Local("/f".into())
+        );
+        let r = JobRequest {
+            dest: "s3://out-bucket/x".into(),
+            ..ok()
+        };
+        assert_eq!(
+            r.locations(&org).unwrap().failed.to_string(),
+            "s3://out-bucket/x/_failed"
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::ids::{JobId, ShardId};
 /// What a shard produced, as recorded when it commits (small: the file list lives in the
 /// manifest object that `manifest_key` points to).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ShardCounts {
     pub objects: u64,
     pub objects_skipped: u64,
@@ -27,6 +28,8 @@ pub struct ShardCounts {
     pub recovered: u64,
     pub filtered: u64,
     pub failed: u64,
+    /// Storage requests retried after transient failures (throttling, 5xx, resets).
+    pub retries: u64,
 }
 
 impl ShardCounts {
@@ -37,6 +40,7 @@ impl ShardCounts {
         self.recovered += other.recovered;
         self.filtered += other.filtered;
         self.failed += other.failed;
+        self.retries += other.retries;
     }
 }
 

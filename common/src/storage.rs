@@ -8,13 +8,53 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
-/// One stored object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// One stored object, as listed. A job pins the objects it reads by their listing: `etag` and
+/// `version` say which content was listed, and [`ObjectSource::open`] reads exactly that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
     /// Key relative to the store's root, `/`-separated.
     pub key: String,
     pub size: u64,
+    /// The object's content tag: the S3 ETag, or for a local file its modification time and size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The S3 VersionId, in a versioned bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl ObjectMeta {
+    pub fn new(key: impl Into<String>, size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size,
+            etag: None,
+            version: None,
+        }
+    }
+}
+
+/// Counters of the remote calls a store retried, shared by the stores of one shard attempt (see
+/// [`ObjectSource::with_stats`]) so the attempt's summary counts its own retries.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    /// Requests retried after a transient failure (throttling, 5xx, timeout, reset).
+    pub retries: AtomicU64,
+    /// Object bodies resumed with a ranged GET after the connection dropped mid-body.
+    pub resumed: AtomicU64,
+}
+
+/// A finished output object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub size: u64,
+    /// The VersionId the store gave it, in a versioned bucket.
+    pub version: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +69,15 @@ pub enum StorageError {
     },
     #[error("invalid key {key:?}: {why}")]
     InvalidKey { key: String, why: &'static str },
+    /// The object is not the one that was planned (overwritten, or a different version).
+    #[error("{what}: changed since the job was planned: {why}")]
+    Changed { what: String, why: String },
+    /// Access denied, bad or expired credentials, missing bucket: retrying cannot help.
+    #[error("{what}: {why}")]
+    Denied { what: String, why: String },
+    /// Throttling, 5xx, timeouts and resets that outlasted the retries.
+    #[error("{what}: {why}")]
+    Unavailable { what: String, why: String },
 }
 
 impl StorageError {
@@ -50,7 +99,11 @@ impl StorageError {
                 source.kind(),
                 io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
             ),
-            StorageError::NotFound { .. } | StorageError::InvalidKey { .. } => false,
+            StorageError::Unavailable { .. } => true,
+            StorageError::NotFound { .. }
+            | StorageError::InvalidKey { .. }
+            | StorageError::Changed { .. }
+            | StorageError::Denied { .. } => false,
         }
     }
 }
@@ -61,14 +114,22 @@ pub trait ObjectSource: Send + Sync {
     fn describe(&self) -> String;
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
-    /// Streams one object from its first byte.
-    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError>;
+    /// Streams exactly the object `meta` lists, from its first byte: the same version, or the
+    /// same content tag. An object changed or deleted since it was listed is an error
+    /// ([`StorageError::Changed`] / [`StorageError::NotFound`]), never other bytes.
+    fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError>;
+    /// How many objects a shard should open ahead of the one it decodes (concurrent GETs).
+    fn read_ahead(&self) -> usize {
+        0
+    }
+    /// The same source, counting its retries into `stats`.
+    fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn ObjectSource>;
 }
 
 /// An output being written; invisible to readers of the store until [`OutputFile::finish`].
 pub trait OutputFile: Write + Send {
-    /// Makes the file visible under its key; returns its size in bytes.
-    fn finish(self: Box<Self>) -> Result<u64, StorageError>;
+    /// Makes the file visible under its key.
+    fn finish(self: Box<Self>) -> Result<Written, StorageError>;
 }
 
 /// Where outputs (Parquet files, failed records, manifests) are written.
@@ -77,13 +138,15 @@ pub trait OutputStore: Send + Sync {
     /// Starts writing `key`.
     fn create(&self, key: &str) -> Result<Box<dyn OutputFile>, StorageError>;
     /// Writes a small object atomically.
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError>;
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<Written, StorageError>;
     /// Reads a small object, `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Every finished object under `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
     /// Deletes `key`; deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// The same store, counting its retries into `stats`.
+    fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn OutputStore>;
 }
 
 /// Checks that a key stays below the root: relative, `/`-separated, no `.`/`..`/empty segment.
@@ -145,13 +208,26 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
                 .filter_map(|c| c.as_os_str().to_str())
                 .collect::<Vec<_>>()
                 .join("/");
+            let meta = fs::metadata(&path)?;
             out.push(ObjectMeta {
                 key,
-                size: entry.metadata()?.len(),
+                size: meta.len(),
+                etag: Some(local_tag(&meta)),
+                version: None,
             });
         }
     }
     Ok(())
+}
+
+/// A local file's content tag: modification time (ns) and size. A rewrite in place changes it.
+fn local_tag(meta: &fs::Metadata) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{mtime:x}-{:x}", meta.len())
 }
 
 fn list_dir(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -198,11 +274,29 @@ impl ObjectSource for LocalSource {
         list_dir(&self.root, prefix)
     }
 
-    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StorageError> {
-        let path = join(&self.root, key)?;
-        let file =
-            fs::File::open(&path).map_err(|e| StorageError::io(path.display().to_string(), e))?;
+    fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
+        let path = join(&self.root, &meta.key)?;
+        let what = || path.display().to_string();
+        let file = fs::File::open(&path).map_err(|e| StorageError::io(what(), e))?;
+        if let Some(planned) = &meta.etag {
+            let now = file.metadata().map_err(|e| StorageError::io(what(), e))?;
+            let tag = local_tag(&now);
+            if &tag != planned {
+                return Err(StorageError::Changed {
+                    what: what(),
+                    why: format!(
+                        "planned {} bytes (tag {planned}), now {} bytes (tag {tag})",
+                        meta.size,
+                        now.len()
+                    ),
+                });
+            }
+        }
         Ok(Box::new(file))
+    }
+
+    fn with_stats(&self, _stats: Arc<IoStats>) -> Arc<dyn ObjectSource> {
+        Arc::new(self.clone())
     }
 }
 
@@ -247,7 +341,7 @@ impl Write for LocalFile {
 }
 
 impl OutputFile for LocalFile {
-    fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
+    fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
         let path = self.path.clone();
         let what = || path.display().to_string();
         let file = self.writer().map_err(|e| StorageError::io(what(), e))?;
@@ -260,7 +354,10 @@ impl OutputFile for LocalFile {
             .len();
         fs::rename(&self.tmp, &path).map_err(|e| StorageError::io(what(), e))?;
         self.file = None;
-        Ok(size)
+        Ok(Written {
+            size,
+            version: None,
+        })
     }
 }
 
@@ -304,11 +401,11 @@ impl OutputStore for LocalOutput {
         }))
     }
 
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<Written, StorageError> {
         let mut file = self.create(key)?;
         file.write_all(bytes)
             .map_err(|e| StorageError::io(key.to_string(), e))?;
-        file.finish().map(|_| ())
+        file.finish()
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -335,6 +432,10 @@ impl OutputStore for LocalOutput {
             Err(e) => Err(StorageError::io(path.display().to_string(), e)),
         }
     }
+
+    fn with_stats(&self, _stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
+        Arc::new(self.clone())
+    }
 }
 
 #[cfg(test)]
@@ -352,29 +453,24 @@ mod tests {
     }
 
     #[test]
-    fn local_output_is_atomic_and_listable() {
+    fn local_directories_pass_the_storage_contract() {
         let dir = tempfile::tempdir().unwrap();
-        let out = LocalOutput::new(dir.path());
-        let mut f = out.create("x/y/part-1.parquet").unwrap();
-        f.write_all(b"hello").unwrap();
-        assert!(out.list("x/").unwrap().is_empty(), "visible before finish");
-        assert_eq!(f.finish().unwrap(), 5);
-        let listed = out.list("x/").unwrap();
-        assert_eq!(
-            listed,
-            vec![ObjectMeta {
-                key: "x/y/part-1.parquet".into(),
-                size: 5
-            }]
-        );
-        // An abandoned file leaves nothing.
-        let g = out.create("x/y/part-2.parquet").unwrap();
+        let source = LocalSource::new(dir.path()).unwrap();
+        let output = LocalOutput::new(dir.path());
+        crate::storage_contract::run_all(&crate::storage_contract::Backend {
+            source: &source,
+            output: &output,
+            part_size: 1 << 20,
+            versioned: false,
+        });
+        // Unfinished local files are hidden temporaries that vanish when dropped.
+        let g = output.create("x/y/part-2.parquet").unwrap();
+        assert!(output.list("x/").unwrap().is_empty());
         drop(g);
-        assert_eq!(out.list("").unwrap().len(), 1);
-        assert_eq!(fs::read_dir(dir.path().join("x/y")).unwrap().count(), 1);
-        out.delete("x/y/part-1.parquet").unwrap();
-        out.delete("x/y/part-1.parquet").unwrap();
-        assert!(out.list("x/").unwrap().is_empty());
+        assert!(
+            !dir.path().join("x/y").exists()
+                || fs::read_dir(dir.path().join("x/y")).unwrap().count() == 0
+        );
     }
 
     #[test]
@@ -400,15 +496,15 @@ mod tests {
         assert_eq!(keys, vec!["p/2024/01/01/01/a", "p/2024/01/01/01/b"]);
         assert!(src.list("p/2024/01/01/03/").unwrap().is_empty());
         let mut body = String::new();
-        src.open("p/other")
+        src.open(&ObjectMeta::new("p/other", 7))
             .unwrap()
             .read_to_string(&mut body)
             .unwrap();
         assert_eq!(body, "p/other");
         assert!(matches!(
-            src.open("p/missing"),
+            src.open(&ObjectMeta::new("p/missing", 0)),
             Err(StorageError::NotFound { .. })
         ));
-        assert!(src.open("../etc/passwd").is_err());
+        assert!(src.open(&ObjectMeta::new("../etc/passwd", 0)).is_err());
     }
 }

@@ -144,9 +144,15 @@ fn commit(
     let prefix = keys.job_prefix();
     let mut orphans = 0;
     let control = [keys.job_manifest(), keys.success_marker()];
+    // The shard plans stay: they record what the job was pinned to read.
+    let plans = keys.plan_prefix();
     for o in output.list(&prefix)? {
         // (keep_failed too: the failed output may be the same store as the output.)
-        if !keep.contains(&o.key) && !keep_failed.contains(&o.key) && !control.contains(&o.key) {
+        if !keep.contains(&o.key)
+            && !keep_failed.contains(&o.key)
+            && !control.contains(&o.key)
+            && !o.key.starts_with(&plans)
+        {
             output.delete(&o.key)?;
             orphans += 1;
         }
@@ -256,6 +262,7 @@ mod tests {
                 key: live.clone(),
                 size: 4,
                 rows: 5,
+                version: None,
             }],
         );
         let mkey = keys.shard_manifest(hours[0], 2);

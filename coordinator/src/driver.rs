@@ -6,13 +6,13 @@
 //!   and its per-shard keys are compacted away.
 //! - A cancelling job is ended ([`commit_cancelled`]) once no attempt of it is in flight.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rewind_common::location::JobSide;
 use rewind_common::shard_store::{ShardStore, StoreError};
-use rewind_common::storage::{LocalOutput, OutputStore};
-use rewind_common::{JobId, JobRecord};
+use rewind_common::storage::{OutputStore, StorageError};
+use rewind_common::{JobId, JobRecord, JobRequest, JobSpec};
 use rewind_etcd::EtcdStore;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -172,17 +172,18 @@ async fn finish_record(
     let request = record.request.clone();
     let spec = Arc::new(record.spec.clone());
     let commit_spec = spec.clone();
-    let committed = tokio::task::spawn_blocking(move || {
-        let output: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(Path::new(&request.dest)));
-        let failed: Arc<dyn OutputStore> = Arc::new(LocalOutput::new(request.failed_dir()));
-        if cancelled {
-            commit_cancelled(&commit_spec, &states, output.as_ref(), failed.as_ref())
-        } else {
-            commit_job(&commit_spec, &states, output.as_ref(), failed.as_ref())
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?;
+    let committed = match open_outputs(&request, &spec).await {
+        Ok((output, failed)) => tokio::task::spawn_blocking(move || {
+            if cancelled {
+                commit_cancelled(&commit_spec, &states, output.as_ref(), failed.as_ref())
+            } else {
+                commit_job(&commit_spec, &states, output.as_ref(), failed.as_ref())
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?,
+        Err(e) => Err(CommitError::Storage(e)),
+    };
     let finished_ms = now_ms();
     match committed {
         Ok(manifest) => {
@@ -214,4 +215,20 @@ async fn finish_record(
     store.compact(job).await?;
     info!(job = %job, state = status.phase.as_str(), "job finished");
     Ok(Some(status.phase.as_str()))
+}
+
+/// The destination and failed-output stores of a job.
+async fn open_outputs(
+    request: &JobRequest,
+    spec: &JobSpec,
+) -> Result<(Arc<dyn OutputStore>, Arc<dyn OutputStore>), StorageError> {
+    let places = request
+        .locations(&spec.org)
+        .map_err(|e| StorageError::Denied {
+            what: "the job's locations".into(),
+            why: e.to_string(),
+        })?;
+    let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest).await?;
+    let failed = rewind_s3::open_output(&places.failed, &request.s3, JobSide::Dest).await?;
+    Ok((output, failed))
 }

@@ -1,6 +1,17 @@
-//! Planning: a job is split into one shard per hour of its range.
+//! Planning: a job is split into one shard per hour of its range, and each shard's hour prefix
+//! is listed once, when the job is planned: the listing pins the objects (key, size, ETag,
+//! VersionId) that every attempt of the shard reads.
 
-use rewind_common::{JobSpec, ShardId};
+use std::sync::Arc;
+
+use rewind_common::job::ShardPlan;
+use rewind_common::storage::{ObjectSource, OutputStore, StorageError};
+use rewind_common::{JobSpec, OutputKeys, ShardId};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Hour prefixes listed (and plan objects written) at the same time.
+pub const PLAN_CONCURRENCY: usize = 16;
 
 /// One planned shard and the prefix it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +28,86 @@ pub fn plan(spec: &JobSpec) -> Vec<PlannedShard> {
             prefix: spec.layout.prefix(hour, &spec.org),
         })
         .collect()
+}
+
+/// Runs `f` on the blocking pool for every item, `PLAN_CONCURRENCY` at a time; results in order.
+async fn concurrently<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R, StorageError> + Send + Sync + 'static,
+) -> Result<Vec<R>, StorageError>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let f = Arc::new(f);
+    let permits = Arc::new(Semaphore::new(PLAN_CONCURRENCY));
+    let mut set = JoinSet::new();
+    let n = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let (f, permits) = (f.clone(), permits.clone());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let r = tokio::task::spawn_blocking(move || f(item)).await;
+            (i, r)
+        });
+    }
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, r) = joined.map_err(|e| StorageError::Unavailable {
+            what: "planning".into(),
+            why: e.to_string(),
+        })?;
+        let r = r.map_err(|e| StorageError::Unavailable {
+            what: "planning".into(),
+            why: e.to_string(),
+        })?;
+        // The first error ends planning; dropping the set cancels the rest.
+        out[i] = Some(r?);
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Lists every shard's prefix and pins what is there. Never lists outside the job's hours.
+/// Denied access fails the whole plan (no shard could do better); any other listing failure is
+/// recorded in that shard's plan, so the other hours still run.
+pub async fn pin(
+    source: Arc<dyn ObjectSource>,
+    spec: &JobSpec,
+) -> Result<Vec<ShardPlan>, StorageError> {
+    let shards = plan(spec);
+    concurrently(shards, move |s| {
+        let (objects, unlisted) = match source.list(&s.prefix) {
+            Ok(objects) => (objects, None),
+            Err(e @ StorageError::Denied { .. }) => return Err(e),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        Ok(ShardPlan {
+            shard: s.id,
+            prefix: s.prefix,
+            objects,
+            unlisted,
+        })
+    })
+    .await
+}
+
+/// Writes one plan object per shard into the job's `_rewind/plan/` (distributed mode: the
+/// workers read them).
+pub async fn store_plans(
+    output: Arc<dyn OutputStore>,
+    spec: &JobSpec,
+    plans: Vec<ShardPlan>,
+) -> Result<(), StorageError> {
+    let keys = OutputKeys::new(&spec.job);
+    concurrently(plans, move |p| {
+        let body = serde_json::to_vec(&p).map_err(|e| StorageError::Unavailable {
+            what: "a shard plan".into(),
+            why: e.to_string(),
+        })?;
+        output.put(&keys.shard_plan(p.shard), &body).map(|_| ())
+    })
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]

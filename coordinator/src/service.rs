@@ -1,21 +1,21 @@
 //! The gRPC `rewind.v1.JobService`. Every replica serves it (all state is in etcd); only the
 //! leader drives jobs to their end (see [`crate::driver`]).
 
-use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
+use rewind_common::job::ShardPlan;
+use rewind_common::location::{JobSide, S3Options};
 use rewind_common::shard_store::{ShardState, ShardStore, StoreError};
-use rewind_common::storage::{LocalSource, ObjectSource};
-use rewind_common::{JobId, JobRecord, JobRequest, RequestError};
+use rewind_common::storage::StorageError;
+use rewind_common::{JobId, JobRecord, JobRequest, JobSpec, RequestError};
 use rewind_etcd::{EtcdStore, LiveCounts};
 use rewind_proto::v1 as pb;
 use rewind_proto::v1::job_service_server::JobService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::plan::plan;
+use crate::plan::{pin, store_plans};
 use crate::status::{JobStatus, Phase, now_ms};
 
 #[derive(Debug, Clone)]
@@ -78,7 +78,67 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         } else {
             r.max_range_hours
         },
+        s3: r.s3.map(s3_from_pb).unwrap_or_default(),
     })
+}
+
+fn s3_from_pb(o: pb::S3Options) -> S3Options {
+    let opt = |s: String| (!s.is_empty()).then_some(s);
+    S3Options {
+        region: opt(o.region),
+        endpoint_url: opt(o.endpoint_url),
+        force_path_style: o.force_path_style,
+        source_role_arn: opt(o.source_role_arn),
+        source_external_id: opt(o.source_external_id),
+        dest_role_arn: opt(o.dest_role_arn),
+        dest_external_id: opt(o.dest_external_id),
+        role_session_name: opt(o.role_session_name),
+        part_size_mib: o.part_size_mib,
+        read_ahead: o.read_ahead,
+    }
+}
+
+fn s3_to_pb(o: &S3Options) -> Option<pb::S3Options> {
+    if o == &S3Options::default() {
+        return None;
+    }
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    Some(pb::S3Options {
+        region: s(&o.region),
+        endpoint_url: s(&o.endpoint_url),
+        force_path_style: o.force_path_style,
+        source_role_arn: s(&o.source_role_arn),
+        source_external_id: s(&o.source_external_id),
+        dest_role_arn: s(&o.dest_role_arn),
+        dest_external_id: s(&o.dest_external_id),
+        role_session_name: s(&o.role_session_name),
+        part_size_mib: o.part_size_mib,
+        read_ahead: o.read_ahead,
+    })
+}
+
+/// A storage failure met while planning, as a gRPC status.
+fn storage_status(what: &str, e: StorageError) -> Status {
+    let message = format!("{what}: {e}");
+    match e {
+        StorageError::Denied { .. } => Status::permission_denied(message),
+        StorageError::NotFound { .. } | StorageError::InvalidKey { .. } => {
+            Status::failed_precondition(message)
+        }
+        StorageError::Changed { .. } => Status::aborted(message),
+        StorageError::Unavailable { .. } | StorageError::Io { .. } => Status::unavailable(message),
+    }
+}
+
+/// Opens the job's source and lists every hour prefix, pinning the objects.
+async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<ShardPlan>, Status> {
+    let places = request.locations(&spec.org).map_err(invalid)?;
+    let source = rewind_s3::open_source(&places.source, &request.s3)
+        .await
+        .map_err(|e| storage_status("opening the source", e))?;
+    pin(source, spec)
+        .await
+        .map_err(|e| storage_status("listing the source", e))
 }
 
 pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
@@ -94,6 +154,7 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         max_event_bytes: r.max_event_bytes as u64,
         max_attempts: r.max_attempts,
         max_range_hours: r.max_range_hours,
+        s3: s3_to_pb(&r.s3),
     }
 }
 
@@ -252,10 +313,20 @@ impl JobService for JobServiceImpl {
         rewind_common::trace::set_parent_from(&span, &headers);
         let request = request_from_pb(req.into_inner().job)?;
         let mut spec = request.validate(JobId::generate()).map_err(invalid)?;
-        request.check_local_paths().map_err(invalid)?;
-        let shards: Vec<_> = plan(&spec).into_iter().map(|s| s.id).collect();
+        request.check_local_paths(&spec.org).map_err(invalid)?;
+        // Planning lists every hour prefix now and pins the objects; the plans go to the
+        // destination, where the workers read them.
+        let plans = pin_job(&request, &spec).await?;
+        let places = request.locations(&spec.org).map_err(invalid)?;
+        let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest)
+            .await
+            .map_err(|e| storage_status("opening the destination", e))?;
+        let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
         for _ in 0..8 {
             span.record("job_id", spec.job.as_str());
+            store_plans(output.clone(), &spec, plans.clone())
+                .await
+                .map_err(|e| storage_status("writing the shard plans", e))?;
             let record = JobRecord {
                 spec: spec.clone(),
                 request: request.clone(),
@@ -295,38 +366,17 @@ impl JobService for JobServiceImpl {
     ) -> Result<Response<pb::PlanJobResponse>, Status> {
         let request = request_from_pb(req.into_inner().job)?;
         let spec = request.validate(JobId::generate()).map_err(invalid)?;
-        request.check_local_paths().map_err(invalid)?;
-        let source: Arc<dyn ObjectSource> = Arc::new(
-            LocalSource::new(Path::new(&request.source))
-                .map_err(|e| Status::invalid_argument(format!("invalid --source: {e}")))?,
-        );
-        // Hour prefixes are listed concurrently, 16 at a time.
-        let planned = plan(&spec);
-        let mut shards = Vec::with_capacity(planned.len());
-        for chunk in planned.chunks(16) {
-            let mut set = tokio::task::JoinSet::new();
-            for (i, s) in chunk.iter().enumerate() {
-                let (source, prefix) = (source.clone(), s.prefix.clone());
-                set.spawn_blocking(move || (i, source.list(&prefix)));
-            }
-            let mut listed = vec![None; chunk.len()];
-            while let Some(r) = set.join_next().await {
-                let (i, r) = r.map_err(|e| Status::internal(e.to_string()))?;
-                let objects = r.map_err(|e| {
-                    Status::failed_precondition(format!("listing {}: {e}", chunk[i].prefix))
-                })?;
-                listed[i] = Some(objects);
-            }
-            for (s, objects) in chunk.iter().zip(listed) {
-                let objects = objects.unwrap_or_default();
-                shards.push(pb::PlannedShard {
-                    shard: s.id.to_string(),
-                    prefix: s.prefix.clone(),
-                    objects: objects.len() as u64,
-                    bytes: objects.iter().map(|o| o.size).sum(),
-                });
-            }
-        }
+        request.check_local_paths(&spec.org).map_err(invalid)?;
+        let shards: Vec<_> = pin_job(&request, &spec)
+            .await?
+            .into_iter()
+            .map(|p| pb::PlannedShard {
+                shard: p.shard.to_string(),
+                prefix: p.prefix,
+                objects: p.objects.len() as u64,
+                bytes: p.objects.iter().map(|o| o.size).sum(),
+            })
+            .collect();
         Ok(Response::new(pb::PlanJobResponse {
             objects: shards.iter().map(|s| s.objects).sum(),
             bytes: shards.iter().map(|s| s.bytes).sum(),

@@ -2,7 +2,6 @@
 //! a job finishes, and what `rewind submit --wait --json` prints. One type so they never drift.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use rewind_common::{JobRequest, JobSpec, OutputKeys};
@@ -30,6 +29,9 @@ pub struct Summary {
     pub recovered: u64,
     pub filtered: u64,
     pub failed: u64,
+    /// Storage requests retried after transient failures (throttling, 5xx, resets).
+    #[serde(default)]
+    pub retries: u64,
     pub failed_by_reason: BTreeMap<String, u64>,
     pub files: usize,
     pub duration_s: f64,
@@ -45,6 +47,7 @@ impl Summary {
         elapsed: Duration,
     ) -> Summary {
         let keys = OutputKeys::new(&spec.job);
+        let places = request.locations(&spec.org).ok();
         let secs = elapsed.as_secs_f64();
         Summary {
             job_id: spec.job.to_string(),
@@ -52,17 +55,18 @@ impl Summary {
             org: spec.org.to_string(),
             start: spec.range.first.to_string(),
             end: spec.range.last.to_string(),
-            source: request.source.clone(),
-            dest: request.dest.clone(),
-            output: Path::new(&request.dest)
-                .join(keys.job_prefix())
-                .display()
-                .to_string(),
-            failed_output: request
-                .failed_dir()
-                .join(keys.job_prefix())
-                .display()
-                .to_string(),
+            source: places
+                .as_ref()
+                .map_or_else(|| request.source.clone(), |p| p.source.to_string()),
+            dest: places
+                .as_ref()
+                .map_or_else(|| request.dest.clone(), |p| p.dest.to_string()),
+            output: places
+                .as_ref()
+                .map_or_else(String::new, |p| p.dest.join(&keys.job_prefix()).to_string()),
+            failed_output: places.as_ref().map_or_else(String::new, |p| {
+                p.failed.join(&keys.job_prefix()).to_string()
+            }),
             shards: m.shards,
             shards_done: m.shards_done,
             shards_failed: m.failed_shards.len() as u64,
@@ -72,6 +76,7 @@ impl Summary {
             recovered: m.counts.recovered,
             filtered: m.counts.filtered,
             failed: m.counts.failed,
+            retries: m.counts.retries,
             failed_by_reason: m.failed_by_reason.clone(),
             files: m.files.len(),
             duration_s: (secs * 1000.0).round() / 1000.0,
@@ -108,6 +113,12 @@ impl Summary {
             lines.push(format!(
                 "failed records: {} ({:?})",
                 self.failed_output, self.failed_by_reason
+            ));
+        }
+        if self.retries > 0 {
+            lines.push(format!(
+                "storage: {} requests retried after transient failures",
+                self.retries
             ));
         }
         if self.objects_skipped > 0 {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod pki;
+pub mod s3;
 pub mod servers;
 
 use std::collections::BTreeMap;

@@ -8,13 +8,13 @@
 //! lets running attempts finish for `grace`, then stops and releases the rest.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rewind_common::location::JobSide;
 use rewind_common::shard_store::{Claim, LeaseId, ShardStore, StoreError};
-use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore};
+use rewind_common::storage::StorageError;
 use rewind_common::{JobId, JobRecord};
 use rewind_etcd::{EtcdStore, LiveCounts};
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use tracing::{Instrument as _, info, warn};
 
 use crate::decode::DecoderConfig;
 use crate::metrics::WorkerMetrics;
-use crate::pipeline::{Progress, ShardEnv};
+use crate::pipeline::{Pins, Progress, ShardEnv};
 use crate::run::{Attempt, execute_claim};
 
 #[derive(Debug, Clone)]
@@ -82,7 +82,10 @@ pub struct DaemonStats {
 enum JobEnv {
     /// The environment, and the job's trace context (W3C traceparent) if traced.
     Ready(ShardEnv, Option<String>),
-    Broken(String),
+    Broken {
+        why: String,
+        retryable: bool,
+    },
 }
 
 struct InFlight {
@@ -119,18 +122,43 @@ impl Shared {
     }
 }
 
-fn open_env(record: &JobRecord) -> JobEnv {
+/// Opens the job's stores. A job whose stores cannot be opened here fails its shards with the
+/// reason (at once when retrying cannot help, e.g. access denied; counted otherwise).
+async fn open_env(record: &JobRecord) -> JobEnv {
     let request = &record.request;
-    let source: Arc<dyn ObjectSource> = match LocalSource::new(Path::new(&request.source)) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return JobEnv::Broken(format!("source {}: {e}", request.source)),
+    let broken = |what: &str, e: StorageError| JobEnv::Broken {
+        why: format!("opening the {what}: {e}"),
+        retryable: e.is_retryable(),
     };
+    let places = match request.locations(&record.spec.org) {
+        Ok(p) => p,
+        Err(e) => {
+            return JobEnv::Broken {
+                why: e.to_string(),
+                retryable: false,
+            };
+        }
+    };
+    let source = match rewind_s3::open_source(&places.source, &request.s3).await {
+        Ok(s) => s,
+        Err(e) => return broken("source", e),
+    };
+    let output = match rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest).await {
+        Ok(s) => s,
+        Err(e) => return broken("destination", e),
+    };
+    let failed_output =
+        match rewind_s3::open_output(&places.failed, &request.s3, JobSide::Dest).await {
+            Ok(s) => s,
+            Err(e) => return broken("failed output", e),
+        };
     JobEnv::Ready(
         ShardEnv {
             spec: Arc::new(record.spec.clone()),
             source,
-            output: Arc::new(LocalOutput::new(Path::new(&request.dest))) as Arc<dyn OutputStore>,
-            failed_output: Arc::new(LocalOutput::new(request.failed_dir())),
+            output,
+            failed_output,
+            pins: Pins::Stored,
             progress: Arc::new(Progress::default()),
             cancel: Arc::new(AtomicBool::new(false)),
         },
@@ -222,14 +250,23 @@ async fn poll_jobs(shared: Arc<Shared>) {
                     let env = match known.get(&job) {
                         Some(env) => env.clone(),
                         None => match shared.store.record::<JobRecord>(&job).await {
-                            Ok(record) => open_env(&record),
+                            Ok(record) => open_env(&record).await,
                             Err(e) => {
                                 warn!(job = %job, error = %e, "reading the job record");
                                 continue;
                             }
                         },
                     };
-                    known.insert(job.clone(), env.clone());
+                    // A store that could not be opened for a passing reason is tried again.
+                    if !matches!(
+                        env,
+                        JobEnv::Broken {
+                            retryable: true,
+                            ..
+                        }
+                    ) {
+                        known.insert(job.clone(), env.clone());
+                    }
                     list.push((job, env));
                 }
                 list.sort_by(|a, b| a.0.cmp(&b.0));
@@ -292,9 +329,9 @@ async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
 async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
     let (env, trace_parent) = match env {
         JobEnv::Ready(env, trace_parent) => (env, trace_parent),
-        JobEnv::Broken(why) => {
+        JobEnv::Broken { why, retryable } => {
             warn!(job = %claim.job, shard = %claim.shard, error = %why, "cannot run the job here");
-            let _ = shared.store.fail(&claim, &why, false).await;
+            let _ = shared.store.fail(&claim, &why, retryable).await;
             bump(shared, |s| s.failed_attempts += 1);
             return;
         }

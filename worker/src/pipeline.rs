@@ -1,14 +1,14 @@
 //! One shard attempt, start to end: list the hour prefix, stream and decode each object,
 //! route every event to exactly one outcome, write the outputs and the shard manifest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rewind_common::job::{ObjectStats, OutputKeys, ShardManifest};
+use rewind_common::job::{ObjectStats, OutputKeys, ShardManifest, ShardPlan};
 use rewind_common::shard_store::ShardCounts;
-use rewind_common::storage::{ObjectSource, OutputStore, StorageError};
+use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, OutputStore, StorageError};
 use rewind_common::{JobSpec, ShardId};
 
 use crate::decode::{Decoder, DecoderConfig, Item};
@@ -41,6 +41,19 @@ impl ShardError {
         }
     }
 
+    /// A read that failed mid-object: the store's error class decides (an object changed since
+    /// planning is final; a connection that stayed down is worth another attempt).
+    fn read(key: &str, e: io::Error) -> ShardError {
+        let retryable = match e.get_ref().and_then(|x| x.downcast_ref::<StorageError>()) {
+            Some(s) => s.is_retryable(),
+            None => true,
+        };
+        ShardError {
+            message: format!("reading {key}: {e}"),
+            retryable,
+        }
+    }
+
     fn sink(e: SinkError) -> ShardError {
         let retryable = match &e {
             SinkError::Storage(s) => s.is_retryable(),
@@ -53,6 +66,15 @@ impl ShardError {
     }
 }
 
+/// The objects each shard reads, pinned when the job was planned.
+#[derive(Clone)]
+pub enum Pins {
+    /// Held by the process that planned the job (embedded mode).
+    Memory(Arc<HashMap<ShardId, ShardPlan>>),
+    /// Written by the coordinator as one plan object per shard in the destination.
+    Stored,
+}
+
 /// Where a shard attempt reads and writes.
 #[derive(Clone)]
 pub struct ShardEnv {
@@ -60,6 +82,7 @@ pub struct ShardEnv {
     pub source: Arc<dyn ObjectSource>,
     pub output: Arc<dyn OutputStore>,
     pub failed_output: Arc<dyn OutputStore>,
+    pub pins: Pins,
     pub progress: Arc<Progress>,
     pub cancel: Arc<AtomicBool>,
 }
@@ -159,63 +182,70 @@ pub fn run_shard(
     let spec = &env.spec;
     let keys = OutputKeys::new(&spec.job);
     let prefix = spec.layout.prefix(shard.hour(), &spec.org);
-    let listed = env.source.list(&prefix).map_err(|e| {
-        ShardError::storage(
-            &format!("listing {prefix} in {}", env.source.describe()),
-            &e,
-        )
-    })?;
+    // The stores of this attempt count their retries here, for the shard's counts.
+    let io = Arc::new(IoStats::default());
+    let source = env.source.with_stats(io.clone());
+    let output = env.output.with_stats(io.clone());
+    let failed_store = env.failed_output.with_stats(io.clone());
+    let listed = pinned_objects(env, source.as_ref(), output.as_ref(), shard)?;
     let window = spec.arrival_filter.then(|| spec.range.window_ms());
 
     let (data_keys, org) = (keys.clone(), spec.org.clone());
-    let mut sink = ParquetSink::new(env.output.as_ref(), move |n| {
+    let mut sink = ParquetSink::new(output.as_ref(), move |n| {
         data_keys.data_file(&org, shard, attempt, n)
     });
-    let mut failed = FailedSink::new(env.failed_output.as_ref(), keys.failed_file(shard, attempt));
+    let mut failed = FailedSink::new(failed_store.as_ref(), keys.failed_file(shard, attempt));
     let mut counts = ShardCounts::default();
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
     let mut objects = Vec::new();
     let mut skipped = Vec::new();
     let p = &env.progress;
 
-    for object in listed {
+    let (todo, other_org): (Vec<ObjectMeta>, Vec<ObjectMeta>) = listed
+        .into_iter()
+        .partition(|o| !names_other_org(&o.key, spec.org.as_str()));
+    counts.objects_skipped = other_org.len() as u64;
+    skipped.extend(other_org.into_iter().map(|o| o.key));
+    // Objects are opened `read_ahead` ahead of the one being decoded: for S3 each open starts
+    // its GET, so several downloads run while this thread decodes.
+    let ahead = source.read_ahead();
+    let mut opened: VecDeque<Result<Box<dyn Read + Send>, StorageError>> = VecDeque::new();
+    let mut next_open = 0;
+
+    for (i, object) in todo.iter().enumerate() {
         if env.cancel.load(Ordering::Relaxed) {
             return Err(ShardError {
                 message: "cancelled".into(),
                 retryable: false,
             });
         }
-        if names_other_org(&object.key, spec.org.as_str()) {
-            counts.objects_skipped += 1;
-            skipped.push(object.key);
-            continue;
+        while next_open < todo.len() && next_open <= i + ahead {
+            opened.push_back(source.open(&todo[next_open]));
+            next_open += 1;
         }
-        let raw = env
-            .source
-            .open(&object.key)
+        let raw = opened
+            .pop_front()
+            .unwrap_or_else(|| source.open(object))
             .map_err(|e| ShardError::storage(&format!("opening {}", object.key), &e))?;
         let stored = Arc::new(AtomicU64::new(0));
         let counted = Box::new(Counting {
             inner: raw,
             count: stored.clone(),
         });
-        let (codec, reader) = open_decoded(counted).map_err(|e| ShardError {
-            message: format!("reading {}: {e}", object.key),
-            retryable: true,
-        })?;
+        let (codec, reader) =
+            open_decoded(counted).map_err(|e| ShardError::read(&object.key, e))?;
         let mut stats = ObjectStats {
             key: object.key.clone(),
             size: object.size,
+            etag: object.etag.clone(),
+            version: object.version.clone(),
             compression: codec.name().into(),
             ..ObjectStats::default()
         };
         let before = counts.clone();
         let mut dec = Decoder::new(reader, decoder);
         loop {
-            let item = dec.next().map_err(|e| ShardError {
-                message: format!("reading {}: {e}", object.key),
-                retryable: true,
-            })?;
+            let item = dec.next().map_err(|e| ShardError::read(&object.key, e))?;
             let Some(item) = item else { break };
             match item {
                 Item::Event(ev) => {
@@ -284,6 +314,7 @@ pub fn run_shard(
     }
     let files = sink.finish().map_err(ShardError::sink)?;
     let failed_file = failed.finish().map_err(ShardError::sink)?;
+    counts.retries = io.retries.load(Ordering::Relaxed);
 
     let manifest = ShardManifest {
         job: spec.job.clone(),
@@ -302,10 +333,48 @@ pub fn run_shard(
         message: format!("serialising the shard manifest: {e}"),
         retryable: false,
     })?;
-    env.output
+    output
         .put(&key, &body)
         .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
     Ok((key, manifest))
+}
+
+/// The objects the shard was planned to read (listed now when planning could not list them).
+fn pinned_objects(
+    env: &ShardEnv,
+    source: &dyn ObjectSource,
+    output: &dyn OutputStore,
+    shard: ShardId,
+) -> Result<Vec<ObjectMeta>, ShardError> {
+    let plan = match &env.pins {
+        Pins::Memory(map) => map.get(&shard).cloned().ok_or_else(|| ShardError {
+            message: format!("shard {shard} is not in the job's plan"),
+            retryable: false,
+        })?,
+        Pins::Stored => {
+            let key = OutputKeys::new(&env.spec.job).shard_plan(shard);
+            let body = output
+                .get(&key)
+                .map_err(|e| ShardError::storage(&format!("reading the shard plan {key}"), &e))?
+                .ok_or_else(|| ShardError {
+                    message: format!("the shard plan {key} is missing from {}", output.describe()),
+                    retryable: false,
+                })?;
+            serde_json::from_slice::<ShardPlan>(&body).map_err(|e| ShardError {
+                message: format!("the shard plan {key} is not valid: {e}"),
+                retryable: false,
+            })?
+        }
+    };
+    if plan.unlisted.is_none() {
+        return Ok(plan.objects);
+    }
+    source.list(&plan.prefix).map_err(|e| {
+        ShardError::storage(
+            &format!("listing {} in {}", plan.prefix, source.describe()),
+            &e,
+        )
+    })
 }
 
 /// Deletes everything a shard attempt wrote (a failed or fenced attempt). Best effort: what is

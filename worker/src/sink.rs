@@ -152,8 +152,13 @@ impl<'a> ParquetSink<'a> {
                 key: key.clone(),
                 source,
             })?;
-            let size = file.finish()?;
-            self.files.push(OutputFileEntry { key, size, rows });
+            let written = file.finish()?;
+            self.files.push(OutputFileEntry {
+                key,
+                size: written.size,
+                rows,
+                version: written.version,
+            });
         }
         Ok(())
     }
@@ -254,11 +259,12 @@ impl<'a> FailedSink<'a> {
         match self.file {
             None => Ok(None),
             Some(file) => {
-                let size = file.finish()?;
+                let written = file.finish()?;
                 Ok(Some(OutputFileEntry {
                     key: self.key,
-                    size,
+                    size: written.size,
                     rows: self.records,
+                    version: written.version,
                 }))
             }
         }

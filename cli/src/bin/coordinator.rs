@@ -8,6 +8,7 @@ use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1::job_service_server::JobServiceServer;
 
 fn main() -> ExitCode {
+    rewind_cli::init_crypto();
     let args: rewind_cli::args::CoordinatorArgs = rewind_cli::config::parse("coordinator");
     let _telemetry = rewind_cli::init_logging("info", "rewind-coordinator");
     let endpoints = match args.etcd.endpoints() {

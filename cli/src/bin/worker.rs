@@ -6,6 +6,7 @@ use std::time::Duration;
 use rewind_worker::daemon::{DaemonConfig, run_daemon};
 
 fn main() -> ExitCode {
+    rewind_cli::init_crypto();
     let args: rewind_cli::args::WorkerArgs = rewind_cli::config::parse("worker");
     let _telemetry = rewind_cli::init_logging("info", "rewind-worker");
     let endpoints = match args.etcd.endpoints() {

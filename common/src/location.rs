@@ -1,0 +1,290 @@
+//! Where a job reads and writes: a local directory or an S3 bucket and prefix, parsed from the
+//! `--source` / `--dest` / `--failed-output` strings.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RequestError;
+use crate::ids::OrgId;
+use crate::storage::check_key;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    /// `prefix` is empty or ends with `/`; every key of the store sits below it.
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// Parses `s3://BUCKET[/PREFIX]` or a local path. A `{org}` placeholder anywhere is replaced
+    /// with the lowercase org id (Pismo's buckets are `pismo-dataplatform-<org>`).
+    pub fn parse(field: &'static str, value: &str, org: &OrgId) -> Result<Location, RequestError> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(RequestError::new(field, "is required"));
+        }
+        let value = value.replace("{org}", &org.as_str().to_ascii_lowercase());
+        if value.contains('{') || value.contains('}') {
+            return Err(RequestError::new(
+                field,
+                format!("{value}: the only placeholder is {{org}}"),
+            ));
+        }
+        let Some(rest) = value.strip_prefix("s3://") else {
+            if value.contains("://") {
+                return Err(RequestError::new(
+                    field,
+                    format!("{value}: only s3:// URLs and local paths are supported"),
+                ));
+            }
+            return Ok(Location::Local(PathBuf::from(value)));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        check_bucket(bucket).map_err(|why| RequestError::new(field, format!("{value}: {why}")))?;
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.is_empty() {
+            check_key(prefix).map_err(|e| RequestError::new(field, format!("{value}: {e}")))?;
+        }
+        Ok(Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        })
+    }
+
+    /// A location below this one (`sub` is a relative key such as `_failed`).
+    pub fn join(&self, sub: &str) -> Location {
+        match self {
+            Location::Local(p) => Location::Local(p.join(sub)),
+            Location::S3 { bucket, prefix } => Location::S3 {
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}{}/", sub.trim_matches('/')),
+            },
+        }
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(self, Location::S3 { .. })
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, prefix } => {
+                write!(f, "s3://{bucket}/{}", prefix.trim_end_matches('/'))
+            }
+        }
+    }
+}
+
+/// S3 bucket naming rules (the general-purpose bucket subset every S3-compatible store accepts).
+fn check_bucket(bucket: &str) -> Result<(), String> {
+    let ok_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let edges = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&bucket.len())
+        || !ok_chars
+        || !edges(bucket.bytes().next())
+        || !edges(bucket.bytes().last())
+        || bucket.contains("..")
+    {
+        return Err(format!(
+            "bucket name {bucket:?} is not valid (3-63 lowercase letters, digits, '-' and '.')"
+        ));
+    }
+    Ok(())
+}
+
+/// How Rewind talks to S3, per job: the endpoint and the roles to assume for each side.
+/// Credentials themselves come from the standard AWS chain of the process (environment, shared
+/// profile, web identity / IRSA, container and instance metadata), never from the job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3Options {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub source_role_arn: Option<String>,
+    pub source_external_id: Option<String>,
+    pub dest_role_arn: Option<String>,
+    pub dest_external_id: Option<String>,
+    pub role_session_name: Option<String>,
+    /// Multipart upload part size in MiB (5..=5120); 0 means the default.
+    pub part_size_mib: u32,
+    /// Objects a shard opens ahead of the one it decodes (concurrent GETs); 0 means the default.
+    pub read_ahead: u32,
+}
+
+/// Which side of a job a store serves: the source's role reads the archive, the destination's
+/// role writes outputs and failed records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSide {
+    Source,
+    Dest,
+}
+
+pub const DEFAULT_PART_SIZE_MIB: u32 = 8;
+pub const DEFAULT_READ_AHEAD: u32 = 8;
+
+impl S3Options {
+    pub fn validate(&self) -> Result<(), RequestError> {
+        if self.part_size_mib != 0 && !(5..=5120).contains(&self.part_size_mib) {
+            return Err(RequestError::new(
+                "--s3-part-size-mib",
+                "must be between 5 and 5120 (S3's multipart limits)",
+            ));
+        }
+        if self.read_ahead > 256 {
+            return Err(RequestError::new("--s3-read-ahead", "must be at most 256"));
+        }
+        for (field, arn) in [
+            ("--source-role-arn", &self.source_role_arn),
+            ("--dest-role-arn", &self.dest_role_arn),
+        ] {
+            if let Some(arn) = arn
+                && !(arn.starts_with("arn:") && arn.contains(":role/"))
+            {
+                return Err(RequestError::new(
+                    field,
+                    format!("{arn:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+                ));
+            }
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(RequestError::new(
+                "--endpoint-url",
+                format!("{url:?} must start with http:// or https://"),
+            ));
+        }
+        if let Some(name) = &self.role_session_name
+            && (name.len() < 2
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(c)))
+        {
+            return Err(RequestError::new(
+                "--role-session-name",
+                "must be 2-64 characters of letters, digits and +=,.@-_",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The role ARN and external id to assume for `side`, if any.
+    pub fn role(&self, side: JobSide) -> (Option<&str>, Option<&str>) {
+        match side {
+            JobSide::Source => (
+                self.source_role_arn.as_deref(),
+                self.source_external_id.as_deref(),
+            ),
+            JobSide::Dest => (
+                self.dest_role_arn.as_deref(),
+                self.dest_external_id.as_deref(),
+            ),
+        }
+    }
+
+    pub fn part_size(&self) -> usize {
+        let mib = if self.part_size_mib == 0 {
+            DEFAULT_PART_SIZE_MIB
+        } else {
+            self.part_size_mib
+        };
+        mib as usize * 1024 * 1024
+    }
+
+    pub fn read_ahead(&self) -> usize {
+        if self.read_ahead == 0 {
+            DEFAULT_READ_AHEAD as usize
+        } else {
+            self.read_ahead as usize
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> OrgId {
+        OrgId::parse("TN-Abc").unwrap()
+    }
+
+    #[test]
+    fn s3_urls_and_placeholders() {
+        let l = Location::parse("--source", "s3://pismo-dataplatform-{org}", &org()).unwrap();
+        assert_eq!(
+            l,
+            Location::S3 {
+                bucket: "pismo-dataplatform-tn-abc".into(),
+                prefix: String::new()
+            }
+        );
+        let l = Location::parse("--dest", "s3://out/a/{org}/b/", &org()).unwrap();
+        assert_eq!(l.to_string(), "s3://out/a/tn-abc/b");
+        assert_eq!(l.join("_failed").to_string(), "s3://out/a/tn-abc/b/_failed");
+        assert_eq!(
+            Location::parse("--dest", "/tmp/x", &org()).unwrap(),
+            Location::Local("/tmp/x".into())
+        );
+    }
+
+    #[test]
+    fn bad_locations_name_the_field() {
+        for bad in [
+            "s3://",
+            "s3://AB",
+            "s3://bucket_x/p",
+            "s3://b..c/p",
+            "s3://bucket/../x",
+            "s3://bucket/a//b",
+            "s3://bucket/{tenant}",
+            "gs://bucket/x",
+            "",
+        ] {
+            let e = Location::parse("--source", bad, &org()).unwrap_err();
+            assert_eq!(e.field, "--source", "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(S3Options::default().validate().is_ok());
+        let bad = [
+            S3Options {
+                part_size_mib: 4,
+                ..S3Options::default()
+            },
+            S3Options {
+                source_role_arn: Some("role/x".into()),
+                ..S3Options::default()
+            },
+            S3Options {
+                endpoint_url: Some("localhost:9000".into()),
+                ..S3Options::default()
+            },
+            S3Options {
+                role_session_name: Some("has space".into()),
+                ..S3Options::default()
+            },
+        ];
+        for o in bad {
+            assert!(o.validate().is_err(), "{o:?}");
+        }
+        assert_eq!(S3Options::default().part_size(), 8 << 20);
+    }
+}

@@ -1,0 +1,126 @@
+//! One configured S3 client per job side: the standard credential chain, optionally an assumed
+//! role on top, the endpoint, and no SDK retries (ours count and classify them).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use rewind_common::location::{JobSide, S3Options};
+use rewind_common::storage::{IoStats, StorageError};
+
+use crate::retry::RetryPolicy;
+
+/// A client plus what error messages need to say about it.
+#[derive(Clone)]
+pub struct S3Client {
+    pub(crate) sdk: aws_sdk_s3::Client,
+    pub(crate) handle: tokio::runtime::Handle,
+    /// `role arn:… (external id set)` or `the default credential chain`.
+    pub(crate) identity: Arc<str>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) stats: Arc<IoStats>,
+}
+
+impl std::fmt::Debug for S3Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Client")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the client for one side of a job. Must be called inside a tokio runtime; the stores
+/// run their requests on it.
+pub async fn connect(options: &S3Options, side: JobSide) -> Result<S3Client, StorageError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let base = loader.load().await;
+    // A custom endpoint (MinIO, Ceph, a test server) usually has no region of its own.
+    let region = base
+        .region()
+        .cloned()
+        .unwrap_or_else(|| Region::new("us-east-1"));
+    let mut conf = aws_sdk_s3::config::Builder::from(&base)
+        .region(region)
+        .force_path_style(options.force_path_style)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        // Checksums only where S3 requires them: third-party stores differ in what they accept,
+        // and the pipeline checks each object's size against its pinned listing anyway.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if let Some(url) = &options.endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    let identity = match options.role(side) {
+        (Some(arn), external_id) => {
+            let session = options
+                .role_session_name
+                .clone()
+                .unwrap_or_else(|| "rewind".to_string());
+            let mut role = aws_config::sts::AssumeRoleProvider::builder(arn)
+                .session_name(session)
+                .configure(&base);
+            if let Some(id) = external_id {
+                role = role.external_id(id);
+            }
+            // The provider caches the role's credentials and refreshes them before expiry.
+            conf = conf.credentials_provider(role.build().await);
+            match external_id {
+                Some(_) => format!("role {arn} (with external id)"),
+                None => format!("role {arn}"),
+            }
+        }
+        (None, _) => "the default credential chain".to_string(),
+    };
+    Ok(S3Client {
+        sdk: aws_sdk_s3::Client::from_conf(conf.build()),
+        handle: tokio::runtime::Handle::current(),
+        identity: identity.into(),
+        retry: RetryPolicy::default(),
+        stats: Arc::new(IoStats::default()),
+    })
+}
+
+impl S3Client {
+    /// The same client counting into `stats`.
+    pub(crate) fn with_stats(&self, stats: Arc<IoStats>) -> S3Client {
+        S3Client {
+            stats,
+            ..self.clone()
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> S3Client {
+        self.retry = retry;
+        self
+    }
+
+    /// Runs `fut` on the client's runtime and waits for it on this (blocking) thread.
+    pub(crate) fn block<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, StorageError>> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(StorageError::Unavailable {
+                what: "S3 request".into(),
+                why: "the runtime shut down before it finished".into(),
+            })
+        })
+    }
+}

@@ -1,0 +1,403 @@
+//! Outputs in an S3 bucket. Large files go up as multipart uploads with one part buffered at a
+//! time (bounded memory); a file dropped before `finish` aborts its upload, so nothing partial
+//! ever becomes visible. Small files are single PUTs.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use rewind_common::storage::{
+    IoStats, ObjectMeta, OutputFile, OutputStore, StorageError, Written, check_key,
+};
+
+use crate::client::S3Client;
+use crate::retry::{Failure, classify};
+
+#[derive(Debug, Clone)]
+pub struct S3Output {
+    client: S3Client,
+    bucket: Arc<str>,
+    prefix: Arc<str>,
+    part_size: usize,
+}
+
+impl S3Output {
+    pub fn new(client: S3Client, bucket: &str, prefix: &str, part_size: usize) -> S3Output {
+        S3Output {
+            client,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            part_size,
+        }
+    }
+
+    fn full(&self, key: &str) -> Result<String, StorageError> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    fn what(&self, key: &str) -> String {
+        format!(
+            "s3://{}/{}{key} with {}",
+            self.bucket, self.prefix, self.client.identity
+        )
+    }
+}
+
+/// Puts one object (retried: the body is shared bytes).
+async fn put_object(
+    client: &S3Client,
+    bucket: &str,
+    key: &str,
+    body: Bytes,
+    what: &str,
+) -> Result<Written, StorageError> {
+    let size = body.len() as u64;
+    let out = client
+        .retry
+        .run(&client.stats, what, || {
+            let req = client
+                .sdk
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(ByteStream::from(body.clone()));
+            async move { req.send().await.map_err(|e| classify(e, what)) }
+        })
+        .await?;
+    Ok(Written {
+        size,
+        version: out.version_id().map(str::to_string),
+    })
+}
+
+impl OutputStore for S3Output {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn create(&self, key: &str) -> Result<Box<dyn OutputFile>, StorageError> {
+        Ok(Box::new(S3File {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: self.full(key)?,
+            what: self.what(key),
+            part_size: self.part_size,
+            buf: Vec::new(),
+            upload: None,
+            size: 0,
+            done: false,
+        }))
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<Written, StorageError> {
+        let (client, bucket, full) = (self.client.clone(), self.bucket.clone(), self.full(key)?);
+        let (what, body) = (self.what(key), Bytes::copy_from_slice(bytes));
+        self.client
+            .block(async move { put_object(&client, &bucket, &full, body, &what).await })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        self.client.block(async move {
+            let what = what.as_str();
+            // The whole read is one retried unit: a body cut mid-way starts over (small objects).
+            let got = client
+                .retry
+                .run(&client.stats, what, || {
+                    let req = client.sdk.get_object().bucket(&*bucket).key(&full);
+                    async move {
+                        let out = req.send().await.map_err(|e| classify(e, what))?;
+                        let body = out
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| Failure::Transient(crate::retry::chain(&e)))?;
+                        Ok(body.into_bytes().to_vec())
+                    }
+                })
+                .await;
+            match got {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(StorageError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let (client, bucket, root) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.prefix.clone(),
+        );
+        let full = self.full(prefix)?;
+        let what = format!("listing {}", self.what(prefix));
+        self.client.block(async move {
+            let what = what.as_str();
+            let mut out = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = client
+                    .retry
+                    .run(&client.stats, what, || {
+                        let req = client
+                            .sdk
+                            .list_objects_v2()
+                            .bucket(&*bucket)
+                            .prefix(&full)
+                            .set_continuation_token(token.clone());
+                        async move { req.send().await.map_err(|e| classify(e, what)) }
+                    })
+                    .await?;
+                for o in page.contents() {
+                    if let Some(key) = o.key().and_then(|k| k.strip_prefix(&*root)) {
+                        out.push(ObjectMeta {
+                            key: key.to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: o.e_tag().map(str::to_string),
+                            version: None,
+                        });
+                    }
+                }
+                token = page.next_continuation_token().map(str::to_string);
+                if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                    break;
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        self.client.block(async move {
+            let what = what.as_str();
+            let deleted = client
+                .retry
+                .run(&client.stats, what, || {
+                    let req = client.sdk.delete_object().bucket(&*bucket).key(&full);
+                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                })
+                .await;
+            match deleted {
+                Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
+        Arc::new(S3Output {
+            client: self.client.with_stats(stats),
+            ..self.clone()
+        })
+    }
+}
+
+struct Upload {
+    id: String,
+    parts: Vec<CompletedPart>,
+}
+
+/// A file being written: bytes gather in one part-sized buffer; a full buffer is uploaded as
+/// the next part (the first full buffer starts the multipart upload).
+struct S3File {
+    client: S3Client,
+    bucket: Arc<str>,
+    key: String,
+    what: String,
+    part_size: usize,
+    buf: Vec<u8>,
+    upload: Option<Upload>,
+    size: u64,
+    done: bool,
+}
+
+impl S3File {
+    fn upload_part(&mut self) -> Result<(), StorageError> {
+        let body = Bytes::from(std::mem::take(&mut self.buf));
+        let (client, bucket, key, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.key.clone(),
+            self.what.clone(),
+        );
+        let upload_id = self.upload.as_ref().map(|u| u.id.clone());
+        let number = self.upload.as_ref().map_or(1, |u| u.parts.len() as i32 + 1);
+        let (id, part) = self.client.block(async move {
+            let what = what.as_str();
+            let id = match upload_id {
+                Some(id) => id,
+                None => {
+                    let created = client
+                        .retry
+                        .run(&client.stats, what, || {
+                            let req = client
+                                .sdk
+                                .create_multipart_upload()
+                                .bucket(&*bucket)
+                                .key(&key);
+                            async move { req.send().await.map_err(|e| classify(e, what)) }
+                        })
+                        .await?;
+                    created
+                        .upload_id()
+                        .ok_or_else(|| StorageError::Unavailable {
+                            what: what.to_string(),
+                            why: "CreateMultipartUpload returned no upload id".into(),
+                        })?
+                        .to_string()
+                }
+            };
+            let uploaded = client
+                .retry
+                .run(&client.stats, what, || {
+                    let req = client
+                        .sdk
+                        .upload_part()
+                        .bucket(&*bucket)
+                        .key(&key)
+                        .upload_id(&id)
+                        .part_number(number)
+                        .body(ByteStream::from(body.clone()));
+                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                })
+                .await?;
+            let part = CompletedPart::builder()
+                .set_e_tag(uploaded.e_tag().map(str::to_string))
+                .part_number(number)
+                .build();
+            Ok((id, part))
+        })?;
+        let upload = self.upload.get_or_insert(Upload {
+            id,
+            parts: Vec::new(),
+        });
+        upload.parts.push(part);
+        self.buf = Vec::with_capacity(self.part_size);
+        Ok(())
+    }
+}
+
+impl Write for S3File {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.done {
+            return Err(io::Error::other("file already finished"));
+        }
+        let room = self.part_size - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() >= self.part_size {
+            self.upload_part().map_err(io::Error::other)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl OutputFile for S3File {
+    fn finish(mut self: Box<Self>) -> Result<Written, StorageError> {
+        if self.upload.is_none() {
+            // Smaller than one part: a single PUT.
+            let (client, bucket, key, what) = (
+                self.client.clone(),
+                self.bucket.clone(),
+                self.key.clone(),
+                self.what.clone(),
+            );
+            let body = Bytes::from(std::mem::take(&mut self.buf));
+            let written = self
+                .client
+                .block(async move { put_object(&client, &bucket, &key, body, &what).await })?;
+            self.done = true;
+            return Ok(written);
+        }
+        if !self.buf.is_empty() {
+            self.upload_part()?;
+        }
+        let Some(upload) = self.upload.take() else {
+            unreachable!("checked above")
+        };
+        let (client, bucket, key, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.key.clone(),
+            self.what.clone(),
+        );
+        let (id, parts) = (upload.id.clone(), upload.parts.clone());
+        let version = self.client.block(async move {
+            let what = what.as_str();
+            let done = client
+                .retry
+                .run(&client.stats, what, || {
+                    let req = client
+                        .sdk
+                        .complete_multipart_upload()
+                        .bucket(&*bucket)
+                        .key(&key)
+                        .upload_id(&id)
+                        .multipart_upload(
+                            CompletedMultipartUpload::builder()
+                                .set_parts(Some(parts.clone()))
+                                .build(),
+                        );
+                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                })
+                .await?;
+            Ok(done.version_id().map(str::to_string))
+        });
+        match version {
+            Ok(version) => {
+                self.done = true;
+                Ok(Written {
+                    size: self.size,
+                    version,
+                })
+            }
+            Err(e) => {
+                self.upload = Some(upload); // aborted on drop
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for S3File {
+    fn drop(&mut self) {
+        // An unfinished upload is aborted so its parts do not linger (and cost) in the bucket.
+        if !self.done
+            && let Some(upload) = self.upload.take()
+        {
+            let req = self
+                .client
+                .sdk
+                .abort_multipart_upload()
+                .bucket(&*self.bucket)
+                .key(&self.key)
+                .upload_id(upload.id);
+            self.client.handle.spawn(async move {
+                if let Err(e) = req.send().await {
+                    tracing::warn!(error = %crate::retry::chain(&e), "aborting a multipart upload failed");
+                }
+            });
+        }
+    }
+}

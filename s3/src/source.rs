@@ -1,0 +1,366 @@
+//! The archive in an S3 bucket: paginated listing of one hour prefix at a time, pinned reads
+//! (VersionId, else If-Match on the ETag) streamed through a bounded channel, resumed with a
+//! ranged GET from the last byte received when a connection drops mid-body.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aws_sdk_s3::types::BucketVersioningStatus;
+use bytes::Bytes;
+use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, StorageError, check_key};
+use tokio::sync::mpsc;
+
+use crate::client::S3Client;
+use crate::retry::{Failure, classify};
+
+/// Chunks buffered per open object (hyper hands out up to ~16 KiB per chunk).
+const CHANNEL_CHUNKS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    client: S3Client,
+    bucket: Arc<str>,
+    prefix: Arc<str>,
+    read_ahead: usize,
+    versioned: bool,
+}
+
+impl S3Source {
+    /// Opens the source; asks once whether the bucket is versioned (a store without versioning
+    /// support counts as unversioned), which decides whether listings pin VersionIds.
+    pub async fn open(
+        client: S3Client,
+        bucket: &str,
+        prefix: &str,
+        read_ahead: usize,
+    ) -> Result<S3Source, StorageError> {
+        let what = &format!("s3://{bucket}/{prefix} with {}", client.identity);
+        let versioning = client
+            .retry
+            .run(&client.stats, what, || {
+                let req = client.sdk.get_bucket_versioning().bucket(bucket);
+                async move {
+                    match req.send().await {
+                        Ok(out) => Ok(out.status().cloned()),
+                        Err(e) => match classify(e, what) {
+                            Failure::Final(StorageError::Denied { why, .. })
+                                if why.contains("NotImplemented") =>
+                            {
+                                Ok(None)
+                            }
+                            other => Err(other),
+                        },
+                    }
+                }
+            })
+            .await?;
+        Ok(S3Source {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            read_ahead,
+            versioned: versioning == Some(BucketVersioningStatus::Enabled),
+            client,
+        })
+    }
+
+    fn what(&self, key: &str) -> String {
+        format!(
+            "s3://{}/{}{key} with {}",
+            self.bucket, self.prefix, self.client.identity
+        )
+    }
+}
+
+impl ObjectSource for S3Source {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        check_key(prefix)?;
+        let (client, bucket, root) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.prefix.clone(),
+        );
+        let full = format!("{root}{prefix}");
+        let what = self.what(prefix);
+        let versioned = self.versioned;
+        self.client.block(async move {
+            let what = &format!("listing {what}");
+            let mut out = if versioned {
+                list_versions(&client, &bucket, &full, what).await?
+            } else {
+                list_objects(&client, &bucket, &full, what).await?
+            };
+            for o in &mut out {
+                o.key = o.key[root.len()..].to_string();
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+    }
+
+    fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
+        check_key(&meta.key)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let job = Download {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: format!("{}{}", self.prefix, meta.key),
+            meta: meta.clone(),
+            what: self.what(&meta.key),
+        };
+        self.client.handle.spawn(async move {
+            let end = job.run(&tx).await;
+            let _ = tx.send(end.map(|()| None)).await;
+        });
+        Ok(Box::new(BodyReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        }))
+    }
+
+    fn read_ahead(&self) -> usize {
+        self.read_ahead
+    }
+
+    fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn ObjectSource> {
+        Arc::new(S3Source {
+            client: self.client.with_stats(stats),
+            ..self.clone()
+        })
+    }
+}
+
+async fn list_objects(
+    client: &S3Client,
+    bucket: &str,
+    prefix: &str,
+    what: &str,
+) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .retry
+            .run(&client.stats, what, || {
+                let req = client
+                    .sdk
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.clone());
+                async move { req.send().await.map_err(|e| classify(e, what)) }
+            })
+            .await?;
+        for o in page.contents() {
+            if let Some(key) = o.key() {
+                out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(str::to_string),
+                    version: None,
+                });
+            }
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if !page.is_truncated().unwrap_or(false) || token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// In a versioned bucket: the latest version of each key (delete markers hide a key).
+async fn list_versions(
+    client: &S3Client,
+    bucket: &str,
+    prefix: &str,
+    what: &str,
+) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut out = Vec::new();
+    let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+    loop {
+        let page = client
+            .retry
+            .run(&client.stats, what, || {
+                let req = client
+                    .sdk
+                    .list_object_versions()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_key_marker(key_marker.clone())
+                    .set_version_id_marker(version_marker.clone());
+                async move { req.send().await.map_err(|e| classify(e, what)) }
+            })
+            .await?;
+        for v in page.versions() {
+            if v.is_latest() == Some(true)
+                && let Some(key) = v.key()
+            {
+                out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                    etag: v.e_tag().map(str::to_string),
+                    version: v.version_id().map(str::to_string),
+                });
+            }
+        }
+        // A key whose latest entry is a delete marker has no `is_latest` version: it is gone.
+        key_marker = page.next_key_marker().map(str::to_string);
+        version_marker = page.next_version_id_marker().map(str::to_string);
+        if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// One object's bytes, as `Some(chunk)` messages ending with `None`, or an error.
+type Msg = Result<Option<Bytes>, StorageError>;
+
+struct Download {
+    client: S3Client,
+    bucket: Arc<str>,
+    key: String,
+    meta: ObjectMeta,
+    what: String,
+}
+
+impl Download {
+    /// Sends the pinned object's bytes. A body cut mid-way is resumed from the next byte with
+    /// the same pin; every resume counts as a retry and the resumes are bounded.
+    async fn run(&self, tx: &mpsc::Sender<Msg>) -> Result<(), StorageError> {
+        let what = self.what.as_str();
+        let mut offset = 0u64;
+        let mut resumes = 0u32;
+        let retry = self.client.retry;
+        loop {
+            let resp = retry
+                .run(&self.client.stats, what, || self.get(offset))
+                .await?;
+            if self.meta.version.is_none()
+                && let (Some(planned), Some(now)) = (&self.meta.etag, resp.e_tag())
+                && planned != now
+            {
+                return Err(StorageError::Changed {
+                    what: what.to_string(),
+                    why: format!("ETag was {planned} when planned, now {now}"),
+                });
+            }
+            let mut body = resp.body;
+            let cut = loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        offset += chunk.len() as u64;
+                        if tx.send(Ok(Some(chunk))).await.is_err() {
+                            return Ok(()); // the reader went away
+                        }
+                    }
+                    Some(Err(e)) => break crate::retry::chain(&e),
+                    None => {
+                        if offset != self.meta.size {
+                            return Err(StorageError::Changed {
+                                what: what.to_string(),
+                                why: format!(
+                                    "{} bytes when planned, the body ended after {offset}",
+                                    self.meta.size
+                                ),
+                            });
+                        }
+                        return Ok(());
+                    }
+                }
+            };
+            if offset == self.meta.size {
+                return Ok(()); // cut after the last byte: nothing is missing
+            }
+            resumes += 1;
+            if resumes >= retry.max_attempts {
+                return Err(StorageError::Unavailable {
+                    what: what.to_string(),
+                    why: format!(
+                        "body cut at byte {offset}: {cut} (gave up after {resumes} resumes)"
+                    ),
+                });
+            }
+            tracing::debug!(what = %what.to_string(), offset, error = %cut, "object body cut; resuming with a ranged GET");
+            self.client.stats.resumed.fetch_add(1, Ordering::Relaxed);
+            self.client.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(retry.delay(resumes)).await;
+        }
+    }
+
+    async fn get(
+        &self,
+        offset: u64,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, Failure> {
+        if offset > 0 && offset >= self.meta.size {
+            // Nothing left to read; a ranged GET past the end would be a 416.
+            return Err(Failure::Final(StorageError::Changed {
+                what: self.what.clone(),
+                why: format!("more than the planned {} bytes", self.meta.size),
+            }));
+        }
+        let mut req = self
+            .client
+            .sdk
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(&self.key);
+        match (&self.meta.version, &self.meta.etag) {
+            (Some(v), _) => req = req.version_id(v),
+            (None, Some(etag)) => req = req.if_match(etag),
+            (None, None) => {}
+        }
+        if offset > 0 {
+            req = req.range(format!("bytes={offset}-"));
+        }
+        let what = self.what.as_str();
+        req.send().await.map_err(|e| match classify(e, what) {
+            Failure::Final(StorageError::NotFound { what }) => {
+                Failure::Final(StorageError::Changed {
+                    what,
+                    why: match &self.meta.version {
+                        Some(v) => format!("version {v} no longer exists"),
+                        None => "the object was deleted".into(),
+                    },
+                })
+            }
+            other => other,
+        })
+    }
+}
+
+/// The reading end: blocks the calling (blocking-pool) thread for the next chunk.
+struct BodyReader {
+    rx: mpsc::Receiver<Msg>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(Some(chunk))) => self.current = chunk,
+                Some(Ok(None)) => self.ended = true,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => {
+                    return Err(io::Error::other(StorageError::Unavailable {
+                        what: "S3 download".into(),
+                        why: "the download task ended without finishing the object".into(),
+                    }));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
