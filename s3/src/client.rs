@@ -36,7 +36,28 @@ impl std::fmt::Debug for S3Client {
 /// Builds the client for one side of a job. Must be called inside a tokio runtime; the stores
 /// run their requests on it.
 pub async fn connect(options: &S3Options, side: JobSide) -> Result<S3Client, StorageError> {
+    connect_with(options, side, None).await
+}
+
+/// [`connect`] with static credentials instead of the default chain (tests and benchmarks).
+pub async fn connect_static(
+    options: &S3Options,
+    access_key: &str,
+    secret_key: &str,
+) -> Result<S3Client, StorageError> {
+    let creds = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "static");
+    connect_with(options, JobSide::Source, Some(creds)).await
+}
+
+async fn connect_with(
+    options: &S3Options,
+    side: JobSide,
+    static_creds: Option<aws_sdk_s3::config::Credentials>,
+) -> Result<S3Client, StorageError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(creds) = static_creds {
+        loader = loader.credentials_provider(creds);
+    }
     if let Some(region) = &options.region {
         loader = loader.region(Region::new(region.clone()));
     }

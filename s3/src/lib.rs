@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rewind_common::location::{JobSide, Location, S3Options};
 use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore, StorageError};
 
-pub use client::{S3Client, connect};
+pub use client::{S3Client, connect, connect_static};
 pub use output::S3Output;
 pub use retry::RetryPolicy;
 pub use source::S3Source;

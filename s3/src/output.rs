@@ -293,6 +293,39 @@ impl S3File {
     }
 }
 
+impl S3File {
+    /// Whether the object now stored under the key has the size written; its VersionId.
+    fn confirm_size(&self) -> Result<Option<String>, StorageError> {
+        let (client, bucket, key, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.key.clone(),
+            self.what.clone(),
+        );
+        let size = self.size;
+        self.client.block(async move {
+            let what = what.as_str();
+            let head = client
+                .retry
+                .run(&client.stats, what, || {
+                    let req = client.sdk.head_object().bucket(&*bucket).key(&key);
+                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                })
+                .await?;
+            let stored = head.content_length().unwrap_or(-1);
+            if stored != size as i64 {
+                return Err(StorageError::Unavailable {
+                    what: what.to_string(),
+                    why: format!(
+                        "multipart upload not confirmed: {stored} bytes stored, {size} written"
+                    ),
+                });
+            }
+            Ok(head.version_id().map(str::to_string))
+        })
+    }
+}
+
 impl Write for S3File {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.done {
@@ -371,6 +404,24 @@ impl OutputFile for S3File {
                     size: self.size,
                     version,
                 })
+            }
+            // A 200 whose body the SDK cannot parse (some S3-compatible stores name the
+            // result element differently): the upload completed if the object is there with
+            // our size.
+            Err(StorageError::Denied { why, .. }) if why.starts_with("200:") => {
+                match self.confirm_size() {
+                    Ok(version) => {
+                        self.done = true;
+                        Ok(Written {
+                            size: self.size,
+                            version,
+                        })
+                    }
+                    Err(e) => {
+                        self.upload = Some(upload); // aborted on drop
+                        Err(e)
+                    }
+                }
             }
             Err(e) => {
                 self.upload = Some(upload); // aborted on drop

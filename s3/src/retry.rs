@@ -136,12 +136,15 @@ where
             let status = s.raw().status().as_u16();
             let code = s.err().code().unwrap_or("").to_string();
             let message = s.err().message().unwrap_or("").to_string();
-            let why = if message.is_empty() {
+            let why = if code.is_empty() {
+                format!("{status}: {}", chain(s.err()))
+            } else if message.is_empty() {
                 format!("{status} {code}")
             } else {
                 format!("{status} {code}: {message}")
             };
-            if TRANSIENT.contains(&code.as_str()) || status == 429 || status >= 500 {
+            let server_error = status >= 500 && status != 501; // 501: not implemented
+            if TRANSIENT.contains(&code.as_str()) || status == 429 || server_error {
                 Failure::Transient(why)
             } else if DENIED.contains(&code.as_str()) || status == 401 || status == 403 {
                 Failure::Final(StorageError::Denied {

@@ -6,7 +6,6 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use aws_sdk_s3::types::BucketVersioningStatus;
 use bytes::Bytes;
 use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, StorageError, check_key};
 use tokio::sync::mpsc;
@@ -27,8 +26,10 @@ pub struct S3Source {
 }
 
 impl S3Source {
-    /// Opens the source; asks once whether the bucket is versioned (a store without versioning
-    /// support counts as unversioned), which decides whether listings pin VersionIds.
+    /// Opens the source with one small listing, which also decides how listings pin objects:
+    /// with VersionIds (ListObjectVersions) where the store lists versions, else with ETags
+    /// (a store without version support, or a role allowed ListBucket but not
+    /// ListBucketVersions). Wrong credentials or a missing bucket fail here, before any work.
     pub async fn open(
         client: S3Client,
         bucket: &str,
@@ -36,30 +37,43 @@ impl S3Source {
         read_ahead: usize,
     ) -> Result<S3Source, StorageError> {
         let what = &format!("s3://{bucket}/{prefix} with {}", client.identity);
-        let versioning = client
+        let versions = client
             .retry
             .run(&client.stats, what, || {
-                let req = client.sdk.get_bucket_versioning().bucket(bucket);
-                async move {
-                    match req.send().await {
-                        Ok(out) => Ok(out.status().cloned()),
-                        Err(e) => match classify(e, what) {
-                            Failure::Final(StorageError::Denied { why, .. })
-                                if why.contains("NotImplemented") =>
-                            {
-                                Ok(None)
-                            }
-                            other => Err(other),
-                        },
-                    }
-                }
+                let req = client
+                    .sdk
+                    .list_object_versions()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .max_keys(1);
+                async move { req.send().await.map_err(|e| classify(e, what)) }
             })
-            .await?;
+            .await;
+        let versioned = match versions {
+            Ok(_) => true,
+            Err(StorageError::Denied { .. }) => {
+                // Not implemented, or not allowed: plain listings must work then.
+                client
+                    .retry
+                    .run(&client.stats, what, || {
+                        let req = client
+                            .sdk
+                            .list_objects_v2()
+                            .bucket(bucket)
+                            .prefix(prefix)
+                            .max_keys(1);
+                        async move { req.send().await.map_err(|e| classify(e, what)) }
+                    })
+                    .await?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
         Ok(S3Source {
             bucket: bucket.into(),
             prefix: prefix.into(),
             read_ahead,
-            versioned: versioning == Some(BucketVersioningStatus::Enabled),
+            versioned,
             client,
         })
     }
@@ -168,9 +182,22 @@ async fn list_objects(
         }
         token = page.next_continuation_token().map(str::to_string);
         if !page.is_truncated().unwrap_or(false) || token.is_none() {
-            return Ok(out);
+            break;
         }
     }
+    // Some S3-compatible stores list no ETags: ask for each such object once, so the pin holds.
+    for o in out.iter_mut().filter(|o| o.etag.is_none()) {
+        let head = client
+            .retry
+            .run(&client.stats, what, || {
+                let req = client.sdk.head_object().bucket(bucket).key(&o.key);
+                async move { req.send().await.map_err(|e| classify(e, what)) }
+            })
+            .await?;
+        o.etag = head.e_tag().map(str::to_string);
+        o.size = head.content_length().unwrap_or(0).max(0) as u64;
+    }
+    Ok(out)
 }
 
 /// In a versioned bucket: the latest version of each key (delete markers hide a key).
@@ -204,7 +231,11 @@ async fn list_versions(
                     key: key.to_string(),
                     size: v.size().unwrap_or(0).max(0) as u64,
                     etag: v.e_tag().map(str::to_string),
-                    version: v.version_id().map(str::to_string),
+                    // "null" is the version of objects written while versioning was off.
+                    version: v
+                        .version_id()
+                        .filter(|id| *id != "null")
+                        .map(str::to_string),
                 });
             }
         }

@@ -1,0 +1,183 @@
+//! The storage contract and the S3 failure modes against real S3-compatible servers.
+//! s3s-fs (checks signatures, no versioning) runs the main cases; moto (versioning) the
+//! pinned-version case. A fault proxy sits between the client and s3s-fs for the fault cases.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rewind_common::S3Options;
+use rewind_common::storage::{IoStats, ObjectSource, OutputStore, StorageError};
+use rewind_common::storage_contract::{Backend, pattern, read_pinned, run_all};
+use rewind_s3::{RetryPolicy, S3Output, S3Source, connect_static};
+use rewind_testkit::s3::{ACCESS_KEY, FaultProxy, Faults, S3Server, SECRET_KEY};
+
+const PART: usize = 5 * 1024 * 1024;
+
+fn options(endpoint: &str) -> S3Options {
+    S3Options {
+        endpoint_url: Some(endpoint.to_string()),
+        force_path_style: true,
+        region: Some("us-east-1".into()),
+        ..S3Options::default()
+    }
+}
+
+fn stores(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+    secret: &str,
+) -> Result<(S3Source, S3Output), StorageError> {
+    rt.block_on(async {
+        let client = connect_static(&options(endpoint), ACCESS_KEY, secret)
+            .await?
+            .with_retry(RetryPolicy {
+                max_attempts: 6,
+                base: std::time::Duration::from_millis(5),
+                cap: std::time::Duration::from_millis(50),
+            });
+        let source = S3Source::open(client.clone(), bucket, prefix, 4).await?;
+        Ok((source, S3Output::new(client, bucket, prefix, PART)))
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// s3s-fs: the whole contract, below a prefix, without versions.
+#[test]
+fn s3s_fs_passes_the_storage_contract() {
+    let server = S3Server::start_s3s();
+    server.create_bucket("contract", false);
+    let rt = runtime();
+    let (source, output) =
+        stores(&rt, &server.endpoint(), "contract", "root/", SECRET_KEY).unwrap();
+    run_all(&Backend {
+        source: &source,
+        output: &output,
+        part_size: PART,
+        versioned: false,
+    });
+    // Everything stayed below the prefix.
+    assert!(
+        server
+            .list("contract", "")
+            .iter()
+            .all(|(k, _)| k.starts_with("root/"))
+    );
+}
+
+/// moto: the contract with a versioned bucket; pinned reads survive overwrites and deletes.
+#[test]
+fn moto_passes_the_storage_contract_with_versions() {
+    let server = S3Server::start_moto();
+    server.create_bucket("versioned", true);
+    let rt = runtime();
+    let (source, output) = stores(&rt, &server.endpoint(), "versioned", "", SECRET_KEY).unwrap();
+    run_all(&Backend {
+        source: &source,
+        output: &output,
+        part_size: PART,
+        versioned: true,
+    });
+    // Outputs in a versioned bucket report their VersionId.
+    let written = output.put("v/x", b"x").unwrap();
+    assert!(written.version.is_some());
+}
+
+/// Through a proxy that cuts every other object body half-way and throttles every 4th request:
+/// the bytes arrive exact, cut bodies resume from where they stopped (ranged GET), and every
+/// retry is counted.
+#[test]
+fn cut_bodies_resume_and_throttling_is_retried_and_counted() {
+    let server = S3Server::start_s3s();
+    server.create_bucket("faulty", false);
+    let bodies: Vec<Vec<u8>> = (0..6)
+        .map(|i| pattern(1_500_000 + i * 977, i as u8))
+        .collect();
+    for (i, b) in bodies.iter().enumerate() {
+        server.put("faulty", &format!("p/obj-{i}"), b);
+    }
+    let proxy = FaultProxy::start(
+        server.port,
+        Faults {
+            slowdown_every: 4,
+            reset_every: 2,
+        },
+    );
+    let rt = runtime();
+    let (source, _) = stores(&rt, &proxy.endpoint(), "faulty", "", SECRET_KEY).unwrap();
+    let stats = Arc::new(IoStats::default());
+    let source = source.with_stats(stats.clone());
+    let listed = source.list("p/").unwrap();
+    assert_eq!(listed.len(), bodies.len());
+    for (meta, body) in listed.iter().zip(&bodies) {
+        let got = read_pinned(source.as_ref(), meta).unwrap();
+        assert!(&got == body, "{} differs", meta.key);
+    }
+    let resets = proxy.counts.resets.load(Ordering::Relaxed);
+    let slowdowns = proxy.counts.slowdowns.load(Ordering::Relaxed);
+    assert!(
+        resets >= 2 && slowdowns >= 2,
+        "faults injected: {resets} resets, {slowdowns} 503s"
+    );
+    assert_eq!(
+        stats.resumed.load(Ordering::Relaxed),
+        resets,
+        "one resume per cut body"
+    );
+    assert!(
+        stats.retries.load(Ordering::Relaxed) >= resets + slowdowns,
+        "retries {} < faults {}",
+        stats.retries.load(Ordering::Relaxed),
+        resets + slowdowns
+    );
+}
+
+/// An object overwritten after it was listed fails the read with what changed, not other bytes.
+#[test]
+fn an_object_overwritten_after_listing_is_refused() {
+    let server = S3Server::start_s3s();
+    server.create_bucket("pins", false);
+    server.put("pins", "h/a", &pattern(100_000, 1));
+    let rt = runtime();
+    let (source, _) = stores(&rt, &server.endpoint(), "pins", "", SECRET_KEY).unwrap();
+    let meta = source.list("h/").unwrap().remove(0);
+    server.put("pins", "h/a", &pattern(100_000, 2)); // same size, other bytes
+    let mut r = source.open(&meta).unwrap();
+    let err = r.read_to_end(&mut Vec::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("s3://pins/h/a") && err.contains("changed"),
+        "{err}"
+    );
+}
+
+/// Wrong credentials: refused at once, not retried, naming the bucket and the identity.
+#[test]
+fn wrong_credentials_fail_fast_naming_bucket_and_identity() {
+    let server = S3Server::start_s3s();
+    server.create_bucket("locked", false);
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    let err = stores(&rt, &server.endpoint(), "locked", "x/", "not-the-secret")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("s3://locked/x/") && text.contains("credential chain"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "not fast: {:?}",
+        started.elapsed()
+    );
+}
