@@ -17,6 +17,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# S3-compatible servers: s3s-fs (Rust, checks signatures) and moto (Python, has versioning).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "installing s3s-fs" >&2
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "installing moto" >&2
+  python3 -m pip install --quiet "moto[s3]" flask flask-cors
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
   cargo install cargo-nextest --locked

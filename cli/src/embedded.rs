@@ -54,8 +54,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(workers.max(1) + 2)
-        .enable_time()
+        .max_blocking_threads(workers.max(1) * 2 + 4)
+        .enable_all()
         .build()
         .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))?;
     runtime.block_on(run_job(args, request, spec, workers))

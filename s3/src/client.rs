@@ -137,7 +137,16 @@ impl S3Client {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().unwrap_or_else(|_| {
+        // Callers should be on blocking threads; on a multi-thread runtime's worker, hand the
+        // worker's other tasks off first instead of stalling them (or deadlocking).
+        let wait = || rx.recv();
+        let got = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        got.unwrap_or_else(|_| {
             Err(StorageError::Unavailable {
                 what: "S3 request".into(),
                 why: "the runtime shut down before it finished".into(),

@@ -233,8 +233,8 @@ impl S3Server {
     }
 }
 
-/// The environment that gives a child process these static credentials and nothing else (no
-/// profile files, no instance metadata probing).
+/// The environment that gives a child process these static credentials (environment
+/// credentials come first in the chain; instance metadata is not probed).
 pub fn env_for(access_key: &str, secret_key: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ACCESS_KEY_ID", access_key.to_string()),

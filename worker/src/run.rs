@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use std::sync::atomic::Ordering;
 
+use rewind_common::ShardId;
+use rewind_common::job::ShardManifest;
 use rewind_common::shard_store::{Claim, ShardDone, ShardStore, StoreError};
 use tracing::{info, warn};
 
@@ -68,14 +70,14 @@ pub async fn execute_claim<S: ShardStore>(
                 }
                 Err(StoreError::Fenced { .. } | StoreError::LeaseExpired(_)) => {
                     warn!(job = %job, shard = %shard, attempt, "fenced at commit: discarding this attempt's output");
-                    discard_attempt(env, Some(&manifest), shard, attempt);
+                    discard(env, Some(manifest), shard, attempt).await;
                     Ok(Attempt::Fenced)
                 }
                 Err(e) => Err(e),
             }
         }
         Err(e) => {
-            discard_attempt(env, None, shard, attempt);
+            discard(env, None, shard, attempt).await;
             let stopped = env.cancel.load(Ordering::Relaxed);
             let ended = if stopped {
                 info!(job = %job, shard = %shard, attempt, "attempt stopped: output discarded, shard released");
@@ -94,6 +96,15 @@ pub async fn execute_claim<S: ShardStore>(
             }
         }
     }
+}
+
+/// [`discard_attempt`] on the blocking pool (storage calls block).
+async fn discard(env: &ShardEnv, manifest: Option<ShardManifest>, shard: ShardId, attempt: u32) {
+    let env = env.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        discard_attempt(&env, manifest.as_ref(), shard, attempt)
+    })
+    .await;
 }
 
 /// Retries a store call for as long as the store is unavailable (backoff capped at 4 s). Ending
