@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Read throughput of `rewind run` from a local S3 server against the same files in a local
+directory, measured in the same run (compare the ratio, not absolute figures).
+
+    python3 bench/s3_compare.py              # both cases below
+    BENCH_CASE=large python3 bench/s3_compare.py
+    BENCH_CASE=small python3 bench/s3_compare.py
+
+- large: 4 hours x 12 objects x 5 MB (~250 MB), Parquet written locally in both runs, so the
+  difference is the source.
+- small: 10,000 objects of 50 KB in one day (24 hours x 417), where concurrent GETs per shard
+  (--s3-read-ahead) have to keep the CPU busy.
+
+The S3 server is s3s-fs (installed by scripts/test.sh) serving a directory on tmpfs; the
+archive is generated straight into its bucket directory, so the local and the S3 run read the
+same bytes. s3s-fs runs on the same 2 cores as Rewind, so the S3 figure includes the server's
+CPU: the ratio is a lower bound of what a remote S3 would give. Needs a release build (built
+when missing).
+"""
+import json, os, shutil, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "rewind")
+KEY, SECRET = "benchkey", "benchsecret0123456789"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def child(args, env=None):
+    """(cpu seconds of the child, wall seconds, summary json)."""
+    t0 = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args[:2]} failed with {status}")
+    return ru.ru_utime + ru.ru_stime, time.time() - t0, json.loads(out)
+
+
+def run_case(name, hours, per_hour, object_mb, base, port, repeats=3):
+    bucket_dir = os.path.join(base, "data", "archive")
+    shutil.rmtree(bucket_dir, ignore_errors=True)
+    subprocess.run([BIN, "gen", "--out", bucket_dir, "--org", "TN-bench", "--start", "2024-04-01T00",
+                    "--hours", str(hours), "--objects-per-hour", str(per_hour), "--object-mb", str(object_mb),
+                    "--seed", "11"], check=True, stdout=subprocess.DEVNULL)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(bucket_dir) for f in fs)
+    objects = sum(len(fs) for _, _, fs in os.walk(bucket_dir))
+    end = f"2024-04-01T{hours - 1:02d}"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1",
+               AWS_EC2_METADATA_DISABLED="true")
+    common = ["--org", "TN-bench", "--start", "2024-04-01T00", "--end", end, "--json", "--workers", "2"]
+    best = {}
+    for _ in range(repeats):
+        for kind, src in [("local", bucket_dir), ("s3", "s3://archive")]:
+            dest = os.path.join(base, "dest")
+            shutil.rmtree(dest, ignore_errors=True)
+            extra = ["--endpoint-url", f"http://127.0.0.1:{port}", "--force-path-style"] if kind == "s3" else []
+            cpu, wall, summary = child([BIN, "run", "--source", src, "--dest", dest] + common + extra, env)
+            assert summary["state"] == "succeeded", summary
+            if kind not in best or wall < best[kind][1]:
+                best[kind] = (cpu, wall, summary["recovered"])
+    (lc, lw, lr), (sc, sw, sr) = best["local"], best["s3"]
+    assert lr == sr, f"different event counts: {lr} vs {sr}"
+    mb = size / 1e6
+    print(f"{name}: {objects} objects, {mb:.0f} MB, {lr} events (best of {repeats})")
+    print(f"  local dir : {mb / lw:7.1f} MB/s wall, {lc:5.2f} CPU-s")
+    print(f"  s3 (s3s)  : {mb / sw:7.1f} MB/s wall, {sc:5.2f} CPU-s (Rewind only)")
+    print(f"  s3 / local throughput: {lw / sw:.2f}")
+    return lw / sw
+
+
+def main():
+    if not os.path.exists(BIN):
+        subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
+    if not shutil.which("s3s-fs"):
+        sys.exit("s3s-fs is missing: run scripts/test.sh (it installs it)")
+    base = tempfile.mkdtemp(prefix="rewind-s3bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.makedirs(os.path.join(base, "data"))
+    port = free_port()
+    server = subprocess.Popen(["s3s-fs", "--host", "127.0.0.1", "--port", str(port), "--access-key", KEY,
+                               "--secret-key", SECRET, os.path.join(base, "data")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        case = os.environ.get("BENCH_CASE", "both")
+        if case in ("both", "large"):
+            run_case("large objects", 4, 12, 5, base, port)
+        if case in ("both", "small"):
+            run_case("many small objects", 24, 417, 0.05, base, port, repeats=2)
+    finally:
+        server.terminate()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
