@@ -14,6 +14,7 @@ use rewind_common::storage::{
 
 use crate::client::S3Client;
 use crate::retry::{Failure, classify};
+use crate::source::list_objects;
 
 #[derive(Debug, Clone)]
 pub struct S3Output {
@@ -141,36 +142,9 @@ impl OutputStore for S3Output {
         let full = self.full(prefix)?;
         let what = format!("listing {}", self.what(prefix));
         self.client.block(async move {
-            let what = what.as_str();
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = client
-                    .retry
-                    .run(&client.stats, what, || {
-                        let req = client
-                            .sdk
-                            .list_objects_v2()
-                            .bucket(&*bucket)
-                            .prefix(&full)
-                            .set_continuation_token(token.clone());
-                        async move { req.send().await.map_err(|e| classify(e, what)) }
-                    })
-                    .await?;
-                for o in page.contents() {
-                    if let Some(key) = o.key().and_then(|k| k.strip_prefix(&*root)) {
-                        out.push(ObjectMeta {
-                            key: key.to_string(),
-                            size: o.size().unwrap_or(0).max(0) as u64,
-                            etag: o.e_tag().map(str::to_string),
-                            version: None,
-                        });
-                    }
-                }
-                token = page.next_continuation_token().map(str::to_string);
-                if !page.is_truncated().unwrap_or(false) || token.is_none() {
-                    break;
-                }
+            let mut out = list_objects(&client, &bucket, &full, &what, false).await?;
+            for o in &mut out {
+                o.key = o.key[root.len()..].to_string();
             }
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)

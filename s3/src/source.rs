@@ -106,7 +106,7 @@ impl ObjectSource for S3Source {
             let mut out = if versioned {
                 list_versions(&client, &bucket, &full, what).await?
             } else {
-                list_objects(&client, &bucket, &full, what).await?
+                list_objects(&client, &bucket, &full, what, true).await?
             };
             for o in &mut out {
                 o.key = o.key[root.len()..].to_string();
@@ -149,11 +149,13 @@ impl ObjectSource for S3Source {
     }
 }
 
-async fn list_objects(
+/// Every object under `prefix` (full keys). `pin` fills in ETags a store did not list.
+pub(crate) async fn list_objects(
     client: &S3Client,
     bucket: &str,
     prefix: &str,
     what: &str,
+    pin: bool,
 ) -> Result<Vec<ObjectMeta>, StorageError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
@@ -186,7 +188,7 @@ async fn list_objects(
         }
     }
     // Some S3-compatible stores list no ETags: ask for each such object once, so the pin holds.
-    for o in out.iter_mut().filter(|o| o.etag.is_none()) {
+    for o in out.iter_mut().filter(|o| pin && o.etag.is_none()) {
         let head = client
             .retry
             .run(&client.stats, what, || {
