@@ -43,7 +43,14 @@ def child(args, env=None):
     return ru.ru_utime + ru.ru_stime, time.time() - t0, json.loads(out)
 
 
-def run_case(name, hours, per_hour, object_mb, base, port, repeats=3):
+def server_cpu(pid):
+    """CPU seconds the S3 server has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_case(name, hours, per_hour, object_mb, base, port, server_pid, repeats=3):
     bucket_dir = os.path.join(base, "data", "archive")
     shutil.rmtree(bucket_dir, ignore_errors=True)
     subprocess.run([BIN, "gen", "--out", bucket_dir, "--org", "TN-bench", "--start", "2024-04-01T00",
@@ -61,17 +68,20 @@ def run_case(name, hours, per_hour, object_mb, base, port, repeats=3):
             dest = os.path.join(base, "dest")
             shutil.rmtree(dest, ignore_errors=True)
             extra = ["--endpoint-url", f"http://127.0.0.1:{port}", "--force-path-style"] if kind == "s3" else []
+            before = server_cpu(server_pid)
             cpu, wall, summary = child([BIN, "run", "--source", src, "--dest", dest] + common + extra, env)
+            served = server_cpu(server_pid) - before
             assert summary["state"] == "succeeded", summary
             if kind not in best or wall < best[kind][1]:
-                best[kind] = (cpu, wall, summary["recovered"])
-    (lc, lw, lr), (sc, sw, sr) = best["local"], best["s3"]
+                best[kind] = (cpu, wall, summary["recovered"], served)
+    (lc, lw, lr, _), (sc, sw, sr, ss) = best["local"], best["s3"]
     assert lr == sr, f"different event counts: {lr} vs {sr}"
     mb = size / 1e6
     print(f"{name}: {objects} objects, {mb:.0f} MB, {lr} events (best of {repeats})")
-    print(f"  local dir : {mb / lw:7.1f} MB/s wall, {lc:5.2f} CPU-s")
-    print(f"  s3 (s3s)  : {mb / sw:7.1f} MB/s wall, {sc:5.2f} CPU-s (Rewind only)")
-    print(f"  s3 / local throughput: {lw / sw:.2f}")
+    print(f"  local dir : {mb / lw:7.1f} MB/s wall, {lc:5.2f} CPU-s, {mb / lc:6.1f} MB/CPU-s")
+    print(f"  s3 (s3s)  : {mb / sw:7.1f} MB/s wall, {sc:5.2f} CPU-s, {mb / sc:6.1f} MB/CPU-s (Rewind);"
+          f" s3s-fs used {ss:.2f} CPU-s of the same 2 cores")
+    print(f"  s3 / local: wall throughput {lw / sw:.2f}, Rewind CPU efficiency {lc / sc:.2f}")
     return lw / sw
 
 
@@ -90,9 +100,9 @@ def main():
         time.sleep(0.3)
         case = os.environ.get("BENCH_CASE", "both")
         if case in ("both", "large"):
-            run_case("large objects", 4, 12, 5, base, port)
+            run_case("large objects", 4, 12, 5, base, port, server.pid)
         if case in ("both", "small"):
-            run_case("many small objects", 24, 417, 0.05, base, port, repeats=2)
+            run_case("many small objects", 24, 417, 0.05, base, port, server.pid, repeats=2)
     finally:
         server.terminate()
         shutil.rmtree(base, ignore_errors=True)
