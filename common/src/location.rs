@@ -70,10 +70,6 @@ impl Location {
             },
         }
     }
-
-    pub fn is_s3(&self) -> bool {
-        matches!(self, Location::S3 { .. })
-    }
 }
 
 impl fmt::Display for Location {

@@ -137,14 +137,6 @@ pub struct JobLocations {
     pub failed: Location,
 }
 
-impl JobLocations {
-    pub fn any_local(&self) -> bool {
-        [&self.source, &self.dest, &self.failed]
-            .iter()
-            .any(|l| !l.is_s3())
-    }
-}
-
 /// What the distributed mode stores for a job: everything a worker needs to run any shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {

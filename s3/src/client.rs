@@ -12,7 +12,10 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use rewind_common::location::{JobSide, S3Options};
 use rewind_common::storage::{IoStats, StorageError};
 
-use crate::retry::RetryPolicy;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use crate::retry::{RetryPolicy, classify};
 
 /// A client plus what error messages need to say about it.
 #[derive(Clone)]
@@ -126,6 +129,26 @@ impl S3Client {
     pub fn with_retry(mut self, retry: RetryPolicy) -> S3Client {
         self.retry = retry;
         self
+    }
+
+    /// Sends a request built by `make`, retrying transient failures under the client's policy
+    /// and classifying the rest (see [`crate::retry::classify`]).
+    pub(crate) async fn send<T, E, F, Fut>(
+        &self,
+        what: &str,
+        mut make: F,
+    ) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.retry
+            .run(&self.stats, what, || {
+                let sent = make();
+                async move { sent.await.map_err(|e| classify(e, what)) }
+            })
+            .await
     }
 
     /// Runs `fut` on the client's runtime and waits for it on this (blocking) thread.

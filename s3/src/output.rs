@@ -57,15 +57,14 @@ async fn put_object(
 ) -> Result<Written, StorageError> {
     let size = body.len() as u64;
     let out = client
-        .retry
-        .run(&client.stats, what, || {
-            let req = client
+        .send(what, || {
+            client
                 .sdk
                 .put_object()
                 .bucket(bucket)
                 .key(key)
-                .body(ByteStream::from(body.clone()));
-            async move { req.send().await.map_err(|e| classify(e, what)) }
+                .body(ByteStream::from(body.clone()))
+                .send()
         })
         .await?;
     Ok(Written {
@@ -161,10 +160,13 @@ impl OutputStore for S3Output {
         self.client.block(async move {
             let what = what.as_str();
             let deleted = client
-                .retry
-                .run(&client.stats, what, || {
-                    let req = client.sdk.delete_object().bucket(&*bucket).key(&full);
-                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                .send(what, || {
+                    client
+                        .sdk
+                        .delete_object()
+                        .bucket(&*bucket)
+                        .key(&full)
+                        .send()
                 })
                 .await;
             match deleted {
@@ -218,14 +220,13 @@ impl S3File {
                 Some(id) => id,
                 None => {
                     let created = client
-                        .retry
-                        .run(&client.stats, what, || {
-                            let req = client
+                        .send(what, || {
+                            client
                                 .sdk
                                 .create_multipart_upload()
                                 .bucket(&*bucket)
-                                .key(&key);
-                            async move { req.send().await.map_err(|e| classify(e, what)) }
+                                .key(&key)
+                                .send()
                         })
                         .await?;
                     created
@@ -238,17 +239,16 @@ impl S3File {
                 }
             };
             let uploaded = client
-                .retry
-                .run(&client.stats, what, || {
-                    let req = client
+                .send(what, || {
+                    client
                         .sdk
                         .upload_part()
                         .bucket(&*bucket)
                         .key(&key)
                         .upload_id(&id)
                         .part_number(number)
-                        .body(ByteStream::from(body.clone()));
-                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                        .body(ByteStream::from(body.clone()))
+                        .send()
                 })
                 .await?;
             let part = CompletedPart::builder()
@@ -280,10 +280,8 @@ impl S3File {
         self.client.block(async move {
             let what = what.as_str();
             let head = client
-                .retry
-                .run(&client.stats, what, || {
-                    let req = client.sdk.head_object().bucket(&*bucket).key(&key);
-                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                .send(what, || {
+                    client.sdk.head_object().bucket(&*bucket).key(&key).send()
                 })
                 .await?;
             let stored = head.content_length().unwrap_or(-1);
@@ -353,9 +351,8 @@ impl OutputFile for S3File {
         let version = self.client.block(async move {
             let what = what.as_str();
             let done = client
-                .retry
-                .run(&client.stats, what, || {
-                    let req = client
+                .send(what, || {
+                    client
                         .sdk
                         .complete_multipart_upload()
                         .bucket(&*bucket)
@@ -365,8 +362,8 @@ impl OutputFile for S3File {
                             CompletedMultipartUpload::builder()
                                 .set_parts(Some(parts.clone()))
                                 .build(),
-                        );
-                    async move { req.send().await.map_err(|e| classify(e, what)) }
+                        )
+                        .send()
                 })
                 .await?;
             Ok(done.version_id().map(str::to_string))

@@ -38,15 +38,14 @@ impl S3Source {
     ) -> Result<S3Source, StorageError> {
         let what = &format!("s3://{bucket}/{prefix} with {}", client.identity);
         let versions = client
-            .retry
-            .run(&client.stats, what, || {
-                let req = client
+            .send(what, || {
+                client
                     .sdk
                     .list_object_versions()
                     .bucket(bucket)
                     .prefix(prefix)
-                    .max_keys(1);
-                async move { req.send().await.map_err(|e| classify(e, what)) }
+                    .max_keys(1)
+                    .send()
             })
             .await;
         let versioned = match versions {
@@ -54,15 +53,14 @@ impl S3Source {
             Err(StorageError::Denied { .. }) => {
                 // Not implemented, or not allowed: plain listings must work then.
                 client
-                    .retry
-                    .run(&client.stats, what, || {
-                        let req = client
+                    .send(what, || {
+                        client
                             .sdk
                             .list_objects_v2()
                             .bucket(bucket)
                             .prefix(prefix)
-                            .max_keys(1);
-                        async move { req.send().await.map_err(|e| classify(e, what)) }
+                            .max_keys(1)
+                            .send()
                     })
                     .await?;
                 false
@@ -161,15 +159,14 @@ pub(crate) async fn list_objects(
     let mut token: Option<String> = None;
     loop {
         let page = client
-            .retry
-            .run(&client.stats, what, || {
-                let req = client
+            .send(what, || {
+                client
                     .sdk
                     .list_objects_v2()
                     .bucket(bucket)
                     .prefix(prefix)
-                    .set_continuation_token(token.clone());
-                async move { req.send().await.map_err(|e| classify(e, what)) }
+                    .set_continuation_token(token.clone())
+                    .send()
             })
             .await?;
         for o in page.contents() {
@@ -190,10 +187,8 @@ pub(crate) async fn list_objects(
     // Some S3-compatible stores list no ETags: ask for each such object once, so the pin holds.
     for o in out.iter_mut().filter(|o| pin && o.etag.is_none()) {
         let head = client
-            .retry
-            .run(&client.stats, what, || {
-                let req = client.sdk.head_object().bucket(bucket).key(&o.key);
-                async move { req.send().await.map_err(|e| classify(e, what)) }
+            .send(what, || {
+                client.sdk.head_object().bucket(bucket).key(&o.key).send()
             })
             .await?;
         o.etag = head.e_tag().map(str::to_string);
@@ -213,16 +208,15 @@ async fn list_versions(
     let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
     loop {
         let page = client
-            .retry
-            .run(&client.stats, what, || {
-                let req = client
+            .send(what, || {
+                client
                     .sdk
                     .list_object_versions()
                     .bucket(bucket)
                     .prefix(prefix)
                     .set_key_marker(key_marker.clone())
-                    .set_version_id_marker(version_marker.clone());
-                async move { req.send().await.map_err(|e| classify(e, what)) }
+                    .set_version_id_marker(version_marker.clone())
+                    .send()
             })
             .await?;
         for v in page.versions() {
