@@ -143,6 +143,9 @@ pub fn job_json(j: &pb::Job) -> Value {
         "recovered": counts.recovered,
         "filtered": counts.filtered,
         "failed": counts.failed,
+        "unrecoverable": counts.unrecoverable,
+        "repaired": counts.repaired,
+        "duplicates": counts.duplicates,
         "events_per_s": (j.events_per_s * 10.0).round() / 10.0,
         "eta_s": if j.eta_s < 0.0 { Value::Null } else { json!((j.eta_s * 10.0).round() / 10.0) },
         "created_ms": j.created_ms,
@@ -158,7 +161,7 @@ fn job_line(j: &pb::Job) -> String {
     let s = j.shards.unwrap_or_default();
     let c = j.counts.unwrap_or_default();
     format!(
-        "{}  {:<10}  shards {}/{} done, {} failed, {} running  events {} recovered, {} filtered, {} failed{}",
+        "{}  {:<10}  shards {}/{} done, {} failed, {} running  events {} recovered, {} filtered, {} failed, {} unrecoverable{}",
         j.job_id,
         j.state,
         s.done,
@@ -168,6 +171,7 @@ fn job_line(j: &pb::Job) -> String {
         c.recovered,
         c.filtered,
         c.failed,
+        c.unrecoverable,
         if j.message.is_empty() {
             String::new()
         } else {
@@ -236,7 +240,7 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
                     bar.set_message(format!(
                         "| {} running | {} events | {:.0} ev/s | ETA {}",
                         s.running,
-                        c.recovered + c.filtered + c.failed,
+                        c.recovered + c.filtered + c.failed + c.unrecoverable,
                         j.events_per_s,
                         if j.eta_s < 0.0 {
                             "?".to_string()
@@ -282,7 +286,7 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
 
 pub fn submit(remote: &Remote, job: &JobArgs, wait: bool) -> Result<(), Failure> {
     let as_json = remote.json;
-    let request = request_to_pb(&job.request());
+    let request = request_to_pb(&job.request()?);
     let span =
         tracing::info_span!("rewind.submit", org = %job.org, start = %job.start, end = %job.end);
     runtime()?.block_on(tracing::Instrument::instrument(
@@ -394,7 +398,7 @@ pub fn cancel(remote: &Remote, job_id: &str) -> Result<(), Failure> {
 
 pub fn plan(remote: &Remote, job: &JobArgs) -> Result<(), Failure> {
     let as_json = remote.json;
-    let request = request_to_pb(&job.request());
+    let request = request_to_pb(&job.request()?);
     runtime()?.block_on(async {
         let mut client = connect(remote).await?;
         let p = client

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rewind_common::location::JobSide;
 use rewind_common::shard_store::{InMemoryShardStore, ShardStore};
 use rewind_common::storage::{OutputStore, StorageError};
 use rewind_common::{JobId, JobRequest, JobSpec, OutputKeys};
@@ -21,7 +20,7 @@ use rewind_worker::run::{WorkerConfig, work_job};
 use crate::{Failure, RunArgs};
 
 fn validate(args: &RunArgs) -> Result<(JobRequest, JobSpec), Failure> {
-    let request = args.job.request();
+    let request = args.job.request()?;
     let spec = request.validate(JobId::generate())?;
     request.check_local_paths(&spec.org)?;
     if args.workers == Some(0) {
@@ -73,12 +72,10 @@ async fn run_job(
     let source = rewind_s3::open_source(&places.source, &request.s3)
         .await
         .map_err(|e| opened("source", e))?;
-    let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest)
+    let outputs = rewind_s3::open_outputs(&places, &request.s3)
         .await
-        .map_err(|e| opened("destination", e))?;
-    let failed_output = rewind_s3::open_output(&places.failed, &request.s3, JobSide::Dest)
-        .await
-        .map_err(|e| opened("failed output", e))?;
+        .map_err(|(what, e)| opened(what, e))?;
+    let output = outputs.dest.clone();
     let spec = {
         let output = output.clone();
         tokio::task::spawn_blocking(move || fresh_job_id(output.as_ref(), spec))
@@ -104,7 +101,8 @@ async fn run_job(
         spec: spec.clone(),
         source,
         output: output.clone(),
-        failed_output: failed_output.clone(),
+        failed_output: outputs.failed.clone(),
+        unrecoverable_output: outputs.unrecoverable.clone(),
         pins: Pins::Memory(Arc::new(pins)),
         progress: progress.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
@@ -156,8 +154,8 @@ async fn run_job(
         commit_job(
             &commit_spec,
             &states,
-            output.as_ref(),
-            failed_output.as_ref(),
+            outputs.dest.as_ref(),
+            &outputs.sides(),
         )
     })
     .await
@@ -216,7 +214,8 @@ fn progress_bar(
                 progress.objects.load(Ordering::Relaxed),
                 progress.recovered.load(Ordering::Relaxed)
                     + progress.filtered.load(Ordering::Relaxed)
-                    + progress.failed.load(Ordering::Relaxed),
+                    + progress.failed.load(Ordering::Relaxed)
+                    + progress.unrecoverable.load(Ordering::Relaxed),
                 mb / started.elapsed().as_secs_f64().max(1e-3)
             ));
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -146,6 +146,31 @@ pub struct JobArgs {
     /// Attempts per shard before the shard (and the job) fails.
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+    /// Where events routed to unrecoverable go, a directory or s3:// URL (default:
+    /// <dest>/_unrecoverable).
+    #[arg(long)]
+    pub unrecoverable_output: Option<String>,
+    /// Keep only events of this type (exact, or a glob with * and ?); repeatable.
+    #[arg(long = "event-type", value_name = "TYPE")]
+    pub event_types: Vec<String>,
+    /// Keep only events of this domain (exact, or a glob with * and ?); repeatable.
+    #[arg(long = "domain", value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+    /// Keep only events for which this RFC 9535 filter expression holds, `@` being the event,
+    /// e.g. '@.data.amount.value > 100 && match(@.data.amount.currency, "(?i)brl")'.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// Repair flows to apply (JSON or YAML; see docs/flows.md); try them with `rewind flows test`.
+    #[arg(long, value_name = "FILE")]
+    pub flows: Option<PathBuf>,
+    /// Drop repeated events: event_id or event_id,timestamp (within a shard and, for Parquet,
+    /// against the --dedup-window-hours before it).
+    #[arg(long, value_name = "KEY")]
+    pub dedup: Option<String>,
+    /// With --dedup: hours before each shard whose events count as seen (0-24; each costs one
+    /// more read of that hour).
+    #[arg(long, default_value_t = rewind_common::request::DEFAULT_DEDUP_WINDOW_HOURS)]
+    pub dedup_window_hours: u32,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -206,7 +231,7 @@ impl S3Args {
 impl JobArgs {
     /// The request, with local paths made absolute (a coordinator and workers may run
     /// elsewhere); URLs stay as given.
-    pub fn request(&self) -> rewind_common::JobRequest {
+    pub fn request(&self) -> Result<rewind_common::JobRequest, rewind_common::RequestError> {
         let abs = |p: &str| {
             if p.contains("://") || p.trim().is_empty() {
                 p.to_string()
@@ -216,7 +241,16 @@ impl JobArgs {
                     .unwrap_or_else(|_| p.to_string())
             }
         };
-        rewind_common::JobRequest {
+        let flows = match &self.flows {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                rewind_common::RequestError::new(
+                    "--flows",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+        };
+        Ok(rewind_common::JobRequest {
             source: abs(&self.source),
             org: self.org.clone(),
             start: self.start.clone(),
@@ -229,7 +263,14 @@ impl JobArgs {
             max_attempts: self.max_attempts,
             max_range_hours: self.max_range_hours,
             s3: self.s3.options(),
-        }
+            unrecoverable_output: self.unrecoverable_output.as_deref().map(abs),
+            event_types: self.event_types.clone(),
+            domains: self.domains.clone(),
+            filter: self.filter.clone(),
+            flows,
+            dedup: self.dedup.clone(),
+            dedup_window_hours: self.dedup_window_hours,
+        })
     }
 }
 

@@ -17,6 +17,93 @@ pub struct JobSpec {
     pub arrival_filter: bool,
     pub max_event_bytes: usize,
     pub max_attempts: u32,
+    /// The selection, flows and dedup every shard applies (see [`Treatment`]).
+    #[serde(default)]
+    pub treatment: Treatment,
+}
+
+/// What a job does to events between decoding and the sink: select, repair, deduplicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Treatment {
+    /// Keep only these event types (exact or glob); empty keeps all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<String>,
+    /// Keep only these domains (exact or glob); empty keeps all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// An RFC 9535 filter expression with `@` the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// The flow config (JSON or YAML text), validated when the job was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupKey>,
+    /// Hours before a shard whose events also count as seen (Parquet output).
+    #[serde(default)]
+    pub dedup_window_hours: u32,
+}
+
+/// What makes two events the same for `--dedup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupKey {
+    EventId,
+    EventIdTimestamp,
+}
+
+impl DedupKey {
+    pub fn parse(s: &str) -> Option<DedupKey> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        match parts.as_slice() {
+            ["event_id"] => Some(DedupKey::EventId),
+            ["event_id", "timestamp"] | ["timestamp", "event_id"] => {
+                Some(DedupKey::EventIdTimestamp)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DedupKey::EventId => "event_id",
+            DedupKey::EventIdTimestamp => "event_id,timestamp",
+        }
+    }
+}
+
+/// What one flow did in a shard (or a job).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowCounts {
+    /// Events whose conditions all held (this flow was the first to match).
+    pub matched: u64,
+    /// Matched and changed by the steps (re-serialised once).
+    pub repaired: u64,
+    pub unrecoverable: u64,
+    pub filtered: u64,
+    /// A step could not apply.
+    pub failed: u64,
+}
+
+impl FlowCounts {
+    pub fn add(&mut self, o: &FlowCounts) {
+        self.matched += o.matched;
+        self.repaired += o.repaired;
+        self.unrecoverable += o.unrecoverable;
+        self.filtered += o.filtered;
+        self.failed += o.failed;
+    }
+}
+
+/// Adds counts by name into `into`.
+pub fn add_counts<V: Clone + Default>(
+    into: &mut std::collections::BTreeMap<String, V>,
+    from: &std::collections::BTreeMap<String, V>,
+    add: impl Fn(&mut V, &V),
+) {
+    for (k, v) in from {
+        add(into.entry(k.clone()).or_default(), v);
+    }
 }
 
 /// The keys of a job's outputs. Everything of one job sits below `execution_id={job}/`, so two
@@ -54,6 +141,14 @@ impl OutputKeys {
     }
 
     /// The manifest a shard attempt writes before it commits.
+    /// The unrecoverable events of one shard attempt (in the unrecoverable-output store).
+    pub fn unrecoverable_file(&self, shard: ShardId, attempt: u32) -> String {
+        format!(
+            "execution_id={}/unrecoverable-{shard}-a{attempt}.jsonl",
+            self.job
+        )
+    }
+
     pub fn shard_manifest(&self, shard: ShardId, attempt: u32) -> String {
         format!(
             "execution_id={}/_rewind/shards/{shard}-a{attempt}.json",
@@ -116,11 +211,19 @@ pub struct ShardManifest {
     pub prefix: String,
     pub files: Vec<OutputFileEntry>,
     pub failed_file: Option<OutputFileEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrecoverable_file: Option<OutputFileEntry>,
     pub objects: Vec<ObjectStats>,
     pub skipped_objects: Vec<String>,
     pub counts: crate::shard_store::ShardCounts,
     /// Failed records by reason code.
     pub failed_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Filtered events by reason: event_type, domain, filter, arrival, flow, duplicate.
+    #[serde(default)]
+    pub filtered_by_reason: std::collections::BTreeMap<String, u64>,
+    /// What each flow did, by flow name.
+    #[serde(default)]
+    pub flows: std::collections::BTreeMap<String, FlowCounts>,
 }
 
 /// The objects one shard reads, listed when the job was planned (the coordinator stores one per

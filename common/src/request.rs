@@ -5,13 +5,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RequestError;
 use crate::ids::{JobId, OrgId};
-use crate::job::JobSpec;
+use crate::job::{DedupKey, JobSpec, Treatment};
 use crate::layout::{DEFAULT_LAYOUT, Layout};
 use crate::location::{Location, S3Options};
 use crate::range::{DEFAULT_MAX_HOURS, HourRange};
 
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_DEDUP_WINDOW_HOURS: u32 = 1;
+pub const MAX_DEDUP_WINDOW_HOURS: u32 = 24;
 
 /// The job as requested. Strings are validated by [`JobRequest::validate`], which names the
 /// offending field the way the CLI spells it.
@@ -32,6 +34,28 @@ pub struct JobRequest {
     /// Endpoint, region and roles when a side is on S3.
     #[serde(default)]
     pub s3: S3Options,
+    /// Where unrecoverable events go; default `<dest>/_unrecoverable`.
+    #[serde(default)]
+    pub unrecoverable_output: Option<String>,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// RFC 9535 filter expression with `@` the event.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The flow config's text (JSON or YAML; the CLI reads `--flows FILE`).
+    #[serde(default)]
+    pub flows: Option<String>,
+    /// `event_id` or `event_id,timestamp`.
+    #[serde(default)]
+    pub dedup: Option<String>,
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window_hours: u32,
+}
+
+fn default_dedup_window() -> u32 {
+    DEFAULT_DEDUP_WINDOW_HOURS
 }
 
 impl Default for JobRequest {
@@ -49,6 +73,13 @@ impl Default for JobRequest {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_range_hours: DEFAULT_MAX_HOURS,
             s3: S3Options::default(),
+            unrecoverable_output: None,
+            event_types: Vec::new(),
+            domains: Vec::new(),
+            filter: None,
+            flows: None,
+            dedup: None,
+            dedup_window_hours: DEFAULT_DEDUP_WINDOW_HOURS,
         }
     }
 }
@@ -76,6 +107,7 @@ impl JobRequest {
         if self.max_attempts == 0 {
             return Err(RequestError::new("--max-attempts", "must be at least 1"));
         }
+        let treatment = self.treatment()?;
         Ok(JobSpec {
             job,
             org,
@@ -84,6 +116,42 @@ impl JobRequest {
             arrival_filter: self.arrival_filter,
             max_event_bytes: self.max_event_bytes,
             max_attempts: self.max_attempts,
+            treatment,
+        })
+    }
+
+    /// Selection, flows and dedup, each checked the way the workers will use it.
+    fn treatment(&self) -> Result<Treatment, RequestError> {
+        let filter = self.filter.clone().filter(|f| !f.trim().is_empty());
+        rewind_flows::Selection::parse(&self.event_types, &self.domains, filter.as_deref())
+            .map_err(|e| RequestError::new(e.field, e.problem))?;
+        let flows = self.flows.clone().filter(|f| !f.trim().is_empty());
+        if let Some(text) = &flows {
+            rewind_flows::FlowSet::parse(text)
+                .map_err(|e| RequestError::new("--flows", e.to_string()))?;
+        }
+        let dedup = match self.dedup.as_deref().map(str::trim) {
+            None | Some("") | Some("none") => None,
+            Some(d) => Some(DedupKey::parse(d).ok_or_else(|| {
+                RequestError::new(
+                    "--dedup",
+                    format!("{d:?}: one of event_id, event_id,timestamp"),
+                )
+            })?),
+        };
+        if self.dedup_window_hours > MAX_DEDUP_WINDOW_HOURS {
+            return Err(RequestError::new(
+                "--dedup-window-hours",
+                format!("must be at most {MAX_DEDUP_WINDOW_HOURS}"),
+            ));
+        }
+        Ok(Treatment {
+            event_types: self.event_types.clone(),
+            domains: self.domains.clone(),
+            filter,
+            flows,
+            dedup,
+            dedup_window_hours: self.dedup_window_hours,
         })
     }
 
@@ -95,10 +163,15 @@ impl JobRequest {
             Some(f) if !f.trim().is_empty() => Location::parse("--failed-output", f, org)?,
             _ => dest.join("_failed"),
         };
+        let unrecoverable = match &self.unrecoverable_output {
+            Some(f) if !f.trim().is_empty() => Location::parse("--unrecoverable-output", f, org)?,
+            _ => dest.join("_unrecoverable"),
+        };
         Ok(JobLocations {
             source,
             dest,
             failed,
+            unrecoverable,
         })
     }
 
@@ -114,7 +187,11 @@ impl JobRequest {
                 format!("{} is not a directory", src.display()),
             ));
         }
-        for (field, loc) in [("--dest", &l.dest), ("--failed-output", &l.failed)] {
+        for (field, loc) in [
+            ("--dest", &l.dest),
+            ("--failed-output", &l.failed),
+            ("--unrecoverable-output", &l.unrecoverable),
+        ] {
             if let Location::Local(path) = loc
                 && path.exists()
                 && !path.is_dir()
@@ -135,6 +212,7 @@ pub struct JobLocations {
     pub source: Location,
     pub dest: Location,
     pub failed: Location,
+    pub unrecoverable: Location,
 }
 
 /// What the distributed mode stores for a job: everything a worker needs to run any shard.
@@ -184,6 +262,26 @@ mod tests {
                 Box::new(|r| r.failed_output = Some("s3://x".into())),
             ),
             ("--s3-part-size-mib", Box::new(|r| r.s3.part_size_mib = 1)),
+            (
+                "--flows",
+                Box::new(|r| {
+                    r.flows = Some(r#"{"flows":[{"name":"x","steps":[{"op":"Cast","path":"$.a","from":"Numeric","to":"Date"}]}]}"#.into())
+                }),
+            ),
+            ("--filter", Box::new(|r| r.filter = Some("@.a ==".into()))),
+            (
+                "--event-type",
+                Box::new(|r| r.event_types = vec![String::new()]),
+            ),
+            ("--dedup", Box::new(|r| r.dedup = Some("cid".into()))),
+            (
+                "--dedup-window-hours",
+                Box::new(|r| r.dedup_window_hours = 25),
+            ),
+            (
+                "--unrecoverable-output",
+                Box::new(|r| r.unrecoverable_output = Some("s3://a/../b".into())),
+            ),
         ];
         for (field, edit) in cases {
             let mut r = ok();

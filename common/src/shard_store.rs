@@ -28,6 +28,19 @@ pub struct ShardCounts {
     pub recovered: u64,
     pub filtered: u64,
     pub failed: u64,
+    /// Routed to the unrecoverable output (by a flow, or matching none when so configured).
+    #[serde(default)]
+    pub unrecoverable: u64,
+    /// Everything decoded: events and damaged ranges. Always recovered + filtered + failed +
+    /// unrecoverable.
+    #[serde(default)]
+    pub decoded: u64,
+    /// Of the recovered: repaired by a flow.
+    #[serde(default)]
+    pub repaired: u64,
+    /// Of the filtered: dropped as duplicates (`--dedup`).
+    #[serde(default)]
+    pub duplicates: u64,
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     pub retries: u64,
 }
@@ -40,6 +53,10 @@ impl ShardCounts {
         self.recovered += other.recovered;
         self.filtered += other.filtered;
         self.failed += other.failed;
+        self.unrecoverable += other.unrecoverable;
+        self.decoded += other.decoded;
+        self.repaired += other.repaired;
+        self.duplicates += other.duplicates;
         self.retries += other.retries;
     }
 }

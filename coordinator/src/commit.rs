@@ -1,14 +1,14 @@
 //! The job commit: runs once every shard is done or failed.
 //!
 //! 1. Read the manifest of every committed shard (the done record points to it).
-//! 2. Delete every object under the job's prefix (outputs and failed outputs) that no committed
-//!    manifest references: leftovers of failed or fenced attempts.
+//! 2. Delete every object under the job's prefix (outputs, failed and unrecoverable outputs) that
+//!    no committed manifest references: leftovers of failed or fenced attempts.
 //! 3. Write the job manifest (every file with size and rows, totals, failed shards).
 //! 4. Write `_SUCCESS` only when every shard is done. Readers trust a job after `_SUCCESS`.
 
 use std::collections::{BTreeMap, HashSet};
 
-use rewind_common::job::{OutputFileEntry, ShardManifest};
+use rewind_common::job::{FlowCounts, OutputFileEntry, ShardManifest, add_counts};
 use rewind_common::shard_store::{ShardCounts, ShardState};
 use rewind_common::storage::{OutputStore, StorageError};
 use rewind_common::{JobSpec, OutputKeys, ShardId};
@@ -32,8 +32,15 @@ pub struct JobManifest {
     pub failed_shards: Vec<FailedShard>,
     pub counts: ShardCounts,
     pub failed_by_reason: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub filtered_by_reason: BTreeMap<String, u64>,
+    /// What each flow did, by flow name.
+    #[serde(default)]
+    pub flows: BTreeMap<String, FlowCounts>,
     pub files: Vec<OutputFileEntry>,
     pub failed_files: Vec<OutputFileEntry>,
+    #[serde(default)]
+    pub unrecoverable_files: Vec<OutputFileEntry>,
     pub orphans_deleted: u64,
 }
 
@@ -65,9 +72,9 @@ pub fn commit_job(
     spec: &JobSpec,
     shards: &[(ShardId, ShardState)],
     output: &dyn OutputStore,
-    failed_output: &dyn OutputStore,
+    sides: &[&dyn OutputStore],
 ) -> Result<JobManifest, CommitError> {
-    commit(spec, shards, output, failed_output, false)
+    commit(spec, shards, output, sides, false)
 }
 
 /// Ends a cancelled job once no attempt is in flight: orphans swept, manifest written with state
@@ -76,16 +83,16 @@ pub fn commit_cancelled(
     spec: &JobSpec,
     shards: &[(ShardId, ShardState)],
     output: &dyn OutputStore,
-    failed_output: &dyn OutputStore,
+    sides: &[&dyn OutputStore],
 ) -> Result<JobManifest, CommitError> {
-    commit(spec, shards, output, failed_output, true)
+    commit(spec, shards, output, sides, true)
 }
 
 fn commit(
     spec: &JobSpec,
     shards: &[(ShardId, ShardState)],
     output: &dyn OutputStore,
-    failed_output: &dyn OutputStore,
+    sides: &[&dyn OutputStore],
     cancelled: bool,
 ) -> Result<JobManifest, CommitError> {
     let keys = OutputKeys::new(&spec.job);
@@ -122,8 +129,11 @@ fn commit(
     let mut keep_failed: HashSet<String> = HashSet::new();
     let mut counts = ShardCounts::default();
     let mut by_reason = BTreeMap::new();
+    let mut filtered_by_reason = BTreeMap::new();
+    let mut flows = BTreeMap::new();
     let mut files = Vec::new();
     let mut failed_files = Vec::new();
+    let mut unrecoverable_files = Vec::new();
     for (key, m) in &manifests {
         keep.insert(key.clone());
         for f in &m.files {
@@ -134,10 +144,16 @@ fn commit(
             keep_failed.insert(f.key.clone());
             failed_files.push(f.clone());
         }
-        counts.add(&m.counts);
-        for (reason, n) in &m.failed_by_reason {
-            *by_reason.entry(reason.clone()).or_insert(0) += n;
+        if let Some(f) = &m.unrecoverable_file {
+            keep_failed.insert(f.key.clone());
+            unrecoverable_files.push(f.clone());
         }
+        counts.add(&m.counts);
+        add_counts(&mut by_reason, &m.failed_by_reason, |a, b| *a += b);
+        add_counts(&mut filtered_by_reason, &m.filtered_by_reason, |a, b| {
+            *a += b
+        });
+        add_counts(&mut flows, &m.flows, FlowCounts::add);
     }
 
     // Orphans: anything under the job's prefix that no committed shard references.
@@ -157,15 +173,19 @@ fn commit(
             orphans += 1;
         }
     }
-    for o in failed_output.list(&prefix)? {
-        if !keep_failed.contains(&o.key) && !keep.contains(&o.key) && !control.contains(&o.key) {
-            failed_output.delete(&o.key)?;
-            orphans += 1;
+    for side in sides {
+        for o in side.list(&prefix)? {
+            if !keep_failed.contains(&o.key) && !keep.contains(&o.key) && !control.contains(&o.key)
+            {
+                side.delete(&o.key)?;
+                orphans += 1;
+            }
         }
     }
 
     files.sort_by(|a, b| a.key.cmp(&b.key));
     failed_files.sort_by(|a, b| a.key.cmp(&b.key));
+    unrecoverable_files.sort_by(|a, b| a.key.cmp(&b.key));
     let state = if cancelled {
         JobState::Cancelled
     } else if failed_shards.is_empty() {
@@ -182,8 +202,11 @@ fn commit(
         failed_shards,
         counts,
         failed_by_reason: by_reason,
+        filtered_by_reason,
+        flows,
         files,
         failed_files,
+        unrecoverable_files,
         orphans_deleted: orphans,
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Manifest {
@@ -214,6 +237,7 @@ mod tests {
             arrival_filter: false,
             max_event_bytes: 1 << 20,
             max_attempts: 3,
+            treatment: Default::default(),
         }
     }
 
@@ -230,6 +254,7 @@ mod tests {
             prefix: String::new(),
             files,
             failed_file: None,
+            unrecoverable_file: None,
             objects: vec![],
             skipped_objects: vec![],
             counts: ShardCounts {
@@ -237,6 +262,8 @@ mod tests {
                 ..Default::default()
             },
             failed_by_reason: BTreeMap::new(),
+            filtered_by_reason: BTreeMap::new(),
+            flows: BTreeMap::new(),
         }
     }
 
@@ -281,7 +308,7 @@ mod tests {
             &spec,
             &[(hours[0], done.clone()), (hours[1], failed_state)],
             &out,
-            &failed,
+            &[&failed],
         )
         .unwrap();
         assert_eq!(result.state, JobState::Failed);
@@ -304,7 +331,7 @@ mod tests {
             manifest_key: m2key,
             counts: m2.counts.clone(),
         });
-        let ok = commit_job(&spec, &[(hours[0], done), (other, done2)], &out, &failed).unwrap();
+        let ok = commit_job(&spec, &[(hours[0], done), (other, done2)], &out, &[&failed]).unwrap();
         assert_eq!(ok.state, JobState::Succeeded);
         assert_eq!(ok.counts.recovered, 10);
         assert_eq!(ok.files.len(), 1);
@@ -322,7 +349,7 @@ mod tests {
             worker: "w".into(),
         };
         assert!(matches!(
-            commit_job(&spec, &[(shard, running)], &out, &out),
+            commit_job(&spec, &[(shard, running)], &out, &[&out]),
             Err(CommitError::Unfinished(_))
         ));
     }

@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rewind_common::location::JobSide;
 use rewind_common::shard_store::{ShardStore, StoreError};
-use rewind_common::storage::{OutputStore, StorageError};
+use rewind_common::storage::StorageError;
 use rewind_common::{JobId, JobRecord, JobRequest, JobSpec};
 use rewind_etcd::EtcdStore;
 use tokio::sync::watch;
@@ -173,11 +172,12 @@ async fn finish_record(
     let spec = Arc::new(record.spec.clone());
     let commit_spec = spec.clone();
     let committed = match open_outputs(&request, &spec).await {
-        Ok((output, failed)) => tokio::task::spawn_blocking(move || {
+        Ok(outputs) => tokio::task::spawn_blocking(move || {
+            let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
             if cancelled {
-                commit_cancelled(&commit_spec, &states, output.as_ref(), failed.as_ref())
+                commit_cancelled(&commit_spec, &states, output, &sides)
             } else {
-                commit_job(&commit_spec, &states, output.as_ref(), failed.as_ref())
+                commit_job(&commit_spec, &states, output, &sides)
             }
         })
         .await
@@ -217,18 +217,18 @@ async fn finish_record(
     Ok(Some(status.phase.as_str()))
 }
 
-/// The destination and failed-output stores of a job.
+/// The output stores of a job.
 async fn open_outputs(
     request: &JobRequest,
     spec: &JobSpec,
-) -> Result<(Arc<dyn OutputStore>, Arc<dyn OutputStore>), StorageError> {
+) -> Result<rewind_s3::JobOutputs, StorageError> {
     let places = request
         .locations(&spec.org)
         .map_err(|e| StorageError::Denied {
             what: "the job's locations".into(),
             why: e.to_string(),
         })?;
-    let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest).await?;
-    let failed = rewind_s3::open_output(&places.failed, &request.s3, JobSide::Dest).await?;
-    Ok((output, failed))
+    rewind_s3::open_outputs(&places, &request.s3)
+        .await
+        .map_err(|(_, e)| e)
 }

@@ -125,6 +125,7 @@ mod tests {
             arrival_filter: false,
             max_event_bytes: 1 << 20,
             max_attempts: 3,
+            treatment: Default::default(),
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

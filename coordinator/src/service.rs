@@ -79,6 +79,14 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
             r.max_range_hours
         },
         s3: r.s3.map(s3_from_pb).unwrap_or_default(),
+        unrecoverable_output: (!r.unrecoverable_output.is_empty())
+            .then_some(r.unrecoverable_output),
+        event_types: r.event_types,
+        domains: r.domains,
+        filter: (!r.filter.is_empty()).then_some(r.filter),
+        flows: (!r.flows.is_empty()).then_some(r.flows),
+        dedup: (!r.dedup.is_empty()).then_some(r.dedup),
+        dedup_window_hours: r.dedup_window_hours.unwrap_or(d.dedup_window_hours),
     })
 }
 
@@ -155,6 +163,13 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         max_attempts: r.max_attempts,
         max_range_hours: r.max_range_hours,
         s3: s3_to_pb(&r.s3),
+        unrecoverable_output: r.unrecoverable_output.clone().unwrap_or_default(),
+        event_types: r.event_types.clone(),
+        domains: r.domains.clone(),
+        filter: r.filter.clone().unwrap_or_default(),
+        flows: r.flows.clone().unwrap_or_default(),
+        dedup: r.dedup.clone().unwrap_or_default(),
+        dedup_window_hours: Some(r.dedup_window_hours),
     }
 }
 
@@ -210,6 +225,9 @@ impl JobServiceImpl {
                 filtered: s.filtered,
                 failed: s.failed,
                 objects_skipped: s.objects_skipped,
+                unrecoverable: s.unrecoverable,
+                repaired: s.repaired,
+                duplicates: s.duplicates,
             });
             out.failed_shards = s
                 .failed_shards
@@ -253,6 +271,9 @@ impl JobServiceImpl {
             c.filtered += done.counts.filtered;
             c.failed += done.counts.failed;
             c.objects_skipped += done.counts.objects_skipped;
+            c.unrecoverable += done.counts.unrecoverable;
+            c.repaired += done.counts.repaired;
+            c.duplicates += done.counts.duplicates;
         }
         for live in live {
             c.objects += live.objects;
@@ -260,9 +281,10 @@ impl JobServiceImpl {
             c.recovered += live.recovered;
             c.filtered += live.filtered;
             c.failed += live.failed;
+            c.unrecoverable += live.unrecoverable;
         }
         let secs = ((now_ms() - status.created_ms).max(1) as f64) / 1000.0;
-        out.events_per_s = (c.recovered + c.filtered + c.failed) as f64 / secs;
+        out.events_per_s = (c.recovered + c.filtered + c.failed + c.unrecoverable) as f64 / secs;
         out.bytes_per_s = c.bytes as f64 / secs;
         let finished = p.done + p.failed;
         if finished > 0 {

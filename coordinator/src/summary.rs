@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rewind_common::job::FlowCounts;
 use rewind_common::{JobRequest, JobSpec, OutputKeys};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,8 @@ pub struct Summary {
     pub dest: String,
     pub output: String,
     pub failed_output: String,
+    #[serde(default)]
+    pub unrecoverable_output: String,
     pub shards: u64,
     pub shards_done: u64,
     pub shards_failed: u64,
@@ -29,10 +32,27 @@ pub struct Summary {
     pub recovered: u64,
     pub filtered: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub unrecoverable: u64,
+    /// Events and damaged ranges decoded: recovered + filtered + failed + unrecoverable.
+    #[serde(default)]
+    pub decoded: u64,
+    /// Of the recovered: repaired by a flow.
+    #[serde(default)]
+    pub repaired: u64,
+    /// Of the filtered: duplicates dropped by `--dedup`.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     #[serde(default)]
     pub retries: u64,
     pub failed_by_reason: BTreeMap<String, u64>,
+    /// event_type, domain, filter, arrival, flow, duplicate.
+    #[serde(default)]
+    pub filtered_by_reason: BTreeMap<String, u64>,
+    /// What each flow did, by flow name.
+    #[serde(default)]
+    pub flows: BTreeMap<String, FlowCounts>,
     pub files: usize,
     pub duration_s: f64,
     pub mb_per_s: f64,
@@ -67,6 +87,9 @@ impl Summary {
             failed_output: places.as_ref().map_or_else(String::new, |p| {
                 p.failed.join(&keys.job_prefix()).to_string()
             }),
+            unrecoverable_output: places.as_ref().map_or_else(String::new, |p| {
+                p.unrecoverable.join(&keys.job_prefix()).to_string()
+            }),
             shards: m.shards,
             shards_done: m.shards_done,
             shards_failed: m.failed_shards.len() as u64,
@@ -76,8 +99,14 @@ impl Summary {
             recovered: m.counts.recovered,
             filtered: m.counts.filtered,
             failed: m.counts.failed,
+            unrecoverable: m.counts.unrecoverable,
+            decoded: m.counts.decoded,
+            repaired: m.counts.repaired,
+            duplicates: m.counts.duplicates,
             retries: m.counts.retries,
             failed_by_reason: m.failed_by_reason.clone(),
+            filtered_by_reason: m.filtered_by_reason.clone(),
+            flows: m.flows.clone(),
             files: m.files.len(),
             duration_s: (secs * 1000.0).round() / 1000.0,
             mb_per_s: ((m.counts.bytes as f64 / 1e6 / secs.max(1e-9)) * 10.0).round() / 10.0,
@@ -104,11 +133,29 @@ impl Summary {
                 self.mb_per_s
             ),
             format!(
-                "events: {} recovered, {} filtered, {} failed",
-                self.recovered, self.filtered, self.failed
+                "events: {} recovered, {} filtered, {} failed, {} unrecoverable",
+                self.recovered, self.filtered, self.failed, self.unrecoverable
             ),
             format!("output: {}", self.output),
         ];
+        if self.repaired > 0 || !self.flows.is_empty() {
+            lines.push(format!("repaired by flows: {}", self.repaired));
+            for (name, c) in &self.flows {
+                lines.push(format!(
+                    "  flow {name}: {} matched, {} repaired, {} failed, {} unrecoverable, {} filtered",
+                    c.matched, c.repaired, c.failed, c.unrecoverable, c.filtered
+                ));
+            }
+        }
+        if !self.filtered_by_reason.is_empty() {
+            lines.push(format!("filtered: {:?}", self.filtered_by_reason));
+        }
+        if self.unrecoverable > 0 {
+            lines.push(format!(
+                "unrecoverable events: {}",
+                self.unrecoverable_output
+            ));
+        }
         if self.failed > 0 {
             lines.push(format!(
                 "failed records: {} ({:?})",

@@ -73,6 +73,8 @@ pub struct LiveCounts {
     pub recovered: u64,
     pub filtered: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub unrecoverable: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -61,3 +61,37 @@ pub async fn open_output(
         }
     }
 }
+
+/// The output stores of a job: Parquet (and control files), failed records, unrecoverable
+/// events.
+#[derive(Clone)]
+pub struct JobOutputs {
+    pub dest: Arc<dyn OutputStore>,
+    pub failed: Arc<dyn OutputStore>,
+    pub unrecoverable: Arc<dyn OutputStore>,
+}
+
+impl JobOutputs {
+    /// The stores of records beside the Parquet output.
+    pub fn sides(&self) -> [&dyn OutputStore; 2] {
+        [self.failed.as_ref(), self.unrecoverable.as_ref()]
+    }
+}
+
+/// Opens the job's outputs; on failure, which one ("destination", "failed output",
+/// "unrecoverable output") and why.
+pub async fn open_outputs(
+    places: &rewind_common::request::JobLocations,
+    options: &S3Options,
+) -> Result<JobOutputs, (&'static str, StorageError)> {
+    let open = |what: &'static str, location| async move {
+        open_output(location, options, JobSide::Dest)
+            .await
+            .map_err(|e| (what, e))
+    };
+    Ok(JobOutputs {
+        dest: open("destination", &places.dest).await?,
+        failed: open("failed output", &places.failed).await?,
+        unrecoverable: open("unrecoverable output", &places.unrecoverable).await?,
+    })
+}

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rewind_common::location::JobSide;
 use rewind_common::shard_store::{Claim, LeaseId, ShardStore, StoreError};
 use rewind_common::storage::StorageError;
 use rewind_common::{JobId, JobRecord};
@@ -47,6 +46,10 @@ fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<
         ("recovered", delta(now.recovered, last.recovered)),
         ("filtered", delta(now.filtered, last.filtered)),
         ("failed", delta(now.failed, last.failed)),
+        (
+            "unrecoverable",
+            delta(now.unrecoverable, last.unrecoverable),
+        ),
     ] {
         if n > 0 {
             WorkerMetrics::outcome(&metrics.events, outcome).inc_by(n);
@@ -66,6 +69,7 @@ fn live_counts(p: &Progress) -> LiveCounts {
         recovered: p.recovered.load(Ordering::Relaxed),
         filtered: p.filtered.load(Ordering::Relaxed),
         failed: p.failed.load(Ordering::Relaxed),
+        unrecoverable: p.unrecoverable.load(Ordering::Relaxed),
     }
 }
 
@@ -143,21 +147,17 @@ async fn open_env(record: &JobRecord) -> JobEnv {
         Ok(s) => s,
         Err(e) => return broken("source", e),
     };
-    let output = match rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest).await {
-        Ok(s) => s,
-        Err(e) => return broken("destination", e),
+    let outputs = match rewind_s3::open_outputs(&places, &request.s3).await {
+        Ok(o) => o,
+        Err((what, e)) => return broken(what, e),
     };
-    let failed_output =
-        match rewind_s3::open_output(&places.failed, &request.s3, JobSide::Dest).await {
-            Ok(s) => s,
-            Err(e) => return broken("failed output", e),
-        };
     JobEnv::Ready(
         ShardEnv {
             spec: Arc::new(record.spec.clone()),
             source,
-            output,
-            failed_output,
+            output: outputs.dest,
+            failed_output: outputs.failed,
+            unrecoverable_output: outputs.unrecoverable,
             pins: Pins::Stored,
             progress: Arc::new(Progress::default()),
             cancel: Arc::new(AtomicBool::new(false)),

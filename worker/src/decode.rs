@@ -55,9 +55,9 @@ pub struct Event<'a> {
     pub fields: Fields,
 }
 
-impl Event<'_> {
+impl<'a> Event<'a> {
     /// The event as text (the decoder has validated it as UTF-8).
-    pub fn text(&self) -> &str {
+    pub fn text(&self) -> &'a str {
         // Validated in `Decoder::next`; never fails.
         std::str::from_utf8(self.bytes).unwrap_or_default()
     }

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod route;
 pub mod run;
 pub mod scan;
 pub mod sink;

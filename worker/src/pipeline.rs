@@ -6,13 +6,13 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rewind_common::job::{ObjectStats, OutputKeys, ShardManifest, ShardPlan};
+use rewind_common::job::{FlowCounts, ObjectStats, OutputKeys, ShardManifest, ShardPlan};
 use rewind_common::shard_store::ShardCounts;
 use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, OutputStore, StorageError};
-use rewind_common::{JobSpec, ShardId};
+use rewind_common::{Hour, JobSpec, ShardId};
 
 use crate::decode::{Decoder, DecoderConfig, Item};
-use crate::record::Verdict;
+use crate::route::{Outcome, Router, Scratch, Seen};
 use crate::sink::{FailedRecord, FailedSink, ParquetSink, SinkError};
 
 /// Live counters shared by every worker of a process, for progress display.
@@ -23,6 +23,7 @@ pub struct Progress {
     pub recovered: AtomicU64,
     pub filtered: AtomicU64,
     pub failed: AtomicU64,
+    pub unrecoverable: AtomicU64,
 }
 
 /// Why a shard attempt failed, and whether another attempt may succeed.
@@ -82,6 +83,7 @@ pub struct ShardEnv {
     pub source: Arc<dyn ObjectSource>,
     pub output: Arc<dyn OutputStore>,
     pub failed_output: Arc<dyn OutputStore>,
+    pub unrecoverable_output: Arc<dyn OutputStore>,
     pub pins: Pins,
     pub progress: Arc<Progress>,
     pub cancel: Arc<AtomicBool>,
@@ -188,15 +190,39 @@ pub fn run_shard(
     let output = env.output.with_stats(io.clone());
     let failed_store = env.failed_output.with_stats(io.clone());
     let listed = pinned_objects(env, source.as_ref(), output.as_ref(), shard)?;
-    let window = spec.arrival_filter.then(|| spec.range.window_ms());
+    let router = Router::new(spec, decoder.max_depth).map_err(|message| ShardError {
+        message,
+        retryable: false,
+    })?;
+    let mut scratch = Scratch::default();
+    let mut seen = router.dedup().map(Seen::new);
+    if let Some(seen) = seen.as_mut() {
+        prescan(
+            env,
+            &router,
+            source.as_ref(),
+            output.as_ref(),
+            shard,
+            decoder,
+            seen,
+        )?;
+    }
 
     let (data_keys, org) = (keys.clone(), spec.org.clone());
     let mut sink = ParquetSink::new(output.as_ref(), move |n| {
         data_keys.data_file(&org, shard, attempt, n)
     });
     let mut failed = FailedSink::new(failed_store.as_ref(), keys.failed_file(shard, attempt));
+    let unrecoverable_store = env.unrecoverable_output.with_stats(io.clone());
+    let mut unrecoverable = FailedSink::new(
+        unrecoverable_store.as_ref(),
+        keys.unrecoverable_file(shard, attempt),
+    );
     let mut counts = ShardCounts::default();
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    let mut filtered_by: BTreeMap<String, u64> = BTreeMap::new();
+    let flows = router.flows();
+    let mut per_flow: Vec<FlowCounts> = vec![FlowCounts::default(); flows.len()];
     let mut objects = Vec::new();
     let mut skipped = Vec::new();
     let p = &env.progress;
@@ -247,25 +273,84 @@ pub fn run_shard(
         loop {
             let item = dec.next().map_err(|e| ShardError::read(&object.key, e))?;
             let Some(item) = item else { break };
+            counts.decoded += 1;
             match item {
                 Item::Event(ev) => {
                     stats.events += 1;
-                    match sink.rows().push(&ev, &spec.org, window) {
-                        Verdict::Recovered => counts.recovered += 1,
-                        Verdict::Filtered => counts.filtered += 1,
-                        Verdict::Failed(reason) => {
+                    let flow_name = |f: Option<usize>| f.map(|f| flows.name(f));
+                    match router.route(&ev, &mut scratch, seen.as_mut()) {
+                        Outcome::Recovered {
+                            row,
+                            repaired,
+                            flow,
+                        } => {
+                            counts.recovered += 1;
+                            if let Some(f) = flow {
+                                per_flow[f].matched += 1;
+                                if repaired.is_some() {
+                                    per_flow[f].repaired += 1;
+                                    counts.repaired += 1;
+                                }
+                            }
+                            sink.rows().append(&row);
+                        }
+                        Outcome::Filtered { reason, flow } => {
+                            counts.filtered += 1;
+                            *filtered_by.entry(reason.into()).or_default() += 1;
+                            if reason == "duplicate" {
+                                counts.duplicates += 1;
+                            }
+                            if let Some(f) = flow {
+                                per_flow[f].matched += 1;
+                                if reason == "flow" {
+                                    per_flow[f].filtered += 1;
+                                }
+                            }
+                        }
+                        Outcome::Failed {
+                            code,
+                            reason,
+                            flow,
+                            step,
+                        } => {
                             counts.failed += 1;
-                            *by_reason.entry("invalid_field".into()).or_default() += 1;
+                            *by_reason.entry(code.into()).or_default() += 1;
+                            if let Some(f) = flow {
+                                per_flow[f].matched += 1;
+                                if code == "flow_step" {
+                                    per_flow[f].failed += 1;
+                                }
+                            }
+                            let step = flow.zip(step).map(|(f, s)| (s, flows.step_op(f, s)));
                             let rec = FailedRecord::new(
                                 &object.key,
                                 ev.offset,
                                 ev.bytes.len() as u64,
-                                "invalid_field",
+                                code,
                                 &reason,
                                 ev.bytes,
                                 false,
-                            );
+                            )
+                            .with_flow(flow_name(flow), step);
                             failed.write(&rec).map_err(ShardError::sink)?;
+                        }
+                        Outcome::Unrecoverable { reason, flow } => {
+                            counts.unrecoverable += 1;
+                            if let Some(f) = flow {
+                                per_flow[f].matched += 1;
+                                per_flow[f].unrecoverable += 1;
+                            }
+                            let rec = FailedRecord::new(
+                                &object.key,
+                                ev.offset,
+                                ev.bytes.len() as u64,
+                                "unrecoverable",
+                                &reason,
+                                ev.bytes,
+                                false,
+                            )
+                            .with_flow(flow_name(flow), None);
+                            unrecoverable.write(&rec).map_err(ShardError::sink)?;
                         }
                     }
                 }
@@ -302,7 +387,22 @@ pub fn run_shard(
             .fetch_add(counts.filtered - before.filtered, Ordering::Relaxed);
         p.failed
             .fetch_add(counts.failed - before.failed, Ordering::Relaxed);
+        p.unrecoverable.fetch_add(
+            counts.unrecoverable - before.unrecoverable,
+            Ordering::Relaxed,
+        );
         objects.push(stats);
+    }
+    // Every decoded item has exactly one outcome.
+    let outcomes = counts.recovered + counts.filtered + counts.failed + counts.unrecoverable;
+    if outcomes != counts.decoded {
+        return Err(ShardError {
+            message: format!(
+                "internal error: {} items decoded but {outcomes} outcomes counted",
+                counts.decoded
+            ),
+            retryable: false,
+        });
     }
     // Last look before the files become visible: a stopped attempt (cancelled job, lost lease,
     // shutdown) drops its unfinished files here instead of publishing them.
@@ -314,7 +414,13 @@ pub fn run_shard(
     }
     let files = sink.finish().map_err(ShardError::sink)?;
     let failed_file = failed.finish().map_err(ShardError::sink)?;
+    let unrecoverable_file = unrecoverable.finish().map_err(ShardError::sink)?;
     counts.retries = io.retries.load(Ordering::Relaxed);
+    let flow_counts = per_flow
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (flows.name(i).to_string(), c))
+        .collect();
 
     let manifest = ShardManifest {
         job: spec.job.clone(),
@@ -323,10 +429,13 @@ pub fn run_shard(
         prefix,
         files,
         failed_file,
+        unrecoverable_file,
         objects,
         skipped_objects: skipped,
         counts,
         failed_by_reason: by_reason,
+        filtered_by_reason: filtered_by,
+        flows: flow_counts,
     };
     let key = keys.shard_manifest(shard, attempt);
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ShardError {
@@ -337,6 +446,51 @@ pub fn run_shard(
         .put(&key, &body)
         .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
     Ok((key, manifest))
+}
+
+/// Cross-shard dedup: the events the previous `dedup_window_hours` hours of the job would
+/// recover are marked seen, so this shard drops its copies and the earliest hour keeps the
+/// event. Those hours are decoded and routed again (no output): dedup costs that extra read.
+fn prescan(
+    env: &ShardEnv,
+    router: &Router,
+    source: &dyn ObjectSource,
+    output: &dyn OutputStore,
+    shard: ShardId,
+    decoder: DecoderConfig,
+    seen: &mut Seen,
+) -> Result<(), ShardError> {
+    let spec = &env.spec;
+    let mut scratch = Scratch::default();
+    for back in 1..=i64::from(spec.treatment.dedup_window_hours) {
+        let hour = Hour::from_epoch_hours(shard.hour().epoch_hours() - back);
+        if hour < spec.range.first {
+            break;
+        }
+        let objects = pinned_objects(env, source, output, ShardId(hour))?;
+        for object in objects
+            .iter()
+            .filter(|o| !names_other_org(&o.key, spec.org.as_str()))
+        {
+            if env.cancel.load(Ordering::Relaxed) {
+                return Err(ShardError {
+                    message: "cancelled".into(),
+                    retryable: false,
+                });
+            }
+            let raw = source
+                .open(object)
+                .map_err(|e| ShardError::storage(&format!("opening {}", object.key), &e))?;
+            let (_, reader) = open_decoded(raw).map_err(|e| ShardError::read(&object.key, e))?;
+            let mut dec = Decoder::new(reader, decoder);
+            while let Some(item) = dec.next().map_err(|e| ShardError::read(&object.key, e))? {
+                if let Item::Event(ev) = item {
+                    router.route(&ev, &mut scratch, Some(seen));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The objects the shard was planned to read (listed now when planning could not list them).
@@ -402,6 +556,9 @@ pub fn discard_attempt(
         }
     }
     let _ = env.failed_output.delete(&keys.failed_file(shard, attempt));
+    let _ = env
+        .unrecoverable_output
+        .delete(&keys.unrecoverable_file(shard, attempt));
     let _ = env.output.delete(&keys.shard_manifest(shard, attempt));
 }
 

@@ -36,6 +36,64 @@ pub enum Verdict {
     Failed(String),
 }
 
+/// The reference columns of one event, validated.
+#[derive(Debug)]
+pub struct Row<'a> {
+    strings: [Option<Cow<'a, str>>; 6],
+    schema_version: Option<i64>,
+    arrival_epoch: Option<i64>,
+    data: Option<&'a str>,
+}
+
+impl<'a> Row<'a> {
+    /// Extracts the event's fields and checks their types and the org; the reason when the event
+    /// cannot be a row.
+    pub fn extract(ev: &Event<'a>, org: &OrgId) -> Result<Row<'a>, String> {
+        let text = ev.text();
+        let mut strings: [Option<Cow<'a, str>>; 6] = Default::default();
+        for (slot, id) in strings.iter_mut().zip(STRING_FIELDS) {
+            *slot = string_field(text, ev.fields.get(id), id)?;
+        }
+        let schema_version = int_field(
+            text,
+            ev.fields.get(FieldId::SchemaVersion),
+            FieldId::SchemaVersion,
+        )?;
+        let arrival_epoch = int_field(
+            text,
+            ev.fields.get(FieldId::ArrivalEpoch),
+            FieldId::ArrivalEpoch,
+        )?;
+        if let Some(event_org) = &strings[2]
+            && !event_org.eq_ignore_ascii_case(org.as_str())
+        {
+            return Err(format!(
+                "org_id {:?} does not match the job's org {:?}",
+                truncate(event_org, 64),
+                org.as_str()
+            ));
+        }
+        let data = ev
+            .fields
+            .get(FieldId::Data)
+            .map(|span| &text[span.json_range()]);
+        Ok(Row {
+            strings,
+            schema_version,
+            arrival_epoch,
+            data,
+        })
+    }
+
+    pub fn event_id(&self) -> Option<&str> {
+        self.strings[0].as_deref()
+    }
+
+    pub fn timestamp(&self) -> Option<&str> {
+        self.strings[5].as_deref()
+    }
+}
+
 /// Column builders for a batch of rows.
 pub struct Rows {
     strings: [StringBuilder; 6],
@@ -66,7 +124,7 @@ fn kind_name(kind: ValueKind) -> &'static str {
     }
 }
 
-fn string_field<'a>(
+pub(crate) fn string_field<'a>(
     text: &'a str,
     span: Option<Span>,
     id: FieldId,
@@ -96,7 +154,11 @@ fn string_field<'a>(
     }
 }
 
-fn int_field(text: &str, span: Option<Span>, id: FieldId) -> Result<Option<i64>, String> {
+pub(crate) fn int_field(
+    text: &str,
+    span: Option<Span>,
+    id: FieldId,
+) -> Result<Option<i64>, String> {
     let Some(span) = span else {
         return Ok(None);
     };
@@ -161,60 +223,35 @@ impl Rows {
     /// Extracts the event's fields, applies the org check and the arrival filter, and appends a
     /// row when the event is recovered. Nothing is appended unless the verdict is `Recovered`.
     pub fn push(&mut self, ev: &Event<'_>, org: &OrgId, window: Option<(i64, i64)>) -> Verdict {
-        let text = ev.text();
-        let mut strings: [Option<Cow<'_, str>>; 6] = Default::default();
-        for (slot, id) in strings.iter_mut().zip(STRING_FIELDS) {
-            match string_field(text, ev.fields.get(id), id) {
-                Ok(v) => *slot = v,
-                Err(reason) => return Verdict::Failed(reason),
-            }
-        }
-        let schema_version = match int_field(
-            text,
-            ev.fields.get(FieldId::SchemaVersion),
-            FieldId::SchemaVersion,
-        ) {
-            Ok(v) => v,
+        let row = match Row::extract(ev, org) {
+            Ok(row) => row,
             Err(reason) => return Verdict::Failed(reason),
         };
-        let arrival_epoch = match int_field(
-            text,
-            ev.fields.get(FieldId::ArrivalEpoch),
-            FieldId::ArrivalEpoch,
-        ) {
-            Ok(v) => v,
-            Err(reason) => return Verdict::Failed(reason),
-        };
-        if let Some(event_org) = &strings[2]
-            && !event_org.eq_ignore_ascii_case(org.as_str())
-        {
-            return Verdict::Failed(format!(
-                "org_id {:?} does not match the job's org {:?}",
-                truncate(event_org, 64),
-                org.as_str()
-            ));
-        }
         if let Some((start, end)) = window {
-            match arrival_epoch {
+            match row.arrival_epoch {
                 Some(t) if (start..end).contains(&t) => {}
                 _ => return Verdict::Filtered,
             }
         }
-        for (builder, value) in self.strings.iter_mut().zip(&strings) {
+        self.append(&row);
+        Verdict::Recovered
+    }
+
+    /// Appends an extracted row.
+    pub fn append(&mut self, row: &Row<'_>) {
+        for (builder, value) in self.strings.iter_mut().zip(&row.strings) {
             builder.append_option(value.as_deref());
         }
-        self.schema_version.append_option(schema_version);
-        self.arrival_epoch.append_option(arrival_epoch);
-        match ev.fields.get(FieldId::Data) {
-            Some(span) => {
-                let json = &text[span.json_range()];
+        self.schema_version.append_option(row.schema_version);
+        self.arrival_epoch.append_option(row.arrival_epoch);
+        match row.data {
+            Some(json) => {
                 self.data_bytes += json.len();
                 self.data.append_value(json);
             }
             None => self.data.append_null(),
         }
         self.len += 1;
-        Verdict::Recovered
     }
 
     /// Takes the buffered rows as a batch of the reference schema.

@@ -186,6 +186,13 @@ pub struct FailedRecord<'a> {
     pub raw_base64: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub raw_truncated: bool,
+    /// The flow that failed the event or routed it here, and the failing step (index, op).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'a str>,
 }
 
 impl<'a> FailedRecord<'a> {
@@ -216,11 +223,23 @@ impl<'a> FailedRecord<'a> {
             raw,
             raw_base64,
             raw_truncated,
+            flow: None,
+            step: None,
+            op: None,
         }
+    }
+
+    /// Names the flow (and step) the record comes from.
+    pub fn with_flow(mut self, flow: Option<&'a str>, step: Option<(usize, &'a str)>) -> Self {
+        self.flow = flow;
+        self.step = step.map(|s| s.0);
+        self.op = step.map(|s| s.1);
+        self
     }
 }
 
-/// Writes the failed records of one shard attempt; the file exists only if a record was written.
+/// Writes the failed (or unrecoverable) records of one shard attempt; the file exists only if a
+/// record was written.
 pub struct FailedSink<'a> {
     store: &'a dyn OutputStore,
     key: String,
