@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod embedded;
+mod flows_test;
 mod generate;
 
 #[derive(Debug, Parser)]
@@ -42,9 +43,19 @@ enum Command {
     Jobs(Remote),
     /// Cancel a job: workers stop its shards, no _SUCCESS is written.
     Cancel(JobRef),
+    /// Try repair flows on real events before running a job.
+    #[command(subcommand)]
+    Flows(FlowsCommand),
     /// Show the effective settings (and where each comes from), or document them all.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowsCommand {
+    /// Run a flow config on a sample of archived events: per flow, how many matched and a
+    /// before/after diff of a few events. Writes nothing.
+    Test(flows_test::FlowsTestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +391,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => client::watch(&a.remote, &a.job),
         Command::Jobs(a) => client::jobs(&a),
         Command::Cancel(a) => client::cancel(&a.remote, &a.job),
+        Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
     };
     match result {

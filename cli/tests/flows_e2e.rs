@@ -106,25 +106,22 @@ const FLOWS: &str = r#"{"flows": [
    "steps": [{"op": "Remove", "path": "$.data.raw_message"}]}
 ]}"#;
 
-#[test]
-fn flows_repair_route_and_fail_events_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
-    generate(&src, "2");
-    let flows = tmp.path().join("flows.json");
-    fs::write(&flows, FLOWS).unwrap();
-    let summary = ok(&rewind_run(
-        &src,
-        &dest,
-        &["--flows", flows.to_str().unwrap()],
-    ));
+/// What FLOWS must do to an archive: the same rules, written by hand over serde_json values.
+#[derive(Default)]
+struct Oracle {
+    rows: BTreeMap<String, Value>,
+    unrecoverable: BTreeSet<String>,
+    failed: BTreeSet<String>,
+    repaired: u64,
+    fix_matched: u64,
+    raw_matched: u64,
+}
 
-    // The oracle: the same rules, written by hand over serde_json values.
-    let events = archived_events(&src);
+fn oracle(events: &[rewind_testkit::ArchivedEvent]) -> Oracle {
     let mut want_rows = BTreeMap::new();
     let (mut unrecoverable, mut failed) = (BTreeSet::new(), BTreeSet::new());
     let (mut repaired, mut fix_matched, mut raw_matched) = (0u64, 0u64, 0u64);
-    for e in &events {
+    for e in events {
         let mut v = e.value.clone();
         let data = &v["data"];
         if v["event_type"] == "transaction-created"
@@ -151,6 +148,38 @@ fn flows_repair_route_and_fail_events_exactly() {
         }
         want_rows.insert(id(&v), expected_row(&v));
     }
+    Oracle {
+        rows: want_rows,
+        unrecoverable,
+        failed,
+        repaired,
+        fix_matched,
+        raw_matched,
+    }
+}
+
+#[test]
+fn flows_repair_route_and_fail_events_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2");
+    let flows = tmp.path().join("flows.json");
+    fs::write(&flows, FLOWS).unwrap();
+    let summary = ok(&rewind_run(
+        &src,
+        &dest,
+        &["--flows", flows.to_str().unwrap()],
+    ));
+
+    let events = archived_events(&src);
+    let Oracle {
+        rows: want_rows,
+        unrecoverable,
+        failed,
+        repaired,
+        fix_matched,
+        raw_matched,
+    } = oracle(&events);
     assert!(fix_matched > 20 && !unrecoverable.is_empty() && failed.len() > 20);
 
     let rows = parquet_rows(&dest);
@@ -387,4 +416,84 @@ fn invalid_flows_and_selections_exit_2_naming_the_problem() {
         assert!(err.contains(message), "{extra:?}: {err}");
         assert!(!dest.exists(), "nothing is written for {extra:?}");
     }
+}
+
+#[test]
+fn flows_test_reports_what_a_run_would_do_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    generate(&src, "2");
+    let flows = tmp.path().join("flows.json");
+    fs::write(&flows, FLOWS).unwrap();
+    let before = files_below(tmp.path());
+    let test = |sample: &str| {
+        let out = run(
+            BIN,
+            &[
+                "flows",
+                "test",
+                "--flows",
+                flows.to_str().unwrap(),
+                "--source",
+                src.to_str().unwrap(),
+                "--org",
+                "TN-f",
+                "--start",
+                "2024-05-01T10",
+                "--end",
+                "2024-05-01T11",
+                "--sample",
+                sample,
+                "--show",
+                "2",
+                "--json",
+            ],
+        );
+        ok(&out)
+    };
+    // A sample larger than the archive: every event, the same counts as the oracle.
+    let events = archived_events(&src);
+    let o = oracle(&events);
+    let r = test("1000000");
+    assert_eq!(r["sampled"], events.len() as u64);
+    assert_eq!(r["hours"], 2);
+    let f = &r["flows"];
+    assert_eq!(f["fix-currency"]["repaired"], o.fix_matched);
+    assert_eq!(
+        f["drop-cards"]["unrecoverable"],
+        o.unrecoverable.len() as u64
+    );
+    assert_eq!(f["needs-raw"]["failed"], o.failed.len() as u64);
+    assert_eq!(f["needs-raw"]["matched"], o.raw_matched);
+    assert_eq!(r["unmatched"]["pass"], o.rows.len() as u64 - o.repaired);
+    // Diffs name the repaired paths.
+    let ex = &f["fix-currency"]["examples"];
+    assert_eq!(ex.as_array().unwrap().len(), 2);
+    let changes: Vec<&str> = ex[0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        changes[0].starts_with("~ $.data.amount.currency: \""),
+        "{changes:?}"
+    );
+    assert!(changes[0].ends_with("-> \"BRL\""), "{changes:?}");
+    assert!(
+        changes[1].starts_with("~ $.data.installments: "),
+        "{changes:?}"
+    );
+    assert!(
+        f["needs-raw"]["examples"][0]["failed"]
+            .as_str()
+            .unwrap()
+            .contains("steps[0] (Remove)")
+    );
+    // A small sample is spread over both hours.
+    let r = test("10");
+    assert_eq!(r["sampled"], 10);
+    assert_eq!(r["hours"], 2);
+    assert_eq!(files_below(tmp.path()), before, "nothing is written");
 }
