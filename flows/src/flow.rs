@@ -161,6 +161,32 @@ enum Test {
 }
 
 impl Test {
+    /// Decides from a value's JSON text when that needs no parsing (strings without escapes,
+    /// numbers, literals); `None` when the value must be parsed.
+    fn holds_on_raw(&self, raw: &str) -> Option<bool> {
+        let plain_string = raw
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .filter(|s| !s.contains('\\'));
+        let scalar =
+            raw.starts_with(|c: char| c == '-' || c == 't' || c == 'f' || c.is_ascii_digit());
+        match self {
+            Test::Equals(Value::String(want)) => match plain_string {
+                Some(s) => Some(s == want),
+                None if !raw.starts_with('"') => Some(false),
+                None => None,
+            },
+            Test::Regex(r) => match plain_string {
+                Some(s) => Some(r.is_match(s)),
+                None if scalar => Some(r.is_match(raw)),
+                None if raw.starts_with('"') => None,
+                None => Some(false),
+            },
+            Test::Size(t) => plain_string.map(|s| t.holds(s.chars().count() as u64)),
+            Test::Equals(_) => None,
+        }
+    }
+
     fn holds_on(&self, v: &Value) -> bool {
         match self {
             Test::Equals(x) => json_eq(v, x),
@@ -190,8 +216,14 @@ impl Condition {
     /// A singular path tests the value it selects; any other path tests its node list: `value`
     /// and `regex` hold when some node passes, `size` counts the nodes. A missing path fails
     /// the condition.
-    fn holds(&self, doc: &mut Doc<'_>) -> bool {
+    fn holds(&self, doc: &mut Doc<'_, '_>) -> bool {
         if self.path.is_singular() {
+            if let Some(raw) = doc.raw_node(&self.path) {
+                let Some(raw) = raw else { return false };
+                if let Some(answer) = self.test.holds_on_raw(raw) {
+                    return answer;
+                }
+            }
             return doc.node(&self.path).is_some_and(|v| self.test.holds_on(&v));
         }
         let Some(v) = doc.value() else { return false };
@@ -296,8 +328,59 @@ fn get_mut<'v>(v: &'v mut Value, segs: &[Seg]) -> Option<&'v mut Value> {
     Some(cur)
 }
 
+/// What a step does to one node.
+enum Edit {
+    Unchanged,
+    Set(Value),
+    Delete,
+}
+
 impl Step {
-    /// Applies the step to every node its path selects; returns whether anything changed.
+    /// The edit of one node, decided from its value alone.
+    fn edit(&self, target: &Value) -> Result<Edit, String> {
+        match &self.op {
+            Op::Replace { pattern, value } => {
+                let text = value_text(target);
+                match (coverage(pattern, &text), value) {
+                    (Coverage::None, _) => Ok(Edit::Unchanged),
+                    (Coverage::Whole, Value::String(rep)) => Ok(Edit::Set(Value::String(
+                        pattern.whole.replace(&text, rep.as_str()).into_owned(),
+                    ))),
+                    (Coverage::Whole, value) => Ok(Edit::Set(value.clone())),
+                    (Coverage::Partial, Value::String(rep)) if target.is_string() => Ok(Edit::Set(
+                        Value::String(pattern.any.replace_all(&text, rep.as_str()).into_owned()),
+                    )),
+                    (Coverage::Partial, _) => Err(format!(
+                        "the match covers only part of {}; a partial Replace needs a string \
+                         value and a string value to replace in",
+                        kind(target)
+                    )),
+                }
+            }
+            Op::Remove { pattern: None } => Ok(Edit::Delete),
+            Op::Remove {
+                pattern: Some(pattern),
+            } => {
+                let text = value_text(target);
+                match coverage(pattern, &text) {
+                    Coverage::None => Ok(Edit::Unchanged),
+                    Coverage::Whole => Ok(Edit::Delete),
+                    Coverage::Partial if target.is_string() => Ok(Edit::Set(Value::String(
+                        pattern.any.replace_all(&text, "").into_owned(),
+                    ))),
+                    Coverage::Partial => Err(format!(
+                        "the match covers only part of {}; only strings lose part of their \
+                         content",
+                        kind(target)
+                    )),
+                }
+            }
+            Op::Cast { from, to } => cast(target, *from, *to),
+        }
+    }
+
+    /// Applies the step to every node its path selects in a parsed event; returns whether
+    /// anything changed.
     fn apply(&self, v: &mut Value) -> Result<bool, String> {
         let mut locations = self.path.locate(v);
         if locations.is_empty() {
@@ -318,70 +401,20 @@ impl Step {
 
     fn apply_at(&self, root: &mut Value, at: &[Seg]) -> Result<bool, String> {
         let missing = || "the node is gone (removed by this step)".to_string();
-        match &self.op {
-            Op::Replace { pattern, value } => {
-                let target = get_mut(root, at).ok_or_else(missing)?;
-                let text = value_text(target);
-                match (coverage(pattern, &text), value) {
-                    (Coverage::None, _) => Ok(false),
-                    (Coverage::Whole, Value::String(rep)) => {
-                        let new = pattern.whole.replace(&text, rep.as_str()).into_owned();
-                        *target = Value::String(new);
-                        Ok(true)
-                    }
-                    (Coverage::Whole, value) => {
-                        *target = value.clone();
-                        Ok(true)
-                    }
-                    (Coverage::Partial, Value::String(rep)) if target.is_string() => {
-                        let new = pattern.any.replace_all(&text, rep.as_str()).into_owned();
-                        *target = Value::String(new);
-                        Ok(true)
-                    }
-                    (Coverage::Partial, _) => Err(format!(
-                        "the match covers only part of {}; a partial Replace needs a string \
-                         value and a string value to replace in",
-                        kind(target)
-                    )),
-                }
+        let target = get_mut(root, at).ok_or_else(missing)?;
+        match self.edit(target)? {
+            Edit::Unchanged => Ok(false),
+            Edit::Set(v) => {
+                *target = v;
+                Ok(true)
             }
-            Op::Remove { pattern } => {
+            Edit::Delete => {
                 let Some((last, parent_at)) = at.split_last() else {
-                    return Err("cannot remove the whole event (use an unrecoverable or \
-                                filtered outcome)"
-                        .into());
+                    return Err("cannot remove the whole event".into());
                 };
-                let parent = get_mut(root, parent_at).ok_or_else(missing)?;
-                if let Some(pattern) = pattern {
-                    let target = match (last, &mut *parent) {
-                        (Seg::Name(n), Value::Object(m)) => m.get_mut(n),
-                        (Seg::Index(i), Value::Array(a)) => {
-                            usize::try_from(*i).ok().and_then(|i| a.get_mut(i))
-                        }
-                        _ => None,
-                    }
-                    .ok_or_else(missing)?;
-                    let text = value_text(target);
-                    match coverage(pattern, &text) {
-                        Coverage::None => return Ok(false),
-                        Coverage::Whole => {}
-                        Coverage::Partial if target.is_string() => {
-                            let new = pattern.any.replace_all(&text, "").into_owned();
-                            *target = Value::String(new);
-                            return Ok(true);
-                        }
-                        Coverage::Partial => {
-                            return Err(format!(
-                                "the match covers only part of {}; only strings lose part of \
-                                 their content",
-                                kind(target)
-                            ));
-                        }
-                    }
-                }
-                match (last, parent) {
-                    (Seg::Name(n), Value::Object(m)) => m.shift_remove(n).map(|_| true),
-                    (Seg::Index(i), Value::Array(a)) => {
+                match (last, get_mut(root, parent_at)) {
+                    (Seg::Name(n), Some(Value::Object(m))) => m.shift_remove(n).map(|_| true),
+                    (Seg::Index(i), Some(Value::Array(a))) => {
                         usize::try_from(*i).ok().filter(|i| *i < a.len()).map(|i| {
                             a.remove(i);
                             true
@@ -391,22 +424,44 @@ impl Step {
                 }
                 .ok_or_else(missing)
             }
-            Op::Cast { from, to } => {
-                let target = get_mut(root, at).ok_or_else(missing)?;
-                cast(target, *from, *to)
+        }
+    }
+
+    /// Applies a step whose path is singular to the event's text: the selected value is parsed
+    /// alone and its new text spliced in; every other byte stays.
+    fn apply_text(&self, text: &mut String) -> Result<bool, String> {
+        let Some(segs) = self.path.raw_segments() else {
+            return Err("internal: not a singular path".into());
+        };
+        let Some((value, removal)) = crate::raw::locate(text, segs) else {
+            return Err(format!("{} selects nothing", self.path));
+        };
+        let at = |e: String| format!("at {}: {e}", display(segs));
+        let target: Value = serde_json::from_str(&text[value.clone()])
+            .map_err(|e| at(format!("the value cannot be read: {e}")))?;
+        match self.edit(&target).map_err(at)? {
+            Edit::Unchanged => Ok(false),
+            Edit::Set(v) => {
+                let new = serde_json::to_string(&v).map_err(|e| at(e.to_string()))?;
+                text.replace_range(value, &new);
+                Ok(true)
+            }
+            Edit::Delete => {
+                text.replace_range(removal, "");
+                Ok(true)
             }
         }
     }
 }
 
-fn cast(target: &mut Value, from: JsonType, to: JsonType) -> Result<bool, String> {
+fn cast(target: &Value, from: JsonType, to: JsonType) -> Result<Edit, String> {
     if JsonType::of(target) != Some(from) {
         return Err(format!("expected {from:?}, found {}", kind(target)));
     }
     if from == to {
-        return Ok(false);
+        return Ok(Edit::Unchanged);
     }
-    let new = match (&*target, to) {
+    let new = match (target, to) {
         (v, JsonType::Array) => Value::Array(vec![v.clone()]),
         (Value::Number(n), JsonType::String) => Value::String(n.to_string()),
         (Value::Number(n), JsonType::Boolean) => match n.as_f64() {
@@ -431,21 +486,27 @@ fn cast(target: &mut Value, from: JsonType, to: JsonType) -> Result<bool, String
         (Value::Bool(b), JsonType::Numeric) => Value::Number(Number::from(u8::from(*b))),
         (v, to) => return Err(format!("cannot cast {} to {to:?}", kind(v))),
     };
-    *target = new;
-    Ok(true)
+    Ok(Edit::Set(new))
 }
 
+/// What the caller already knows of an event's top-level members: for a member name, `None`
+/// when it does not know, `Some(None)` when the member is absent, `Some(Some(json))` with the
+/// member's JSON text (the last occurrence, as a parse would keep).
+pub type TopLevel<'h, 'a> = &'h dyn Fn(&str) -> Option<Option<&'a str>>;
+
 /// An event being looked at: its text, and the parsed value once something needed it.
-pub struct Doc<'a> {
+pub struct Doc<'h, 'a> {
     text: &'a str,
+    top: Option<TopLevel<'h, 'a>>,
     value: Option<Value>,
     tried: bool,
 }
 
-impl<'a> Doc<'a> {
-    pub fn new(text: &'a str) -> Doc<'a> {
+impl<'h, 'a> Doc<'h, 'a> {
+    pub fn new(text: &'a str, top: Option<TopLevel<'h, 'a>>) -> Doc<'h, 'a> {
         Doc {
             text,
+            top,
             value: None,
             tried: false,
         }
@@ -465,11 +526,25 @@ impl<'a> Doc<'a> {
         self.value.take()
     }
 
-    /// The node a singular path selects: read from the text while the event is not parsed.
+    /// The JSON text of the node a singular path selects, read without parsing the event, and
+    /// starting from a top-level member the caller located already when it can. `None` when
+    /// the text cannot be read this way (the event is parsed already, or the path is general).
+    fn raw_node(&self, path: &Path) -> Option<Option<&'a str>> {
+        if self.tried {
+            return None;
+        }
+        match (self.top, path.raw_segments()) {
+            (Some(top), Some([Seg::Name(first), rest @ ..])) => match top(first) {
+                Some(member) => Some(member.and_then(|m| crate::path::raw_get(m, rest))),
+                None => path.raw_get(self.text),
+            },
+            _ => path.raw_get(self.text),
+        }
+    }
+
+    /// The node a singular path selects, parsed.
     fn node(&mut self, path: &Path) -> Option<Cow<'_, Value>> {
-        if !self.tried
-            && let Some(raw) = path.raw_get(self.text)
-        {
+        if let Some(raw) = self.raw_node(path) {
             return raw
                 .and_then(|r| serde_json::from_str(r).ok())
                 .map(Cow::Owned);
@@ -613,7 +688,12 @@ impl FlowSet {
     /// Runs the first flow whose conditions all hold. The event's text is parsed only when a
     /// condition needs more than one value, or a flow with steps matched.
     pub fn apply(&self, text: &str) -> Applied {
-        let mut doc = Doc::new(text);
+        self.apply_with(text, None)
+    }
+
+    /// [`FlowSet::apply`], with what the caller knows of the event's top-level members.
+    pub fn apply_with<'a>(&self, text: &'a str, top: Option<TopLevel<'_, 'a>>) -> Applied {
+        let mut doc = Doc::new(text, top);
         for (i, flow) in self.flows.iter().enumerate() {
             if !flow.conditions.iter().all(|c| c.holds(&mut doc)) {
                 continue;
@@ -625,6 +705,30 @@ impl FlowSet {
                 },
                 FlowOutcome::Filtered => Applied::Filtered { flow: i },
                 FlowOutcome::Recovered if flow.steps.is_empty() => Applied::Unchanged { flow: i },
+                FlowOutcome::Recovered
+                    if flow.steps.iter().all(|s| s.path.raw_segments().is_some()) =>
+                {
+                    // Every step names one node: edit the text in place.
+                    let mut out = text.to_string();
+                    let mut changed = false;
+                    for (s, step) in flow.steps.iter().enumerate() {
+                        match step.apply_text(&mut out) {
+                            Ok(c) => changed |= c,
+                            Err(reason) => {
+                                return Applied::Failed {
+                                    flow: i,
+                                    step: s,
+                                    reason,
+                                };
+                            }
+                        }
+                    }
+                    if changed {
+                        Applied::Changed { flow: i, text: out }
+                    } else {
+                        Applied::Unchanged { flow: i }
+                    }
+                }
                 FlowOutcome::Recovered => {
                     let Some(mut value) = doc.take_value() else {
                         return Applied::Failed {

@@ -9,6 +9,7 @@
 
 pub mod flow;
 pub mod path;
+pub mod raw;
 pub mod select;
 
 pub use flow::{Applied, FlowError, FlowSet};

@@ -5,12 +5,9 @@
 //! also kept as a list of segments: conditions on such a path read the one value they need from
 //! the event's text without building the whole event.
 
-use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use serde_json_path::JsonPath;
 
 /// One step of a normalized path: a member name or an array index.
@@ -73,6 +70,24 @@ impl Path {
     /// Where the selected nodes are, as owned normalized paths (so the value can then change).
     pub fn locate(&self, v: &Value) -> Vec<Vec<Seg>> {
         use serde_json_path::PathElement;
+        // A singular path with no negative index is its own location, when it exists.
+        if let Some(segs) = self.raw_segments() {
+            let mut cur = v;
+            for seg in segs {
+                let next = match (seg, cur) {
+                    (Seg::Name(n), Value::Object(m)) => m.get(n),
+                    (Seg::Index(i), Value::Array(a)) => {
+                        usize::try_from(*i).ok().and_then(|i| a.get(i))
+                    }
+                    _ => None,
+                };
+                match next {
+                    Some(n) => cur = n,
+                    None => return Vec::new(),
+                }
+            }
+            return vec![segs.to_vec()];
+        }
         self.query
             .query_located(v)
             .iter()
@@ -88,15 +103,17 @@ impl Path {
             .collect()
     }
 
+    /// The segments of a singular path without negative indexes (readable from text).
+    pub fn raw_segments(&self) -> Option<&[Seg]> {
+        let segs = self.singular.as_deref()?;
+        (!segs.iter().any(|s| matches!(s, Seg::Index(i) if *i < 0))).then_some(segs)
+    }
+
     /// The one value a singular path selects, read from the event's text without parsing the
     /// rest of it; `None` when the path is not singular, has a negative index, or selects
     /// nothing.
     pub fn raw_get<'a>(&self, text: &'a str) -> Option<Option<&'a str>> {
-        let segs = self.singular.as_ref()?;
-        if segs.iter().any(|s| matches!(s, Seg::Index(i) if *i < 0)) {
-            return None;
-        }
-        Some(raw_get(text, segs))
+        self.raw_segments().map(|segs| raw_get(text, segs))
     }
 }
 
@@ -145,110 +162,9 @@ fn singular_segments(p: &str) -> Option<Vec<Seg>> {
     Some(segs)
 }
 
-/// Follows `segs` through the JSON `text`, skipping everything else without building it.
-/// Duplicate member names: the last one wins, as when the event is parsed whole.
+/// Follows `segs` through the JSON `text` without building anything (see [`crate::raw`]).
 pub fn raw_get<'a>(text: &'a str, segs: &[Seg]) -> Option<&'a str> {
-    let mut cur = text;
-    for seg in segs {
-        let mut de = serde_json::Deserializer::from_str(cur);
-        cur = Find(seg).deserialize(&mut de).ok()??.get();
-    }
-    Some(cur)
-}
-
-struct Find<'s>(&'s Seg);
-
-impl<'de> DeserializeSeed<'de> for Find<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// A member name, borrowed from the text when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> Visitor<'de> for Find<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            match self.0 {
-                Seg::Name(want) if key.0 == *want => {
-                    found = Some(map.next_value::<&'de RawValue>()?);
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let want = match self.0 {
-            Seg::Index(i) => usize::try_from(*i).ok(),
-            Seg::Name(_) => None,
-        };
-        let mut found = None;
-        let mut i = 0;
-        loop {
-            if Some(i) == want {
-                match seq.next_element::<&'de RawValue>()? {
-                    Some(r) => found = Some(r),
-                    None => break,
-                }
-            } else if seq.next_element::<IgnoredAny>()?.is_none() {
-                break;
-            }
-            i += 1;
-        }
-        Ok(found)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    crate::raw::get(text, segs)
 }
 
 /// Equality of JSON values where numbers compare by value (`1.0 == 1`), as RFC 9535 compares.
@@ -370,6 +286,43 @@ mod tests {
     fn invalid_paths_are_refused() {
         for bad in ["data.x", "$.a[", "$[?@.a ==]", "$.a[?match(@.b)]"] {
             assert!(Path::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::*;
+
+    #[test]
+    fn singular_locations_agree_with_the_query() {
+        let v: Value = serde_json::from_str(r#"{"a":{"b":[1,{"c":2}]},"n":null}"#).unwrap();
+        for p in [
+            "$.a.b[1].c",
+            "$.a.b[0]",
+            "$.n",
+            "$.a.x",
+            "$.a.b[5]",
+            "$.a.b.c",
+            "$",
+            "$.a.b[-1]",
+        ] {
+            let path = Path::parse(p).unwrap();
+            let general: Vec<Vec<Seg>> = path
+                .query
+                .query_located(&v)
+                .iter()
+                .map(|n| {
+                    n.location()
+                        .iter()
+                        .map(|e| match e {
+                            serde_json_path::PathElement::Name(n) => Seg::Name((*n).to_string()),
+                            serde_json_path::PathElement::Index(i) => Seg::Index(*i as i64),
+                        })
+                        .collect()
+                })
+                .collect();
+            assert_eq!(path.locate(&v), general, "{p}");
         }
     }
 }

@@ -190,7 +190,10 @@ impl Router {
         let (event, flow, repaired) = if self.flows.is_noop() {
             (*ev, None, None)
         } else {
-            match self.flows.apply(text) {
+            let top = |name: &str| {
+                FieldId::from_name(name).map(|id| ev.fields.get(id).map(|s| &text[s.json_range()]))
+            };
+            match self.flows.apply_with(text, Some(&top)) {
                 Applied::Pass => (*ev, None, None),
                 Applied::Unchanged { flow } => (*ev, Some(flow), None),
                 Applied::Changed { flow, text: new } => {

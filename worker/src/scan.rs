@@ -50,6 +50,11 @@ impl FieldId {
         }
     }
 
+    /// The field a top-level member name is, if Rewind extracts it.
+    pub fn from_name(name: &str) -> Option<FieldId> {
+        FieldId::from_key(name.as_bytes())
+    }
+
     fn from_key(key: &[u8]) -> Option<FieldId> {
         Some(match key {
             b"event_id" => FieldId::EventId,
