@@ -110,7 +110,9 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
     let mut reports: Vec<FlowReport> = names.iter().map(|_| FlowReport::default()).collect();
     let (mut sampled, mut unmatched, mut unmatched_unrecoverable, mut damaged) = (0u64, 0, 0, 0);
     let mut hours_read = 0;
-    let per_hour = args.sample.div_ceil(plans.len().max(1)).max(1);
+    // Spread over the hours that have objects (a range often has many empty hours).
+    let with_objects = plans.iter().filter(|p| !p.objects.is_empty()).count();
+    let per_hour = args.sample.div_ceil(with_objects.max(1)).max(1);
     let cfg = DecoderConfig::default();
     // Storage is synchronous and may wait on the runtime: read from a blocking thread.
     let (sampled_out, reports_out) = runtime.block_on(async {

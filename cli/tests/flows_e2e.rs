@@ -497,3 +497,38 @@ fn flows_test_reports_what_a_run_would_do_and_writes_nothing() {
     assert_eq!(r["hours"], 2);
     assert_eq!(files_below(tmp.path()), before, "nothing is written");
 }
+
+#[test]
+fn the_bundled_example_flows_run_on_the_bundled_archive() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = run(
+        BIN,
+        &[
+            "flows",
+            "test",
+            "--flows",
+            root.join("examples/flows.yaml").to_str().unwrap(),
+            "--source",
+            root.join("examples/archive").to_str().unwrap(),
+            "--org",
+            "TN-demo",
+            "--start",
+            "2024-04-01",
+            "--end",
+            "2024-04-02",
+            "--json",
+        ],
+    );
+    let r = ok(&out);
+    for flow in [
+        "fix-currency",
+        "scrub-raw-message",
+        "blocked-cards-to-review",
+    ] {
+        assert!(
+            r["flows"][flow]["matched"].as_u64().unwrap() > 0,
+            "{flow}: {r}"
+        );
+    }
+    assert_eq!(r["flows"]["fix-currency"]["failed"], 0);
+}

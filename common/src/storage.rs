@@ -173,12 +173,13 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
 
 fn join(root: &Path, key: &str) -> Result<PathBuf, StorageError> {
     check_key(key)?;
-    let path = root.join(key);
+    // The key never climbs out of the root (the root itself may be `../archive`).
     debug_assert!(
-        path.components()
+        Path::new(key)
+            .components()
             .all(|c| !matches!(c, Component::ParentDir))
     );
-    Ok(path)
+    Ok(root.join(key))
 }
 
 /// Lists regular files below `dir` (recursively), as keys relative to `root`.
