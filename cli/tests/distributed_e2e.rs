@@ -976,3 +976,95 @@ fn metrics_and_probes_during_a_job() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Flows, selection and dedup travel with the job to the workers: a distributed job gives the
+/// same counts as `rewind run` with the same flags; a bad flow config is refused at submit.
+#[test]
+fn flows_and_dedup_run_the_same_distributed_as_embedded() {
+    let c = Cluster::start(2);
+    c.generate(3);
+    let flows = c.tmp.path().join("flows.yaml");
+    std::fs::write(
+        &flows,
+        "flows:\n  - name: fix\n    conditions:\n      - {op: Test, path: $.event_type, value: {value: transaction-created}}\n    steps:\n      - {op: Cast, path: $.data.installments, from: Numeric, to: String}\n  - name: cards\n    outcome: unrecoverable\n    conditions:\n      - {op: Test, path: $.domain, value: {value: cards}}\n",
+    )
+    .unwrap();
+    let (src, dest) = (c.src(), c.dest());
+    let embedded_dest = c.tmp.path().join("embedded");
+    let job_flags = |dest: &Path| -> Vec<String> {
+        [
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T02",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--flows",
+            flows.to_str().unwrap(),
+            "--dedup",
+            "event_id",
+            "--domain",
+            "*s",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut submit = vec!["submit".to_string(), "--wait".into()];
+    submit.extend(job_flags(&dest));
+    let out = c.cli(&submit.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let distributed = stdout_json(&out);
+    let mut embedded = vec!["run".to_string()];
+    embedded.extend(job_flags(&embedded_dest));
+    let out = run(
+        REWIND,
+        &embedded.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let embedded = stdout_json(&out);
+    for k in [
+        "recovered",
+        "filtered",
+        "failed",
+        "unrecoverable",
+        "repaired",
+        "duplicates",
+        "decoded",
+        "filtered_by_reason",
+        "flows",
+    ] {
+        assert_eq!(distributed[k], embedded[k], "{k}");
+    }
+    assert!(distributed["repaired"].as_u64().unwrap() > 0);
+    assert!(distributed["unrecoverable"].as_u64().unwrap() > 0);
+    let job = distributed["job_id"].as_str().unwrap();
+    assert!(!files_below(&dest.join(format!("_unrecoverable/execution_id={job}"))).is_empty());
+
+    // Refused at submit, naming the flow and the step (INVALID_ARGUMENT, exit 2).
+    std::fs::write(&flows, r#"{"flows":[{"name":"bad","steps":[{"op":"Cast","path":"$.x","from":"Date","to":"String"}]}]}"#).unwrap();
+    let mut submit = vec!["submit".to_string()];
+    submit.extend(job_flags(&c.tmp.path().join("never")));
+    let out = c.cli(&submit.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("flow \"bad\" (flows[0]) steps[0] (Cast)"),
+        "{err}"
+    );
+}
