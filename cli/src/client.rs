@@ -126,7 +126,7 @@ fn finished(state: &str) -> bool {
 /// A job as one JSON object (`status --json`, `jobs --json`).
 pub fn job_json(j: &pb::Job) -> Value {
     let shards = j.shards.unwrap_or_default();
-    let counts = j.counts.unwrap_or_default();
+    let counts = j.counts.clone().unwrap_or_default();
     let request = j.request.clone().unwrap_or_default();
     json!({
         "job_id": j.job_id,
@@ -146,6 +146,10 @@ pub fn job_json(j: &pb::Job) -> Value {
         "unrecoverable": counts.unrecoverable,
         "repaired": counts.repaired,
         "duplicates": counts.duplicates,
+        "flows": counts.flows.iter().map(|(k, c)| (k.clone(), json!({
+            "matched": c.matched, "repaired": c.repaired, "failed": c.failed,
+            "unrecoverable": c.unrecoverable, "filtered": c.filtered})))
+            .collect::<serde_json::Map<String, Value>>(),
         "events_per_s": (j.events_per_s * 10.0).round() / 10.0,
         "eta_s": if j.eta_s < 0.0 { Value::Null } else { json!((j.eta_s * 10.0).round() / 10.0) },
         "created_ms": j.created_ms,
@@ -159,7 +163,7 @@ pub fn job_json(j: &pb::Job) -> Value {
 
 fn job_line(j: &pb::Job) -> String {
     let s = j.shards.unwrap_or_default();
-    let c = j.counts.unwrap_or_default();
+    let c = j.counts.clone().unwrap_or_default();
     format!(
         "{}  {:<10}  shards {}/{} done, {} failed, {} running  events {} recovered, {} filtered, {} failed, {} unrecoverable{}",
         j.job_id,
@@ -234,7 +238,7 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
             Ok(Some(j)) => {
                 if let Some(bar) = &bar {
                     let s = j.shards.unwrap_or_default();
-                    let c = j.counts.unwrap_or_default();
+                    let c = j.counts.clone().unwrap_or_default();
                     bar.set_length(s.total);
                     bar.set_position(s.done + s.failed);
                     bar.set_message(format!(

@@ -838,7 +838,7 @@ fn watch_stream_reports_progress_to_the_end() {
     let mut recovered = 0;
     for m in &messages {
         let s = m.shards.unwrap_or_default();
-        let e = m.counts.unwrap_or_default();
+        let e = m.counts.clone().unwrap_or_default();
         assert_eq!(s.total, hours as u64);
         assert!(
             s.done >= done && e.recovered >= recovered,
@@ -978,10 +978,29 @@ fn metrics_and_probes_during_a_job() {
 }
 
 /// Flows, selection and dedup travel with the job to the workers: a distributed job gives the
-/// same counts as `rewind run` with the same flags; a bad flow config is refused at submit.
+/// same counts as `rewind run` with the same flags, in the summary, the job status and the
+/// worker's per-flow metrics; a bad flow config is refused at submit.
 #[test]
 fn flows_and_dedup_run_the_same_distributed_as_embedded() {
-    let c = Cluster::start(2);
+    use rewind_testkit::servers::{http_get, metric};
+
+    let c = Cluster::start(0);
+    let wm = free_port();
+    let worker = Proc::spawn(
+        WORKER,
+        &[
+            "--etcd".to_string(),
+            c.etcd.endpoint(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{wm}"),
+        ],
+        c.tmp.path().join("worker-flows.log"),
+    );
+    assert!(
+        wait_port(wm, Duration::from_secs(20)),
+        "{}",
+        worker.log_text()
+    );
     c.generate(3);
     let flows = c.tmp.path().join("flows.yaml");
     std::fs::write(
@@ -1055,6 +1074,25 @@ fn flows_and_dedup_run_the_same_distributed_as_embedded() {
     assert!(distributed["unrecoverable"].as_u64().unwrap() > 0);
     let job = distributed["job_id"].as_str().unwrap();
     assert!(!files_below(&dest.join(format!("_unrecoverable/execution_id={job}"))).is_empty());
+    let status = c.status(job);
+    assert_eq!(status["flows"], distributed["flows"], "{status}");
+    assert_eq!(status["unrecoverable"], distributed["unrecoverable"]);
+    let (_, m) = http_get(wm, "/metrics");
+    for (flow, outcome) in [
+        ("fix", "repaired"),
+        ("fix", "matched"),
+        ("cards", "unrecoverable"),
+    ] {
+        let got = metric(
+            &m,
+            &format!("rewind_flow_events_total{{flow=\"{flow}\",outcome=\"{outcome}\"}}"),
+        );
+        assert_eq!(
+            got,
+            distributed["flows"][flow][outcome].as_f64(),
+            "{flow} {outcome}\n{m}"
+        );
+    }
 
     // Refused at submit, naming the flow and the step (INVALID_ARGUMENT, exit 2).
     std::fs::write(&flows, r#"{"flows":[{"name":"bad","steps":[{"op":"Cast","path":"$.x","from":"Date","to":"String"}]}]}"#).unwrap();

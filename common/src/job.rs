@@ -221,9 +221,6 @@ pub struct ShardManifest {
     /// Filtered events by reason: event_type, domain, filter, arrival, flow, duplicate.
     #[serde(default)]
     pub filtered_by_reason: std::collections::BTreeMap<String, u64>,
-    /// What each flow did, by flow name.
-    #[serde(default)]
-    pub flows: std::collections::BTreeMap<String, FlowCounts>,
 }
 
 /// The objects one shard reads, listed when the job was planned (the coordinator stores one per

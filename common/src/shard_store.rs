@@ -41,6 +41,9 @@ pub struct ShardCounts {
     /// Of the filtered: dropped as duplicates (`--dedup`).
     #[serde(default)]
     pub duplicates: u64,
+    /// What each flow did, by flow name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flows: std::collections::BTreeMap<String, crate::job::FlowCounts>,
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     pub retries: u64,
 }
@@ -57,6 +60,7 @@ impl ShardCounts {
         self.decoded += other.decoded;
         self.repaired += other.repaired;
         self.duplicates += other.duplicates;
+        crate::job::add_counts(&mut self.flows, &other.flows, crate::job::FlowCounts::add);
         self.retries += other.retries;
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use rewind_common::job::{FlowCounts, OutputFileEntry, ShardManifest, add_counts};
+use rewind_common::job::{OutputFileEntry, ShardManifest, add_counts};
 use rewind_common::shard_store::{ShardCounts, ShardState};
 use rewind_common::storage::{OutputStore, StorageError};
 use rewind_common::{JobSpec, OutputKeys, ShardId};
@@ -34,9 +34,6 @@ pub struct JobManifest {
     pub failed_by_reason: BTreeMap<String, u64>,
     #[serde(default)]
     pub filtered_by_reason: BTreeMap<String, u64>,
-    /// What each flow did, by flow name.
-    #[serde(default)]
-    pub flows: BTreeMap<String, FlowCounts>,
     pub files: Vec<OutputFileEntry>,
     pub failed_files: Vec<OutputFileEntry>,
     #[serde(default)]
@@ -130,7 +127,6 @@ fn commit(
     let mut counts = ShardCounts::default();
     let mut by_reason = BTreeMap::new();
     let mut filtered_by_reason = BTreeMap::new();
-    let mut flows = BTreeMap::new();
     let mut files = Vec::new();
     let mut failed_files = Vec::new();
     let mut unrecoverable_files = Vec::new();
@@ -153,7 +149,6 @@ fn commit(
         add_counts(&mut filtered_by_reason, &m.filtered_by_reason, |a, b| {
             *a += b
         });
-        add_counts(&mut flows, &m.flows, FlowCounts::add);
     }
 
     // Orphans: anything under the job's prefix that no committed shard references.
@@ -203,7 +198,6 @@ fn commit(
         counts,
         failed_by_reason: by_reason,
         filtered_by_reason,
-        flows,
         files,
         failed_files,
         unrecoverable_files,
@@ -263,7 +257,6 @@ mod tests {
             },
             failed_by_reason: BTreeMap::new(),
             filtered_by_reason: BTreeMap::new(),
-            flows: BTreeMap::new(),
         }
     }
 

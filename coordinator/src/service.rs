@@ -173,6 +173,24 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
     }
 }
 
+fn flows_to_pb(
+    flows: &std::collections::BTreeMap<String, rewind_common::job::FlowCounts>,
+) -> std::collections::HashMap<String, pb::FlowCounts> {
+    flows
+        .iter()
+        .map(|(name, c)| {
+            let pb = pb::FlowCounts {
+                matched: c.matched,
+                repaired: c.repaired,
+                failed: c.failed,
+                unrecoverable: c.unrecoverable,
+                filtered: c.filtered,
+            };
+            (name.clone(), pb)
+        })
+        .collect()
+}
+
 fn parse_job(id: &str) -> Result<JobId, Status> {
     JobId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -228,6 +246,7 @@ impl JobServiceImpl {
                 unrecoverable: s.unrecoverable,
                 repaired: s.repaired,
                 duplicates: s.duplicates,
+                flows: flows_to_pb(&s.flows),
             });
             out.failed_shards = s
                 .failed_shards
@@ -264,7 +283,13 @@ impl JobServiceImpl {
             .counts_snapshot::<LiveCounts>(job)
             .await
             .map_err(store_status)?;
+        let mut flows = std::collections::BTreeMap::new();
         for done in done {
+            rewind_common::job::add_counts(
+                &mut flows,
+                &done.counts.flows,
+                rewind_common::job::FlowCounts::add,
+            );
             c.objects += done.counts.objects;
             c.bytes += done.counts.bytes;
             c.recovered += done.counts.recovered;
@@ -283,6 +308,7 @@ impl JobServiceImpl {
             c.failed += live.failed;
             c.unrecoverable += live.unrecoverable;
         }
+        c.flows = flows_to_pb(&flows);
         let secs = ((now_ms() - status.created_ms).max(1) as f64) / 1000.0;
         out.events_per_s = (c.recovered + c.filtered + c.failed + c.unrecoverable) as f64 / secs;
         out.bytes_per_s = c.bytes as f64 / secs;

@@ -106,7 +106,7 @@ impl Summary {
             retries: m.counts.retries,
             failed_by_reason: m.failed_by_reason.clone(),
             filtered_by_reason: m.filtered_by_reason.clone(),
-            flows: m.flows.clone(),
+            flows: m.counts.flows.clone(),
             files: m.files.len(),
             duration_s: (secs * 1000.0).round() / 1000.0,
             mb_per_s: ((m.counts.bytes as f64 / 1e6 / secs.max(1e-9)) * 10.0).round() / 10.0,

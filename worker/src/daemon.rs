@@ -55,6 +55,27 @@ fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<
             WorkerMetrics::outcome(&metrics.events, outcome).inc_by(n);
         }
     }
+    // Per-flow counts are taken out of the progress as they are published.
+    let flows = std::mem::take(&mut *progress.flows.lock().unwrap_or_else(|p| p.into_inner()));
+    for (flow, c) in flows {
+        for (outcome, n) in [
+            ("matched", c.matched),
+            ("repaired", c.repaired),
+            ("failed", c.failed),
+            ("unrecoverable", c.unrecoverable),
+            ("filtered", c.filtered),
+        ] {
+            if n > 0 {
+                metrics
+                    .flow_events
+                    .get_or_create(&crate::metrics::FlowLabel {
+                        flow: flow.clone(),
+                        outcome: outcome.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
     metrics.bytes_read.inc_by(delta(now.bytes, last.bytes));
     metrics
         .objects_read

@@ -13,11 +13,21 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabel {
+    pub flow: String,
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct WorkerMetrics {
+    /// Events matched by each flow (as named in the job's flow config), by what followed:
+    /// matched, repaired, failed, unrecoverable, filtered.
+    pub flow_events: Family<FlowLabel, Counter>,
     /// Attempts ended, by outcome: committed, fenced, failed, released.
     pub attempts: Family<OutcomeLabel, Counter>,
-    /// Events decoded, by outcome: recovered, filtered, failed. Moves while shards run.
+    /// Events decoded, by outcome: recovered, filtered, failed, unrecoverable. Moves while
+    /// shards run.
     pub events: Family<OutcomeLabel, Counter>,
     pub bytes_read: Counter,
     pub objects_read: Counter,
@@ -31,6 +41,7 @@ pub struct WorkerMetrics {
 impl Default for WorkerMetrics {
     fn default() -> Self {
         WorkerMetrics {
+            flow_events: Family::default(),
             attempts: Family::default(),
             events: Family::default(),
             bytes_read: Counter::default(),
@@ -55,6 +66,11 @@ impl WorkerMetrics {
             "events",
             "Events decoded by this process, by outcome",
             self.events.clone(),
+        );
+        r.register(
+            "flow_events",
+            "Events matched by each repair flow, by what followed",
+            self.flow_events.clone(),
         );
         r.register(
             "bytes_read",

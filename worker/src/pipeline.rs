@@ -24,6 +24,8 @@ pub struct Progress {
     pub filtered: AtomicU64,
     pub failed: AtomicU64,
     pub unrecoverable: AtomicU64,
+    /// What each flow did, by flow name (updated once per object).
+    pub flows: std::sync::Mutex<BTreeMap<String, FlowCounts>>,
 }
 
 /// Why a shard attempt failed, and whether another attempt may succeed.
@@ -269,6 +271,7 @@ pub fn run_shard(
             ..ObjectStats::default()
         };
         let before = counts.clone();
+        let flows_before = per_flow.clone();
         let mut dec = Decoder::new(reader, decoder);
         loop {
             let item = dec.next().map_err(|e| ShardError::read(&object.key, e))?;
@@ -391,6 +394,17 @@ pub fn run_shard(
             counts.unrecoverable - before.unrecoverable,
             Ordering::Relaxed,
         );
+        if per_flow != flows_before {
+            let mut live = p.flows.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, (now, was)) in per_flow.iter().zip(&flows_before).enumerate() {
+                let c = live.entry(flows.name(i).to_string()).or_default();
+                c.matched += now.matched - was.matched;
+                c.repaired += now.repaired - was.repaired;
+                c.failed += now.failed - was.failed;
+                c.unrecoverable += now.unrecoverable - was.unrecoverable;
+                c.filtered += now.filtered - was.filtered;
+            }
+        }
         objects.push(stats);
     }
     // Every decoded item has exactly one outcome.
@@ -416,7 +430,7 @@ pub fn run_shard(
     let failed_file = failed.finish().map_err(ShardError::sink)?;
     let unrecoverable_file = unrecoverable.finish().map_err(ShardError::sink)?;
     counts.retries = io.retries.load(Ordering::Relaxed);
-    let flow_counts = per_flow
+    counts.flows = per_flow
         .into_iter()
         .enumerate()
         .map(|(i, c)| (flows.name(i).to_string(), c))
@@ -435,7 +449,6 @@ pub fn run_shard(
         counts,
         failed_by_reason: by_reason,
         filtered_by_reason: filtered_by,
-        flows: flow_counts,
     };
     let key = keys.shard_manifest(shard, attempt);
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ShardError {
