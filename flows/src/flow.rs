@@ -685,6 +685,43 @@ impl FlowSet {
             .map_or("", |s| s.op.name())
     }
 
+    /// Runs a flow's steps: the repaired text (`None` when nothing changed), or the failing
+    /// step and why. When every step names one node the text is edited in place; otherwise the
+    /// event is parsed, edited and written back.
+    fn run_steps(
+        &self,
+        flow: &Flow,
+        text: &str,
+        doc: &mut Doc<'_, '_>,
+    ) -> Result<Option<String>, (usize, String)> {
+        let mut changed = false;
+        if flow.steps.iter().all(|s| s.path.raw_segments().is_some()) {
+            let mut out = text.to_string();
+            for (s, step) in flow.steps.iter().enumerate() {
+                changed |= step.apply_text(&mut out).map_err(|e| (s, e))?;
+            }
+            return Ok(changed.then_some(out));
+        }
+        let mut value = doc.take_value().ok_or_else(|| {
+            (
+                0,
+                "the event cannot be parsed as a JSON value (nesting too deep?)".to_string(),
+            )
+        })?;
+        for (s, step) in flow.steps.iter().enumerate() {
+            changed |= step.apply(&mut value).map_err(|e| (s, e))?;
+        }
+        if !changed {
+            return Ok(None);
+        }
+        serde_json::to_string(&value).map(Some).map_err(|e| {
+            (
+                flow.steps.len().saturating_sub(1),
+                format!("serialising the repaired event: {e}"),
+            )
+        })
+    }
+
     /// Runs the first flow whose conditions all hold. The event's text is parsed only when a
     /// condition needs more than one value, or a flow with steps matched.
     pub fn apply(&self, text: &str) -> Applied {
@@ -705,66 +742,15 @@ impl FlowSet {
                 },
                 FlowOutcome::Filtered => Applied::Filtered { flow: i },
                 FlowOutcome::Recovered if flow.steps.is_empty() => Applied::Unchanged { flow: i },
-                FlowOutcome::Recovered
-                    if flow.steps.iter().all(|s| s.path.raw_segments().is_some()) =>
-                {
-                    // Every step names one node: edit the text in place.
-                    let mut out = text.to_string();
-                    let mut changed = false;
-                    for (s, step) in flow.steps.iter().enumerate() {
-                        match step.apply_text(&mut out) {
-                            Ok(c) => changed |= c,
-                            Err(reason) => {
-                                return Applied::Failed {
-                                    flow: i,
-                                    step: s,
-                                    reason,
-                                };
-                            }
-                        }
-                    }
-                    if changed {
-                        Applied::Changed { flow: i, text: out }
-                    } else {
-                        Applied::Unchanged { flow: i }
-                    }
-                }
-                FlowOutcome::Recovered => {
-                    let Some(mut value) = doc.take_value() else {
-                        return Applied::Failed {
-                            flow: i,
-                            step: 0,
-                            reason: "the event cannot be parsed as a JSON value (nesting too \
-                                     deep?)"
-                                .into(),
-                        };
-                    };
-                    let mut changed = false;
-                    for (s, step) in flow.steps.iter().enumerate() {
-                        match step.apply(&mut value) {
-                            Ok(c) => changed |= c,
-                            Err(reason) => {
-                                return Applied::Failed {
-                                    flow: i,
-                                    step: s,
-                                    reason,
-                                };
-                            }
-                        }
-                    }
-                    if changed {
-                        match serde_json::to_string(&value) {
-                            Ok(text) => Applied::Changed { flow: i, text },
-                            Err(e) => Applied::Failed {
-                                flow: i,
-                                step: flow.steps.len().saturating_sub(1),
-                                reason: format!("serialising the repaired event: {e}"),
-                            },
-                        }
-                    } else {
-                        Applied::Unchanged { flow: i }
-                    }
-                }
+                FlowOutcome::Recovered => match self.run_steps(flow, text, &mut doc) {
+                    Ok(Some(text)) => Applied::Changed { flow: i, text },
+                    Ok(None) => Applied::Unchanged { flow: i },
+                    Err((step, reason)) => Applied::Failed {
+                        flow: i,
+                        step,
+                        reason,
+                    },
+                },
             };
         }
         match self.unmatched {

@@ -14,6 +14,9 @@ use rewind_worker::decode::{Decoder, DecoderConfig, Item};
 use rewind_worker::scan::FieldId;
 use serde_json::{Map, Value};
 
+mod common;
+use common::{json_value, tricky_string};
+
 struct Chunked {
     data: Vec<u8>,
     at: usize,
@@ -30,35 +33,6 @@ impl Read for Chunked {
         self.at += n;
         Ok(n)
     }
-}
-
-fn tricky_string() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z0-9 ]{0,12}",
-        Just("}{".to_string()),
-        Just("\"}{\"".to_string()),
-        Just("a\\b\"c\n\t}".to_string()),
-        Just("ção é 日本 😀".to_string()),
-        Just("\u{0001}\u{001f}".to_string()),
-        "\\PC{0,8}",
-    ]
-}
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        (-1e12f64..1e12).prop_map(Value::from),
-        tricky_string().prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((tricky_string(), inner), 0..5)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
-        ]
-    })
 }
 
 fn event() -> impl Strategy<Value = Value> {

@@ -13,41 +13,8 @@ use rewind_worker::decode::{Decoder, DecoderConfig, Item};
 use rewind_worker::route::{Outcome, Router, Scratch};
 use serde_json::{Map, Value};
 
-fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z0-9 ]{0,12}",
-        Just("}{".to_string()),
-        Just("a\\b\"c\n\t}".to_string()),
-        Just("ção é 日本 😀".to_string()),
-        Just("\u{0001}\u{001f}".to_string()),
-        "\\PC{0,8}",
-    ]
-}
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        (-1e12f64..1e12).prop_map(Value::from),
-        // Number text that a float round trip would change.
-        prop_oneof![
-            Just("1.50"),
-            Just("1e3"),
-            Just("-0.0"),
-            Just("123456789012345678901234567890")
-        ]
-        .prop_map(|n| serde_json::from_str::<Value>(n).unwrap()),
-        text().prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((text(), inner), 0..5)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
-        ]
-    })
-}
+mod common;
+use common::{json_value, tricky_string as text};
 
 /// An event as archived: compact or pretty, keys in any order.
 fn event() -> impl Strategy<Value = String> {
