@@ -83,6 +83,15 @@ async fn run_job(
             .map_err(|e| Failure::Job(format!("choosing a job id: {e}")))??
     };
     let spec = Arc::new(spec);
+    if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
+        let k = k.clone();
+        tokio::task::spawn_blocking(move || {
+            rewind_worker::kafka::preflight(&k, Duration::from_secs(15))
+        })
+        .await
+        .map_err(|e| Failure::Job(format!("checking Kafka: {e}")))?
+        .map_err(Failure::Job)?;
+    }
 
     // Every hour prefix is listed once, now: each shard reads exactly what was listed.
     let plans = pin(source.clone(), &spec)

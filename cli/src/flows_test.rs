@@ -90,6 +90,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         max_attempts: 1,
         treatment: Treatment::default(),
+        sink: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -182,6 +182,29 @@ pub struct JobArgs {
     /// more read of that hour).
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_DEDUP_WINDOW_HOURS)]
     pub dedup_window_hours: u32,
+    /// Where recovered events go: parquet (in --dest) or kafka (--brokers, --topic; --dest then
+    /// keeps the manifests and the failed and unrecoverable records).
+    #[arg(long, value_name = "parquet|kafka")]
+    pub sink: Option<String>,
+    /// Kafka bootstrap servers, host:port[,host:port...].
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Kafka topic to produce to (it must exist).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Record key: event_id (default), cid, none, or a JSONPath such as $.data.account_id.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Record batch compression: none (default), gzip, snappy, lz4, zstd.
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Any librdkafka property, key=value (security.protocol, sasl.mechanism, ssl.ca.location...);
+    /// repeatable.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+    /// at-least-once (default): every event acknowledged before its shard commits.
+    #[arg(long)]
+    pub delivery: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -281,6 +304,13 @@ impl JobArgs {
             flows,
             dedup: self.dedup.clone(),
             dedup_window_hours: self.dedup_window_hours,
+            sink: self.sink.clone(),
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            compression: self.compression.clone(),
+            kafka_options: self.kafka_options.clone(),
+            delivery: self.delivery.clone(),
         })
     }
 }

@@ -20,6 +20,79 @@ pub struct JobSpec {
     /// The selection, flows and dedup every shard applies (see [`Treatment`]).
     #[serde(default)]
     pub treatment: Treatment,
+    /// Where recovered events go.
+    #[serde(default)]
+    pub sink: SinkSpec,
+}
+
+/// Where recovered events go. (Externally tagged: internally tagged enums break numbers under
+/// serde_json's arbitrary_precision.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkSpec {
+    /// Hive-partitioned Parquet in the destination.
+    #[default]
+    Parquet,
+    /// Produced to a Kafka topic; the destination keeps manifests and records only.
+    Kafka(KafkaSpec),
+}
+
+/// A Kafka replay target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaSpec {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topic: String,
+    pub key: KafkaKey,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// librdkafka properties, applied last (security.protocol, sasl.*, ssl.*, …).
+    #[serde(default)]
+    pub options: Vec<(String, String)>,
+    pub delivery: Delivery,
+}
+
+/// What the record key is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaKey {
+    EventId,
+    Cid,
+    None,
+    /// A singular JSONPath into the event; a string value is the key as is, other values their
+    /// JSON text.
+    Path(String),
+}
+
+impl KafkaKey {
+    pub fn parse(s: &str) -> Result<KafkaKey, String> {
+        match s.trim() {
+            "event_id" => Ok(KafkaKey::EventId),
+            "cid" => Ok(KafkaKey::Cid),
+            "none" => Ok(KafkaKey::None),
+            p if p.starts_with('$') => {
+                let path = rewind_flows::Path::parse(p)?;
+                if !path.is_singular() {
+                    return Err(format!(
+                        "{p:?} may select several values; a key path selects one (names and indexes only)"
+                    ));
+                }
+                Ok(KafkaKey::Path(p.to_string()))
+            }
+            other => Err(format!(
+                "{other:?}: one of event_id, cid, none or a JSONPath such as $.data.account_id"
+            )),
+        }
+    }
+}
+
+/// Delivery guarantee of a Kafka replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Every event is acknowledged before its shard commits; a retried shard produces again.
+    #[default]
+    AtLeastOnce,
 }
 
 /// What a job does to events between decoding and the sink: select, repair, deduplicate.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RequestError;
 use crate::ids::{JobId, OrgId};
-use crate::job::{DedupKey, JobSpec, Treatment};
+use crate::job::{DedupKey, Delivery, JobSpec, KafkaKey, KafkaSpec, SinkSpec, Treatment};
 use crate::layout::{DEFAULT_LAYOUT, Layout};
 use crate::location::{Location, S3Options};
 use crate::range::{DEFAULT_MAX_HOURS, HourRange};
@@ -52,6 +52,25 @@ pub struct JobRequest {
     pub dedup: Option<String>,
     #[serde(default = "default_dedup_window")]
     pub dedup_window_hours: u32,
+    /// `parquet` (default) or `kafka`.
+    #[serde(default)]
+    pub sink: Option<String>,
+    #[serde(default)]
+    pub brokers: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// event_id (default), cid, none or a JSONPath.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// none (default), gzip, snappy, lz4, zstd.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// librdkafka properties as `key=value`.
+    #[serde(default)]
+    pub kafka_options: Vec<String>,
+    /// at-least-once (default).
+    #[serde(default)]
+    pub delivery: Option<String>,
 }
 
 fn default_dedup_window() -> u32 {
@@ -80,6 +99,13 @@ impl Default for JobRequest {
             flows: None,
             dedup: None,
             dedup_window_hours: DEFAULT_DEDUP_WINDOW_HOURS,
+            sink: None,
+            brokers: None,
+            topic: None,
+            key: None,
+            compression: None,
+            kafka_options: Vec::new(),
+            delivery: None,
         }
     }
 }
@@ -108,6 +134,7 @@ impl JobRequest {
             return Err(RequestError::new("--max-attempts", "must be at least 1"));
         }
         let treatment = self.treatment()?;
+        let sink = self.sink()?;
         Ok(JobSpec {
             job,
             org,
@@ -117,7 +144,108 @@ impl JobRequest {
             max_event_bytes: self.max_event_bytes,
             max_attempts: self.max_attempts,
             treatment,
+            sink,
         })
+    }
+
+    /// The sink, checked: a Kafka sink needs brokers and a topic; keys, compression, options
+    /// and delivery are validated here so a bad value is refused before anything runs.
+    fn sink(&self) -> Result<SinkSpec, RequestError> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let kafka_only = [
+            ("--brokers", given(&self.brokers).is_some()),
+            ("--topic", given(&self.topic).is_some()),
+            ("--key", given(&self.key).is_some()),
+            ("--compression", given(&self.compression).is_some()),
+            ("--kafka-option", !self.kafka_options.is_empty()),
+            ("--delivery", given(&self.delivery).is_some()),
+        ];
+        match given(&self.sink).unwrap_or("parquet") {
+            "parquet" => {
+                if let Some((flag, _)) = kafka_only.iter().find(|(_, set)| *set) {
+                    return Err(RequestError::new(flag, "applies to --sink kafka only"));
+                }
+                Ok(SinkSpec::Parquet)
+            }
+            "kafka" => {
+                let brokers = given(&self.brokers).ok_or_else(|| {
+                    RequestError::new("--brokers", "is required with --sink kafka")
+                })?;
+                if brokers.split(',').any(|b| {
+                    let b = b.trim();
+                    b.is_empty() || b.contains("://") || !b.contains(':')
+                }) {
+                    return Err(RequestError::new(
+                        "--brokers",
+                        format!("{brokers:?}: give host:port[,host:port...]"),
+                    ));
+                }
+                let topic = given(&self.topic)
+                    .ok_or_else(|| RequestError::new("--topic", "is required with --sink kafka"))?;
+                if topic.len() > 249
+                    || !topic
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    || topic == "."
+                    || topic == ".."
+                {
+                    return Err(RequestError::new(
+                        "--topic",
+                        format!("{topic:?} is not a valid Kafka topic name"),
+                    ));
+                }
+                let key = KafkaKey::parse(given(&self.key).unwrap_or("event_id"))
+                    .map_err(|e| RequestError::new("--key", e))?;
+                let compression = given(&self.compression).unwrap_or("none");
+                if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&compression) {
+                    return Err(RequestError::new(
+                        "--compression",
+                        format!("{compression:?}: one of none, gzip, snappy, lz4, zstd"),
+                    ));
+                }
+                let mut options = Vec::new();
+                for o in &self.kafka_options {
+                    let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty())
+                    else {
+                        return Err(RequestError::new(
+                            "--kafka-option",
+                            format!("{o:?}: give key=value"),
+                        ));
+                    };
+                    options.push((k.trim().to_string(), v.to_string()));
+                }
+                let delivery = match given(&self.delivery).unwrap_or("at-least-once") {
+                    "at-least-once" => Delivery::AtLeastOnce,
+                    "exactly-once" => {
+                        return Err(RequestError::new(
+                            "--delivery",
+                            "exactly-once (Kafka transactions) is not available yet; this \
+                             version delivers at-least-once",
+                        ));
+                    }
+                    other => {
+                        return Err(RequestError::new(
+                            "--delivery",
+                            format!("{other:?}: one of at-least-once, exactly-once"),
+                        ));
+                    }
+                };
+                Ok(SinkSpec::Kafka(KafkaSpec {
+                    brokers: brokers.to_string(),
+                    topic: topic.to_string(),
+                    key,
+                    compression: compression.to_string(),
+                    options,
+                    delivery,
+                }))
+            }
+            other => Err(RequestError::new(
+                "--sink",
+                format!("{other:?}: one of parquet, kafka"),
+            )),
+        }
     }
 
     /// Selection, flows and dedup, each checked the way the workers will use it.

@@ -41,6 +41,9 @@ pub struct ShardCounts {
     /// Of the filtered: dropped as duplicates (`--dedup`).
     #[serde(default)]
     pub duplicates: u64,
+    /// Kafka sink: records handed to the producer, and acknowledged by the brokers.
+    pub produced: u64,
+    pub acknowledged: u64,
     /// What each flow did, by flow name.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub flows: std::collections::BTreeMap<String, crate::job::FlowCounts>,
@@ -60,6 +63,8 @@ impl ShardCounts {
         self.decoded += other.decoded;
         self.repaired += other.repaired;
         self.duplicates += other.duplicates;
+        self.produced += other.produced;
+        self.acknowledged += other.acknowledged;
         crate::job::add_counts(&mut self.flows, &other.flows, crate::job::FlowCounts::add);
         self.retries += other.retries;
     }

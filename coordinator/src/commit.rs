@@ -232,6 +232,7 @@ mod tests {
             max_event_bytes: 1 << 20,
             max_attempts: 3,
             treatment: Default::default(),
+            sink: Default::default(),
         }
     }
 

@@ -126,6 +126,7 @@ mod tests {
             max_event_bytes: 1 << 20,
             max_attempts: 3,
             treatment: Default::default(),
+            sink: Default::default(),
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

@@ -87,6 +87,13 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         flows: (!r.flows.is_empty()).then_some(r.flows),
         dedup: (!r.dedup.is_empty()).then_some(r.dedup),
         dedup_window_hours: r.dedup_window_hours.unwrap_or(d.dedup_window_hours),
+        sink: (!r.sink.is_empty()).then_some(r.sink),
+        brokers: (!r.brokers.is_empty()).then_some(r.brokers),
+        topic: (!r.topic.is_empty()).then_some(r.topic),
+        key: (!r.key.is_empty()).then_some(r.key),
+        compression: (!r.compression.is_empty()).then_some(r.compression),
+        kafka_options: r.kafka_options,
+        delivery: (!r.delivery.is_empty()).then_some(r.delivery),
     })
 }
 
@@ -170,6 +177,13 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         flows: r.flows.clone().unwrap_or_default(),
         dedup: r.dedup.clone().unwrap_or_default(),
         dedup_window_hours: Some(r.dedup_window_hours),
+        sink: r.sink.clone().unwrap_or_default(),
+        brokers: r.brokers.clone().unwrap_or_default(),
+        topic: r.topic.clone().unwrap_or_default(),
+        key: r.key.clone().unwrap_or_default(),
+        compression: r.compression.clone().unwrap_or_default(),
+        kafka_options: r.kafka_options.clone(),
+        delivery: r.delivery.clone().unwrap_or_default(),
     }
 }
 

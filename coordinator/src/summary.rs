@@ -43,6 +43,11 @@ pub struct Summary {
     /// Of the filtered: duplicates dropped by `--dedup`.
     #[serde(default)]
     pub duplicates: u64,
+    /// Kafka sink: records produced and acknowledged by the brokers (committed shards).
+    #[serde(default)]
+    pub produced: u64,
+    #[serde(default)]
+    pub acknowledged: u64,
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     #[serde(default)]
     pub retries: u64,
@@ -103,6 +108,8 @@ impl Summary {
             decoded: m.counts.decoded,
             repaired: m.counts.repaired,
             duplicates: m.counts.duplicates,
+            produced: m.counts.produced,
+            acknowledged: m.counts.acknowledged,
             retries: m.counts.retries,
             failed_by_reason: m.failed_by_reason.clone(),
             filtered_by_reason: m.filtered_by_reason.clone(),
@@ -146,6 +153,12 @@ impl Summary {
                     c.matched, c.repaired, c.failed, c.unrecoverable, c.filtered
                 ));
             }
+        }
+        if self.produced > 0 {
+            lines.push(format!(
+                "kafka: {} records produced, {} acknowledged",
+                self.produced, self.acknowledged
+            ));
         }
         if !self.filtered_by_reason.is_empty() {
             lines.push(format!("filtered: {:?}", self.filtered_by_reason));

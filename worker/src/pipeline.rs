@@ -6,12 +6,14 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use rewind_common::job::SinkSpec;
 use rewind_common::job::{FlowCounts, ObjectStats, OutputKeys, ShardManifest, ShardPlan};
 use rewind_common::shard_store::ShardCounts;
 use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, OutputStore, StorageError};
 use rewind_common::{Hour, JobSpec, ShardId};
 
 use crate::decode::{Decoder, DecoderConfig, Item};
+use crate::kafka::{KafkaFailure, KafkaSink};
 use crate::route::{Outcome, Router, Scratch, Seen};
 use crate::sink::{FailedRecord, FailedSink, ParquetSink, SinkError};
 
@@ -54,6 +56,13 @@ impl ShardError {
         ShardError {
             message: format!("reading {key}: {e}"),
             retryable,
+        }
+    }
+
+    fn kafka(e: KafkaFailure) -> ShardError {
+        ShardError {
+            message: e.message,
+            retryable: e.retryable,
         }
     }
 
@@ -198,7 +207,10 @@ pub fn run_shard(
     })?;
     let mut scratch = Scratch::default();
     let mut seen = router.dedup().map(Seen::new);
-    if let Some(seen) = seen.as_mut() {
+    // Cross-shard dedup reads the hours before; a Kafka replay dedups within the shard only.
+    if let Some(seen) = seen.as_mut()
+        && spec.sink == SinkSpec::Parquet
+    {
         prescan(
             env,
             &router,
@@ -214,6 +226,12 @@ pub fn run_shard(
     let mut sink = ParquetSink::new(output.as_ref(), move |n| {
         data_keys.data_file(&org, shard, attempt, n)
     });
+    let mut kafka = match &spec.sink {
+        SinkSpec::Parquet => None,
+        SinkSpec::Kafka(k) => {
+            Some(KafkaSink::new(k, spec.job.as_str()).map_err(ShardError::kafka)?)
+        }
+    };
     let mut failed = FailedSink::new(failed_store.as_ref(), keys.failed_file(shard, attempt));
     let unrecoverable_store = env.unrecoverable_output.with_stats(io.clone());
     let mut unrecoverable = FailedSink::new(
@@ -287,6 +305,29 @@ pub fn run_shard(
                             repaired,
                             flow,
                         } => {
+                            if let Some(k) = kafka.as_mut() {
+                                let value = repaired.unwrap_or(ev.text());
+                                let refused = k
+                                    .send(&row, value, &object.key, ev.offset)
+                                    .map_err(ShardError::kafka)?;
+                                if let Some(reason) = refused {
+                                    counts.failed += 1;
+                                    *by_reason.entry("kafka_rejected".into()).or_default() += 1;
+                                    let rec = FailedRecord::new(
+                                        &object.key,
+                                        ev.offset,
+                                        ev.bytes.len() as u64,
+                                        "kafka_rejected",
+                                        &reason,
+                                        ev.bytes,
+                                        false,
+                                    );
+                                    failed.write(&rec).map_err(ShardError::sink)?;
+                                    continue;
+                                }
+                            } else {
+                                sink.rows().append(&row);
+                            }
                             counts.recovered += 1;
                             if let Some(f) = flow {
                                 per_flow[f].matched += 1;
@@ -295,7 +336,6 @@ pub fn run_shard(
                                     counts.repaired += 1;
                                 }
                             }
-                            sink.rows().append(&row);
                         }
                         Outcome::Filtered { reason, flow } => {
                             counts.filtered += 1;
@@ -425,6 +465,27 @@ pub fn run_shard(
             message: "cancelled".into(),
             retryable: false,
         });
+    }
+    if let Some(k) = kafka {
+        let (produced, acknowledged, refused) = k.finish().map_err(ShardError::kafka)?;
+        counts.produced = produced;
+        counts.acknowledged = acknowledged;
+        // Refused by the brokers after the fact: failed, not recovered.
+        for r in &refused {
+            counts.recovered -= 1;
+            counts.failed += 1;
+            *by_reason.entry("kafka_rejected".into()).or_default() += 1;
+            let rec = FailedRecord::new(
+                &r.source_key,
+                r.offset,
+                r.raw.len() as u64,
+                "kafka_rejected",
+                &r.reason,
+                &r.raw,
+                false,
+            );
+            failed.write(&rec).map_err(ShardError::sink)?;
+        }
     }
     let files = sink.finish().map_err(ShardError::sink)?;
     let failed_file = failed.finish().map_err(ShardError::sink)?;

@@ -89,6 +89,10 @@ impl<'a> Row<'a> {
         self.strings[0].as_deref()
     }
 
+    pub fn cid(&self) -> Option<&str> {
+        self.strings[1].as_deref()
+    }
+
     pub fn timestamp(&self) -> Option<&str> {
         self.strings[5].as_deref()
     }

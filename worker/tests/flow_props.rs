@@ -52,6 +52,7 @@ fn router(flows: Option<&str>) -> Router {
             flows: flows.map(str::to_string),
             ..Treatment::default()
         },
+        sink: Default::default(),
     };
     Router::new(&spec, 128).unwrap()
 }

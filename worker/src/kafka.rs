@@ -1,0 +1,371 @@
+//! The Kafka sink: each recovered event is produced as one record whose value is the event's
+//! bytes (original, or repaired by a flow), keyed as the job says, with lineage headers. A shard
+//! commits only after every record it produced is acknowledged (at-least-once).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rewind_common::job::{KafkaKey, KafkaSpec};
+use rewind_flows::Path;
+
+use crate::record::Row;
+
+/// Headers every record carries, so a consumer can trace (and drop duplicates of) a replay.
+pub const HEADER_JOB: &str = "rewind-job";
+pub const HEADER_SOURCE_KEY: &str = "rewind-source-key";
+pub const HEADER_OFFSET: &str = "rewind-offset";
+pub const HEADER_EVENT_ID: &str = "rewind-event-id";
+
+/// How long `finish` waits for the last acknowledgements beyond the delivery timeout.
+const FLUSH_GRACE: Duration = Duration::from_secs(10);
+/// The delivery timeout unless the job sets `message.timeout.ms` / `delivery.timeout.ms`.
+const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 120_000;
+
+/// A record the broker refused for itself (too large, invalid): its event goes to the failed
+/// output with the reason; the shard goes on.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub source_key: String,
+    pub offset: u64,
+    pub raw: Vec<u8>,
+    pub reason: String,
+}
+
+/// Why producing cannot go on, and whether another attempt may succeed.
+#[derive(Debug, Clone)]
+pub struct KafkaFailure {
+    pub message: String,
+    pub retryable: bool,
+}
+
+#[derive(Default)]
+struct Ctx {
+    acknowledged: AtomicU64,
+    rejected: Mutex<Vec<Rejected>>,
+    failure: Mutex<Option<KafkaFailure>>,
+}
+
+impl ClientContext for Ctx {}
+
+/// What an error means for the replay.
+enum Class {
+    /// This record only (too large, invalid): failed output.
+    Record,
+    /// Nothing will get through (topic gone, not authorised): the shard fails for good.
+    Fatal,
+    /// The broker may come back: the shard fails and is retried.
+    Transient,
+}
+
+fn classify(e: &KafkaError) -> Class {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidArgument,
+        ) => Class::Record,
+        Some(
+            C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication,
+        ) => Class::Fatal,
+        _ => Class::Transient,
+    }
+}
+
+fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    let headers = msg.headers()?;
+    (0..headers.count()).find_map(|i| {
+        let h = headers.get(i);
+        (h.key == name).then_some(h.value).flatten()
+    })
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, msg)) => match classify(e) {
+                Class::Record => {
+                    let text = |name| {
+                        header(msg, name)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default()
+                    };
+                    let rejected = Rejected {
+                        source_key: text(HEADER_SOURCE_KEY),
+                        offset: text(HEADER_OFFSET).parse().unwrap_or(0),
+                        raw: msg.payload().unwrap_or_default().to_vec(),
+                        reason: format!("the broker refused the record: {e}"),
+                    };
+                    self.rejected
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(rejected);
+                }
+                class => {
+                    let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+                    if failure.is_none() {
+                        *failure = Some(KafkaFailure {
+                            message: format!("producing to Kafka: {e}"),
+                            retryable: matches!(class, Class::Transient),
+                        });
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The producer settings of a job (the job's `--kafka-option`s last, so they win).
+pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &spec.brokers)
+        .set("compression.type", &spec.compression)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            DEFAULT_DELIVERY_TIMEOUT_MS.to_string(),
+        );
+    for (k, v) in &spec.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Checks before a job starts that the brokers answer and the topic exists, so a wrong broker
+/// list or topic is one clear error instead of every shard failing.
+pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
+    let producer: ThreadedProducer<Ctx> = client_config(spec)
+        .create_with_context(Ctx::default())
+        .map_err(|e| format!("Kafka settings: {e}"))?;
+    // All topics: asking for one by name makes brokers with auto-creation create it.
+    let md = producer
+        .client()
+        .fetch_metadata(None, timeout)
+        .map_err(|e| format!("Kafka brokers {} do not answer: {e}", spec.brokers))?;
+    let topic = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == spec.topic)
+        .ok_or_else(|| format!("topic {} is not on brokers {}", spec.topic, spec.brokers))?;
+    if let Some(e) = topic.error() {
+        return Err(format!(
+            "topic {} on brokers {}: {}",
+            spec.topic,
+            spec.brokers,
+            RDKafkaErrorCode::from(e)
+        ));
+    }
+    if topic.partitions().is_empty() {
+        return Err(format!("topic {} has no partitions", spec.topic));
+    }
+    Ok(topic.partitions().len() as u32)
+}
+
+/// Produces one shard attempt's events.
+pub struct KafkaSink {
+    producer: ThreadedProducer<Ctx>,
+    topic: String,
+    key: KafkaKey,
+    key_path: Option<Path>,
+    job: String,
+    produced: u64,
+    timeout: Duration,
+}
+
+impl KafkaSink {
+    pub fn new(spec: &KafkaSpec, job: &str) -> Result<KafkaSink, KafkaFailure> {
+        let config = client_config(spec);
+        let timeout_ms = ["delivery.timeout.ms", "message.timeout.ms"]
+            .iter()
+            .find_map(|k| config.get(k).and_then(|v| v.parse::<u64>().ok()))
+            .unwrap_or(DEFAULT_DELIVERY_TIMEOUT_MS);
+        let producer = config
+            .create_with_context(Ctx::default())
+            .map_err(|e| KafkaFailure {
+                message: format!("Kafka settings: {e}"),
+                retryable: false,
+            })?;
+        let key_path = match &spec.key {
+            KafkaKey::Path(p) => Some(Path::parse(p).map_err(|message| KafkaFailure {
+                message,
+                retryable: false,
+            })?),
+            _ => None,
+        };
+        Ok(KafkaSink {
+            producer,
+            topic: spec.topic.clone(),
+            key: spec.key.clone(),
+            key_path,
+            job: job.to_string(),
+            produced: 0,
+            timeout: Duration::from_millis(timeout_ms) + FLUSH_GRACE,
+        })
+    }
+
+    /// Records handed to the producer so far.
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+
+    /// Records the brokers acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.producer.context().acknowledged.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> Option<KafkaFailure> {
+        self.producer
+            .context()
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The record key of an event.
+    fn key_of<'a>(&self, row: &'a Row<'_>, text: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        match &self.key {
+            KafkaKey::EventId => row.event_id().map(std::borrow::Cow::Borrowed),
+            KafkaKey::Cid => row.cid().map(std::borrow::Cow::Borrowed),
+            KafkaKey::None => None,
+            KafkaKey::Path(_) => {
+                let raw = self.key_path.as_ref()?.raw_get(text)??;
+                match serde_json::from_str::<serde_json::Value>(raw) {
+                    Ok(serde_json::Value::String(s)) => Some(std::borrow::Cow::Owned(s)),
+                    Ok(serde_json::Value::Null) | Err(_) => None,
+                    Ok(_) => Some(std::borrow::Cow::Borrowed(raw)),
+                }
+            }
+        }
+    }
+
+    /// Produces one event. A record the client refuses at once for itself (too large) is
+    /// returned as the reason; a failure of the producer stops the shard.
+    pub fn send(
+        &mut self,
+        row: &Row<'_>,
+        value: &str,
+        source_key: &str,
+        offset: u64,
+    ) -> Result<Option<String>, KafkaFailure> {
+        if let Some(f) = self.failed() {
+            return Err(f);
+        }
+        let key = self.key_of(row, value);
+        let offset_text = offset.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: HEADER_JOB,
+                value: Some(self.job.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_KEY,
+                value: Some(source_key),
+            })
+            .insert(Header {
+                key: HEADER_OFFSET,
+                value: Some(offset_text.as_str()),
+            });
+        if let Some(id) = row.event_id() {
+            headers = headers.insert(Header {
+                key: HEADER_EVENT_ID,
+                value: Some(id),
+            });
+        }
+        let mut record = BaseRecord::to(&self.topic)
+            .payload(value.as_bytes())
+            .headers(headers);
+        if let Some(k) = key.as_deref() {
+            record = record.key(k.as_bytes());
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.produced += 1;
+                    return Ok(None);
+                }
+                Err((e, back)) => match e.rdkafka_error_code() {
+                    // The local queue is full: wait for deliveries to make room.
+                    Some(RDKafkaErrorCode::QueueFull) => {
+                        if let Some(f) = self.failed() {
+                            return Err(f);
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                        record = back;
+                    }
+                    _ => match classify(&e) {
+                        Class::Record => {
+                            return Ok(Some(format!("the producer refused the record: {e}")));
+                        }
+                        class => {
+                            return Err(KafkaFailure {
+                                message: format!("producing to Kafka: {e}"),
+                                retryable: matches!(class, Class::Transient),
+                            });
+                        }
+                    },
+                },
+            }
+        }
+    }
+
+    /// Waits until every record is acknowledged or refused. Returns the records the brokers
+    /// refused for themselves; fails when any delivery failed otherwise or did not finish.
+    pub fn finish(self) -> Result<(u64, u64, Vec<Rejected>), KafkaFailure> {
+        let flushed = self.producer.flush(self.timeout);
+        if let Some(f) = self.failed() {
+            return Err(f);
+        }
+        if let Err(e) = flushed {
+            return Err(KafkaFailure {
+                message: format!(
+                    "waiting for Kafka acknowledgements: {e} ({} of {} acknowledged)",
+                    self.acknowledged(),
+                    self.produced
+                ),
+                retryable: true,
+            });
+        }
+        let rejected = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .rejected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let acknowledged = self.acknowledged();
+        if acknowledged + rejected.len() as u64 != self.produced {
+            return Err(KafkaFailure {
+                message: format!(
+                    "{} records produced but {acknowledged} acknowledged and {} refused",
+                    self.produced,
+                    rejected.len()
+                ),
+                retryable: true,
+            });
+        }
+        Ok((self.produced, acknowledged, rejected))
+    }
+}
