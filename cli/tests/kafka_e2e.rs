@@ -296,3 +296,73 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("missing"), "{err}");
 }
+
+/// The broker goes away mid-job: deliveries time out, the shard is retried, then fails with the
+/// reason; the job fails (exit 1) and reports as produced only what was acknowledged.
+#[test]
+fn broker_down_mid_job_fails_the_shard_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    let out = run(
+        BIN,
+        &[
+            "gen",
+            "--out",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-k",
+            "--start",
+            "2024-06-01T00",
+            "--hours",
+            "2",
+            "--objects-per-hour",
+            "3",
+            "--object-mb",
+            "1",
+            "--seed",
+            "12",
+        ],
+    );
+    assert!(out.status.success());
+    // Cut after ~300 KB of client traffic: metadata passes, the replay (6 MB) is cut short.
+    let (broker, proxy) = Tansu::start_behind_proxy(300 << 10);
+    broker.create_topic("replay", 2);
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &format!("127.0.0.1:{}", proxy.port),
+            "--topic",
+            "replay",
+            "--kafka-option",
+            "message.timeout.ms=3000",
+            "--max-attempts",
+            "2",
+            "--workers",
+            "1",
+        ],
+    );
+    assert!(
+        proxy.is_cut(),
+        "the proxy cut the broker off ({} bytes up)",
+        proxy.bytes_up()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout_json(&out);
+    assert_eq!(summary["state"], "failed");
+    let failed = summary["failed_shards"].as_array().unwrap();
+    assert!(!failed.is_empty());
+    for f in failed {
+        assert_eq!(f["attempts"], 2, "{f}");
+        let reason = f["reason"].as_str().unwrap();
+        assert!(reason.contains("Kafka"), "{reason}");
+    }
+    // Only committed shards count, and for them everything produced was acknowledged.
+    assert_eq!(summary["produced"], summary["acknowledged"]);
+}

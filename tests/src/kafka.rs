@@ -196,3 +196,129 @@ impl Tansu {
         out
     }
 }
+
+/// A TCP proxy in front of a broker that cuts every connection (and refuses new ones) once
+/// `cut_after` bytes went from clients to the broker: "the broker went down mid-job", at a
+/// chosen point of the traffic.
+pub struct TcpProxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TcpProxy {
+    pub fn start(listener: std::net::TcpListener, upstream: u16, cut_after: u64) -> TcpProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, open2) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !open2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                {
+                    let mut c = conns.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(server.try_clone().unwrap());
+                }
+                let pump = |mut from: TcpStream, mut to: TcpStream, count: bool| {
+                    let (up, open, conns) = (up2.clone(), open2.clone(), conns.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if !open.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if count
+                                && up.fetch_add(n as u64, Ordering::SeqCst) + n as u64 >= cut_after
+                            {
+                                open.store(false, Ordering::SeqCst);
+                                for s in conns.lock().unwrap().iter() {
+                                    let _ = s.shutdown(Shutdown::Both);
+                                }
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                );
+                pump(server, client, false);
+            }
+        });
+        TcpProxy { port, up, open }
+    }
+
+    /// Bytes forwarded from clients to the broker.
+    pub fn bytes_up(&self) -> u64 {
+        self.up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the proxy has cut the broker off.
+    pub fn is_cut(&self) -> bool {
+        !self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Tansu {
+    /// A broker reachable only through a [`TcpProxy`] that cuts it off after `cut_after` bytes
+    /// of client traffic (the broker advertises the proxy's address). Topics are created
+    /// directly.
+    pub fn start_behind_proxy(cut_after: u64) -> (Tansu, TcpProxy) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_port = listener.local_addr().unwrap().port();
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let bin = tansu_bin();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{proxy_port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        assert!(
+            wait_port(port, Duration::from_secs(20)),
+            "tansu did not start"
+        );
+        let proxy = TcpProxy::start(listener, port, cut_after);
+        let t = Tansu {
+            port,
+            bin,
+            child: ChildGuard(Some(child)),
+            _dir: dir,
+        };
+        (t, proxy)
+    }
+}
