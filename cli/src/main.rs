@@ -205,6 +205,10 @@ pub struct JobArgs {
     /// at-least-once (default): every event acknowledged before its shard commits.
     #[arg(long)]
     pub delivery: Option<String>,
+    /// Kafka: save a shard's progress every this many acknowledged records (or each second)
+    /// and keep at most this many in flight; a crash produces at most about twice this again.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_events: Option<u64>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -311,6 +315,7 @@ impl JobArgs {
             compression: self.compression.clone(),
             kafka_options: self.kafka_options.clone(),
             delivery: self.delivery.clone(),
+            checkpoint_events: self.checkpoint_events,
         })
     }
 }

@@ -50,6 +50,27 @@ pub struct KafkaSpec {
     #[serde(default)]
     pub options: Vec<(String, String)>,
     pub delivery: Delivery,
+    /// At-least-once: the shard's progress is saved after about this many acknowledged records
+    /// (or a second), and at most this many are in flight; a crash repeats at most twice this.
+    #[serde(default = "default_checkpoint_events")]
+    pub checkpoint_events: u64,
+}
+
+pub const DEFAULT_CHECKPOINT_EVENTS: u64 = 10_000;
+
+fn default_checkpoint_events() -> u64 {
+    DEFAULT_CHECKPOINT_EVENTS
+}
+
+/// How far a Kafka replay of a shard got: every event before `offset` in object
+/// `object_index` (and in the objects before it) is acknowledged. A retried attempt produces
+/// from there (it still routes the events before, for the failed records and counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaCheckpoint {
+    pub attempt: u32,
+    pub object_index: usize,
+    pub object_key: String,
+    pub offset: u64,
 }
 
 /// What the record key is.
@@ -227,6 +248,11 @@ impl OutputKeys {
             "execution_id={}/_rewind/shards/{shard}-a{attempt}.json",
             self.job
         )
+    }
+
+    /// A Kafka replay's progress in a shard (see [`KafkaCheckpoint`]).
+    pub fn checkpoint(&self, shard: ShardId) -> String {
+        format!("execution_id={}/_rewind/checkpoints/{shard}.json", self.job)
     }
 
     /// The objects a shard reads, listed and pinned when the job was planned.

@@ -71,6 +71,9 @@ pub struct JobRequest {
     /// at-least-once (default).
     #[serde(default)]
     pub delivery: Option<String>,
+    /// Records between progress checkpoints of a Kafka replay (default 10,000).
+    #[serde(default)]
+    pub checkpoint_events: Option<u64>,
 }
 
 fn default_dedup_window() -> u32 {
@@ -106,6 +109,7 @@ impl Default for JobRequest {
             compression: None,
             kafka_options: Vec::new(),
             delivery: None,
+            checkpoint_events: None,
         }
     }
 }
@@ -161,6 +165,7 @@ impl JobRequest {
             ("--compression", given(&self.compression).is_some()),
             ("--kafka-option", !self.kafka_options.is_empty()),
             ("--delivery", given(&self.delivery).is_some()),
+            ("--checkpoint-events", self.checkpoint_events.is_some()),
         ];
         match given(&self.sink).unwrap_or("parquet") {
             "parquet" => {
@@ -232,6 +237,15 @@ impl JobRequest {
                         ));
                     }
                 };
+                let checkpoint_events = self
+                    .checkpoint_events
+                    .unwrap_or(crate::job::DEFAULT_CHECKPOINT_EVENTS);
+                if !(10..=10_000_000).contains(&checkpoint_events) {
+                    return Err(RequestError::new(
+                        "--checkpoint-events",
+                        "must be between 10 and 10000000",
+                    ));
+                }
                 Ok(SinkSpec::Kafka(KafkaSpec {
                     brokers: brokers.to_string(),
                     topic: topic.to_string(),
@@ -239,6 +253,7 @@ impl JobRequest {
                     compression: compression.to_string(),
                     options,
                     delivery,
+                    checkpoint_events,
                 }))
             }
             other => Err(RequestError::new(

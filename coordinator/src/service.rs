@@ -94,6 +94,7 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         compression: (!r.compression.is_empty()).then_some(r.compression),
         kafka_options: r.kafka_options,
         delivery: (!r.delivery.is_empty()).then_some(r.delivery),
+        checkpoint_events: r.checkpoint_events,
     })
 }
 
@@ -184,6 +185,7 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         compression: r.compression.clone().unwrap_or_default(),
         kafka_options: r.kafka_options.clone(),
         delivery: r.delivery.clone().unwrap_or_default(),
+        checkpoint_events: r.checkpoint_events,
     }
 }
 

@@ -28,6 +28,7 @@ fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
         compression: compression.to_string(),
         options: vec![],
         delivery: Delivery::AtLeastOnce,
+        checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
     }
 }
 

@@ -49,6 +49,30 @@ struct Ctx {
     acknowledged: AtomicU64,
     rejected: Mutex<Vec<Rejected>>,
     failure: Mutex<Option<KafkaFailure>>,
+    /// Records finished (acknowledged or refused), by sequence number.
+    done: Mutex<Done>,
+}
+
+/// Which records are finished: all below `below`, and those in `above`.
+#[derive(Default)]
+struct Done {
+    below: u64,
+    above: std::collections::BTreeSet<u64>,
+    count: u64,
+}
+
+impl Done {
+    fn mark(&mut self, seq: u64) {
+        self.count += 1;
+        if seq != self.below {
+            self.above.insert(seq);
+            return;
+        }
+        self.below += 1;
+        while self.above.remove(&self.below) {
+            self.below += 1;
+        }
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -94,13 +118,23 @@ fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
     })
 }
 
-impl ProducerContext for Ctx {
-    type DeliveryOpaque = ();
+impl Ctx {
+    fn mark(&self, seq: usize) {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark(seq as u64);
+    }
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
             Ok(_) => {
                 self.acknowledged.fetch_add(1, Ordering::Relaxed);
+                self.mark(seq);
             }
             Err((e, msg)) => match classify(e) {
                 Class::Record => {
@@ -119,6 +153,7 @@ impl ProducerContext for Ctx {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(rejected);
+                    self.mark(seq);
                 }
                 class => {
                     let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,6 +217,10 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
     Ok(topic.partitions().len() as u32)
 }
 
+/// Where a shard's replay is: the next event to produce is at `offset` in object
+/// `object_index` (everything before is finished).
+pub type Position = (usize, u64);
+
 /// Produces one shard attempt's events.
 pub struct KafkaSink {
     producer: ThreadedProducer<Ctx>,
@@ -191,6 +230,12 @@ pub struct KafkaSink {
     job: String,
     produced: u64,
     timeout: Duration,
+    /// Records allowed in flight (produced, not finished) before `send` waits.
+    max_in_flight: u64,
+    /// The position after each record in flight, by sequence number (oldest first).
+    positions: std::collections::VecDeque<(u64, Position)>,
+    /// The position after the last finished record of the contiguous finished prefix.
+    finished_to: Option<Position>,
 }
 
 impl KafkaSink {
@@ -221,7 +266,41 @@ impl KafkaSink {
             job: job.to_string(),
             produced: 0,
             timeout: Duration::from_millis(timeout_ms) + FLUSH_GRACE,
+            max_in_flight: spec.checkpoint_events.max(1),
+            positions: std::collections::VecDeque::new(),
+            finished_to: None,
         })
+    }
+
+    /// How far every record is finished (acknowledged or refused): the position to resume a
+    /// retried attempt from. `None` until the first record is.
+    pub fn finished_position(&mut self) -> Option<Position> {
+        let below = self
+            .producer
+            .context()
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .below;
+        while let Some(&(seq, pos)) = self.positions.front() {
+            if seq >= below {
+                break;
+            }
+            self.finished_to = Some(pos);
+            self.positions.pop_front();
+        }
+        self.finished_to
+    }
+
+    fn in_flight(&self) -> u64 {
+        let done = self
+            .producer
+            .context()
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count;
+        self.produced - done
     }
 
     /// Records handed to the producer so far.
@@ -260,17 +339,25 @@ impl KafkaSink {
         }
     }
 
-    /// Produces one event. A record the client refuses at once for itself (too large) is
-    /// returned as the reason; a failure of the producer stops the shard.
+    /// Produces one event; `after` is the position just after it (object index, offset). A
+    /// record the client refuses at once for itself (too large) is returned as the reason; a
+    /// failure of the producer stops the shard. Waits while too many records are in flight.
     pub fn send(
         &mut self,
         row: &Row<'_>,
         value: &str,
         source_key: &str,
         offset: u64,
+        after: Position,
     ) -> Result<Option<String>, KafkaFailure> {
         if let Some(f) = self.failed() {
             return Err(f);
+        }
+        while self.in_flight() >= self.max_in_flight {
+            std::thread::sleep(Duration::from_millis(1));
+            if let Some(f) = self.failed() {
+                return Err(f);
+            }
         }
         let key = self.key_of(row, value);
         let offset_text = offset.to_string();
@@ -293,7 +380,8 @@ impl KafkaSink {
                 value: Some(id),
             });
         }
-        let mut record = BaseRecord::to(&self.topic)
+        let seq = self.produced as usize;
+        let mut record = BaseRecord::with_opaque_to(&self.topic, seq)
             .payload(value.as_bytes())
             .headers(headers);
         if let Some(k) = key.as_deref() {
@@ -303,6 +391,7 @@ impl KafkaSink {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.produced += 1;
+                    self.positions.push_back((seq as u64, after));
                     return Ok(None);
                 }
                 Err((e, back)) => match e.rdkafka_error_code() {

@@ -232,6 +232,14 @@ pub fn run_shard(
             Some(KafkaSink::new(k, spec.job.as_str()).map_err(ShardError::kafka)?)
         }
     };
+    let checkpoint_key = keys.checkpoint(shard);
+    let mut checkpoints = Checkpoints {
+        every: match &spec.sink {
+            SinkSpec::Kafka(k) => k.checkpoint_events,
+            SinkSpec::Parquet => u64::MAX,
+        },
+        ..Checkpoints::default()
+    };
     let mut failed = FailedSink::new(failed_store.as_ref(), keys.failed_file(shard, attempt));
     let unrecoverable_store = env.unrecoverable_output.with_stats(io.clone());
     let mut unrecoverable = FailedSink::new(
@@ -250,6 +258,13 @@ pub fn run_shard(
     let (todo, other_org): (Vec<ObjectMeta>, Vec<ObjectMeta>) = listed
         .into_iter()
         .partition(|o| !names_other_org(&o.key, spec.org.as_str()));
+    // A retried Kafka replay produces from where the last attempt's acknowledgements reached.
+    let resume = if kafka.is_some() {
+        read_checkpoint(output.as_ref(), &checkpoint_key, &todo)
+    } else {
+        None
+    };
+    let mut resumed = 0u64;
     counts.objects_skipped = other_org.len() as u64;
     skipped.extend(other_org.into_iter().map(|o| o.key));
     // Objects are opened `read_ahead` ahead of the one being decoded: for S3 each open starts
@@ -306,10 +321,26 @@ pub fn run_shard(
                             flow,
                         } => {
                             if let Some(k) = kafka.as_mut() {
+                                // Acknowledged in an earlier attempt: counted, not produced.
+                                let done_before = resume.is_some_and(|r| (i, ev.offset) < r);
+                                resumed += u64::from(done_before);
                                 let value = repaired.unwrap_or(ev.text());
-                                let refused = k
-                                    .send(&row, value, &object.key, ev.offset)
-                                    .map_err(ShardError::kafka)?;
+                                let after = (i, ev.offset + ev.bytes.len() as u64);
+                                let refused = if done_before {
+                                    None
+                                } else {
+                                    k.send(&row, value, &object.key, ev.offset, after)
+                                        .map_err(ShardError::kafka)?
+                                };
+                                if !done_before {
+                                    checkpoints.maybe_write(
+                                        k,
+                                        output.as_ref(),
+                                        &checkpoint_key,
+                                        attempt,
+                                        &todo,
+                                    );
+                                }
                                 if let Some(reason) = refused {
                                     counts.failed += 1;
                                     *by_reason.entry("kafka_rejected".into()).or_default() += 1;
@@ -468,8 +499,19 @@ pub fn run_shard(
     }
     if let Some(k) = kafka {
         let (produced, acknowledged, refused) = k.finish().map_err(ShardError::kafka)?;
-        counts.produced = produced;
-        counts.acknowledged = acknowledged;
+        counts.produced = produced + resumed;
+        counts.acknowledged = acknowledged + resumed;
+        // Everything is acknowledged: a retry (a crash before the shard's commit) produces
+        // nothing again.
+        let end = rewind_common::job::KafkaCheckpoint {
+            attempt,
+            object_index: todo.len(),
+            object_key: String::new(),
+            offset: 0,
+        };
+        if let Ok(body) = serde_json::to_vec(&end) {
+            let _ = output.put(&checkpoint_key, &body);
+        }
         // Refused by the brokers after the fact: failed, not recovered.
         for r in &refused {
             counts.recovered -= 1;
@@ -520,6 +562,89 @@ pub fn run_shard(
         .put(&key, &body)
         .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
     Ok((key, manifest))
+}
+
+/// When a Kafka replay saves how far its acknowledgements reached.
+#[derive(Default)]
+struct Checkpoints {
+    every: u64,
+    sends: u64,
+    last_write: Option<std::time::Instant>,
+    sends_at_last: u64,
+    written: Option<crate::kafka::Position>,
+}
+
+impl Checkpoints {
+    /// Writes a checkpoint every `every` records or every second, when the acknowledged prefix
+    /// moved. A failed write is logged: the replay goes on (a crash then repeats more).
+    fn maybe_write(
+        &mut self,
+        sink: &mut KafkaSink,
+        output: &dyn OutputStore,
+        key: &str,
+        attempt: u32,
+        todo: &[ObjectMeta],
+    ) {
+        self.sends += 1;
+        let by_count = self.sends - self.sends_at_last >= self.every;
+        if self.sends % 64 != 0 && !by_count {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let by_time = self
+            .last_write
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if !by_count && !by_time {
+            return;
+        }
+        let Some(pos) = sink.finished_position() else {
+            return;
+        };
+        if self.written == Some(pos) {
+            return;
+        }
+        let cp = rewind_common::job::KafkaCheckpoint {
+            attempt,
+            object_index: pos.0,
+            object_key: todo.get(pos.0).map(|o| o.key.clone()).unwrap_or_default(),
+            offset: pos.1,
+        };
+        let written = serde_json::to_vec(&cp)
+            .map_err(|e| e.to_string())
+            .and_then(|body| output.put(key, &body).map_err(|e| e.to_string()));
+        match written {
+            Ok(_) => {
+                self.written = Some(pos);
+                self.last_write = Some(now);
+                self.sends_at_last = self.sends;
+            }
+            Err(e) => tracing::warn!(key, error = %e, "writing a Kafka checkpoint failed"),
+        }
+    }
+}
+
+/// The checkpoint an earlier attempt left, when it still names this shard's objects.
+fn read_checkpoint(
+    output: &dyn OutputStore,
+    key: &str,
+    todo: &[ObjectMeta],
+) -> Option<crate::kafka::Position> {
+    let body = output.get(key).ok()??;
+    let cp: rewind_common::job::KafkaCheckpoint = serde_json::from_slice(&body).ok()?;
+    let at_end = cp.object_index == todo.len() && cp.object_key.is_empty();
+    if at_end
+        || todo
+            .get(cp.object_index)
+            .is_some_and(|o| o.key == cp.object_key)
+    {
+        Some((cp.object_index, cp.offset))
+    } else {
+        tracing::warn!(
+            key,
+            "ignoring a Kafka checkpoint that does not match the shard's objects"
+        );
+        None
+    }
 }
 
 /// Cross-shard dedup: the events the previous `dedup_window_hours` hours of the job would
