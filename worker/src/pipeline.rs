@@ -587,7 +587,7 @@ impl Checkpoints {
     ) {
         self.sends += 1;
         let by_count = self.sends - self.sends_at_last >= self.every;
-        if self.sends % 64 != 0 && !by_count {
+        if !self.sends.is_multiple_of(64) && !by_count {
             return;
         }
         let now = std::time::Instant::now();
