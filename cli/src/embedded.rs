@@ -112,6 +112,10 @@ async fn run_job(
         output: output.clone(),
         failed_output: outputs.failed.clone(),
         unrecoverable_output: outputs.unrecoverable.clone(),
+        throttle: {
+            let (events, bytes) = spec.sink.limits();
+            rewind_worker::throttle::Throttle::new(events, bytes).map(Arc::new)
+        },
         pins: Pins::Memory(Arc::new(pins)),
         progress: progress.clone(),
         cancel: Arc::new(AtomicBool::new(false)),

@@ -209,6 +209,12 @@ pub struct JobArgs {
     /// and keep at most this many in flight; a crash produces at most about twice this again.
     #[arg(long, value_name = "N")]
     pub checkpoint_events: Option<u64>,
+    /// Kafka: events per second for the whole job (all workers together).
+    #[arg(long, value_name = "N")]
+    pub max_events_per_sec: Option<u64>,
+    /// Kafka: value bytes per second for the whole job (all workers together).
+    #[arg(long, value_name = "N")]
+    pub max_bytes_per_sec: Option<u64>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -316,6 +322,8 @@ impl JobArgs {
             kafka_options: self.kafka_options.clone(),
             delivery: self.delivery.clone(),
             checkpoint_events: self.checkpoint_events,
+            max_events_per_sec: self.max_events_per_sec,
+            max_bytes_per_sec: self.max_bytes_per_sec,
         })
     }
 }

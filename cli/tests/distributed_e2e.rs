@@ -1106,3 +1106,90 @@ fn flows_and_dedup_run_the_same_distributed_as_embedded() {
         "{err}"
     );
 }
+
+/// kill -9 of the worker in the middle of a Kafka replay: another worker retries the shard from
+/// its checkpoint. Nothing is lost, and the duplicates stay within one checkpoint window (the
+/// records acknowledged after the last checkpoint plus those in flight, at most twice
+/// `--checkpoint-events`). The throttle keeps the shard running long enough to be killed, and
+/// with two workers it is shared between them.
+#[test]
+fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window() {
+    use rewind_testkit::kafka::Tansu;
+
+    let mut c = Cluster::start(1);
+    c.generate(1);
+    let broker = Tansu::start();
+    broker.create_topic("replay", 3);
+    let (src, dest) = (c.src(), c.dest());
+    let window = 100u64;
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T00",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--sink",
+        "kafka",
+        "--brokers",
+        &broker.brokers(),
+        "--topic",
+        "replay",
+        "--checkpoint-events",
+        &window.to_string(),
+        "--max-events-per-sec",
+        "800",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Kill the worker once its checkpoint shows progress.
+    let checkpoint = dest.join(format!(
+        "execution_id={job}/_rewind/checkpoints/2024040100.json"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    c.workers[0].child.kill();
+    c.add_worker();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    let events = archived_events(&src).len();
+    assert_eq!(summary["recovered"], events as u64);
+    assert_eq!(summary["acknowledged"], events as u64);
+    let records = broker.read_all("replay", 3, events, Duration::from_secs(60));
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in &records {
+        let at = (
+            r.header("rewind-source-key").unwrap().to_string(),
+            r.header("rewind-offset").unwrap().to_string(),
+        );
+        *seen.entry(at).or_default() += 1;
+    }
+    assert_eq!(seen.len(), events, "every event is on the topic");
+    let duplicates = records.len() - events;
+    eprintln!("kill -9 mid-replay: {events} events, {duplicates} duplicates (window {window})");
+    assert!(
+        duplicates as u64 <= 2 * window,
+        "{duplicates} duplicates, more than two checkpoint windows of {window}"
+    );
+    // The committed shard manifest is a later attempt's.
+    let manifests = files_below(&dest.join(format!("execution_id={job}/_rewind/shards")));
+    assert!(
+        manifests
+            .iter()
+            .any(|m| !m.to_string_lossy().ends_with("-a1.json")),
+        "the shard was retried: {manifests:?}"
+    );
+}

@@ -366,3 +366,43 @@ fn broker_down_mid_job_fails_the_shard_with_the_reason() {
     // Only committed shards count, and for them everything produced was acknowledged.
     assert_eq!(summary["produced"], summary["acknowledged"]);
 }
+
+/// `--max-events-per-sec` over a ten-second replay: the records' producer timestamps show the
+/// rate within 10%.
+#[test]
+fn throttle_holds_the_rate_within_ten_percent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "1", "none");
+    let n = archived(&src).len() as f64;
+    let rate = (n / 10.0).round();
+    let broker = Tansu::start();
+    broker.create_topic("slow", 2);
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "slow",
+            "--max-events-per-sec",
+            &rate.to_string(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = broker.read_all("slow", 2, n as usize, Duration::from_secs(60));
+    assert_eq!(records.len(), n as usize);
+    let times: Vec<i64> = records.iter().map(|r| r.timestamp.unwrap()).collect();
+    let span_s = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    let measured = (n - 1.0) / span_s;
+    assert!(
+        (measured - rate).abs() <= rate * 0.10,
+        "asked {rate}/s, measured {measured:.1}/s over {span_s:.1}s"
+    );
+}

@@ -54,6 +54,21 @@ pub struct KafkaSpec {
     /// (or a second), and at most this many are in flight; a crash repeats at most twice this.
     #[serde(default = "default_checkpoint_events")]
     pub checkpoint_events: u64,
+    /// The job's whole rate, across all its workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+impl SinkSpec {
+    /// The job's rate limits (Kafka replays only).
+    pub fn limits(&self) -> (Option<u64>, Option<u64>) {
+        match self {
+            SinkSpec::Kafka(k) => (k.max_events_per_sec, k.max_bytes_per_sec),
+            SinkSpec::Parquet => (None, None),
+        }
+    }
 }
 
 pub const DEFAULT_CHECKPOINT_EVENTS: u64 = 10_000;

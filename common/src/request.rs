@@ -74,6 +74,11 @@ pub struct JobRequest {
     /// Records between progress checkpoints of a Kafka replay (default 10,000).
     #[serde(default)]
     pub checkpoint_events: Option<u64>,
+    /// Kafka: the job's rate limits, across all its workers.
+    #[serde(default)]
+    pub max_events_per_sec: Option<u64>,
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 fn default_dedup_window() -> u32 {
@@ -110,6 +115,8 @@ impl Default for JobRequest {
             kafka_options: Vec::new(),
             delivery: None,
             checkpoint_events: None,
+            max_events_per_sec: None,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -166,6 +173,8 @@ impl JobRequest {
             ("--kafka-option", !self.kafka_options.is_empty()),
             ("--delivery", given(&self.delivery).is_some()),
             ("--checkpoint-events", self.checkpoint_events.is_some()),
+            ("--max-events-per-sec", self.max_events_per_sec.is_some()),
+            ("--max-bytes-per-sec", self.max_bytes_per_sec.is_some()),
         ];
         match given(&self.sink).unwrap_or("parquet") {
             "parquet" => {
@@ -246,6 +255,14 @@ impl JobRequest {
                         "must be between 10 and 10000000",
                     ));
                 }
+                for (flag, v) in [
+                    ("--max-events-per-sec", self.max_events_per_sec),
+                    ("--max-bytes-per-sec", self.max_bytes_per_sec),
+                ] {
+                    if v == Some(0) {
+                        return Err(RequestError::new(flag, "must be at least 1"));
+                    }
+                }
                 Ok(SinkSpec::Kafka(KafkaSpec {
                     brokers: brokers.to_string(),
                     topic: topic.to_string(),
@@ -254,6 +271,8 @@ impl JobRequest {
                     options,
                     delivery,
                     checkpoint_events,
+                    max_events_per_sec: self.max_events_per_sec,
+                    max_bytes_per_sec: self.max_bytes_per_sec,
                 }))
             }
             other => Err(RequestError::new(

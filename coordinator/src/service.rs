@@ -95,6 +95,8 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         kafka_options: r.kafka_options,
         delivery: (!r.delivery.is_empty()).then_some(r.delivery),
         checkpoint_events: r.checkpoint_events,
+        max_events_per_sec: r.max_events_per_sec,
+        max_bytes_per_sec: r.max_bytes_per_sec,
     })
 }
 
@@ -186,6 +188,8 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         kafka_options: r.kafka_options.clone(),
         delivery: r.delivery.clone().unwrap_or_default(),
         checkpoint_events: r.checkpoint_events,
+        max_events_per_sec: r.max_events_per_sec,
+        max_bytes_per_sec: r.max_bytes_per_sec,
     }
 }
 

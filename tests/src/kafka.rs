@@ -48,6 +48,8 @@ pub fn tansu_bin() -> PathBuf {
 /// One record as a consumer reads it.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// Milliseconds since the epoch the producer gave it (CreateTime).
+    pub timestamp: Option<i64>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -176,6 +178,7 @@ impl Tansu {
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => out.push(Record {
+                    timestamp: m.timestamp().to_millis(),
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),

@@ -29,6 +29,8 @@ fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
         options: vec![],
         delivery: Delivery::AtLeastOnce,
         checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
+        max_events_per_sec: None,
+        max_bytes_per_sec: None,
     }
 }
 

@@ -179,6 +179,10 @@ async fn open_env(record: &JobRecord) -> JobEnv {
             output: outputs.dest,
             failed_output: outputs.failed,
             unrecoverable_output: outputs.unrecoverable,
+            throttle: {
+                let (events, bytes) = record.spec.sink.limits();
+                crate::throttle::Throttle::new(events, bytes).map(Arc::new)
+            },
             pins: Pins::Stored,
             progress: Arc::new(Progress::default()),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -347,6 +351,25 @@ async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// This process's share of a job's rate: its running attempts of the job over all the job's
+/// running attempts (their live keys in etcd).
+async fn share_rate(
+    store: &EtcdStore,
+    shared: &Shared,
+    job: &JobId,
+    throttle: &crate::throttle::Throttle,
+) {
+    let Ok((_, live)) = store.counts_snapshot::<LiveCounts>(job).await else {
+        return;
+    };
+    let local = shared
+        .inflight
+        .lock()
+        .map(|m| m.values().filter(|f| &f.job == job).count() as u64)
+        .unwrap_or(1);
+    throttle.set_share(local, (live.len() as u64).max(local));
+}
+
 async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
     let (env, trace_parent) = match env {
         JobEnv::Ready(env, trace_parent) => (env, trace_parent),
@@ -384,9 +407,17 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
     let reporter = {
         let (store, claim, progress) = (shared.store.clone(), claim.clone(), progress.clone());
         let (metrics, counted) = (metrics.clone(), counted.clone());
+        let (throttle, shared) = (env.throttle.clone(), shared.clone());
         tokio::spawn(async move {
             let mut last = LiveCounts::default();
+            if throttle.is_some() {
+                // Counted among the job's running attempts at once (the throttle shares).
+                let _ = store.put_live(&claim, &last).await;
+            }
             loop {
+                if let Some(t) = &throttle {
+                    share_rate(&store, &shared, &claim.job, t).await;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 count_progress(&metrics, &progress, &counted);
                 let now = live_counts(&progress);

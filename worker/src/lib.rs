@@ -10,3 +10,4 @@ pub mod route;
 pub mod run;
 pub mod scan;
 pub mod sink;
+pub mod throttle;

@@ -98,6 +98,8 @@ pub struct ShardEnv {
     pub pins: Pins,
     pub progress: Arc<Progress>,
     pub cancel: Arc<AtomicBool>,
+    /// The job's rate limit, shared by its shards in this process.
+    pub throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 /// The compression of an object, detected from its first bytes (names can lie).
@@ -329,6 +331,9 @@ pub fn run_shard(
                                 let refused = if done_before {
                                     None
                                 } else {
+                                    if let Some(t) = &env.throttle {
+                                        t.acquire(value.len() as u64);
+                                    }
                                     k.send(&row, value, &object.key, ev.offset, after)
                                         .map_err(ShardError::kafka)?
                                 };
