@@ -50,11 +50,9 @@ impl Throttle {
 
     /// Sets this process's share of the job's rate (`part` of `whole` running attempts).
     pub fn set_share(&self, part: u64, whole: u64) {
-        let f = if whole == 0 {
-            WHOLE
-        } else {
-            (part.min(whole) * WHOLE / whole).max(1)
-        };
+        let f = (part.min(whole) * WHOLE)
+            .checked_div(whole)
+            .map_or(WHOLE, |f| f.max(1));
         self.fraction.store(f, Ordering::Relaxed);
     }
 
