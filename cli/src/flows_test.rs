@@ -91,6 +91,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         max_attempts: 1,
         treatment: Treatment::default(),
         sink: Default::default(),
+        object: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -215,6 +215,13 @@ pub struct JobArgs {
     /// Kafka: value bytes per second for the whole job (all workers together).
     #[arg(long, value_name = "N")]
     pub max_bytes_per_sec: Option<u64>,
+    /// Kafka: keep the archive's order per key within each hour (objects in name order, events
+    /// in byte order, one request in flight per broker connection).
+    #[arg(long)]
+    pub ordered: bool,
+    /// Replay only this archive object: its key below --source (it must lie in the range).
+    #[arg(long, value_name = "KEY")]
+    pub object: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -324,6 +331,8 @@ impl JobArgs {
             checkpoint_events: self.checkpoint_events,
             max_events_per_sec: self.max_events_per_sec,
             max_bytes_per_sec: self.max_bytes_per_sec,
+            ordered: self.ordered,
+            object: self.object.clone(),
         })
     }
 }

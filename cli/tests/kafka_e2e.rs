@@ -406,3 +406,101 @@ fn throttle_holds_the_rate_within_ten_percent() {
         "asked {rate}/s, measured {measured:.1}/s over {span_s:.1}s"
     );
 }
+
+/// `--ordered`: per key, records come in the archive's order (objects by name, events by
+/// offset). `--object`: one object only; an object outside the range is refused.
+#[test]
+fn ordered_per_key_and_single_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    generate(&src, "1", "gzip");
+    let want = archived(&src);
+    let broker = Tansu::start();
+    broker.create_topic("ordered", 3);
+    let dest = tmp.path().join("ordered");
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "ordered",
+            "--ordered",
+            "--key",
+            "$.event_type",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut records = broker.read_all("ordered", 3, want.len(), Duration::from_secs(60));
+    assert_eq!(records.len(), want.len());
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut last: BTreeMap<Vec<u8>, (String, u64)> = BTreeMap::new();
+    for r in &records {
+        let at = (
+            r.header("rewind-source-key").unwrap().to_string(),
+            r.header("rewind-offset").unwrap().parse::<u64>().unwrap(),
+        );
+        let key = r.key.clone().unwrap();
+        if let Some(prev) = last.insert(key, at.clone()) {
+            assert!(prev < at, "out of order for a key: {prev:?} then {at:?}");
+        }
+    }
+    assert_eq!(last.len(), 7, "the generator's seven event types");
+
+    // One object.
+    let object = want.keys().next().unwrap().0.clone();
+    let in_object = want.keys().filter(|(k, _)| *k == object).count();
+    broker.create_topic("one", 1);
+    let dest = tmp.path().join("one");
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "one",
+            "--object",
+            &object,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_json(&out)["acknowledged"], in_object as u64);
+    let records = broker.read_all("one", 1, in_object, Duration::from_secs(60));
+    assert_eq!(records.len(), in_object);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.header("rewind-source-key") == Some(object.as_str()))
+    );
+    // An object that is not in the range.
+    let out = replay(
+        &src,
+        &tmp.path().join("none"),
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "one",
+            "--object",
+            "main_stream/2030/01/01/00/x.json",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--object main_stream/2030/01/01/00/x.json in the job's hours: not found"),
+        "{err}"
+    );
+}

@@ -23,6 +23,9 @@ pub struct JobSpec {
     /// Where recovered events go.
     #[serde(default)]
     pub sink: SinkSpec,
+    /// Only this archive object (its key below the source), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// Where recovered events go. (Externally tagged: internally tagged enums break numbers under
@@ -59,6 +62,10 @@ pub struct KafkaSpec {
     pub max_events_per_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_sec: Option<u64>,
+    /// Keep the archive's order per key within a shard: one request in flight per broker
+    /// connection, idempotent producer.
+    #[serde(default)]
+    pub ordered: bool,
 }
 
 impl SinkSpec {

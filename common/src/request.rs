@@ -79,6 +79,12 @@ pub struct JobRequest {
     pub max_events_per_sec: Option<u64>,
     #[serde(default)]
     pub max_bytes_per_sec: Option<u64>,
+    /// Kafka: keep the archive's order per key within a shard.
+    #[serde(default)]
+    pub ordered: bool,
+    /// Replay only this archive object (its key below --source).
+    #[serde(default)]
+    pub object: Option<String>,
 }
 
 fn default_dedup_window() -> u32 {
@@ -117,6 +123,8 @@ impl Default for JobRequest {
             checkpoint_events: None,
             max_events_per_sec: None,
             max_bytes_per_sec: None,
+            ordered: false,
+            object: None,
         }
     }
 }
@@ -146,6 +154,14 @@ impl JobRequest {
         }
         let treatment = self.treatment()?;
         let sink = self.sink()?;
+        let object = match self.object.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(key) => {
+                crate::storage::check_key(key)
+                    .map_err(|e| RequestError::new("--object", e.to_string()))?;
+                Some(key.to_string())
+            }
+        };
         Ok(JobSpec {
             job,
             org,
@@ -156,6 +172,7 @@ impl JobRequest {
             max_attempts: self.max_attempts,
             treatment,
             sink,
+            object,
         })
     }
 
@@ -175,6 +192,7 @@ impl JobRequest {
             ("--checkpoint-events", self.checkpoint_events.is_some()),
             ("--max-events-per-sec", self.max_events_per_sec.is_some()),
             ("--max-bytes-per-sec", self.max_bytes_per_sec.is_some()),
+            ("--ordered", self.ordered),
         ];
         match given(&self.sink).unwrap_or("parquet") {
             "parquet" => {
@@ -273,6 +291,7 @@ impl JobRequest {
                     checkpoint_events,
                     max_events_per_sec: self.max_events_per_sec,
                     max_bytes_per_sec: self.max_bytes_per_sec,
+                    ordered: self.ordered,
                 }))
             }
             other => Err(RequestError::new(

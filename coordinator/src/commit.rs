@@ -233,6 +233,7 @@ mod tests {
             max_attempts: 3,
             treatment: Default::default(),
             sink: Default::default(),
+            object: None,
         }
     }
 

@@ -75,12 +75,16 @@ pub async fn pin(
     spec: &JobSpec,
 ) -> Result<Vec<ShardPlan>, StorageError> {
     let shards = plan(spec);
-    concurrently(shards, move |s| {
-        let (objects, unlisted) = match source.list(&s.prefix) {
+    let only = spec.object.clone();
+    let plans = concurrently(shards, move |s| {
+        let (mut objects, unlisted) = match source.list(&s.prefix) {
             Ok(objects) => (objects, None),
             Err(e @ StorageError::Denied { .. }) => return Err(e),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        if let Some(key) = &only {
+            objects.retain(|o| &o.key == key);
+        }
         Ok(ShardPlan {
             shard: s.id,
             prefix: s.prefix,
@@ -88,7 +92,17 @@ pub async fn pin(
             unlisted,
         })
     })
-    .await
+    .await?;
+    if let Some(key) = &spec.object
+        && !plans
+            .iter()
+            .any(|p| p.objects.iter().any(|o| &o.key == key))
+    {
+        return Err(StorageError::NotFound {
+            what: format!("--object {key} in the job's hours"),
+        });
+    }
+    Ok(plans)
 }
 
 /// Writes one plan object per shard into the job's `_rewind/plan/` (distributed mode: the
@@ -127,6 +141,7 @@ mod tests {
             max_attempts: 3,
             treatment: Default::default(),
             sink: Default::default(),
+            object: None,
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

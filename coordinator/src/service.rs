@@ -97,6 +97,8 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         checkpoint_events: r.checkpoint_events,
         max_events_per_sec: r.max_events_per_sec,
         max_bytes_per_sec: r.max_bytes_per_sec,
+        ordered: r.ordered,
+        object: (!r.object.is_empty()).then_some(r.object),
     })
 }
 
@@ -190,6 +192,8 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         checkpoint_events: r.checkpoint_events,
         max_events_per_sec: r.max_events_per_sec,
         max_bytes_per_sec: r.max_bytes_per_sec,
+        ordered: r.ordered,
+        object: r.object.clone().unwrap_or_default(),
     }
 }
 

@@ -61,6 +61,7 @@ fn router(flows: Option<&str>) -> Router {
             ..Treatment::default()
         },
         sink: Default::default(),
+        object: None,
     };
     Router::new(&spec, 128).unwrap()
 }

@@ -31,6 +31,7 @@ fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
         checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
         max_events_per_sec: None,
         max_bytes_per_sec: None,
+        ordered: false,
     }
 }
 
@@ -45,6 +46,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         max_attempts: 1,
         treatment: Treatment::default(),
         sink: SinkSpec::Kafka(k.clone()),
+        object: None,
     };
     let router = Router::new(&job, 128).unwrap();
     let mut sink = KafkaSink::new(k, "bench").unwrap();

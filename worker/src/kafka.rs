@@ -181,6 +181,9 @@ pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
             "message.timeout.ms",
             DEFAULT_DELIVERY_TIMEOUT_MS.to_string(),
         );
+    if spec.ordered {
+        c.set("max.in.flight.requests.per.connection", "1");
+    }
     for (k, v) in &spec.options {
         c.set(k, v);
     }

@@ -727,12 +727,16 @@ fn pinned_objects(
     if plan.unlisted.is_none() {
         return Ok(plan.objects);
     }
-    source.list(&plan.prefix).map_err(|e| {
+    let mut objects = source.list(&plan.prefix).map_err(|e| {
         ShardError::storage(
             &format!("listing {} in {}", plan.prefix, source.describe()),
             &e,
         )
-    })
+    })?;
+    if let Some(key) = &env.spec.object {
+        objects.retain(|o| &o.key == key);
+    }
+    Ok(objects)
 }
 
 /// Deletes everything a shard attempt wrote (a failed or fenced attempt). Best effort: what is

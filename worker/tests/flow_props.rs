@@ -53,6 +53,7 @@ fn router(flows: Option<&str>) -> Router {
             ..Treatment::default()
         },
         sink: Default::default(),
+        object: None,
     };
     Router::new(&spec, 128).unwrap()
 }
