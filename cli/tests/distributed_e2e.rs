@@ -1193,3 +1193,88 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
         "the shard was retried: {manifests:?}"
     );
 }
+
+/// Exactly-once across a crash between the Kafka commit and the shard's commit: the first
+/// worker commits the shard's transaction and dies (a fail point); the next attempt finds the
+/// shard's marker and produces nothing. A read_committed consumer sees every event once.
+#[test]
+fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
+    use rewind_testkit::kafka::Tansu;
+
+    let mut c = Cluster::start(0);
+    c.generate(1);
+    let broker = Tansu::start();
+    broker.create_topic("eo", 2);
+    broker.create_topic("eo.rewind-control", 1);
+    let args: Vec<String> = [
+        "--etcd",
+        &c.etcd.endpoint(),
+        "--slots",
+        "1",
+        "--lease-ttl",
+        TTL,
+        "--poll-ms",
+        "100",
+        "--id",
+        "doomed",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut doomed = Proc::spawn_with_env(
+        WORKER,
+        &args,
+        c.tmp.path().join("worker-doomed.log"),
+        &[("REWIND_FAILPOINT", "after-kafka-commit")],
+    );
+    let (src, dest) = (c.src(), c.dest());
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T00",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--sink",
+        "kafka",
+        "--brokers",
+        &broker.brokers(),
+        "--topic",
+        "eo",
+        "--delivery",
+        "exactly-once",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The doomed worker commits the transaction, then aborts.
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "{}",
+        doomed.log_text()
+    );
+    c.add_worker();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    let events = archived_events(&src).len();
+    assert_eq!(summary["acknowledged"], events as u64);
+    let records = broker.read_all("eo", 2, events, Duration::from_secs(60));
+    assert_eq!(
+        records.len(),
+        events,
+        "every event once, no second production"
+    );
+    let markers = broker.read_all("eo.rewind-control", 1, 1, Duration::from_secs(30));
+    assert_eq!(
+        markers.len(),
+        2,
+        "the doomed attempt's marker and the retry's (empty) one"
+    );
+}

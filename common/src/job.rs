@@ -133,9 +133,19 @@ impl KafkaKey {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
-    /// Every event is acknowledged before its shard commits; a retried shard produces again.
+    /// Every event is acknowledged before its shard commits; a retried shard produces again
+    /// from its last checkpoint.
     #[default]
     AtLeastOnce,
+    /// Each shard is one Kafka transaction, with a completion marker in the control topic.
+    ExactlyOnce,
+}
+
+impl KafkaSpec {
+    /// Where exactly-once replays record each committed shard (it must exist).
+    pub fn control_topic(&self) -> String {
+        format!("{}.rewind-control", self.topic)
+    }
 }
 
 /// What a job does to events between decoding and the sink: select, repair, deduplicate.

@@ -250,13 +250,7 @@ impl JobRequest {
                 }
                 let delivery = match given(&self.delivery).unwrap_or("at-least-once") {
                     "at-least-once" => Delivery::AtLeastOnce,
-                    "exactly-once" => {
-                        return Err(RequestError::new(
-                            "--delivery",
-                            "exactly-once (Kafka transactions) is not available yet; this \
-                             version delivers at-least-once",
-                        ));
-                    }
+                    "exactly-once" => Delivery::ExactlyOnce,
                     other => {
                         return Err(RequestError::new(
                             "--delivery",

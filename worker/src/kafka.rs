@@ -11,7 +11,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rewind_common::job::{KafkaKey, KafkaSpec};
+use rewind_common::ShardId;
+use rewind_common::job::{Delivery, KafkaKey, KafkaSpec};
 use rewind_flows::Path;
 
 use crate::record::Row;
@@ -21,6 +22,9 @@ pub const HEADER_JOB: &str = "rewind-job";
 pub const HEADER_SOURCE_KEY: &str = "rewind-source-key";
 pub const HEADER_OFFSET: &str = "rewind-offset";
 pub const HEADER_EVENT_ID: &str = "rewind-event-id";
+
+/// The delivery opaque of a transaction's marker record.
+const MARKER: usize = usize::MAX;
 
 /// How long `finish` waits for the last acknowledgements beyond the delivery timeout.
 const FLUSH_GRACE: Duration = Duration::from_secs(10);
@@ -131,6 +135,17 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        if seq == MARKER {
+            // The transaction's marker: not an event; its failure fails the commit.
+            if let Err((e, _)) = result {
+                let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+                failure.get_or_insert(KafkaFailure {
+                    message: format!("producing the shard's marker: {e}"),
+                    retryable: true,
+                });
+            }
+            return;
+        }
         match result {
             Ok(_) => {
                 self.acknowledged.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +199,10 @@ pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
     if spec.ordered {
         c.set("max.in.flight.requests.per.connection", "1");
     }
+    if spec.delivery == Delivery::ExactlyOnce {
+        // A shard's transaction must outlive its slowest delivery.
+        c.set("transaction.timeout.ms", "300000");
+    }
     for (k, v) in &spec.options {
         c.set(k, v);
     }
@@ -217,15 +236,122 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
     if topic.partitions().is_empty() {
         return Err(format!("topic {} has no partitions", spec.topic));
     }
+    if spec.delivery == Delivery::ExactlyOnce {
+        let control = spec.control_topic();
+        if !md.topics().iter().any(|t| t.name() == control) {
+            return Err(format!(
+                "--delivery exactly-once records committed shards in topic {control}: create it \
+                 (1 partition is enough) on brokers {}",
+                spec.brokers
+            ));
+        }
+        // The brokers must run transactions: one empty transaction, now.
+        let probe: ThreadedProducer<Ctx> = client_config(spec)
+            .set(
+                "transactional.id",
+                format!("rewind-preflight-{}", std::process::id()),
+            )
+            .create_with_context(Ctx::default())
+            .map_err(|e| format!("Kafka settings: {e}"))?;
+        probe
+            .init_transactions(timeout)
+            .and_then(|()| probe.begin_transaction())
+            .and_then(|()| probe.commit_transaction(timeout))
+            .map_err(|e| {
+                format!(
+                    "--delivery exactly-once needs Kafka transactions, and brokers {} refused \
+                     one: {e}",
+                    spec.brokers
+                )
+            })?;
+    }
     Ok(topic.partitions().len() as u32)
+}
+
+/// The key of a shard's completion marker in the control topic.
+fn marker_key(job: &str, shard: ShardId) -> String {
+    format!("{job}/{shard}")
+}
+
+/// Whether an exactly-once replay already committed this shard's transaction (an attempt that
+/// died between the Kafka commit and the shard's own commit): its marker is in the control
+/// topic, read with `read_committed`.
+pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool, KafkaFailure> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let fail = |e: String| KafkaFailure {
+        message: format!("reading the control topic {}: {e}", spec.control_topic()),
+        retryable: true,
+    };
+    let control = spec.control_topic();
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &spec.brokers)
+        .set("group.id", format!("rewind-marker-{job}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    for (k, v) in &spec.options {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            config.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| fail(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(15))
+        .map_err(|e| fail(e.to_string()))?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == control)
+        .map(|t| t.partitions().len() as i32)
+        .ok_or_else(|| fail("the topic does not exist".into()))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&control, p, rdkafka::Offset::Beginning)
+            .map_err(|e| fail(e.to_string()))?;
+        let (_, high) = consumer
+            .fetch_watermarks(&control, p, Duration::from_secs(15))
+            .map_err(|e| fail(e.to_string()))?;
+        ends.push(high);
+    }
+    consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
+    let want = marker_key(job, shard);
+    let mut reached = vec![false; partitions as usize];
+    let mut idle = std::time::Instant::now();
+    // Until every partition reached its end, or nothing came for two seconds (some brokers
+    // report no reliable high watermark).
+    while !reached.iter().all(|r| *r) && idle.elapsed() < Duration::from_secs(2) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                idle = std::time::Instant::now();
+                if m.key() == Some(want.as_bytes()) {
+                    return Ok(true);
+                }
+                if let Some(r) = reached.get_mut(m.partition() as usize) {
+                    *r = m.offset() + 1 >= ends[m.partition() as usize];
+                }
+            }
+            Some(Err(e)) => return Err(fail(e.to_string())),
+            None => {}
+        }
+    }
+    Ok(false)
 }
 
 /// Where a shard's replay is: the next event to produce is at `offset` in object
 /// `object_index` (everything before is finished).
 pub type Position = (usize, u64);
 
+/// An exactly-once shard's transaction: the marker committed with it.
+struct Txn {
+    control_topic: String,
+    marker_key: String,
+    marker: String,
+}
+
 /// Produces one shard attempt's events.
 pub struct KafkaSink {
+    txn: Option<Txn>,
     producer: ThreadedProducer<Ctx>,
     topic: String,
     key: KafkaKey,
@@ -242,18 +368,31 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(spec: &KafkaSpec, job: &str) -> Result<KafkaSink, KafkaFailure> {
-        let config = client_config(spec);
+    /// A producer for one shard attempt. For exactly-once it is transactional, with an id
+    /// derived from job and shard: starting it fences an earlier attempt's producer (whose open
+    /// transaction is aborted), then the shard's transaction begins.
+    pub fn new(
+        spec: &KafkaSpec,
+        job: &str,
+        shard: ShardId,
+        attempt: u32,
+    ) -> Result<KafkaSink, KafkaFailure> {
+        let mut config = client_config(spec);
+        let exactly_once = spec.delivery == Delivery::ExactlyOnce;
+        if exactly_once {
+            config.set("transactional.id", format!("rewind-{job}-{shard}"));
+        }
         let timeout_ms = ["delivery.timeout.ms", "message.timeout.ms"]
             .iter()
             .find_map(|k| config.get(k).and_then(|v| v.parse::<u64>().ok()))
             .unwrap_or(DEFAULT_DELIVERY_TIMEOUT_MS);
-        let producer = config
-            .create_with_context(Ctx::default())
-            .map_err(|e| KafkaFailure {
-                message: format!("Kafka settings: {e}"),
-                retryable: false,
-            })?;
+        let producer: ThreadedProducer<Ctx> =
+            config
+                .create_with_context(Ctx::default())
+                .map_err(|e| KafkaFailure {
+                    message: format!("Kafka settings: {e}"),
+                    retryable: false,
+                })?;
         let key_path = match &spec.key {
             KafkaKey::Path(p) => Some(Path::parse(p).map_err(|message| KafkaFailure {
                 message,
@@ -261,7 +400,27 @@ impl KafkaSink {
             })?),
             _ => None,
         };
+        let txn = if exactly_once {
+            let init = Duration::from_secs(60);
+            producer
+                .init_transactions(init)
+                .and_then(|()| producer.begin_transaction())
+                .map_err(|e| KafkaFailure {
+                    message: format!("starting the shard's Kafka transaction: {e}"),
+                    retryable: true,
+                })?;
+            Some(Txn {
+                control_topic: spec.control_topic(),
+                marker_key: marker_key(job, shard),
+                marker:
+                    serde_json::json!({"job": job, "shard": shard.to_string(), "attempt": attempt})
+                        .to_string(),
+            })
+        } else {
+            None
+        };
         Ok(KafkaSink {
+            txn,
             producer,
             topic: spec.topic.clone(),
             key: spec.key.clone(),
@@ -458,6 +617,46 @@ impl KafkaSink {
                 retryable: true,
             });
         }
+        if let Some(txn) = &self.txn {
+            self.commit(txn, &rejected)?;
+        }
         Ok((self.produced, acknowledged, rejected))
+    }
+
+    /// Commits the shard's transaction with its marker. A record refused inside a transaction
+    /// leaves it abortable only: the shard fails (for good: the record would be refused again).
+    fn commit(&self, txn: &Txn, rejected: &[Rejected]) -> Result<(), KafkaFailure> {
+        let abort = |message: String, retryable: bool| {
+            let _ = self.producer.abort_transaction(self.timeout);
+            KafkaFailure { message, retryable }
+        };
+        if let Some(r) = rejected.first() {
+            return Err(abort(
+                format!(
+                    "{} at {}@{} (in an exactly-once transaction, which was aborted)",
+                    r.reason, r.source_key, r.offset
+                ),
+                false,
+            ));
+        }
+        let marker = BaseRecord::with_opaque_to(&txn.control_topic, MARKER)
+            .key(txn.marker_key.as_bytes())
+            .payload(txn.marker.as_bytes());
+        if let Err((e, _)) = self.producer.send(marker) {
+            return Err(abort(format!("producing the shard's marker: {e}"), true));
+        }
+        self.producer
+            .commit_transaction(self.timeout)
+            .map_err(|e| {
+                abort(
+                    format!("committing the shard's Kafka transaction: {e}"),
+                    true,
+                )
+            })?;
+        // A test hook: die between the Kafka commit and the shard's commit.
+        if std::env::var("REWIND_FAILPOINT").as_deref() == Ok("after-kafka-commit") {
+            std::process::abort();
+        }
+        Ok(())
     }
 }

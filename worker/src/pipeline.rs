@@ -231,14 +231,16 @@ pub fn run_shard(
     let mut kafka = match &spec.sink {
         SinkSpec::Parquet => None,
         SinkSpec::Kafka(k) => {
-            Some(KafkaSink::new(k, spec.job.as_str()).map_err(ShardError::kafka)?)
+            Some(KafkaSink::new(k, spec.job.as_str(), shard, attempt).map_err(ShardError::kafka)?)
         }
     };
     let checkpoint_key = keys.checkpoint(shard);
     let mut checkpoints = Checkpoints {
         every: match &spec.sink {
-            SinkSpec::Kafka(k) => k.checkpoint_events,
-            SinkSpec::Parquet => u64::MAX,
+            SinkSpec::Kafka(k) if k.delivery == rewind_common::job::Delivery::AtLeastOnce => {
+                k.checkpoint_events
+            }
+            _ => u64::MAX,
         },
         ..Checkpoints::default()
     };
@@ -261,10 +263,15 @@ pub fn run_shard(
         .into_iter()
         .partition(|o| !names_other_org(&o.key, spec.org.as_str()));
     // A retried Kafka replay produces from where the last attempt's acknowledgements reached.
-    let resume = if kafka.is_some() {
-        read_checkpoint(output.as_ref(), &checkpoint_key, &todo)
-    } else {
-        None
+    let resume = match &spec.sink {
+        SinkSpec::Kafka(k) if k.delivery == rewind_common::job::Delivery::ExactlyOnce => {
+            // Committed to Kafka already (died before the shard's commit): produce nothing.
+            crate::kafka::marker_exists(k, spec.job.as_str(), shard)
+                .map_err(ShardError::kafka)?
+                .then_some((todo.len(), 0))
+        }
+        SinkSpec::Kafka(_) => read_checkpoint(output.as_ref(), &checkpoint_key, &todo),
+        SinkSpec::Parquet => None,
     };
     let mut resumed = 0u64;
     counts.objects_skipped = other_org.len() as u64;
@@ -590,6 +597,9 @@ impl Checkpoints {
         attempt: u32,
         todo: &[ObjectMeta],
     ) {
+        if self.every == u64::MAX {
+            return;
+        }
         self.sends += 1;
         let by_count = self.sends - self.sends_at_last >= self.every;
         if !self.sends.is_multiple_of(64) && !by_count {
