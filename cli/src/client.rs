@@ -146,6 +146,8 @@ pub fn job_json(j: &pb::Job) -> Value {
         "unrecoverable": counts.unrecoverable,
         "repaired": counts.repaired,
         "duplicates": counts.duplicates,
+        "produced": counts.produced,
+        "acknowledged": counts.acknowledged,
         "flows": counts.flows.iter().map(|(k, c)| (k.clone(), json!({
             "matched": c.matched, "repaired": c.repaired, "failed": c.failed,
             "unrecoverable": c.unrecoverable, "filtered": c.filtered})))

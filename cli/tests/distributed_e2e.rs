@@ -1168,6 +1168,8 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     let events = archived_events(&src).len();
     assert_eq!(summary["recovered"], events as u64);
     assert_eq!(summary["acknowledged"], events as u64);
+    let status = c.status(&job);
+    assert_eq!(status["acknowledged"], events as u64, "{status}");
     let records = broker.read_all("replay", 3, events, Duration::from_secs(60));
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in &records {

@@ -271,6 +271,8 @@ impl JobServiceImpl {
                 repaired: s.repaired,
                 duplicates: s.duplicates,
                 flows: flows_to_pb(&s.flows),
+                produced: s.produced,
+                acknowledged: s.acknowledged,
             });
             out.failed_shards = s
                 .failed_shards
@@ -323,6 +325,8 @@ impl JobServiceImpl {
             c.unrecoverable += done.counts.unrecoverable;
             c.repaired += done.counts.repaired;
             c.duplicates += done.counts.duplicates;
+            c.produced += done.counts.produced;
+            c.acknowledged += done.counts.acknowledged;
         }
         for live in live {
             c.objects += live.objects;
@@ -331,6 +335,8 @@ impl JobServiceImpl {
             c.filtered += live.filtered;
             c.failed += live.failed;
             c.unrecoverable += live.unrecoverable;
+            c.produced += live.produced;
+            c.acknowledged += live.acknowledged;
         }
         c.flows = flows_to_pb(&flows);
         let secs = ((now_ms() - status.created_ms).max(1) as f64) / 1000.0;

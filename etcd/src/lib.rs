@@ -75,6 +75,10 @@ pub struct LiveCounts {
     pub failed: u64,
     #[serde(default)]
     pub unrecoverable: u64,
+    #[serde(default)]
+    pub produced: u64,
+    #[serde(default)]
+    pub acknowledged: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -91,6 +91,8 @@ fn live_counts(p: &Progress) -> LiveCounts {
         filtered: p.filtered.load(Ordering::Relaxed),
         failed: p.failed.load(Ordering::Relaxed),
         unrecoverable: p.unrecoverable.load(Ordering::Relaxed),
+        produced: p.produced.load(Ordering::Relaxed),
+        acknowledged: p.acknowledged.load(Ordering::Relaxed),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Progress {
     pub filtered: AtomicU64,
     pub failed: AtomicU64,
     pub unrecoverable: AtomicU64,
+    /// Kafka: records handed to the producer and acknowledged (updated once per object).
+    pub produced: AtomicU64,
+    pub acknowledged: AtomicU64,
     /// What each flow did, by flow name (updated once per object).
     pub flows: std::sync::Mutex<BTreeMap<String, FlowCounts>>,
 }
@@ -477,6 +480,10 @@ pub fn run_shard(
             counts.unrecoverable - before.unrecoverable,
             Ordering::Relaxed,
         );
+        if let Some(k) = &kafka {
+            p.produced.store(k.produced(), Ordering::Relaxed);
+            p.acknowledged.store(k.acknowledged(), Ordering::Relaxed);
+        }
         if per_flow != flows_before {
             let mut live = p.flows.lock().unwrap_or_else(|e| e.into_inner());
             for (i, (now, was)) in per_flow.iter().zip(&flows_before).enumerate() {
