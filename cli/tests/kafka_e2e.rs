@@ -251,15 +251,16 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
             "invalid --kafka-option",
         ),
         (
-            vec![
-                "--brokers",
-                &b,
-                "--topic",
-                "t",
-                "--delivery",
-                "exactly-once",
-            ],
-            "not available yet",
+            vec!["--brokers", &b, "--topic", "t", "--delivery", "twice"],
+            "invalid --delivery",
+        ),
+        (
+            vec!["--brokers", &b, "--topic", "t", "--max-events-per-sec", "0"],
+            "invalid --max-events-per-sec: must be at least 1",
+        ),
+        (
+            vec!["--brokers", &b, "--topic", "t", "--checkpoint-events", "1"],
+            "invalid --checkpoint-events",
         ),
     ];
     for (extra, message) in cases {
