@@ -565,3 +565,73 @@ fn exactly_once_commits_each_shard_with_a_marker() {
         vec![format!("{job}/2024060100"), format!("{job}/2024060101")]
     );
 }
+
+/// A record the producer refuses for itself (over `message.max.bytes`) goes to the failed output
+/// with the reason and its exact bytes; the others are produced and the job succeeds.
+#[test]
+fn records_too_large_go_to_the_failed_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    let hour = src.join("main_stream/2024/06/01/00");
+    fs::create_dir_all(&hour).unwrap();
+    let body: String = (0..30)
+        .map(|i| {
+            let pad = if i % 6 == 0 { 5000 } else { 100 };
+            serde_json::json!({"event_id": format!("e{i}"), "org_id": "TN-k", "data": {"pad": "x".repeat(pad)}})
+                .to_string()
+        })
+        .collect();
+    fs::write(hour.join("events-000001.json"), body).unwrap();
+    let want = archived(&src);
+    let broker = Tansu::start();
+    broker.create_topic("small", 1);
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "small",
+            "--kafka-option",
+            "message.max.bytes=2000",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout_json(&out);
+    assert_eq!(
+        summary["failed_by_reason"]["kafka_rejected"], 5,
+        "{summary}"
+    );
+    assert_eq!(summary["acknowledged"], 25);
+    assert_eq!(summary["recovered"], 25);
+    let job = summary["job_id"].as_str().unwrap();
+    let mut rejected = Vec::new();
+    for f in files_below(&dest.join(format!("_failed/execution_id={job}"))) {
+        for line in fs::read_to_string(f).unwrap().lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(r["code"], "kafka_rejected");
+            assert!(r["reason"].as_str().unwrap().contains("refused"), "{r}");
+            let key = (
+                r["source_key"].as_str().unwrap().to_string(),
+                r["byte_offset"].as_u64().unwrap(),
+            );
+            assert_eq!(want[&key].as_slice(), r["raw"].as_str().unwrap().as_bytes());
+            let v: Value = serde_json::from_str(r["raw"].as_str().unwrap()).unwrap();
+            rejected.push(v["event_id"].as_str().unwrap().to_string());
+        }
+    }
+    rejected.sort();
+    assert_eq!(rejected, ["e0", "e12", "e18", "e24", "e6"]);
+    assert_eq!(
+        broker
+            .read_all("small", 1, 25, Duration::from_secs(30))
+            .len(),
+        25
+    );
+}
