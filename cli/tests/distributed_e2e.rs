@@ -1121,6 +1121,32 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     let broker = Tansu::start();
     broker.create_topic("replay", 3);
     let (src, dest) = (c.src(), c.dest());
+    // A topic that does not exist is refused at submit (the coordinator checks the brokers).
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T00",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--sink",
+        "kafka",
+        "--brokers",
+        &broker.brokers(),
+        "--topic",
+        "no-such-topic",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("topic no-such-topic is not on brokers"),
+        "{err}"
+    );
     let window = 100u64;
     let out = c.cli(&[
         "submit",

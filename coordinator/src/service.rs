@@ -392,6 +392,17 @@ impl JobService for JobServiceImpl {
         let request = request_from_pb(req.into_inner().job)?;
         let mut spec = request.validate(JobId::generate()).map_err(invalid)?;
         request.check_local_paths(&spec.org).map_err(invalid)?;
+        // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
+        // before the job exists, so it fails at submit and not in every shard.
+        if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
+            let k = k.clone();
+            tokio::task::spawn_blocking(move || {
+                rewind_worker::kafka::preflight(&k, Duration::from_secs(15))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("checking Kafka: {e}")))?
+            .map_err(Status::failed_precondition)?;
+        }
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
         let plans = pin_job(&request, &spec).await?;
