@@ -1306,3 +1306,70 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
         "the doomed attempt's marker and the retry's (empty) one"
     );
 }
+
+/// The throttle holds for the job as a whole: two workers replaying two shards at once share
+/// `--max-events-per-sec`, and the records' timestamps show the job's rate within 10%.
+#[test]
+fn kafka_throttle_is_shared_by_the_workers() {
+    use rewind_testkit::kafka::Tansu;
+
+    let c = Cluster::start(2);
+    c.generate(2);
+    let events = archived_events(&c.src()).len() as f64;
+    let rate = (events / 10.0).round();
+    let broker = Tansu::start();
+    broker.create_topic("shared", 2);
+    let (src, dest) = (c.src(), c.dest());
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T01",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--sink",
+        "kafka",
+        "--brokers",
+        &broker.brokers(),
+        "--topic",
+        "shared",
+        "--max-events-per-sec",
+        &rate.to_string(),
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let records = broker.read_all("shared", 2, events as usize, Duration::from_secs(60));
+    assert_eq!(records.len(), events as usize);
+    // Both workers ran a shard.
+    let shards: BTreeSet<String> = records
+        .iter()
+        .map(|r| {
+            r.header("rewind-source-key")
+                .unwrap()
+                .rsplit_once('/')
+                .unwrap()
+                .0
+                .to_string()
+        })
+        .collect();
+    assert_eq!(shards.len(), 2, "{shards:?}");
+    let times: Vec<i64> = records.iter().map(|r| r.timestamp.unwrap()).collect();
+    let span_s = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    let measured = (events - 1.0) / span_s;
+    assert!(
+        (measured - rate).abs() <= rate * 0.10,
+        "asked {rate}/s for the job, measured {measured:.1}/s over {span_s:.1}s"
+    );
+}

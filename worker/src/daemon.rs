@@ -417,10 +417,16 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
                 let _ = store.put_live(&claim, &last).await;
             }
             loop {
-                if let Some(t) = &throttle {
-                    share_rate(&store, &shared, &claim.job, t).await;
+                match &throttle {
+                    // The share follows attempts starting and ending within a quarter second.
+                    Some(t) => {
+                        for _ in 0..4 {
+                            share_rate(&store, &shared, &claim.job, t).await;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 count_progress(&metrics, &progress, &counted);
                 let now = live_counts(&progress);
                 if now != last {
