@@ -150,6 +150,30 @@ impl Cluster {
         run(REWIND, &all)
     }
 
+    /// `rewind submit` of a Kafka replay of this cluster's archive from 2024-04-01T00 to `end`.
+    fn submit_kafka(&self, end: &str, brokers: &str, extra: &[&str]) -> std::process::Output {
+        let (src, dest) = (self.src(), self.dest());
+        let mut args = vec![
+            "submit",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            end,
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "kafka",
+            "--brokers",
+            brokers,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
     fn submit(&self, hours: u32) -> String {
         let end = format!("2024-04-01T{:02}", hours - 1);
         let src = self.src();
@@ -1122,25 +1146,11 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     broker.create_topic("replay", 3);
     let (src, dest) = (c.src(), c.dest());
     // A topic that does not exist is refused at submit (the coordinator checks the brokers).
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
+    let out = c.submit_kafka(
         "2024-04-01T00",
-        "--end",
-        "2024-04-01T00",
-        "--dest",
-        dest.to_str().unwrap(),
-        "--sink",
-        "kafka",
-        "--brokers",
         &broker.brokers(),
-        "--topic",
-        "no-such-topic",
-    ]);
+        &["--topic", "no-such-topic"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -1148,29 +1158,18 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
         "{err}"
     );
     let window = 100u64;
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
+    let out = c.submit_kafka(
         "2024-04-01T00",
-        "--end",
-        "2024-04-01T00",
-        "--dest",
-        dest.to_str().unwrap(),
-        "--sink",
-        "kafka",
-        "--brokers",
         &broker.brokers(),
-        "--topic",
-        "replay",
-        "--checkpoint-events",
-        &window.to_string(),
-        "--max-events-per-sec",
-        "800",
-    ]);
+        &[
+            "--topic",
+            "replay",
+            "--checkpoint-events",
+            &window.to_string(),
+            "--max-events-per-sec",
+            "800",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -1254,28 +1253,12 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
         c.tmp.path().join("worker-doomed.log"),
         &[("REWIND_FAILPOINT", "after-kafka-commit")],
     );
-    let (src, dest) = (c.src(), c.dest());
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
+    let src = c.src();
+    let out = c.submit_kafka(
         "2024-04-01T00",
-        "--end",
-        "2024-04-01T00",
-        "--dest",
-        dest.to_str().unwrap(),
-        "--sink",
-        "kafka",
-        "--brokers",
         &broker.brokers(),
-        "--topic",
-        "eo",
-        "--delivery",
-        "exactly-once",
-    ]);
+        &["--topic", "eo", "--delivery", "exactly-once"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -1319,30 +1302,18 @@ fn kafka_throttle_is_shared_by_the_workers() {
     let rate = (events / 10.0).round();
     let broker = Tansu::start();
     broker.create_topic("shared", 2);
-    let (src, dest) = (c.src(), c.dest());
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
-        "2024-04-01T00",
-        "--end",
+    let out = c.submit_kafka(
         "2024-04-01T01",
-        "--dest",
-        dest.to_str().unwrap(),
-        "--sink",
-        "kafka",
-        "--brokers",
         &broker.brokers(),
-        "--topic",
-        "shared",
-        "--max-events-per-sec",
-        &rate.to_string(),
-        "--wait",
-        "--json",
-    ]);
+        &[
+            "--topic",
+            "shared",
+            "--max-events-per-sec",
+            &rate.to_string(),
+            "--wait",
+            "--json",
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -78,7 +78,7 @@ impl Tansu {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let bin = tansu_bin();
-        let child = Self::spawn(&bin, port, &dir);
+        let child = Self::spawn(&bin, port, port, &dir);
         Tansu {
             port,
             bin,
@@ -87,7 +87,8 @@ impl Tansu {
         }
     }
 
-    fn spawn(bin: &PathBuf, port: u16, dir: &tempfile::TempDir) -> ChildGuard {
+    /// Starts a broker listening on `port` that tells clients to connect to `advertised`.
+    fn spawn(bin: &PathBuf, port: u16, advertised: u16, dir: &tempfile::TempDir) -> ChildGuard {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(bin)
@@ -96,7 +97,7 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -293,33 +294,12 @@ impl Tansu {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let bin = tansu_bin();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://127.0.0.1:{proxy_port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &advertised,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        assert!(
-            wait_port(port, Duration::from_secs(20)),
-            "tansu did not start"
-        );
+        let child = Self::spawn(&bin, port, proxy_port, &dir);
         let proxy = TcpProxy::start(listener, port, cut_after);
         let t = Tansu {
             port,
             bin,
-            child: ChildGuard(Some(child)),
+            child,
             _dir: dir,
         };
         (t, proxy)
