@@ -145,6 +145,8 @@ impl Tansu {
 
     /// Reads every partition of `topic` from the start with `isolation.level=read_committed`
     /// until `want` records arrived (or `limit` passed), then a little longer to catch extras.
+    /// A consumer that stalls for three seconds is replaced by a new one that goes on from the
+    /// next offsets (tansu's in-memory engine sometimes leaves a fetch hanging under load).
     pub fn read_all(
         &self,
         topic: &str,
@@ -152,23 +154,28 @@ impl Tansu {
         want: usize,
         limit: Duration,
     ) -> Vec<Record> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("group.id", format!("rewind-test-{}", free_port()))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", "6000")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions as i32 {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let mut next: Vec<Offset> = vec![Offset::Beginning; partitions as usize];
+        let consumer = |next: &[Offset]| -> BaseConsumer {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", self.brokers())
+                .set("group.id", format!("rewind-test-{}", free_port()))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .set("session.timeout.ms", "6000")
+                .create()
+                .expect("consumer");
+            let mut tpl = TopicPartitionList::new();
+            for (p, at) in next.iter().enumerate() {
+                tpl.add_partition_offset(topic, p as i32, *at).unwrap();
+            }
+            consumer.assign(&tpl).unwrap();
+            consumer
+        };
+        let mut current = consumer(&next);
         let mut out = Vec::new();
         let deadline = Instant::now() + limit;
         let mut extra_until: Option<Instant> = None;
+        let mut last_progress = Instant::now();
         loop {
             let now = Instant::now();
             if now > deadline || extra_until.is_some_and(|t| now > t) {
@@ -177,22 +184,34 @@ impl Tansu {
             if out.len() >= want && extra_until.is_none() {
                 extra_until = Some(now + Duration::from_millis(500));
             }
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => out.push(Record {
-                    timestamp: m.timestamp().to_millis(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
+            if out.len() < want && now.duration_since(last_progress) > Duration::from_secs(3) {
+                current = consumer(&next);
+                last_progress = now;
+            }
+            match current.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    if let Some(n) = next.get_mut(m.partition() as usize) {
+                        *n = Offset::Offset(m.offset() + 1);
+                    }
+                    out.push(Record {
+                        timestamp: m.timestamp().to_millis(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|x| {
+                                        (x.key.to_string(), x.value.unwrap_or_default().to_vec())
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    })
+                }
                 Some(Err(e)) => panic!("consuming {topic}: {e}"),
                 None => {}
             }
