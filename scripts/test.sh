@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2
   SUDO=""

@@ -291,6 +291,24 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--topic: applies to --sink kafka only"));
+    // TLS is built in: a bad CA path is the error (not "built without SSL support").
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &b,
+            "--topic",
+            "t",
+            "--kafka-option",
+            "security.protocol=ssl",
+            "--kafka-option",
+            "ssl.ca.location=/nonexistent/ca.pem",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ssl.ca.location"), "{err}");
     // A topic that does not exist: one clear error at start, exit 1, nothing produced.
     let out = replay(&src, &dest, &["--brokers", &b, "--topic", "missing"]);
     let err = String::from_utf8_lossy(&out.stderr);
