@@ -1134,8 +1134,7 @@ fn flows_and_dedup_run_the_same_distributed_as_embedded() {
 /// kill -9 of the worker in the middle of a Kafka replay: another worker retries the shard from
 /// its checkpoint. Nothing is lost, and the duplicates stay within one checkpoint window (the
 /// records acknowledged after the last checkpoint plus those in flight, at most twice
-/// `--checkpoint-events`). The throttle keeps the shard running long enough to be killed, and
-/// with two workers it is shared between them.
+/// `--checkpoint-events`). The throttle keeps the shard running long enough to be killed.
 #[test]
 fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window() {
     use rewind_testkit::kafka::Tansu;

@@ -67,6 +67,17 @@ fn replay(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
     run(BIN, &args)
 }
 
+/// The summary of a run that must have succeeded.
+fn ok(out: &std::process::Output) -> Value {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(out)
+}
+
 /// Every archived event's exact bytes, by (object key, offset): read independently with
 /// serde_json's stream deserializer over the decompressed objects.
 fn archived(src: &Path) -> BTreeMap<(String, u64), Vec<u8>> {
@@ -128,13 +139,7 @@ fn replay_is_byte_exact_keyed_and_traced() {
             "lz4",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = stdout_json(&out);
+    let summary = ok(&out);
     let want = archived(&src);
     let n = want.len() as u64;
     assert_eq!(summary["recovered"], n);
@@ -557,13 +562,7 @@ fn exactly_once_commits_each_shard_with_a_marker() {
 
     broker.create_topic("eo.rewind-control", 1);
     let out = replay(&src, &dest, &args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = stdout_json(&out);
+    let summary = ok(&out);
     assert_eq!(summary["acknowledged"], want.len() as u64);
     let records = broker.read_all("eo", 3, want.len(), Duration::from_secs(60));
     let mut got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
@@ -615,13 +614,7 @@ fn records_too_large_go_to_the_failed_output() {
             "message.max.bytes=2000",
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = stdout_json(&out);
+    let summary = ok(&out);
     assert_eq!(
         summary["failed_by_reason"]["kafka_rejected"], 5,
         "{summary}"

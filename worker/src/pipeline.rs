@@ -358,17 +358,14 @@ pub fn run_shard(
                                 }
                                 if let Some(reason) = refused {
                                     counts.failed += 1;
-                                    *by_reason.entry("kafka_rejected".into()).or_default() += 1;
-                                    let rec = FailedRecord::new(
+                                    kafka_rejected(
+                                        &mut failed,
+                                        &mut by_reason,
                                         &object.key,
                                         ev.offset,
-                                        ev.bytes.len() as u64,
-                                        "kafka_rejected",
-                                        &reason,
                                         ev.bytes,
-                                        false,
-                                    );
-                                    failed.write(&rec).map_err(ShardError::sink)?;
+                                        &reason,
+                                    )?;
                                     continue;
                                 }
                             } else {
@@ -535,17 +532,14 @@ pub fn run_shard(
         for r in &refused {
             counts.recovered -= 1;
             counts.failed += 1;
-            *by_reason.entry("kafka_rejected".into()).or_default() += 1;
-            let rec = FailedRecord::new(
+            kafka_rejected(
+                &mut failed,
+                &mut by_reason,
                 &r.source_key,
                 r.offset,
-                r.raw.len() as u64,
-                "kafka_rejected",
-                &r.reason,
                 &r.raw,
-                false,
-            );
-            failed.write(&rec).map_err(ShardError::sink)?;
+                &r.reason,
+            )?;
         }
     }
     let files = sink.finish().map_err(ShardError::sink)?;
@@ -581,6 +575,28 @@ pub fn run_shard(
         .put(&key, &body)
         .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
     Ok((key, manifest))
+}
+
+/// Writes the failed record of an event Kafka refused (too large, invalid) and counts its reason.
+fn kafka_rejected(
+    failed: &mut FailedSink<'_>,
+    by_reason: &mut BTreeMap<String, u64>,
+    source_key: &str,
+    offset: u64,
+    raw: &[u8],
+    reason: &str,
+) -> Result<(), ShardError> {
+    *by_reason.entry("kafka_rejected".into()).or_default() += 1;
+    let rec = FailedRecord::new(
+        source_key,
+        offset,
+        raw.len() as u64,
+        "kafka_rejected",
+        reason,
+        raw,
+        false,
+    );
+    failed.write(&rec).map_err(ShardError::sink)
 }
 
 /// When a Kafka replay saves how far its acknowledgements reached.
