@@ -81,6 +81,11 @@ impl Cluster {
     }
 
     fn add_worker(&mut self) {
+        self.add_worker_with_env(&[]);
+    }
+
+    /// A worker with extra environment variables (fail points).
+    fn add_worker_with_env(&mut self, env: &[(&str, &str)]) {
         self.spawned += 1;
         let n = self.spawned;
         let log = self.tmp.path().join(format!("worker-{n}.log"));
@@ -101,7 +106,8 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        self.workers.push(Proc::spawn(WORKER, &args, log));
+        self.workers
+            .push(Proc::spawn_with_env(WORKER, &args, log, env));
     }
 
     fn src(&self) -> PathBuf {
@@ -343,7 +349,12 @@ fn running(s: &Value) -> u64 {
 /// another worker, and the output is exact.
 #[test]
 fn killed_worker_loses_nothing_and_duplicates_nothing() {
-    let mut c = Cluster::start(3);
+    // The first worker never commits a shard it ran (its files are written, its claim held), so
+    // the kill always strikes an attempt in flight, however fast the machine is.
+    let mut c = Cluster::start(0);
+    c.add_worker_with_env(&[("REWIND_FAILPOINT", "hang-before-shard-commit")]);
+    c.add_worker();
+    c.add_worker();
     let hours = 8;
     c.generate(hours);
     let job = c.submit(hours);
@@ -373,7 +384,12 @@ fn killed_worker_loses_nothing_and_duplicates_nothing() {
 /// fenced (cannot commit), deletes what it wrote, and the output is exact.
 #[test]
 fn frozen_worker_is_fenced_after_it_resumes() {
-    let c = Cluster::start(3);
+    // The first worker waits 10 s before committing what it ran, so it is frozen holding an
+    // uncommitted attempt, however fast the machine is.
+    let mut c = Cluster::start(0);
+    c.add_worker_with_env(&[("REWIND_FAILPOINT", "pause-before-shard-commit")]);
+    c.add_worker();
+    c.add_worker();
     let hours = 8;
     c.generate(hours);
     let job = c.submit(hours);

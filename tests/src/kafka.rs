@@ -145,8 +145,12 @@ impl Tansu {
 
     /// Reads every partition of `topic` from the start with `isolation.level=read_committed`
     /// until `want` records arrived (or `limit` passed), then a little longer to catch extras.
-    /// A consumer that stalls for three seconds is replaced by a new one that goes on from the
-    /// next offsets (tansu's in-memory engine sometimes leaves a fetch hanging under load).
+    /// Records come back once per (partition, offset), in that order.
+    ///
+    /// A consumer that receives nothing for three seconds while records are still missing is
+    /// replaced by one reading again from the beginning. Not from the next offset: tansu answers
+    /// a fetch with the batches whose *base* offset is at or after the one asked for, so a
+    /// consumer started in the middle of a batch would never see the rest of that batch.
     pub fn read_all(
         &self,
         topic: &str,
@@ -154,8 +158,7 @@ impl Tansu {
         want: usize,
         limit: Duration,
     ) -> Vec<Record> {
-        let mut next: Vec<Offset> = vec![Offset::Beginning; partitions as usize];
-        let consumer = |next: &[Offset]| -> BaseConsumer {
+        let consumer = || -> BaseConsumer {
             let consumer: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", self.brokers())
                 .set("group.id", format!("rewind-test-{}", free_port()))
@@ -165,17 +168,18 @@ impl Tansu {
                 .create()
                 .expect("consumer");
             let mut tpl = TopicPartitionList::new();
-            for (p, at) in next.iter().enumerate() {
-                tpl.add_partition_offset(topic, p as i32, *at).unwrap();
+            for p in 0..partitions {
+                tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+                    .unwrap();
             }
             consumer.assign(&tpl).unwrap();
             consumer
         };
-        let mut current = consumer(&next);
-        let mut out = Vec::new();
+        let mut current = consumer();
+        let mut out: std::collections::BTreeMap<(i32, i64), Record> = Default::default();
         let deadline = Instant::now() + limit;
         let mut extra_until: Option<Instant> = None;
-        let mut last_progress = Instant::now();
+        let mut last_message = Instant::now();
         loop {
             let now = Instant::now();
             if now > deadline || extra_until.is_some_and(|t| now > t) {
@@ -184,39 +188,53 @@ impl Tansu {
             if out.len() >= want && extra_until.is_none() {
                 extra_until = Some(now + Duration::from_millis(500));
             }
-            if out.len() < want && now.duration_since(last_progress) > Duration::from_secs(3) {
-                current = consumer(&next);
-                last_progress = now;
+            if out.len() < want && now.duration_since(last_message) > Duration::from_secs(3) {
+                current = consumer();
+                last_message = now;
             }
             match current.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    last_progress = Instant::now();
-                    if let Some(n) = next.get_mut(m.partition() as usize) {
-                        *n = Offset::Offset(m.offset() + 1);
-                    }
-                    out.push(Record {
-                        timestamp: m.timestamp().to_millis(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().unwrap_or_default().to_vec(),
-                        headers: m
-                            .headers()
-                            .map(|h| {
-                                h.iter()
-                                    .map(|x| {
-                                        (x.key.to_string(), x.value.unwrap_or_default().to_vec())
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    })
+                    last_message = Instant::now();
+                    out.entry((m.partition(), m.offset()))
+                        .or_insert_with(|| Record {
+                            timestamp: m.timestamp().to_millis(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                            headers: m
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|x| {
+                                            (
+                                                x.key.to_string(),
+                                                x.value.unwrap_or_default().to_vec(),
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        });
                 }
                 Some(Err(e)) => panic!("consuming {topic}: {e}"),
                 None => {}
             }
         }
-        out
+        if out.len() < want {
+            eprintln!(
+                "read_all({topic}): {} of {want} records after {limit:?}; per partition: {:?}",
+                out.len(),
+                (0..partitions as i32)
+                    .map(|p| {
+                        let n = out.keys().filter(|k| k.0 == p).count();
+                        let marks = current.fetch_watermarks(topic, p, Duration::from_secs(5));
+                        (p, n, marks.ok())
+                    })
+                    .collect::<Vec<_>>()
+            );
+        }
+        out.into_values().collect()
     }
 }
 

@@ -654,7 +654,7 @@ impl KafkaSink {
                 )
             })?;
         // A test hook: die between the Kafka commit and the shard's commit.
-        if std::env::var("REWIND_FAILPOINT").as_deref() == Ok("after-kafka-commit") {
+        if crate::failpoint("after-kafka-commit") {
             std::process::abort();
         }
         Ok(())

@@ -58,6 +58,12 @@ pub async fn execute_claim<S: ShardStore>(
         });
     match outcome {
         Ok((manifest_key, manifest)) => {
+            while crate::failpoint("hang-before-shard-commit") {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            if crate::failpoint("pause-before-shard-commit") {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
             let done = ShardDone {
                 attempt,
                 manifest_key,
