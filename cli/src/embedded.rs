@@ -117,6 +117,7 @@ async fn run_job(
             rewind_worker::throttle::Throttle::new(events, bytes).map(Arc::new)
         },
         pins: Pins::Memory(Arc::new(pins)),
+        produce_latency: None,
         progress: progress.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
     };

@@ -81,11 +81,16 @@ impl Cluster {
     }
 
     fn add_worker(&mut self) {
-        self.add_worker_with_env(&[]);
+        self.add_worker_with(&[], &[]);
     }
 
     /// A worker with extra environment variables (fail points).
     fn add_worker_with_env(&mut self, env: &[(&str, &str)]) {
+        self.add_worker_with(env, &[]);
+    }
+
+    /// A worker with extra environment variables and arguments.
+    fn add_worker_with(&mut self, env: &[(&str, &str)], extra: &[&str]) {
         self.spawned += 1;
         let n = self.spawned;
         let log = self.tmp.path().join(format!("worker-{n}.log"));
@@ -104,6 +109,7 @@ impl Cluster {
             &format!("w{n}"),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         self.workers
@@ -1306,12 +1312,18 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
 }
 
 /// The throttle holds for the job as a whole: two workers replaying two shards at once share
-/// `--max-events-per-sec`, and the records' timestamps show the job's rate within 10%.
+/// `--max-events-per-sec`, and the records' timestamps show the job's rate within 10%. One
+/// worker's metrics count its shard's records produced and acknowledged, with a latency each.
 #[test]
 fn kafka_throttle_is_shared_by_the_workers() {
     use rewind_testkit::kafka::Tansu;
+    use rewind_testkit::servers::{http_get, metric};
 
-    let c = Cluster::start(2);
+    let mut c = Cluster::start(1);
+    let wm = free_port();
+    let listen = format!("127.0.0.1:{wm}");
+    c.add_worker_with(&[], &["--metrics-listen", &listen]);
+    assert!(wait_port(wm, Duration::from_secs(20)), "{}", c.logs());
     c.generate(2);
     let events = archived_events(&c.src()).len() as f64;
     let rate = (events / 10.0).round();
@@ -1351,6 +1363,35 @@ fn kafka_throttle_is_shared_by_the_workers() {
         })
         .collect();
     assert_eq!(shards.len(), 2, "{shards:?}");
+    // The metrics worker ran one of the two shards: its counters are that shard's records.
+    let per_shard: Vec<f64> = shards
+        .iter()
+        .map(|prefix| {
+            records
+                .iter()
+                .filter(|r| {
+                    r.header("rewind-source-key")
+                        .unwrap()
+                        .starts_with(prefix.as_str())
+                })
+                .count() as f64
+        })
+        .collect();
+    let (_, w) = http_get(wm, "/metrics");
+    let acked = metric(&w, "rewind_kafka_messages_total{outcome=\"acknowledged\"}");
+    assert!(
+        acked.is_some_and(|n| per_shard.contains(&n)),
+        "{acked:?} {per_shard:?}\n{w}"
+    );
+    assert_eq!(
+        metric(&w, "rewind_kafka_messages_total{outcome=\"produced\"}"),
+        acked
+    );
+    assert_eq!(
+        metric(&w, "rewind_kafka_produce_latency_seconds_count"),
+        acked
+    );
+    assert!(metric(&w, "rewind_kafka_produce_latency_seconds_sum").unwrap() > 0.0);
     let times: Vec<i64> = records.iter().map(|r| r.timestamp.unwrap()).collect();
     let span_s = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
     let measured = (events - 1.0) / span_s;

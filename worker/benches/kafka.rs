@@ -50,7 +50,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
     };
     let router = Router::new(&job, 128).unwrap();
     let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));
-    let mut sink = KafkaSink::new(k, "bench", shard, 1).unwrap();
+    let mut sink = KafkaSink::new(k, "bench", shard, 1, None).unwrap();
     let mut d = Decoder::new(data, DecoderConfig::default());
     let mut scratch = Scratch::default();
     while let Some(Item::Event(ev)) = d.next().unwrap() {

@@ -76,6 +76,14 @@ fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<
             }
         }
     }
+    for (outcome, n) in [
+        ("produced", delta(now.produced, last.produced)),
+        ("acknowledged", delta(now.acknowledged, last.acknowledged)),
+    ] {
+        if n > 0 {
+            WorkerMetrics::outcome(&metrics.kafka_messages, outcome).inc_by(n);
+        }
+    }
     metrics.bytes_read.inc_by(delta(now.bytes, last.bytes));
     metrics
         .objects_read
@@ -186,6 +194,7 @@ async fn open_env(record: &JobRecord) -> JobEnv {
                 crate::throttle::Throttle::new(events, bytes).map(Arc::new)
             },
             pins: Pins::Stored,
+            produce_latency: None,
             progress: Arc::new(Progress::default()),
             cancel: Arc::new(AtomicBool::new(false)),
         },
@@ -387,6 +396,7 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
     let env = ShardEnv {
         cancel: stop.clone(),
         progress: progress.clone(),
+        produce_latency: Some(shared.cfg.metrics.kafka_produce_seconds.clone()),
         ..env
     };
     shared

@@ -6,10 +6,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{
+    BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders, Timestamp,
+};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rewind_common::ShardId;
 use rewind_common::job::{Delivery, KafkaKey, KafkaSpec};
@@ -55,6 +58,8 @@ struct Ctx {
     failure: Mutex<Option<KafkaFailure>>,
     /// Records finished (acknowledged or refused), by sequence number.
     done: Mutex<Done>,
+    /// Acknowledgement latencies, when someone collects them.
+    latency: Option<Histogram>,
 }
 
 /// Which records are finished: all below `below`, and those in `above`.
@@ -147,9 +152,17 @@ impl ProducerContext for Ctx {
             return;
         }
         match result {
-            Ok(_) => {
+            Ok(msg) => {
                 self.acknowledged.fetch_add(1, Ordering::Relaxed);
                 self.mark(seq);
+                // librdkafka stamps a record with the wall clock when it is produced (unless
+                // the topic uses the brokers' append time, which says nothing of the wait).
+                if let (Some(h), Timestamp::CreateTime(at)) = (&self.latency, msg.timestamp()) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    h.observe(now.saturating_sub(at).max(0) as f64 / 1000.0);
+                }
             }
             Err((e, msg)) => match classify(e) {
                 Class::Record => {
@@ -376,6 +389,7 @@ impl KafkaSink {
         job: &str,
         shard: ShardId,
         attempt: u32,
+        latency: Option<Histogram>,
     ) -> Result<KafkaSink, KafkaFailure> {
         let mut config = client_config(spec);
         let exactly_once = spec.delivery == Delivery::ExactlyOnce;
@@ -386,13 +400,15 @@ impl KafkaSink {
             .iter()
             .find_map(|k| config.get(k).and_then(|v| v.parse::<u64>().ok()))
             .unwrap_or(DEFAULT_DELIVERY_TIMEOUT_MS);
-        let producer: ThreadedProducer<Ctx> =
-            config
-                .create_with_context(Ctx::default())
-                .map_err(|e| KafkaFailure {
-                    message: format!("Kafka settings: {e}"),
-                    retryable: false,
-                })?;
+        let producer: ThreadedProducer<Ctx> = config
+            .create_with_context(Ctx {
+                latency,
+                ..Ctx::default()
+            })
+            .map_err(|e| KafkaFailure {
+                message: format!("Kafka settings: {e}"),
+                retryable: false,
+            })?;
         let key_path = match &spec.key {
             KafkaKey::Path(p) => Some(Path::parse(p).map_err(|message| KafkaFailure {
                 message,

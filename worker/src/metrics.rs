@@ -36,6 +36,12 @@ pub struct WorkerMetrics {
     pub lease_losses: Counter,
     /// Calls to etcd that failed and were retried.
     pub store_retries: Counter,
+    /// Kafka records handed to the producer (`produced`) and acknowledged by the brokers
+    /// (`acknowledged`).
+    pub kafka_messages: Family<OutcomeLabel, Counter>,
+    /// Seconds from handing a record to the producer to its acknowledgement (batching, the
+    /// network and the brokers' acks=all write), per acknowledged record.
+    pub kafka_produce_seconds: Histogram,
 }
 
 impl Default for WorkerMetrics {
@@ -50,6 +56,8 @@ impl Default for WorkerMetrics {
             shard_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 14)),
             lease_losses: Counter::default(),
             store_retries: Counter::default(),
+            kafka_messages: Family::default(),
+            kafka_produce_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
     }
 }
@@ -101,6 +109,16 @@ impl WorkerMetrics {
             "store_retries",
             "etcd calls retried after an error",
             self.store_retries.clone(),
+        );
+        r.register(
+            "kafka_messages",
+            "Kafka records produced and acknowledged",
+            self.kafka_messages.clone(),
+        );
+        r.register(
+            "kafka_produce_latency_seconds",
+            "Time from producing a Kafka record to its acknowledgement",
+            self.kafka_produce_seconds.clone(),
         );
     }
 

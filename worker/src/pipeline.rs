@@ -103,6 +103,8 @@ pub struct ShardEnv {
     pub cancel: Arc<AtomicBool>,
     /// The job's rate limit, shared by its shards in this process.
     pub throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// Where the Kafka sink records each acknowledgement's latency (the worker's metric).
+    pub produce_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// The compression of an object, detected from its first bytes (names can lie).
@@ -234,7 +236,11 @@ pub fn run_shard(
     let mut kafka = match &spec.sink {
         SinkSpec::Parquet => None,
         SinkSpec::Kafka(k) => {
-            Some(KafkaSink::new(k, spec.job.as_str(), shard, attempt).map_err(ShardError::kafka)?)
+            let latency = env.produce_latency.clone();
+            Some(
+                KafkaSink::new(k, spec.job.as_str(), shard, attempt, latency)
+                    .map_err(ShardError::kafka)?,
+            )
         }
     };
     let checkpoint_key = keys.checkpoint(shard);
@@ -515,6 +521,9 @@ pub fn run_shard(
     }
     if let Some(k) = kafka {
         let (produced, acknowledged, refused) = k.finish().map_err(ShardError::kafka)?;
+        let p = &env.progress;
+        p.produced.store(produced, Ordering::Relaxed);
+        p.acknowledged.store(acknowledged, Ordering::Relaxed);
         counts.produced = produced + resumed;
         counts.acknowledged = acknowledged + resumed;
         // Everything is acknowledged: a retry (a crash before the shard's commit) produces
