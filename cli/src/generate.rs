@@ -1,8 +1,10 @@
 //! `rewind gen`.
 
 use rewind_common::OrgId;
+use rewind_common::location::JobSide;
 use rewind_common::range::HourRange;
-use rewind_gen::{Compression, GenConfig, generate};
+use rewind_common::{Location, S3Options};
+use rewind_gen::{Compression, GenConfig, generate, generate_with};
 
 use crate::{Failure, GenArgs};
 
@@ -32,8 +34,33 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
         seed: args.seed,
         compression,
     };
-    let summary = generate(&args.out, &cfg)
-        .map_err(|e| Failure::Job(format!("writing {}: {e}", args.out.display())))?;
+    let location = Location::parse("--out", &args.out, &org)?;
+    let written = match &location {
+        Location::Local(dir) => generate(dir, &cfg),
+        Location::S3 { .. } => {
+            let options = S3Options {
+                region: args.region.clone(),
+                endpoint_url: args.endpoint_url.clone(),
+                force_path_style: args.force_path_style,
+                ..S3Options::default()
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))?;
+            let store = runtime
+                .block_on(rewind_s3::open_output(&location, &options, JobSide::Dest))
+                .map_err(|e| Failure::Job(format!("opening {location}: {e}")))?;
+            generate_with(&cfg, |key, bytes| {
+                store
+                    .put(key, bytes)
+                    .map(drop)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+        }
+    };
+    let summary = written.map_err(|e| Failure::Job(format!("writing {location}: {e}")))?;
     if args.json {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else {
@@ -43,7 +70,7 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
             summary.events,
             summary.bytes as f64 / 1e6,
             summary.stored_bytes as f64 / 1e6,
-            args.out.display()
+            location
         );
     }
     Ok(())

@@ -351,9 +351,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// Directory to write the archive into.
+    /// Where to write the archive: a directory, or s3://BUCKET[/PREFIX] (`{org}` allowed).
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: String,
     #[arg(long)]
     pub org: String,
     /// First hour: YYYY-MM-DDTHH (or YYYY-MM-DD for its first hour).
@@ -371,6 +371,15 @@ pub struct GenArgs {
     /// none, gzip, zstd or mixed.
     #[arg(long, default_value = "none")]
     pub compression: String,
+    /// With an s3:// --out: AWS region (credentials from the standard AWS chain).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// With an s3:// --out: the S3 endpoint of an S3-compatible store (MinIO, ...).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// With an s3:// --out: address buckets as ENDPOINT/BUCKET.
+    #[arg(long)]
+    pub force_path_style: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -383,3 +383,83 @@ fn source_role_is_assumed_through_sts() {
         "{stderr}"
     );
 }
+
+/// `rewind gen --out s3://…` writes into a bucket the very archive it writes into a directory
+/// (same seed: same keys, same bytes); refused credentials fail with exit 1 naming the bucket.
+#[test]
+fn gen_writes_the_same_archive_into_a_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    generate(&src, "2");
+    let server = S3Server::start_s3s();
+    server.create_bucket(ARCHIVE, false);
+    let args = |out: &str| -> Vec<String> {
+        [
+            "gen",
+            "--out",
+            out,
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--hours",
+            "2",
+            "--objects-per-hour",
+            "3",
+            "--object-mb",
+            "0.3",
+            "--seed",
+            "77",
+            "--compression",
+            "mixed",
+            "--endpoint-url",
+            &server.endpoint(),
+            "--force-path-style",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let argv = args("s3://pismo-dataplatform-{org}/backup");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = rewind(&server.env(), &argv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut local = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let key = p.strip_prefix(&src).unwrap().to_str().unwrap().to_string();
+                local.push((key, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    local.sort();
+    let stored: Vec<(String, Vec<u8>)> = server
+        .list(ARCHIVE, "backup/")
+        .into_iter()
+        .map(|(k, _)| {
+            let bytes = server.get(ARCHIVE, &k).unwrap();
+            (k["backup/".len()..].to_string(), bytes)
+        })
+        .collect();
+    assert_eq!(local.len(), 6);
+    assert_eq!(stored, local);
+
+    let argv = args("s3://pismo-dataplatform-{org}/refused");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = rewind(&env_for("AKIAWRONG", "wrong-secret"), &argv);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("writing s3://{ARCHIVE}/refused: ")) && stderr.contains("403"),
+        "{stderr}"
+    );
+    assert!(server.list(ARCHIVE, "refused/").is_empty());
+}

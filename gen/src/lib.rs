@@ -236,16 +236,30 @@ pub fn sample_bytes(seed: u64, org: &str, bytes: usize) -> Vec<u8> {
     out
 }
 
-/// Writes an archive below `out`.
+/// Writes an archive below the directory `out`.
 pub fn generate(out: &Path, cfg: &GenConfig) -> io::Result<GenSummary> {
+    generate_with(cfg, |key, bytes| {
+        let path = out.join(key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(path, bytes)
+    })
+}
+
+/// Generates an archive, handing each object (its key below the archive's root, and its
+/// stored bytes) to `put` in key order.
+pub fn generate_with(
+    cfg: &GenConfig,
+    mut put: impl FnMut(&str, &[u8]) -> io::Result<()>,
+) -> io::Result<GenSummary> {
     let mut rng = Rng::new(cfg.seed);
     let mut summary = GenSummary::default();
     let per_hour = cfg.objects_per_hour.max(1);
     for h in 0..cfg.hours as i64 {
         let hour_ms = (cfg.start_epoch_hour + h) * 3_600_000;
         let hour = DateTime::<Utc>::from_timestamp_millis(hour_ms).unwrap_or_default();
-        let dir = out.join(hour.format("main_stream/%Y/%m/%d/%H").to_string());
-        fs::create_dir_all(&dir)?;
+        let dir = hour.format("main_stream/%Y/%m/%d/%H").to_string();
         for k in 0..per_hour {
             let second = (k as u64 * 3600 / per_hour as u64) as i64;
             let t = hour + chrono::Duration::seconds(second);
@@ -280,7 +294,7 @@ pub fn generate(out: &Path, cfg: &GenConfig) -> io::Result<GenSummary> {
                 rng.next_u64() as u32
             );
             summary.stored_bytes += stored.len() as u64;
-            fs::write(dir.join(name), stored)?;
+            put(&format!("{dir}/{name}"), &stored)?;
         }
     }
     Ok(summary)
