@@ -342,6 +342,98 @@ fn compose_file_matches_the_binaries() {
     }
 }
 
+/// The S3 and Kafka load tests are wired: every bucket a load generator names is created in
+/// MinIO, every topic it replays into (and, exactly once, its control topic) is created in
+/// Redpanda, the hosts it names are services of the file on the ports they listen on, and the
+/// Rewind processes hold MinIO's credentials.
+#[test]
+fn compose_load_tests_name_what_the_file_provides() {
+    let docs = yaml_docs(&deploy().join("compose/docker-compose.yml"));
+    let services = docs[0]["services"].as_object().expect("services");
+    let script = |name: &str| strings(&services[name]["command"]).join("\n");
+    let words = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let made_buckets: BTreeSet<String> = script("minio-init")
+        .lines()
+        .filter(|l| l.trim_start().starts_with("mc mb"))
+        .flat_map(&words)
+        .filter_map(|w| w.strip_prefix("load/").map(String::from))
+        .collect();
+    let made_topics: BTreeSet<String> = script("redpanda-init")
+        .lines()
+        .filter(|l| l.trim_start().starts_with("rpk topic create"))
+        .flat_map(|l| {
+            words(l)
+                .into_iter()
+                .skip(3)
+                .take_while(|w| !w.starts_with('-'))
+        })
+        .collect();
+    let redpanda = strings(&services["redpanda"]["command"]);
+    let kafka_port = redpanda
+        .iter()
+        .find_map(|a| a.strip_prefix("--kafka-addr="))
+        .map(port_of)
+        .expect("redpanda --kafka-addr");
+    let minio = &services["minio"]["environment"];
+    for who in ["coordinator", "worker", "loadgen-s3"] {
+        let env = &services[who]["environment"];
+        assert_eq!(env["AWS_ACCESS_KEY_ID"], minio["MINIO_ROOT_USER"], "{who}");
+        assert_eq!(
+            env["AWS_SECRET_ACCESS_KEY"], minio["MINIO_ROOT_PASSWORD"],
+            "{who}"
+        );
+    }
+    let (mut buckets, mut topics) = (0, 0);
+    for name in ["loadgen", "loadgen-s3", "loadgen-kafka"] {
+        for inv in Invocation::from_script(&script(name)) {
+            let flags = inv.check_flags(name);
+            for (flag, value) in &flags {
+                if let Some(rest) = value.strip_prefix("s3://") {
+                    let bucket = rest.split('/').next().unwrap();
+                    assert!(
+                        made_buckets.contains(bucket),
+                        "{name}: {flag} {value}: bucket {bucket} is not created by minio-init"
+                    );
+                    buckets += 1;
+                }
+            }
+            if let Some(url) = flags.get("--endpoint-url") {
+                let host = url.trim_start_matches("http://");
+                let (host, port) = host.split_once(':').unwrap();
+                assert!(services.contains_key(host), "{name}: no service {host}");
+                assert_eq!(port, "9000", "{name}: MinIO's S3 port");
+            }
+            if let Some(brokers) = flags.get("--brokers") {
+                for b in brokers.split(',') {
+                    let (host, port) = b.split_once(':').unwrap();
+                    assert!(services.contains_key(host), "{name}: no service {host}");
+                    assert_eq!(port.parse::<u16>().unwrap(), kafka_port, "{name}: {b}");
+                }
+                let topic = &flags["--topic"];
+                let mut need = vec![topic.clone()];
+                if flags.get("--delivery").map(String::as_str) == Some("exactly-once") {
+                    need.push(format!("{topic}.rewind-control"));
+                }
+                for t in need {
+                    assert!(
+                        made_topics.contains(&t),
+                        "{name}: topic {t} is not created by redpanda-init {made_topics:?}"
+                    );
+                    topics += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        buckets >= 3 && topics >= 2,
+        "{buckets} buckets, {topics} topics"
+    );
+}
+
 #[test]
 fn dockerfile_ships_the_three_binaries_and_the_entrypoint_dispatches() {
     let dockerfile = fs::read_to_string(deploy().join("Dockerfile")).unwrap();
