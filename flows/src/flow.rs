@@ -182,7 +182,11 @@ impl Test {
                 None if raw.starts_with('"') => None,
                 None => Some(false),
             },
-            Test::Size(t) => plain_string.map(|s| t.holds(s.chars().count() as u64)),
+            Test::Size(t) => match plain_string {
+                Some(s) => Some(t.holds(s.chars().count() as u64)),
+                // Arrays are counted in the text; objects are parsed (duplicate names count once).
+                None => crate::raw::array_len(raw).map(|n| t.holds(n as u64)),
+            },
             Test::Equals(_) => None,
         }
     }

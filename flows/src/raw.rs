@@ -18,7 +18,7 @@ fn ws(b: &[u8], mut i: usize) -> usize {
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        let k = j + b.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
         if b[k] == b'"' {
             return Some(k + 1);
         }
@@ -150,12 +150,40 @@ fn find(text: &str, i: usize, seg: &Seg) -> Option<(Item, Option<Item>, Option<I
     }
 }
 
+/// The number of elements of the array that is `text` (`None` if it is not one).
+pub fn array_len(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let i = ws(b, 0);
+    if *b.get(i)? != b'[' {
+        return None;
+    }
+    let mut j = ws(b, i + 1);
+    if *b.get(j)? == b']' {
+        return Some(0);
+    }
+    let mut n = 0;
+    loop {
+        j = ws(b, value_end(b, j)?);
+        n += 1;
+        match *b.get(j)? {
+            b',' => j = ws(b, j + 1),
+            b']' => return Some(n),
+            _ => return None,
+        }
+    }
+}
+
 /// Where the value `segs` selects lies in `text`, and the range that removing it (with its key
 /// and one separating comma) takes out.
 pub fn locate(text: &str, segs: &[Seg]) -> Option<(Range<usize>, Range<usize>)> {
     let b = text.as_bytes();
     let first = ws(b, 0);
-    let mut value = first..value_end(b, first)?;
+    if segs.is_empty() {
+        let value = first..value_end(b, first)?;
+        return Some((value.clone(), value));
+    }
+    // Containers are found from their first byte: the root's end is never needed.
+    let mut value = first..first;
     let mut removal = value.clone();
     for seg in segs {
         let (item, prev, next) = find(text, value.start, seg)?;
@@ -199,6 +227,10 @@ mod tests {
         assert_eq!(get(t, &[name("b"), name("d"), Seg::Index(3)]), None);
         assert_eq!(get(t, &[name("z")]), None);
         assert_eq!(get(t, &[name("a"), name("x")]), None);
+        assert_eq!(array_len(r#" [1, {"e":[2,3]}, "],"] "#), Some(3));
+        assert_eq!(array_len("[ ]"), Some(0));
+        assert_eq!(array_len("[1,"), None);
+        assert_eq!(array_len("{}"), None);
         let remove = |segs: &[Seg]| {
             let (_, r) = locate(t, segs).unwrap();
             format!("{}{}", &t[..r.start], &t[r.end..])

@@ -100,13 +100,13 @@ fn main() {
     let mut values = Vec::new();
     let mut d = Decoder::new(&data[..], DecoderConfig::default());
     while let Some(Item::Event(ev)) = d.next().unwrap() {
-        let v: serde_json::Value = serde_json::from_slice(ev.bytes).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(ev.bytes()).unwrap();
         let key = v["event_id"]
             .as_str()
             .unwrap_or_default()
             .as_bytes()
             .to_vec();
-        values.push((key, ev.bytes.to_vec()));
+        values.push((key, ev.bytes().to_vec()));
     }
     let broker = Tansu::start();
     println!(

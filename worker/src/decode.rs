@@ -50,16 +50,20 @@ impl Default for DecoderConfig {
 pub struct Event<'a> {
     /// Offset of the event's first byte in the (decompressed) object.
     pub offset: u64,
-    /// The original bytes, exactly as archived.
-    pub bytes: &'a [u8],
+    /// The original bytes, exactly as archived (validated as UTF-8 once, by the decoder).
+    pub text: &'a str,
     pub fields: Fields,
 }
 
 impl<'a> Event<'a> {
-    /// The event as text (the decoder has validated it as UTF-8).
+    /// The event as text.
     pub fn text(&self) -> &'a str {
-        // Validated in `Decoder::next`; never fails.
-        std::str::from_utf8(self.bytes).unwrap_or_default()
+        self.text
+    }
+
+    /// The original bytes, exactly as archived.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
     }
 }
 
@@ -262,13 +266,16 @@ impl<R: Read> Decoder<R> {
                     if kind != ValueKind::Object {
                         return Ok(Some(self.damaged(start, end, Damage::NotAnObject { kind })));
                     }
-                    if let Err(e) = std::str::from_utf8(&self.buf[start..end]) {
-                        let at = self.base + (start + e.valid_up_to()) as u64;
-                        return Ok(Some(self.damaged(start, end, Damage::InvalidUtf8 { at })));
-                    }
+                    let text = match std::str::from_utf8(&self.buf[start..end]) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            let at = self.base + (start + e.valid_up_to()) as u64;
+                            return Ok(Some(self.damaged(start, end, Damage::InvalidUtf8 { at })));
+                        }
+                    };
                     return Ok(Some(Item::Event(Event {
                         offset: self.base + start as u64,
-                        bytes: &self.buf[start..end],
+                        text,
                         fields,
                     })));
                 }

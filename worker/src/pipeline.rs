@@ -343,7 +343,7 @@ pub fn run_shard(
                                 let done_before = resume.is_some_and(|r| (i, ev.offset) < r);
                                 resumed += u64::from(done_before);
                                 let value = repaired.unwrap_or(ev.text());
-                                let after = (i, ev.offset + ev.bytes.len() as u64);
+                                let after = (i, ev.offset + ev.bytes().len() as u64);
                                 let refused = if done_before {
                                     None
                                 } else {
@@ -369,7 +369,7 @@ pub fn run_shard(
                                         &mut by_reason,
                                         &object.key,
                                         ev.offset,
-                                        ev.bytes,
+                                        ev.bytes(),
                                         &reason,
                                     )?;
                                     continue;
@@ -417,10 +417,10 @@ pub fn run_shard(
                             let rec = FailedRecord::new(
                                 &object.key,
                                 ev.offset,
-                                ev.bytes.len() as u64,
+                                ev.bytes().len() as u64,
                                 code,
                                 &reason,
-                                ev.bytes,
+                                ev.bytes(),
                                 false,
                             )
                             .with_flow(flow_name(flow), step);
@@ -435,10 +435,10 @@ pub fn run_shard(
                             let rec = FailedRecord::new(
                                 &object.key,
                                 ev.offset,
-                                ev.bytes.len() as u64,
+                                ev.bytes().len() as u64,
                                 "unrecoverable",
                                 &reason,
-                                ev.bytes,
+                                ev.bytes(),
                                 false,
                             )
                             .with_flow(flow_name(flow), None);

@@ -208,7 +208,7 @@ impl Router {
                         } => (
                             Event {
                                 offset: ev.offset,
-                                bytes: buf.as_bytes(),
+                                text: buf,
                                 fields,
                             },
                             Some(flow),

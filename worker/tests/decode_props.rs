@@ -123,9 +123,9 @@ proptest! {
                     Item::Event(e) => {
                         // Valid JSON (IgnoredAny checks the grammar without converting numbers,
                         // so 1e999 is accepted as the grammar allows) and an object.
-                        serde_json::from_slice::<serde::de::IgnoredAny>(e.bytes).unwrap();
-                        assert_eq!(e.bytes[0], b'{');
-                        (e.offset, e.bytes.len() as u64, "event".to_string())
+                        serde_json::from_slice::<serde::de::IgnoredAny>(e.bytes()).unwrap();
+                        assert_eq!(e.bytes()[0], b'{');
+                        (e.offset, e.bytes().len() as u64, "event".to_string())
                     }
                     Item::Damaged(x) => {
                         if !x.raw_truncated {

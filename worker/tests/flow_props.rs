@@ -68,7 +68,7 @@ fn route(r: &Router, text: &str) -> (Vec<u8>, bool) {
     match r.route(&ev, &mut scratch, None) {
         Outcome::Recovered { repaired, .. } => match repaired {
             Some(t) => (t.as_bytes().to_vec(), true),
-            None => (ev.bytes.to_vec(), false),
+            None => (ev.bytes().to_vec(), false),
         },
         other => panic!("{other:?} for {text}"),
     }
