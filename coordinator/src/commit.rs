@@ -85,6 +85,44 @@ pub fn commit_cancelled(
     commit(spec, shards, output, sides, true)
 }
 
+/// Shard manifests read at once (a year of hours on S3 is thousands of GETs): up to
+/// `MANIFEST_READS` at a time, returned in the order given.
+const MANIFEST_READS: usize = 16;
+
+fn read_manifests(
+    output: &dyn OutputStore,
+    done: &[(ShardId, &str)],
+) -> Result<Vec<(String, ShardManifest)>, CommitError> {
+    let read = |(shard, key): &(ShardId, &str)| -> Result<(String, ShardManifest), CommitError> {
+        let bad = |why: String| CommitError::Manifest {
+            shard: *shard,
+            key: key.to_string(),
+            why,
+        };
+        let body = output.get(key)?.ok_or_else(|| bad("not found".into()))?;
+        let m: ShardManifest = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        Ok((key.to_string(), m))
+    };
+    if done.len() <= 1 {
+        return done.iter().map(read).collect();
+    }
+    let per = done.len().div_ceil(MANIFEST_READS);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = done
+            .chunks(per)
+            .map(|chunk| s.spawn(move || chunk.iter().map(read).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut all = Vec::with_capacity(done.len());
+        for part in parts {
+            all.extend(
+                part.join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))?,
+            );
+        }
+        Ok(all)
+    })
+}
+
 fn commit(
     spec: &JobSpec,
     shards: &[(ShardId, ShardState)],
@@ -93,23 +131,18 @@ fn commit(
     cancelled: bool,
 ) -> Result<JobManifest, CommitError> {
     let keys = OutputKeys::new(&spec.job);
-    let mut manifests = Vec::new();
+    let done: Vec<(ShardId, &str)> = shards
+        .iter()
+        .filter_map(|(shard, state)| match state {
+            ShardState::Done(done) => Some((*shard, done.manifest_key.as_str())),
+            _ => None,
+        })
+        .collect();
+    let manifests = read_manifests(output, &done)?;
     let mut failed_shards = Vec::new();
     for (shard, state) in shards {
         match state {
-            ShardState::Done(done) => {
-                let bad = |why: String| CommitError::Manifest {
-                    shard: *shard,
-                    key: done.manifest_key.clone(),
-                    why,
-                };
-                let body = output
-                    .get(&done.manifest_key)?
-                    .ok_or_else(|| bad("not found".into()))?;
-                let m: ShardManifest =
-                    serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
-                manifests.push((done.manifest_key.clone(), m));
-            }
+            ShardState::Done(_) => {}
             ShardState::Failed { attempts, reason } => failed_shards.push(FailedShard {
                 shard: *shard,
                 attempts: *attempts,
@@ -331,6 +364,48 @@ mod tests {
         assert_eq!(ok.counts.recovered, 10);
         assert_eq!(ok.files.len(), 1);
         assert!(out.get(&keys.success_marker()).unwrap().is_some());
+    }
+
+    /// Many shards: manifests are read concurrently, every one of them, in the shards' order;
+    /// one missing among them fails the commit naming that shard.
+    #[test]
+    fn many_shard_manifests_are_all_read_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = LocalOutput::new(dir.path());
+        let mut spec = spec();
+        spec.range = HourRange::parse("2024-01-01T00", "2024-01-03T02", 100).unwrap();
+        let keys = OutputKeys::new(&spec.job);
+        let mut shards = Vec::new();
+        for (i, hour) in spec.range.hours().enumerate() {
+            let shard = ShardId(hour);
+            let mut m = manifest(&spec, shard, 1, vec![]);
+            m.counts.recovered = i as u64 + 1;
+            let key = keys.shard_manifest(shard, 1);
+            out.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+            let done = ShardDone {
+                attempt: 1,
+                manifest_key: key,
+                counts: m.counts.clone(),
+            };
+            shards.push((shard, ShardState::Done(done)));
+        }
+        let n = shards.len() as u64;
+        assert_eq!(n, 51);
+        let job = commit_job(&spec, &shards, &out, &[]).unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.counts.recovered, n * (n + 1) / 2);
+
+        let ShardState::Done(gone) = &shards[37].1 else {
+            unreachable!()
+        };
+        std::fs::remove_file(dir.path().join(&gone.manifest_key)).unwrap();
+        match commit_job(&spec, &shards, &out, &[]) {
+            Err(CommitError::Manifest { shard, why, .. }) => {
+                assert_eq!(shard, shards[37].0);
+                assert_eq!(why, "not found");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
