@@ -1303,11 +1303,21 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
         events,
         "every event once, no second production"
     );
-    let markers = broker.read_all("eo.rewind-control", 1, 1, Duration::from_secs(30));
+    let markers = broker.read_all("eo.rewind-control", 1, 3, Duration::from_secs(30));
+    let keys: Vec<String> = markers
+        .iter()
+        .map(|m| String::from_utf8(m.key.clone().unwrap()).unwrap())
+        .collect();
     assert_eq!(
-        markers.len(),
-        2,
-        "the doomed attempt's marker and the retry's (empty) one"
+        keys.len(),
+        3,
+        "the submit's preflight probe, the doomed attempt's marker and the retry's (empty) one: \
+         {keys:?}"
+    );
+    assert_eq!(keys[0], "rewind-preflight", "{keys:?}");
+    assert!(
+        keys[1..].iter().all(|k| k.starts_with(&format!("{job}/"))),
+        "{keys:?}"
     );
 }
 

@@ -145,7 +145,7 @@ impl ProducerContext for Ctx {
             if let Err((e, _)) = result {
                 let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
                 failure.get_or_insert(KafkaFailure {
-                    message: format!("producing the shard's marker: {e}"),
+                    message: format!("producing the record in the control topic: {e}"),
                     retryable: true,
                 });
             }
@@ -258,7 +258,9 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
                 spec.brokers
             ));
         }
-        // The brokers must run transactions: one empty transaction, now.
+        // The brokers must run transactions: one, now, writing a probe record to the control
+        // topic (an empty transaction would not reach the brokers' EndTxn at all, so a broker
+        // with half the transaction API would pass and fail every shard's commit later).
         let probe: ThreadedProducer<Ctx> = client_config(spec)
             .set(
                 "transactional.id",
@@ -266,20 +268,32 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
             )
             .create_with_context(Ctx::default())
             .map_err(|e| format!("Kafka settings: {e}"))?;
+        let refused = |e: &dyn std::fmt::Display| {
+            format!(
+                "--delivery exactly-once needs Kafka transactions, and brokers {} refused one: {e}",
+                spec.brokers
+            )
+        };
         probe
             .init_transactions(timeout)
             .and_then(|()| probe.begin_transaction())
-            .and_then(|()| probe.commit_transaction(timeout))
-            .map_err(|e| {
-                format!(
-                    "--delivery exactly-once needs Kafka transactions, and brokers {} refused \
-                     one: {e}",
-                    spec.brokers
-                )
-            })?;
+            .map_err(|e| refused(&e))?;
+        let body = serde_json::json!({"preflight": true}).to_string();
+        let record = BaseRecord::with_opaque_to(&control, MARKER)
+            .key(PREFLIGHT_KEY)
+            .payload(&body);
+        probe.send(record).map_err(|(e, _)| refused(&e))?;
+        probe.commit_transaction(timeout).map_err(|e| refused(&e))?;
+        if let Some(f) = probe.context().failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(refused(&f.message));
+        }
     }
     Ok(topic.partitions().len() as u32)
 }
+
+/// The key of the record each exactly-once preflight commits to the control topic (never a
+/// marker: markers are `<job>/<shard>`).
+pub const PREFLIGHT_KEY: &str = "rewind-preflight";
 
 /// The key of a shard's completion marker in the control topic.
 fn marker_key(job: &str, shard: ShardId) -> String {
