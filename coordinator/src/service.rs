@@ -412,6 +412,16 @@ impl JobService for JobServiceImpl {
             .map_err(|e| storage_status("opening the destination", e))?;
         let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
         for _ in 0..8 {
+            // Plans are keyed by job id: never write them over another job's (ids collide only
+            // between coordinators in the same second, 1 in 65,536).
+            match self.store.record::<serde_json::Value>(&spec.job).await {
+                Err(StoreError::JobNotFound(_)) => {}
+                Ok(_) => {
+                    spec.job = JobId::generate();
+                    continue;
+                }
+                Err(e) => return Err(store_status(e)),
+            }
             span.record("job_id", spec.job.as_str());
             store_plans(output.clone(), &spec, plans.clone())
                 .await
