@@ -145,6 +145,10 @@ pub trait OutputStore: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
     /// Deletes `key`; deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Discards writes under `prefix` that were started and never finished (a worker killed
+    /// mid-file leaves them: temporary files, incomplete multipart uploads, invisible to
+    /// `list`); returns how many. Only for prefixes nobody should be writing to any more.
+    fn sweep_unfinished(&self, prefix: &str) -> Result<u64, StorageError>;
     /// The same store, counting its retries into `stats`.
     fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn OutputStore>;
 }
@@ -434,6 +438,18 @@ impl OutputStore for LocalOutput {
         }
     }
 
+    fn sweep_unfinished(&self, prefix: &str) -> Result<u64, StorageError> {
+        let mut n = 0;
+        for o in list_dir(&self.root, prefix)? {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                self.delete(&o.key)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn with_stats(&self, _stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
         Arc::new(self.clone())
     }
@@ -463,6 +479,7 @@ mod tests {
             output: &output,
             part_size: 1 << 20,
             versioned: false,
+            lists_unfinished: true,
         });
         // Unfinished local files are hidden temporaries that vanish when dropped.
         let g = output.create("x/y/part-2.parquet").unwrap();

@@ -15,6 +15,9 @@ pub struct Backend<'a> {
     pub part_size: usize,
     /// Whether the store keeps object versions (a pinned read then survives an overwrite).
     pub versioned: bool,
+    /// Whether the store can list unfinished writes (s3s-fs has no ListMultipartUploads): if
+    /// not, `sweep_unfinished` must say so with an error, never pretend there were none.
+    pub lists_unfinished: bool,
 }
 
 /// Reads a pinned object to the end; the store's error if it cannot (a remote store may report
@@ -55,6 +58,35 @@ pub fn run_all(b: &Backend<'_>) {
     listing(b);
     pinned_reads(b);
     bad_keys(b);
+    killed_writes(b);
+}
+
+/// A writer that dies mid-file (no drop runs: kill -9) leaves an unfinished write that `list`
+/// does not show; `sweep_unfinished` finds and discards it, and nothing else.
+fn killed_writes(b: &Backend<'_>) {
+    let o = b.output;
+    o.put("killed/done", b"finished").unwrap();
+    let mut f = o.create("killed/half.bin").unwrap();
+    f.write_all(&pattern(b.part_size + 10, 4)).unwrap();
+    f.flush().unwrap();
+    std::mem::forget(f);
+    assert_eq!(keys(&o.list("killed/").unwrap()), ["killed/done"]);
+    if !b.lists_unfinished {
+        assert!(o.sweep_unfinished("killed/").is_err());
+        return;
+    }
+    assert_eq!(
+        o.sweep_unfinished("other/").unwrap(),
+        0,
+        "outside the prefix"
+    );
+    assert_eq!(o.sweep_unfinished("killed/").unwrap(), 1);
+    assert_eq!(o.sweep_unfinished("killed/").unwrap(), 0);
+    assert_eq!(keys(&o.list("killed/").unwrap()), ["killed/done"]);
+    assert_eq!(
+        o.get("killed/done").unwrap().as_deref(),
+        Some(&b"finished"[..])
+    );
 }
 
 fn keys(list: &[ObjectMeta]) -> Vec<&str> {

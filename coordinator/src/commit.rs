@@ -210,6 +210,21 @@ fn commit(
             }
         }
     }
+    // Writes a killed attempt started and never finished (temporary files, incomplete
+    // multipart uploads) are invisible to listings, and would stay (and be billed) forever.
+    // Not being able to (a store without ListMultipartUploads, a role without the permission)
+    // does not fail the job: its outputs are complete; a bucket lifecycle rule
+    // (AbortIncompleteMultipartUpload) is then the way to clean up.
+    for store in std::iter::once(output).chain(sides.iter().copied()) {
+        match store.sweep_unfinished(&prefix) {
+            Ok(n) => orphans += n,
+            Err(e) => tracing::warn!(
+                store = %store.describe(),
+                error = %e,
+                "cannot discard unfinished writes of killed attempts"
+            ),
+        }
+    }
 
     files.sort_by(|a, b| a.key.cmp(&b.key));
     failed_files.sort_by(|a, b| a.key.cmp(&b.key));
@@ -308,6 +323,12 @@ mod tests {
         let live = keys.data_file(&spec.org, hours[0], 2, 0);
         out.put(&dead, b"dead").unwrap();
         out.put(&live, b"live").unwrap();
+        // Attempt 1 was killed while writing its next file: a temporary file stays behind.
+        let unfinished = dir
+            .path()
+            .join(&live)
+            .with_file_name(".part-1.parquet.4242-7.tmp");
+        std::fs::write(&unfinished, b"half a file").unwrap();
         failed.put(&keys.failed_file(hours[0], 1), b"{}\n").unwrap();
         let m = manifest(
             &spec,
@@ -340,7 +361,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(result.state, JobState::Failed);
-        assert_eq!(result.orphans_deleted, 2);
+        assert_eq!(result.orphans_deleted, 3);
+        assert!(!unfinished.exists(), "the killed attempt's unfinished file");
         assert_eq!(result.failed_shards[0].reason, "boom");
         assert!(out.get(&dead).unwrap().is_none());
         assert!(out.get(&live).unwrap().is_some());

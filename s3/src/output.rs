@@ -150,6 +150,62 @@ impl OutputStore for S3Output {
         })
     }
 
+    fn sweep_unfinished(&self, prefix: &str) -> Result<u64, StorageError> {
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let full = self.full(prefix)?;
+        let what = format!("listing the unfinished uploads of {}", self.what(prefix));
+        self.client.block(async move {
+            let mut uploads = Vec::new();
+            let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+            loop {
+                let page = client
+                    .send(&what, || {
+                        client
+                            .sdk
+                            .list_multipart_uploads()
+                            .bucket(&*bucket)
+                            .prefix(&full)
+                            .set_key_marker(key_marker.clone())
+                            .set_upload_id_marker(id_marker.clone())
+                            .send()
+                    })
+                    .await?;
+                for u in page.uploads() {
+                    if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                        uploads.push((key.to_string(), id.to_string()));
+                    }
+                }
+                if page.is_truncated() != Some(true) {
+                    break;
+                }
+                key_marker = page.next_key_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
+                if key_marker.is_none() && id_marker.is_none() {
+                    break;
+                }
+            }
+            for (key, id) in &uploads {
+                let what = format!("aborting the unfinished upload of s3://{bucket}/{key}");
+                let aborted = client
+                    .send(&what, || {
+                        client
+                            .sdk
+                            .abort_multipart_upload()
+                            .bucket(&*bucket)
+                            .key(key)
+                            .upload_id(id)
+                            .send()
+                    })
+                    .await;
+                match aborted {
+                    Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(uploads.len() as u64)
+        })
+    }
+
     fn delete(&self, key: &str) -> Result<(), StorageError> {
         let (client, bucket, full, what) = (
             self.client.clone(),

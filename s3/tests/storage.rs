@@ -64,6 +64,7 @@ fn s3s_fs_passes_the_storage_contract() {
         output: &output,
         part_size: PART,
         versioned: false,
+        lists_unfinished: false,
     });
     // Everything stayed below the prefix.
     assert!(
@@ -86,6 +87,7 @@ fn moto_passes_the_storage_contract_with_versions() {
         output: &output,
         part_size: PART,
         versioned: true,
+        lists_unfinished: true,
     });
     // Outputs in a versioned bucket report their VersionId.
     let written = output.put("v/x", b"x").unwrap();
