@@ -355,10 +355,11 @@ fn running(s: &Value) -> u64 {
 /// another worker, and the output is exact.
 #[test]
 fn killed_worker_loses_nothing_and_duplicates_nothing() {
-    // The first worker never commits a shard it ran (its files are written, its claim held), so
-    // the kill always strikes an attempt in flight, however fast the machine is.
+    // The first worker never finishes its first Parquet file (written, not yet made visible;
+    // its claim held), so the kill always strikes an attempt mid-file, however fast the
+    // machine is, and leaves an unfinished write behind for the commit to discard.
     let mut c = Cluster::start(0);
-    c.add_worker_with_env(&[("REWIND_FAILPOINT", "hang-before-shard-commit")]);
+    c.add_worker_with_env(&[("REWIND_FAILPOINT", "hang-before-file-finish")]);
     c.add_worker();
     c.add_worker();
     let hours = 8;
@@ -366,6 +367,26 @@ fn killed_worker_loses_nothing_and_duplicates_nothing() {
     let job = c.submit(hours);
     // Every worker holds one shard (one slot each) when all three are running.
     c.wait_until(&job, "three running shards", |s| running(s) >= 3);
+    let unfinished = |dir: &Path| -> Vec<PathBuf> {
+        files_below(dir)
+            .into_iter()
+            .filter(|f| f.to_string_lossy().ends_with(".tmp"))
+            .collect()
+    };
+    // Temporary names carry the writer's pid: wait for the first worker's own.
+    let mine = format!(".{}-", c.workers[0].child.pid());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !unfinished(&c.dest())
+        .iter()
+        .any(|f| f.to_string_lossy().contains(&mine))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker wrote no file\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.workers[0].child.kill();
     let (code, summary) = c.watch(&job);
     assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
@@ -383,6 +404,15 @@ fn killed_worker_loses_nothing_and_duplicates_nothing() {
     assert!(
         attempts_above_one(&manifest) >= 1,
         "the killed worker's shard must have been re-run as a later attempt"
+    );
+    assert_eq!(
+        unfinished(&c.dest()),
+        Vec::<PathBuf>::new(),
+        "the killed attempt's unfinished file is discarded at the commit"
+    );
+    assert!(
+        manifest["orphans_deleted"].as_u64() >= Some(1),
+        "{manifest}"
     );
 }
 

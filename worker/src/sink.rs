@@ -152,6 +152,9 @@ impl<'a> ParquetSink<'a> {
                 key: key.clone(),
                 source,
             })?;
+            while crate::failpoint("hang-before-file-finish") {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
             let written = file.finish()?;
             self.files.push(OutputFileEntry {
                 key,
