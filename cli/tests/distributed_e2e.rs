@@ -181,6 +181,8 @@ impl Cluster {
             "kafka",
             "--brokers",
             brokers,
+            "--kafka-option",
+            rewind_testkit::kafka::PRODUCER_OPTION,
         ];
         args.extend_from_slice(extra);
         self.cli(&args)

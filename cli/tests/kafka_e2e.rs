@@ -62,6 +62,8 @@ fn replay(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
         "--sink",
         "kafka",
         "--json",
+        "--kafka-option",
+        rewind_testkit::kafka::PRODUCER_OPTION,
     ];
     args.extend_from_slice(extra);
     run(BIN, &args)
