@@ -67,12 +67,13 @@ impl Record {
 }
 
 /// The producer setting replays into tansu run with in the tests: one request in flight per
-/// connection. tansu 0.6's in-memory engine loses acknowledged records when two produce requests
-/// for one partition overlap: its high watermark drops an update, two batches get the same base
-/// offset, the second cannot be stored after its producer sequence was recorded, and the
-/// client's retry is answered "duplicate sequence" (success). Seen twice in CI under full load
-/// (~330 records of one partition missing, a high watermark below the records read); never on
-/// Kafka, whose idempotent producer takes five requests in flight. Rewind's default stays five.
+/// connection. Twice in CI under full load, tansu 0.6's in-memory engine lost ~330 acknowledged
+/// records of one partition while the producer had several requests in flight (librdkafka's
+/// idempotent default, five): the partition's high watermark ended *below* the number of
+/// distinct offsets read back from it, which points at a lost watermark update in the broker
+/// (two batches given one base offset; the second dropped after its sequence was recorded, so
+/// the client's retry is answered "duplicate sequence", i.e. success). Never reproduced locally,
+/// never seen with one request in flight (the `--ordered` test). Rewind's default stays five.
 pub const PRODUCER_OPTION: &str = "max.in.flight.requests.per.connection=1";
 
 pub struct Tansu {
