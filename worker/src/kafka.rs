@@ -261,10 +261,17 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
         // The brokers must run transactions: one, now, writing a probe record to the control
         // topic (an empty transaction would not reach the brokers' EndTxn at all, so a broker
         // with half the transaction API would pass and fail every shard's commit later).
+        // One id per check: two submits checked at once by one coordinator must not fence
+        // each other.
+        static CHECKS: AtomicU64 = AtomicU64::new(0);
         let probe: ThreadedProducer<Ctx> = client_config(spec)
             .set(
                 "transactional.id",
-                format!("rewind-preflight-{}", std::process::id()),
+                format!(
+                    "rewind-preflight-{}-{}",
+                    std::process::id(),
+                    CHECKS.fetch_add(1, Ordering::Relaxed)
+                ),
             )
             .create_with_context(Ctx::default())
             .map_err(|e| format!("Kafka settings: {e}"))?;
