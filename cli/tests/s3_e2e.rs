@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rewind_testkit::s3::{FaultProxy, Faults, S3Server, env_for};
 use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
-use rewind_testkit::{archived_events, expected_row, parquet_rows, stdout_json};
+use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, stdout_json};
 use serde_json::Value;
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
@@ -427,19 +427,13 @@ fn gen_writes_the_same_archive_into_a_bucket() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut local = Vec::new();
-    let mut stack = vec![src.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let key = p.strip_prefix(&src).unwrap().to_str().unwrap().to_string();
-                local.push((key, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
+    let mut local: Vec<(String, Vec<u8>)> = files_below(&src)
+        .into_iter()
+        .map(|p| {
+            let key = p.strip_prefix(&src).unwrap().to_str().unwrap().to_string();
+            (key, std::fs::read(&p).unwrap())
+        })
+        .collect();
     local.sort();
     let stored: Vec<(String, Vec<u8>)> = server
         .list(ARCHIVE, "backup/")
