@@ -2,8 +2,11 @@
 //! started by the test): every value is byte-identical to an archived event, keys follow
 //! `--key`, lineage headers point back at the exact bytes in the archive.
 //!
-//! What tansu cannot show: transactions (exactly-once) are not in this version of Rewind yet, so
-//! nothing here is read_committed-specific beyond using that isolation level.
+//! What tansu 0.6 cannot show: that an aborted transaction stays invisible to read_committed
+//! consumers (it leaks aborted records to them), and a broker without transactions refusing
+//! exactly-once (every broker we can run here has them). The exactly-once test covers the commit
+//! path and the control-topic markers; the crash between the Kafka commit and the shard's commit
+//! is in the distributed tests.
 
 use std::collections::BTreeMap;
 use std::fs;

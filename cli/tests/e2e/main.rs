@@ -1,0 +1,12 @@
+//! Rewind's end-to-end tests through its binaries, in one test binary: each module used to be a
+//! binary of its own, and every one of them linked the whole dependency tree (AWS SDK,
+//! librdkafka, Arrow, tonic) — 100 MB or more each, most of CI's disk and link time.
+
+mod deploy_static;
+mod distributed;
+mod flows;
+mod kafka;
+mod run;
+mod s3;
+mod secure;
+mod trace;
