@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
 use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
 use serde_json::Value;
@@ -20,8 +21,9 @@ const ORG: &str = "TN-dist";
 /// Lease TTL of workers and coordinators in these tests (seconds; etcd's minimum is 2).
 const TTL: &str = "2";
 
+/// The generator seed of these tests (also the crash test's random moments).
 fn seed() -> String {
-    std::env::var("REWIND_TEST_SEED").unwrap_or_else(|_| "424242".into())
+    common::seed("424242")
 }
 
 struct Cluster {
@@ -126,33 +128,9 @@ impl Cluster {
 
     /// An archive of `hours` hours from 2024-04-01T00, 3 objects of 0.5 MB per hour.
     fn generate(&self, hours: u32) {
-        let out = run(
-            REWIND,
-            &[
-                "gen",
-                "--out",
-                self.src().to_str().unwrap(),
-                "--org",
-                ORG,
-                "--start",
-                "2024-04-01T00",
-                "--hours",
-                &hours.to_string(),
-                "--objects-per-hour",
-                "3",
-                "--object-mb",
-                "0.5",
-                "--seed",
-                &seed(),
-                "--compression",
-                "mixed",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (src, hours) = (self.src(), hours.to_string());
+        let extra = ["--compression", "mixed"];
+        common::generate(&src, ORG, "2024-04-01T00", &hours, "0.5", &seed(), &extra);
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {

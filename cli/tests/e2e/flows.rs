@@ -6,42 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
+use crate::common::{self, seed};
 use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rewind");
 
-fn seed() -> String {
-    std::env::var("REWIND_TEST_SEED").unwrap_or_else(|_| "6".into())
-}
-
 fn generate(dir: &Path, hours: &str) {
-    let seed = seed();
-    let out = run(
-        BIN,
-        &[
-            "gen",
-            "--out",
-            dir.to_str().unwrap(),
-            "--org",
-            "TN-f",
-            "--start",
-            "2024-05-01T10",
-            "--hours",
-            hours,
-            "--objects-per-hour",
-            "3",
-            "--object-mb",
-            "0.2",
-            "--seed",
-            &seed,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let seed = seed("6");
+    common::generate(dir, "TN-f", "2024-05-01T10", hours, "0.2", &seed, &[]);
 }
 
 fn rewind_run(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {

@@ -13,6 +13,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::{self, seed};
 use rewind_testkit::kafka::Tansu;
 use rewind_testkit::{files_below, run, stdout_json};
 use serde_json::Value;
@@ -20,33 +21,9 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_rewind");
 
 fn generate(dir: &Path, hours: &str, compression: &str) {
-    let out = run(
-        BIN,
-        &[
-            "gen",
-            "--out",
-            dir.to_str().unwrap(),
-            "--org",
-            "TN-k",
-            "--start",
-            "2024-06-01T00",
-            "--hours",
-            hours,
-            "--objects-per-hour",
-            "3",
-            "--object-mb",
-            "0.2",
-            "--seed",
-            "11",
-            "--compression",
-            compression,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let seed = seed("11");
+    let extra = ["--compression", compression];
+    common::generate(dir, "TN-k", "2024-06-01T00", hours, "0.2", &seed, &extra);
 }
 
 fn replay(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {

@@ -6,44 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
+use crate::common::{self, seed};
 use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rewind");
 
-/// The generator seed: fixed by default, `REWIND_TEST_SEED` to try others.
-fn seed() -> String {
-    std::env::var("REWIND_TEST_SEED").unwrap_or_else(|_| "20240401".into())
-}
-
 fn generate(dir: &Path, start: &str, hours: &str, compression: &str, extra: &[&str]) {
-    let seed = seed();
-    let mut args = vec![
-        "gen",
-        "--out",
-        dir.to_str().unwrap(),
-        "--org",
-        "TN-e2e",
-        "--start",
-        start,
-        "--hours",
-        hours,
-        "--objects-per-hour",
-        "3",
-        "--object-mb",
-        "0.2",
-        "--seed",
-        &seed,
-        "--compression",
-        compression,
-    ];
+    let seed = seed("20240401");
+    let mut args = vec!["--compression", compression];
     args.extend_from_slice(extra);
-    let out = run(BIN, &args);
-    assert!(
-        out.status.success(),
-        "gen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::generate(dir, "TN-e2e", start, hours, "0.2", &seed, &args);
 }
 
 fn recover(src: &Path, dest: &Path, start: &str, end: &str, extra: &[&str]) -> Value {

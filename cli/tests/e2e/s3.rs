@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::common::{self, seed};
 use rewind_testkit::s3::{FaultProxy, Faults, S3Server, env_for};
 use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
 use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, stdout_json};
@@ -23,18 +24,9 @@ const ORG: &str = "TN-s3";
 const ARCHIVE: &str = "pismo-dataplatform-tn-s3";
 
 fn generate(dir: &Path, hours: &str) {
-    let out = Command::new(REWIND)
-        .args(["gen", "--out", dir.to_str().unwrap(), "--org", ORG])
-        .args(["--start", "2024-04-01T00", "--hours", hours])
-        .args(["--objects-per-hour", "3", "--object-mb", "0.3"])
-        .args(["--seed", "77", "--compression", "mixed"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let seed = seed("77");
+    let extra = ["--compression", "mixed"];
+    common::generate(dir, ORG, "2024-04-01T00", hours, "0.3", &seed, &extra);
 }
 
 fn rewind(env: &[(&'static str, String)], args: &[&str]) -> Output {

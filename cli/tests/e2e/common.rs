@@ -1,0 +1,49 @@
+//! What the end-to-end modules share.
+
+use std::path::Path;
+
+use rewind_testkit::run;
+
+const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
+
+/// The generator seed: each module's own by default, `REWIND_TEST_SEED` to try other archives.
+pub fn seed(default: &str) -> String {
+    std::env::var("REWIND_TEST_SEED").unwrap_or_else(|_| default.into())
+}
+
+/// Writes an archive with `rewind gen` into `dir`: `hours` hours from `start`, 3 objects of
+/// `object_mb` MB an hour; `extra` adds gen flags (`--compression`, ...).
+pub fn generate(
+    dir: &Path,
+    org: &str,
+    start: &str,
+    hours: &str,
+    object_mb: &str,
+    seed: &str,
+    extra: &[&str],
+) {
+    let mut args = vec![
+        "gen",
+        "--out",
+        dir.to_str().unwrap(),
+        "--org",
+        org,
+        "--start",
+        start,
+        "--hours",
+        hours,
+        "--objects-per-hour",
+        "3",
+        "--object-mb",
+        object_mb,
+        "--seed",
+        seed,
+    ];
+    args.extend_from_slice(extra);
+    let out = run(REWIND, &args);
+    assert!(
+        out.status.success(),
+        "gen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
