@@ -633,3 +633,112 @@ fn records_too_large_go_to_the_failed_output() {
         25
     );
 }
+
+/// Flows and damage on the way to Kafka: a repaired event's value is its archived bytes with only
+/// the edited value changed, an event routed to unrecoverable is not produced, a damaged range
+/// goes to the failed output, and every other value is the archived bytes untouched.
+#[test]
+fn repaired_values_and_damage_on_the_way_to_kafka() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "1", "none");
+    let want = archived(&src);
+    // Garbage after the last event of one object: its events keep their offsets.
+    let first = files_below(&src).into_iter().next().unwrap();
+    let mut bytes = fs::read(&first).unwrap();
+    let garbage_at = bytes.len() as u64;
+    bytes.extend_from_slice(b"\x00\x00GARBAGE");
+    fs::write(&first, &bytes).unwrap();
+    let flows = tmp.path().join("flows.json");
+    fs::write(
+        &flows,
+        r#"{"flows": [
+  {"name": "fix-currency",
+   "conditions": [{"op": "Test", "path": "$.event_type", "value": {"value": "transaction-created"}},
+                  {"op": "Test", "path": "$.data.amount.currency", "value": {"regex": "^(brl|usd)$"}}],
+   "steps": [{"op": "Replace", "path": "$.data.amount.currency", "match": "(?U)^.*$", "value": "BRL"}]},
+  {"name": "drop-cards", "outcome": "unrecoverable",
+   "conditions": [{"op": "Test", "path": "$.domain", "value": {"value": "cards"}}]}
+]}"#,
+    )
+    .unwrap();
+    let broker = Tansu::start();
+    broker.create_topic("repaired", 2);
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "repaired",
+            "--flows",
+            flows.to_str().unwrap(),
+        ],
+    );
+    let summary = ok(&out);
+
+    // What the flows must do, decided over serde_json values.
+    let (mut produced, mut repaired, mut cards) = (BTreeMap::new(), 0u64, 0u64);
+    for (at, bytes) in &want {
+        let v: Value = serde_json::from_slice(bytes).unwrap();
+        if v["domain"] == "cards" {
+            cards += 1;
+            continue;
+        }
+        let fix = v["event_type"] == "transaction-created"
+            && matches!(
+                v["data"]["amount"]["currency"].as_str(),
+                Some("brl" | "usd")
+            );
+        repaired += u64::from(fix);
+        produced.insert(at.clone(), (fix, bytes.clone()));
+    }
+    assert!(
+        repaired > 0 && cards > 0,
+        "the archive exercises both flows"
+    );
+    assert_eq!(summary["repaired"], repaired, "{summary}");
+    assert_eq!(summary["unrecoverable"], cards);
+    assert_eq!(summary["recovered"], produced.len() as u64);
+    assert_eq!(summary["acknowledged"], produced.len() as u64);
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["failed_by_reason"]["syntax"], 1);
+    let job = summary["job_id"].as_str().unwrap();
+    let failed: Vec<Value> = files_below(&dest.join(format!("_failed/execution_id={job}")))
+        .iter()
+        .flat_map(|f| {
+            let text = fs::read_to_string(f).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["byte_offset"], garbage_at);
+    assert_eq!(failed[0]["raw"], "\u{0}\u{0}GARBAGE");
+
+    let records = broker.read_all("repaired", 2, produced.len(), Duration::from_secs(60));
+    assert_eq!(records.len(), produced.len(), "each produced event once");
+    for r in &records {
+        let at = (
+            r.header("rewind-source-key").unwrap().to_string(),
+            r.header("rewind-offset").unwrap().parse::<u64>().unwrap(),
+        );
+        let (fix, orig) = &produced[&at];
+        if !fix {
+            assert_eq!(&r.value, orig, "{at:?}: untouched bytes");
+            continue;
+        }
+        // Only the three letters of the currency changed, in place.
+        let mut expected: Value = serde_json::from_slice(orig).unwrap();
+        expected["data"]["amount"]["currency"] = Value::from("BRL");
+        assert_eq!(serde_json::from_slice::<Value>(&r.value).unwrap(), expected);
+        assert_eq!(r.value.len(), orig.len());
+        let diff: Vec<usize> = (0..orig.len()).filter(|&i| r.value[i] != orig[i]).collect();
+        assert!(
+            !diff.is_empty() && diff[diff.len() - 1] - diff[0] < 3,
+            "{at:?}: bytes changed at {diff:?}"
+        );
+    }
+}
