@@ -385,6 +385,7 @@ fn gen_writes_the_same_archive_into_a_bucket() {
     generate(&src, "2");
     let server = S3Server::start_s3s();
     server.create_bucket(ARCHIVE, false);
+    let seed = seed("77");
     let args = |out: &str| -> Vec<String> {
         [
             "gen",
@@ -401,7 +402,7 @@ fn gen_writes_the_same_archive_into_a_bucket() {
             "--object-mb",
             "0.3",
             "--seed",
-            "77",
+            &seed,
             "--compression",
             "mixed",
             "--endpoint-url",
