@@ -174,8 +174,8 @@ pub struct JobArgs {
     /// Repair flows to apply (JSON or YAML; see docs/flows.md); try them with `rewind flows test`.
     #[arg(long, value_name = "FILE")]
     pub flows: Option<PathBuf>,
-    /// Drop repeated events: event_id or event_id,timestamp (within a shard and, for Parquet,
-    /// against the --dedup-window-hours before it).
+    /// Drop repeated events: event_id or event_id,timestamp (within a shard and against the
+    /// --dedup-window-hours before it; the earliest copy is kept).
     #[arg(long, value_name = "KEY")]
     pub dedup: Option<String>,
     /// With --dedup: hours before each shard whose events count as seen (0-24; each costs one

@@ -214,10 +214,9 @@ pub fn run_shard(
     })?;
     let mut scratch = Scratch::default();
     let mut seen = router.dedup().map(Seen::new);
-    // Cross-shard dedup reads the hours before; a Kafka replay dedups within the shard only.
-    if let Some(seen) = seen.as_mut()
-        && spec.sink == SinkSpec::Parquet
-    {
+    // Cross-shard dedup reads the hours before, whatever the sink: the earliest hour keeps the
+    // event. (A single-object replay plans no other objects, so its look-back reads nothing.)
+    if let Some(seen) = seen.as_mut() {
         prescan(
             env,
             &router,

@@ -742,3 +742,64 @@ fn repaired_values_and_damage_on_the_way_to_kafka() {
         );
     }
 }
+
+/// `--dedup` on a replay works as for Parquet: within the shard and against the hour before it,
+/// so each event is produced once, from the earliest hour that has it.
+#[test]
+fn dedup_within_and_across_hours_produces_the_earliest_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    for (h, events) in [
+        &[("e1", "t1"), ("e2", "t1"), ("e1", "t1"), ("e1", "t2")][..],
+        &[("e2", "t1"), ("e3", "t1"), ("e3", "t1"), ("e4", "t1")][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = src.join(format!("main_stream/2024/06/01/{h:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        let body: String = events
+            .iter()
+            .map(|(id, ts)| {
+                serde_json::json!({"event_id": id, "org_id": "TN-k", "timestamp": ts,
+                                   "data": {"h": h}})
+                .to_string()
+            })
+            .collect();
+        fs::write(dir.join("events-000001.json"), body).unwrap();
+    }
+    let broker = Tansu::start();
+    broker.create_topic("dedup", 1);
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "dedup",
+            "--dedup",
+            "event_id",
+        ],
+    );
+    let summary = ok(&out);
+    assert_eq!(summary["duplicates"], 4, "{summary}");
+    assert_eq!(summary["acknowledged"], 4);
+    let mut got: Vec<(String, i64)> = broker
+        .read_all("dedup", 1, 4, Duration::from_secs(30))
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.value).unwrap();
+            (
+                v["event_id"].as_str().unwrap().to_string(),
+                v["data"]["h"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, i64)> = [("e1", 0), ("e2", 0), ("e3", 1), ("e4", 1)]
+        .iter()
+        .map(|(id, h)| (id.to_string(), *h))
+        .collect();
+    assert_eq!(got, want, "e2 of hour 01 is hour 00's copy");
+}
