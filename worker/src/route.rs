@@ -48,9 +48,12 @@ pub struct Scratch {
 
 /// The event keys a shard has recovered (or seen recovered in the hours before it), as 128-bit
 /// hashes: 16 bytes of key plus the table's overhead per distinct event, whatever the id length.
+/// The hash is XXH3-128 with a seed drawn per table, over an unambiguous encoding of the key
+/// (id length, id, then the timestamp when it is part of the key).
 pub struct Seen {
     key: DedupKey,
-    hasher: RandomState,
+    seed: u64,
+    buf: Vec<u8>,
     set: HashSet<u128, BuildHasherDefault<Low64>>,
 }
 
@@ -76,7 +79,8 @@ impl Seen {
     pub fn new(key: DedupKey) -> Seen {
         Seen {
             key,
-            hasher: RandomState::new(),
+            seed: RandomState::new().hash_one(0u8),
+            buf: Vec::with_capacity(128),
             set: HashSet::default(),
         }
     }
@@ -91,9 +95,14 @@ impl Seen {
             DedupKey::EventId => None,
             DedupKey::EventIdTimestamp => Some(row.timestamp().unwrap_or("")),
         };
-        let a = self.hasher.hash_one((0u8, id, ts));
-        let b = self.hasher.hash_one((1u8, id, ts));
-        self.set.insert(u128::from(a) << 64 | u128::from(b))
+        self.buf.clear();
+        self.buf.extend_from_slice(&(id.len() as u64).to_le_bytes());
+        self.buf.extend_from_slice(id.as_bytes());
+        if let Some(ts) = ts {
+            self.buf.extend_from_slice(ts.as_bytes());
+        }
+        let hash = twox_hash::XxHash3_128::oneshot_with_seed(self.seed, &self.buf);
+        self.set.insert(hash)
     }
 
     pub fn len(&self) -> usize {
@@ -269,5 +278,42 @@ impl Router {
             repaired,
             flow,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Decoder, DecoderConfig, Item};
+
+    /// Which events of `input` a fresh table keeps, in order.
+    fn kept(key: DedupKey, input: &str) -> Vec<bool> {
+        let org = OrgId::parse("TN-1").unwrap();
+        let mut seen = Seen::new(key);
+        let mut d = Decoder::new(input.as_bytes(), DecoderConfig::default());
+        let mut out = Vec::new();
+        while let Some(Item::Event(e)) = d.next().unwrap() {
+            out.push(seen.insert(&Row::extract(&e, &org).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn keys_are_the_id_or_the_id_and_timestamp_without_ambiguity() {
+        let events = r#"{"event_id":"a","timestamp":"1"}{"event_id":"a","timestamp":"1"}
+            {"event_id":"a","timestamp":"2"}{"event_id":"a1","timestamp":""}
+            {"event_id":"a","timestamp":"12"}{"event_id":"a1","timestamp":"2"}
+            {"timestamp":"1"}{"timestamp":"1"}{"event_id":"\u0061","timestamp":"1"}"#;
+        // The id alone: every later "a" and "a1" is a copy; events without an id never are.
+        assert_eq!(
+            kept(DedupKey::EventId, events),
+            [true, false, false, true, false, false, true, true, false]
+        );
+        // Id and timestamp: ("a1", "") and ("a", "1"+...) must not collide, nor ("a","12") and
+        // ("a1","2"). An escaped id is the same id ("\u0061" is "a").
+        assert_eq!(
+            kept(DedupKey::EventIdTimestamp, events),
+            [true, false, true, true, true, true, true, true, false]
+        );
     }
 }
