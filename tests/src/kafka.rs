@@ -127,6 +127,46 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Begins a transaction writing one record with `key` to `topic` and leaves it open, as an
+    /// attempt that died between its last record and its commit would.
+    pub fn open_transaction(&self, topic: &str, key: &str) -> OpenTransaction {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("transactional.id", format!("test-open-{key}"))
+            .create()
+            .unwrap();
+        let t = Duration::from_secs(20);
+        producer.init_transactions(t).unwrap();
+        producer.begin_transaction().unwrap();
+        producer
+            .send(BaseRecord::to(topic).key(key).payload("open"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(t).unwrap();
+        OpenTransaction(producer)
+    }
+
+    /// The end offset of a partition as a read_committed (`committed`) or read_uncommitted
+    /// client sees it: a transaction left open holds the first back.
+    pub fn end_offset(&self, topic: &str, partition: i32, committed: bool) -> i64 {
+        let level = if committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", "test-watermarks")
+            .set("isolation.level", level)
+            .create()
+            .unwrap();
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(20))
+            .unwrap()
+            .1
+    }
+
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let out = Command::new(&self.bin)
             .args([
@@ -352,5 +392,15 @@ impl Tansu {
             _dir: dir,
         };
         (t, proxy)
+    }
+}
+
+/// A transaction begun and not ended (see `Tansu::open_transaction`).
+pub struct OpenTransaction(rdkafka::producer::BaseProducer);
+
+impl OpenTransaction {
+    pub fn commit(self) {
+        use rdkafka::producer::Producer;
+        self.0.commit_transaction(Duration::from_secs(20)).unwrap();
     }
 }

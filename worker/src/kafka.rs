@@ -307,6 +307,9 @@ fn marker_key(job: &str, shard: ShardId) -> String {
     format!("{job}/{shard}")
 }
 
+/// How long a marker lookup waits for transactions left open on the control topic to end.
+const OPEN_TRANSACTION_WAIT: Duration = Duration::from_secs(60);
+
 /// Whether an exactly-once replay already committed this shard's transaction (an attempt that
 /// died between the Kafka commit and the shard's own commit): its marker is in the control
 /// topic, read with `read_committed`.
@@ -329,6 +332,10 @@ pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool
         }
     }
     let consumer: BaseConsumer = config.create().map_err(|e| fail(e.to_string()))?;
+    // The same client reading uncommitted: its high watermarks bound where a marker committed
+    // before this check can be.
+    config.set("isolation.level", "read_uncommitted");
+    let uncommitted: BaseConsumer = config.create().map_err(|e| fail(e.to_string()))?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(15))
         .map_err(|e| fail(e.to_string()))?;
@@ -339,25 +346,58 @@ pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool
         .map(|t| t.partitions().len() as i32)
         .ok_or_else(|| fail("the topic does not exist".into()))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut ends = Vec::new();
+    let (mut ends, mut empty) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + OPEN_TRANSACTION_WAIT;
+    let mut to_read = false;
     for p in 0..partitions {
         tpl.add_partition_offset(&control, p, rdkafka::Offset::Beginning)
             .map_err(|e| fail(e.to_string()))?;
-        let (_, high) = consumer
-            .fetch_watermarks(&control, p, Duration::from_secs(15))
-            .map_err(|e| fail(e.to_string()))?;
-        ends.push(high);
+        let watermark = |c: &BaseConsumer| {
+            c.fetch_watermarks(&control, p, Duration::from_secs(15))
+                .map_err(|e| fail(e.to_string()))
+        };
+        // A read_committed client's end is the last stable offset: a transaction left open
+        // (another shard's attempt that died before its commit) holds it back, and a marker
+        // committed after that transaction began would stay out of sight. Wait until the
+        // stable offset passes everything written before this check, or give up for now.
+        let (_, high) = watermark(&uncommitted)?;
+        loop {
+            let (low, stable) = watermark(&consumer)?;
+            if stable >= high {
+                ends.push(stable);
+                empty.push(stable <= low);
+                to_read |= stable > low;
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "partition {p} has a transaction open at offset {stable} (end {high}) for \
+                     over {}s; it ends when its attempt is fenced or times out",
+                    OPEN_TRANSACTION_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
     consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
     let want = marker_key(job, shard);
-    let mut reached = vec![false; partitions as usize];
+    // A partition with nothing committed to read has reached its end already.
+    let mut reached = empty;
     let mut idle = std::time::Instant::now();
     // Until every partition reached its end, or nothing came for two seconds (some brokers
-    // report no reliable high watermark).
-    while !reached.iter().all(|r| *r) && idle.elapsed() < Duration::from_secs(2) {
+    // report no reliable high watermark; aborted records and transaction markers are never
+    // delivered). Before the first record, a slow first fetch gets longer when there is
+    // something to read.
+    let mut quiet = if to_read {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(2)
+    };
+    while !reached.iter().all(|r| *r) && idle.elapsed() < quiet {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 idle = std::time::Instant::now();
+                quiet = Duration::from_secs(2);
                 if m.key() == Some(want.as_bytes()) {
                     return Ok(true);
                 }

@@ -1252,18 +1252,8 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     );
 }
 
-/// Exactly-once across a crash between the Kafka commit and the shard's commit: the first
-/// worker commits the shard's transaction and dies (a fail point); the next attempt finds the
-/// shard's marker and produces nothing. A read_committed consumer sees every event once.
-#[test]
-fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
-    use rewind_testkit::kafka::Tansu;
-
-    let mut c = Cluster::start(0);
-    c.generate(1);
-    let broker = Tansu::start();
-    broker.create_topic("eo", 2);
-    broker.create_topic("eo.rewind-control", 1);
+/// A worker that dies (a fail point) right after committing its first shard's Kafka transaction.
+fn doomed_worker(c: &Cluster) -> Proc {
     let args: Vec<String> = [
         "--etcd",
         &c.etcd.endpoint(),
@@ -1278,12 +1268,27 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
     ]
     .map(String::from)
     .to_vec();
-    let mut doomed = Proc::spawn_with_env(
+    Proc::spawn_with_env(
         WORKER,
         &args,
         c.tmp.path().join("worker-doomed.log"),
         &[("REWIND_FAILPOINT", "after-kafka-commit")],
-    );
+    )
+}
+
+/// Exactly-once across a crash between the Kafka commit and the shard's commit: the first
+/// worker commits the shard's transaction and dies (a fail point); the next attempt finds the
+/// shard's marker and produces nothing. A read_committed consumer sees every event once.
+#[test]
+fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
+    use rewind_testkit::kafka::Tansu;
+
+    let mut c = Cluster::start(0);
+    c.generate(1);
+    let broker = Tansu::start();
+    broker.create_topic("eo", 2);
+    broker.create_topic("eo.rewind-control", 1);
+    let mut doomed = doomed_worker(&c);
     let src = c.src();
     let out = c.submit_kafka(
         "2024-04-01T00",
@@ -1329,6 +1334,80 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
         keys[1..].iter().all(|k| k.starts_with(&format!("{job}/"))),
         "{keys:?}"
     );
+}
+
+/// The crash after the Kafka commit again, with another transaction left open on the control
+/// topic from before the doomed attempt's commit (another shard's attempt that died before its
+/// own commit): a read_committed reader cannot see past it, so the retry must wait for it to
+/// end before deciding whether its marker is there, instead of producing the shard again.
+#[test]
+fn exactly_once_retry_waits_for_a_transaction_left_open_on_the_control_topic() {
+    use rewind_testkit::kafka::Tansu;
+
+    let mut c = Cluster::start(0);
+    c.generate(1);
+    let broker = Tansu::start();
+    broker.create_topic("eo", 2);
+    broker.create_topic("eo.rewind-control", 1);
+    let mut doomed = doomed_worker(&c);
+    let src = c.src();
+    let out = c.submit_kafka(
+        "2024-04-01T00",
+        &broker.brokers(),
+        &[
+            "--topic",
+            "eo",
+            "--delivery",
+            "exactly-once",
+            "--max-events-per-sec",
+            "1500",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let produced = || {
+        (0..2)
+            .map(|p| broker.end_offset("eo", p, false))
+            .sum::<i64>()
+    };
+    // Once the doomed attempt is producing (its own marker check is behind it), a transaction
+    // opens on the control topic and stays open.
+    let start = Instant::now();
+    while produced() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = broker.open_transaction("eo.rewind-control", "stuck");
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "{}",
+        doomed.log_text()
+    );
+    let control = "eo.rewind-control";
+    assert!(
+        broker.end_offset(control, 0, true) < broker.end_offset(control, 0, false),
+        "the open transaction holds the stable offset back, hiding the doomed attempt's marker"
+    );
+    let after_doomed = produced();
+    c.add_worker();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        produced(),
+        after_doomed,
+        "the retry waits for the open transaction instead of producing the shard again"
+    );
+    open.commit();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_eq!(produced(), after_doomed, "nothing produced twice");
+    let events = archived_events(&src).len();
+    assert_eq!(summary["acknowledged"], events as u64);
+    let records = broker.read_all("eo", 2, events, Duration::from_secs(60));
+    assert_eq!(records.len(), events, "every event once");
 }
 
 /// The throttle holds for the job as a whole: two workers replaying two shards at once share
