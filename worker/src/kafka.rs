@@ -214,7 +214,10 @@ pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
     }
     if spec.delivery == Delivery::ExactlyOnce {
         // A shard's transaction must outlive its slowest delivery.
-        c.set("transaction.timeout.ms", "300000");
+        c.set(
+            "transaction.timeout.ms",
+            (TRANSACTION_TIMEOUT_S * 1000).to_string(),
+        );
     }
     for (k, v) in &spec.options {
         c.set(k, v);
@@ -307,8 +310,12 @@ fn marker_key(job: &str, shard: ShardId) -> String {
     format!("{job}/{shard}")
 }
 
-/// How long a marker lookup waits for transactions left open on the control topic to end.
-const OPEN_TRANSACTION_WAIT: Duration = Duration::from_secs(60);
+/// How long a marker lookup waits for transactions left open on the control topic to end: past
+/// the transaction timeout Rewind's producers set, so that one left by a dead attempt of ours
+/// has been aborted by the brokers by then, even when nothing retries its shard.
+const OPEN_TRANSACTION_WAIT: Duration = Duration::from_secs(TRANSACTION_TIMEOUT_S + 10);
+/// `transaction.timeout.ms` of the shards' producers, in seconds.
+const TRANSACTION_TIMEOUT_S: u64 = 300;
 
 /// Whether an exactly-once replay already committed this shard's transaction (an attempt that
 /// died between the Kafka commit and the shard's own commit): its marker is in the control
