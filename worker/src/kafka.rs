@@ -354,7 +354,14 @@ pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool
         .ok_or_else(|| fail("the topic does not exist".into()))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let (mut ends, mut empty) = (Vec::new(), Vec::new());
-    let deadline = std::time::Instant::now() + OPEN_TRANSACTION_WAIT;
+    // A transaction timeout the user set instead of ours is waited out too.
+    let timeout = spec
+        .options
+        .iter()
+        .find(|(k, _)| k == "transaction.timeout.ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms) + Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + timeout.unwrap_or(OPEN_TRANSACTION_WAIT);
     let mut to_read = false;
     for p in 0..partitions {
         tpl.add_partition_offset(&control, p, rdkafka::Offset::Beginning)
@@ -380,7 +387,7 @@ pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool
                 return Err(fail(format!(
                     "partition {p} has a transaction open at offset {stable} (end {high}) for \
                      over {}s; it ends when its attempt is fenced or times out",
-                    OPEN_TRANSACTION_WAIT.as_secs()
+                    timeout.unwrap_or(OPEN_TRANSACTION_WAIT).as_secs()
                 )));
             }
             std::thread::sleep(Duration::from_millis(250));
