@@ -1252,8 +1252,17 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     );
 }
 
-/// A worker that dies (a fail point) right after committing its first shard's Kafka transaction.
-fn doomed_worker(c: &Cluster) -> Proc {
+/// An exactly-once replay of one hour into topic `eo` (2 partitions, control topic beside it),
+/// submitted while the only worker is one that dies (a fail point) right after committing its
+/// first shard's Kafka transaction: the cluster, the broker, that worker and the job id.
+fn exactly_once_job_with_a_doomed_worker(
+    extra: &[&str],
+) -> (Cluster, rewind_testkit::kafka::Tansu, Proc, String) {
+    let c = Cluster::start(0);
+    c.generate(1);
+    let broker = rewind_testkit::kafka::Tansu::start();
+    broker.create_topic("eo", 2);
+    broker.create_topic("eo.rewind-control", 1);
     let args: Vec<String> = [
         "--etcd",
         &c.etcd.endpoint(),
@@ -1268,12 +1277,22 @@ fn doomed_worker(c: &Cluster) -> Proc {
     ]
     .map(String::from)
     .to_vec();
-    Proc::spawn_with_env(
+    let doomed = Proc::spawn_with_env(
         WORKER,
         &args,
         c.tmp.path().join("worker-doomed.log"),
         &[("REWIND_FAILPOINT", "after-kafka-commit")],
-    )
+    );
+    let mut flags = vec!["--topic", "eo", "--delivery", "exactly-once"];
+    flags.extend_from_slice(extra);
+    let out = c.submit_kafka("2024-04-01T00", &broker.brokers(), &flags);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (c, broker, doomed, job)
 }
 
 /// Exactly-once across a crash between the Kafka commit and the shard's commit: the first
@@ -1281,26 +1300,8 @@ fn doomed_worker(c: &Cluster) -> Proc {
 /// shard's marker and produces nothing. A read_committed consumer sees every event once.
 #[test]
 fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
-    use rewind_testkit::kafka::Tansu;
-
-    let mut c = Cluster::start(0);
-    c.generate(1);
-    let broker = Tansu::start();
-    broker.create_topic("eo", 2);
-    broker.create_topic("eo.rewind-control", 1);
-    let mut doomed = doomed_worker(&c);
+    let (mut c, broker, mut doomed, job) = exactly_once_job_with_a_doomed_worker(&[]);
     let src = c.src();
-    let out = c.submit_kafka(
-        "2024-04-01T00",
-        &broker.brokers(),
-        &["--topic", "eo", "--delivery", "exactly-once"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     // The doomed worker commits the transaction, then aborts.
     assert!(
         doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
@@ -1342,33 +1343,9 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
 /// end before deciding whether its marker is there, instead of producing the shard again.
 #[test]
 fn exactly_once_retry_waits_for_a_transaction_left_open_on_the_control_topic() {
-    use rewind_testkit::kafka::Tansu;
-
-    let mut c = Cluster::start(0);
-    c.generate(1);
-    let broker = Tansu::start();
-    broker.create_topic("eo", 2);
-    broker.create_topic("eo.rewind-control", 1);
-    let mut doomed = doomed_worker(&c);
+    let (mut c, broker, mut doomed, job) =
+        exactly_once_job_with_a_doomed_worker(&["--max-events-per-sec", "1500"]);
     let src = c.src();
-    let out = c.submit_kafka(
-        "2024-04-01T00",
-        &broker.brokers(),
-        &[
-            "--topic",
-            "eo",
-            "--delivery",
-            "exactly-once",
-            "--max-events-per-sec",
-            "1500",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let produced = || {
         (0..2)
             .map(|p| broker.end_offset("eo", p, false))
