@@ -257,6 +257,10 @@ fn commit(
         why: e.to_string(),
     })?;
     output.put(&keys.job_manifest(), &body)?;
+    // A test hook: die between the job manifest and `_SUCCESS` (the next leader commits again).
+    if rewind_worker::failpoint("crash-before-success-marker") {
+        std::process::abort();
+    }
     if state == JobState::Succeeded {
         output.put(&keys.success_marker(), b"")?;
     }

@@ -37,6 +37,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(workers: usize) -> Cluster {
+        Cluster::start_with(workers, &[])
+    }
+
+    /// A cluster whose coordinator has extra environment variables (fail points).
+    fn start_with(workers: usize, coordinator_env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let etcd = Etcd::start();
         let mut c = Cluster {
@@ -47,7 +52,7 @@ impl Cluster {
             workers: Vec::new(),
             spawned: 0,
         };
-        c.start_coordinator();
+        c.start_coordinator_with_env(coordinator_env);
         for _ in 0..workers {
             c.add_worker();
         }
@@ -59,6 +64,11 @@ impl Cluster {
     }
 
     fn start_coordinator(&mut self) {
+        self.start_coordinator_with_env(&[]);
+    }
+
+    /// A coordinator with extra environment variables (fail points).
+    fn start_coordinator_with_env(&mut self, env: &[(&str, &str)]) {
         self.spawned += 1;
         let log = self
             .tmp
@@ -74,7 +84,7 @@ impl Cluster {
             "--id".into(),
             format!("c{}", self.spawned),
         ];
-        self.coordinator = Some(Proc::spawn(COORDINATOR, &args, log));
+        self.coordinator = Some(Proc::spawn_with_env(COORDINATOR, &args, log, env));
         assert!(
             wait_port(self.port, Duration::from_secs(20)),
             "coordinator did not listen: {}",
@@ -745,6 +755,31 @@ fn standby_coordinator_takes_over() {
         assert!(Instant::now() < deadline, "{}", standby.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+}
+
+/// The coordinator dies in the middle of the job commit, after the job manifest and before
+/// `_SUCCESS` (a fail point): the next coordinator commits the job again, and the output is
+/// exact, with `_SUCCESS` and one manifest that lists every file.
+#[test]
+fn coordinator_killed_mid_commit_is_committed_by_the_next() {
+    let mut c = Cluster::start_with(2, &[("REWIND_FAILPOINT", "crash-before-success-marker")]);
+    let hours = 3;
+    c.generate(hours);
+    let job = c.submit(hours);
+    let doomed = c.coordinator.as_mut().unwrap();
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "the coordinator reached the fail point: {}",
+        doomed.log_text()
+    );
+    let exec = c.dest().join(format!("execution_id={job}"));
+    assert!(exec.join("_manifest.json").exists());
+    assert!(!exec.join("_SUCCESS").exists());
+    c.start_coordinator();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert!(exec.join("_SUCCESS").exists());
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
 
