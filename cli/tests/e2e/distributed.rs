@@ -1287,6 +1287,85 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     );
 }
 
+/// kill -9 at random moments during an at-least-once Kafka replay of several hours by three
+/// workers (one shard each at a time): nothing is lost, and each kill repeats at most two
+/// checkpoint windows of the one shard its worker was running.
+#[test]
+fn kafka_replay_survives_repeated_crashes_at_random_moments() {
+    use rewind_testkit::kafka::Tansu;
+
+    let mut c = Cluster::start(3);
+    let hours = 4;
+    c.generate(hours);
+    let broker = Tansu::start();
+    broker.create_topic("replay", 3);
+    let window = 100u64;
+    let out = c.submit_kafka(
+        &format!("2024-04-01T{:02}", hours - 1),
+        &broker.brokers(),
+        &[
+            "--topic",
+            "replay",
+            "--checkpoint-events",
+            &window.to_string(),
+            "--max-events-per-sec",
+            "3000",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut rng: u64 = seed().parse::<u64>().unwrap_or(7) | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut kills = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while c.status(&job)["state"] == "running" {
+        assert!(
+            Instant::now() < deadline,
+            "job did not finish\n{}",
+            c.logs()
+        );
+        if kills < 5 {
+            std::thread::sleep(Duration::from_millis(300 + next() % 900));
+            let victim = (next() % c.workers.len() as u64) as usize;
+            c.workers[victim].child.kill();
+            c.workers.remove(victim);
+            c.add_worker();
+            kills += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    let events = archived_events(&c.src()).len();
+    assert_eq!(summary["acknowledged"], events as u64);
+    let records = broker.read_all("replay", 3, events, Duration::from_secs(60));
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in &records {
+        let at = (
+            r.header("rewind-source-key").unwrap().to_string(),
+            r.header("rewind-offset").unwrap().to_string(),
+        );
+        *seen.entry(at).or_default() += 1;
+    }
+    assert_eq!(seen.len(), events, "every event is on the topic");
+    let duplicates = (records.len() - events) as u64;
+    eprintln!("{kills} kills: {events} events, {duplicates} duplicates (window {window})");
+    assert!(
+        duplicates <= kills * 2 * window,
+        "{duplicates} duplicates after {kills} kills, more than two windows of {window} each"
+    );
+}
+
 /// An exactly-once replay of one hour into topic `eo` (2 partitions, control topic beside it),
 /// submitted while the only worker is one that dies (a fail point) right after committing its
 /// first shard's Kafka transaction: the cluster, the broker, that worker and the job id.
