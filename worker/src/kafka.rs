@@ -320,7 +320,13 @@ const TRANSACTION_TIMEOUT_S: u64 = 300;
 /// Whether an exactly-once replay already committed this shard's transaction (an attempt that
 /// died between the Kafka commit and the shard's own commit): its marker is in the control
 /// topic, read with `read_committed`.
-pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool, KafkaFailure> {
+/// `stop` ends a wait for open transactions (the attempt is being stopped).
+pub fn marker_exists(
+    spec: &KafkaSpec,
+    job: &str,
+    shard: ShardId,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<bool, KafkaFailure> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let fail = |e: String| KafkaFailure {
         message: format!("reading the control topic {}: {e}", spec.control_topic()),
@@ -382,6 +388,12 @@ pub fn marker_exists(spec: &KafkaSpec, job: &str, shard: ShardId) -> Result<bool
                 empty.push(stable <= low);
                 to_read |= stable > low;
                 break;
+            }
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(KafkaFailure {
+                    message: "stopped while waiting for the control topic".into(),
+                    retryable: true,
+                });
             }
             if std::time::Instant::now() >= deadline {
                 return Err(fail(format!(

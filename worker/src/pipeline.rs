@@ -274,7 +274,7 @@ pub fn run_shard(
     let resume = match &spec.sink {
         SinkSpec::Kafka(k) if k.delivery == rewind_common::job::Delivery::ExactlyOnce => {
             // Committed to Kafka already (died before the shard's commit): produce nothing.
-            crate::kafka::marker_exists(k, spec.job.as_str(), shard)
+            crate::kafka::marker_exists(k, spec.job.as_str(), shard, &env.cancel)
                 .map_err(ShardError::kafka)?
                 .then_some((todo.len(), 0))
         }
