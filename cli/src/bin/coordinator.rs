@@ -108,6 +108,10 @@ fn main() -> ExitCode {
                                 .set_not_serving::<JobServiceServer<JobServiceImpl>>()
                                 .await;
                         }
+                        // The server as a whole ("", what Kubernetes' gRPC probes ask) too.
+                        use tonic_health::ServingStatus as S;
+                        let status = if ok { S::Serving } else { S::NotServing };
+                        health.set_service_status("", status).await;
                     }
                 }
             });

@@ -690,20 +690,26 @@ fn grpc_codes_health_and_reflection() {
         c.etcd.kill();
         let mut health_client = HealthClient::new(channel_for_health.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = health_client
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: "rewind.v1.JobService".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status;
-            if status == ServingStatus::NotServing as i32 {
-                break;
+        // Both the service and the server as a whole ("", what Kubernetes' gRPC probes ask).
+        for service in ["rewind.v1.JobService", ""] {
+            loop {
+                let status = health_client
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status;
+                if status == ServingStatus::NotServing as i32 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{service:?} still {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(std::time::Instant::now() < deadline, "still {status}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         assert!(
