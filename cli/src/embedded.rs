@@ -23,6 +23,9 @@ fn validate(args: &RunArgs) -> Result<(JobRequest, JobSpec), Failure> {
     let request = args.job.request()?;
     let spec = request.validate(JobId::generate())?;
     request.check_local_paths(&spec.org)?;
+    if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
+        rewind_worker::kafka::check_settings(k).map_err(Failure::BadRequest)?;
+    }
     if args.workers == Some(0) {
         return Err(Failure::BadRequest(
             "invalid --workers: must be at least 1".into(),

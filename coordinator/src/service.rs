@@ -397,11 +397,12 @@ impl JobService for JobServiceImpl {
         if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
             let k = k.clone();
             tokio::task::spawn_blocking(move || {
+                rewind_worker::kafka::check_settings(&k).map_err(Status::invalid_argument)?;
                 rewind_worker::kafka::preflight(&k, Duration::from_secs(15))
+                    .map_err(Status::failed_precondition)
             })
             .await
-            .map_err(|e| Status::internal(format!("checking Kafka: {e}")))?
-            .map_err(Status::failed_precondition)?;
+            .map_err(|e| Status::internal(format!("checking Kafka: {e}")))??;
         }
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.

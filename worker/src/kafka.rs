@@ -225,6 +225,19 @@ pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
     c
 }
 
+/// Whether librdkafka takes the job's settings (ours with `--kafka-option` over them): a property
+/// it does not know or a value it refuses is a bad request, named before anything runs.
+pub fn check_settings(spec: &KafkaSpec) -> Result<(), String> {
+    let mut config = client_config(spec);
+    if spec.delivery == Delivery::ExactlyOnce {
+        config.set("transactional.id", "rewind-settings-check");
+    }
+    config
+        .create::<rdkafka::producer::BaseProducer>()
+        .map(drop)
+        .map_err(|e| format!("invalid --kafka-option: librdkafka refuses the settings: {e}"))
+}
+
 /// Checks before a job starts that the brokers answer and the topic exists, so a wrong broker
 /// list or topic is one clear error instead of every shard failing.
 pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {

@@ -1229,6 +1229,15 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
         err.contains("topic no-such-topic is not on brokers"),
         "{err}"
     );
+    // Settings librdkafka refuses are a bad request (INVALID_ARGUMENT, exit 2).
+    let out = c.submit_kafka(
+        "2024-04-01T00",
+        &broker.brokers(),
+        &["--topic", "replay", "--kafka-option", "no.such=1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("invalid --kafka-option"), "{err}");
     let window = 100u64;
     let out = c.submit_kafka(
         "2024-04-01T00",

@@ -238,6 +238,28 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
             "invalid --kafka-option",
         ),
         (
+            vec![
+                "--brokers",
+                &b,
+                "--topic",
+                "t",
+                "--kafka-option",
+                "no.such=1",
+            ],
+            "invalid --kafka-option: librdkafka refuses the settings",
+        ),
+        (
+            vec![
+                "--brokers",
+                &b,
+                "--topic",
+                "t",
+                "--kafka-option",
+                "acks=banana",
+            ],
+            "invalid --kafka-option: librdkafka refuses the settings",
+        ),
+        (
             vec!["--brokers", &b, "--topic", "t", "--delivery", "twice"],
             "invalid --delivery",
         ),
@@ -278,7 +300,8 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--topic: applies to --sink kafka only"));
-    // TLS is built in: a bad CA path is the error (not "built without SSL support").
+    // TLS is built in: a bad CA path is the error (not "built without SSL support"), refused
+    // with the settings before anything runs.
     let out = replay(
         &src,
         &dest,
@@ -294,7 +317,8 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
         ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("invalid --kafka-option"), "{err}");
     assert!(err.contains("ssl.ca.location"), "{err}");
     // A topic that does not exist: one clear error at start, exit 1, nothing produced.
     let out = replay(&src, &dest, &["--brokers", &b, "--topic", "missing"]);
