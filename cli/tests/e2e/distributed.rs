@@ -328,6 +328,42 @@ fn wait_no_orphans(dest: &Path, job: &str) {
     }
 }
 
+/// The job id a successful `rewind submit` printed.
+fn submitted(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A xorshift stream seeded from the test seed: the moments and victims of crash tests.
+fn random_moments() -> impl FnMut() -> u64 {
+    let mut rng: u64 = seed().parse::<u64>().unwrap_or(7) | 1;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
+/// How many times each archived event (source key, offset) is on the topic.
+fn copies_by_source(
+    records: &[rewind_testkit::kafka::Record],
+) -> BTreeMap<(String, String), usize> {
+    let mut seen = BTreeMap::new();
+    for r in records {
+        let at = (
+            r.header("rewind-source-key").unwrap().to_string(),
+            r.header("rewind-offset").unwrap().to_string(),
+        );
+        *seen.entry(at).or_default() += 1;
+    }
+    seen
+}
+
 fn attempts_above_one(manifest: &Value) -> usize {
     manifest["files"]
         .as_array()
@@ -849,13 +885,7 @@ fn repeated_crashes_at_random_moments() {
     let hours = 10;
     c.generate(hours);
     let job = c.submit(hours);
-    let mut rng: u64 = seed().parse::<u64>().unwrap_or(7) | 1;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = random_moments();
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -1251,12 +1281,7 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
             "800",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let job = submitted(&out);
     // Kill the worker once its checkpoint shows progress.
     let checkpoint = dest.join(format!(
         "execution_id={job}/_rewind/checkpoints/2024040100.json"
@@ -1277,14 +1302,7 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     let status = c.status(&job);
     assert_eq!(status["acknowledged"], events as u64, "{status}");
     let records = broker.read_all("replay", 3, events, Duration::from_secs(60));
-    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for r in &records {
-        let at = (
-            r.header("rewind-source-key").unwrap().to_string(),
-            r.header("rewind-offset").unwrap().to_string(),
-        );
-        *seen.entry(at).or_default() += 1;
-    }
+    let seen = copies_by_source(&records);
     assert_eq!(seen.len(), events, "every event is on the topic");
     let duplicates = records.len() - events;
     eprintln!("kill -9 mid-replay: {events} events, {duplicates} duplicates (window {window})");
@@ -1327,19 +1345,8 @@ fn kafka_replay_survives_repeated_crashes_at_random_moments() {
             "3000",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let mut rng: u64 = seed().parse::<u64>().unwrap_or(7) | 1;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let job = submitted(&out);
+    let mut next = random_moments();
     let mut kills = 0u64;
     let deadline = Instant::now() + Duration::from_secs(180);
     while c.status(&job)["state"] == "running" {
@@ -1364,14 +1371,7 @@ fn kafka_replay_survives_repeated_crashes_at_random_moments() {
     let events = archived_events(&c.src()).len();
     assert_eq!(summary["acknowledged"], events as u64);
     let records = broker.read_all("replay", 3, events, Duration::from_secs(60));
-    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for r in &records {
-        let at = (
-            r.header("rewind-source-key").unwrap().to_string(),
-            r.header("rewind-offset").unwrap().to_string(),
-        );
-        *seen.entry(at).or_default() += 1;
-    }
+    let seen = copies_by_source(&records);
     assert_eq!(seen.len(), events, "every event is on the topic");
     let duplicates = (records.len() - events) as u64;
     eprintln!("{kills} kills: {events} events, {duplicates} duplicates (window {window})");
@@ -1415,12 +1415,7 @@ fn exactly_once_job_with_a_doomed_worker(
     let mut flags = vec!["--topic", "eo", "--delivery", "exactly-once"];
     flags.extend_from_slice(extra);
     let out = c.submit_kafka("2024-04-01T00", &broker.brokers(), &flags);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let job = submitted(&out);
     (c, broker, doomed, job)
 }
 
