@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use rewind_testkit::run;
+use rewind_testkit::{files_below, run, stdout_json};
+use serde_json::Value;
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
 
@@ -46,4 +47,29 @@ pub fn generate(
         "gen failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The JSON summary of a command that must have succeeded.
+pub fn ok(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(out)
+}
+
+/// Every JSON line of every file below `dir` (failed and unrecoverable records).
+pub fn records(dir: &Path) -> Vec<Value> {
+    files_below(dir)
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-use crate::common::{self, seed};
-use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
+use crate::common::{self, ok, records, seed};
+use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rewind");
@@ -36,30 +36,6 @@ fn rewind_run(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
     ];
     args.extend_from_slice(extra);
     run(BIN, &args)
-}
-
-fn ok(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout_json(out)
-}
-
-/// Every JSON line of every file below `dir`.
-fn records(dir: &Path) -> Vec<Value> {
-    files_below(dir)
-        .iter()
-        .flat_map(|f| {
-            fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn id(v: &Value) -> String {

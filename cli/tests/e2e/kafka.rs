@@ -13,7 +13,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{self, seed};
+use crate::common::{self, ok, records, seed};
 use rewind_testkit::kafka::Tansu;
 use rewind_testkit::{files_below, run, stdout_json};
 use serde_json::Value;
@@ -47,17 +47,6 @@ fn replay(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
     ];
     args.extend_from_slice(extra);
     run(BIN, &args)
-}
-
-/// The summary of a run that must have succeeded.
-fn ok(out: &std::process::Output) -> Value {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout_json(out)
 }
 
 /// Every archived event's exact bytes, by (object key, offset): read independently with
@@ -634,19 +623,16 @@ fn records_too_large_go_to_the_failed_output() {
     assert_eq!(summary["recovered"], 25);
     let job = summary["job_id"].as_str().unwrap();
     let mut rejected = Vec::new();
-    for f in files_below(&dest.join(format!("_failed/execution_id={job}"))) {
-        for line in fs::read_to_string(f).unwrap().lines() {
-            let r: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(r["code"], "kafka_rejected");
-            assert!(r["reason"].as_str().unwrap().contains("refused"), "{r}");
-            let key = (
-                r["source_key"].as_str().unwrap().to_string(),
-                r["byte_offset"].as_u64().unwrap(),
-            );
-            assert_eq!(want[&key].as_slice(), r["raw"].as_str().unwrap().as_bytes());
-            let v: Value = serde_json::from_str(r["raw"].as_str().unwrap()).unwrap();
-            rejected.push(v["event_id"].as_str().unwrap().to_string());
-        }
+    for r in records(&dest.join(format!("_failed/execution_id={job}"))) {
+        assert_eq!(r["code"], "kafka_rejected");
+        assert!(r["reason"].as_str().unwrap().contains("refused"), "{r}");
+        let key = (
+            r["source_key"].as_str().unwrap().to_string(),
+            r["byte_offset"].as_u64().unwrap(),
+        );
+        assert_eq!(want[&key].as_slice(), r["raw"].as_str().unwrap().as_bytes());
+        let v: Value = serde_json::from_str(r["raw"].as_str().unwrap()).unwrap();
+        rejected.push(v["event_id"].as_str().unwrap().to_string());
     }
     rejected.sort();
     assert_eq!(rejected, ["e0", "e12", "e18", "e24", "e6"]);
@@ -729,15 +715,7 @@ fn repaired_values_and_damage_on_the_way_to_kafka() {
     assert_eq!(summary["failed"], 1);
     assert_eq!(summary["failed_by_reason"]["syntax"], 1);
     let job = summary["job_id"].as_str().unwrap();
-    let failed: Vec<Value> = files_below(&dest.join(format!("_failed/execution_id={job}")))
-        .iter()
-        .flat_map(|f| {
-            let text = fs::read_to_string(f).unwrap();
-            text.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let failed = records(&dest.join(format!("_failed/execution_id={job}")));
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["byte_offset"], garbage_at);
     assert_eq!(failed[0]["raw"], "\u{0}\u{0}GARBAGE");
