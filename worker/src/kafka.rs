@@ -374,14 +374,15 @@ pub fn marker_exists(
     let mut tpl = rdkafka::TopicPartitionList::new();
     let (mut ends, mut empty) = (Vec::new(), Vec::new());
     // A transaction timeout the user set instead of ours is waited out too.
-    let timeout = spec
+    let wait = spec
         .options
         .iter()
         .find(|(k, _)| k == "transaction.timeout.ms")
         .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map(|ms| Duration::from_millis(ms) + Duration::from_secs(10));
-    let deadline = std::time::Instant::now() + timeout.unwrap_or(OPEN_TRANSACTION_WAIT);
-    let mut to_read = false;
+        .map_or(OPEN_TRANSACTION_WAIT, |ms| {
+            Duration::from_millis(ms) + Duration::from_secs(10)
+        });
+    let deadline = std::time::Instant::now() + wait;
     for p in 0..partitions {
         tpl.add_partition_offset(&control, p, rdkafka::Offset::Beginning)
             .map_err(|e| fail(e.to_string()))?;
@@ -399,7 +400,6 @@ pub fn marker_exists(
             if stable >= high {
                 ends.push(stable);
                 empty.push(stable <= low);
-                to_read |= stable > low;
                 break;
             }
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -412,7 +412,7 @@ pub fn marker_exists(
                 return Err(fail(format!(
                     "partition {p} has a transaction open at offset {stable} (end {high}) for \
                      over {}s; it ends when its attempt is fenced or times out",
-                    timeout.unwrap_or(OPEN_TRANSACTION_WAIT).as_secs()
+                    wait.as_secs()
                 )));
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -427,7 +427,7 @@ pub fn marker_exists(
     // report no reliable high watermark; aborted records and transaction markers are never
     // delivered). Before the first record, a slow first fetch gets longer when there is
     // something to read.
-    let mut quiet = if to_read {
+    let mut quiet = if reached.contains(&false) {
         Duration::from_secs(15)
     } else {
         Duration::from_secs(2)
