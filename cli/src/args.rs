@@ -4,7 +4,8 @@ use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "rewind-coordinator",
+    name = "rewind coordinator",
+    bin_name = "rewind coordinator",
     version,
     about = "Rewind coordinator: the gRPC job API; the elected leader drives jobs to their end",
     after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."
@@ -66,7 +67,8 @@ pub struct CoordinatorArgs {
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "rewind-worker",
+    name = "rewind worker",
+    bin_name = "rewind worker",
     version,
     about = "Rewind worker: leases hour shards through etcd and runs them",
     after_help = "Logging: REWIND_LOG sets the filter (default info); JSON lines when stderr is not a terminal."

@@ -135,7 +135,12 @@ fn apply(
 /// Parses `T` with the layers; on a bad file or bad arguments, says why and exits 2. Handles
 /// `--print-config` (prints and exits 0) for commands that have it.
 pub fn parse<T: clap::Parser>(section: &str) -> T {
-    let argv: Vec<OsString> = std::env::args_os().collect();
+    parse_from(section, std::env::args_os().collect())
+}
+
+/// [`parse`] with the arguments given: `rewind coordinator …` and `rewind worker …` pass theirs
+/// with the subcommand taken off (argv[0] is then `rewind coordinator`).
+pub fn parse_from<T: clap::Parser>(section: &str, argv: Vec<OsString>) -> T {
     match layered::<T>(section, &argv) {
         Ok((args, matches, cmd, file)) => {
             if matches.try_get_one::<bool>("print_config").ok().flatten() == Some(&true) {

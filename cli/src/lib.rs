@@ -1,4 +1,5 @@
-//! Pieces shared by the `rewind`, `rewind-coordinator` and `rewind-worker` binaries.
+//! Pieces shared by the CLI and the services (`rewind coordinator`, `rewind worker`) of the one
+//! `rewind` binary.
 
 use std::io::IsTerminal;
 

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod client;
+mod coordinator;
 mod embedded;
 mod flows_test;
 mod generate;
+mod worker;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +51,20 @@ enum Command {
     /// Show the effective settings (and where each comes from), or document them all.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a coordinator: the gRPC job API; the elected leader drives jobs to their end
+    /// (`rewind coordinator --help`).
+    #[command(disable_help_flag = true)]
+    Coordinator(ServiceArgs),
+    /// Run a worker: leases shards through etcd and runs them (`rewind worker --help`).
+    #[command(disable_help_flag = true)]
+    Worker(ServiceArgs),
+}
+
+/// The arguments of a service, parsed by the service itself (only listed here for `--help`).
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -441,7 +457,35 @@ fn config_command(c: ConfigCommand, file: Option<PathBuf>) -> Result<(), Failure
 
 fn main() -> ExitCode {
     rewind_cli::init_crypto();
+    // The services parse their own command lines (layered with their config sections), so they
+    // are dispatched before the CLI's parser sees the arguments.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let service = argv.get(1).and_then(|a| a.to_str()).map(str::to_owned);
+    if let Some(name @ ("coordinator" | "worker")) = service.as_deref() {
+        argv.remove(1);
+        argv[0] = format!("rewind {name}").into();
+        return match name {
+            "coordinator" => coordinator::main(argv),
+            _ => worker::main(argv),
+        };
+    }
     let cli: Cli = rewind_cli::config::parse("cli");
+    // Reached when options came before the service's name (`rewind --config F worker …`).
+    let service = |name: &str, config: Option<PathBuf>, args: Vec<std::ffi::OsString>| {
+        let mut argv: Vec<std::ffi::OsString> = vec![format!("rewind {name}").into()];
+        if let Some(path) = config {
+            argv.extend(["--config".into(), path.into_os_string()]);
+        }
+        argv.extend(args);
+        argv
+    };
+    match cli.command {
+        Command::Coordinator(a) => {
+            return coordinator::main(service("coordinator", cli.config, a.args));
+        }
+        Command::Worker(a) => return worker::main(service("worker", cli.config, a.args)),
+        _ => {}
+    }
     let _telemetry = rewind_cli::init_logging("warn", "rewind");
     let result = match cli.command {
         Command::Run(args) => embedded::run(args),
@@ -454,6 +498,7 @@ fn main() -> ExitCode {
         Command::Cancel(a) => client::cancel(&a.remote, &a.job),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
+        Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

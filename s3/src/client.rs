@@ -36,6 +36,15 @@ impl std::fmt::Debug for S3Client {
     }
 }
 
+/// The HTTPS client of every SDK call (S3, STS, instance metadata): hyper on rustls with ring,
+/// the crypto provider tonic already uses, so aws-lc is not built at all.
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 /// Builds the client for one side of a job. Must be called inside a tokio runtime; the stores
 /// run their requests on it.
 pub async fn connect(options: &S3Options, side: JobSide) -> Result<S3Client, StorageError> {
@@ -57,7 +66,7 @@ async fn connect_with(
     side: JobSide,
     static_creds: Option<aws_sdk_s3::config::Credentials>,
 ) -> Result<S3Client, StorageError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
     if let Some(creds) = static_creds {
         loader = loader.credentials_provider(creds);
     }

@@ -9,19 +9,19 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
 /// Runs a binary with arguments and returns its output (never panics on a non-zero exit).
-pub fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin)
+pub fn run(bin: impl servers::Program, args: &[&str]) -> Output {
+    bin.command()
         .args(args)
         .env("REWIND_LOG", "warn")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.describe()))
 }
 
 /// Parses the single JSON object a `--json` command prints on stdout.

@@ -253,6 +253,13 @@ pub fn env_for(access_key: &str, secret_key: &str) -> Vec<(&'static str, String)
 pub fn client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .force_path_style(true)

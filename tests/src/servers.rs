@@ -266,22 +266,55 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// A program to start: a binary (`&str`), or a binary and its leading arguments, such as
+/// `[rewind, "coordinator"]` for one of the services of the one `rewind` binary.
+pub trait Program {
+    fn command(&self) -> Command;
+    fn describe(&self) -> String;
+}
+
+impl Program for &str {
+    fn command(&self) -> Command {
+        Command::new(self)
+    }
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl<const N: usize> Program for [&str; N] {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(self[0]);
+        cmd.args(&self[1..]);
+        cmd
+    }
+    fn describe(&self) -> String {
+        self.join(" ")
+    }
+}
+
 impl Proc {
-    pub fn spawn(bin: &str, args: &[String], log: PathBuf) -> Proc {
+    pub fn spawn(bin: impl Program, args: &[String], log: PathBuf) -> Proc {
         Proc::spawn_with_env(bin, args, log, &[])
     }
 
     /// Like `spawn`, with extra environment variables.
-    pub fn spawn_with_env(bin: &str, args: &[String], log: PathBuf, env: &[(&str, &str)]) -> Proc {
+    pub fn spawn_with_env(
+        bin: impl Program,
+        args: &[String],
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
+        let child = bin
+            .command()
             .args(args)
             .envs(env.iter().copied())
             .env("REWIND_LOG", "info")
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.describe()));
         Proc {
             child: ChildGuard(Some(child)),
             log,

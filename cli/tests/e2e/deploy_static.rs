@@ -7,11 +7,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rewind_testkit::servers::Program as _;
 use serde_json::Value;
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
-const WORKER: &str = env!("CARGO_BIN_EXE_rewind-worker");
+const WORKER: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "worker"];
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -57,21 +57,9 @@ struct Invocation {
 }
 
 impl Invocation {
-    /// Through the image's entrypoint: `coordinator …`, `worker …`, else the CLI.
+    /// Through the image's entrypoint, `rewind`: `coordinator …`, `worker …` or a CLI command.
     fn from_entrypoint_args(args: &[String]) -> Invocation {
-        match args.first().map(String::as_str) {
-            Some("coordinator") => Invocation {
-                bin: COORDINATOR,
-                sub: None,
-                args: args[1..].to_vec(),
-            },
-            Some("worker") => Invocation {
-                bin: WORKER,
-                sub: None,
-                args: args[1..].to_vec(),
-            },
-            _ => Invocation::cli(args),
-        }
+        Invocation::cli(args)
     }
 
     fn cli(args: &[String]) -> Invocation {
@@ -435,39 +423,32 @@ fn compose_load_tests_name_what_the_file_provides() {
 }
 
 #[test]
-fn dockerfile_ships_the_three_binaries_and_the_entrypoint_dispatches() {
+fn dockerfile_ships_the_one_binary_and_its_services_start_from_it() {
     let dockerfile = fs::read_to_string(deploy().join("Dockerfile")).unwrap();
-    for bin in ["rewind", "rewind-coordinator", "rewind-worker"] {
-        assert!(
-            dockerfile.contains(&format!("target/release/{bin}")),
-            "{bin}"
-        );
+    assert!(dockerfile.contains("--profile dist"), "built with thin LTO");
+    assert!(dockerfile.contains("target/dist/rewind "), "ships rewind");
+    for gone in ["rewind-coordinator", "rewind-worker", "entrypoint.sh"] {
+        assert!(!dockerfile.contains(gone), "{gone} is gone");
     }
     assert!(dockerfile.contains("USER 10001"), "runs as a non-root user");
-    assert!(dockerfile.contains("COPY deploy/entrypoint.sh"));
-    let entry = fs::read_to_string(deploy().join("entrypoint.sh")).unwrap();
-    assert!(entry.contains("coordinator) shift; exec rewind-coordinator"));
-    assert!(entry.contains("worker) shift; exec rewind-worker"));
-    // The entrypoint really dispatches (run with our binaries first on the PATH).
-    let bin_dir = Path::new(REWIND).parent().unwrap();
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/rewind"]"#));
+    // The image's `coordinator …` / `worker …` reach the services' own command lines.
     for (arg, expect) in [
-        ("coordinator", "rewind-coordinator"),
-        ("worker", "rewind-worker"),
-        ("run", "rewind run"),
+        ("coordinator", "Usage: rewind coordinator"),
+        ("worker", "Usage: rewind worker"),
+        ("run", "Usage: rewind run"),
     ] {
-        let out = Command::new("sh")
-            .arg(deploy().join("entrypoint.sh"))
-            .args([arg, "--help"])
-            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
-            .output()
-            .unwrap();
+        let out = Command::new(REWIND).args([arg, "--help"]).output().unwrap();
         assert!(out.status.success(), "{arg}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains(expect) || text.contains("Usage"),
-            "{arg}: {text}"
-        );
+        assert!(text.contains(expect), "{arg}: {text}");
     }
+    let out = Command::new(REWIND).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("coordinator") && text.contains("worker"),
+        "{text}"
+    );
 }
 
 /// docs/configuration.md is generated from the binaries' definitions and must be current
@@ -499,7 +480,8 @@ fn layered_configuration_through_the_binaries() {
     )
     .unwrap();
     let f = file.to_str().unwrap();
-    let out = Command::new(WORKER)
+    let out = WORKER
+        .command()
         .args(["--config", f, "--grace", "50", "--print-config"])
         .env("REWIND_WORKER_SLOTS", "4")
         .env_remove("REWIND_ETCD")
@@ -538,7 +520,14 @@ fn layered_configuration_through_the_binaries() {
     );
 
     fs::write(&file, "[worker]\nslotz = 3\n").unwrap();
-    let out = Command::new(WORKER).args(["--config", f]).output().unwrap();
+    let out = WORKER.command().args(["--config", f]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no setting slotz"));
+    // Options before the service's name reach it too.
+    let out = Command::new(REWIND)
+        .args(["--config", f, "worker"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no setting slotz"));
     fs::write(&file, "slots = 3\n").unwrap();

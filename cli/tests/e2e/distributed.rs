@@ -15,8 +15,8 @@ use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, r
 use serde_json::Value;
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
-const WORKER: &str = env!("CARGO_BIN_EXE_rewind-worker");
+const COORDINATOR: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "coordinator"];
+const WORKER: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "worker"];
 const ORG: &str = "TN-dist";
 /// Lease TTL of workers and coordinators in these tests (seconds; etcd's minimum is 2).
 const TTL: &str = "2";

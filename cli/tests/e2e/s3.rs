@@ -17,8 +17,8 @@ use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, s
 use serde_json::Value;
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
-const WORKER: &str = env!("CARGO_BIN_EXE_rewind-worker");
+const COORDINATOR: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "coordinator"];
+const WORKER: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "worker"];
 const ORG: &str = "TN-s3";
 /// The archive bucket, as Pismo names it: `{org}` is filled with the lowercase org id.
 const ARCHIVE: &str = "pismo-dataplatform-tn-s3";

@@ -9,7 +9,7 @@ use rewind_testkit::run;
 use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
+const COORDINATOR: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "coordinator"];
 
 fn jobs(addr: &str, extra: &[&str]) -> (Option<i32>, String) {
     let mut args = vec!["jobs", "--coordinator", addr];

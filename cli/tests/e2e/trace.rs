@@ -18,8 +18,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use rewind_testkit::servers::{Etcd, Proc, free_port, wait_port};
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_rewind-coordinator");
-const WORKER: &str = env!("CARGO_BIN_EXE_rewind-worker");
+const COORDINATOR: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "coordinator"];
+const WORKER: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "worker"];
 
 #[derive(Debug, Clone)]
 struct Got {

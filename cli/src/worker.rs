@@ -1,13 +1,12 @@
-//! `rewind-worker`: a stateless worker of the distributed mode (see rewind_worker::daemon).
+//! `rewind worker`: a stateless worker of the distributed mode (see rewind_worker::daemon).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use rewind_worker::daemon::{DaemonConfig, run_daemon};
 
-fn main() -> ExitCode {
-    rewind_cli::init_crypto();
-    let args: rewind_cli::args::WorkerArgs = rewind_cli::config::parse("worker");
+pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
+    let args: rewind_cli::args::WorkerArgs = rewind_cli::config::parse_from("worker", argv);
     let _telemetry = rewind_cli::init_logging("info", "rewind-worker");
     let endpoints = match args.etcd.endpoints() {
         Ok(e) => e,

@@ -1,4 +1,4 @@
-//! `rewind-coordinator`: serves rewind.v1.JobService and, while it leads, drives jobs.
+//! `rewind coordinator`: serves rewind.v1.JobService and, while it leads, drives jobs.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,9 +7,9 @@ use rewind_coordinator::driver::{LeaderConfig, lead};
 use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1::job_service_server::JobServiceServer;
 
-fn main() -> ExitCode {
-    rewind_cli::init_crypto();
-    let args: rewind_cli::args::CoordinatorArgs = rewind_cli::config::parse("coordinator");
+pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
+    let args: rewind_cli::args::CoordinatorArgs =
+        rewind_cli::config::parse_from("coordinator", argv);
     let _telemetry = rewind_cli::init_logging("info", "rewind-coordinator");
     let endpoints = match args.etcd.endpoints() {
         Ok(e) => e,
