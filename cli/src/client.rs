@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use rewind_coordinator::service::request_to_pb;
-use rewind_coordinator::summary::Summary;
+use rewind_common::Summary;
+use rewind_coordinator::convert::request_to_pb;
 use rewind_proto::v1 as pb;
 use rewind_proto::v1::job_service_client::JobServiceClient;
 use serde_json::{Value, json};

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use rewind_coordinator::core::Coordinator;
 use rewind_coordinator::driver::{LeaderConfig, lead};
 use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1::job_service_server::JobServiceServer;
+use rewind_worker::kafka::KafkaChecks;
 
 pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
     let args: rewind_cli::args::CoordinatorArgs =
@@ -69,8 +73,9 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             });
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
         let leader = tokio::spawn(lead(
-            store.clone(),
+            core.clone(),
             LeaderConfig {
                 id: id.clone(),
                 lease_ttl: Duration::from_secs(args.lease_ttl.max(2)),
@@ -86,7 +91,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
         // NOT_SERVING while it does not. Checked every 2 s.
         let (health, health_service) = tonic_health::server::health_reporter();
         health
-            .set_serving::<JobServiceServer<JobServiceImpl>>()
+            .set_serving::<JobServiceServer<JobServiceImpl<rewind_etcd::EtcdStore>>>()
             .await;
         {
             let ready = rewind_cli::etcd_ready(store.clone());
@@ -100,12 +105,12 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
                         serving = ok;
                         if ok {
                             health
-                                .set_serving::<JobServiceServer<JobServiceImpl>>()
+                                .set_serving::<JobServiceServer<JobServiceImpl<rewind_etcd::EtcdStore>>>()
                                 .await;
                         } else {
                             tracing::warn!("etcd unreachable: reporting NOT_SERVING");
                             health
-                                .set_not_serving::<JobServiceServer<JobServiceImpl>>()
+                                .set_not_serving::<JobServiceServer<JobServiceImpl<rewind_etcd::EtcdStore>>>()
                                 .await;
                         }
                         // The server as a whole ("", what Kubernetes' gRPC probes ask) too.
@@ -138,7 +143,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
                 }
             };
         }
-        let api = JobServiceImpl::new(store);
+        let api = JobServiceImpl::new(core);
         let router = builder.add_service(health_service).add_service(reflection);
         let router = match auth {
             Some(auth) => router.add_service(JobServiceServer::with_interceptor(api, auth)),

@@ -286,6 +286,7 @@ pub fn etcd_ready(store: rewind_etcd::EtcdStore) -> Hook<Result<(), String>> {
     std::sync::Arc::new(move || {
         let store = store.clone();
         Box::pin(async move {
+            use rewind_common::registry::JobRegistry as _;
             match tokio::time::timeout(std::time::Duration::from_secs(2), store.leader()).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),

@@ -412,6 +412,15 @@ impl From<rewind_common::RequestError> for Failure {
     }
 }
 
+impl From<rewind_coordinator::core::CoreError> for Failure {
+    fn from(e: rewind_coordinator::core::CoreError) -> Self {
+        match e {
+            rewind_coordinator::core::CoreError::BadRequest(m) => Failure::BadRequest(m),
+            other => Failure::Job(other.to_string()),
+        }
+    }
+}
+
 fn config_command(c: ConfigCommand, file: Option<PathBuf>) -> Result<(), Failure> {
     use clap::CommandFactory;
     use rewind_cli::args::{CoordinatorArgs, WorkerArgs};

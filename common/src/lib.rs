@@ -4,8 +4,10 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod layout;
+pub mod lifecycle;
 pub mod location;
 pub mod range;
+pub mod registry;
 pub mod request;
 pub mod shard_store;
 pub mod storage;
@@ -17,6 +19,20 @@ pub use error::RequestError;
 pub use ids::{JobId, OrgId, ShardId};
 pub use job::{JobSpec, OutputKeys};
 pub use layout::Layout;
+pub use lifecycle::{JobPhase, JobStatus, Summary};
 pub use location::{Location, S3Options};
 pub use range::{Hour, HourRange};
+pub use registry::JobRegistry;
 pub use request::{JobRecord, JobRequest};
+
+/// Test fail points: `REWIND_FAILPOINT=<name>` makes a process misbehave at one chosen moment so
+/// crash tests strike it deterministically. Workers: `after-kafka-commit` (abort between a
+/// shard's Kafka commit and its shard commit), `hang-before-shard-commit` (a finished attempt
+/// never commits; the worker keeps its lease alive until it is killed),
+/// `pause-before-shard-commit` (a finished attempt waits 10 s before it commits),
+/// `hang-before-file-finish` (a Parquet file is written but never finished: killed there, the
+/// attempt leaves an unfinished write). Coordinators: `crash-before-success-marker` (the job
+/// manifest is written, `_SUCCESS` is not).
+pub fn failpoint(name: &str) -> bool {
+    std::env::var("REWIND_FAILPOINT").is_ok_and(|v| v == name)
+}

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -204,24 +204,58 @@ pub trait ShardStore: Send + Sync {
 }
 
 #[derive(Debug)]
-struct MemJob {
+pub(crate) struct MemJob {
     max_attempts: u32,
-    shards: BTreeMap<ShardId, ShardState>,
+    pub(crate) shards: BTreeMap<ShardId, ShardState>,
     /// The current claim of each running shard: (lease, token).
-    claims: HashMap<ShardId, (LeaseId, u64)>,
+    pub(crate) claims: HashMap<ShardId, (LeaseId, u64)>,
     /// Claimable shards in order; keeps claim O(1) however many shards a job has.
     ready: VecDeque<ShardId>,
 }
 
 #[derive(Debug, Default)]
-struct MemState {
-    jobs: HashMap<JobId, MemJob>,
-    leases: HashMap<LeaseId, (Duration, Instant)>,
+pub(crate) struct MemState {
+    pub(crate) jobs: HashMap<JobId, MemJob>,
+    pub(crate) leases: HashMap<LeaseId, (Duration, Instant)>,
     next_lease: i64,
     next_token: u64,
+    pub(crate) registry: crate::registry::MemRegistry,
 }
 
 impl MemState {
+    /// Registers a job's shards, all pending and claimable in order.
+    pub(crate) fn add_job(&mut self, job: &JobId, shards: &[ShardId], max_attempts: u32) {
+        let states = shards
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    ShardState::Pending {
+                        attempts: 0,
+                        last_error: None,
+                    },
+                )
+            })
+            .collect();
+        self.jobs.insert(
+            job.clone(),
+            MemJob {
+                max_attempts: max_attempts.max(1),
+                shards: states,
+                claims: HashMap::new(),
+                ready: shards.iter().copied().collect(),
+            },
+        );
+    }
+
+    /// Ends a lease now: its claims are lost attempts, as when it expires.
+    pub(crate) fn revoke(&mut self, lease: LeaseId) {
+        if let Some((_, deadline)) = self.leases.get_mut(&lease) {
+            *deadline = Instant::now();
+            self.expire(Instant::now());
+        }
+    }
+
     /// Drops expired leases and returns their claims' shards to the ready queue.
     fn expire(&mut self, now: Instant) {
         let expired: Vec<LeaseId> = self
@@ -282,15 +316,23 @@ impl MemJob {
     }
 }
 
-/// The in-memory shard store of the embedded mode. Lease expiry is checked on every call.
-#[derive(Debug, Default)]
+/// The in-memory shard store and job registry of the embedded mode. Lease expiry is checked on
+/// every call. Clones share the state.
+#[derive(Debug, Default, Clone)]
 pub struct InMemoryShardStore {
-    state: Mutex<MemState>,
+    state: Arc<Mutex<MemState>>,
 }
 
 impl InMemoryShardStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub(crate) fn with_registry<T>(
+        &self,
+        f: impl FnOnce(&mut MemState) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with(f)
     }
 
     fn with<T>(
@@ -305,7 +347,7 @@ impl InMemoryShardStore {
         f(&mut state)
     }
 
-    fn check_claim<'a>(
+    pub(crate) fn check_claim<'a>(
         state: &'a mut MemState,
         claim: &Claim,
     ) -> Result<&'a mut MemJob, StoreError> {
@@ -335,27 +377,7 @@ impl ShardStore for InMemoryShardStore {
             if s.jobs.contains_key(job) {
                 return Err(StoreError::JobExists(job.clone()));
             }
-            let states = shards
-                .iter()
-                .map(|id| {
-                    (
-                        *id,
-                        ShardState::Pending {
-                            attempts: 0,
-                            last_error: None,
-                        },
-                    )
-                })
-                .collect();
-            s.jobs.insert(
-                job.clone(),
-                MemJob {
-                    max_attempts: max_attempts.max(1),
-                    shards: states,
-                    claims: HashMap::new(),
-                    ready: shards.iter().copied().collect(),
-                },
-            );
+            s.add_job(job, shards, max_attempts);
             Ok(())
         })
     }

@@ -8,47 +8,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use rewind_common::job::{OutputFileEntry, ShardManifest, add_counts};
+use rewind_common::job::{ShardManifest, add_counts};
+use rewind_common::lifecycle::{FailedShard, JobManifest, JobPhase};
 use rewind_common::shard_store::{ShardCounts, ShardState};
 use rewind_common::storage::{OutputStore, StorageError};
 use rewind_common::{JobSpec, OutputKeys, ShardId};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedShard {
-    pub shard: ShardId,
-    pub attempts: u32,
-    pub reason: String,
-}
-
-/// The job manifest, written at `execution_id={job}/_manifest.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobManifest {
-    pub job_id: String,
-    pub state: JobState,
-    pub spec: JobSpec,
-    pub shards: u64,
-    pub shards_done: u64,
-    pub failed_shards: Vec<FailedShard>,
-    pub counts: ShardCounts,
-    pub failed_by_reason: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub filtered_by_reason: BTreeMap<String, u64>,
-    pub files: Vec<OutputFileEntry>,
-    pub failed_files: Vec<OutputFileEntry>,
-    #[serde(default)]
-    pub unrecoverable_files: Vec<OutputFileEntry>,
-    pub orphans_deleted: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Succeeded,
-    Failed,
-    /// Stopped by the user: committed shards' files stay, listed in the manifest; no `_SUCCESS`.
-    Cancelled,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -230,11 +194,11 @@ fn commit(
     failed_files.sort_by(|a, b| a.key.cmp(&b.key));
     unrecoverable_files.sort_by(|a, b| a.key.cmp(&b.key));
     let state = if cancelled {
-        JobState::Cancelled
+        JobPhase::Cancelled
     } else if failed_shards.is_empty() {
-        JobState::Succeeded
+        JobPhase::Succeeded
     } else {
-        JobState::Failed
+        JobPhase::Failed
     };
     let manifest = JobManifest {
         job_id: spec.job.to_string(),
@@ -258,10 +222,10 @@ fn commit(
     })?;
     output.put(&keys.job_manifest(), &body)?;
     // A test hook: die between the job manifest and `_SUCCESS` (the next leader commits again).
-    if rewind_worker::failpoint("crash-before-success-marker") {
+    if rewind_common::failpoint("crash-before-success-marker") {
         std::process::abort();
     }
-    if state == JobState::Succeeded {
+    if state == JobPhase::Succeeded {
         output.put(&keys.success_marker(), b"")?;
     }
     Ok(manifest)
@@ -270,6 +234,7 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rewind_common::job::OutputFileEntry;
     use rewind_common::shard_store::ShardDone;
     use rewind_common::storage::LocalOutput;
     use rewind_common::{HourRange, JobId, Layout, OrgId};
@@ -364,7 +329,7 @@ mod tests {
             &[&failed],
         )
         .unwrap();
-        assert_eq!(result.state, JobState::Failed);
+        assert_eq!(result.state, JobPhase::Failed);
         assert_eq!(result.orphans_deleted, 3);
         assert!(!unfinished.exists(), "the killed attempt's unfinished file");
         assert_eq!(result.failed_shards[0].reason, "boom");
@@ -386,7 +351,7 @@ mod tests {
             counts: m2.counts.clone(),
         });
         let ok = commit_job(&spec, &[(hours[0], done), (other, done2)], &out, &[&failed]).unwrap();
-        assert_eq!(ok.state, JobState::Succeeded);
+        assert_eq!(ok.state, JobPhase::Succeeded);
         assert_eq!(ok.counts.recovered, 10);
         assert_eq!(ok.files.len(), 1);
         assert!(out.get(&keys.success_marker()).unwrap().is_some());
@@ -418,7 +383,7 @@ mod tests {
         let n = shards.len() as u64;
         assert_eq!(n, 51);
         let job = commit_job(&spec, &shards, &out, &[]).unwrap();
-        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.state, JobPhase::Succeeded);
         assert_eq!(job.counts.recovered, n * (n + 1) / 2);
 
         let ShardState::Done(gone) = &shards[37].1 else {

@@ -1,25 +1,16 @@
-//! The leader's loop: drives every unfinished job to its end. All state is in etcd, so a
-//! restarted or newly elected coordinator simply goes on where the last one stopped.
-//!
-//! - A running job whose shards are all done or failed is committed ([`commit_job`]): orphan
-//!   sweep, job manifest, `_SUCCESS` when every shard is done. Then its status gets the summary
-//!   and its per-shard keys are compacted away.
-//! - A cancelling job is ended ([`commit_cancelled`]) once no attempt of it is in flight.
+//! The leader's loop: campaigns for leadership and, while leading, drives every unfinished job
+//! to its end ([`Coordinator::drive_once`]). All state is in the registry, so a restarted or
+//! newly elected coordinator simply goes on where the last one stopped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rewind_common::shard_store::{ShardStore, StoreError};
-use rewind_common::storage::StorageError;
-use rewind_common::{JobId, JobRecord, JobRequest, JobSpec};
-use rewind_etcd::EtcdStore;
+use rewind_common::registry::JobRegistry;
+use rewind_common::shard_store::StoreError;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::commit::{CommitError, commit_cancelled, commit_job};
-use crate::metrics::{CoordinatorMetrics, StateLabel};
-use crate::status::{JobStatus, Phase, now_ms};
-use crate::summary::Summary;
+use crate::core::Coordinator;
+use crate::metrics::CoordinatorMetrics;
 
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -36,7 +27,12 @@ pub struct LeaderConfig {
 
 /// Campaigns for leadership and, while leading, drives jobs. Returns when `shutdown` is set,
 /// revoking its lease so a standby takes over at once.
-pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn lead<R: JobRegistry>(
+    core: Coordinator<R>,
+    cfg: LeaderConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let store = core.registry().clone();
     let mut lease = None;
     let mut leading = false;
     let mut last_keepalive = tokio::time::Instant::now();
@@ -83,7 +79,7 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
                     leading = true;
                     cfg.metrics.leader.set(1);
                 }
-                if let Err(e) = drive_once(&store, &cfg.metrics).await {
+                if let Err(e) = core.drive_once(Some(&cfg.metrics)).await {
                     warn!(error = %e, "driving jobs");
                 }
                 if let Some(every) = cfg.compact_every
@@ -119,116 +115,4 @@ pub async fn lead(store: EtcdStore, cfg: LeaderConfig, mut shutdown: watch::Rece
 
 async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
     let _ = tokio::time::timeout(d, shutdown.wait_for(|s| *s)).await;
-}
-
-/// One pass over the unfinished jobs.
-pub async fn drive_once(store: &EtcdStore, metrics: &CoordinatorMetrics) -> Result<(), StoreError> {
-    for (job, phase) in store.active_jobs().await? {
-        let progress = match store.progress(&job).await {
-            Ok(p) => p,
-            Err(StoreError::JobNotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        let ready = match phase.as_str() {
-            "cancelling" => progress.running == 0,
-            _ => progress.finished(),
-        };
-        if ready && let Some(state) = finish(store, &job, phase == "cancelling").await? {
-            metrics
-                .jobs_finished
-                .get_or_create(&StateLabel {
-                    state: state.to_string(),
-                })
-                .inc();
-        }
-    }
-    Ok(())
-}
-
-/// Ends a job; returns its final state, or None when the commit is to be tried again.
-async fn finish(
-    store: &EtcdStore,
-    job: &JobId,
-    cancelled: bool,
-) -> Result<Option<&'static str>, StoreError> {
-    use tracing::Instrument as _;
-    let record: JobRecord = store.record(job).await?;
-    let span = tracing::info_span!("rewind.job.commit", job_id = %job, cancelled);
-    rewind_common::trace::set_parent(&span, record.trace_parent.as_deref());
-    finish_record(store, job, cancelled, record)
-        .instrument(span)
-        .await
-}
-
-async fn finish_record(
-    store: &EtcdStore,
-    job: &JobId,
-    cancelled: bool,
-    record: JobRecord,
-) -> Result<Option<&'static str>, StoreError> {
-    let mut status: JobStatus = store.status(job).await?;
-    let states = store.shards(job).await?;
-    let request = record.request.clone();
-    let spec = Arc::new(record.spec.clone());
-    let commit_spec = spec.clone();
-    let committed = match open_outputs(&request, &spec).await {
-        Ok(outputs) => tokio::task::spawn_blocking(move || {
-            let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
-            if cancelled {
-                commit_cancelled(&commit_spec, &states, output, &sides)
-            } else {
-                commit_job(&commit_spec, &states, output, &sides)
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?,
-        Err(e) => Err(CommitError::Storage(e)),
-    };
-    let finished_ms = now_ms();
-    match committed {
-        Ok(manifest) => {
-            let elapsed = Duration::from_millis((finished_ms - record.created_ms).max(0) as u64);
-            let summary = Summary::new(&record.request, &spec, &manifest, elapsed);
-            status.phase = manifest.state.into();
-            if !manifest.failed_shards.is_empty() && status.message.is_none() {
-                status.message = Some(format!(
-                    "{} of {} shards failed",
-                    manifest.failed_shards.len(),
-                    manifest.shards
-                ));
-            }
-            status.summary = Some(summary);
-        }
-        // A storage error may pass (the destination is back later): try again next tick.
-        Err(CommitError::Storage(e)) if e.is_retryable() => {
-            warn!(job = %job, error = %e, "job commit failed; retrying");
-            return Ok(None);
-        }
-        Err(e) => {
-            warn!(job = %job, error = %e, "job commit failed for good");
-            status.phase = Phase::Failed;
-            status.message = Some(format!("job commit: {e}"));
-        }
-    }
-    status.finished_ms = Some(finished_ms);
-    store.set_status(job, &status, true).await?;
-    store.compact(job).await?;
-    info!(job = %job, state = status.phase.as_str(), "job finished");
-    Ok(Some(status.phase.as_str()))
-}
-
-/// The output stores of a job.
-async fn open_outputs(
-    request: &JobRequest,
-    spec: &JobSpec,
-) -> Result<rewind_s3::JobOutputs, StorageError> {
-    let places = request
-        .locations(&spec.org)
-        .map_err(|e| StorageError::Denied {
-            what: "the job's locations".into(),
-            why: e.to_string(),
-        })?;
-    rewind_s3::open_outputs(&places, &request.s3)
-        .await
-        .map_err(|(_, e)| e)
 }

@@ -6,8 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rewind_common::shard_store::ShardStore;
-use rewind_etcd::EtcdStore;
+use rewind_common::registry::JobRegistry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -64,8 +63,8 @@ impl CoordinatorMetrics {
         );
     }
 
-    /// Re-reads the unfinished jobs' shard counts from etcd (called before each scrape).
-    pub async fn refresh(&self, store: &EtcdStore) {
+    /// Re-reads the unfinished jobs' shard counts from the registry (called before each scrape).
+    pub async fn refresh<R: JobRegistry>(&self, store: &R) {
         let Ok(active) = store.active_jobs().await else {
             return;
         };

@@ -1,225 +1,41 @@
-//! The gRPC `rewind.v1.JobService`. Every replica serves it (all state is in etcd); only the
-//! leader drives jobs to their end (see [`crate::driver`]).
+//! The gRPC `rewind.v1.JobService`: thin handlers that convert wire types (`crate::convert`)
+//! and call the coordinator core. Every replica serves it (all state is in the registry); only
+//! the leader drives jobs to their end (see [`crate::driver`]).
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use rewind_common::job::ShardPlan;
-use rewind_common::location::{JobSide, S3Options};
-use rewind_common::shard_store::{ShardState, ShardStore, StoreError};
-use rewind_common::storage::StorageError;
-use rewind_common::{JobId, JobRecord, JobRequest, JobSpec, RequestError};
-use rewind_etcd::{EtcdStore, LiveCounts};
+use rewind_common::JobId;
+use rewind_common::lifecycle::{JobPhase, JobStatus, now_ms};
+use rewind_common::registry::JobRegistry;
+use rewind_common::shard_store::{ShardCounts, ShardState};
 use rewind_proto::v1 as pb;
 use rewind_proto::v1::job_service_server::JobService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::plan::{pin, store_plans};
-use crate::status::{JobStatus, Phase, now_ms};
+use crate::convert::{
+    counts_to_pb, parse_job, progress_to_pb, request_from_pb, request_to_pb, store_status,
+};
+use crate::core::Coordinator;
 
 #[derive(Debug, Clone)]
-pub struct JobServiceImpl {
-    store: EtcdStore,
+pub struct JobServiceImpl<R> {
+    core: Coordinator<R>,
     /// How often WatchJob looks for changes.
     watch_every: Duration,
 }
 
-impl JobServiceImpl {
-    pub fn new(store: EtcdStore) -> Self {
+impl<R: JobRegistry> JobServiceImpl<R> {
+    pub fn new(core: Coordinator<R>) -> Self {
         JobServiceImpl {
-            store,
+            core,
             watch_every: Duration::from_millis(250),
         }
     }
 }
 
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::JobNotFound(job) => Status::not_found(format!("job {job} not found")),
-        StoreError::Unavailable(why) => Status::unavailable(why),
-        other => Status::internal(other.to_string()),
-    }
-}
-
-fn invalid(e: RequestError) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
-/// The request with the CLI's defaults for fields left empty.
-pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> {
-    let r = r.ok_or_else(|| Status::invalid_argument("invalid job: missing"))?;
-    let d = JobRequest::default();
-    Ok(JobRequest {
-        source: r.source,
-        org: r.org,
-        start: r.start,
-        end: r.end,
-        dest: r.dest,
-        layout: if r.layout.is_empty() {
-            d.layout
-        } else {
-            r.layout
-        },
-        arrival_filter: r.arrival_filter,
-        failed_output: (!r.failed_output.is_empty()).then_some(r.failed_output),
-        max_event_bytes: if r.max_event_bytes == 0 {
-            d.max_event_bytes
-        } else {
-            r.max_event_bytes as usize
-        },
-        max_attempts: if r.max_attempts == 0 {
-            d.max_attempts
-        } else {
-            r.max_attempts
-        },
-        max_range_hours: if r.max_range_hours == 0 {
-            d.max_range_hours
-        } else {
-            r.max_range_hours
-        },
-        s3: r.s3.map(s3_from_pb).unwrap_or_default(),
-        unrecoverable_output: (!r.unrecoverable_output.is_empty())
-            .then_some(r.unrecoverable_output),
-        event_types: r.event_types,
-        domains: r.domains,
-        filter: (!r.filter.is_empty()).then_some(r.filter),
-        flows: (!r.flows.is_empty()).then_some(r.flows),
-        dedup: (!r.dedup.is_empty()).then_some(r.dedup),
-        dedup_window_hours: r.dedup_window_hours.unwrap_or(d.dedup_window_hours),
-        sink: (!r.sink.is_empty()).then_some(r.sink),
-        brokers: (!r.brokers.is_empty()).then_some(r.brokers),
-        topic: (!r.topic.is_empty()).then_some(r.topic),
-        key: (!r.key.is_empty()).then_some(r.key),
-        compression: (!r.compression.is_empty()).then_some(r.compression),
-        kafka_options: r.kafka_options,
-        delivery: (!r.delivery.is_empty()).then_some(r.delivery),
-        checkpoint_events: r.checkpoint_events,
-        max_events_per_sec: r.max_events_per_sec,
-        max_bytes_per_sec: r.max_bytes_per_sec,
-        ordered: r.ordered,
-        object: (!r.object.is_empty()).then_some(r.object),
-    })
-}
-
-fn s3_from_pb(o: pb::S3Options) -> S3Options {
-    let opt = |s: String| (!s.is_empty()).then_some(s);
-    S3Options {
-        region: opt(o.region),
-        endpoint_url: opt(o.endpoint_url),
-        force_path_style: o.force_path_style,
-        source_role_arn: opt(o.source_role_arn),
-        source_external_id: opt(o.source_external_id),
-        dest_role_arn: opt(o.dest_role_arn),
-        dest_external_id: opt(o.dest_external_id),
-        role_session_name: opt(o.role_session_name),
-        part_size_mib: o.part_size_mib,
-        read_ahead: o.read_ahead,
-    }
-}
-
-fn s3_to_pb(o: &S3Options) -> Option<pb::S3Options> {
-    if o == &S3Options::default() {
-        return None;
-    }
-    let s = |v: &Option<String>| v.clone().unwrap_or_default();
-    Some(pb::S3Options {
-        region: s(&o.region),
-        endpoint_url: s(&o.endpoint_url),
-        force_path_style: o.force_path_style,
-        source_role_arn: s(&o.source_role_arn),
-        source_external_id: s(&o.source_external_id),
-        dest_role_arn: s(&o.dest_role_arn),
-        dest_external_id: s(&o.dest_external_id),
-        role_session_name: s(&o.role_session_name),
-        part_size_mib: o.part_size_mib,
-        read_ahead: o.read_ahead,
-    })
-}
-
-/// A storage failure met while planning, as a gRPC status.
-fn storage_status(what: &str, e: StorageError) -> Status {
-    let message = format!("{what}: {e}");
-    match e {
-        StorageError::Denied { .. } => Status::permission_denied(message),
-        StorageError::NotFound { .. } | StorageError::InvalidKey { .. } => {
-            Status::failed_precondition(message)
-        }
-        StorageError::Changed { .. } => Status::aborted(message),
-        StorageError::Unavailable { .. } | StorageError::Io { .. } => Status::unavailable(message),
-    }
-}
-
-/// Opens the job's source and lists every hour prefix, pinning the objects.
-async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<ShardPlan>, Status> {
-    let places = request.locations(&spec.org).map_err(invalid)?;
-    let source = rewind_s3::open_source(&places.source, &request.s3)
-        .await
-        .map_err(|e| storage_status("opening the source", e))?;
-    pin(source, spec)
-        .await
-        .map_err(|e| storage_status("listing the source", e))
-}
-
-pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
-    pb::JobRequest {
-        source: r.source.clone(),
-        org: r.org.clone(),
-        start: r.start.clone(),
-        end: r.end.clone(),
-        dest: r.dest.clone(),
-        layout: r.layout.clone(),
-        arrival_filter: r.arrival_filter,
-        failed_output: r.failed_output.clone().unwrap_or_default(),
-        max_event_bytes: r.max_event_bytes as u64,
-        max_attempts: r.max_attempts,
-        max_range_hours: r.max_range_hours,
-        s3: s3_to_pb(&r.s3),
-        unrecoverable_output: r.unrecoverable_output.clone().unwrap_or_default(),
-        event_types: r.event_types.clone(),
-        domains: r.domains.clone(),
-        filter: r.filter.clone().unwrap_or_default(),
-        flows: r.flows.clone().unwrap_or_default(),
-        dedup: r.dedup.clone().unwrap_or_default(),
-        dedup_window_hours: Some(r.dedup_window_hours),
-        sink: r.sink.clone().unwrap_or_default(),
-        brokers: r.brokers.clone().unwrap_or_default(),
-        topic: r.topic.clone().unwrap_or_default(),
-        key: r.key.clone().unwrap_or_default(),
-        compression: r.compression.clone().unwrap_or_default(),
-        kafka_options: r.kafka_options.clone(),
-        delivery: r.delivery.clone().unwrap_or_default(),
-        checkpoint_events: r.checkpoint_events,
-        max_events_per_sec: r.max_events_per_sec,
-        max_bytes_per_sec: r.max_bytes_per_sec,
-        ordered: r.ordered,
-        object: r.object.clone().unwrap_or_default(),
-    }
-}
-
-fn flows_to_pb(
-    flows: &std::collections::BTreeMap<String, rewind_common::job::FlowCounts>,
-) -> std::collections::HashMap<String, pb::FlowCounts> {
-    flows
-        .iter()
-        .map(|(name, c)| {
-            let pb = pb::FlowCounts {
-                matched: c.matched,
-                repaired: c.repaired,
-                failed: c.failed,
-                unrecoverable: c.unrecoverable,
-                filtered: c.filtered,
-            };
-            (name.clone(), pb)
-        })
-        .collect()
-}
-
-fn parse_job(id: &str) -> Result<JobId, Status> {
-    JobId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-impl JobServiceImpl {
+impl<R: JobRegistry> JobServiceImpl<R> {
     /// The job as the API shows it. A job that finishes while it is being read loses its
     /// per-shard keys half-way (they go with the final status, in one txn): read it again.
     async fn job(&self, job: &JobId) -> Result<pb::Job, Status> {
@@ -228,8 +44,9 @@ impl JobServiceImpl {
             match self.job_once(job).await {
                 Err(s) if s.code() == tonic::Code::NotFound && tries < 3 => {
                     // Unknown job ids fail the status read: only shard keys can vanish.
-                    self.store
-                        .status::<JobStatus>(job)
+                    self.core
+                        .registry()
+                        .status(job)
                         .await
                         .map_err(store_status)?;
                     tries += 1;
@@ -241,8 +58,9 @@ impl JobServiceImpl {
 
     /// Status, shard counts, event counts (committed + live).
     async fn job_once(&self, job: &JobId) -> Result<pb::Job, Status> {
-        let status: JobStatus = self.store.status(job).await.map_err(store_status)?;
-        let record: JobRecord = self.store.record(job).await.map_err(store_status)?;
+        let registry = self.core.registry();
+        let status: JobStatus = registry.status(job).await.map_err(store_status)?;
+        let record = registry.record(job).await.map_err(store_status)?;
         let mut out = pb::Job {
             job_id: job.to_string(),
             state: status.phase.as_str().to_string(),
@@ -260,20 +78,7 @@ impl JobServiceImpl {
                 failed: s.shards_failed,
                 ..Default::default()
             });
-            out.counts = Some(pb::EventCounts {
-                objects: s.objects,
-                bytes: s.bytes,
-                recovered: s.recovered,
-                filtered: s.filtered,
-                failed: s.failed,
-                objects_skipped: s.objects_skipped,
-                unrecoverable: s.unrecoverable,
-                repaired: s.repaired,
-                duplicates: s.duplicates,
-                flows: flows_to_pb(&s.flows),
-                produced: s.produced,
-                acknowledged: s.acknowledged,
-            });
+            out.counts = Some(counts_to_pb(&s.counts()));
             out.failed_shards = s
                 .failed_shards
                 .iter()
@@ -294,51 +99,21 @@ impl JobServiceImpl {
             });
             return Ok(out);
         }
-        // Unfinished: shard states and counters from etcd.
-        let p = self.store.progress(job).await.map_err(store_status)?;
-        out.shards = Some(pb::ShardCounts {
-            total: p.total(),
-            pending: p.pending,
-            running: p.running,
-            done: p.done,
-            failed: p.failed,
-        });
-        let mut c = pb::EventCounts::default();
-        let (done, live) = self
-            .store
-            .counts_snapshot::<LiveCounts>(job)
-            .await
-            .map_err(store_status)?;
-        let mut flows = std::collections::BTreeMap::new();
+        // Unfinished: shard states and counters from the registry.
+        let p = registry.progress(job).await.map_err(store_status)?;
+        out.shards = Some(progress_to_pb(p));
+        let (done, live) = registry.counts_snapshot(job).await.map_err(store_status)?;
+        let mut c = ShardCounts::default();
         for done in done {
-            rewind_common::job::add_counts(
-                &mut flows,
-                &done.counts.flows,
-                rewind_common::job::FlowCounts::add,
-            );
-            c.objects += done.counts.objects;
-            c.bytes += done.counts.bytes;
-            c.recovered += done.counts.recovered;
-            c.filtered += done.counts.filtered;
-            c.failed += done.counts.failed;
-            c.objects_skipped += done.counts.objects_skipped;
-            c.unrecoverable += done.counts.unrecoverable;
-            c.repaired += done.counts.repaired;
-            c.duplicates += done.counts.duplicates;
-            c.produced += done.counts.produced;
-            c.acknowledged += done.counts.acknowledged;
+            c.add(&done.counts);
         }
         for live in live {
-            c.objects += live.objects;
-            c.bytes += live.bytes;
-            c.recovered += live.recovered;
-            c.filtered += live.filtered;
-            c.failed += live.failed;
-            c.unrecoverable += live.unrecoverable;
-            c.produced += live.produced;
-            c.acknowledged += live.acknowledged;
+            // Per-flow counts of attempts in flight are not published live.
+            c.add(&ShardCounts {
+                flows: Default::default(),
+                ..live
+            });
         }
-        c.flows = flows_to_pb(&flows);
         let secs = ((now_ms() - status.created_ms).max(1) as f64) / 1000.0;
         out.events_per_s = (c.recovered + c.filtered + c.failed + c.unrecoverable) as f64 / secs;
         out.bytes_per_s = c.bytes as f64 / secs;
@@ -346,10 +121,9 @@ impl JobServiceImpl {
         if finished > 0 {
             out.eta_s = secs * (p.pending + p.running) as f64 / finished as f64;
         }
-        out.counts = Some(c);
+        out.counts = Some(counts_to_pb(&c));
         if p.failed > 0 {
-            out.failed_shards = self
-                .store
+            out.failed_shards = registry
                 .shards(job)
                 .await
                 .map_err(store_status)?
@@ -371,7 +145,7 @@ impl JobServiceImpl {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl JobService for JobServiceImpl {
+impl<R: JobRegistry> JobService for JobServiceImpl<R> {
     async fn submit_job(
         &self,
         req: Request<pb::SubmitJobRequest>,
@@ -390,74 +164,11 @@ impl JobService for JobServiceImpl {
         let span = tracing::info_span!("rewind.job", job_id = tracing::field::Empty);
         rewind_common::trace::set_parent_from(&span, &headers);
         let request = request_from_pb(req.into_inner().job)?;
-        let mut spec = request.validate(JobId::generate()).map_err(invalid)?;
-        request.check_local_paths(&spec.org).map_err(invalid)?;
-        // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
-        // before the job exists, so it fails at submit and not in every shard.
-        if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
-            let k = k.clone();
-            tokio::task::spawn_blocking(move || {
-                rewind_worker::kafka::check_settings(&k).map_err(Status::invalid_argument)?;
-                rewind_worker::kafka::preflight(&k, Duration::from_secs(15))
-                    .map_err(Status::failed_precondition)
-            })
-            .await
-            .map_err(|e| Status::internal(format!("checking Kafka: {e}")))??;
-        }
-        // Planning lists every hour prefix now and pins the objects; the plans go to the
-        // destination, where the workers read them.
-        let plans = pin_job(&request, &spec).await?;
-        let places = request.locations(&spec.org).map_err(invalid)?;
-        let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest)
-            .await
-            .map_err(|e| storage_status("opening the destination", e))?;
-        let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
-        for _ in 0..8 {
-            // Plans are keyed by job id: never write them over another job's (ids collide only
-            // between coordinators in the same second, 1 in 65,536).
-            match self.store.record::<serde_json::Value>(&spec.job).await {
-                Err(StoreError::JobNotFound(_)) => {}
-                Ok(_) => {
-                    spec.job = JobId::generate();
-                    continue;
-                }
-                Err(e) => return Err(store_status(e)),
-            }
-            span.record("job_id", spec.job.as_str());
-            store_plans(output.clone(), &spec, plans.clone())
-                .await
-                .map_err(|e| storage_status("writing the shard plans", e))?;
-            let record = JobRecord {
-                spec: spec.clone(),
-                request: request.clone(),
-                created_ms: now_ms(),
-                trace_parent: rewind_common::trace::traceparent(&span),
-            };
-            let status = JobStatus {
-                phase: Phase::Running,
-                shards: shards.len() as u64,
-                created_ms: record.created_ms,
-                finished_ms: None,
-                message: None,
-                summary: None,
-            };
-            match self
-                .store
-                .submit(&spec.job, &record, &status, &shards, spec.max_attempts)
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(job = %spec.job, shards = shards.len(), "job submitted");
-                    return Ok(Response::new(pb::SubmitJobResponse {
-                        job_id: spec.job.to_string(),
-                        shards: shards.len() as u64,
-                    }));
-                }
-                Err(StoreError::JobExists(_)) => spec.job = JobId::generate(),
-                Err(e) => return Err(store_status(e)),
-            }
-        }
-        Err(Status::internal("could not find an unused job id"))
+        let submitted = self.core.submit(request, &span).await?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job_id: submitted.job.to_string(),
+            shards: submitted.shards,
+        }))
     }
 
     async fn plan_job(
@@ -465,10 +176,8 @@ impl JobService for JobServiceImpl {
         req: Request<pb::PlanJobRequest>,
     ) -> Result<Response<pb::PlanJobResponse>, Status> {
         let request = request_from_pb(req.into_inner().job)?;
-        let spec = request.validate(JobId::generate()).map_err(invalid)?;
-        request.check_local_paths(&spec.org).map_err(invalid)?;
-        let shards: Vec<_> = pin_job(&request, &spec)
-            .await?
+        let (_, plans) = self.core.plan(&request).await?;
+        let shards: Vec<_> = plans
             .into_iter()
             .map(|p| pb::PlannedShard {
                 shard: p.shard.to_string(),
@@ -495,8 +204,9 @@ impl JobService for JobServiceImpl {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let mut jobs = Vec::new();
         for (job, _) in self
-            .store
-            .statuses::<JobStatus>()
+            .core
+            .registry()
+            .statuses()
             .await
             .map_err(store_status)?
         {
@@ -525,7 +235,7 @@ impl JobService for JobServiceImpl {
                 return;
             }
             let mut failures = 0;
-            while !matches!(last.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            while !JobPhase::parse(&last.state).is_some_and(JobPhase::finished) {
                 tokio::time::sleep(this.watch_every).await;
                 match this.job(&job).await {
                     Ok(now) => {
@@ -558,17 +268,7 @@ impl JobService for JobServiceImpl {
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let job = parse_job(&req.into_inner().job_id)?;
-        let mut status: JobStatus = self.store.status(&job).await.map_err(store_status)?;
-        if status.phase == Phase::Running {
-            status.phase = Phase::Cancelling;
-            status.message = Some("cancelled by request".into());
-            // False when the job finished meanwhile: then there is nothing to cancel.
-            self.store
-                .set_phase(&job, &status, "cancelling")
-                .await
-                .map_err(store_status)?;
-            tracing::info!(job = %job, "job cancelling");
-        }
+        self.core.cancel(&job).await?;
         Ok(Response::new(self.job(&job).await?))
     }
 }

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::{ShardDone, ShardStore};
 use rewind_common::{HourRange, JobId, Layout, OrgId, ShardId};
 use rewind_etcd::EtcdStore;
@@ -56,11 +57,30 @@ async fn bench(etcd: &Etcd) {
             .map(|h| (ShardId(h), layout.prefix(h, &org)))
             .collect();
         let ids: Vec<ShardId> = planned.iter().map(|(id, _)| *id).collect();
-        let job = JobId::generate();
-        store
-            .submit(&job, &"record", &"status", &ids, 3)
-            .await
-            .unwrap();
+        let request = rewind_common::JobRequest {
+            source: "/archive".into(),
+            org: "TN-bench".into(),
+            start: "2025-01-01".into(),
+            end: "2025-12-31".into(),
+            dest: "/out".into(),
+            ..Default::default()
+        };
+        let spec = request.validate(JobId::generate()).unwrap();
+        let status = rewind_common::JobStatus {
+            phase: rewind_common::JobPhase::Running,
+            shards: ids.len() as u64,
+            created_ms: 0,
+            finished_ms: None,
+            message: None,
+            summary: None,
+        };
+        let record = rewind_common::JobRecord {
+            spec,
+            request,
+            created_ms: 0,
+            trace_parent: None,
+        };
+        store.submit(&record, &status, &ids).await.unwrap();
         plan_times.push((started.elapsed(), ids.len()));
     }
     plan_times.sort();

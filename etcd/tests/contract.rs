@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rewind_common::registry::{self, JobRegistry as _};
 use rewind_common::shard_store::contract;
 use rewind_etcd::EtcdStore;
 use rewind_testkit::servers::Etcd;
@@ -122,23 +123,28 @@ async fn etcd_claims_survive_history_compaction() {
     assert_eq!((p.done, p.running, p.pending), (1, 1, 1));
 }
 
+/// The JobRegistry contract suite, the same functions the in-memory registry runs.
+#[tokio::test]
+async fn etcd_registry_submit_registers_once() {
+    let etcd = Etcd::start();
+    registry::contract::submit_registers_once(&store(&etcd).await).await;
+}
+
+#[tokio::test]
+async fn etcd_registry_phases_and_finish() {
+    let etcd = Etcd::start();
+    registry::contract::phases_and_finish(&store(&etcd).await).await;
+}
+
+#[tokio::test]
+async fn etcd_registry_live_counts_follow_claims() {
+    let etcd = Etcd::start();
+    registry::contract::live_counts_follow_claims(&store(&etcd).await, TTL).await;
+}
+
 /// Two coordinator replicas: one leads, the other stands by until the leader's lease goes.
 #[tokio::test]
-async fn etcd_one_leader_at_a_time() {
-    use rewind_common::shard_store::ShardStore;
-
+async fn etcd_registry_leadership_follows_the_lease() {
     let etcd = Etcd::start();
-    let s = store(&etcd).await;
-    let a = s.grant_lease(Duration::from_secs(30)).await.unwrap();
-    let b = s.grant_lease(Duration::from_secs(30)).await.unwrap();
-    assert!(s.lead("a", a).await.unwrap());
-    assert!(!s.lead("b", b).await.unwrap(), "b must stand by");
-    assert!(s.lead("a", a).await.unwrap(), "a keeps leading");
-    assert_eq!(s.leader().await.unwrap().as_deref(), Some("a"));
-    s.revoke(a).await.unwrap();
-    assert!(
-        s.lead("b", b).await.unwrap(),
-        "b takes over once a's lease is gone"
-    );
-    assert!(!s.lead("a", a).await.unwrap_or(false));
+    registry::contract::leadership_follows_the_lease(&store(&etcd).await).await;
 }

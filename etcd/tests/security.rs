@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rewind_common::registry::JobRegistry as _;
 use rewind_common::shard_store::{ShardStore, contract};
 use rewind_etcd::{EtcdSecurity, EtcdStore};
 use rewind_testkit::pki::Pki;

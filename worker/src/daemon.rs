@@ -1,6 +1,7 @@
-//! `rewind-worker`: a stateless worker process of the distributed mode.
+//! The worker loop, one for both modes: `rewind worker` runs it against etcd, `rewind run`
+//! against the in-memory registry.
 //!
-//! One etcd lease per process, kept alive; `slots` tasks each claim a shard of any active job,
+//! One lease per process, kept alive; `slots` tasks each claim a shard of any active job,
 //! run it with [`execute_claim`] (the same code as the embedded mode) and commit. A poller keeps
 //! the list of active jobs and stops the attempts of jobs that were cancelled. When the lease is
 //! lost (the process was paused, etcd was partitioned away), attempts under it are stopped and
@@ -12,16 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rewind_common::shard_store::{Claim, LeaseId, ShardStore, StoreError};
+use rewind_common::lifecycle::JobPhase;
+use rewind_common::registry::JobRegistry;
+use rewind_common::shard_store::{Claim, LeaseId, ShardCounts, StoreError};
 use rewind_common::storage::StorageError;
 use rewind_common::{JobId, JobRecord};
-use rewind_etcd::{EtcdStore, LiveCounts};
 use tokio::sync::watch;
 use tracing::{Instrument as _, info, warn};
 
 use crate::decode::DecoderConfig;
 use crate::metrics::WorkerMetrics;
-use crate::pipeline::{Pins, Progress, ShardEnv};
+use crate::pipeline::{Progress, ShardEnv};
 use crate::run::{Attempt, execute_claim};
 
 #[derive(Debug, Clone)]
@@ -38,7 +40,7 @@ pub struct DaemonConfig {
 }
 
 /// Adds what `progress` counted since `counted` to the metrics.
-fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<LiveCounts>) {
+fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<ShardCounts>) {
     let now = live_counts(progress);
     let mut last = counted.lock().unwrap_or_else(|p| p.into_inner());
     let delta = |a: u64, b: u64| a.saturating_sub(b);
@@ -91,8 +93,8 @@ fn count_progress(metrics: &WorkerMetrics, progress: &Progress, counted: &Mutex<
     *last = now;
 }
 
-fn live_counts(p: &Progress) -> LiveCounts {
-    LiveCounts {
+fn live_counts(p: &Progress) -> ShardCounts {
+    ShardCounts {
         objects: p.objects.load(Ordering::Relaxed),
         bytes: p.bytes.load(Ordering::Relaxed),
         recovered: p.recovered.load(Ordering::Relaxed),
@@ -101,6 +103,7 @@ fn live_counts(p: &Progress) -> LiveCounts {
         unrecoverable: p.unrecoverable.load(Ordering::Relaxed),
         produced: p.produced.load(Ordering::Relaxed),
         acknowledged: p.acknowledged.load(Ordering::Relaxed),
+        ..ShardCounts::default()
     }
 }
 
@@ -129,8 +132,8 @@ struct InFlight {
     stop: Arc<AtomicBool>,
 }
 
-struct Shared {
-    store: EtcdStore,
+struct Shared<R> {
+    store: R,
     cfg: DaemonConfig,
     lease: Mutex<LeaseId>,
     jobs: Mutex<Vec<(JobId, JobEnv)>>,
@@ -138,7 +141,7 @@ struct Shared {
     stats: Mutex<DaemonStats>,
 }
 
-impl Shared {
+impl<R> Shared<R> {
     fn lease(&self) -> LeaseId {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -193,7 +196,6 @@ async fn open_env(record: &JobRecord) -> JobEnv {
                 let (events, bytes) = record.spec.sink.limits();
                 crate::throttle::Throttle::new(events, bytes).map(Arc::new)
             },
-            pins: Pins::Stored,
             produce_latency: None,
             progress: Arc::new(Progress::default()),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -203,8 +205,8 @@ async fn open_env(record: &JobRecord) -> JobEnv {
 }
 
 /// Runs the worker until `shutdown` turns true, then drains within the grace period.
-pub async fn run_daemon(
-    store: EtcdStore,
+pub async fn run_daemon<R: JobRegistry>(
+    store: R,
     cfg: DaemonConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<DaemonStats, StoreError> {
@@ -249,7 +251,7 @@ pub async fn run_daemon(
     Ok(stats)
 }
 
-async fn keep_lease(shared: Arc<Shared>) {
+async fn keep_lease<R: JobRegistry>(shared: Arc<Shared<R>>) {
     let every = shared.cfg.lease_ttl / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -273,19 +275,19 @@ async fn keep_lease(shared: Arc<Shared>) {
     }
 }
 
-async fn poll_jobs(shared: Arc<Shared>) {
+async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
     let mut known: HashMap<JobId, JobEnv> = HashMap::new();
     loop {
         match shared.store.active_jobs().await {
             Ok(active) => {
                 let mut list = Vec::new();
                 for (job, phase) in active {
-                    if phase != "running" {
+                    if phase != JobPhase::Running {
                         continue;
                     }
                     let env = match known.get(&job) {
                         Some(env) => env.clone(),
-                        None => match shared.store.record::<JobRecord>(&job).await {
+                        None => match shared.store.record(&job).await {
                             Ok(record) => open_env(&record).await,
                             Err(e) => {
                                 warn!(job = %job, error = %e, "reading the job record");
@@ -318,7 +320,7 @@ async fn poll_jobs(shared: Arc<Shared>) {
     }
 }
 
-async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
+async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch::Receiver<bool>) {
     let worker = format!("{}/{n}", shared.cfg.id);
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
@@ -364,13 +366,13 @@ async fn slot(shared: Arc<Shared>, n: usize, shutdown: watch::Receiver<bool>) {
 
 /// This process's share of a job's rate: its running attempts of the job over all the job's
 /// running attempts (their live keys in etcd).
-async fn share_rate(
-    store: &EtcdStore,
-    shared: &Shared,
+async fn share_rate<R: JobRegistry>(
+    store: &R,
+    shared: &Shared<R>,
     job: &JobId,
     throttle: &crate::throttle::Throttle,
 ) {
-    let Ok((_, live)) = store.counts_snapshot::<LiveCounts>(job).await else {
+    let Ok((_, live)) = store.counts_snapshot(job).await else {
         return;
     };
     let local = shared
@@ -381,7 +383,7 @@ async fn share_rate(
     throttle.set_share(local, (live.len() as u64).max(local));
 }
 
-async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
+async fn run_attempt<R: JobRegistry>(shared: &Arc<Shared<R>>, claim: Claim, env: JobEnv) {
     let (env, trace_parent) = match env {
         JobEnv::Ready(env, trace_parent) => (env, trace_parent),
         JobEnv::Broken { why, retryable } => {
@@ -412,7 +414,7 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
             },
         );
     // Live counters for WatchJob and the metrics, every second while the attempt runs.
-    let counted = Arc::new(Mutex::new(LiveCounts::default()));
+    let counted = Arc::new(Mutex::new(ShardCounts::default()));
     let metrics = &shared.cfg.metrics;
     metrics.shards_running.inc();
     let started = std::time::Instant::now();
@@ -421,7 +423,7 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
         let (metrics, counted) = (metrics.clone(), counted.clone());
         let (throttle, shared) = (env.throttle.clone(), shared.clone());
         tokio::spawn(async move {
-            let mut last = LiveCounts::default();
+            let mut last = ShardCounts::default();
             if throttle.is_some() {
                 // Counted among the job's running attempts at once (the throttle shares).
                 let _ = store.put_live(&claim, &last).await;
@@ -493,6 +495,6 @@ async fn run_attempt(shared: &Arc<Shared>, claim: Claim, env: JobEnv) {
     }
 }
 
-fn bump(shared: &Shared, f: impl FnOnce(&mut DaemonStats)) {
+fn bump<R>(shared: &Shared<R>, f: impl FnOnce(&mut DaemonStats)) {
     f(&mut shared.stats.lock().unwrap_or_else(|p| p.into_inner()));
 }

@@ -776,3 +776,26 @@ impl KafkaSink {
         Ok(())
     }
 }
+
+/// The Kafka checks the coordinator core runs at submit (settings, brokers, topic, and
+/// transactions for exactly-once); nothing for other sinks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaChecks;
+
+impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
+    fn check_settings(&self, spec: &rewind_common::JobSpec) -> Result<(), String> {
+        match &spec.sink {
+            rewind_common::job::SinkSpec::Kafka(k) => check_settings(k),
+            _ => Ok(()),
+        }
+    }
+
+    fn preflight(&self, spec: &rewind_common::JobSpec) -> Result<(), String> {
+        match &spec.sink {
+            rewind_common::job::SinkSpec::Kafka(k) => {
+                preflight(k, Duration::from_secs(15)).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+}

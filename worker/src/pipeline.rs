@@ -1,7 +1,7 @@
 //! One shard attempt, start to end: list the hour prefix, stream and decode each object,
 //! route every event to exactly one outcome, write the outputs and the shard manifest.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,15 +81,6 @@ impl ShardError {
     }
 }
 
-/// The objects each shard reads, pinned when the job was planned.
-#[derive(Clone)]
-pub enum Pins {
-    /// Held by the process that planned the job (embedded mode).
-    Memory(Arc<HashMap<ShardId, ShardPlan>>),
-    /// Written by the coordinator as one plan object per shard in the destination.
-    Stored,
-}
-
 /// Where a shard attempt reads and writes.
 #[derive(Clone)]
 pub struct ShardEnv {
@@ -98,7 +89,6 @@ pub struct ShardEnv {
     pub output: Arc<dyn OutputStore>,
     pub failed_output: Arc<dyn OutputStore>,
     pub unrecoverable_output: Arc<dyn OutputStore>,
-    pub pins: Pins,
     pub progress: Arc<Progress>,
     pub cancel: Arc<AtomicBool>,
     /// The job's rate limit, shared by its shards in this process.
@@ -745,26 +735,19 @@ fn pinned_objects(
     output: &dyn OutputStore,
     shard: ShardId,
 ) -> Result<Vec<ObjectMeta>, ShardError> {
-    let plan = match &env.pins {
-        Pins::Memory(map) => map.get(&shard).cloned().ok_or_else(|| ShardError {
-            message: format!("shard {shard} is not in the job's plan"),
+    // Written by the coordinator core at submit, one plan object per shard in the destination.
+    let key = OutputKeys::new(&env.spec.job).shard_plan(shard);
+    let body = output
+        .get(&key)
+        .map_err(|e| ShardError::storage(&format!("reading the shard plan {key}"), &e))?
+        .ok_or_else(|| ShardError {
+            message: format!("the shard plan {key} is missing from {}", output.describe()),
             retryable: false,
-        })?,
-        Pins::Stored => {
-            let key = OutputKeys::new(&env.spec.job).shard_plan(shard);
-            let body = output
-                .get(&key)
-                .map_err(|e| ShardError::storage(&format!("reading the shard plan {key}"), &e))?
-                .ok_or_else(|| ShardError {
-                    message: format!("the shard plan {key} is missing from {}", output.describe()),
-                    retryable: false,
-                })?;
-            serde_json::from_slice::<ShardPlan>(&body).map_err(|e| ShardError {
-                message: format!("the shard plan {key} is not valid: {e}"),
-                retryable: false,
-            })?
-        }
-    };
+        })?;
+    let plan = serde_json::from_slice::<ShardPlan>(&body).map_err(|e| ShardError {
+        message: format!("the shard plan {key} is not valid: {e}"),
+        retryable: false,
+    })?;
     if plan.unlisted.is_none() {
         return Ok(plan.objects);
     }

@@ -1,8 +1,7 @@
-//! The worker loop: hold a lease, claim shards, run them on the blocking pool, commit.
-//! The embedded mode runs N of these in one process; distributed workers run the same loop
-//! against the etcd store.
+//! One claimed attempt, from run to end: run it on the blocking pool, then commit, or discard
+//! its output and fail or release it. The worker loop ([`crate::daemon`]) calls it for every
+//! claim, in both modes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use std::sync::atomic::Ordering;
@@ -14,15 +13,6 @@ use tracing::{info, warn};
 
 use crate::decode::DecoderConfig;
 use crate::pipeline::{ShardEnv, ShardError, discard_attempt, run_shard};
-
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub id: String,
-    pub lease_ttl: Duration,
-    /// How long to wait before looking for work again when none is claimable.
-    pub idle_poll: Duration,
-    pub decoder: DecoderConfig,
-}
 
 /// How one claimed attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,61 +122,4 @@ where
             other => return other,
         }
     }
-}
-
-/// What one worker did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WorkerStats {
-    pub committed: u64,
-    pub failed_attempts: u64,
-    pub fenced: u64,
-}
-
-/// Works on `env.spec.job` until every shard of it is done or failed.
-pub async fn work_job<S: ShardStore + 'static>(
-    store: Arc<S>,
-    env: ShardEnv,
-    cfg: WorkerConfig,
-) -> Result<WorkerStats, StoreError> {
-    let job = env.spec.job.clone();
-    let lease = store.grant_lease(cfg.lease_ttl).await?;
-    // Keep the lease alive while shards run on the blocking pool.
-    let keeper = {
-        let store = store.clone();
-        let every = cfg.lease_ttl / 3;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = store.keep_alive(lease).await {
-                    warn!(error = %e, "lease keep-alive failed");
-                    return;
-                }
-            }
-        })
-    };
-    let mut stats = WorkerStats::default();
-    let result = loop {
-        let claim = match store.claim(&job, lease, &cfg.id).await {
-            Ok(c) => c,
-            Err(e) => break Err(e),
-        };
-        let Some(claim) = claim else {
-            match store.progress(&job).await {
-                Ok(p) if p.finished() => break Ok(stats),
-                Ok(_) => {
-                    tokio::time::sleep(cfg.idle_poll).await;
-                    continue;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        match execute_claim(store.as_ref(), &env, &claim, cfg.decoder).await {
-            Ok(Attempt::Committed) => stats.committed += 1,
-            Ok(Attempt::Fenced) => stats.fenced += 1,
-            Ok(Attempt::Failed | Attempt::Released) => stats.failed_attempts += 1,
-            Err(e) => break Err(e),
-        }
-    };
-    keeper.abort();
-    result
 }

@@ -1,19 +1,145 @@
-//! The one-object job summary: what `rewind run --json` prints, what the coordinator stores when
-//! a job finishes, and what `rewind submit --wait --json` prints. One type so they never drift.
+//! A job's life, as every part of Rewind sees it: its phase (one enum, never a string), the
+//! status the registry keeps, the job manifest written to the destination, and the one-object
+//! summary (what `rewind run --json` prints, what the coordinator stores when a job finishes,
+//! what `rewind submit --wait --json` prints: one type so they never drift).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rewind_common::job::FlowCounts;
-use rewind_common::{JobRequest, JobSpec, OutputKeys};
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{FailedShard, JobManifest, JobState};
+use crate::ids::ShardId;
+use crate::job::{FlowCounts, JobSpec, OutputFileEntry, OutputKeys};
+use crate::request::JobRequest;
+use crate::shard_store::ShardCounts;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    /// Workers claim its shards.
+    Running,
+    /// Cancel asked for: workers stop its attempts; the coordinator ends it once none runs.
+    Cancelling,
+    Succeeded,
+    Failed,
+    /// Stopped by the user: committed shards' files stay, listed in the manifest; no `_SUCCESS`.
+    Cancelled,
+}
+
+impl JobPhase {
+    pub const ALL: [JobPhase; 5] = [
+        JobPhase::Running,
+        JobPhase::Cancelling,
+        JobPhase::Succeeded,
+        JobPhase::Failed,
+        JobPhase::Cancelled,
+    ];
+
+    /// The name on the wire, in etcd and in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Running => "running",
+            JobPhase::Cancelling => "cancelling",
+            JobPhase::Succeeded => "succeeded",
+            JobPhase::Failed => "failed",
+            JobPhase::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobPhase> {
+        JobPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Succeeded, failed or cancelled: nothing more happens to the job.
+    pub fn finished(self) -> bool {
+        matches!(
+            self,
+            JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job's status as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub phase: JobPhase,
+    pub shards: u64,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub finished_ms: Option<i64>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The final summary, once finished.
+    #[serde(default)]
+    pub summary: Option<Summary>,
+}
+
+/// Checks of a job's sink before the job exists, so that a bad sink fails the submit and not
+/// every shard. The binary provides them (the Kafka checks live with the Kafka sink).
+pub trait SinkCheck: Send + Sync {
+    /// Settings the sink refuses (a bad request). Quick, no network.
+    fn check_settings(&self, spec: &JobSpec) -> Result<(), String>;
+    /// The sink answers and is ready (brokers, topic, transactions). Blocking; may take seconds.
+    fn preflight(&self, spec: &JobSpec) -> Result<(), String>;
+}
+
+/// No sink checks (Parquet needs none; tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSinkCheck;
+
+impl SinkCheck for NoSinkCheck {
+    fn check_settings(&self, _: &JobSpec) -> Result<(), String> {
+        Ok(())
+    }
+    fn preflight(&self, _: &JobSpec) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedShard {
+    pub shard: ShardId,
+    pub attempts: u32,
+    pub reason: String,
+}
+
+/// The job manifest, written at `execution_id={job}/_manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobManifest {
+    pub job_id: String,
+    /// Succeeded, failed or cancelled.
+    pub state: JobPhase,
+    pub spec: JobSpec,
+    pub shards: u64,
+    pub shards_done: u64,
+    pub failed_shards: Vec<FailedShard>,
+    pub counts: ShardCounts,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub filtered_by_reason: BTreeMap<String, u64>,
+    pub files: Vec<OutputFileEntry>,
+    pub failed_files: Vec<OutputFileEntry>,
+    #[serde(default)]
+    pub unrecoverable_files: Vec<OutputFileEntry>,
+    pub orphans_deleted: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub job_id: String,
-    pub state: JobState,
+    pub state: JobPhase,
     pub org: String,
     pub start: String,
     pub end: String,
@@ -121,6 +247,26 @@ impl Summary {
         }
     }
 
+    /// Its event and object counts, as the one counts type.
+    pub fn counts(&self) -> ShardCounts {
+        ShardCounts {
+            objects: self.objects,
+            objects_skipped: self.objects_skipped,
+            bytes: self.bytes,
+            recovered: self.recovered,
+            filtered: self.filtered,
+            failed: self.failed,
+            unrecoverable: self.unrecoverable,
+            decoded: self.decoded,
+            repaired: self.repaired,
+            duplicates: self.duplicates,
+            produced: self.produced,
+            acknowledged: self.acknowledged,
+            flows: self.flows.clone(),
+            retries: self.retries,
+        }
+    }
+
     /// The human-readable report, one line per item.
     pub fn human(&self) -> Vec<String> {
         let mut lines = vec![
@@ -128,9 +274,8 @@ impl Summary {
                 "job {} {}: {} shards ({} failed), {} objects, {:.1} MB in {:.2}s ({:.1} MB/s)",
                 self.job_id,
                 match self.state {
-                    JobState::Succeeded => "succeeded",
-                    JobState::Failed => "FAILED",
-                    JobState::Cancelled => "CANCELLED",
+                    JobPhase::Succeeded => "succeeded".to_string(),
+                    other => other.as_str().to_uppercase(),
                 },
                 self.shards,
                 self.shards_failed,

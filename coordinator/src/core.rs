@@ -1,0 +1,358 @@
+//! The coordinator core: one submit, one cancel and one drive for both modes, generic over the
+//! [`JobRegistry`]. `rewind run` calls it with the in-memory registry, the gRPC service
+//! (`crate::service`) with etcd; the service only converts wire types and maps [`CoreError`]s.
+//!
+//! - **submit**: validate the request once (a bad one names the argument), check the sink
+//!   (the binary plugs its checks in: [`SinkCheck`]), list every hour prefix and pin the
+//!   objects, write the shard plans next to the output, register the job.
+//! - **drive** (what the leader does): a running job whose shards are all done or failed is
+//!   committed ([`commit_job`]: orphan sweep, job manifest, `_SUCCESS` when every shard is done);
+//!   a cancelling job is ended once no attempt of it runs. Its status gets the summary, and its
+//!   per-shard state goes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewind_common::job::ShardPlan;
+use rewind_common::lifecycle::{JobPhase, JobStatus, SinkCheck, Summary, now_ms};
+use rewind_common::location::JobSide;
+use rewind_common::registry::JobRegistry;
+use rewind_common::shard_store::StoreError;
+use rewind_common::storage::StorageError;
+use rewind_common::{JobId, JobRecord, JobRequest, JobSpec, OutputKeys, RequestError};
+use tracing::{Instrument as _, info, warn};
+
+use crate::commit::{CommitError, commit_cancelled, commit_job};
+use crate::metrics::{CoordinatorMetrics, StateLabel};
+use crate::plan::{pin, store_plans};
+
+/// What went wrong, with the meaning callers map to an exit code or a gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The request is wrong (exit 2, `INVALID_ARGUMENT`).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Something the job needs is missing or refuses it (`FAILED_PRECONDITION`).
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Denied(String),
+    /// An input changed under the job (`ABORTED`).
+    #[error("{0}")]
+    Aborted(String),
+    /// Try again later (`UNAVAILABLE`).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CoreError {
+    /// A storage failure met while doing `what`.
+    pub fn storage(what: &str, e: StorageError) -> CoreError {
+        let message = format!("{what}: {e}");
+        match e {
+            StorageError::Denied { .. } => CoreError::Denied(message),
+            StorageError::NotFound { .. } | StorageError::InvalidKey { .. } => {
+                CoreError::Precondition(message)
+            }
+            StorageError::Changed { .. } => CoreError::Aborted(message),
+            StorageError::Unavailable { .. } | StorageError::Io { .. } => {
+                CoreError::Unavailable(message)
+            }
+        }
+    }
+}
+
+impl From<RequestError> for CoreError {
+    fn from(e: RequestError) -> CoreError {
+        CoreError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> CoreError {
+        match e {
+            StoreError::JobNotFound(job) => CoreError::NotFound(job),
+            StoreError::Unavailable(why) => CoreError::Unavailable(why),
+            other => CoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A job just registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub job: JobId,
+    pub shards: u64,
+}
+
+/// The coordinator core over one registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator<R> {
+    registry: R,
+    sinks: Arc<dyn SinkCheck>,
+}
+
+impl<R> std::fmt::Debug for Coordinator<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").finish_non_exhaustive()
+    }
+}
+
+impl<R: JobRegistry> Coordinator<R> {
+    pub fn new(registry: R, sinks: Arc<dyn SinkCheck>) -> Self {
+        Coordinator { registry, sinks }
+    }
+
+    pub fn registry(&self) -> &R {
+        &self.registry
+    }
+
+    /// Validates a request once: the spec every later step uses, or what is wrong with it
+    /// (the sink's settings are checked by [`Coordinator::submit`]).
+    pub fn validate(&self, request: &JobRequest) -> Result<JobSpec, CoreError> {
+        let spec = request.validate(JobId::generate())?;
+        request.check_local_paths(&spec.org)?;
+        Ok(spec)
+    }
+
+    /// Lists every hour prefix of a valid job and pins its objects (nothing is registered).
+    pub async fn plan(&self, request: &JobRequest) -> Result<(JobSpec, Vec<ShardPlan>), CoreError> {
+        let spec = self.validate(request)?;
+        let plans = pin_job(request, &spec).await?;
+        Ok((spec, plans))
+    }
+
+    /// Validates, checks the sink, plans, writes the shard plans and registers the job. The
+    /// job's id is recorded on `span`, whose trace the shards' spans join.
+    pub async fn submit(
+        &self,
+        request: JobRequest,
+        span: &tracing::Span,
+    ) -> Result<Submitted, CoreError> {
+        let created_ms = now_ms();
+        let mut spec = self.validate(&request)?;
+        // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
+        // before the job exists, so it fails at submit and not in every shard.
+        {
+            let (sinks, spec) = (self.sinks.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || {
+                sinks.check_settings(&spec).map_err(CoreError::BadRequest)?;
+                sinks.preflight(&spec).map_err(CoreError::Precondition)
+            })
+            .await
+            .map_err(|e| CoreError::Internal(format!("checking the sink: {e}")))??;
+        }
+        // Planning lists every hour prefix now and pins the objects; the plans go to the
+        // destination, where the workers read them.
+        let plans = pin_job(&request, &spec).await?;
+        let places = request.locations(&spec.org)?;
+        let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest)
+            .await
+            .map_err(|e| CoreError::storage("opening the destination", e))?;
+        let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
+        for _ in 0..16 {
+            // Plans are keyed by job id: never write them over another job's. Ids are random
+            // (two coordinators collide in the same second 1 in 65,536): the registry knows
+            // its jobs, the destination those of other registries (earlier `rewind run`s).
+            match self.registry.record(&spec.job).await {
+                Err(StoreError::JobNotFound(_)) => {}
+                Ok(_) => {
+                    spec.job = JobId::generate();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let prefix = OutputKeys::new(&spec.job).job_prefix();
+            let used = {
+                let output = output.clone();
+                tokio::task::spawn_blocking(move || output.list(&prefix))
+                    .await
+                    .map_err(|e| CoreError::Internal(format!("checking the destination: {e}")))?
+                    .map_err(|e| CoreError::storage("checking the destination", e))?
+            };
+            if !used.is_empty() {
+                spec.job = JobId::generate();
+                continue;
+            }
+            span.record("job_id", spec.job.as_str());
+            store_plans(output.clone(), &spec, plans.clone())
+                .await
+                .map_err(|e| CoreError::storage("writing the shard plans", e))?;
+            let record = JobRecord {
+                spec: spec.clone(),
+                request: request.clone(),
+                created_ms,
+                trace_parent: rewind_common::trace::traceparent(span),
+            };
+            let status = JobStatus {
+                phase: JobPhase::Running,
+                shards: shards.len() as u64,
+                created_ms,
+                finished_ms: None,
+                message: None,
+                summary: None,
+            };
+            match self.registry.submit(&record, &status, &shards).await {
+                Ok(()) => {
+                    info!(job = %spec.job, shards = shards.len(), "job submitted");
+                    return Ok(Submitted {
+                        job: spec.job,
+                        shards: shards.len() as u64,
+                    });
+                }
+                Err(StoreError::JobExists(_)) => spec.job = JobId::generate(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Internal(
+            "could not find an unused job id".into(),
+        ))
+    }
+
+    /// Asks a running job to stop: workers stop its attempts, the leader ends it. A finished
+    /// job is left as it is. Returns the job's status after the call.
+    pub async fn cancel(&self, job: &JobId) -> Result<JobStatus, CoreError> {
+        let mut status = self.registry.status(job).await?;
+        if status.phase == JobPhase::Running {
+            status.phase = JobPhase::Cancelling;
+            status.message = Some("cancelled by request".into());
+            // False when the job finished meanwhile: then there is nothing to cancel.
+            if self.registry.set_phase(job, &status).await? {
+                info!(job = %job, "job cancelling");
+            }
+            status = self.registry.status(job).await?;
+        }
+        Ok(status)
+    }
+
+    /// One pass over the unfinished jobs: commits or ends those that are ready. Returns the
+    /// jobs finished in this pass with their final phase.
+    pub async fn drive_once(
+        &self,
+        metrics: Option<&CoordinatorMetrics>,
+    ) -> Result<Vec<(JobId, JobPhase)>, StoreError> {
+        let mut finished = Vec::new();
+        for (job, phase) in self.registry.active_jobs().await? {
+            let progress = match self.registry.progress(&job).await {
+                Ok(p) => p,
+                Err(StoreError::JobNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let cancelled = phase == JobPhase::Cancelling;
+            let ready = if cancelled {
+                progress.running == 0
+            } else {
+                progress.finished()
+            };
+            if ready && let Some(state) = self.finish(&job, cancelled).await? {
+                if let Some(metrics) = metrics {
+                    metrics
+                        .jobs_finished
+                        .get_or_create(&StateLabel {
+                            state: state.to_string(),
+                        })
+                        .inc();
+                }
+                finished.push((job, state));
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Ends a job; returns its final phase, or None when the commit is to be tried again.
+    async fn finish(&self, job: &JobId, cancelled: bool) -> Result<Option<JobPhase>, StoreError> {
+        let record = self.registry.record(job).await?;
+        let span = tracing::info_span!("rewind.job.commit", job_id = %job, cancelled);
+        rewind_common::trace::set_parent(&span, record.trace_parent.as_deref());
+        self.finish_record(job, cancelled, record)
+            .instrument(span)
+            .await
+    }
+
+    async fn finish_record(
+        &self,
+        job: &JobId,
+        cancelled: bool,
+        record: JobRecord,
+    ) -> Result<Option<JobPhase>, StoreError> {
+        let mut status = self.registry.status(job).await?;
+        let states = self.registry.shards(job).await?;
+        let spec = Arc::new(record.spec.clone());
+        let commit_spec = spec.clone();
+        let committed = match open_outputs(&record.request, &spec).await {
+            Ok(outputs) => tokio::task::spawn_blocking(move || {
+                let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
+                if cancelled {
+                    commit_cancelled(&commit_spec, &states, output, &sides)
+                } else {
+                    commit_job(&commit_spec, &states, output, &sides)
+                }
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?,
+            Err(e) => Err(CommitError::Storage(e)),
+        };
+        let finished_ms = now_ms();
+        match committed {
+            Ok(manifest) => {
+                let elapsed =
+                    Duration::from_millis((finished_ms - record.created_ms).max(0) as u64);
+                let summary = Summary::new(&record.request, &spec, &manifest, elapsed);
+                status.phase = manifest.state;
+                if !manifest.failed_shards.is_empty() && status.message.is_none() {
+                    status.message = Some(format!(
+                        "{} of {} shards failed",
+                        manifest.failed_shards.len(),
+                        manifest.shards
+                    ));
+                }
+                status.summary = Some(summary);
+            }
+            // A storage error may pass (the destination is back later): try again next tick.
+            Err(CommitError::Storage(e)) if e.is_retryable() => {
+                warn!(job = %job, error = %e, "job commit failed; retrying");
+                return Ok(None);
+            }
+            Err(e) => {
+                warn!(job = %job, error = %e, "job commit failed for good");
+                status.phase = JobPhase::Failed;
+                status.message = Some(format!("job commit: {e}"));
+            }
+        }
+        status.finished_ms = Some(finished_ms);
+        self.registry.finish(job, &status).await?;
+        info!(job = %job, state = %status.phase, "job finished");
+        Ok(Some(status.phase))
+    }
+}
+
+/// Opens the job's source and lists every hour prefix, pinning the objects.
+async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<ShardPlan>, CoreError> {
+    let places = request.locations(&spec.org)?;
+    let source = rewind_s3::open_source(&places.source, &request.s3)
+        .await
+        .map_err(|e| CoreError::storage("opening the source", e))?;
+    pin(source, spec)
+        .await
+        .map_err(|e| CoreError::storage("listing the source", e))
+}
+
+/// The output stores of a job.
+async fn open_outputs(
+    request: &JobRequest,
+    spec: &JobSpec,
+) -> Result<rewind_s3::JobOutputs, StorageError> {
+    let places = request
+        .locations(&spec.org)
+        .map_err(|e| StorageError::Denied {
+            what: "the job's locations".into(),
+            why: e.to_string(),
+        })?;
+    rewind_s3::open_outputs(&places, &request.s3)
+        .await
+        .map_err(|(_, e)| e)
+}

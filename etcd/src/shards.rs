@@ -1,0 +1,741 @@
+//! Shards: leasing, the claim protocol (lazy windows of ready keys, fencing by the claim key's
+//! create revision) and the end of attempts.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use rewind_common::shard_store::{
+    AfterFailure, Claim, JobProgress, LeaseId, ShardDone, ShardState, ShardStore, StoreError,
+};
+use rewind_common::{Hour, JobId, ShardId};
+use serde::{Deserialize, Serialize};
+
+use crate::connection::EtcdStore;
+use crate::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    max_attempts: u32,
+    /// The shards, as runs of consecutive hours: (first epoch hour, count).
+    runs: Vec<(i64, u64)>,
+    total: u64,
+}
+
+impl Meta {
+    fn new(shards: &[ShardId], max_attempts: u32) -> Meta {
+        let mut runs: Vec<(i64, u64)> = Vec::new();
+        for s in shards {
+            let h = s.hour().epoch_hours();
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n as i64 == h => *n += 1,
+                _ => runs.push((h, 1)),
+            }
+        }
+        Meta {
+            max_attempts: max_attempts.max(1),
+            runs,
+            total: shards.len() as u64,
+        }
+    }
+
+    fn shard(&self, mut index: u64) -> Option<ShardId> {
+        for (first, n) in &self.runs {
+            if index < *n {
+                return Some(ShardId(Hour::from_epoch_hours(first + index as i64)));
+            }
+            index -= n;
+        }
+        None
+    }
+
+    /// The position of `shard` in the job's shard list.
+    fn index(&self, shard: ShardId) -> Option<u64> {
+        let h = shard.hour().epoch_hours();
+        let mut before = 0;
+        for (first, n) in &self.runs {
+            if h >= *first && h < first + *n as i64 {
+                return Some(before + (h - first) as u64);
+            }
+            before += n;
+        }
+        None
+    }
+
+    fn all(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.runs.iter().flat_map(|(first, n)| {
+            (0..*n as i64).map(move |i| ShardId(Hour::from_epoch_hours(first + i)))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ReadyRecord {
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunRecord {
+    attempt: u32,
+    worker: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FailedRecord {
+    attempts: u32,
+    reason: String,
+}
+
+/// What a claim txn takes: the shard, its attempt number, the condition that proves the shard
+/// is still where the claimant saw it, and one more operation (deleting the ready key).
+struct Target {
+    shard: ShardId,
+    attempt: u32,
+    guard: Compare,
+    extra: Option<TxnOp>,
+}
+
+impl EtcdStore {
+    async fn meta(&self, job: &JobId) -> Result<Meta, StoreError> {
+        if let Some(m) = self.metas.lock().ok().and_then(|m| m.get(job).cloned()) {
+            return Ok(m);
+        }
+        let kvs = self.get(self.job_key(job, "meta"), None).await?;
+        let kv = kvs
+            .first()
+            .ok_or_else(|| StoreError::JobNotFound(job.clone()))?;
+        let meta: Meta = parse(kv)?;
+        if let Ok(mut m) = self.metas.lock() {
+            m.insert(job.clone(), meta.clone());
+        }
+        Ok(meta)
+    }
+
+    pub(crate) fn create_ops(
+        &self,
+        job: &JobId,
+        shards: &[ShardId],
+        max_attempts: u32,
+    ) -> Vec<TxnOp> {
+        vec![
+            TxnOp::put(
+                self.job_key(job, "meta"),
+                json(&Meta::new(shards, max_attempts)),
+                None,
+            ),
+            TxnOp::put(self.job_key(job, "cursor"), "0", None),
+        ]
+    }
+
+    /// Claims under `lease` with one txn; `Ok(None)` when the txn lost a race.
+    async fn try_claim(
+        &self,
+        job: &JobId,
+        target: Target,
+        lease: LeaseId,
+        worker: &str,
+    ) -> Result<Option<Claim>, StoreError> {
+        let Target {
+            shard,
+            attempt,
+            guard,
+            extra,
+        } = target;
+        let claim_key = self.shard_key(job, "claim", shard);
+        let mut ops = vec![
+            TxnOp::put(
+                self.shard_key(job, "run", shard),
+                json(&RunRecord {
+                    attempt,
+                    worker: worker.to_string(),
+                }),
+                None,
+            ),
+            TxnOp::put(
+                claim_key.clone(),
+                worker,
+                Some(PutOptions::new().with_lease(lease.0)),
+            ),
+        ];
+        ops.extend(extra);
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([
+                        guard,
+                        Compare::create_revision(claim_key, CompareOp::Equal, 0),
+                    ])
+                    .and_then(ops),
+            )
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        if !resp.succeeded() {
+            CLAIM_RACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(None);
+        }
+        let token = resp.header().map(|h| h.revision()).unwrap_or_default() as u64;
+        Ok(Some(Claim {
+            job: job.clone(),
+            shard,
+            lease,
+            token,
+            attempt,
+        }))
+    }
+
+    /// Takes a random key from this process's cache of claimable keys of `job`.
+    fn cached_ready(&self, job: &JobId) -> Option<KeyValue> {
+        let mut cache = self.cache.lock().ok()?;
+        let keys = cache.get_mut(job)?;
+        if keys.is_empty() {
+            cache.remove(job);
+            return None;
+        }
+        let i = random_index(keys.len());
+        Some(keys.swap_remove(i))
+    }
+
+    /// The first shards given back (failed and retryable, or released).
+    async fn retry_ready(&self, job: &JobId) -> Result<Vec<KeyValue>, StoreError> {
+        self.get(
+            self.job_key(job, "retry/"),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_limit(PICK_FROM)
+                    .with_serializable(),
+            ),
+        )
+        .await
+    }
+
+    /// The first ready keys of never-claimed shards, read from the lowest one this store saw
+    /// last time: keys below it were all claimed (refills only add keys above the cursor), so
+    /// the range skips their tombstones instead of scanning every claimed shard again.
+    ///
+    /// Each read starts at a random point of the window (so that worker processes, each with
+    /// its own cache, mostly try different keys) and wraps to the lowest key when nothing is
+    /// left above that point.
+    async fn fresh_ready(&self, job: &JobId, meta: &Meta) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = self.job_key(job, "ready/");
+        let low = self
+            .low
+            .lock()
+            .ok()
+            .and_then(|l| l.get(job).cloned())
+            .unwrap_or_else(|| prefix.clone().into_bytes());
+        let mut end = prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1; // "ready/" -> "ready0": the end of the prefix
+        }
+        let low_index = Self::shard_of(&low)
+            .and_then(|s| meta.index(s))
+            .unwrap_or(0);
+        let start = low_index + random_index(WINDOW * AHEAD) as u64;
+        if start > low_index
+            && let Some(shard) = meta.shard(start)
+        {
+            let ready = self
+                .get_raw(
+                    self.shard_key(job, "ready", shard).into_bytes(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_limit(PICK_FROM)
+                            .with_serializable(),
+                    ),
+                )
+                .await?;
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+        }
+        let ready = self
+            .get_raw(
+                low,
+                Some(
+                    GetOptions::new()
+                        .with_range(end)
+                        .with_limit(PICK_FROM)
+                        .with_serializable(),
+                ),
+            )
+            .await?;
+        if let (Some(first), Ok(mut low)) = (ready.first(), self.low.lock()) {
+            low.insert(job.clone(), first.key().to_vec());
+        }
+        Ok(ready)
+    }
+
+    /// Makes the next window of never-claimed shards claimable. False when none are left.
+    /// Unless `force`d (no ready key is left), it does nothing while a few windows are ready.
+    async fn refill(&self, job: &JobId, meta: &Meta, force: bool) -> Result<bool, StoreError> {
+        if self.drained.lock().is_ok_and(|d| d.contains(job)) {
+            return Ok(false);
+        }
+        let cursor_key = self.job_key(job, "cursor");
+        let cursor = self.get(cursor_key.clone(), None).await?;
+        let Some(kv) = cursor.first() else {
+            return Err(StoreError::JobNotFound(job.clone()));
+        };
+        let next: u64 = std::str::from_utf8(kv.value())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(&cursor_key, "not a number"))?;
+        // Keep at most a few windows of ready keys: etcd holds pending work lazily.
+        let low_index = self
+            .low
+            .lock()
+            .ok()
+            .and_then(|l| l.get(job).and_then(|k| Self::shard_of(k)))
+            .and_then(|s| meta.index(s))
+            .unwrap_or(0);
+        if !force && next >= low_index + AHEAD as u64 * WINDOW as u64 && next < meta.total {
+            return Ok(true);
+        }
+        if next >= meta.total {
+            if let Ok(mut d) = self.drained.lock() {
+                d.insert(job.clone());
+            }
+            return Ok(false);
+        }
+        let end = (next + WINDOW as u64).min(meta.total);
+        let mut ops = vec![TxnOp::put(cursor_key.clone(), end.to_string(), None)];
+        for i in next..end {
+            if let Some(shard) = meta.shard(i) {
+                ops.push(TxnOp::put(self.shard_key(job, "ready", shard), "{}", None));
+            }
+        }
+        // Another claimant may have moved the cursor first: then its window is there.
+        self.txn(
+            Txn::new()
+                .when([Compare::mod_revision(
+                    cursor_key,
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then(ops),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// The shards with a live claim (keys only: one cheap read).
+    async fn claimed(&self, job: &JobId) -> Result<HashSet<ShardId>, StoreError> {
+        Ok(self
+            .get(
+                self.job_key(job, "claim/"),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?
+            .iter()
+            .filter_map(|kv| Self::shard_of(kv.key()))
+            .collect())
+    }
+
+    /// Attempts in flight whose claim vanished with an expired lease: (shard, record, mod rev).
+    async fn lost_attempts(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<(ShardId, RunRecord, i64)>, StoreError> {
+        let runs = self.prefix(self.job_key(job, "run/")).await?;
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claims = self.claimed(job).await?;
+        let mut lost = Vec::new();
+        for kv in &runs {
+            let Some(shard) = Self::shard_of(kv.key()) else {
+                continue;
+            };
+            if !claims.contains(&shard) {
+                lost.push((shard, parse::<RunRecord>(kv)?, kv.mod_revision()));
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn lease_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let resp = self
+            .leases()
+            .time_to_live(lease.0, None)
+            .await
+            .map_err(unavailable)?;
+        if resp.ttl() <= 0 {
+            Err(StoreError::LeaseExpired(lease))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl ShardStore for EtcdStore {
+    async fn create_job(
+        &self,
+        job: &JobId,
+        shards: &[ShardId],
+        max_attempts: u32,
+    ) -> Result<(), StoreError> {
+        let meta_key = self.job_key(job, "meta");
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(meta_key, CompareOp::Equal, 0)])
+                    .and_then(self.create_ops(job, shards, max_attempts)),
+            )
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::JobExists(job.clone()))
+        }
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let resp = self.leases().grant(secs, None).await.map_err(unavailable)?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.leases()
+            .keep_alive(lease.0)
+            .await
+            .map(|_| ())
+            .map_err(|e| lease_error(e, lease))
+    }
+
+    async fn claim(
+        &self,
+        job: &JobId,
+        lease: LeaseId,
+        worker: &str,
+    ) -> Result<Option<Claim>, StoreError> {
+        let meta = self.meta(job).await?;
+        // Each round either claims, loses a race to another claimant (and retries), or finds
+        // nothing; the bound only guards against a livelock bug.
+        for _ in 0..10_000 {
+            // 1. A claimable key this process read earlier and has not tried yet: one txn per
+            //    claim, no read. Another worker may have taken it meanwhile; the txn's guard (the
+            //    key's mod revision) then fails and the next one is tried.
+            if let Some(kv) = self.cached_ready(job) {
+                let Some(shard) = Self::shard_of(kv.key()) else {
+                    continue;
+                };
+                let rec: ReadyRecord = parse(&kv)?;
+                let guard =
+                    Compare::mod_revision(kv.key().to_vec(), CompareOp::Equal, kv.mod_revision());
+                let delete = TxnOp::delete(kv.key().to_vec(), None);
+                let target = Target {
+                    shard,
+                    attempt: rec.attempts + 1,
+                    guard,
+                    extra: Some(delete),
+                };
+                if let Some(c) = self.try_claim(job, target, lease, worker).await? {
+                    return Ok(Some(c));
+                }
+                // Lost to another process: it is probably working through the same keys, so
+                // drop them and read afresh from another point of the window.
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.remove(job);
+                }
+                continue;
+            }
+            // 2. Read the next claimable keys: shards given back (failed and retryable, or
+            //    released) on every fourth read and whenever no fresh shard is left, else the
+            //    first never-claimed ones.
+            let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut ready = if turn.is_multiple_of(4) {
+                self.retry_ready(job).await?
+            } else {
+                Vec::new()
+            };
+            if ready.is_empty() {
+                ready = self.fresh_ready(job, &meta).await?;
+            }
+            if ready.is_empty() && !turn.is_multiple_of(4) {
+                ready = self.retry_ready(job).await?;
+            }
+            // Top the window up from the cursor when it runs low.
+            let refilled =
+                ready.len() < LOW_WATER && self.refill(job, &meta, ready.is_empty()).await?;
+            if !ready.is_empty() {
+                // Another claimant of this process may have filled the cache meanwhile, with
+                // the same keys: then use its batch, not both (trying a key twice is a lost txn).
+                if let Ok(mut cache) = self.cache.lock() {
+                    let keys = cache.entry(job.clone()).or_default();
+                    if keys.is_empty() {
+                        *keys = ready;
+                    }
+                }
+                continue;
+            }
+            if refilled {
+                continue;
+            }
+            // 3. Attempts lost with an expired lease: retry them, or fail them at the last one.
+            let mut raced = false;
+            for (shard, run, rev) in self.lost_attempts(job).await? {
+                let run_key = self.shard_key(job, "run", shard);
+                let guard = Compare::mod_revision(run_key.clone(), CompareOp::Equal, rev);
+                if run.attempt < meta.max_attempts {
+                    let target = Target {
+                        shard,
+                        attempt: run.attempt + 1,
+                        guard,
+                        extra: None,
+                    };
+                    match self.try_claim(job, target, lease, worker).await? {
+                        Some(c) => return Ok(Some(c)),
+                        None => raced = true,
+                    }
+                } else {
+                    let failed = FailedRecord {
+                        attempts: run.attempt,
+                        reason: lost_reason(run.attempt),
+                    };
+                    self.txn(
+                        Txn::new()
+                            .when([
+                                guard,
+                                Compare::create_revision(
+                                    self.shard_key(job, "claim", shard),
+                                    CompareOp::Equal,
+                                    0,
+                                ),
+                            ])
+                            .and_then([
+                                TxnOp::delete(run_key, None),
+                                TxnOp::put(
+                                    self.shard_key(job, "failed", shard),
+                                    json(&failed),
+                                    None,
+                                ),
+                            ]),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
+            }
+            if raced {
+                continue;
+            }
+            // Nothing claimable: say so, unless the caller's lease is gone.
+            self.lease_alive(lease).await?;
+            return Ok(None);
+        }
+        Err(StoreError::Unavailable(
+            "claim kept losing races; giving up this round".into(),
+        ))
+    }
+
+    async fn commit(&self, claim: &Claim, done: ShardDone) -> Result<(), StoreError> {
+        let done_key = self.shard_key(&claim.job, "done", claim.shard);
+        let put = TxnOp::put(done_key.clone(), json(&done), None);
+        let resp = self
+            .txn(
+                self.end_txn(claim, put)
+                    .or_else([TxnOp::get(done_key, None)]),
+            )
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        // A commit retried after its response was lost finds its own done record: committed.
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(get) = op
+                && let Some(kv) = get.kvs().first()
+                && parse::<ShardDone>(kv).is_ok_and(|d| d == done)
+            {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Fenced {
+            shard: claim.shard,
+            token: claim.token,
+        })
+    }
+
+    async fn fail(
+        &self,
+        claim: &Claim,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<AfterFailure, StoreError> {
+        let job = &claim.job;
+        let meta = self.meta(job).await?;
+        let (after, op) = if retryable && claim.attempt < meta.max_attempts {
+            let rec = ReadyRecord {
+                attempts: claim.attempt,
+                last_error: Some(reason.to_string()),
+            };
+            (
+                AfterFailure::WillRetry,
+                TxnOp::put(self.shard_key(job, "retry", claim.shard), json(&rec), None),
+            )
+        } else {
+            let rec = FailedRecord {
+                attempts: claim.attempt,
+                reason: reason.to_string(),
+            };
+            (
+                AfterFailure::Failed,
+                TxnOp::put(self.shard_key(job, "failed", claim.shard), json(&rec), None),
+            )
+        };
+        self.end_attempt(claim, op).await?;
+        Ok(after)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+        let rec = ReadyRecord {
+            attempts: claim.attempt - 1,
+            last_error: None,
+        };
+        let op = TxnOp::put(
+            self.shard_key(&claim.job, "retry", claim.shard),
+            json(&rec),
+            None,
+        );
+        self.end_attempt(claim, op).await
+    }
+
+    async fn progress(&self, job: &JobId) -> Result<JobProgress, StoreError> {
+        let meta = self.meta(job).await?;
+        let done = self.count(self.job_key(job, "done/")).await?;
+        let mut failed = self.count(self.job_key(job, "failed/")).await?;
+        let running = self.count(self.job_key(job, "claim/")).await?;
+        for (_, run, _) in self.lost_attempts(job).await? {
+            if run.attempt >= meta.max_attempts {
+                failed += 1;
+            }
+        }
+        let pending = meta.total.saturating_sub(done + failed + running);
+        Ok(JobProgress {
+            pending,
+            running,
+            done,
+            failed,
+        })
+    }
+
+    async fn shards(&self, job: &JobId) -> Result<Vec<(ShardId, ShardState)>, StoreError> {
+        let meta = self.meta(job).await?;
+        let mut states: BTreeMap<ShardId, ShardState> = meta
+            .all()
+            .map(|s| {
+                (
+                    s,
+                    ShardState::Pending {
+                        attempts: 0,
+                        last_error: None,
+                    },
+                )
+            })
+            .collect();
+        let mut ready = self.prefix(self.job_key(job, "ready/")).await?;
+        ready.extend(self.prefix(self.job_key(job, "retry/")).await?);
+        for kv in ready {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                let rec: ReadyRecord = parse(&kv)?;
+                states.insert(
+                    shard,
+                    ShardState::Pending {
+                        attempts: rec.attempts,
+                        last_error: rec.last_error,
+                    },
+                );
+            }
+        }
+        let claims = self.claimed(job).await?;
+        for kv in self.prefix(self.job_key(job, "run/")).await? {
+            let Some(shard) = Self::shard_of(kv.key()) else {
+                continue;
+            };
+            let run: RunRecord = parse(&kv)?;
+            let state = if claims.contains(&shard) {
+                ShardState::Running {
+                    attempt: run.attempt,
+                    worker: run.worker,
+                }
+            } else if run.attempt >= meta.max_attempts {
+                ShardState::Failed {
+                    attempts: run.attempt,
+                    reason: lost_reason(run.attempt),
+                }
+            } else {
+                ShardState::Pending {
+                    attempts: run.attempt,
+                    last_error: Some(lost_reason(run.attempt)),
+                }
+            };
+            states.insert(shard, state);
+        }
+        for kv in self.prefix(self.job_key(job, "done/")).await? {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                states.insert(shard, ShardState::Done(parse(&kv)?));
+            }
+        }
+        for kv in self.prefix(self.job_key(job, "failed/")).await? {
+            if let Some(shard) = Self::shard_of(kv.key()) {
+                let f: FailedRecord = parse(&kv)?;
+                states.insert(
+                    shard,
+                    ShardState::Failed {
+                        attempts: f.attempts,
+                        reason: f.reason,
+                    },
+                );
+            }
+        }
+        Ok(states.into_iter().collect())
+    }
+}
+
+impl EtcdStore {
+    /// The fencing guard: the claim key still has the claim's create revision.
+    pub(crate) fn claim_is_current(&self, claim: &Claim) -> Compare {
+        Compare::create_revision(
+            self.shard_key(&claim.job, "claim", claim.shard),
+            CompareOp::Equal,
+            claim.token as i64,
+        )
+    }
+
+    /// The txn that ends an attempt: while the claim is current, `op` (done, retry, failed)
+    /// and the removal of the attempt's claim, run record and live counters.
+    pub(crate) fn end_txn(&self, claim: &Claim, op: TxnOp) -> Txn {
+        let key = |kind| self.shard_key(&claim.job, kind, claim.shard);
+        Txn::new().when([self.claim_is_current(claim)]).and_then([
+            op,
+            TxnOp::delete(key("claim"), None),
+            TxnOp::delete(key("run"), None),
+            TxnOp::delete(key("live"), None),
+        ])
+    }
+
+    /// Ends an attempt (fail or release) with one txn guarded by the fencing token.
+    async fn end_attempt(&self, claim: &Claim, op: TxnOp) -> Result<(), StoreError> {
+        let resp = self
+            .txn(self.end_txn(claim, op))
+            .await
+            .map_err(unavailable)?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                shard: claim.shard,
+                token: claim.token,
+            })
+        }
+    }
+}
