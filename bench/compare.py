@@ -3,6 +3,10 @@
 
     python3 bench/compare.py                 # ~240 MB: 4 hours x 12 objects x 5 MB
     BENCH_HOURS=2 BENCH_OBJECT_MB=5 python3 bench/compare.py
+    BENCH_BINS=release=target/release/rewind,dist=target/dist/rewind python3 bench/compare.py
+                                             # also: builds against each other, alternating
+
+REWIND_BIN picks the binary of the main comparison (default target/release/rewind).
 
 Needs: `pip install duckdb` and a release build (`cargo build --release -p rewind-cli`; the
 script builds it when missing). Each contender runs as a child process; its CPU time
@@ -13,7 +17,7 @@ import json, os, shutil, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
-BIN = os.path.join(ROOT, "target", "release", "rewind")
+BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
 
 
 def child(args, **kw):
@@ -35,11 +39,11 @@ def gen(path, hours, per_hour, object_mb):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def rewind(src, hours, workers):
+def rewind(src, hours, workers, binary=None):
     dest = os.path.join(OUT, "rewind-dest")
     shutil.rmtree(dest, ignore_errors=True)
     end = f"2024-04-01T{hours - 1:02d}"
-    cpu, wall, rss, out = child([BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+    cpu, wall, rss, out = child([binary or BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                                  "--end", end, "--dest", dest, "--json", "--workers", str(workers)])
     return cpu, wall, rss, json.loads(out)["recovered"]
 
@@ -80,6 +84,23 @@ def main():
     if r[3] != d[3]:
         print(f"WARNING: event counts differ (rewind {r[3]}, duckdb {d[3]})")
     print(f"efficiency ratio rewind/duckdb: {(mb / r[0]) / (mb / d[0]):.2f}x")
+
+    # Builds against each other (profiles, before/after a change): alternating, best of N.
+    bins = [b.split("=", 1) for b in os.environ.get("BENCH_BINS", "").split(",") if "=" in b]
+    if bins:
+        rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+        best = {name: None for name, _ in bins}
+        for _ in range(rounds):
+            for name, path in bins:
+                r = rewind(src, hours, 2, os.path.join(ROOT, path))
+                if best[name] is None or r[0] < best[name][0]:
+                    best[name] = r
+        base = mb / best[bins[0][0]][0]
+        print(f"builds, best of {rounds} alternating runs:")
+        for name, path in bins:
+            cpu, wall, rss, n = best[name]
+            print(f"  {name:12}{n:>10}{cpu:>8.2f}{wall:>8.2f}{mb / cpu:>10.0f} MB/CPU-s"
+                  f"  ({(mb / cpu) / base:.2f}x {bins[0][0]})  {path}")
 
     # Peak RSS must not grow with object size: same bytes, objects 4x larger.
     small = gen(src, 1, 16, object_mb / 2)

@@ -119,8 +119,9 @@ fn status_failure(s: tonic::Status) -> Failure {
     }
 }
 
+/// Whether a job's state on the wire is a final phase.
 fn finished(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
+    rewind_common::JobPhase::parse(state).is_some_and(rewind_common::JobPhase::finished)
 }
 
 /// A job as one JSON object (`status --json`, `jobs --json`).

@@ -92,6 +92,11 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         treatment: Treatment::default(),
         sink: Default::default(),
         object: None,
+        // Only the source is read; nothing is written.
+        places: rewind_common::request::JobLocations::new(
+            location.clone(),
+            Location::Local("/nonexistent".into()),
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -26,6 +26,8 @@ pub struct JobSpec {
     /// Only this archive object (its key below the source), when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// Source, destination, failed and unrecoverable outputs, resolved.
+    pub places: crate::request::JobLocations,
 }
 
 /// Where recovered events go. (Externally tagged: internally tagged enums break numbers under

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ShardId;
 use crate::job::{FlowCounts, JobSpec, OutputFileEntry, OutputKeys};
-use crate::request::JobRequest;
 use crate::shard_store::ShardCounts;
 
 /// Where a job is in its life.
@@ -191,14 +190,9 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(
-        request: &JobRequest,
-        spec: &JobSpec,
-        m: &JobManifest,
-        elapsed: Duration,
-    ) -> Summary {
+    pub fn new(spec: &JobSpec, m: &JobManifest, elapsed: Duration) -> Summary {
         let keys = OutputKeys::new(&spec.job);
-        let places = request.locations(&spec.org).ok();
+        let p = &spec.places;
         let secs = elapsed.as_secs_f64();
         Summary {
             job_id: spec.job.to_string(),
@@ -206,21 +200,11 @@ impl Summary {
             org: spec.org.to_string(),
             start: spec.range.first.to_string(),
             end: spec.range.last.to_string(),
-            source: places
-                .as_ref()
-                .map_or_else(|| request.source.clone(), |p| p.source.to_string()),
-            dest: places
-                .as_ref()
-                .map_or_else(|| request.dest.clone(), |p| p.dest.to_string()),
-            output: places
-                .as_ref()
-                .map_or_else(String::new, |p| p.dest.join(&keys.job_prefix()).to_string()),
-            failed_output: places.as_ref().map_or_else(String::new, |p| {
-                p.failed.join(&keys.job_prefix()).to_string()
-            }),
-            unrecoverable_output: places.as_ref().map_or_else(String::new, |p| {
-                p.unrecoverable.join(&keys.job_prefix()).to_string()
-            }),
+            source: p.source.to_string(),
+            dest: p.dest.to_string(),
+            output: p.dest.join(&keys.job_prefix()).to_string(),
+            failed_output: p.failed.join(&keys.job_prefix()).to_string(),
+            unrecoverable_output: p.unrecoverable.join(&keys.job_prefix()).to_string(),
             shards: m.shards,
             shards_done: m.shards_done,
             shards_failed: m.failed_shards.len() as u64,

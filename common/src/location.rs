@@ -10,7 +10,8 @@ use crate::error::RequestError;
 use crate::ids::OrgId;
 use crate::storage::check_key;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Location {
     Local(PathBuf),
     /// `prefix` is empty or ends with `/`; every key of the store sits below it.

@@ -139,7 +139,7 @@ impl JobRequest {
             return Err(RequestError::new("--dest", "is required"));
         }
         let org = OrgId::parse(&self.org)?;
-        self.locations(&org)?;
+        let places = self.locations(&org)?;
         self.s3.validate()?;
         let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;
         let layout = Layout::parse(&self.layout)?;
@@ -173,6 +173,7 @@ impl JobRequest {
             treatment,
             sink,
             object,
+            places,
         })
     }
 
@@ -334,27 +335,48 @@ impl JobRequest {
     pub fn locations(&self, org: &OrgId) -> Result<JobLocations, RequestError> {
         let source = Location::parse("--source", &self.source, org)?;
         let dest = Location::parse("--dest", &self.dest, org)?;
-        let failed = match &self.failed_output {
-            Some(f) if !f.trim().is_empty() => Location::parse("--failed-output", f, org)?,
-            _ => dest.join("_failed"),
-        };
-        let unrecoverable = match &self.unrecoverable_output {
-            Some(f) if !f.trim().is_empty() => Location::parse("--unrecoverable-output", f, org)?,
-            _ => dest.join("_unrecoverable"),
-        };
-        Ok(JobLocations {
+        let mut places = JobLocations::new(source, dest);
+        if let Some(f) = self.failed_output.as_ref().filter(|f| !f.trim().is_empty()) {
+            places.failed = Location::parse("--failed-output", f, org)?;
+        }
+        if let Some(f) = self
+            .unrecoverable_output
+            .as_ref()
+            .filter(|f| !f.trim().is_empty())
+        {
+            places.unrecoverable = Location::parse("--unrecoverable-output", f, org)?;
+        }
+        Ok(places)
+    }
+}
+
+/// The places of a job, resolved once when its request is validated (placeholders filled,
+/// defaults applied): every later step reads them from the spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLocations {
+    pub source: Location,
+    pub dest: Location,
+    /// Failed records: `--failed-output`, else `_failed` below the destination.
+    pub failed: Location,
+    /// Unrecoverable events: `--unrecoverable-output`, else `_unrecoverable` below it.
+    pub unrecoverable: Location,
+}
+
+impl JobLocations {
+    /// A source and a destination with the default places for failed and unrecoverable.
+    pub fn new(source: Location, dest: Location) -> JobLocations {
+        JobLocations {
+            failed: dest.join("_failed"),
+            unrecoverable: dest.join("_unrecoverable"),
             source,
             dest,
-            failed,
-            unrecoverable,
-        })
+        }
     }
 
     /// Checks the local directories among the locations: the source exists, the destinations
     /// are not files. S3 locations are checked when the job opens them.
-    pub fn check_local_paths(&self, org: &OrgId) -> Result<(), RequestError> {
-        let l = self.locations(org)?;
-        if let Location::Local(src) = &l.source
+    pub fn check_local_paths(&self) -> Result<(), RequestError> {
+        if let Location::Local(src) = &self.source
             && !src.is_dir()
         {
             return Err(RequestError::new(
@@ -363,9 +385,9 @@ impl JobRequest {
             ));
         }
         for (field, loc) in [
-            ("--dest", &l.dest),
-            ("--failed-output", &l.failed),
-            ("--unrecoverable-output", &l.unrecoverable),
+            ("--dest", &self.dest),
+            ("--failed-output", &self.failed),
+            ("--unrecoverable-output", &self.unrecoverable),
         ] {
             if let Location::Local(path) = loc
                 && path.exists()
@@ -379,15 +401,6 @@ impl JobRequest {
         }
         Ok(())
     }
-}
-
-/// The three places of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobLocations {
-    pub source: Location,
-    pub dest: Location,
-    pub failed: Location,
-    pub unrecoverable: Location,
 }
 
 /// What the distributed mode stores for a job: everything a worker needs to run any shard.

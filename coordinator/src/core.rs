@@ -115,7 +115,7 @@ impl<R: JobRegistry> Coordinator<R> {
     /// (the sink's settings are checked by [`Coordinator::submit`]).
     pub fn validate(&self, request: &JobRequest) -> Result<JobSpec, CoreError> {
         let spec = request.validate(JobId::generate())?;
-        request.check_local_paths(&spec.org)?;
+        spec.places.check_local_paths()?;
         Ok(spec)
     }
 
@@ -149,8 +149,7 @@ impl<R: JobRegistry> Coordinator<R> {
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
         let plans = pin_job(&request, &spec).await?;
-        let places = request.locations(&spec.org)?;
-        let output = rewind_s3::open_output(&places.dest, &request.s3, JobSide::Dest)
+        let output = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
             .await
             .map_err(|e| CoreError::storage("opening the destination", e))?;
         let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
@@ -301,7 +300,7 @@ impl<R: JobRegistry> Coordinator<R> {
             Ok(manifest) => {
                 let elapsed =
                     Duration::from_millis((finished_ms - record.created_ms).max(0) as u64);
-                let summary = Summary::new(&record.request, &spec, &manifest, elapsed);
+                let summary = Summary::new(&spec, &manifest, elapsed);
                 status.phase = manifest.state;
                 if !manifest.failed_shards.is_empty() && status.message.is_none() {
                     status.message = Some(format!(
@@ -332,8 +331,7 @@ impl<R: JobRegistry> Coordinator<R> {
 
 /// Opens the job's source and lists every hour prefix, pinning the objects.
 async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<ShardPlan>, CoreError> {
-    let places = request.locations(&spec.org)?;
-    let source = rewind_s3::open_source(&places.source, &request.s3)
+    let source = rewind_s3::open_source(&spec.places.source, &request.s3)
         .await
         .map_err(|e| CoreError::storage("opening the source", e))?;
     pin(source, spec)
@@ -346,13 +344,7 @@ async fn open_outputs(
     request: &JobRequest,
     spec: &JobSpec,
 ) -> Result<rewind_s3::JobOutputs, StorageError> {
-    let places = request
-        .locations(&spec.org)
-        .map_err(|e| StorageError::Denied {
-            what: "the job's locations".into(),
-            why: e.to_string(),
-        })?;
-    rewind_s3::open_outputs(&places, &request.s3)
+    rewind_s3::open_outputs(&spec.places, &request.s3)
         .await
         .map_err(|(_, e)| e)
 }

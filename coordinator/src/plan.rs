@@ -142,6 +142,10 @@ mod tests {
             treatment: Default::default(),
             sink: Default::default(),
             object: None,
+            places: rewind_common::request::JobLocations::new(
+                rewind_common::Location::Local("/nonexistent/source".into()),
+                rewind_common::Location::Local("/nonexistent/dest".into()),
+            ),
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

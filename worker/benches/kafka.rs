@@ -47,6 +47,10 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         treatment: Treatment::default(),
         sink: SinkSpec::Kafka(k.clone()),
         object: None,
+        places: rewind_common::request::JobLocations::new(
+            rewind_common::Location::Local("/nonexistent/source".into()),
+            rewind_common::Location::Local("/nonexistent/dest".into()),
+        ),
     };
     let router = Router::new(&job, 128).unwrap();
     let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));

@@ -168,20 +168,12 @@ async fn open_env(record: &JobRecord) -> JobEnv {
         why: format!("opening the {what}: {e}"),
         retryable: e.is_retryable(),
     };
-    let places = match request.locations(&record.spec.org) {
-        Ok(p) => p,
-        Err(e) => {
-            return JobEnv::Broken {
-                why: e.to_string(),
-                retryable: false,
-            };
-        }
-    };
+    let places = &record.spec.places;
     let source = match rewind_s3::open_source(&places.source, &request.s3).await {
         Ok(s) => s,
         Err(e) => return broken("source", e),
     };
-    let outputs = match rewind_s3::open_outputs(&places, &request.s3).await {
+    let outputs = match rewind_s3::open_outputs(places, &request.s3).await {
         Ok(o) => o,
         Err((what, e)) => return broken(what, e),
     };

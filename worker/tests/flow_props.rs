@@ -54,6 +54,10 @@ fn router(flows: Option<&str>) -> Router {
         },
         sink: Default::default(),
         object: None,
+        places: rewind_common::request::JobLocations::new(
+            rewind_common::Location::Local("/nonexistent/source".into()),
+            rewind_common::Location::Local("/nonexistent/dest".into()),
+        ),
     };
     Router::new(&spec, 128).unwrap()
 }

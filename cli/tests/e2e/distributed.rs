@@ -245,7 +245,7 @@ impl Cluster {
 }
 
 /// Every event of the first `hours` hours, by event id, as the row Rewind must write.
-fn expected(src: &Path, hours: u32) -> BTreeMap<String, Value> {
+pub(crate) fn expected(src: &Path, hours: u32) -> BTreeMap<String, Value> {
     let dirs: BTreeSet<String> = (0..hours)
         .map(|h| format!("main_stream/2024/04/01/{h:02}"))
         .collect();
@@ -260,7 +260,7 @@ fn expected(src: &Path, hours: u32) -> BTreeMap<String, Value> {
 }
 
 /// The job's output equals the archive exactly, and disk holds exactly the manifest's files.
-fn assert_exact_output(dest: &Path, job: &str, want: &BTreeMap<String, Value>) -> Value {
+pub(crate) fn assert_exact_output(dest: &Path, job: &str, want: &BTreeMap<String, Value>) -> Value {
     let exec = dest.join(format!("execution_id={job}"));
     let manifest: Value =
         serde_json::from_slice(&fs::read(exec.join("_manifest.json")).expect("job manifest"))

@@ -1,0 +1,170 @@
+//! The in-process cluster: the coordinator core (its leader loop) and three worker loops over a
+//! real etcd registry, all in this test process. The same library code the binaries run, with
+//! no processes or gRPC in between: what the process-level tests in `distributed` see through
+//! the CLI, this one checks at the seams (registry phases, summaries, live counters).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rewind_common::lifecycle::{JobPhase, JobStatus};
+use rewind_common::registry::JobRegistry;
+use rewind_common::{JobId, JobRequest};
+use rewind_coordinator::core::Coordinator;
+use rewind_coordinator::driver::{LeaderConfig, lead};
+use rewind_etcd::EtcdStore;
+use rewind_testkit::servers::Etcd;
+use rewind_worker::daemon::{DaemonConfig, run_daemon};
+use rewind_worker::kafka::KafkaChecks;
+
+use crate::common;
+use crate::distributed::{assert_exact_output, expected};
+
+const ORG: &str = "TN-cluster";
+
+async fn wait_finished(registry: &EtcdStore, job: &JobId) -> JobStatus {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = registry.status(job).await.unwrap();
+        if status.phase.finished() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job} did not finish: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    let hours = 6;
+    common::generate(
+        &src,
+        ORG,
+        "2024-04-01T00",
+        &hours.to_string(),
+        "0.3",
+        &common::seed("31337"),
+        &[],
+    );
+    let want = expected(&src, hours);
+    let etcd = Etcd::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = EtcdStore::connect(&[etcd.endpoint()], "/rewind/cluster/")
+            .await
+            .unwrap();
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let leader = tokio::spawn(lead(
+            core.clone(),
+            LeaderConfig {
+                id: "c1".into(),
+                lease_ttl: Duration::from_secs(2),
+                tick: Duration::from_millis(100),
+                compact_every: None,
+                compact_keep: 1000,
+                metrics: Default::default(),
+            },
+            stopped.clone(),
+        ));
+        let workers: Vec<_> = (0..3)
+            .map(|n| {
+                tokio::spawn(run_daemon(
+                    store.clone(),
+                    DaemonConfig {
+                        id: format!("w{n}"),
+                        slots: 1,
+                        lease_ttl: Duration::from_secs(2),
+                        poll: Duration::from_millis(50),
+                        grace: Duration::from_secs(5),
+                        metrics: Default::default(),
+                    },
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        let request = |end: &str| JobRequest {
+            source: src.to_string_lossy().into(),
+            org: ORG.into(),
+            start: "2024-04-01T00".into(),
+            end: end.into(),
+            dest: dest.to_string_lossy().into(),
+            ..JobRequest::default()
+        };
+
+        // One job to its end: exact output, the summary in the registry, the job inactive.
+        let last = format!("2024-04-01T{:02}", hours - 1);
+        let first = core
+            .submit(request(&last), &tracing::Span::none())
+            .await
+            .unwrap();
+        assert_eq!(first.shards, hours as u64);
+        assert!(
+            store
+                .active_jobs()
+                .await
+                .unwrap()
+                .contains(&(first.job.clone(), JobPhase::Running))
+        );
+        let status = wait_finished(&store, &first.job).await;
+        assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+        let summary = status.summary.expect("a finished job has its summary");
+        assert_eq!(summary.recovered, want.len() as u64);
+        assert_eq!(summary.shards_done, hours as u64);
+        assert!(
+            !store
+                .active_jobs()
+                .await
+                .unwrap()
+                .iter()
+                .any(|(j, _)| j == &first.job)
+        );
+        assert_exact_output(&dest, first.job.as_str(), &want);
+
+        // A bad request is refused before anything exists.
+        let bad = core
+            .submit(request("2024-03-01"), &tracing::Span::none())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(bad, rewind_coordinator::core::CoreError::BadRequest(_)),
+            "{bad:?}"
+        );
+
+        // Another, cancelled at once: it ends cancelled, without _SUCCESS.
+        let second = core
+            .submit(request(&last), &tracing::Span::none())
+            .await
+            .unwrap();
+        let asked = core.cancel(&second.job).await.unwrap();
+        assert!(
+            matches!(asked.phase, JobPhase::Cancelling | JobPhase::Cancelled),
+            "{asked:?}"
+        );
+        let status = wait_finished(&store, &second.job).await;
+        assert_eq!(status.phase, JobPhase::Cancelled, "{status:?}");
+        let exec = dest.join(format!("execution_id={}", second.job));
+        assert!(exec.join("_manifest.json").exists());
+        assert!(!exec.join("_SUCCESS").exists());
+        // Cancelling a finished job changes nothing.
+        assert_eq!(
+            core.cancel(&first.job).await.unwrap().phase,
+            JobPhase::Succeeded
+        );
+
+        let _ = stop.send(true);
+        for w in workers {
+            w.await.unwrap().unwrap();
+        }
+        leader.await.unwrap();
+    });
+}

@@ -1,0 +1,418 @@
+//! One shard attempt, start to end: read the shard's plan and its objects (`read`), decode
+//! them, route every event to exactly one outcome and count it (`tally`), hand the recovered
+//! ones to the sink (`out`: Parquet or Kafka behind one trait), write the failed and
+//! unrecoverable records, finish the outputs and write the shard manifest.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rewind_common::job::{FlowCounts, ObjectStats, OutputKeys, ShardManifest, SinkSpec};
+use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, OutputStore, StorageError};
+use rewind_common::{JobSpec, ShardId};
+
+use crate::decode::{Decoder, DecoderConfig, Item};
+use crate::kafka::KafkaFailure;
+use crate::route::{Outcome, Router, Scratch, Seen};
+use crate::sink::{FailedRecord, FailedSink, SinkError};
+
+mod out;
+mod read;
+mod tally;
+
+pub use read::{Codec, open_decoded};
+
+use out::{At, KafkaOut, ParquetOut, Sink, Taken};
+use read::{ReadAhead, names_other_org, pinned_objects, prescan};
+use tally::Tally;
+
+/// Live counters shared by every worker of a process, for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+    pub recovered: AtomicU64,
+    pub filtered: AtomicU64,
+    pub failed: AtomicU64,
+    pub unrecoverable: AtomicU64,
+    /// Kafka: records handed to the producer and acknowledged (updated once per object).
+    pub produced: AtomicU64,
+    pub acknowledged: AtomicU64,
+    /// What each flow did, by flow name (updated once per object).
+    pub flows: std::sync::Mutex<BTreeMap<String, FlowCounts>>,
+}
+
+/// Why a shard attempt failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ShardError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ShardError {
+    /// The attempt was stopped (cancelled job, lost lease, shutdown).
+    pub(crate) fn cancelled() -> ShardError {
+        ShardError {
+            message: "cancelled".into(),
+            retryable: false,
+        }
+    }
+
+    fn storage(context: &str, e: &StorageError) -> ShardError {
+        ShardError {
+            message: format!("{context}: {e}"),
+            retryable: e.is_retryable(),
+        }
+    }
+
+    /// A read that failed mid-object: the store's error class decides (an object changed since
+    /// planning is final; a connection that stayed down is worth another attempt).
+    fn read(key: &str, e: io::Error) -> ShardError {
+        let retryable = match e.get_ref().and_then(|x| x.downcast_ref::<StorageError>()) {
+            Some(s) => s.is_retryable(),
+            None => true,
+        };
+        ShardError {
+            message: format!("reading {key}: {e}"),
+            retryable,
+        }
+    }
+
+    fn kafka(e: KafkaFailure) -> ShardError {
+        ShardError {
+            message: e.message,
+            retryable: e.retryable,
+        }
+    }
+
+    fn sink(e: SinkError) -> ShardError {
+        let retryable = match &e {
+            SinkError::Storage(s) => s.is_retryable(),
+            _ => true,
+        };
+        ShardError {
+            message: format!("writing output: {e}"),
+            retryable,
+        }
+    }
+}
+
+/// Where a shard attempt reads and writes.
+#[derive(Clone)]
+pub struct ShardEnv {
+    pub spec: Arc<JobSpec>,
+    pub source: Arc<dyn ObjectSource>,
+    pub output: Arc<dyn OutputStore>,
+    pub failed_output: Arc<dyn OutputStore>,
+    pub unrecoverable_output: Arc<dyn OutputStore>,
+    pub progress: Arc<Progress>,
+    pub cancel: Arc<AtomicBool>,
+    /// The job's rate limit, shared by its shards in this process.
+    pub throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// Where the Kafka sink records each acknowledgement's latency (the worker's metric).
+    pub produce_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+}
+
+/// Runs one attempt of one shard and writes its manifest. Outputs of a failed attempt are left
+/// for the caller to discard (they are never referenced by a committed manifest).
+pub fn run_shard(
+    env: &ShardEnv,
+    shard: ShardId,
+    attempt: u32,
+    decoder: DecoderConfig,
+) -> Result<(String, ShardManifest), ShardError> {
+    // The stores of this attempt count their retries here, for the shard's counts.
+    let io = Arc::new(IoStats::default());
+    let source = env.source.with_stats(io.clone());
+    let output = env.output.with_stats(io.clone());
+    let listed = pinned_objects(env, source.as_ref(), output.as_ref(), shard)?;
+    let (todo, other_org): (Vec<ObjectMeta>, Vec<ObjectMeta>) = listed
+        .into_iter()
+        .partition(|o| !names_other_org(&o.key, env.spec.org.as_str()));
+    let attempt_ = Attempt {
+        env,
+        shard,
+        attempt,
+        decoder,
+        io: &io,
+        source: source.as_ref(),
+        output: output.as_ref(),
+        todo: &todo,
+        other_org,
+    };
+    // The sink starts after the dedup look-back: an exactly-once transaction is open no
+    // longer than the shard's own events take.
+    match &env.spec.sink {
+        SinkSpec::Parquet => {
+            attempt_.run(|| Ok(ParquetOut::new(output.as_ref(), &env.spec, shard, attempt)))
+        }
+        SinkSpec::Kafka(k) => {
+            attempt_.run(|| KafkaOut::new(env, k, output.as_ref(), shard, attempt, &todo))
+        }
+    }
+}
+
+/// What one attempt reads and where it writes, besides its sink.
+struct Attempt<'a> {
+    env: &'a ShardEnv,
+    shard: ShardId,
+    attempt: u32,
+    decoder: DecoderConfig,
+    io: &'a Arc<IoStats>,
+    source: &'a dyn ObjectSource,
+    output: &'a dyn OutputStore,
+    todo: &'a [ObjectMeta],
+    /// Objects named for another org: skipped, and counted.
+    other_org: Vec<ObjectMeta>,
+}
+
+impl Attempt<'_> {
+    /// The event loop, the same for every sink.
+    fn run<S: Sink>(
+        self,
+        start_sink: impl FnOnce() -> Result<S, ShardError>,
+    ) -> Result<(String, ShardManifest), ShardError> {
+        let Attempt {
+            env,
+            shard,
+            attempt,
+            decoder,
+            io,
+            source,
+            output,
+            todo,
+            other_org,
+        } = self;
+        let spec: &JobSpec = &env.spec;
+        let keys = OutputKeys::new(&spec.job);
+        let router = Router::new(spec, decoder.max_depth).map_err(|message| ShardError {
+            message,
+            retryable: false,
+        })?;
+        let mut scratch = Scratch::default();
+        let mut seen = router.dedup().map(Seen::new);
+        // Cross-shard dedup reads the hours before, whatever the sink: the earliest hour keeps
+        // the event. (A single-object replay plans no other objects, so its look-back reads
+        // nothing.)
+        if let Some(seen) = seen.as_mut() {
+            prescan(env, &router, source, output, shard, decoder, seen)?;
+        }
+        let mut sink = start_sink()?;
+        let failed_store = env.failed_output.with_stats(io.clone());
+        let mut failed = FailedSink::new(failed_store.as_ref(), keys.failed_file(shard, attempt));
+        let unrecoverable_store = env.unrecoverable_output.with_stats(io.clone());
+        let mut unrecoverable = FailedSink::new(
+            unrecoverable_store.as_ref(),
+            keys.unrecoverable_file(shard, attempt),
+        );
+        let flows = router.flows();
+        let mut tally = Tally::new(flows);
+        tally.counts.objects_skipped = other_org.len() as u64;
+        let skipped: Vec<String> = other_org.into_iter().map(|o| o.key).collect();
+        let mut objects = Vec::new();
+        let mut reader = ReadAhead::new(source, todo);
+
+        for (i, object) in todo.iter().enumerate() {
+            if env.cancel.load(Ordering::Relaxed) {
+                return Err(ShardError::cancelled());
+            }
+            let opened = reader.open(i)?;
+            let mut stats = ObjectStats {
+                key: object.key.clone(),
+                size: object.size,
+                etag: object.etag.clone(),
+                version: object.version.clone(),
+                compression: opened.codec.name().into(),
+                ..ObjectStats::default()
+            };
+            let mut dec = Decoder::new(opened.reader, decoder);
+            while let Some(item) = dec.next().map_err(|e| ShardError::read(&object.key, e))? {
+                tally.decoded();
+                match item {
+                    Item::Event(ev) => {
+                        stats.events += 1;
+                        let flow_name = |f: Option<usize>| f.map(|f| flows.name(f));
+                        match router.route(&ev, &mut scratch, seen.as_mut()) {
+                            Outcome::Recovered {
+                                row,
+                                repaired,
+                                flow,
+                            } => {
+                                let at = At {
+                                    index: i,
+                                    key: &object.key,
+                                    offset: ev.offset,
+                                    end: ev.offset + ev.bytes().len() as u64,
+                                };
+                                let value = repaired.unwrap_or(ev.text());
+                                match sink.take(at, &row, value)? {
+                                    Taken::Written | Taken::DeliveredBefore => {
+                                        tally.recovered(flow, repaired.is_some())
+                                    }
+                                    Taken::Refused(reason) => {
+                                        tally.failed("kafka_rejected", None);
+                                        let rec = FailedRecord::new(
+                                            &object.key,
+                                            ev.offset,
+                                            ev.bytes().len() as u64,
+                                            "kafka_rejected",
+                                            &reason,
+                                            ev.bytes(),
+                                            false,
+                                        );
+                                        failed.write(&rec).map_err(ShardError::sink)?;
+                                        continue;
+                                    }
+                                }
+                            }
+                            Outcome::Filtered { reason, flow } => tally.filtered(reason, flow),
+                            Outcome::Failed {
+                                code,
+                                reason,
+                                flow,
+                                step,
+                            } => {
+                                tally.failed(code, flow);
+                                let step = flow.zip(step).map(|(f, s)| (s, flows.step_op(f, s)));
+                                let rec = FailedRecord::new(
+                                    &object.key,
+                                    ev.offset,
+                                    ev.bytes().len() as u64,
+                                    code,
+                                    &reason,
+                                    ev.bytes(),
+                                    false,
+                                )
+                                .with_flow(flow_name(flow), step);
+                                failed.write(&rec).map_err(ShardError::sink)?;
+                            }
+                            Outcome::Unrecoverable { reason, flow } => {
+                                tally.unrecoverable(flow);
+                                let rec = FailedRecord::new(
+                                    &object.key,
+                                    ev.offset,
+                                    ev.bytes().len() as u64,
+                                    "unrecoverable",
+                                    &reason,
+                                    ev.bytes(),
+                                    false,
+                                )
+                                .with_flow(flow_name(flow), None);
+                                unrecoverable.write(&rec).map_err(ShardError::sink)?;
+                            }
+                        }
+                    }
+                    Item::Damaged(d) => {
+                        stats.damaged += 1;
+                        let code = d.damage.code();
+                        tally.failed(code, None);
+                        let reason = d.damage.to_string();
+                        let rec = FailedRecord::new(
+                            &object.key,
+                            d.offset,
+                            d.length,
+                            code,
+                            &reason,
+                            d.raw,
+                            d.raw_truncated,
+                        );
+                        failed.write(&rec).map_err(ShardError::sink)?;
+                    }
+                }
+                sink.after_item()?;
+            }
+            stats.decoded_bytes = dec.bytes_read();
+            tally.object_done(opened.stored.load(Ordering::Relaxed), &env.progress);
+            sink.publish(&env.progress);
+            objects.push(stats);
+        }
+        tally.check()?;
+        // Last look before the files become visible: a stopped attempt (cancelled job, lost
+        // lease, shutdown) drops its unfinished files here instead of publishing them.
+        if env.cancel.load(Ordering::Relaxed) {
+            return Err(ShardError::cancelled());
+        }
+        let end = sink.finish()?;
+        let p = &env.progress;
+        p.produced
+            .store(end.produced - end.delivered_before, Ordering::Relaxed);
+        p.acknowledged
+            .store(end.acknowledged - end.delivered_before, Ordering::Relaxed);
+        tally.counts.produced = end.produced;
+        tally.counts.acknowledged = end.acknowledged;
+        // Refused by the brokers after the fact: failed, not recovered.
+        for r in &end.refused {
+            tally.refused_later();
+            let rec = FailedRecord::new(
+                &r.source_key,
+                r.offset,
+                r.raw.len() as u64,
+                "kafka_rejected",
+                &r.reason,
+                &r.raw,
+                false,
+            );
+            failed.write(&rec).map_err(ShardError::sink)?;
+        }
+        let failed_file = failed.finish().map_err(ShardError::sink)?;
+        let unrecoverable_file = unrecoverable.finish().map_err(ShardError::sink)?;
+        tally.counts.retries = io.retries.load(Ordering::Relaxed);
+        let (counts, by_reason, filtered_by) = tally.finish();
+        let manifest = ShardManifest {
+            job: spec.job.clone(),
+            shard,
+            attempt,
+            prefix: spec.layout.prefix(shard.hour(), &spec.org),
+            files: end.files,
+            failed_file,
+            unrecoverable_file,
+            objects,
+            skipped_objects: skipped,
+            counts,
+            failed_by_reason: by_reason,
+            filtered_by_reason: filtered_by,
+        };
+        let key = keys.shard_manifest(shard, attempt);
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ShardError {
+            message: format!("serialising the shard manifest: {e}"),
+            retryable: false,
+        })?;
+        output
+            .put(&key, &body)
+            .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
+        Ok((key, manifest))
+    }
+}
+
+/// Deletes everything a shard attempt wrote (a failed or fenced attempt). Best effort: what is
+/// left is removed by the job commit's orphan sweep.
+pub fn discard_attempt(
+    env: &ShardEnv,
+    manifest: Option<&ShardManifest>,
+    shard: ShardId,
+    attempt: u32,
+) {
+    let keys = OutputKeys::new(&env.spec.job);
+    if let Some(m) = manifest {
+        for f in &m.files {
+            let _ = env.output.delete(&f.key);
+        }
+    }
+    // Files finished before the attempt failed or was stopped: every data file of this attempt
+    // sits under one prefix (`part-{shard}-a{attempt}-`).
+    let first = keys.data_file(&env.spec.org, shard, attempt, 0);
+    if let Some(prefix) = first.strip_suffix("0.zstd.parquet")
+        && let Ok(files) = env.output.list(prefix)
+    {
+        for f in files {
+            let _ = env.output.delete(&f.key);
+        }
+    }
+    let _ = env.failed_output.delete(&keys.failed_file(shard, attempt));
+    let _ = env
+        .unrecoverable_output
+        .delete(&keys.unrecoverable_file(shard, attempt));
+    let _ = env.output.delete(&keys.shard_manifest(shard, attempt));
+}

@@ -1,0 +1,304 @@
+//! Where a shard's recovered events go: the [`Sink`] seam, with Parquet files and a Kafka topic
+//! behind it. The event loop hands each recovered event to the sink and counts what the sink
+//! says; everything sink-specific (row groups, producing, acknowledgement checkpoints, resuming
+//! a retried replay, transactions) stays on this side of the seam.
+
+use std::sync::Arc;
+
+use rewind_common::job::{Delivery, KafkaCheckpoint, KafkaSpec, OutputFileEntry, OutputKeys};
+use rewind_common::storage::{ObjectMeta, OutputStore};
+use rewind_common::{JobSpec, ShardId};
+
+use super::{Progress, ShardEnv, ShardError};
+use crate::kafka::{KafkaSink, Rejected};
+use crate::record::Row;
+use crate::sink::ParquetSink;
+use crate::throttle::Throttle;
+
+/// Where one recovered event is: its object (index and key), its byte offset and the offset
+/// just after it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct At<'a> {
+    pub index: usize,
+    pub key: &'a str,
+    pub offset: u64,
+    pub end: u64,
+}
+
+/// What a sink did with one recovered event.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// Written (or handed to the producer).
+    Written,
+    /// Delivered by an earlier attempt of the shard: counted as recovered, not sent again.
+    DeliveredBefore,
+    /// The sink refused it for itself (too large, invalid): a failed record with this reason.
+    Refused(String),
+}
+
+/// A finished sink: the files it wrote, what it delivered, and events refused after the fact.
+#[derive(Debug, Default)]
+pub(super) struct SinkEnd {
+    pub files: Vec<OutputFileEntry>,
+    /// Kafka: records produced and acknowledged, counting those delivered by earlier attempts.
+    pub produced: u64,
+    pub acknowledged: u64,
+    /// Of those, delivered by earlier attempts.
+    pub delivered_before: u64,
+    pub refused: Vec<Rejected>,
+}
+
+/// The seam between the event loop and an output.
+pub(super) trait Sink {
+    /// One recovered event: its row and its bytes as they go out (repaired or as archived).
+    fn take(&mut self, at: At<'_>, row: &Row<'_>, value: &str) -> Result<Taken, ShardError>;
+    /// After every decoded item (Parquet flushes a full row group).
+    fn after_item(&mut self) -> Result<(), ShardError> {
+        Ok(())
+    }
+    /// After every object: what the live progress shows besides the event counts.
+    fn publish(&self, _p: &Progress) {}
+    /// Everything delivered and durable; called only when the attempt is to commit.
+    fn finish(self) -> Result<SinkEnd, ShardError>;
+}
+
+/// Hive-partitioned Parquet in the destination.
+pub(super) struct ParquetOut<'a> {
+    sink: ParquetSink<'a>,
+}
+
+impl<'a> ParquetOut<'a> {
+    pub fn new(output: &'a dyn OutputStore, spec: &JobSpec, shard: ShardId, attempt: u32) -> Self {
+        let (keys, org) = (OutputKeys::new(&spec.job), spec.org.clone());
+        ParquetOut {
+            sink: ParquetSink::new(output, move |n| keys.data_file(&org, shard, attempt, n)),
+        }
+    }
+}
+
+impl Sink for ParquetOut<'_> {
+    fn take(&mut self, _: At<'_>, row: &Row<'_>, _: &str) -> Result<Taken, ShardError> {
+        self.sink.rows().append(row);
+        Ok(Taken::Written)
+    }
+
+    fn after_item(&mut self) -> Result<(), ShardError> {
+        self.sink.maybe_flush().map_err(ShardError::sink)
+    }
+
+    fn finish(self) -> Result<SinkEnd, ShardError> {
+        Ok(SinkEnd {
+            files: self.sink.finish().map_err(ShardError::sink)?,
+            ..SinkEnd::default()
+        })
+    }
+}
+
+/// A Kafka topic: one producer per attempt (a transaction for exactly-once), checkpoints of
+/// the acknowledged prefix for at-least-once, and a retried attempt resuming after what an
+/// earlier one delivered.
+pub(super) struct KafkaOut<'a> {
+    kafka: KafkaSink,
+    throttle: Option<Arc<Throttle>>,
+    /// Everything before this position was delivered by an earlier attempt.
+    resume: Option<crate::kafka::Position>,
+    resumed: u64,
+    checkpoints: Checkpoints,
+    output: &'a dyn OutputStore,
+    checkpoint_key: String,
+    attempt: u32,
+    todo: &'a [ObjectMeta],
+}
+
+impl<'a> KafkaOut<'a> {
+    /// Starts the producer and finds where an earlier attempt's delivery reached: for
+    /// exactly-once the shard's marker on the control topic (committed: nothing to produce),
+    /// for at-least-once the last checkpoint.
+    pub fn new(
+        env: &ShardEnv,
+        k: &KafkaSpec,
+        output: &'a dyn OutputStore,
+        shard: ShardId,
+        attempt: u32,
+        todo: &'a [ObjectMeta],
+    ) -> Result<Self, ShardError> {
+        let spec = &env.spec;
+        let kafka = KafkaSink::new(
+            k,
+            spec.job.as_str(),
+            shard,
+            attempt,
+            env.produce_latency.clone(),
+        )
+        .map_err(ShardError::kafka)?;
+        let checkpoint_key = OutputKeys::new(&spec.job).checkpoint(shard);
+        let resume = if k.delivery == Delivery::ExactlyOnce {
+            // Committed to Kafka already (died before the shard's commit): produce nothing.
+            crate::kafka::marker_exists(k, spec.job.as_str(), shard, &env.cancel)
+                .map_err(ShardError::kafka)?
+                .then_some((todo.len(), 0))
+        } else {
+            read_checkpoint(output, &checkpoint_key, todo)
+        };
+        Ok(KafkaOut {
+            kafka,
+            throttle: env.throttle.clone(),
+            resume,
+            resumed: 0,
+            checkpoints: Checkpoints {
+                every: match k.delivery {
+                    Delivery::AtLeastOnce => k.checkpoint_events,
+                    _ => u64::MAX,
+                },
+                ..Checkpoints::default()
+            },
+            output,
+            checkpoint_key,
+            attempt,
+            todo,
+        })
+    }
+}
+
+impl Sink for KafkaOut<'_> {
+    fn take(&mut self, at: At<'_>, row: &Row<'_>, value: &str) -> Result<Taken, ShardError> {
+        // Acknowledged in an earlier attempt: counted, not produced.
+        if self.resume.is_some_and(|r| (at.index, at.offset) < r) {
+            self.resumed += 1;
+            return Ok(Taken::DeliveredBefore);
+        }
+        if let Some(t) = &self.throttle {
+            t.acquire(value.len() as u64);
+        }
+        let refused = self
+            .kafka
+            .send(row, value, at.key, at.offset, (at.index, at.end))
+            .map_err(ShardError::kafka)?;
+        self.checkpoints.maybe_write(
+            &mut self.kafka,
+            self.output,
+            &self.checkpoint_key,
+            self.attempt,
+            self.todo,
+        );
+        Ok(match refused {
+            Some(reason) => Taken::Refused(reason),
+            None => Taken::Written,
+        })
+    }
+
+    fn publish(&self, p: &Progress) {
+        use std::sync::atomic::Ordering;
+        p.produced.store(self.kafka.produced(), Ordering::Relaxed);
+        p.acknowledged
+            .store(self.kafka.acknowledged(), Ordering::Relaxed);
+    }
+
+    fn finish(self) -> Result<SinkEnd, ShardError> {
+        let (produced, acknowledged, refused) = self.kafka.finish().map_err(ShardError::kafka)?;
+        // Everything is acknowledged: a retry (a crash before the shard's commit) produces
+        // nothing again.
+        let end = KafkaCheckpoint {
+            attempt: self.attempt,
+            object_index: self.todo.len(),
+            object_key: String::new(),
+            offset: 0,
+        };
+        if let Ok(body) = serde_json::to_vec(&end) {
+            let _ = self.output.put(&self.checkpoint_key, &body);
+        }
+        Ok(SinkEnd {
+            files: Vec::new(),
+            produced: produced + self.resumed,
+            acknowledged: acknowledged + self.resumed,
+            delivered_before: self.resumed,
+            refused,
+        })
+    }
+}
+
+/// When a Kafka replay saves how far its acknowledgements reached.
+#[derive(Default)]
+struct Checkpoints {
+    every: u64,
+    sends: u64,
+    last_write: Option<std::time::Instant>,
+    sends_at_last: u64,
+    written: Option<crate::kafka::Position>,
+}
+
+impl Checkpoints {
+    /// Writes a checkpoint every `every` records or every second, when the acknowledged prefix
+    /// moved. A failed write is logged: the replay goes on (a crash then repeats more).
+    fn maybe_write(
+        &mut self,
+        sink: &mut KafkaSink,
+        output: &dyn OutputStore,
+        key: &str,
+        attempt: u32,
+        todo: &[ObjectMeta],
+    ) {
+        if self.every == u64::MAX {
+            return;
+        }
+        self.sends += 1;
+        let by_count = self.sends - self.sends_at_last >= self.every;
+        if !self.sends.is_multiple_of(64) && !by_count {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let by_time = self
+            .last_write
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if !by_count && !by_time {
+            return;
+        }
+        let Some(pos) = sink.finished_position() else {
+            return;
+        };
+        if self.written == Some(pos) {
+            return;
+        }
+        let cp = KafkaCheckpoint {
+            attempt,
+            object_index: pos.0,
+            object_key: todo.get(pos.0).map(|o| o.key.clone()).unwrap_or_default(),
+            offset: pos.1,
+        };
+        let written = serde_json::to_vec(&cp)
+            .map_err(|e| e.to_string())
+            .and_then(|body| output.put(key, &body).map_err(|e| e.to_string()));
+        match written {
+            Ok(_) => {
+                self.written = Some(pos);
+                self.last_write = Some(now);
+                self.sends_at_last = self.sends;
+            }
+            Err(e) => tracing::warn!(key, error = %e, "writing a Kafka checkpoint failed"),
+        }
+    }
+}
+
+/// The checkpoint an earlier attempt left, when it still names this shard's objects.
+fn read_checkpoint(
+    output: &dyn OutputStore,
+    key: &str,
+    todo: &[ObjectMeta],
+) -> Option<crate::kafka::Position> {
+    let body = output.get(key).ok()??;
+    let cp: KafkaCheckpoint = serde_json::from_slice(&body).ok()?;
+    let at_end = cp.object_index == todo.len() && cp.object_key.is_empty();
+    if at_end
+        || todo
+            .get(cp.object_index)
+            .is_some_and(|o| o.key == cp.object_key)
+    {
+        Some((cp.object_index, cp.offset))
+    } else {
+        tracing::warn!(
+            key,
+            "ignoring a Kafka checkpoint that does not match the shard's objects"
+        );
+        None
+    }
+}
