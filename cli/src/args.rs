@@ -63,6 +63,18 @@ pub struct CoordinatorArgs {
     /// content. Health and reflection stay open.
     #[arg(long, env = "REWIND_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// The longest range a job may cover, in hours: longer ones are refused whatever the
+    /// request's own --max-range-hours says (a request may only ask for less).
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_MAX_RANGE_HOURS",
+        default_value_t = 8784
+    )]
+    pub max_range_hours: u64,
+    /// The largest event workers hold for a job, in bytes: a request's --max-event-bytes is
+    /// capped to it (larger events are failed records, event_too_large). At most 1 GiB.
+    #[arg(long, env = "REWIND_COORDINATOR_MAX_EVENT_BYTES", default_value_t = 64 << 20)]
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, Parser)]

@@ -208,9 +208,26 @@ pub fn effective(section: &str, cmd: Command, argv: &[OsString]) -> Result<Strin
     Ok(show(section, &cmd, &matches, &file))
 }
 
+/// Settings whose value is itself a secret: role external ids, and anything named like a token,
+/// secret or password that is not a path to one (`--auth-token-file`, `--etcd-password-file`,
+/// `--token-file` name files) or a reference (`--kafka-secret` takes `KEY=env:NAME|file:PATH`).
 fn secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    (k.contains("token") || k.contains("secret") || k.contains("password")) && !k.ends_with("-file")
+    k.ends_with("external-id")
+        || ((k.contains("token") || k.contains("secret") || k.contains("password"))
+            && !k.ends_with("-file")
+            && k != "kafka-secret")
+}
+
+/// One value as shown: a `--kafka-option` that carries a secret keeps its key only.
+fn shown(key: &str, value: &str) -> String {
+    if key == "kafka-option"
+        && let Some((k, _)) = value.split_once('=')
+        && rewind_common::secret::kafka_secret_key(k)
+    {
+        return format!("{k}={}", rewind_common::secret::MASK);
+    }
+    value.to_string()
 }
 
 /// The effective settings of one command, as TOML with the source of each value.
@@ -247,8 +264,9 @@ pub fn show(
         let value = if values.is_empty() {
             "# (unset)".to_string()
         } else if secret(key) {
-            "\"****\"".to_string()
+            format!("{:?}", rewind_common::secret::MASK)
         } else {
+            let values: Vec<String> = values.iter().map(|v| shown(key, v)).collect();
             format!("{:?}", values.join(","))
         };
         if values.is_empty() {
@@ -387,9 +405,20 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
+        assert!(secret("source-external-id"));
+        assert!(secret("dest-external-id"));
         assert!(secret("auth-token"));
-        assert!(secret("s3-secret-key"));
         assert!(!secret("auth-token-file"));
+        assert!(!secret("etcd-password-file"));
+        assert!(!secret("kafka-secret"));
         assert!(!secret("etcd"));
+        assert_eq!(
+            shown("kafka-option", "sasl.password=hunter2"),
+            "sasl.password=****"
+        );
+        assert_eq!(
+            shown("kafka-option", "security.protocol=SASL_SSL"),
+            "security.protocol=SASL_SSL"
+        );
     }
 }

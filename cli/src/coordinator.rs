@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use rewind_common::lifecycle::Limits;
 use rewind_coordinator::core::Coordinator;
 use rewind_coordinator::driver::{LeaderConfig, lead};
 use rewind_coordinator::service::JobServiceImpl;
@@ -22,6 +23,13 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let ceiling = rewind_common::request::MAX_EVENT_BYTES_CEILING;
+    if !(64..=ceiling).contains(&args.max_event_bytes) || args.max_range_hours == 0 {
+        eprintln!(
+            "error: invalid --max-event-bytes or --max-range-hours: events between 64 and {ceiling} bytes, ranges of at least one hour"
+        );
+        return ExitCode::from(2);
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             match rewind_cli::server_tls(cert, key, args.tls_client_ca.as_deref()) {
@@ -73,7 +81,10 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             });
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks)).with_limits(Limits {
+            max_range_hours: args.max_range_hours,
+            max_event_bytes: args.max_event_bytes,
+        });
         let leader = tokio::spawn(lead(
             core.clone(),
             LeaderConfig {

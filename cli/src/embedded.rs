@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rewind_common::lifecycle::{JobPhase, Summary};
+use rewind_common::lifecycle::{JobPhase, Limits, Summary};
 use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::{InMemoryShardStore, ShardCounts, ShardStore};
-use rewind_common::{JobId, JobRequest};
+use rewind_common::{JobId, JobRequest, OutputKeys};
 use rewind_coordinator::core::Coordinator;
 use rewind_worker::daemon::{DaemonConfig, run_daemon};
 use rewind_worker::kafka::KafkaChecks;
@@ -40,7 +40,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
 
 async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), Failure> {
     let registry = InMemoryShardStore::new();
-    let core = Coordinator::new(registry.clone(), Arc::new(KafkaChecks));
+    let core =
+        Coordinator::new(registry.clone(), Arc::new(KafkaChecks)).with_limits(Limits::local());
     let span = tracing::info_span!("rewind.job", job_id = tracing::field::Empty);
     let submitted = core.submit(request, &span).await?;
     let job = submitted.job;
@@ -63,7 +64,11 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
         .is_terminal()
         .then(|| progress_bar(registry.clone(), job.clone(), submitted.shards));
 
-    // What the leader does, until the job has ended.
+    // What the leader does, until the job has ended. Ctrl-C or SIGTERM cancels the job: its
+    // attempts stop and discard what they wrote, and the job ends cancelled.
+    let signal = rewind_cli::shutdown_signal();
+    tokio::pin!(signal);
+    let mut interrupted = false;
     let status = loop {
         if let Err(e) = core.drive_once(None).await {
             tracing::warn!(error = %e, "driving the job");
@@ -75,7 +80,14 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
         if status.phase.finished() {
             break status;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            _ = &mut signal, if !interrupted => {
+                interrupted = true;
+                eprintln!("interrupted: stopping job {job}");
+                core.cancel(&job).await?;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
     };
     let _ = stop.send(true);
     if let Err(e) = daemon
@@ -89,6 +101,9 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
         stop.store(true, Ordering::Relaxed);
         let _ = handle.await;
     }
+    if interrupted {
+        return Err(sweep_interrupted(&registry, &job, status).await);
+    }
     match status.summary {
         Some(summary) => report(&summary, json),
         None => Err(Failure::Job(format!(
@@ -96,6 +111,66 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
             status.phase,
             status.message.unwrap_or_default()
         ))),
+    }
+}
+
+/// After an interrupt: nothing a reader might glob stays behind without `_SUCCESS`. A Parquet
+/// job's execution is removed from every output (data, failed and unrecoverable records,
+/// manifests, plans); what a Kafka replay delivered stays in the topic, so its manifests stay
+/// to say what that was.
+async fn sweep_interrupted(
+    registry: &InMemoryShardStore,
+    job: &JobId,
+    status: rewind_common::JobStatus,
+) -> Failure {
+    let record = match registry.record(job).await {
+        Ok(r) => r,
+        Err(e) => return Failure::Interrupted(format!("job {job} stopped; reading it: {e}")),
+    };
+    let spec = record.spec;
+    let done = status.summary.as_ref().map_or(0, |s| s.shards_done);
+    let total = status.shards;
+    if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
+        let produced = status.summary.as_ref().map_or(0, |s| s.acknowledged);
+        return Failure::Interrupted(format!(
+            "job {job} stopped: {done} of {total} shards had committed; their {produced} records \
+             stay in topic {} (Kafka cannot take them back), and {} keeps the job's manifest",
+            k.topic,
+            spec.places.dest.join(&OutputKeys::new(job).job_prefix())
+        ));
+    }
+    let outputs = match rewind_s3::open_outputs(&spec.places, &record.request.s3).await {
+        Ok(o) => o,
+        Err((what, e)) => {
+            return Failure::Interrupted(format!(
+                "job {job} stopped; opening the {what} to remove its partial output: {e}"
+            ));
+        }
+    };
+    let prefix = OutputKeys::new(job).job_prefix();
+    let removed = tokio::task::spawn_blocking(move || {
+        let mut removed = 0u64;
+        for store in [&outputs.dest, &outputs.failed, &outputs.unrecoverable] {
+            for o in store.list(&prefix)? {
+                store.delete(&o.key)?;
+                removed += 1;
+            }
+            let _ = store.sweep_unfinished(&prefix);
+        }
+        Ok::<_, rewind_common::storage::StorageError>(removed)
+    })
+    .await;
+    let place = spec.places.dest.join(&OutputKeys::new(job).job_prefix());
+    match removed {
+        Ok(Ok(n)) => Failure::Interrupted(format!(
+            "job {job} stopped after {done} of {total} shards; its partial output ({n} objects \
+             below {place} and its failed/unrecoverable outputs) was removed, nothing of it is kept"
+        )),
+        Ok(Err(e)) => Failure::Interrupted(format!(
+            "job {job} stopped; removing its partial output below {place} failed: {e} (no \
+             _SUCCESS was written; delete that prefix)"
+        )),
+        Err(e) => Failure::Interrupted(format!("job {job} stopped; removing its output: {e}")),
     }
 }
 

@@ -218,6 +218,11 @@ pub struct JobArgs {
     /// repeatable.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
+    /// A secret librdkafka property by reference: KEY=env:NAME or KEY=file:PATH (sasl.password,
+    /// ssl.key.password...), resolved by each process that connects; repeatable. Secrets are
+    /// refused in --kafka-option: a value given there would be stored and shown.
+    #[arg(long = "kafka-secret", value_name = "KEY=REF")]
+    pub kafka_secrets: Vec<String>,
     /// at-least-once (default): every event acknowledged before its shard commits.
     #[arg(long)]
     pub delivery: Option<String>,
@@ -343,6 +348,7 @@ impl JobArgs {
             key: self.key.clone(),
             compression: self.compression.clone(),
             kafka_options: self.kafka_options.clone(),
+            kafka_secrets: self.kafka_secrets.clone(),
             delivery: self.delivery.clone(),
             checkpoint_events: self.checkpoint_events,
             max_events_per_sec: self.max_events_per_sec,
@@ -402,8 +408,12 @@ pub struct GenArgs {
 
 /// Exit codes: 0 done, 1 the job failed, 2 a bad request.
 pub enum Failure {
+    /// Exit 2: nothing was done.
     BadRequest(String),
+    /// Exit 1: the job failed (or could not run).
     Job(String),
+    /// Exit 130: stopped by Ctrl-C or SIGTERM; what was swept and what stays.
+    Interrupted(String),
 }
 
 impl From<rewind_common::RequestError> for Failure {
@@ -519,5 +529,53 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(1)
         }
+        Err(Failure::Interrupted(message)) => {
+            eprintln!("interrupted: {message}");
+            ExitCode::from(130)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `config show` over the real `run` command line: the role external id and a Kafka option
+    /// carrying a secret are masked, everything else is shown as given.
+    #[test]
+    fn config_show_masks_the_real_secret_settings() {
+        let cmd = Cli::command();
+        let argv = [
+            "rewind",
+            "run",
+            "--source",
+            "/a",
+            "--org",
+            "TN-1",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-01",
+            "--dest",
+            "/b",
+            "--source-role-arn",
+            "arn:aws:iam::111122223333:role/recovery",
+            "--source-external-id",
+            "ext-7731",
+            "--kafka-option",
+            "sasl.password=hunter2",
+            "--kafka-option",
+            "acks=all",
+            "--kafka-secret",
+            "ssl.key.password=env:KEY_PW",
+        ];
+        let matches = cmd.clone().try_get_matches_from(argv).unwrap();
+        let text = rewind_cli::config::show("cli", &cmd, &matches, &Default::default());
+        assert!(!text.contains("ext-7731"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("sasl.password=****"), "{text}");
+        assert!(text.contains("acks=all"), "{text}");
+        assert!(text.contains("ssl.key.password=env:KEY_PW"), "{text}");
     }
 }

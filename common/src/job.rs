@@ -54,6 +54,9 @@ pub struct KafkaSpec {
     /// librdkafka properties, applied last (security.protocol, sasl.*, ssl.*, …).
     #[serde(default)]
     pub options: Vec<(String, String)>,
+    /// Secret librdkafka properties, by reference: each process resolves them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<(String, crate::secret::SecretRef)>,
     pub delivery: Delivery,
     /// At-least-once: the shard's progress is saved after about this many acknowledged records
     /// (or a second), and at most this many are in flight; a crash repeats at most twice this.

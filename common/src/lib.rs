@@ -9,6 +9,7 @@ pub mod location;
 pub mod range;
 pub mod registry;
 pub mod request;
+pub mod secret;
 pub mod shard_store;
 pub mod storage;
 #[cfg(any(test, feature = "testkit"))]
@@ -32,7 +33,8 @@ pub use request::{JobRecord, JobRequest};
 /// `pause-before-shard-commit` (a finished attempt waits 10 s before it commits),
 /// `hang-before-file-finish` (a Parquet file is written but never finished: killed there, the
 /// attempt leaves an unfinished write). Coordinators: `crash-before-success-marker` (the job
-/// manifest is written, `_SUCCESS` is not).
+/// manifest is written, `_SUCCESS` is not). Workers also: `lose-commit-reply` (the first shard
+/// commit of the process takes effect but answers as lost once the job has ended).
 pub fn failpoint(name: &str) -> bool {
     std::env::var("REWIND_FAILPOINT").is_ok_and(|v| v == name)
 }

@@ -102,6 +102,36 @@ impl SinkCheck for NoSinkCheck {
     }
 }
 
+/// What a coordinator accepts, whatever a request asks: limits that protect the servers are the
+/// server's. A request may ask for less (its own `max_range_hours`), never for more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest range a job may cover, in hours.
+    pub max_range_hours: u64,
+    /// The largest event a job may ask its workers to hold.
+    pub max_event_bytes: usize,
+}
+
+impl Default for Limits {
+    /// A coordinator's defaults: a leap year, 64 MiB.
+    fn default() -> Self {
+        Limits {
+            max_range_hours: crate::range::DEFAULT_MAX_HOURS,
+            max_event_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// `rewind run`: the user runs their own process; only the hard ceilings hold.
+    pub fn local() -> Self {
+        Limits {
+            max_range_hours: u64::MAX,
+            max_event_bytes: crate::request::MAX_EVENT_BYTES_CEILING,
+        }
+    }
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -133,6 +163,10 @@ pub struct JobManifest {
     #[serde(default)]
     pub unrecoverable_files: Vec<OutputFileEntry>,
     pub orphans_deleted: u64,
+    /// The committed attempt of each done shard, by shard id: what a worker whose commit's
+    /// answer was lost asks once the job has ended (its shard state is gone by then).
+    #[serde(default)]
+    pub attempts: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,9 @@ use crate::location::{Location, S3Options};
 use crate::range::{DEFAULT_MAX_HOURS, HourRange};
 
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+/// No event may be larger than this, whoever asks: a worker holds up to that much per running
+/// shard, and offsets plus the limit must not overflow.
+pub const MAX_EVENT_BYTES_CEILING: usize = 1 << 30;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_DEDUP_WINDOW_HOURS: u32 = 1;
 pub const MAX_DEDUP_WINDOW_HOURS: u32 = 24;
@@ -68,6 +71,10 @@ pub struct JobRequest {
     /// librdkafka properties as `key=value`.
     #[serde(default)]
     pub kafka_options: Vec<String>,
+    /// Secret librdkafka properties by reference, `KEY=env:NAME` or `KEY=file:PATH`: each
+    /// process resolves them; the values are never stored or shown.
+    #[serde(default)]
+    pub kafka_secrets: Vec<String>,
     /// at-least-once (default).
     #[serde(default)]
     pub delivery: Option<String>,
@@ -119,6 +126,7 @@ impl Default for JobRequest {
             key: None,
             compression: None,
             kafka_options: Vec::new(),
+            kafka_secrets: Vec::new(),
             delivery: None,
             checkpoint_events: None,
             max_events_per_sec: None,
@@ -147,6 +155,12 @@ impl JobRequest {
             return Err(RequestError::new(
                 "--max-event-bytes",
                 "must be at least 64",
+            ));
+        }
+        if self.max_event_bytes > MAX_EVENT_BYTES_CEILING {
+            return Err(RequestError::new(
+                "--max-event-bytes",
+                format!("must be at most {MAX_EVENT_BYTES_CEILING} (1 GiB)"),
             ));
         }
         if self.max_attempts == 0 {
@@ -189,6 +203,7 @@ impl JobRequest {
             ("--key", given(&self.key).is_some()),
             ("--compression", given(&self.compression).is_some()),
             ("--kafka-option", !self.kafka_options.is_empty()),
+            ("--kafka-secret", !self.kafka_secrets.is_empty()),
             ("--delivery", given(&self.delivery).is_some()),
             ("--checkpoint-events", self.checkpoint_events.is_some()),
             ("--max-events-per-sec", self.max_events_per_sec.is_some()),
@@ -247,7 +262,31 @@ impl JobRequest {
                             format!("{o:?}: give key=value"),
                         ));
                     };
-                    options.push((k.trim().to_string(), v.to_string()));
+                    let k = k.trim();
+                    if crate::secret::kafka_secret_key(k) {
+                        return Err(RequestError::new(
+                            "--kafka-option",
+                            format!(
+                                "{k} carries a secret: pass it by reference, --kafka-secret \
+                                 {k}=env:NAME or {k}=file:PATH (a value given inline would be \
+                                 stored with the job and shown by its API)"
+                            ),
+                        ));
+                    }
+                    options.push((k.to_string(), v.to_string()));
+                }
+                let mut secrets = Vec::new();
+                for o in &self.kafka_secrets {
+                    let Some((k, r)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty())
+                    else {
+                        return Err(RequestError::new(
+                            "--kafka-secret",
+                            format!("{o:?}: give KEY=env:NAME or KEY=file:PATH"),
+                        ));
+                    };
+                    let r = crate::secret::SecretRef::parse(r.trim())
+                        .map_err(|e| RequestError::new("--kafka-secret", format!("{k}: {e}")))?;
+                    secrets.push((k.trim().to_string(), r));
                 }
                 let delivery = match given(&self.delivery).unwrap_or("at-least-once") {
                     "at-least-once" => Delivery::AtLeastOnce,
@@ -282,6 +321,7 @@ impl JobRequest {
                     key,
                     compression: compression.to_string(),
                     options,
+                    secrets,
                     delivery,
                     checkpoint_events,
                     max_events_per_sec: self.max_events_per_sec,
@@ -329,6 +369,16 @@ impl JobRequest {
             dedup,
             dedup_window_hours: self.dedup_window_hours,
         })
+    }
+
+    /// The request as APIs show it: role external ids masked (they are stored with the job,
+    /// since workers need them to assume the roles, but never served).
+    pub fn redacted(&self) -> JobRequest {
+        let mask = |v: &Option<String>| v.as_ref().map(|_| crate::secret::MASK.to_string());
+        let mut r = self.clone();
+        r.s3.source_external_id = mask(&r.s3.source_external_id);
+        r.s3.dest_external_id = mask(&r.s3.dest_external_id);
+        r
     }
 
     /// Source, destination and failed-record locations, placeholders filled.
@@ -427,6 +477,40 @@ mod tests {
             dest: "/out".into(),
             ..JobRequest::default()
         }
+    }
+
+    #[test]
+    fn kafka_secrets_are_taken_by_reference_only() {
+        let mut r = ok();
+        r.sink = Some("kafka".into());
+        r.brokers = Some("b:9092".into());
+        r.topic = Some("t".into());
+        r.kafka_options = vec!["sasl.password=hunter2".into()];
+        let e = r.validate(JobId::generate()).unwrap_err().to_string();
+        assert!(e.contains("--kafka-secret"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        r.kafka_options = vec!["security.protocol=SASL_SSL".into()];
+        r.kafka_secrets = vec!["sasl.password=hunter2".into()];
+        let e = r.validate(JobId::generate()).unwrap_err().to_string();
+        assert!(e.contains("not a reference"), "{e}");
+        r.kafka_secrets = vec!["sasl.password=env:KAFKA_PW".into()];
+        let spec = r.validate(JobId::generate()).unwrap();
+        let stored = serde_json::to_string(&spec).unwrap();
+        assert!(stored.contains("env:KAFKA_PW"), "{stored}");
+        assert_eq!(
+            serde_json::from_str::<JobSpec>(&stored).unwrap(),
+            spec,
+            "the reference round-trips"
+        );
+    }
+
+    #[test]
+    fn redacted_requests_mask_external_ids() {
+        let mut r = ok();
+        r.s3.source_external_id = Some("ext-7731".into());
+        let shown = serde_json::to_string(&r.redacted()).unwrap();
+        assert!(!shown.contains("ext-7731"), "{shown}");
+        assert_eq!(r.redacted().s3.dest_external_id, None);
     }
 
     #[test]

@@ -138,6 +138,10 @@ pub enum StoreError {
     JobNotFound(JobId),
     #[error("job {0} already exists")]
     JobExists(JobId),
+    /// The job has ended and its shards' state is gone: what an attempt of it did is recorded
+    /// in the job manifest in the destination (`JobManifest::attempts`).
+    #[error("job {0} has finished")]
+    JobFinished(JobId),
     #[error("shard store unavailable: {0}")]
     Unavailable(String),
 }
@@ -449,6 +453,9 @@ impl ShardStore for InMemoryShardStore {
                 && mem.shards.get(&claim.shard) == Some(&ShardState::Done(done.clone()))
             {
                 return Ok(()); // the same commit again: acknowledged, nothing changes
+            }
+            if !s.jobs.contains_key(&claim.job) && s.registry.records.contains_key(&claim.job) {
+                return Err(StoreError::JobFinished(claim.job.clone()));
             }
             let job = Self::check_claim(s, claim)?;
             job.claims.remove(&claim.shard);

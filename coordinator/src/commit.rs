@@ -103,6 +103,13 @@ fn commit(
         })
         .collect();
     let manifests = read_manifests(output, &done)?;
+    let attempts = shards
+        .iter()
+        .filter_map(|(shard, state)| match state {
+            ShardState::Done(done) => Some((shard.to_string(), done.attempt)),
+            _ => None,
+        })
+        .collect();
     let mut failed_shards = Vec::new();
     for (shard, state) in shards {
         match state {
@@ -214,6 +221,7 @@ fn commit(
         failed_files,
         unrecoverable_files,
         orphans_deleted: orphans,
+        attempts,
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Manifest {
         shard: ShardId(spec.range.first),

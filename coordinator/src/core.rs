@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rewind_common::job::ShardPlan;
-use rewind_common::lifecycle::{JobPhase, JobStatus, SinkCheck, Summary, now_ms};
+use rewind_common::lifecycle::{JobPhase, JobStatus, Limits, SinkCheck, Summary, now_ms};
 use rewind_common::location::JobSide;
 use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::StoreError;
@@ -76,6 +76,9 @@ impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> CoreError {
         match e {
             StoreError::JobNotFound(job) => CoreError::NotFound(job),
+            StoreError::JobFinished(job) => {
+                CoreError::Precondition(format!("job {job} has finished"))
+            }
             StoreError::Unavailable(why) => CoreError::Unavailable(why),
             other => CoreError::Internal(other.to_string()),
         }
@@ -94,6 +97,7 @@ pub struct Submitted {
 pub struct Coordinator<R> {
     registry: R,
     sinks: Arc<dyn SinkCheck>,
+    limits: Limits,
 }
 
 impl<R> std::fmt::Debug for Coordinator<R> {
@@ -103,8 +107,19 @@ impl<R> std::fmt::Debug for Coordinator<R> {
 }
 
 impl<R: JobRegistry> Coordinator<R> {
+    /// A core with the default [`Limits`] of a coordinator.
     pub fn new(registry: R, sinks: Arc<dyn SinkCheck>) -> Self {
-        Coordinator { registry, sinks }
+        Coordinator {
+            registry,
+            sinks,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The limits this core enforces on every request.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn registry(&self) -> &R {
@@ -114,7 +129,24 @@ impl<R: JobRegistry> Coordinator<R> {
     /// Validates a request once: the spec every later step uses, or what is wrong with it
     /// (the sink's settings are checked by [`Coordinator::submit`]).
     pub fn validate(&self, request: &JobRequest) -> Result<JobSpec, CoreError> {
-        let spec = request.validate(JobId::generate())?;
+        // A request's own limits can only lower the coordinator's.
+        let limits = self.limits;
+        if let Ok(range) = rewind_common::HourRange::parse(&request.start, &request.end, u64::MAX)
+            && range.len() > limits.max_range_hours
+        {
+            return Err(CoreError::BadRequest(format!(
+                "invalid --end: the range {} .. {} spans {} hours, more than this coordinator's \
+                 limit of {} hours",
+                request.start,
+                request.end,
+                range.len(),
+                limits.max_range_hours
+            )));
+        }
+        let mut capped = request.clone();
+        capped.max_range_hours = capped.max_range_hours.min(limits.max_range_hours);
+        capped.max_event_bytes = capped.max_event_bytes.min(limits.max_event_bytes);
+        let spec = capped.validate(JobId::generate())?;
         spec.places.check_local_paths()?;
         Ok(spec)
     }
@@ -347,4 +379,64 @@ async fn open_outputs(
     rewind_s3::open_outputs(&spec.places, &request.s3)
         .await
         .map_err(|(_, e)| e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_common::lifecycle::NoSinkCheck;
+    use rewind_common::shard_store::InMemoryShardStore;
+
+    fn request(dir: &std::path::Path) -> JobRequest {
+        JobRequest {
+            source: dir.to_string_lossy().into(),
+            org: "TN-1".into(),
+            start: "2024-01-01".into(),
+            end: "2024-01-03".into(),
+            dest: dir.join("out").to_string_lossy().into(),
+            ..JobRequest::default()
+        }
+    }
+
+    /// A request cannot raise what the coordinator allows; it may ask for less.
+    #[test]
+    fn limits_are_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Coordinator::new(InMemoryShardStore::new(), Arc::new(NoSinkCheck)).with_limits(
+            Limits {
+                max_range_hours: 48,
+                max_event_bytes: 1 << 20,
+            },
+        );
+        let refused = |r: &JobRequest| match core.validate(r) {
+            Err(CoreError::BadRequest(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        // Three days against the coordinator's 48 hours: refused, whatever the request allows.
+        let mut r = request(dir.path());
+        r.max_range_hours = 1_000_000;
+        assert!(refused(&r).contains("this coordinator's limit of 48 hours"));
+        // Two days fit; a request may lower the limit for itself.
+        r.end = "2024-01-02".into();
+        core.validate(&r).expect("two days fit");
+        r.max_range_hours = 24;
+        assert!(refused(&r).contains("--max-range-hours"));
+        // Events: the request asks for 16 MiB by default, the coordinator holds it to 1 MiB.
+        r.max_range_hours = 1_000_000;
+        r.max_event_bytes = 16 << 20;
+        assert_eq!(core.validate(&r).unwrap().max_event_bytes, 1 << 20);
+        r.max_event_bytes = 4096;
+        assert_eq!(core.validate(&r).unwrap().max_event_bytes, 4096);
+        // Whatever anyone allows, no event over 1 GiB (offsets must not overflow): `rewind run`
+        // caps there, and a request asking for more is refused on its own.
+        let local = Coordinator::new(InMemoryShardStore::new(), Arc::new(NoSinkCheck))
+            .with_limits(Limits::local());
+        r.max_event_bytes = usize::MAX;
+        assert_eq!(
+            local.validate(&r).unwrap().max_event_bytes,
+            rewind_common::request::MAX_EVENT_BYTES_CEILING
+        );
+        let e = r.validate(JobId::generate()).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
+    }
 }

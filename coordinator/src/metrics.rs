@@ -26,8 +26,12 @@ pub struct CoordinatorMetrics {
     pub jobs_finished: Family<StateLabel, Counter>,
     /// Shards of unfinished jobs by state (refreshed from etcd at every scrape).
     pub job_shards: Family<JobShardLabel, Gauge>,
-    /// Pending shards over all unfinished jobs: what an autoscaler scales workers on.
+    /// Pending shards over all unfinished jobs.
     pub shards_pending: Gauge,
+    /// Worker slots the unfinished jobs can use now: pending + running shards. What an
+    /// autoscaler scales workers on (pending alone falls to 0 while the last shards run, and
+    /// scaling in on it drains workers under running work).
+    pub shards_wanted: Gauge,
     pub jobs_active: Gauge,
     pub etcd_compactions: Counter,
 }
@@ -55,6 +59,11 @@ impl CoordinatorMetrics {
             "Pending shards over all unfinished jobs",
             self.shards_pending.clone(),
         );
+        r.register(
+            "shards_wanted",
+            "Worker slots the unfinished jobs can use: pending + running shards (scale workers on this)",
+            self.shards_wanted.clone(),
+        );
         r.register("jobs_active", "Unfinished jobs", self.jobs_active.clone());
         r.register(
             "etcd_compactions",
@@ -69,12 +78,13 @@ impl CoordinatorMetrics {
             return;
         };
         self.job_shards.clear();
-        let mut pending = 0;
+        let (mut pending, mut running) = (0, 0);
         for (job, _) in &active {
             let Ok(p) = store.progress(job).await else {
                 continue;
             };
             pending += p.pending;
+            running += p.running;
             for (state, n) in [
                 ("pending", p.pending),
                 ("running", p.running),
@@ -91,5 +101,6 @@ impl CoordinatorMetrics {
         }
         self.jobs_active.set(active.len() as i64);
         self.shards_pending.set(pending as i64);
+        self.shards_wanted.set((pending + running) as i64);
     }
 }

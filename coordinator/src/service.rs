@@ -64,7 +64,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         let mut out = pb::Job {
             job_id: job.to_string(),
             state: status.phase.as_str().to_string(),
-            request: Some(request_to_pb(&record.request)),
+            request: Some(request_to_pb(&record.request.redacted())),
             created_ms: status.created_ms,
             finished_ms: status.finished_ms.unwrap_or(0),
             message: status.message.clone().unwrap_or_default(),

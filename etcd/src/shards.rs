@@ -541,23 +541,30 @@ impl ShardStore for EtcdStore {
         let done_key = self.shard_key(&claim.job, "done", claim.shard);
         let put = TxnOp::put(done_key.clone(), json(&done), None);
         let resp = self
-            .txn(
-                self.end_txn(claim, put)
-                    .or_else([TxnOp::get(done_key, None)]),
-            )
+            .txn(self.end_txn(claim, put).or_else([
+                TxnOp::get(done_key, None),
+                TxnOp::get(self.job_key(&claim.job, "meta"), None),
+            ]))
             .await
             .map_err(unavailable)?;
         if resp.succeeded() {
             return Ok(());
         }
+        let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        });
+        let (done_now, meta) = (gets.next(), gets.next());
         // A commit retried after its response was lost finds its own done record: committed.
-        for op in resp.op_responses() {
-            if let TxnOpResponse::Get(get) = op
-                && let Some(kv) = get.kvs().first()
-                && parse::<ShardDone>(kv).is_ok_and(|d| d == done)
-            {
-                return Ok(());
-            }
+        if let Some(kv) = done_now.as_ref().and_then(|g| g.kvs().first())
+            && parse::<ShardDone>(kv).is_ok_and(|d| d == done)
+        {
+            return Ok(());
+        }
+        // The job's shard state is gone: it has ended (finishing deletes it in one txn), maybe
+        // after this very commit took effect. Only the job's record can tell.
+        if meta.is_some_and(|g| g.kvs().is_empty()) {
+            return Err(self.gone(&claim.job).await);
         }
         Err(StoreError::Fenced {
             shard: claim.shard,
@@ -702,6 +709,16 @@ impl ShardStore for EtcdStore {
 }
 
 impl EtcdStore {
+    /// Why a job's shard state is missing: it has finished (its status says so) or it never
+    /// existed.
+    pub(crate) async fn gone(&self, job: &JobId) -> StoreError {
+        match self.get(format!("{}states/{job}", self.root), None).await {
+            Ok(kvs) if kvs.is_empty() => StoreError::JobNotFound(job.clone()),
+            Ok(_) => StoreError::JobFinished(job.clone()),
+            Err(e) => e,
+        }
+    }
+
     /// The fencing guard: the claim key still has the claim's create revision.
     pub(crate) fn claim_is_current(&self, claim: &Claim) -> Compare {
         Compare::create_revision(

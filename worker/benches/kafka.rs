@@ -27,6 +27,7 @@ fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
         key: KafkaKey::EventId,
         compression: compression.to_string(),
         options: vec![],
+        secrets: vec![],
         delivery: Delivery::AtLeastOnce,
         checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
         max_events_per_sec: None,
@@ -73,7 +74,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
 }
 
 fn plain(values: &[(Vec<u8>, Vec<u8>)], k: &KafkaSpec) -> u64 {
-    let producer: ThreadedProducer<_> = client_config(k).create().unwrap();
+    let producer: ThreadedProducer<_> = client_config(k).unwrap().create().unwrap();
     for (key, value) in values {
         let mut record = BaseRecord::<[u8], [u8]>::to(&k.topic)
             .payload(value)

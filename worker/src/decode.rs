@@ -253,8 +253,11 @@ impl<R: Read> Decoder<R> {
                 continue;
             }
             let start = self.pos;
-            let window_end = self.buf.len().min(start + self.cfg.max_event_bytes);
-            let window_full = window_end == start + self.cfg.max_event_bytes;
+            let window_end = self
+                .buf
+                .len()
+                .min(start.saturating_add(self.cfg.max_event_bytes));
+            let window_full = window_end == start.saturating_add(self.cfg.max_event_bytes);
             match scan_value(
                 &self.buf[start..window_end],
                 self.cfg.max_depth,
@@ -347,8 +350,11 @@ impl<R: Read> Decoder<R> {
     }
 
     fn try_candidate(&mut self, damaged_start: usize, c: usize) -> Candidate {
-        let window_end = self.buf.len().min(c + self.cfg.max_event_bytes);
-        let window_full = window_end == c + self.cfg.max_event_bytes;
+        let window_end = self
+            .buf
+            .len()
+            .min(c.saturating_add(self.cfg.max_event_bytes));
+        let window_full = window_end == c.saturating_add(self.cfg.max_event_bytes);
         let end = match scan_value(
             &self.buf[c..window_end],
             self.cfg.max_depth,

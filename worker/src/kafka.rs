@@ -197,8 +197,9 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// The producer settings of a job (the job's `--kafka-option`s last, so they win).
-pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
+/// The producer settings of a job (the job's `--kafka-option`s last, so they win, then its
+/// secrets, resolved in this process).
+pub fn client_config(spec: &KafkaSpec) -> Result<ClientConfig, String> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &spec.brokers)
         .set("compression.type", &spec.compression)
@@ -222,13 +223,25 @@ pub fn client_config(spec: &KafkaSpec) -> ClientConfig {
     for (k, v) in &spec.options {
         c.set(k, v);
     }
-    c
+    apply_secrets(&mut c, spec)?;
+    Ok(c)
+}
+
+/// Resolves the job's secret properties in this process and sets them.
+fn apply_secrets(c: &mut ClientConfig, spec: &KafkaSpec) -> Result<(), String> {
+    for (k, r) in &spec.secrets {
+        let value = r
+            .resolve()
+            .map_err(|e| format!("--kafka-secret {k}={r}: {e}"))?;
+        c.set(k, value);
+    }
+    Ok(())
 }
 
 /// Whether librdkafka takes the job's settings (ours with `--kafka-option` over them): a property
 /// it does not know or a value it refuses is a bad request, named before anything runs.
 pub fn check_settings(spec: &KafkaSpec) -> Result<(), String> {
-    let mut config = client_config(spec);
+    let mut config = client_config(spec)?;
     if spec.delivery == Delivery::ExactlyOnce {
         config.set("transactional.id", "rewind-settings-check");
     }
@@ -241,7 +254,7 @@ pub fn check_settings(spec: &KafkaSpec) -> Result<(), String> {
 /// Checks before a job starts that the brokers answer and the topic exists, so a wrong broker
 /// list or topic is one clear error instead of every shard failing.
 pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
-    let producer: ThreadedProducer<Ctx> = client_config(spec)
+    let producer: ThreadedProducer<Ctx> = client_config(spec)?
         .create_with_context(Ctx::default())
         .map_err(|e| format!("Kafka settings: {e}"))?;
     // All topics: asking for one by name makes brokers with auto-creation create it.
@@ -280,7 +293,7 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
         // One id per check: two submits checked at once by one coordinator must not fence
         // each other.
         static CHECKS: AtomicU64 = AtomicU64::new(0);
-        let probe: ThreadedProducer<Ctx> = client_config(spec)
+        let probe: ThreadedProducer<Ctx> = client_config(spec)?
             .set(
                 "transactional.id",
                 format!(
@@ -357,6 +370,10 @@ pub fn marker_exists(
             config.set(k, v);
         }
     }
+    apply_secrets(&mut config, spec).map_err(|e| KafkaFailure {
+        message: e,
+        retryable: false,
+    })?;
     let consumer: BaseConsumer = config.create().map_err(|e| fail(e.to_string()))?;
     // The same client reading uncommitted: its high watermarks bound where a marker committed
     // before this check can be.
@@ -491,7 +508,10 @@ impl KafkaSink {
         attempt: u32,
         latency: Option<Histogram>,
     ) -> Result<KafkaSink, KafkaFailure> {
-        let mut config = client_config(spec);
+        let mut config = client_config(spec).map_err(|message| KafkaFailure {
+            message,
+            retryable: false,
+        })?;
         let exactly_once = spec.delivery == Delivery::ExactlyOnce;
         if exactly_once {
             config.set("transactional.id", format!("rewind-{job}-{shard}"));

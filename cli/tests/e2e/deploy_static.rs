@@ -282,8 +282,9 @@ fn kubernetes_manifests_match_the_binaries() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../coordinator/src/metrics.rs"),
     )
     .unwrap();
-    assert!(query.contains("rewind_shards_pending"));
-    assert!(coordinator_src.contains("\"shards_pending\""));
+    // Scaling on pending + running: pending alone drains workers under running shards.
+    assert!(query.contains("rewind_shards_wanted"), "{query}");
+    assert!(coordinator_src.contains("\"shards_wanted\""));
 }
 
 #[test]

@@ -825,6 +825,53 @@ fn coordinator_killed_mid_commit_is_committed_by_the_next() {
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
 
+/// A shard commit that took effect but whose reply was lost, retried only after the job has
+/// ended (the leader finished it meanwhile, deleting its shard state): the worker learns from
+/// the job manifest that its attempt is the committed one and keeps its files. (The retry used
+/// to be answered "fenced" and the worker deleted files that `_manifest.json` lists, after
+/// `_SUCCESS`.)
+#[test]
+fn commit_retried_after_the_job_ended_keeps_the_committed_files() {
+    let mut c = Cluster::start(0);
+    c.add_worker_with_env(&[("REWIND_FAILPOINT", "lose-commit-reply")]);
+    let hours = 3;
+    c.generate(hours);
+    let job = c.submit(hours);
+    // Its first commit took effect and is now "unanswered" until the job ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.workers[0]
+        .log_text()
+        .contains("fail point lose-commit-reply")
+    {
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.add_worker();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    let verdict = loop {
+        let log = c.workers[0].log_text();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("commit answered after the job ended"))
+        {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        verdict.contains("the job manifest lists this attempt"),
+        "{verdict}"
+    );
+    assert!(
+        c.dest()
+            .join(format!("execution_id={job}/_SUCCESS"))
+            .exists()
+    );
+    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+}
+
 /// etcd not there yet when a worker and a coordinator start: they say so, retry with backoff,
 /// and work once etcd comes up.
 #[test]
@@ -1053,6 +1100,21 @@ fn metrics_and_probes_during_a_job() {
             &m,
             &format!("rewind_job_shards{{job=\"{job}\",state=\"pending\"}}"),
         );
+        let running = metric(
+            &m,
+            &format!("rewind_job_shards{{job=\"{job}\",state=\"running\"}}"),
+        );
+        // What the autoscaler reads: every shard that still needs a slot, running ones too.
+        if let (Some(wanted), Some(pending), Some(running)) = (
+            metric(&m, "rewind_shards_wanted"),
+            metric(&m, "rewind_shards_pending"),
+            running,
+        ) {
+            assert_eq!(wanted, pending + running, "{m}");
+            if running > 0.0 {
+                assert!(wanted > 0.0, "scaling in under running work: {m}");
+            }
+        }
         if events > 0.0
             && let (Some(done), Some(pending)) = (done, pending)
             && done < hours as f64
@@ -1087,6 +1149,7 @@ fn metrics_and_probes_during_a_job() {
         "finished jobs leave the job gauges"
     );
     assert_eq!(metric(&m, "rewind_jobs_active"), Some(0.0));
+    assert_eq!(metric(&m, "rewind_shards_wanted"), Some(0.0));
 
     // etcd down: not ready (but alive); back up: ready again.
     c.etcd.kill();

@@ -805,3 +805,61 @@ fn dedup_within_and_across_hours_produces_the_earliest_copy() {
         .collect();
     assert_eq!(got, want, "e2 of hour 01 is hour 00's copy");
 }
+
+/// Secrets go by reference: a property given with `--kafka-secret KEY=file:PATH` is read by the
+/// process that connects, and its value is in no output (manifests, records) while the replay
+/// works with it; a secret given inline is refused before anything runs; a reference that does
+/// not resolve fails the job at its start, naming the reference.
+#[test]
+fn kafka_secrets_are_resolved_by_reference_and_never_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2", "none");
+    let broker = Tansu::start();
+    broker.create_topic("secret", 1);
+    let value = "rewind-secret-7731";
+    let file = tmp.path().join("client-id");
+    fs::write(&file, format!("{value}\n")).unwrap();
+    let reference = format!("client.id=file:{}", file.display());
+    let brokers = broker.brokers();
+    let base = ["--brokers", brokers.as_str(), "--topic", "secret"];
+
+    let inline = replay(
+        &src,
+        &dest,
+        &[&base[..], &["--kafka-option", "sasl.password=hunter2"]].concat(),
+    );
+    assert_eq!(inline.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&inline.stderr);
+    assert!(err.contains("--kafka-secret"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(!dest.exists(), "nothing written for a bad request");
+
+    let summary = ok(&replay(
+        &src,
+        &dest,
+        &[&base[..], &["--kafka-secret", &reference]].concat(),
+    ));
+    let n = archived(&src).len() as u64;
+    assert_eq!(summary["acknowledged"], n);
+    let mut manifests = 0;
+    for f in files_below(&dest) {
+        let text = String::from_utf8_lossy(&fs::read(&f).unwrap()).to_string();
+        assert!(!text.contains(value), "{} holds the secret", f.display());
+        if f.ends_with("_manifest.json") {
+            manifests += 1;
+            assert!(text.contains("file:"), "the reference is recorded: {text}");
+        }
+    }
+    assert_eq!(manifests, 1);
+
+    let missing = format!("client.id=file:{}", tmp.path().join("nope").display());
+    let out = replay(
+        &src,
+        &dest,
+        &[&base[..], &["--kafka-secret", &missing]].concat(),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kafka-secret client.id=file:"), "{err}");
+}

@@ -465,3 +465,58 @@ fn a_shard_that_fails_every_attempt_fails_the_job_with_exit_1() {
         serde_json::from_slice(&fs::read(exec.join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["state"], "failed");
 }
+
+/// Ctrl-C or SIGTERM during `rewind run`: the job stops, its partial output is removed —
+/// committed shards' files too, since nothing a reader might glob may stay without `_SUCCESS` —
+/// the message says what happened and the exit code is 130. (Each commit waits 10 s here, fail
+/// point `pause-before-shard-commit`, so the signal always lands mid-job: for SIGTERM after one
+/// shard committed, for SIGINT while the first one is still open.)
+#[test]
+fn interrupted_run_stops_and_leaves_nothing_behind() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    for (signal, committed_first) in [("TERM", true), ("INT", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+        generate(&src, "2024-04-01T00", "4", "none", &[]);
+        let child = Command::new(BIN)
+            .args(["run", "--source", src.to_str().unwrap(), "--org", "TN-e2e"])
+            .args(["--start", "2024-04-01T00", "--end", "2024-04-01T03"])
+            .args(["--dest", dest.to_str().unwrap(), "--workers", "1"])
+            .env("REWIND_FAILPOINT", "pause-before-shard-commit")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut guard = rewind_testkit::servers::ChildGuard(Some(child));
+        let parquet = |dir: &Path| -> usize {
+            files_below(dir)
+                .iter()
+                .filter(|f| f.to_string_lossy().ends_with(".parquet"))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while parquet(&dest) == 0 {
+            assert!(Instant::now() < deadline, "no output appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if committed_first {
+            // The first shard commits after its 10 s pause; the second is then under way.
+            let first = parquet(&dest);
+            while parquet(&dest) <= first {
+                assert!(Instant::now() < deadline, "no second shard started");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        guard.signal(signal);
+        let out = guard.0.take().unwrap().wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {err}");
+        assert!(err.contains("was removed, nothing of it is kept"), "{err}");
+        assert!(
+            files_below(&dest).is_empty(),
+            "SIG{signal}: left behind {:?}",
+            files_below(&dest)
+        );
+    }
+}
