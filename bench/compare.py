@@ -100,7 +100,7 @@ def main():
         for name, path in bins:
             cpu, wall, rss, n = best[name]
             print(f"  {name:12}{n:>10}{cpu:>8.2f}{wall:>8.2f}{mb / cpu:>10.0f} MB/CPU-s"
-                  f"  ({(mb / cpu) / base:.2f}x {bins[0][0]})  {path}")
+                  f"{rss:>6.0f} MB RSS  ({(mb / cpu) / base:.2f}x {bins[0][0]})  {path}")
 
     # Peak RSS must not grow with object size: same bytes, objects 4x larger.
     small = gen(src, 1, 16, object_mb / 2)

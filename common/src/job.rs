@@ -39,7 +39,7 @@ pub enum SinkSpec {
     #[default]
     Parquet,
     /// Produced to a Kafka topic; the destination keeps manifests and records only.
-    Kafka(KafkaSpec),
+    Kafka(Box<KafkaSpec>),
 }
 
 /// A Kafka replay target.
@@ -54,6 +54,10 @@ pub struct KafkaSpec {
     /// librdkafka properties, applied last (security.protocol, sasl.*, ssl.*, …).
     #[serde(default)]
     pub options: Vec<(String, String)>,
+    /// Exactly-once: where this job's markers can start in each partition of the control
+    /// topic (its end offsets at submit), so a marker lookup never reads older history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_from: Vec<i64>,
     /// Secret librdkafka properties, by reference: each process resolves them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<(String, crate::secret::SecretRef)>,

@@ -86,7 +86,9 @@ pub trait SinkCheck: Send + Sync {
     /// Settings the sink refuses (a bad request). Quick, no network.
     fn check_settings(&self, spec: &JobSpec) -> Result<(), String>;
     /// The sink answers and is ready (brokers, topic, transactions). Blocking; may take seconds.
-    fn preflight(&self, spec: &JobSpec) -> Result<(), String>;
+    /// May record in the spec what the job's workers need from it (Kafka: where the control
+    /// topic stood).
+    fn preflight(&self, spec: &mut JobSpec) -> Result<(), String>;
 }
 
 /// No sink checks (Parquet needs none; tests).
@@ -97,7 +99,7 @@ impl SinkCheck for NoSinkCheck {
     fn check_settings(&self, _: &JobSpec) -> Result<(), String> {
         Ok(())
     }
-    fn preflight(&self, _: &JobSpec) -> Result<(), String> {
+    fn preflight(&self, _: &mut JobSpec) -> Result<(), String> {
         Ok(())
     }
 }

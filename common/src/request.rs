@@ -315,19 +315,20 @@ impl JobRequest {
                         return Err(RequestError::new(flag, "must be at least 1"));
                     }
                 }
-                Ok(SinkSpec::Kafka(KafkaSpec {
+                Ok(SinkSpec::Kafka(Box::new(KafkaSpec {
                     brokers: brokers.to_string(),
                     topic: topic.to_string(),
                     key,
                     compression: compression.to_string(),
                     options,
                     secrets,
+                    control_from: Vec::new(),
                     delivery,
                     checkpoint_events,
                     max_events_per_sec: self.max_events_per_sec,
                     max_bytes_per_sec: self.max_bytes_per_sec,
                     ordered: self.ordered,
-                }))
+                })))
             }
             other => Err(RequestError::new(
                 "--sink",

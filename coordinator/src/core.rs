@@ -169,15 +169,18 @@ impl<R: JobRegistry> Coordinator<R> {
         let mut spec = self.validate(&request)?;
         // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
         // before the job exists, so it fails at submit and not in every shard.
-        {
-            let (sinks, spec) = (self.sinks.clone(), spec.clone());
+        spec = {
+            let sinks = self.sinks.clone();
             tokio::task::spawn_blocking(move || {
                 sinks.check_settings(&spec).map_err(CoreError::BadRequest)?;
-                sinks.preflight(&spec).map_err(CoreError::Precondition)
+                sinks
+                    .preflight(&mut spec)
+                    .map_err(CoreError::Precondition)?;
+                Ok::<_, CoreError>(spec)
             })
             .await
-            .map_err(|e| CoreError::Internal(format!("checking the sink: {e}")))??;
-        }
+            .map_err(|e| CoreError::Internal(format!("checking the sink: {e}")))??
+        };
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
         let plans = pin_job(&request, &spec).await?;

@@ -404,3 +404,91 @@ impl OpenTransaction {
         self.0.commit_transaction(Duration::from_secs(20)).unwrap();
     }
 }
+
+/// A proxy in front of a broker that can hold back Fetch requests (Kafka API key 1) for a while
+/// and lets every other request through at once: a broker whose fetches stall while metadata
+/// and offsets still answer, the moment a lookup that decides by a quiet spell gets wrong.
+pub struct FetchStall {
+    pub port: u16,
+    until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl FetchStall {
+    fn start(listener: std::net::TcpListener, upstream: u16) -> FetchStall {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        use std::sync::{Arc, Mutex};
+
+        let port = listener.local_addr().unwrap().port();
+        let until: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let held = until.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                // Broker to client: as it comes.
+                let (mut from, mut to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                // Client to broker: request by request (4-byte size, then the request, whose
+                // header starts with the API key); Fetch waits while the stall lasts.
+                let (mut from, mut to, held) = (client, server, held.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let mut size = [0u8; 4];
+                        if from.read_exact(&mut size).is_err() {
+                            break;
+                        }
+                        let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+                        if from.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        if body.len() >= 2 && i16::from_be_bytes([body[0], body[1]]) == 1 {
+                            while held
+                                .lock()
+                                .unwrap()
+                                .is_some_and(|t| std::time::Instant::now() < t)
+                            {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                        if to.write_all(&size).is_err() || to.write_all(&body).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        FetchStall { port, until }
+    }
+
+    /// Holds back every Fetch request from now for `d`.
+    pub fn stall_fetches(&self, d: Duration) {
+        *self.until.lock().unwrap() = Some(std::time::Instant::now() + d);
+    }
+}
+
+impl Tansu {
+    /// A broker reachable only through a [`FetchStall`] proxy (it advertises the proxy).
+    pub fn start_behind_fetch_stall() -> (Tansu, FetchStall) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_port = listener.local_addr().unwrap().port();
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let bin = tansu_bin();
+        let child = Self::spawn(&bin, port, proxy_port, &dir);
+        let proxy = FetchStall::start(listener, port);
+        let t = Tansu {
+            port,
+            bin,
+            child,
+            _dir: dir,
+        };
+        (t, proxy)
+    }
+}

@@ -28,6 +28,7 @@ fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
         compression: compression.to_string(),
         options: vec![],
         secrets: vec![],
+        control_from: vec![],
         delivery: Delivery::AtLeastOnce,
         checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
         max_events_per_sec: None,
@@ -46,7 +47,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         max_event_bytes: 16 << 20,
         max_attempts: 1,
         treatment: Treatment::default(),
-        sink: SinkSpec::Kafka(k.clone()),
+        sink: SinkSpec::Kafka(Box::new(k.clone())),
         object: None,
         places: rewind_common::request::JobLocations::new(
             rewind_common::Location::Local("/nonexistent/source".into()),

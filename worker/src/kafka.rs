@@ -253,7 +253,7 @@ pub fn check_settings(spec: &KafkaSpec) -> Result<(), String> {
 
 /// Checks before a job starts that the brokers answer and the topic exists, so a wrong broker
 /// list or topic is one clear error instead of every shard failing.
-pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
+pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<Preflight, String> {
     let producer: ThreadedProducer<Ctx> = client_config(spec)?
         .create_with_context(Ctx::default())
         .map_err(|e| format!("Kafka settings: {e}"))?;
@@ -323,8 +323,39 @@ pub fn preflight(spec: &KafkaSpec, timeout: Duration) -> Result<u32, String> {
         if let Some(f) = probe.context().failure.lock().ok().and_then(|f| f.clone()) {
             return Err(refused(&f.message));
         }
+        // Where this job's markers can start: every shard transaction begins after this, so a
+        // marker lookup reads from here, not the whole history of the control topic.
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == control)
+            .map_or(0, |t| t.partitions().len() as i32);
+        let mut control_from = Vec::new();
+        for p in 0..partitions {
+            let (_, high) = probe
+                .client()
+                .fetch_watermarks(&control, p, timeout)
+                .map_err(|e| format!("reading the offsets of {control}: {e}"))?;
+            control_from.push(high);
+        }
+        return Ok(Preflight {
+            partitions: topic.partitions().len() as u32,
+            control_from,
+        });
     }
-    Ok(topic.partitions().len() as u32)
+    Ok(Preflight {
+        partitions: topic.partitions().len() as u32,
+        control_from: Vec::new(),
+    })
+}
+
+/// What the preflight learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight {
+    /// Partitions of the target topic.
+    pub partitions: u32,
+    /// Exactly-once: the control topic's end offsets before the job, per partition.
+    pub control_from: Vec<i64>,
 }
 
 /// The key of the record each exactly-once preflight commits to the control topic (never a
@@ -364,6 +395,7 @@ pub fn marker_exists(
         .set("bootstrap.servers", &spec.brokers)
         .set("group.id", format!("rewind-marker-{job}"))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
     for (k, v) in &spec.options {
         if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
@@ -389,7 +421,7 @@ pub fn marker_exists(
         .map(|t| t.partitions().len() as i32)
         .ok_or_else(|| fail("the topic does not exist".into()))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
-    let (mut ends, mut empty) = (Vec::new(), Vec::new());
+    let mut reached = Vec::new();
     // A transaction timeout the user set instead of ours is waited out too.
     let wait = spec
         .options
@@ -400,9 +432,16 @@ pub fn marker_exists(
             Duration::from_millis(ms) + Duration::from_secs(10)
         });
     let deadline = std::time::Instant::now() + wait;
+    let stopped = || {
+        stop.load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| KafkaFailure {
+                message: "stopped while reading the control topic".into(),
+                retryable: true,
+            })
+    };
     for p in 0..partitions {
-        tpl.add_partition_offset(&control, p, rdkafka::Offset::Beginning)
-            .map_err(|e| fail(e.to_string()))?;
+        // This job's markers are after the offsets its preflight saw (older jobs: the start).
+        let from = spec.control_from.get(p as usize).copied();
         let watermark = |c: &BaseConsumer| {
             c.fetch_watermarks(&control, p, Duration::from_secs(15))
                 .map_err(|e| fail(e.to_string()))
@@ -410,20 +449,15 @@ pub fn marker_exists(
         // A read_committed client's end is the last stable offset: a transaction left open
         // (another shard's attempt that died before its commit) holds it back, and a marker
         // committed after that transaction began would stay out of sight. Wait until the
-        // stable offset passes everything written before this check, or give up for now.
+        // stable offset passes everything written before this check.
         let (_, high) = watermark(&uncommitted)?;
-        loop {
+        let stable = loop {
             let (low, stable) = watermark(&consumer)?;
             if stable >= high {
-                ends.push(stable);
-                empty.push(stable <= low);
-                break;
+                break stable.max(low);
             }
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(KafkaFailure {
-                    message: "stopped while waiting for the control topic".into(),
-                    retryable: true,
-                });
+            if let Some(f) = stopped() {
+                return Err(f);
             }
             if std::time::Instant::now() >= deadline {
                 return Err(fail(format!(
@@ -433,32 +467,34 @@ pub fn marker_exists(
                 )));
             }
             std::thread::sleep(Duration::from_millis(250));
-        }
+        };
+        let start = from.map_or(rdkafka::Offset::Beginning, rdkafka::Offset::Offset);
+        tpl.add_partition_offset(&control, p, start)
+            .map_err(|e| fail(e.to_string()))?;
+        // Nothing committed to read from where the lookup starts: at its end already.
+        reached.push(from.is_some_and(|f| f >= stable) || stable == 0);
     }
     consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
     let want = marker_key(job, shard);
-    // A partition with nothing committed to read has reached its end already.
-    let mut reached = empty;
-    let mut idle = std::time::Instant::now();
-    // Until every partition reached its end, or nothing came for two seconds (some brokers
-    // report no reliable high watermark; aborted records and transaction markers are never
-    // delivered). Before the first record, a slow first fetch gets longer when there is
-    // something to read.
-    let mut quiet = if reached.contains(&false) {
-        Duration::from_secs(15)
-    } else {
-        Duration::from_secs(2)
-    };
-    while !reached.iter().all(|r| *r) && idle.elapsed() < quiet {
+    // "Not committed" is answered only by having read every partition to its end (the consumer
+    // reports each end: enable.partition.eof), never by a quiet spell: a broker that stalls
+    // makes the lookup wait, up to its deadline, and then fail (the attempt is retried).
+    while !reached.iter().all(|r| *r) {
+        if let Some(f) = stopped() {
+            return Err(f);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(fail(format!(
+                "could not read it to its end within {}s; the attempt is retried",
+                wait.as_secs()
+            )));
+        }
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                idle = std::time::Instant::now();
-                quiet = Duration::from_secs(2);
-                if m.key() == Some(want.as_bytes()) {
-                    return Ok(true);
-                }
-                if let Some(r) = reached.get_mut(m.partition() as usize) {
-                    *r = m.offset() + 1 >= ends[m.partition() as usize];
+            Some(Ok(m)) if m.key() == Some(want.as_bytes()) => return Ok(true),
+            Some(Ok(_)) => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if let Some(r) = reached.get_mut(p as usize) {
+                    *r = true;
                 }
             }
             Some(Err(e)) => return Err(fail(e.to_string())),
@@ -810,12 +846,10 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
         }
     }
 
-    fn preflight(&self, spec: &rewind_common::JobSpec) -> Result<(), String> {
-        match &spec.sink {
-            rewind_common::job::SinkSpec::Kafka(k) => {
-                preflight(k, Duration::from_secs(15)).map(drop)
-            }
-            _ => Ok(()),
+    fn preflight(&self, spec: &mut rewind_common::JobSpec) -> Result<(), String> {
+        if let rewind_common::job::SinkSpec::Kafka(k) = &mut spec.sink {
+            k.control_from = preflight(k, Duration::from_secs(15))?.control_from;
         }
+        Ok(())
     }
 }

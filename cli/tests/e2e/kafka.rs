@@ -863,3 +863,68 @@ fn kafka_secrets_are_resolved_by_reference_and_never_written() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--kafka-secret client.id=file:"), "{err}");
 }
+
+/// The exactly-once marker lookup answers "not committed" only after reading the control topic
+/// to its end, never after a quiet spell: with every Fetch held back for 20 s (metadata and
+/// offsets still answer), a committed shard's marker is still found, late. (The lookup used to
+/// give up after 15 s without a record and answer "not committed": the retry would have produced
+/// the shard a second time.) A shard that never committed is answered "no" once the topic was
+/// read to its end, and the lookup starts at the job's own offsets, not the topic's history.
+#[test]
+fn marker_lookup_waits_out_a_stalled_broker() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use rewind_common::ShardId;
+    use rewind_common::job::SinkSpec;
+    use rewind_common::lifecycle::JobManifest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2", "none");
+    let (broker, stall) = Tansu::start_behind_fetch_stall();
+    broker.create_topic("eo", 1);
+    broker.create_topic("eo.rewind-control", 1);
+    let brokers = broker.brokers();
+    let summary = ok(&replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &brokers,
+            "--topic",
+            "eo",
+            "--delivery",
+            "exactly-once",
+        ],
+    ));
+    let job = summary["job_id"].as_str().unwrap().to_string();
+    let manifest: JobManifest = serde_json::from_slice(
+        &fs::read(dest.join(format!("execution_id={job}/_manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let SinkSpec::Kafka(k) = manifest.spec.sink else {
+        panic!("a Kafka job")
+    };
+    assert_eq!(
+        k.control_from.len(),
+        1,
+        "the job's start in the control topic"
+    );
+    let stop = AtomicBool::new(false);
+    let committed = ShardId::parse("2024060100").unwrap();
+
+    stall.stall_fetches(Duration::from_secs(20));
+    let started = Instant::now();
+    let found = rewind_worker::kafka::marker_exists(&k, &job, committed, &stop);
+    assert!(
+        matches!(found, Ok(true)),
+        "a committed marker must be found, however long the broker stalls: {found:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(15), "it waited");
+
+    let never = ShardId::parse("2024060105").unwrap();
+    let found = rewind_worker::kafka::marker_exists(&k, &job, never, &stop);
+    assert!(matches!(found, Ok(false)), "{found:?}");
+}
