@@ -1,8 +1,9 @@
-//! The job spec and where a job's outputs live in the destination.
+//! The job spec: what a job reads, how it treats events, where they go. What it writes (output
+//! keys, manifests, plans) is in `crate::output`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, OrgId, ShardId};
+use crate::ids::{JobId, OrgId};
 use crate::layout::Layout;
 use crate::range::HourRange;
 
@@ -241,137 +242,5 @@ pub fn add_counts<V: Clone + Default>(
     }
 }
 
-/// The keys of a job's outputs. Everything of one job sits below `execution_id={job}/`, so two
-/// executions into the same destination never mix, and deleting a job is deleting one prefix.
-/// Names starting with `_` are ignored by Hive-style readers (Spark, pyarrow, DuckDB globs on
-/// `*.parquet`).
-#[derive(Debug, Clone)]
-pub struct OutputKeys {
-    job: JobId,
-}
-
-impl OutputKeys {
-    pub fn new(job: &JobId) -> OutputKeys {
-        OutputKeys { job: job.clone() }
-    }
-
-    /// `execution_id={job}/`: the prefix of every output of the job, in both stores.
-    pub fn job_prefix(&self) -> String {
-        format!("execution_id={}/", self.job)
-    }
-
-    /// A Parquet file of one shard attempt, in its Hive partition.
-    pub fn data_file(&self, org: &OrgId, shard: ShardId, attempt: u32, n: u32) -> String {
-        format!(
-            "execution_id={}/org_id={}/date={}/part-{shard}-a{attempt}-{n}.zstd.parquet",
-            self.job,
-            org,
-            shard.hour().date_string()
-        )
-    }
-
-    /// The failed records of one shard attempt (in the failed-output store).
-    pub fn failed_file(&self, shard: ShardId, attempt: u32) -> String {
-        format!("execution_id={}/failed-{shard}-a{attempt}.jsonl", self.job)
-    }
-
-    /// The manifest a shard attempt writes before it commits.
-    /// The unrecoverable events of one shard attempt (in the unrecoverable-output store).
-    pub fn unrecoverable_file(&self, shard: ShardId, attempt: u32) -> String {
-        format!(
-            "execution_id={}/unrecoverable-{shard}-a{attempt}.jsonl",
-            self.job
-        )
-    }
-
-    pub fn shard_manifest(&self, shard: ShardId, attempt: u32) -> String {
-        format!(
-            "execution_id={}/_rewind/shards/{shard}-a{attempt}.json",
-            self.job
-        )
-    }
-
-    /// A Kafka replay's progress in a shard (see [`KafkaCheckpoint`]).
-    pub fn checkpoint(&self, shard: ShardId) -> String {
-        format!("execution_id={}/_rewind/checkpoints/{shard}.json", self.job)
-    }
-
-    /// The objects a shard reads, listed and pinned when the job was planned.
-    pub fn shard_plan(&self, shard: ShardId) -> String {
-        format!("{}{shard}.json", self.plan_prefix())
-    }
-
-    pub fn plan_prefix(&self) -> String {
-        format!("execution_id={}/_rewind/plan/", self.job)
-    }
-
-    pub fn job_manifest(&self) -> String {
-        format!("execution_id={}/_manifest.json", self.job)
-    }
-
-    pub fn success_marker(&self) -> String {
-        format!("execution_id={}/_SUCCESS", self.job)
-    }
-}
-
-/// One output file, as listed in manifests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputFileEntry {
-    pub key: String,
-    pub size: u64,
-    pub rows: u64,
-    /// The object's VersionId when the destination bucket is versioned (rollback needs it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-/// What one archive object contributed to a shard.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectStats {
-    pub key: String,
-    pub size: u64,
-    /// The content tag and version that were read (pinned when the job was planned).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// Decompressed bytes decoded.
-    pub decoded_bytes: u64,
-    pub compression: String,
-    pub events: u64,
-    pub damaged: u64,
-}
-
-/// Written by a shard attempt next to its outputs; the shard's done record points to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardManifest {
-    pub job: JobId,
-    pub shard: ShardId,
-    pub attempt: u32,
-    pub prefix: String,
-    pub files: Vec<OutputFileEntry>,
-    pub failed_file: Option<OutputFileEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unrecoverable_file: Option<OutputFileEntry>,
-    pub objects: Vec<ObjectStats>,
-    pub skipped_objects: Vec<String>,
-    pub counts: crate::shard_store::ShardCounts,
-    /// Failed records by reason code.
-    pub failed_by_reason: std::collections::BTreeMap<String, u64>,
-    /// Filtered events by reason: event_type, domain, filter, arrival, flow, duplicate.
-    #[serde(default)]
-    pub filtered_by_reason: std::collections::BTreeMap<String, u64>,
-}
-
-/// The objects one shard reads, listed when the job was planned (the coordinator stores one per
-/// shard; the embedded mode keeps them in memory). Workers read exactly these versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardPlan {
-    pub shard: ShardId,
-    pub prefix: String,
-    pub objects: Vec<crate::storage::ObjectMeta>,
-    /// Why the prefix could not be listed when the job was planned: the shard's attempts list
-    /// it themselves (and fail with the reason if they cannot either).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unlisted: Option<String>,
-}
+// What a job writes lives in `crate::output`; these paths stay valid.
+pub use crate::output::{ObjectStats, OutputFileEntry, OutputKeys, ShardManifest, ShardPlan};

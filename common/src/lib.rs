@@ -6,6 +6,7 @@ pub mod job;
 pub mod layout;
 pub mod lifecycle;
 pub mod location;
+pub mod output;
 pub mod range;
 pub mod registry;
 pub mod request;
