@@ -85,9 +85,14 @@ pub struct Tansu {
 impl Tansu {
     pub fn start() -> Tansu {
         let port = free_port();
+        Self::start_advertising(port, port)
+    }
+
+    /// A broker on `port` that tells clients to connect to `advertised` (a proxy in front).
+    fn start_advertising(port: u16, advertised: u16) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
         let bin = tansu_bin();
-        let child = Self::spawn(&bin, port, port, &dir);
+        let child = Self::spawn(&bin, port, advertised, &dir);
         Tansu {
             port,
             bin,
@@ -380,17 +385,8 @@ impl Tansu {
     pub fn start_behind_proxy(cut_after: u64) -> (Tansu, TcpProxy) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy_port = listener.local_addr().unwrap().port();
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let bin = tansu_bin();
-        let child = Self::spawn(&bin, port, proxy_port, &dir);
-        let proxy = TcpProxy::start(listener, port, cut_after);
-        let t = Tansu {
-            port,
-            bin,
-            child,
-            _dir: dir,
-        };
+        let t = Self::start_advertising(free_port(), proxy_port);
+        let proxy = TcpProxy::start(listener, t.port, cut_after);
         (t, proxy)
     }
 }
@@ -478,17 +474,8 @@ impl Tansu {
     pub fn start_behind_fetch_stall() -> (Tansu, FetchStall) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy_port = listener.local_addr().unwrap().port();
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let bin = tansu_bin();
-        let child = Self::spawn(&bin, port, proxy_port, &dir);
-        let proxy = FetchStall::start(listener, port);
-        let t = Tansu {
-            port,
-            bin,
-            child,
-            _dir: dir,
-        };
+        let t = Self::start_advertising(free_port(), proxy_port);
+        let proxy = FetchStall::start(listener, t.port);
         (t, proxy)
     }
 }
