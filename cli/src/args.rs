@@ -75,6 +75,21 @@ pub struct CoordinatorArgs {
     /// capped to it (larger events are failed records, event_too_large). At most 1 GiB.
     #[arg(long, env = "REWIND_COORDINATOR_MAX_EVENT_BYTES", default_value_t = 64 << 20)]
     pub max_event_bytes: usize,
+    /// Finished jobs etcd keeps (the newest; their history stays in the destination's
+    /// manifests either way). Checked by the leader once a minute.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_KEEP_FINISHED_JOBS",
+        default_value_t = 1000
+    )]
+    pub keep_finished_jobs: usize,
+    /// Days a finished job stays in etcd.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_KEEP_FINISHED_DAYS",
+        default_value_t = 30
+    )]
+    pub keep_finished_days: u64,
 }
 
 #[derive(Debug, Parser)]

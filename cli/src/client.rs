@@ -367,16 +367,32 @@ pub fn watch(remote: &Remote, job_id: &str) -> Result<(), Failure> {
     })
 }
 
-pub fn jobs(remote: &Remote) -> Result<(), Failure> {
+pub fn jobs(args: &crate::JobsArgs) -> Result<(), Failure> {
+    let remote = &args.remote;
     let as_json = remote.json;
     runtime()?.block_on(async {
         let mut client = connect(remote).await?;
-        let list = client
-            .list_jobs(pb::ListJobsRequest {})
-            .await
-            .map_err(status_failure)?
-            .into_inner()
-            .jobs;
+        // Page by page (the coordinator caps a page), until the limit or the last page.
+        let mut list = Vec::new();
+        let mut token = String::new();
+        while list.len() < args.limit {
+            let page = client
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: (args.limit - list.len()).min(500) as u32,
+                    page_token: token.clone(),
+                    state: args.state.clone().unwrap_or_default(),
+                    org: args.org.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            list.extend(page.jobs);
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        list.truncate(args.limit);
         if as_json {
             println!("{}", Value::Array(list.iter().map(job_json).collect()));
         } else {

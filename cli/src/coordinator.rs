@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use rewind_common::lifecycle::Limits;
-use rewind_coordinator::core::Coordinator;
+use rewind_coordinator::core::{Coordinator, Retention};
 use rewind_coordinator::driver::{LeaderConfig, lead};
 use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1::job_service_server::JobServiceServer;
@@ -81,10 +81,15 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             });
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks)).with_limits(Limits {
-            max_range_hours: args.max_range_hours,
-            max_event_bytes: args.max_event_bytes,
-        });
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks))
+            .with_limits(Limits {
+                max_range_hours: args.max_range_hours,
+                max_event_bytes: args.max_event_bytes,
+            })
+            .with_retention(Retention {
+                keep_jobs: args.keep_finished_jobs,
+                keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),
+            });
         let leader = tokio::spawn(lead(
             core.clone(),
             LeaderConfig {

@@ -41,8 +41,8 @@ enum Command {
     Status(JobRef),
     /// Follow a job with a live progress bar; exits with the job's outcome.
     Watch(JobRef),
-    /// List the coordinator's jobs.
-    Jobs(Remote),
+    /// List the coordinator's jobs, newest first.
+    Jobs(JobsArgs),
     /// Cancel a job: workers stop its shards, no _SUCCESS is written.
     Cancel(JobRef),
     /// Try repair flows on real events before running a job.
@@ -106,6 +106,21 @@ pub struct Remote {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state: running, cancelling, succeeded, failed, cancelled.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only jobs of this tenant (org id).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// At most this many jobs (the newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]

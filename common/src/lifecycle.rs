@@ -69,6 +69,9 @@ impl std::fmt::Display for JobPhase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub phase: JobPhase,
+    /// The job's tenant (listing filters on it without reading the job's record).
+    #[serde(default)]
+    pub org: String,
     pub shards: u64,
     pub created_ms: i64,
     #[serde(default)]

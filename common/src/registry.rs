@@ -38,6 +38,18 @@ pub trait JobRegistry: ShardStore + Clone + 'static {
     /// Every job's status, oldest job id first.
     fn statuses(&self) -> impl Future<Output = Result<Vec<(JobId, JobStatus)>, StoreError>> + Send;
 
+    /// At most `limit` statuses, newest job id first, of jobs older than `before` (all when
+    /// None): a page of the job history, read without the rest.
+    fn statuses_before(
+        &self,
+        before: Option<&JobId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(JobId, JobStatus)>, StoreError>> + Send;
+
+    /// Forgets a finished job entirely (its record and status; its history stays in the
+    /// destination's manifest). An active job is not touched: false.
+    fn forget(&self, job: &JobId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// The unfinished jobs with their phase (running or cancelling), oldest first.
     fn active_jobs(
         &self,
@@ -154,6 +166,32 @@ impl JobRegistry for InMemoryShardStore {
                 .iter()
                 .map(|(j, (_, st))| (j.clone(), st.clone()))
                 .collect())
+        })
+    }
+
+    async fn statuses_before(
+        &self,
+        before: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<(JobId, JobStatus)>, StoreError> {
+        self.with_registry(|s| {
+            Ok(s.registry
+                .records
+                .iter()
+                .rev()
+                .filter(|(j, _)| before.is_none_or(|b| *j < b))
+                .take(limit)
+                .map(|(j, (_, st))| (j.clone(), st.clone()))
+                .collect())
+        })
+    }
+
+    async fn forget(&self, job: &JobId) -> Result<bool, StoreError> {
+        self.with_registry(|s| {
+            if s.registry.active.contains_key(job) {
+                return Ok(false);
+            }
+            Ok(s.registry.records.remove(job).is_some())
         })
     }
 
@@ -297,6 +335,7 @@ pub mod contract {
             .collect();
         let status = JobStatus {
             phase: JobPhase::Running,
+            org: String::new(),
             shards: ids.len() as u64,
             created_ms: 1,
             finished_ms: None,
@@ -433,6 +472,54 @@ pub mod contract {
         assert!(running.is_empty());
     }
 
+    /// Pages of the history come newest first without gaps or repeats; a finished job can be
+    /// forgotten, an active one cannot.
+    pub async fn history_pages_and_forgetting<R: JobRegistry>(reg: &R) {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let (mut record, status, shards) = job_record(1);
+            // Ids are time-sortable: make five distinct, ordered ones.
+            record.spec.job =
+                JobId::parse(&format!("20240101-00000{}-{:04x}", ids.len(), ids.len())).unwrap();
+            reg.submit(&record, &status, &shards).await.unwrap();
+            ids.push(record.spec.job.clone());
+        }
+        let mut seen = Vec::new();
+        let mut before: Option<JobId> = None;
+        loop {
+            let page = reg.statuses_before(before.as_ref(), 2).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2);
+            before = page.last().map(|(j, _)| j.clone());
+            seen.extend(page.into_iter().map(|(j, _)| j));
+        }
+        let mut mine: Vec<JobId> = seen.into_iter().filter(|j| ids.contains(j)).collect();
+        let newest_first: Vec<JobId> = ids.iter().rev().cloned().collect();
+        assert_eq!(mine, newest_first, "newest first, each once");
+        let active = ids[0].clone();
+        assert!(!reg.forget(&active).await.unwrap(), "an active job stays");
+        assert!(reg.status(&active).await.is_ok());
+        let mut status = reg.status(&active).await.unwrap();
+        status.phase = JobPhase::Succeeded;
+        reg.finish(&active, &status).await.unwrap();
+        assert!(reg.forget(&active).await.unwrap());
+        assert!(matches!(
+            reg.status(&active).await,
+            Err(StoreError::JobNotFound(_))
+        ));
+        mine.retain(|j| j != &active);
+        assert!(
+            !reg.statuses()
+                .await
+                .unwrap()
+                .iter()
+                .any(|(j, _)| j == &active),
+            "gone from the history"
+        );
+    }
+
     /// One leader at a time; it keeps leading; when its lease ends another takes over.
     pub async fn leadership_follows_the_lease<R: JobRegistry>(reg: &R) {
         let a = reg.grant_lease(Duration::from_secs(30)).await.unwrap();
@@ -477,6 +564,11 @@ mod tests {
     async fn in_memory_live_counts_follow_claims() {
         contract::live_counts_follow_claims(&InMemoryShardStore::new(), Duration::from_millis(150))
             .await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_history_pages_and_forgetting() {
+        contract::history_pages_and_forgetting(&InMemoryShardStore::new()).await;
     }
 
     #[tokio::test]

@@ -98,6 +98,26 @@ pub struct Coordinator<R> {
     registry: R,
     sinks: Arc<dyn SinkCheck>,
     limits: Limits,
+    retention: Retention,
+}
+
+/// How much finished-job history the registry keeps (etcd holds coordination state, not an
+/// archive: a finished job's history is its manifest in the destination).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many finished jobs are kept...
+    pub keep_jobs: usize,
+    /// ...and none that finished longer ago than this.
+    pub keep_for: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_jobs: 1000,
+            keep_for: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 impl<R> std::fmt::Debug for Coordinator<R> {
@@ -113,7 +133,42 @@ impl<R: JobRegistry> Coordinator<R> {
             registry,
             sinks,
             limits: Limits::default(),
+            retention: Retention::default(),
         }
+    }
+
+    /// How much finished-job history [`Coordinator::expire_history`] keeps.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Forgets finished jobs beyond the retention (count and age), newest kept. Active jobs are
+    /// never touched. Returns how many were forgotten.
+    pub async fn expire_history(&self) -> Result<usize, StoreError> {
+        let oldest_kept = now_ms() - self.retention.keep_for.as_millis() as i64;
+        let (mut kept, mut forgotten) = (0usize, 0usize);
+        let mut before: Option<JobId> = None;
+        loop {
+            let page = self.registry.statuses_before(before.as_ref(), 500).await?;
+            let Some((last, _)) = page.last() else { break };
+            before = Some(last.clone());
+            for (job, status) in page {
+                if !status.phase.finished() {
+                    continue;
+                }
+                let ended = status.finished_ms.unwrap_or(status.created_ms);
+                if ended >= oldest_kept && kept < self.retention.keep_jobs {
+                    kept += 1;
+                } else if self.registry.forget(&job).await? {
+                    forgotten += 1;
+                }
+            }
+        }
+        if forgotten > 0 {
+            info!(forgotten, "forgot finished jobs beyond the retention");
+        }
+        Ok(forgotten)
     }
 
     /// The limits this core enforces on every request.
@@ -224,6 +279,7 @@ impl<R: JobRegistry> Coordinator<R> {
             };
             let status = JobStatus {
                 phase: JobPhase::Running,
+                org: spec.org.to_string(),
                 shards: shards.len() as u64,
                 created_ms,
                 finished_ms: None,
@@ -399,6 +455,49 @@ mod tests {
             dest: dir.join("out").to_string_lossy().into(),
             ..JobRequest::default()
         }
+    }
+
+    /// Finished jobs older than the age, and beyond the count of the newest within it, are
+    /// forgotten; active ones stay.
+    #[tokio::test]
+    async fn history_is_kept_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = InMemoryShardStore::new();
+        let core =
+            Coordinator::new(registry.clone(), Arc::new(NoSinkCheck)).with_retention(Retention {
+                keep_jobs: 2,
+                keep_for: Duration::from_secs(3600),
+            });
+        for n in 0..5 {
+            let job = core
+                .submit(request(dir.path()), &tracing::Span::none())
+                .await
+                .unwrap()
+                .job;
+            if n < 4 {
+                let mut status = registry.status(&job).await.unwrap();
+                status.phase = JobPhase::Succeeded;
+                // The second newest finished two hours ago: too old, whatever the count.
+                status.finished_ms = Some(now_ms() - if n == 2 { 7_200_000 } else { 1000 });
+                registry.finish(&job, &status).await.unwrap();
+            }
+        }
+        // One finished two hours ago (too old), three within the hour of which two are kept.
+        assert_eq!(core.expire_history().await.unwrap(), 2);
+        let left = registry.statuses().await.unwrap();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert_eq!(
+            left.iter()
+                .filter(|(_, s)| s.phase == JobPhase::Running)
+                .count(),
+            1,
+            "the active job stays"
+        );
+        assert_eq!(
+            core.expire_history().await.unwrap(),
+            0,
+            "nothing more to forget"
+        );
     }
 
     /// A request cannot raise what the coordinator allows; it may ask for less.

@@ -37,6 +37,7 @@ pub async fn lead<R: JobRegistry>(
     let mut leading = false;
     let mut last_keepalive = tokio::time::Instant::now();
     let mut last_compaction = tokio::time::Instant::now();
+    let mut last_expiry: Option<tokio::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -79,8 +80,22 @@ pub async fn lead<R: JobRegistry>(
                     leading = true;
                     cfg.metrics.leader.set(1);
                 }
-                if let Err(e) = core.drive_once(Some(&cfg.metrics)).await {
-                    warn!(error = %e, "driving jobs");
+                let finished = match core.drive_once(Some(&cfg.metrics)).await {
+                    Ok(f) => f.len(),
+                    Err(e) => {
+                        warn!(error = %e, "driving jobs");
+                        0
+                    }
+                };
+                // Finished-job history beyond the retention: when jobs finish, and once a
+                // minute (the age limit).
+                if finished > 0
+                    || last_expiry.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    last_expiry = Some(tokio::time::Instant::now());
+                    if let Err(e) = core.expire_history().await {
+                        warn!(error = %e, "forgetting finished jobs");
+                    }
                 }
                 if let Some(every) = cfg.compact_every
                     && last_compaction.elapsed() >= every

@@ -144,6 +144,13 @@ impl<R: JobRegistry> JobServiceImpl<R> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 
+/// ListJobs pages: the default size, the most a caller may ask for (the server's limit), and
+/// how many statuses one call reads at most while filtering.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 500;
+const SCAN_BATCH: usize = 200;
+const MAX_SCAN: usize = 5000;
+
 #[tonic::async_trait]
 impl<R: JobRegistry> JobService for JobServiceImpl<R> {
     async fn submit_job(
@@ -200,23 +207,64 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
 
     async fn list_jobs(
         &self,
-        _req: Request<pb::ListJobsRequest>,
+        req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let mut jobs = Vec::new();
-        for (job, _) in self
-            .core
-            .registry()
-            .statuses()
-            .await
-            .map_err(store_status)?
-        {
-            match self.job(&job).await {
-                Ok(j) => jobs.push(j),
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(s),
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let state = match r.state.as_str() {
+            "" => None,
+            s => Some(JobPhase::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid state {s:?}: one of running, cancelling, succeeded, failed, cancelled"
+                ))
+            })?),
+        };
+        let mut before = match r.page_token.as_str() {
+            "" => None,
+            t => Some(parse_job(t)?),
+        };
+        // Statuses are read a batch at a time, newest first, and filtered here; a scan is
+        // bounded, so a rare filter returns a short page with a token to go on.
+        let (mut jobs, mut scanned) = (Vec::new(), 0usize);
+        let next = loop {
+            let batch = self
+                .core
+                .registry()
+                .statuses_before(before.as_ref(), SCAN_BATCH)
+                .await
+                .map_err(store_status)?;
+            if batch.is_empty() {
+                break None;
             }
-        }
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+            let mut full = None;
+            for (job, status) in batch {
+                before = Some(job.clone());
+                scanned += 1;
+                let wanted = state.is_none_or(|s| status.phase == s)
+                    && (r.org.is_empty() || status.org == r.org);
+                if wanted {
+                    match self.job(&job).await {
+                        Ok(j) => jobs.push(j),
+                        Err(s) if s.code() == tonic::Code::NotFound => {}
+                        Err(s) => return Err(s),
+                    }
+                }
+                if jobs.len() >= size || scanned >= MAX_SCAN {
+                    full = Some(job);
+                    break;
+                }
+            }
+            if full.is_some() {
+                break full;
+            }
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token: next.map(|j| j.to_string()).unwrap_or_default(),
+        }))
     }
 
     type WatchJobStream = WatchStream;

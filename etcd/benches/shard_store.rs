@@ -68,6 +68,7 @@ async fn bench(etcd: &Etcd) {
         let spec = request.validate(JobId::generate()).unwrap();
         let status = rewind_common::JobStatus {
             phase: rewind_common::JobPhase::Running,
+            org: String::new(),
             shards: ids.len() as u64,
             created_ms: 0,
             finished_ms: None,

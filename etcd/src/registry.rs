@@ -2,7 +2,8 @@
 //! leader key (see `leader`).
 
 use etcd_client::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use rewind_common::lifecycle::{JobPhase, JobStatus};
 use rewind_common::registry::JobRegistry;
@@ -116,6 +117,57 @@ impl JobRegistry for EtcdStore {
             out.push((id, parse(&kv)?));
         }
         Ok(out)
+    }
+
+    async fn statuses_before(
+        &self,
+        before: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<(JobId, JobStatus)>, StoreError> {
+        let prefix = format!("{}states/", self.root);
+        // Below `before` (exclusive), or the whole prefix ("states0" is just past "states/").
+        let end = match before {
+            Some(b) => format!("{prefix}{b}"),
+            None => format!("{}states0", self.root),
+        };
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit as i64);
+        let mut out = Vec::new();
+        for kv in self.get(prefix, Some(options)).await? {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            let Some(id) = key.rsplit('/').next().and_then(|s| JobId::parse(s).ok()) else {
+                continue;
+            };
+            out.push((id, parse(&kv)?));
+        }
+        Ok(out)
+    }
+
+    async fn forget(&self, job: &JobId) -> Result<bool, StoreError> {
+        let resp = self
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        self.registry_key("active", job),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([
+                        TxnOp::delete(self.registry_key("states", job), None),
+                        TxnOp::delete(self.registry_key("specs", job), None),
+                    ]),
+            )
+            .await
+            .map_err(unavailable)?;
+        if !resp.succeeded() {
+            return Ok(false);
+        }
+        Ok(resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        }))
     }
 
     async fn active_jobs(&self) -> Result<Vec<(JobId, JobPhase)>, StoreError> {

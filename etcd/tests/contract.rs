@@ -142,6 +142,12 @@ async fn etcd_registry_live_counts_follow_claims() {
     registry::contract::live_counts_follow_claims(&store(&etcd).await, TTL).await;
 }
 
+#[tokio::test]
+async fn etcd_registry_history_pages_and_forgetting() {
+    let etcd = Etcd::start();
+    registry::contract::history_pages_and_forgetting(&store(&etcd).await).await;
+}
+
 /// Two coordinator replicas: one leads, the other stands by until the leader's lease goes.
 #[tokio::test]
 async fn etcd_registry_leadership_follows_the_lease() {

@@ -872,6 +872,61 @@ fn commit_retried_after_the_job_ended_keeps_the_committed_files() {
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
 
+/// etcd keeps only the newest finished jobs (`--keep-finished-jobs`, here 2): an older one
+/// leaves `rewind jobs` and `rewind status` while its history stays in the destination's
+/// manifest. `rewind jobs` lists newest first, pages and filters.
+#[test]
+fn finished_jobs_beyond_the_retention_leave_etcd_and_listing_pages() {
+    let c = Cluster::start_with(2, &[("REWIND_COORDINATOR_KEEP_FINISHED_JOBS", "2")]);
+    let hours = 1;
+    c.generate(hours);
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let job = c.submit(hours);
+        let (code, summary) = c.watch(&job);
+        assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+        jobs.push(job);
+    }
+    // Ids sort by time (and by chance within one second): the smallest goes.
+    jobs.sort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.cli(&["status", &jobs[0]]).status.code() != Some(2) {
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exec = c.dest().join(format!("execution_id={}", jobs[0]));
+    assert!(exec.join("_manifest.json").exists() && exec.join("_SUCCESS").exists());
+    let ids = |args: &[&str]| -> Vec<String> {
+        let out = c.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout_json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(&["jobs", "--json"]),
+        vec![jobs[2].clone(), jobs[1].clone()]
+    );
+    assert_eq!(
+        ids(&["jobs", "--json", "--limit", "1"]),
+        vec![jobs[2].clone()]
+    );
+    assert_eq!(
+        ids(&["jobs", "--json", "--state", "succeeded", "--org", ORG]).len(),
+        2
+    );
+    assert!(ids(&["jobs", "--json", "--state", "failed"]).is_empty());
+    assert!(ids(&["jobs", "--json", "--org", "TN-other"]).is_empty());
+    assert_eq!(c.cli(&["jobs", "--state", "bogus"]).status.code(), Some(2));
+}
+
 /// etcd not there yet when a worker and a coordinator start: they say so, retry with backoff,
 /// and work once etcd comes up.
 #[test]
