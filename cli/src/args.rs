@@ -63,6 +63,12 @@ pub struct CoordinatorArgs {
     /// content. Health and reflection stay open.
     #[arg(long, env = "REWIND_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// Scoped bearer tokens (TOML, [[token]] tables: subject, token, tenants, sources,
+    /// destinations): each may act only for its tenants, read only below its sources and write
+    /// only below its destinations (docs/security.md). With --auth-token-file too, that token
+    /// keeps all access.
+    #[arg(long, env = "REWIND_COORDINATOR_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
     /// The longest range a job may cover, in hours: longer ones are refused whatever the
     /// request's own --max-range-hours says (a request may only ask for less).
     #[arg(

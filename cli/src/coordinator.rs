@@ -42,15 +42,25 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
         }
         _ => None,
     };
-    let auth = match &args.auth_token_file {
-        Some(path) => match rewind_cli::RequireToken::from_file(path) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+    let one = args
+        .auth_token_file
+        .as_deref()
+        .map(rewind_cli::RequireToken::from_file)
+        .transpose();
+    let scoped = args
+        .tokens_file
+        .as_deref()
+        .map(rewind_cli::RequireToken::from_tokens_file)
+        .transpose();
+    let auth = match (one, scoped) {
+        (Ok(a), Ok(b)) => match (a, b) {
+            (Some(a), Some(b)) => Some(a.merge(b)),
+            (a, b) => a.or(b),
         },
-        None => None,
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let id = args
         .id

@@ -11,6 +11,7 @@ use rewind_common::lifecycle::{JobPhase, Limits, Summary};
 use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::{InMemoryShardStore, ShardCounts, ShardStore};
 use rewind_common::{JobId, JobRequest, OutputKeys};
+use rewind_coordinator::access::Scope;
 use rewind_coordinator::core::Coordinator;
 use rewind_worker::daemon::{DaemonConfig, run_daemon};
 use rewind_worker::kafka::KafkaChecks;
@@ -43,7 +44,8 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
     let core =
         Coordinator::new(registry.clone(), Arc::new(KafkaChecks)).with_limits(Limits::local());
     let span = tracing::info_span!("rewind.job", job_id = tracing::field::Empty);
-    let submitted = core.submit(request, &span).await?;
+    let local = Scope::all("local");
+    let submitted = core.submit(request, &span, &local).await?;
     let job = submitted.job;
 
     // The worker loop of `rewind worker`, with N slots.
@@ -84,7 +86,7 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
             _ = &mut signal, if !interrupted => {
                 interrupted = true;
                 eprintln!("interrupted: stopping job {job}");
-                core.cancel(&job).await?;
+                core.cancel(&job, &local).await?;
             }
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }

@@ -1,14 +1,39 @@
-//! The API's security: bearer tokens, server TLS, the crypto provider.
+//! The API's security: bearer tokens (one all-access token, or scoped tokens from a tokens
+//! file), server TLS, the crypto provider.
+
+use rewind_coordinator::access::Scope;
 
 /// Bearer-token check for the gRPC API: `authorization: Bearer <token>`, compared in constant
-/// time. Health and reflection stay open (probes and tooling need no secret).
+/// time with every known token; the caller's [`Scope`] goes with the request to the handlers.
+/// Health and reflection stay open (probes and tooling need no secret).
 #[derive(Clone)]
 pub struct RequireToken {
-    token: std::sync::Arc<Vec<u8>>,
+    tokens: std::sync::Arc<Vec<(Vec<u8>, Scope)>>,
+}
+
+/// One entry of a `--tokens-file` (TOML, `[[token]]` tables).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    subject: String,
+    token: String,
+    tenants: Vec<String>,
+    #[serde(default)]
+    sources: Option<Vec<String>>,
+    #[serde(default)]
+    destinations: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
 }
 
 impl RequireToken {
-    /// Reads the token from a file (surrounding whitespace ignored); an empty token is refused.
+    /// Reads the one all-access token from a file (surrounding whitespace ignored); an empty
+    /// token is refused.
     pub fn from_file(path: &std::path::Path) -> Result<RequireToken, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("invalid --auth-token-file {}: {e}", path.display()))?;
@@ -20,8 +45,79 @@ impl RequireToken {
             ));
         }
         Ok(RequireToken {
-            token: std::sync::Arc::new(token.as_bytes().to_vec()),
+            tokens: std::sync::Arc::new(vec![(token.as_bytes().to_vec(), Scope::all("token"))]),
         })
+    }
+
+    /// Scoped tokens from a `--tokens-file`: each names its subject, tenants and the location
+    /// prefixes its jobs may read and write. Anything wrong in it is named, with the entry.
+    pub fn from_tokens_file(path: &std::path::Path) -> Result<RequireToken, String> {
+        let bad = |what: String| format!("invalid --tokens-file {}: {what}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let file: TokensFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if file.token.is_empty() {
+            return Err(bad("no [[token]] entries".into()));
+        }
+        let mut tokens = Vec::new();
+        for (i, e) in file.token.into_iter().enumerate() {
+            let at = |what: String| bad(format!("[[token]] {} ({}): {what}", i + 1, e.subject));
+            let token = e.token.trim();
+            if token.len() < 16 {
+                return Err(at("the token must have at least 16 characters".into()));
+            }
+            if tokens
+                .iter()
+                .any(|(t, _): &(Vec<u8>, Scope)| t == token.as_bytes())
+            {
+                return Err(at("the same token is listed twice".into()));
+            }
+            if e.subject.trim().is_empty() {
+                return Err(at("subject is empty".into()));
+            }
+            if e.tenants.is_empty() {
+                return Err(at("tenants is empty (\"*\" for every tenant)".into()));
+            }
+            let places = |field: &'static str, list: Option<Vec<String>>| {
+                list.map(|l| {
+                    l.iter()
+                        .map(|s| {
+                            if s.contains('{') {
+                                return Err(at(format!("{field}: {s}: no placeholders here")));
+                            }
+                            let org = rewind_common::OrgId::parse("x").expect("valid");
+                            let loc = rewind_common::Location::parse("--tokens-file", s, &org)
+                                .map_err(|e| at(format!("{field}: {e}")))?;
+                            if let rewind_common::Location::Local(p) = &loc
+                                && !p.is_absolute()
+                            {
+                                return Err(at(format!("{field}: {s}: give an absolute path")));
+                            }
+                            Ok(loc)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+            };
+            let scope = Scope {
+                subject: e.subject.trim().to_string(),
+                tenants: (!e.tenants.iter().any(|t| t == "*")).then(|| e.tenants.clone()),
+                sources: places("sources", e.sources.clone())?,
+                destinations: places("destinations", e.destinations.clone())?,
+            };
+            tokens.push((token.as_bytes().to_vec(), scope));
+        }
+        Ok(RequireToken {
+            tokens: std::sync::Arc::new(tokens),
+        })
+    }
+
+    /// Both kinds at once: the all-access token joins the scoped ones.
+    pub fn merge(self, other: RequireToken) -> RequireToken {
+        let mut all = (*self.tokens).clone();
+        all.extend(other.tokens.iter().cloned());
+        RequireToken {
+            tokens: std::sync::Arc::new(all),
+        }
     }
 }
 
@@ -41,10 +137,27 @@ impl tonic::service::Interceptor for RequireToken {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::as_bytes);
-        match given {
-            Some(t) if constant_time_eq(t, &self.token) => Ok(req),
-            Some(_) => Err(tonic::Status::unauthenticated("invalid bearer token")),
-            None => Err(tonic::Status::unauthenticated(
+        // Every token is compared, so the time does not tell which one nearly matched.
+        let found = given.and_then(|t| {
+            self.tokens
+                .iter()
+                .fold(None, |hit, (token, scope)| {
+                    if constant_time_eq(t, token) {
+                        Some(scope)
+                    } else {
+                        hit
+                    }
+                })
+                .cloned()
+        });
+        match (given, found) {
+            (Some(_), Some(scope)) => {
+                let mut req = req;
+                req.extensions_mut().insert(scope);
+                Ok(req)
+            }
+            (Some(_), None) => Err(tonic::Status::unauthenticated("invalid bearer token")),
+            (None, _) => Err(tonic::Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",
             )),
         }

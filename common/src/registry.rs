@@ -347,6 +347,7 @@ pub mod contract {
             request,
             created_ms: 1,
             trace_parent: None,
+            submitted_by: None,
         };
         (record, status, ids)
     }

@@ -463,6 +463,9 @@ pub struct JobRecord {
     /// W3C `traceparent` of the job's span, when traces are exported: shard spans join it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// The subject of the token that submitted it (a name, never the token), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 #[cfg(test)]

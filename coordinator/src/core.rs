@@ -22,6 +22,7 @@ use rewind_common::storage::StorageError;
 use rewind_common::{JobId, JobRecord, JobRequest, JobSpec, OutputKeys, RequestError};
 use tracing::{Instrument as _, info, warn};
 
+use crate::access::Scope;
 use crate::commit::{CommitError, commit_cancelled, commit_job};
 use crate::metrics::{CoordinatorMetrics, StateLabel};
 use crate::plan::{pin, store_plans};
@@ -207,8 +208,13 @@ impl<R: JobRegistry> Coordinator<R> {
     }
 
     /// Lists every hour prefix of a valid job and pins its objects (nothing is registered).
-    pub async fn plan(&self, request: &JobRequest) -> Result<(JobSpec, Vec<ShardPlan>), CoreError> {
+    pub async fn plan(
+        &self,
+        request: &JobRequest,
+        scope: &Scope,
+    ) -> Result<(JobSpec, Vec<ShardPlan>), CoreError> {
         let spec = self.validate(request)?;
+        scope.allows(&spec).map_err(CoreError::Denied)?;
         let plans = pin_job(request, &spec).await?;
         Ok((spec, plans))
     }
@@ -219,9 +225,12 @@ impl<R: JobRegistry> Coordinator<R> {
         &self,
         request: JobRequest,
         span: &tracing::Span,
+        scope: &Scope,
     ) -> Result<Submitted, CoreError> {
         let created_ms = now_ms();
         let mut spec = self.validate(&request)?;
+        // Who may run it is decided before anything is touched.
+        scope.allows(&spec).map_err(CoreError::Denied)?;
         // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
         // before the job exists, so it fails at submit and not in every shard.
         spec = {
@@ -276,6 +285,7 @@ impl<R: JobRegistry> Coordinator<R> {
                 request: request.clone(),
                 created_ms,
                 trace_parent: rewind_common::trace::traceparent(span),
+                submitted_by: Some(scope.subject.clone()),
             };
             let status = JobStatus {
                 phase: JobPhase::Running,
@@ -305,8 +315,11 @@ impl<R: JobRegistry> Coordinator<R> {
 
     /// Asks a running job to stop: workers stop its attempts, the leader ends it. A finished
     /// job is left as it is. Returns the job's status after the call.
-    pub async fn cancel(&self, job: &JobId) -> Result<JobStatus, CoreError> {
+    pub async fn cancel(&self, job: &JobId, scope: &Scope) -> Result<JobStatus, CoreError> {
         let mut status = self.registry.status(job).await?;
+        if !scope.sees(&status.org) {
+            return Err(CoreError::NotFound(job.clone()));
+        }
         if status.phase == JobPhase::Running {
             status.phase = JobPhase::Cancelling;
             status.message = Some("cancelled by request".into());
@@ -470,7 +483,11 @@ mod tests {
             });
         for n in 0..5 {
             let job = core
-                .submit(request(dir.path()), &tracing::Span::none())
+                .submit(
+                    request(dir.path()),
+                    &tracing::Span::none(),
+                    &Scope::all("test"),
+                )
                 .await
                 .unwrap()
                 .job;

@@ -14,10 +14,20 @@ use rewind_proto::v1::job_service_server::JobService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::access::Scope;
 use crate::convert::{
     counts_to_pb, parse_job, progress_to_pb, request_from_pb, request_to_pb, store_status,
 };
 use crate::core::Coordinator;
+
+/// The caller's scope, as the authenticating interceptor left it (everything when the API has
+/// no tokens).
+fn scope_of<T>(req: &Request<T>) -> Scope {
+    req.extensions()
+        .get::<Scope>()
+        .cloned()
+        .unwrap_or_else(|| Scope::all("anonymous"))
+}
 
 #[derive(Debug, Clone)]
 pub struct JobServiceImpl<R> {
@@ -36,6 +46,21 @@ impl<R: JobRegistry> JobServiceImpl<R> {
 }
 
 impl<R: JobRegistry> JobServiceImpl<R> {
+    /// A job of another tenant is, to this caller, a job that does not exist.
+    async fn visible(&self, job: &JobId, scope: &Scope) -> Result<(), Status> {
+        let status = self
+            .core
+            .registry()
+            .status(job)
+            .await
+            .map_err(store_status)?;
+        if scope.sees(&status.org) {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("job {job} not found")))
+        }
+    }
+
     /// The job as the API shows it. A job that finishes while it is being read loses its
     /// per-shard keys half-way (they go with the final status, in one txn): read it again.
     async fn job(&self, job: &JobId) -> Result<pb::Job, Status> {
@@ -170,8 +195,9 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
             .collect();
         let span = tracing::info_span!("rewind.job", job_id = tracing::field::Empty);
         rewind_common::trace::set_parent_from(&span, &headers);
+        let scope = scope_of(&req);
         let request = request_from_pb(req.into_inner().job)?;
-        let submitted = self.core.submit(request, &span).await?;
+        let submitted = self.core.submit(request, &span, &scope).await?;
         Ok(Response::new(pb::SubmitJobResponse {
             job_id: submitted.job.to_string(),
             shards: submitted.shards,
@@ -182,8 +208,9 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
         &self,
         req: Request<pb::PlanJobRequest>,
     ) -> Result<Response<pb::PlanJobResponse>, Status> {
+        let scope = scope_of(&req);
         let request = request_from_pb(req.into_inner().job)?;
-        let (_, plans) = self.core.plan(&request).await?;
+        let (_, plans) = self.core.plan(&request, &scope).await?;
         let shards: Vec<_> = plans
             .into_iter()
             .map(|p| pb::PlannedShard {
@@ -201,7 +228,9 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let scope = scope_of(&req);
         let job = parse_job(&req.into_inner().job_id)?;
+        self.visible(&job, &scope).await?;
         Ok(Response::new(self.job(&job).await?))
     }
 
@@ -209,6 +238,7 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let scope = scope_of(&req);
         let r = req.into_inner();
         let size = match r.page_size {
             0 => DEFAULT_PAGE,
@@ -244,7 +274,8 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
                 before = Some(job.clone());
                 scanned += 1;
                 let wanted = state.is_none_or(|s| status.phase == s)
-                    && (r.org.is_empty() || status.org == r.org);
+                    && (r.org.is_empty() || status.org == r.org)
+                    && scope.sees(&status.org);
                 if wanted {
                     match self.job(&job).await {
                         Ok(j) => jobs.push(j),
@@ -273,7 +304,9 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let scope = scope_of(&req);
         let job = parse_job(&req.into_inner().job_id)?;
+        self.visible(&job, &scope).await?;
         let first = self.job(&job).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
@@ -315,8 +348,9 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let scope = scope_of(&req);
         let job = parse_job(&req.into_inner().job_id)?;
-        self.core.cancel(&job).await?;
+        self.core.cancel(&job, &scope).await?;
         Ok(Response::new(self.job(&job).await?))
     }
 }

@@ -80,6 +80,7 @@ async fn bench(etcd: &Etcd) {
             request,
             created_ms: 0,
             trace_parent: None,
+            submitted_by: None,
         };
         store.submit(&record, &status, &ids).await.unwrap();
         plan_times.push((started.elapsed(), ids.len()));

@@ -92,6 +92,7 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
                 ))
             })
             .collect();
+        let admin = rewind_coordinator::access::Scope::all("test");
         let request = |end: &str| JobRequest {
             source: src.to_string_lossy().into(),
             org: ORG.into(),
@@ -104,7 +105,7 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
         // One job to its end: exact output, the summary in the registry, the job inactive.
         let last = format!("2024-04-01T{:02}", hours - 1);
         let first = core
-            .submit(request(&last), &tracing::Span::none())
+            .submit(request(&last), &tracing::Span::none(), &admin)
             .await
             .unwrap();
         assert_eq!(first.shards, hours as u64);
@@ -132,7 +133,7 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
 
         // A bad request is refused before anything exists.
         let bad = core
-            .submit(request("2024-03-01"), &tracing::Span::none())
+            .submit(request("2024-03-01"), &tracing::Span::none(), &admin)
             .await
             .unwrap_err();
         assert!(
@@ -142,10 +143,10 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
 
         // Another, cancelled at once: it ends cancelled, without _SUCCESS.
         let second = core
-            .submit(request(&last), &tracing::Span::none())
+            .submit(request(&last), &tracing::Span::none(), &admin)
             .await
             .unwrap();
-        let asked = core.cancel(&second.job).await.unwrap();
+        let asked = core.cancel(&second.job, &admin).await.unwrap();
         assert!(
             matches!(asked.phase, JobPhase::Cancelling | JobPhase::Cancelled),
             "{asked:?}"
@@ -157,7 +158,7 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
         assert!(!exec.join("_SUCCESS").exists());
         // Cancelling a finished job changes nothing.
         assert_eq!(
-            core.cancel(&first.job).await.unwrap().phase,
+            core.cancel(&first.job, &admin).await.unwrap().phase,
             JobPhase::Succeeded
         );
 

@@ -150,3 +150,182 @@ fn bad_security_flags_refuse_to_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
 }
+
+/// Scoped tokens (`--tokens-file`): a token acts only for its tenants and only below its
+/// source and destination prefixes (`PERMISSION_DENIED` otherwise, nothing written); the jobs
+/// of other tenants do not exist for it (status, cancel and listing); an all-tenant token sees
+/// everything. A tokens file with a bad entry stops the coordinator at start, naming the entry.
+#[test]
+fn scoped_tokens_limit_tenants_and_places() {
+    const WORKER: [&str; 2] = [env!("CARGO_BIN_EXE_rewind"), "worker"];
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p).display().to_string();
+    let (archive, out_a) = (t("archive-a"), t("out-a"));
+    crate::common::generate(
+        &tmp.path().join("archive-a"),
+        "TN-a",
+        "2024-04-01T00",
+        "1",
+        "0.2",
+        "5",
+        &[],
+    );
+    let tokens = tmp.path().join("tokens.toml");
+    fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nsubject = \"team-a\"\ntoken = \"token-of-team-a-0001\"\n\
+             tenants = [\"TN-a\"]\nsources = [\"{archive}\"]\ndestinations = [\"{out_a}\"]\n\n\
+             [[token]]\nsubject = \"team-b\"\ntoken = \"token-of-team-b-0002\"\n\
+             tenants = [\"TN-b\"]\n\n\
+             [[token]]\nsubject = \"ops\"\ntoken = \"token-of-ops-00000003\"\ntenants = [\"*\"]\n"
+        ),
+    )
+    .unwrap();
+    let token_file = |name: &str, value: &str| {
+        let p = tmp.path().join(name);
+        fs::write(&p, value).unwrap();
+        p.display().to_string()
+    };
+    let (a, b, ops) = (
+        token_file("a", "token-of-team-a-0001"),
+        token_file("b", "token-of-team-b-0002"),
+        token_file("ops", "token-of-ops-00000003"),
+    );
+
+    let etcd = Etcd::start();
+    let port = free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let coordinator = Proc::spawn(
+        COORDINATOR,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--etcd".into(),
+            etcd.endpoint(),
+            "--tokens-file".into(),
+            tokens.display().to_string(),
+        ],
+        tmp.path().join("coordinator.log"),
+    );
+    assert!(
+        wait_port(port, Duration::from_secs(20)),
+        "{}",
+        coordinator.log_text()
+    );
+    let _worker = Proc::spawn(
+        WORKER,
+        &[
+            "--etcd".into(),
+            etcd.endpoint(),
+            "--poll-ms".into(),
+            "100".into(),
+        ],
+        tmp.path().join("worker.log"),
+    );
+    let cli = |token: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--coordinator", &addr, "--token-file", token]);
+        run(REWIND, &all)
+    };
+    let submit = |token: &str, org: &str, dest: &str, extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            "--source",
+            &archive,
+            "--org",
+            org,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T00",
+            "--dest",
+            dest,
+        ];
+        args.extend_from_slice(extra);
+        cli(token, &args)
+    };
+
+    // Team A, inside its scope: runs.
+    let out = submit(&a, "TN-a", &out_a, &["--wait", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = rewind_testkit::stdout_json(&out)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Team A outside its scope: refused, saying what, writing nothing.
+    let elsewhere = t("elsewhere");
+    let failed = t("failed");
+    for (org, dest, extra, says) in [
+        ("TN-a", elsewhere.as_str(), &[][..], "as the destination"),
+        ("TN-b", out_a.as_str(), &[][..], "org TN-b"),
+        (
+            "TN-a",
+            out_a.as_str(),
+            &["--failed-output", failed.as_str()][..],
+            "failed output",
+        ),
+    ] {
+        let out = submit(&a, org, dest, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("team-a may not") && err.contains(says),
+            "{err}"
+        );
+    }
+    assert!(!tmp.path().join("elsewhere").exists() && !tmp.path().join("failed").exists());
+
+    // Team B does not see team A's job; ops does.
+    let listed = |token: &str| -> Vec<String> {
+        let out = cli(token, &["jobs", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rewind_testkit::stdout_json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(listed(&b).is_empty());
+    assert_eq!(listed(&ops), vec![job.clone()]);
+    assert_eq!(listed(&a), vec![job.clone()]);
+    for args in [&["status", job.as_str()][..], &["cancel", job.as_str()][..]] {
+        let out = cli(&b, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    }
+    assert!(cli(&ops, &["status", &job]).status.success());
+
+    // A bad entry: named at start.
+    let bad = tmp.path().join("bad.toml");
+    fs::write(
+        &bad,
+        "[[token]]\nsubject = \"short\"\ntoken = \"abc\"\ntenants = [\"TN-a\"]\n",
+    )
+    .unwrap();
+    let out = run(
+        COORDINATOR,
+        &[
+            "--etcd",
+            "http://127.0.0.1:1",
+            "--tokens-file",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[[token]] 1 (short)") && err.contains("16 characters"),
+        "{err}"
+    );
+}
