@@ -72,7 +72,8 @@ impl Record {
 /// default, five). Reading from offset 0 (see `read_all`) addresses the cause found later (a
 /// bogus log start); this setting stays as a precaution against tansu's in-memory engine
 /// mishandling overlapping produce requests, which is suspected, not proven. Rewind's default
-/// stays five.
+/// stays five, and `kafka::default_producer_settings_deliver_every_event_once` runs it (and
+/// `--ordered`) without this setting.
 pub const PRODUCER_OPTION: &str = "max.in.flight.requests.per.connection=1";
 
 pub struct Tansu {

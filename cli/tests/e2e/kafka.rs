@@ -928,3 +928,83 @@ fn marker_lookup_waits_out_a_stalled_broker() {
     let found = rewind_worker::kafka::marker_exists(&k, &job, never, &stop);
     assert!(matches!(found, Ok(false)), "{found:?}");
 }
+
+/// The producer as users run it: no test-only settings (librdkafka's idempotent producer with
+/// up to five requests in flight per connection, lz4), three times over, then `--ordered` on
+/// its own. Every archived event arrives exactly once each time, and with `--ordered` in
+/// archive order per key within each hour shard. (The other Kafka tests hold one request in flight as a precaution against
+/// the test broker; this one shows the defaults against it.)
+#[test]
+fn default_producer_settings_deliver_every_event_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    generate(&src, "2", "mixed");
+    let want = archived(&src);
+    let broker = Tansu::start();
+    let brokers = broker.brokers();
+    let run_defaults = |topic: &str, dest: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-k",
+            "--start",
+            "2024-06-01T00",
+            "--end",
+            "2024-06-01T01",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "kafka",
+            "--json",
+            "--brokers",
+            &brokers,
+            "--topic",
+            topic,
+        ];
+        args.extend_from_slice(extra);
+        ok(&run(BIN, &args))
+    };
+    for round in 0..3 {
+        let topic = format!("defaults-{round}");
+        broker.create_topic(&topic, 3);
+        let summary = run_defaults(
+            &topic,
+            &tmp.path().join(format!("out-{round}")),
+            &["--compression", "lz4"],
+        );
+        assert_eq!(summary["acknowledged"], want.len() as u64);
+        let records = broker.read_all(&topic, 3, want.len(), Duration::from_secs(60));
+        let mut got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
+        let mut expected: Vec<&[u8]> = want.values().map(Vec::as_slice).collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got.len(), expected.len(), "round {round}: every event once");
+        assert_eq!(got, expected, "round {round}");
+    }
+
+    broker.create_topic("defaults-ordered", 3);
+    run_defaults(
+        "defaults-ordered",
+        &tmp.path().join("out-ordered"),
+        &["--ordered", "--key", "$.event_type"],
+    );
+    let mut records = broker.read_all("defaults-ordered", 3, want.len(), Duration::from_secs(60));
+    assert_eq!(records.len(), want.len());
+    records.sort_by_key(|r| (r.partition, r.offset));
+    // The promise is per hour shard (hours run in parallel): order by key within each hour.
+    let mut last: BTreeMap<(Vec<u8>, String), (String, u64)> = BTreeMap::new();
+    for r in &records {
+        let source = r.header("rewind-source-key").unwrap().to_string();
+        let hour = source.rsplit_once('/').unwrap().0.to_string();
+        let at = (
+            source,
+            r.header("rewind-offset").unwrap().parse::<u64>().unwrap(),
+        );
+        if let Some(prev) = last.insert((r.key.clone().unwrap(), hour), at.clone()) {
+            assert!(prev < at, "out of order for a key: {prev:?} then {at:?}");
+        }
+    }
+    assert_eq!(last.len(), 14, "seven event types in each of two hours");
+}
