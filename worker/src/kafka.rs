@@ -374,6 +374,15 @@ const OPEN_TRANSACTION_WAIT: Duration = Duration::from_secs(TRANSACTION_TIMEOUT_
 /// `transaction.timeout.ms` of the shards' producers, in seconds.
 const TRANSACTION_TIMEOUT_S: u64 = 300;
 
+/// The transaction timeout a job's producers run with: ours, or the job's own setting.
+fn transaction_timeout_ms(spec: &KafkaSpec) -> u64 {
+    spec.options
+        .iter()
+        .find(|(k, _)| k == "transaction.timeout.ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(TRANSACTION_TIMEOUT_S * 1000)
+}
+
 /// Whether an exactly-once replay already committed this shard's transaction (an attempt that
 /// died between the Kafka commit and the shard's own commit): its marker is in the control
 /// topic, read with `read_committed`.
@@ -844,6 +853,49 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
             rewind_common::job::SinkSpec::Kafka(k) => check_settings(k),
             _ => Ok(()),
         }
+    }
+
+    /// An exactly-once shard is one transaction, and a transaction the brokers abort after
+    /// `transaction.timeout.ms` can never commit: a shard that the job's byte rate alone makes
+    /// longer than that is refused. Only when it is predictable: every event is produced (no
+    /// selection, flows or dedup), so the shard produces at least its stored bytes (compressed
+    /// objects produce more). Event-rate limits cannot be predicted before decoding.
+    fn check_plan(
+        &self,
+        spec: &rewind_common::JobSpec,
+        plans: &[rewind_common::job::ShardPlan],
+    ) -> Result<(), String> {
+        let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink else {
+            return Ok(());
+        };
+        let (Delivery::ExactlyOnce, Some(rate)) = (k.delivery, k.max_bytes_per_sec) else {
+            return Ok(());
+        };
+        let t = &spec.treatment;
+        let selects = !t.event_types.is_empty()
+            || !t.domains.is_empty()
+            || t.filter.is_some()
+            || t.flows.is_some()
+            || t.dedup.is_some();
+        if selects || spec.arrival_filter {
+            return Ok(());
+        }
+        let timeout_s = transaction_timeout_ms(k) / 1000;
+        for p in plans {
+            let bytes: u64 = p.objects.iter().map(|o| o.size).sum();
+            let secs = bytes / rate.max(1);
+            if secs > timeout_s {
+                return Err(format!(
+                    "invalid --max-bytes-per-sec: shard {} ({bytes} bytes) would take at least \
+                     {secs} s at {rate} bytes/s, longer than the transaction timeout of {timeout_s} \
+                     s, so its exactly-once transaction could never commit; raise the rate, raise \
+                     --kafka-option transaction.timeout.ms (up to the brokers' \
+                     transaction.max.timeout.ms), or use --delivery at-least-once",
+                    p.shard
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn preflight(&self, spec: &mut rewind_common::JobSpec) -> Result<(), String> {

@@ -1008,3 +1008,38 @@ fn default_producer_settings_deliver_every_event_once() {
     }
     assert_eq!(last.len(), 14, "seven event types in each of two hours");
 }
+
+/// An exactly-once shard is one transaction: one that the job's byte rate alone makes longer
+/// than the transaction timeout could never commit, and is refused at start (exit 2, naming
+/// the shard and what to change), before anything is produced.
+#[test]
+fn exactly_once_shards_longer_than_the_transaction_timeout_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2", "none");
+    let broker = Tansu::start();
+    broker.create_topic("slow", 1);
+    broker.create_topic("slow.rewind-control", 1);
+    let out = replay(
+        &src,
+        &dest,
+        &[
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "slow",
+            "--delivery",
+            "exactly-once",
+            "--max-bytes-per-sec",
+            "100",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("shard 2024060100") && err.contains("transaction timeout of 300 s"),
+        "{err}"
+    );
+    assert!(!dest.exists(), "nothing written");
+    assert_eq!(broker.end_offset("slow", 0, false), 0, "nothing produced");
+}
