@@ -1718,3 +1718,120 @@ fn kafka_throttle_is_shared_by_the_workers() {
         "asked {rate}/s for the job, measured {measured:.1}/s over {span_s:.1}s"
     );
 }
+
+/// The soak (`scripts/soak.sh`, not part of CI): `SOAK_FAULTS` (default 20) faults at random
+/// moments (which and when follow `REWIND_TEST_SEED`) across Parquet recoveries and
+/// exactly-once Kafka replays run one after another: kill -9 of a worker (a fresh one takes its
+/// place), SIGSTOP of a worker past its lease then SIGCONT, kill -9 of the coordinator
+/// (restarted), kill of etcd (restarted). Every Parquet job ends exact (each event once, disk =
+/// manifest); every Kafka job acknowledges every event and has each on the topic (tansu leaks
+/// records of aborted transactions to read_committed readers, so extra copies are counted and
+/// reported, not failed on).
+#[test]
+#[ignore = "soak: scripts/soak.sh"]
+fn soak_faults_at_random_moments() {
+    use rewind_testkit::kafka::Tansu;
+
+    let faults: usize = std::env::var("SOAK_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let hours = 8;
+    let mut c = Cluster::start(3);
+    c.generate(hours);
+    let broker = Tansu::start();
+    let want = expected(&c.src(), hours);
+    let mut next = random_moments();
+    let mut injected: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut jobs, mut kafka_copies) = (0, 0usize);
+    let started = Instant::now();
+    while injected.values().sum::<usize>() < faults {
+        let kafka = jobs % 2 == 1;
+        let topic = format!("soak-{jobs}");
+        let job = if kafka {
+            broker.create_topic(&topic, 3);
+            broker.create_topic(&format!("{topic}.rewind-control"), 1);
+            submitted(&c.submit_kafka(
+                &format!("2024-04-01T{:02}", hours - 1),
+                &broker.brokers(),
+                &["--topic", &topic, "--delivery", "exactly-once"],
+            ))
+        } else {
+            c.submit(hours)
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let state = match c.cli(&["status", &job, "--json"]) {
+                out if out.status.success() => stdout_json(&out)["state"].clone(),
+                _ => Value::Null, // the coordinator or etcd is down for a moment
+            };
+            if state != "running" && !state.is_null() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not finish\n{}",
+                c.logs()
+            );
+            if injected.values().sum::<usize>() >= faults {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(300 + next() % 1200));
+            let kind = match next() % 4 {
+                0 => "worker kill -9",
+                1 => "worker SIGSTOP",
+                2 => "coordinator kill -9",
+                _ => "etcd kill",
+            };
+            match kind {
+                "worker kill -9" => {
+                    let victim = (next() % c.workers.len() as u64) as usize;
+                    c.workers[victim].child.kill();
+                    c.workers.remove(victim);
+                    c.add_worker();
+                }
+                "worker SIGSTOP" => {
+                    let victim = (next() % c.workers.len() as u64) as usize;
+                    c.workers[victim].child.signal("STOP");
+                    std::thread::sleep(Duration::from_secs(3)); // past the 2 s lease
+                    c.workers[victim].child.signal("CONT");
+                }
+                "coordinator kill -9" => {
+                    c.coordinator.as_mut().unwrap().child.kill();
+                    c.start_coordinator();
+                }
+                _ => {
+                    c.etcd.kill();
+                    std::thread::sleep(Duration::from_millis(500 + next() % 1500));
+                    c.etcd.restart();
+                }
+            }
+            *injected.entry(kind).or_default() += 1;
+        }
+        let (code, summary) = c.watch(&job);
+        assert_eq!(code, Some(0), "job {job}: {summary}\n{}", c.logs());
+        if kafka {
+            assert_eq!(summary["acknowledged"], want.len() as u64, "job {job}");
+            let records = broker.read_all(&topic, 3, want.len(), Duration::from_secs(60));
+            let seen = copies_by_source(&records);
+            assert_eq!(
+                seen.len(),
+                want.len(),
+                "job {job}: every event is on the topic"
+            );
+            kafka_copies += records.len() - want.len();
+        } else {
+            wait_no_orphans(&c.dest(), &job);
+            assert_exact_output(&c.dest(), &job, &want);
+        }
+        jobs += 1;
+    }
+    eprintln!(
+        "soak: {} faults {injected:?} over {jobs} jobs ({} events each) in {:.0} s: every \
+         Parquet job exact, every Kafka job complete ({kafka_copies} extra copies on tansu)",
+        injected.values().sum::<usize>(),
+        want.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
