@@ -35,7 +35,9 @@ pub use request::{JobRecord, JobRequest};
 /// `hang-before-file-finish` (a Parquet file is written but never finished: killed there, the
 /// attempt leaves an unfinished write). Coordinators: `crash-before-success-marker` (the job
 /// manifest is written, `_SUCCESS` is not). Workers also: `lose-commit-reply` (the first shard
-/// commit of the process takes effect but answers as lost once the job has ended).
+/// commit of the process takes effect but answers as lost once the job has ended),
+/// `late-file-then-die` (an attempt waits 5 s between its last cancel check and finishing its
+/// files, then the process aborts: stopped meanwhile, it writes them after the job's commit).
 pub fn failpoint(name: &str) -> bool {
     std::env::var("REWIND_FAILPOINT").is_ok_and(|v| v == name)
 }

@@ -139,3 +139,17 @@ pub struct ShardPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlisted: Option<String>,
 }
+
+/// Where an attempt writes an output before the job commit makes it visible under `key`: below
+/// the execution's `_rewind/staging/`, with a `.pending` suffix. Hive-style readers skip `_`
+/// directories, and no `*.parquet` / `*.jsonl` glob matches, so what an attempt wrote is never
+/// read as the job's output unless the commit promoted it — also when a worker frozen past its
+/// lease wakes up after the commit and finishes a file.
+pub fn staged(key: &str) -> String {
+    match key.split_once('/') {
+        Some((execution, rest)) if execution.starts_with("execution_id=") => {
+            format!("{execution}/_rewind/staging/{rest}.pending")
+        }
+        _ => format!("_rewind/staging/{key}.pending"),
+    }
+}

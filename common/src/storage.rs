@@ -145,6 +145,10 @@ pub trait OutputStore: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
     /// Deletes `key`; deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Makes the finished object `from` visible as `to` and removes `from` (a rename; on S3 a
+    /// server-side copy and a delete). Idempotent: with `from` gone and `to` there, it was
+    /// promoted already and `to` is described.
+    fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError>;
     /// Discards writes under `prefix` that were started and never finished (a worker killed
     /// mid-file leaves them: temporary files, incomplete multipart uploads, invisible to
     /// `list`); returns how many. Only for prefixes nobody should be writing to any more.
@@ -436,6 +440,28 @@ impl OutputStore for LocalOutput {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io(path.display().to_string(), e)),
         }
+    }
+
+    fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError> {
+        check_key(from)?;
+        check_key(to)?;
+        let (src, dst) = (self.root.join(from), self.root.join(to));
+        let what = || format!("promoting {from} to {to} in {}", self.root.display());
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(|e| StorageError::io(what(), e))?;
+        }
+        match fs::rename(&src, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dst.is_file() => {}
+            Err(e) => return Err(StorageError::io(what(), e)),
+        }
+        let size = fs::metadata(&dst)
+            .map_err(|e| StorageError::io(what(), e))?
+            .len();
+        Ok(Written {
+            size,
+            version: None,
+        })
     }
 
     fn sweep_unfinished(&self, prefix: &str) -> Result<u64, StorageError> {

@@ -59,6 +59,33 @@ pub fn run_all(b: &Backend<'_>) {
     pinned_reads(b);
     bad_keys(b);
     killed_writes(b);
+    promotion(b);
+}
+
+/// A finished object promoted to another key: visible there with the same bytes, gone from its
+/// staged key; promoting again answers for the promoted object; nothing to promote is an error.
+fn promotion(b: &Backend<'_>) {
+    let o = b.output;
+    let body = pattern(b.part_size + 17, 9);
+    let mut f = o.create("promo/_rewind/staging/a/x.bin.pending").unwrap();
+    f.write_all(&body).unwrap();
+    f.finish().unwrap();
+    let w = o
+        .promote("promo/_rewind/staging/a/x.bin.pending", "promo/a/x.bin")
+        .unwrap();
+    assert_eq!(w.size, body.len() as u64);
+    assert_eq!(
+        b.versioned,
+        w.version.is_some(),
+        "a version where the store keeps them"
+    );
+    assert_eq!(keys(&o.list("promo/").unwrap()), ["promo/a/x.bin"]);
+    assert_eq!(o.get("promo/a/x.bin").unwrap().as_deref(), Some(&body[..]));
+    let again = o
+        .promote("promo/_rewind/staging/a/x.bin.pending", "promo/a/x.bin")
+        .unwrap();
+    assert_eq!(again.size, body.len() as u64, "idempotent");
+    assert!(o.promote("promo/nothing", "promo/none").is_err());
 }
 
 /// A writer that dies mid-file (no drop runs: kill -9) leaves an unfinished write that `list`

@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use rewind_common::job::{ShardManifest, add_counts};
+use rewind_common::job::{OutputFileEntry, ShardManifest, add_counts};
 use rewind_common::lifecycle::{FailedShard, JobManifest, JobPhase};
+use rewind_common::output::staged;
 use rewind_common::shard_store::{ShardCounts, ShardState};
 use rewind_common::storage::{OutputStore, StorageError};
 use rewind_common::{JobSpec, OutputKeys, ShardId};
@@ -87,6 +88,39 @@ fn read_manifests(
     })
 }
 
+/// Promotes staged outputs to their names, several at a time (on S3 each is a server-side copy).
+fn promote_all(files: Vec<(&dyn OutputStore, &mut OutputFileEntry)>) -> Result<(), CommitError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let per = files.len().div_ceil(MANIFEST_READS);
+    let mut chunks: Vec<Vec<(&dyn OutputStore, &mut OutputFileEntry)>> = Vec::new();
+    let mut files = files;
+    while !files.is_empty() {
+        let rest = files.split_off(per.min(files.len()));
+        chunks.push(std::mem::replace(&mut files, rest));
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    for (store, f) in chunk {
+                        let written = store.promote(&staged(&f.key), &f.key)?;
+                        f.size = written.size;
+                        f.version = written.version;
+                    }
+                    Ok::<_, StorageError>(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        }
+        Ok(())
+    })
+}
+
 fn commit(
     spec: &JobSpec,
     shards: &[(ShardId, ShardState)],
@@ -102,7 +136,28 @@ fn commit(
             _ => None,
         })
         .collect();
-    let manifests = read_manifests(output, &done)?;
+    let mut manifests = read_manifests(output, &done)?;
+    // The committed attempts' outputs become visible now, and only now: attempts write staged
+    // names, so a stale attempt (a worker frozen past its lease) can never add a visible file,
+    // not even after this commit. Idempotent: a commit run again finds them promoted.
+    let (failed_store, unrecoverable_store) = match sides {
+        [f, u, ..] => (*f, *u),
+        [f] => (*f, *f),
+        [] => (output, output),
+    };
+    let mut to_promote: Vec<(&dyn OutputStore, &mut OutputFileEntry)> = Vec::new();
+    for (_, m) in manifests.iter_mut() {
+        for f in m.files.iter_mut() {
+            to_promote.push((output, f));
+        }
+        if let Some(f) = m.failed_file.as_mut() {
+            to_promote.push((failed_store, f));
+        }
+        if let Some(f) = m.unrecoverable_file.as_mut() {
+            to_promote.push((unrecoverable_store, f));
+        }
+    }
+    promote_all(to_promote)?;
     let attempts = shards
         .iter()
         .filter_map(|(shard, state)| match state {
@@ -242,7 +297,6 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rewind_common::job::OutputFileEntry;
     use rewind_common::shard_store::ShardDone;
     use rewind_common::storage::LocalOutput;
     use rewind_common::{HourRange, JobId, Layout, OrgId};

@@ -232,6 +232,51 @@ impl OutputStore for S3Output {
         })
     }
 
+    fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError> {
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let (src, dst, what) = (self.full(from)?, self.full(to)?, self.what(to));
+        self.client.block(async move {
+            let what = what.as_str();
+            // The copy source is `bucket/key`, URL-encoded.
+            let source = format!("{bucket}/{}", encode_key(&src));
+            let copied = client
+                .send(what, || {
+                    client
+                        .sdk
+                        .copy_object()
+                        .bucket(&*bucket)
+                        .copy_source(&source)
+                        .key(&dst)
+                        .send()
+                })
+                .await;
+            let version = match copied {
+                Ok(out) => out.version_id().map(str::to_string),
+                // Promoted before (a commit run again): `to` is there, `from` is gone.
+                Err(StorageError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let head = client
+                .send(what, || {
+                    client.sdk.head_object().bucket(&*bucket).key(&dst).send()
+                })
+                .await?;
+            let deleted = client
+                .send(what, || {
+                    client.sdk.delete_object().bucket(&*bucket).key(&src).send()
+                })
+                .await;
+            match deleted {
+                Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(Written {
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                version: version.or_else(|| head.version_id().map(str::to_string)),
+            })
+        })
+    }
+
     fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
         Arc::new(S3Output {
             client: self.client.with_stats(stats),
@@ -478,4 +523,17 @@ impl Drop for S3File {
             });
         }
     }
+}
+
+/// A key as a copy source wants it: percent-encoded, `/` kept.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -109,7 +109,8 @@ impl<'a> ParquetSink<'a> {
         if self.current.is_none() {
             let key = (self.key_for)(self.next_n);
             self.next_n += 1;
-            let file = self.store.create(&key)?;
+            // Written staged; the job commit makes it visible under `key`.
+            let file = self.store.create(&rewind_common::output::staged(&key))?;
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(writer_properties()))
                 .map_err(|source| SinkError::Parquet {
                     key: key.clone(),
@@ -262,7 +263,11 @@ impl<'a> FailedSink<'a> {
 
     pub fn write(&mut self, record: &FailedRecord<'_>) -> Result<(), SinkError> {
         if self.file.is_none() {
-            self.file = Some(self.store.create(&self.key)?);
+            // Written staged; the job commit makes it visible under `key`.
+            self.file = Some(
+                self.store
+                    .create(&rewind_common::output::staged(&self.key))?,
+            );
         }
         let Some(file) = self.file.as_mut() else {
             unreachable!("opened above")

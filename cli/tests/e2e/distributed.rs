@@ -927,6 +927,57 @@ fn finished_jobs_beyond_the_retention_leave_etcd_and_listing_pages() {
     assert_eq!(c.cli(&["jobs", "--state", "bogus"]).status.code(), Some(2));
 }
 
+/// A worker frozen past its lease with a file about to be finished wakes up after the job
+/// has committed, finishes the file and dies: the file must not be part of the job's output.
+/// Attempts write staged names only the job commit promotes, so a reader globbing
+/// `execution_id=*/**/*.parquet` after `_SUCCESS` sees exactly the manifest. (Files used to go
+/// straight to their final names: this one stayed, outside the manifest.)
+#[test]
+fn a_file_finished_after_the_commit_is_never_visible() {
+    let mut c = Cluster::start(0);
+    c.add_worker_with_env(&[("REWIND_FAILPOINT", "late-file-then-die")]);
+    let hours = 2;
+    c.generate(hours);
+    let job = c.submit(hours);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.workers[0]
+        .log_text()
+        .contains("finishing the files in 5 s")
+    {
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.workers[0].child.signal("STOP");
+    c.add_worker();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    c.workers[0].child.signal("CONT");
+    assert!(
+        c.workers[0]
+            .child
+            .wait_exit(Duration::from_secs(30))
+            .is_some(),
+        "the frozen worker finished its file and died: {}",
+        c.workers[0].log_text()
+    );
+    assert!(c.workers[0].log_text().contains("files finished; dying"));
+    let globbed: BTreeSet<PathBuf> = files_below(&c.dest())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    let manifest = assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+    let listed: BTreeSet<PathBuf> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| c.dest().join(f["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        globbed, listed,
+        "every *.parquet below the destination is the manifest's"
+    );
+}
+
 /// etcd not there yet when a worker and a coordinator start: they say so, retry with backoff,
 /// and work once etcd comes up.
 #[test]

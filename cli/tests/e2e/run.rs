@@ -489,10 +489,11 @@ fn interrupted_run_stops_and_leaves_nothing_behind() {
             .spawn()
             .unwrap();
         let mut guard = rewind_testkit::servers::ChildGuard(Some(child));
+        // Attempts write staged names (`….parquet.pending`) that the job commit promotes.
         let parquet = |dir: &Path| -> usize {
             files_below(dir)
                 .iter()
-                .filter(|f| f.to_string_lossy().ends_with(".parquet"))
+                .filter(|f| f.to_string_lossy().contains(".parquet"))
                 .count()
         };
         let deadline = Instant::now() + Duration::from_secs(60);

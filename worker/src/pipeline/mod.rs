@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rewind_common::job::{FlowCounts, ObjectStats, OutputKeys, ShardManifest, SinkSpec};
+use rewind_common::output::staged;
 use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, OutputStore, StorageError};
 use rewind_common::{JobSpec, ShardId};
 
@@ -334,7 +335,17 @@ impl Attempt<'_> {
         if env.cancel.load(Ordering::Relaxed) {
             return Err(ShardError::cancelled());
         }
+        // Test fail point: the moment between the last look and the files' finish.
+        let late = crate::failpoint("late-file-then-die");
+        if late {
+            tracing::warn!("fail point late-file-then-die: finishing the files in 5 s");
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         let end = sink.finish()?;
+        if late {
+            tracing::warn!("fail point late-file-then-die: files finished; dying");
+            std::process::abort();
+        }
         let p = &env.progress;
         p.produced
             .store(end.produced - end.delivered_before, Ordering::Relaxed);
@@ -394,25 +405,29 @@ pub fn discard_attempt(
     shard: ShardId,
     attempt: u32,
 ) {
+    // An attempt only ever writes staged names (the job commit promotes committed ones), so a
+    // worker never deletes a visible output.
     let keys = OutputKeys::new(&env.spec.job);
     if let Some(m) = manifest {
         for f in &m.files {
-            let _ = env.output.delete(&f.key);
+            let _ = env.output.delete(&staged(&f.key));
         }
     }
     // Files finished before the attempt failed or was stopped: every data file of this attempt
     // sits under one prefix (`part-{shard}-a{attempt}-`).
-    let first = keys.data_file(&env.spec.org, shard, attempt, 0);
-    if let Some(prefix) = first.strip_suffix("0.zstd.parquet")
+    let first = staged(&keys.data_file(&env.spec.org, shard, attempt, 0));
+    if let Some(prefix) = first.strip_suffix("0.zstd.parquet.pending")
         && let Ok(files) = env.output.list(prefix)
     {
         for f in files {
             let _ = env.output.delete(&f.key);
         }
     }
-    let _ = env.failed_output.delete(&keys.failed_file(shard, attempt));
+    let _ = env
+        .failed_output
+        .delete(&staged(&keys.failed_file(shard, attempt)));
     let _ = env
         .unrecoverable_output
-        .delete(&keys.unrecoverable_file(shard, attempt));
+        .delete(&staged(&keys.unrecoverable_file(shard, attempt)));
     let _ = env.output.delete(&keys.shard_manifest(shard, attempt));
 }
