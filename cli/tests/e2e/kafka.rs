@@ -27,6 +27,13 @@ fn generate(dir: &Path, hours: &str, compression: &str) {
 }
 
 fn replay(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--kafka-option", rewind_testkit::kafka::PRODUCER_OPTION];
+    args.extend_from_slice(extra);
+    replay_as_users_do(src, dest, &args)
+}
+
+/// `rewind run --sink kafka` of the first two hours with the producer's own defaults.
+fn replay_as_users_do(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "run",
         "--source",
@@ -42,8 +49,6 @@ fn replay(src: &Path, dest: &Path, extra: &[&str]) -> std::process::Output {
         "--sink",
         "kafka",
         "--json",
-        "--kafka-option",
-        rewind_testkit::kafka::PRODUCER_OPTION,
     ];
     args.extend_from_slice(extra);
     run(BIN, &args)
@@ -943,28 +948,9 @@ fn default_producer_settings_deliver_every_event_once() {
     let broker = Tansu::start();
     let brokers = broker.brokers();
     let run_defaults = |topic: &str, dest: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--source",
-            src.to_str().unwrap(),
-            "--org",
-            "TN-k",
-            "--start",
-            "2024-06-01T00",
-            "--end",
-            "2024-06-01T01",
-            "--dest",
-            dest.to_str().unwrap(),
-            "--sink",
-            "kafka",
-            "--json",
-            "--brokers",
-            &brokers,
-            "--topic",
-            topic,
-        ];
+        let mut args = vec!["--brokers", brokers.as_str(), "--topic", topic];
         args.extend_from_slice(extra);
-        ok(&run(BIN, &args))
+        ok(&replay_as_users_do(&src, dest, &args))
     };
     for round in 0..3 {
         let topic = format!("defaults-{round}");
