@@ -278,13 +278,15 @@ pub struct S3Args {
     /// IAM role to assume for reading the source (STS AssumeRole, refreshed before expiry).
     #[arg(long)]
     pub source_role_arn: Option<String>,
-    /// External id the source role's trust policy requires.
+    /// External id the source role's trust policy requires: a literal (stored with the job,
+    /// masked in answers) or a reference, env:NAME or file:PATH, each process resolves.
     #[arg(long, requires = "source_role_arn")]
     pub source_external_id: Option<String>,
     /// IAM role to assume for writing the destination and failed output.
     #[arg(long)]
     pub dest_role_arn: Option<String>,
-    /// External id the destination role's trust policy requires.
+    /// External id the destination role's trust policy requires (a literal, env:NAME or
+    /// file:PATH).
     #[arg(long, requires = "dest_role_arn")]
     pub dest_external_id: Option<String>,
     /// Session name of assumed roles (shows in CloudTrail; default rewind).

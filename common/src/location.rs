@@ -158,6 +158,16 @@ impl S3Options {
                 ));
             }
         }
+        for (field, id) in [
+            ("--source-external-id", &self.source_external_id),
+            ("--dest-external-id", &self.dest_external_id),
+        ] {
+            if let Some(id) = id
+                && (id.starts_with("env:") || id.starts_with("file:"))
+            {
+                crate::secret::SecretRef::parse(id).map_err(|e| RequestError::new(field, e))?;
+            }
+        }
         if let Some(url) = &self.endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -372,10 +372,19 @@ impl JobRequest {
         })
     }
 
-    /// The request as APIs show it: role external ids masked (they are stored with the job,
-    /// since workers need them to assume the roles, but never served).
+    /// The request as APIs show it: role external ids masked unless given by reference
+    /// (`env:NAME`, `file:PATH`, which each process resolves); a literal one is stored with the
+    /// job, since workers need it to assume the role, but never served.
     pub fn redacted(&self) -> JobRequest {
-        let mask = |v: &Option<String>| v.as_ref().map(|_| crate::secret::MASK.to_string());
+        let mask = |v: &Option<String>| {
+            v.as_ref().map(|v| {
+                if crate::secret::SecretRef::parse(v).is_ok() {
+                    v.clone()
+                } else {
+                    crate::secret::MASK.to_string()
+                }
+            })
+        };
         let mut r = self.clone();
         r.s3.source_external_id = mask(&r.s3.source_external_id);
         r.s3.dest_external_id = mask(&r.s3.dest_external_id);
@@ -515,6 +524,12 @@ mod tests {
         let shown = serde_json::to_string(&r.redacted()).unwrap();
         assert!(!shown.contains("ext-7731"), "{shown}");
         assert_eq!(r.redacted().s3.dest_external_id, None);
+        r.s3.dest_external_id = Some("env:DEST_EXTERNAL_ID".into());
+        assert_eq!(
+            r.redacted().s3.dest_external_id.as_deref(),
+            Some("env:DEST_EXTERNAL_ID"),
+            "a reference is no secret"
+        );
     }
 
     #[test]

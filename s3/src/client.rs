@@ -106,7 +106,12 @@ async fn connect_with(
                 .session_name(session)
                 .configure(&base);
             if let Some(id) = external_id {
-                role = role.external_id(id);
+                role = role.external_id(external_id_value(id).map_err(|why| {
+                    StorageError::Denied {
+                        what: format!("the external id of role {arn}"),
+                        why,
+                    }
+                })?);
             }
             // The provider caches the role's credentials and refreshes them before expiry.
             conf = conf.credentials_provider(role.build().await);
@@ -184,5 +189,37 @@ impl S3Client {
                 why: "the runtime shut down before it finished".into(),
             })
         })
+    }
+}
+
+/// A role's external id as given: a literal, or a reference (`env:NAME`, `file:PATH`) that this
+/// process resolves, so the job never carries the value.
+pub fn external_id_value(given: &str) -> Result<String, String> {
+    if given.starts_with("env:") || given.starts_with("file:") {
+        rewind_common::secret::SecretRef::parse(given)?.resolve()
+    } else {
+        Ok(given.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_ids_are_literals_or_resolved_references() {
+        assert_eq!(external_id_value("ext-7731").unwrap(), "ext-7731");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("id");
+        std::fs::write(&f, "ext-from-file\n").unwrap();
+        assert_eq!(
+            external_id_value(&format!("file:{}", f.display())).unwrap(),
+            "ext-from-file"
+        );
+        assert!(
+            external_id_value("env:REWIND_TEST_NO_SUCH_VAR")
+                .unwrap_err()
+                .contains("REWIND_TEST_NO_SUCH_VAR")
+        );
     }
 }
