@@ -451,7 +451,16 @@ impl OutputStore for LocalOutput {
             fs::create_dir_all(parent).map_err(|e| StorageError::io(what(), e))?;
         }
         match fs::rename(&src, &dst) {
-            Ok(()) => {}
+            Ok(()) => {
+                // Directories the staged name left empty go too (best effort; S3 has none).
+                let mut dir = src.parent();
+                while let Some(d) = dir.filter(|d| d.starts_with(&self.root) && *d != self.root) {
+                    if fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && dst.is_file() => {}
             Err(e) => return Err(StorageError::io(what(), e)),
         }

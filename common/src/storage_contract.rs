@@ -80,6 +80,10 @@ fn promotion(b: &Backend<'_>) {
         "a version where the store keeps them"
     );
     assert_eq!(keys(&o.list("promo/").unwrap()), ["promo/a/x.bin"]);
+    assert!(
+        o.list("promo/_rewind/").unwrap().is_empty(),
+        "nothing left where it was staged"
+    );
     assert_eq!(o.get("promo/a/x.bin").unwrap().as_deref(), Some(&body[..]));
     let again = o
         .promote("promo/_rewind/staging/a/x.bin.pending", "promo/a/x.bin")
