@@ -126,7 +126,7 @@ impl JobRegistry for InMemoryShardStore {
         shards: &[ShardId],
     ) -> Result<(), StoreError> {
         let job = &record.spec.job;
-        self.with_registry(|s| {
+        self.with(|s| {
             if s.registry.records.contains_key(job) || s.jobs.contains_key(job) {
                 return Err(StoreError::JobExists(job.clone()));
             }
@@ -140,7 +140,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn record(&self, job: &JobId) -> Result<JobRecord, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             s.registry
                 .records
                 .get(job)
@@ -150,7 +150,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn status(&self, job: &JobId) -> Result<JobStatus, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             s.registry
                 .records
                 .get(job)
@@ -160,7 +160,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn statuses(&self) -> Result<Vec<(JobId, JobStatus)>, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             Ok(s.registry
                 .records
                 .iter()
@@ -174,7 +174,7 @@ impl JobRegistry for InMemoryShardStore {
         before: Option<&JobId>,
         limit: usize,
     ) -> Result<Vec<(JobId, JobStatus)>, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             Ok(s.registry
                 .records
                 .iter()
@@ -187,7 +187,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn forget(&self, job: &JobId) -> Result<bool, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             if s.registry.active.contains_key(job) {
                 return Ok(false);
             }
@@ -196,7 +196,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn active_jobs(&self) -> Result<Vec<(JobId, JobPhase)>, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             Ok(s.registry
                 .active
                 .iter()
@@ -206,7 +206,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn set_phase(&self, job: &JobId, status: &JobStatus) -> Result<bool, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             if !s.registry.active.contains_key(job) {
                 return Ok(false);
             }
@@ -219,7 +219,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn finish(&self, job: &JobId, status: &JobStatus) -> Result<(), StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             let Some((_, st)) = s.registry.records.get_mut(job) else {
                 return Err(StoreError::JobNotFound(job.clone()));
             };
@@ -232,7 +232,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn put_live(&self, claim: &Claim, counts: &ShardCounts) -> Result<(), StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             if !s.leases.contains_key(&claim.lease) {
                 return Err(StoreError::LeaseExpired(claim.lease));
             }
@@ -249,7 +249,7 @@ impl JobRegistry for InMemoryShardStore {
         &self,
         job: &JobId,
     ) -> Result<(Vec<ShardDone>, Vec<ShardCounts>), StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             let mem = s
                 .jobs
                 .get(job)
@@ -277,7 +277,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn lead(&self, id: &str, lease: LeaseId) -> Result<bool, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             if !s.leases.contains_key(&lease) {
                 return Err(StoreError::LeaseExpired(lease));
             }
@@ -292,7 +292,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             Ok(s.registry
                 .leader
                 .as_ref()
@@ -302,7 +302,7 @@ impl JobRegistry for InMemoryShardStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.with_registry(|s| {
+        self.with(|s| {
             s.revoke(lease);
             Ok(())
         })

@@ -332,14 +332,7 @@ impl InMemoryShardStore {
         Self::default()
     }
 
-    pub(crate) fn with_registry<T>(
-        &self,
-        f: impl FnOnce(&mut MemState) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.with(f)
-    }
-
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut MemState) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

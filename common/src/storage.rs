@@ -443,9 +443,7 @@ impl OutputStore for LocalOutput {
     }
 
     fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError> {
-        check_key(from)?;
-        check_key(to)?;
-        let (src, dst) = (self.root.join(from), self.root.join(to));
+        let (src, dst) = (join(&self.root, from)?, join(&self.root, to)?);
         let what = || format!("promoting {from} to {to} in {}", self.root.display());
         if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).map_err(|e| StorageError::io(what(), e))?;

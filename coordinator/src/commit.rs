@@ -89,23 +89,19 @@ fn read_manifests(
 }
 
 /// Promotes staged outputs to their names, several at a time (on S3 each is a server-side copy).
-fn promote_all(files: Vec<(&dyn OutputStore, &mut OutputFileEntry)>) -> Result<(), CommitError> {
+fn promote_all(
+    mut files: Vec<(&dyn OutputStore, &mut OutputFileEntry)>,
+) -> Result<(), CommitError> {
     if files.is_empty() {
         return Ok(());
     }
     let per = files.len().div_ceil(MANIFEST_READS);
-    let mut chunks: Vec<Vec<(&dyn OutputStore, &mut OutputFileEntry)>> = Vec::new();
-    let mut files = files;
-    while !files.is_empty() {
-        let rest = files.split_off(per.min(files.len()));
-        chunks.push(std::mem::replace(&mut files, rest));
-    }
     std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
+        let handles: Vec<_> = files
+            .chunks_mut(per)
             .map(|chunk| {
                 s.spawn(move || {
-                    for (store, f) in chunk {
+                    for (store, f) in chunk.iter_mut() {
                         let written = store.promote(&staged(&f.key), &f.key)?;
                         f.size = written.size;
                         f.version = written.version;

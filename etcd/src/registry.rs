@@ -20,15 +20,19 @@ impl EtcdStore {
 
     /// Deletes a job's per-shard keys (what [`JobRegistry::finish`] does besides the status).
     pub async fn compact(&self, job: &JobId) -> Result<(), StoreError> {
-        self.kv()
-            .delete(
-                self.job_key(job, ""),
-                Some(DeleteOptions::new().with_prefix()),
-            )
+        self.txn(Txn::new().and_then([self.drop_shards(job)]))
             .await
             .map_err(unavailable)?;
         self.forget(job);
         Ok(())
+    }
+
+    /// The operation that deletes every per-shard key of a job.
+    fn drop_shards(&self, job: &JobId) -> TxnOp {
+        TxnOp::delete(
+            self.job_key(job, ""),
+            Some(DeleteOptions::new().with_prefix()),
+        )
     }
 
     /// Forgets what this process cached about a job whose keys are gone.
@@ -212,10 +216,7 @@ impl JobRegistry for EtcdStore {
         self.txn(Txn::new().and_then([
             TxnOp::put(self.registry_key("states", job), json(status), None),
             TxnOp::delete(self.registry_key("active", job), None),
-            TxnOp::delete(
-                self.job_key(job, ""),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
+            self.drop_shards(job),
         ]))
         .await
         .map_err(unavailable)?;

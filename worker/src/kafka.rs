@@ -367,10 +367,10 @@ fn marker_key(job: &str, shard: ShardId) -> String {
     format!("{job}/{shard}")
 }
 
-/// How long a marker lookup waits for transactions left open on the control topic to end: past
-/// the transaction timeout Rewind's producers set, so that one left by a dead attempt of ours
-/// has been aborted by the brokers by then, even when nothing retries its shard.
-const OPEN_TRANSACTION_WAIT: Duration = Duration::from_secs(TRANSACTION_TIMEOUT_S + 10);
+/// A marker lookup waits this much past the producers' transaction timeout for transactions
+/// left open on the control topic to end, so that one left by a dead attempt of ours has been
+/// aborted by the brokers by then, even when nothing retries its shard.
+const OPEN_TRANSACTION_MARGIN: Duration = Duration::from_secs(10);
 /// `transaction.timeout.ms` of the shards' producers, in seconds.
 const TRANSACTION_TIMEOUT_S: u64 = 300;
 
@@ -432,14 +432,7 @@ pub fn marker_exists(
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut reached = Vec::new();
     // A transaction timeout the user set instead of ours is waited out too.
-    let wait = spec
-        .options
-        .iter()
-        .find(|(k, _)| k == "transaction.timeout.ms")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .map_or(OPEN_TRANSACTION_WAIT, |ms| {
-            Duration::from_millis(ms) + Duration::from_secs(10)
-        });
+    let wait = Duration::from_millis(transaction_timeout_ms(spec)) + OPEN_TRANSACTION_MARGIN;
     let deadline = std::time::Instant::now() + wait;
     let stopped = || {
         stop.load(std::sync::atomic::Ordering::Relaxed)

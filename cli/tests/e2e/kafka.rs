@@ -96,6 +96,26 @@ fn archived(src: &Path) -> BTreeMap<(String, u64), Vec<u8>> {
     out
 }
 
+/// `--ordered`: within an hour shard (hours run in parallel), the records of each key are on
+/// the topic in archive order (object, then byte offset). Returns how many (key, hour) groups
+/// there were.
+fn assert_archive_order_per_key(records: &mut [rewind_testkit::kafka::Record]) -> usize {
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut last: BTreeMap<(Vec<u8>, String), (String, u64)> = BTreeMap::new();
+    for r in records.iter() {
+        let source = r.header("rewind-source-key").unwrap().to_string();
+        let hour = source.rsplit_once('/').unwrap().0.to_string();
+        let at = (
+            source,
+            r.header("rewind-offset").unwrap().parse::<u64>().unwrap(),
+        );
+        if let Some(prev) = last.insert((r.key.clone().unwrap(), hour), at.clone()) {
+            assert!(prev < at, "out of order for a key: {prev:?} then {at:?}");
+        }
+    }
+    last.len()
+}
+
 #[test]
 fn replay_is_byte_exact_keyed_and_traced() {
     let tmp = tempfile::tempdir().unwrap();
@@ -463,19 +483,8 @@ fn ordered_per_key_and_single_object() {
     );
     let mut records = broker.read_all("ordered", 3, want.len(), Duration::from_secs(60));
     assert_eq!(records.len(), want.len());
-    records.sort_by_key(|r| (r.partition, r.offset));
-    let mut last: BTreeMap<Vec<u8>, (String, u64)> = BTreeMap::new();
-    for r in &records {
-        let at = (
-            r.header("rewind-source-key").unwrap().to_string(),
-            r.header("rewind-offset").unwrap().parse::<u64>().unwrap(),
-        );
-        let key = r.key.clone().unwrap();
-        if let Some(prev) = last.insert(key, at.clone()) {
-            assert!(prev < at, "out of order for a key: {prev:?} then {at:?}");
-        }
-    }
-    assert_eq!(last.len(), 7, "the generator's seven event types");
+    let groups = assert_archive_order_per_key(&mut records);
+    assert_eq!(groups, 7, "the generator's seven event types");
 
     // One object.
     let object = want.keys().next().unwrap().0.clone();
@@ -978,21 +987,8 @@ fn default_producer_settings_deliver_every_event_once() {
     );
     let mut records = broker.read_all("defaults-ordered", 3, want.len(), Duration::from_secs(60));
     assert_eq!(records.len(), want.len());
-    records.sort_by_key(|r| (r.partition, r.offset));
-    // The promise is per hour shard (hours run in parallel): order by key within each hour.
-    let mut last: BTreeMap<(Vec<u8>, String), (String, u64)> = BTreeMap::new();
-    for r in &records {
-        let source = r.header("rewind-source-key").unwrap().to_string();
-        let hour = source.rsplit_once('/').unwrap().0.to_string();
-        let at = (
-            source,
-            r.header("rewind-offset").unwrap().parse::<u64>().unwrap(),
-        );
-        if let Some(prev) = last.insert((r.key.clone().unwrap(), hour), at.clone()) {
-            assert!(prev < at, "out of order for a key: {prev:?} then {at:?}");
-        }
-    }
-    assert_eq!(last.len(), 14, "seven event types in each of two hours");
+    let groups = assert_archive_order_per_key(&mut records);
+    assert_eq!(groups, 14, "seven event types in each of two hours");
 }
 
 /// An exactly-once shard is one transaction: one that the job's byte rate alone makes longer

@@ -254,16 +254,13 @@ impl Attempt<'_> {
                                     }
                                     Taken::Refused(reason) => {
                                         tally.failed("kafka_rejected", None);
-                                        let rec = FailedRecord::new(
+                                        sink_refused(
+                                            &mut failed,
                                             &object.key,
                                             ev.offset,
-                                            ev.bytes().len() as u64,
-                                            "kafka_rejected",
-                                            &reason,
                                             ev.bytes(),
-                                            false,
-                                        );
-                                        failed.write(&rec).map_err(ShardError::sink)?;
+                                            &reason,
+                                        )?;
                                         continue;
                                     }
                                 }
@@ -356,16 +353,7 @@ impl Attempt<'_> {
         // Refused by the brokers after the fact: failed, not recovered.
         for r in &end.refused {
             tally.refused_later();
-            let rec = FailedRecord::new(
-                &r.source_key,
-                r.offset,
-                r.raw.len() as u64,
-                "kafka_rejected",
-                &r.reason,
-                &r.raw,
-                false,
-            );
-            failed.write(&rec).map_err(ShardError::sink)?;
+            sink_refused(&mut failed, &r.source_key, r.offset, &r.raw, &r.reason)?;
         }
         let failed_file = failed.finish().map_err(ShardError::sink)?;
         let unrecoverable_file = unrecoverable.finish().map_err(ShardError::sink)?;
@@ -395,6 +383,26 @@ impl Attempt<'_> {
             .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
         Ok((key, manifest))
     }
+}
+
+/// The failed record of an event the sink refused for itself (Kafka: too large, invalid).
+fn sink_refused(
+    failed: &mut FailedSink<'_>,
+    source_key: &str,
+    offset: u64,
+    raw: &[u8],
+    reason: &str,
+) -> Result<(), ShardError> {
+    let rec = FailedRecord::new(
+        source_key,
+        offset,
+        raw.len() as u64,
+        "kafka_rejected",
+        reason,
+        raw,
+        false,
+    );
+    failed.write(&rec).map_err(ShardError::sink)
 }
 
 /// Deletes everything a shard attempt wrote (a failed or fenced attempt). Best effort: what is
