@@ -92,11 +92,6 @@ pub trait SinkCheck: Send + Sync {
     /// May record in the spec what the job's workers need from it (Kafka: where the control
     /// topic stood).
     fn preflight(&self, spec: &mut JobSpec) -> Result<(), String>;
-    /// The planned job as a whole (what the listing found): a job the sink cannot complete
-    /// is refused here, before it exists.
-    fn check_plan(&self, _spec: &JobSpec, _plans: &[crate::job::ShardPlan]) -> Result<(), String> {
-        Ok(())
-    }
 }
 
 /// No sink checks (Parquet needs none; tests).

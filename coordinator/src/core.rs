@@ -248,9 +248,6 @@ impl<R: JobRegistry> Coordinator<R> {
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
         let plans = pin_job(&request, &spec).await?;
-        self.sinks
-            .check_plan(&spec, &plans)
-            .map_err(CoreError::BadRequest)?;
         let output = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
             .await
             .map_err(|e| CoreError::storage("opening the destination", e))?;

@@ -223,6 +223,16 @@ pub fn client_config(spec: &KafkaSpec) -> Result<ClientConfig, String> {
     for (k, v) in &spec.options {
         c.set(k, v);
     }
+    // A delivery may not outlive its transaction: a transaction timeout set below our delivery
+    // timeout brings ours down with it (a delivery timeout the job sets itself stays).
+    let own_delivery_timeout = !spec
+        .options
+        .iter()
+        .any(|(k, _)| k == "message.timeout.ms" || k == "delivery.timeout.ms");
+    if spec.delivery == Delivery::ExactlyOnce && own_delivery_timeout {
+        let t = transaction_timeout_ms(spec).min(DEFAULT_DELIVERY_TIMEOUT_MS);
+        c.set("message.timeout.ms", t.to_string());
+    }
     apply_secrets(&mut c, spec)?;
     Ok(c)
 }
@@ -383,16 +393,86 @@ fn transaction_timeout_ms(spec: &KafkaSpec) -> u64 {
         .unwrap_or(TRANSACTION_TIMEOUT_S * 1000)
 }
 
-/// Whether an exactly-once replay already committed this shard's transaction (an attempt that
-/// died between the Kafka commit and the shard's own commit): its marker is in the control
+/// How far an exactly-once replay of a shard is committed to Kafka, by the markers its
+/// transactions committed to the control topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// No transaction of the shard committed.
+    Nothing,
+    /// Transactions committed every event before `position` (the event at `object_key`,
+    /// object `position.0` of the shard, offset `position.1`, is the first not produced).
+    UpTo {
+        position: Position,
+        object_key: String,
+    },
+    /// The shard's last transaction committed: nothing is left to produce.
+    All,
+}
+
+/// A marker's value: which attempt committed it and how far its transaction reached.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MarkerValue {
+    job: String,
+    shard: String,
+    attempt: u32,
+    /// `false` for a part of the shard (a transaction committed before the transaction timeout
+    /// came near); markers without it (older versions) committed whole shards.
+    #[serde(default = "yes")]
+    done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    object_index: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    object_key: Option<String>,
+    #[serde(default)]
+    offset: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Committed {
+    fn of(value: &[u8]) -> Result<Committed, String> {
+        let m: MarkerValue =
+            serde_json::from_slice(value).map_err(|e| format!("an unreadable marker: {e}"))?;
+        if m.done {
+            return Ok(Committed::All);
+        }
+        match (m.object_index, m.object_key) {
+            (Some(i), Some(key)) => Ok(Committed::UpTo {
+                position: (i, m.offset),
+                object_key: key,
+            }),
+            _ => Err("a marker of a part without its position".into()),
+        }
+    }
+
+    /// The further of two (markers of one shard, in any order).
+    fn max(self, other: Committed) -> Committed {
+        match (self, other) {
+            (Committed::All, _) | (_, Committed::All) => Committed::All,
+            (Committed::Nothing, x) | (x, Committed::Nothing) => x,
+            (a @ Committed::UpTo { position: p, .. }, b @ Committed::UpTo { position: q, .. }) => {
+                if p >= q {
+                    a
+                } else {
+                    b
+                }
+            }
+        }
+    }
+}
+
+/// How far an exactly-once replay of this shard is committed to Kafka (an attempt that died
+/// after one of its transactions committed): the markers of its transactions in the control
 /// topic, read with `read_committed`.
 /// `stop` ends a wait for open transactions (the attempt is being stopped).
-pub fn marker_exists(
+pub fn committed(
     spec: &KafkaSpec,
     job: &str,
     shard: ShardId,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<bool, KafkaFailure> {
+) -> Result<Committed, KafkaFailure> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let fail = |e: String| KafkaFailure {
         message: format!("reading the control topic {}: {e}", spec.control_topic()),
@@ -478,6 +558,7 @@ pub fn marker_exists(
     }
     consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
     let want = marker_key(job, shard);
+    let mut found = Committed::Nothing;
     // "Not committed" is answered only by having read every partition to its end (the consumer
     // reports each end: enable.partition.eof), never by a quiet spell: a broker that stalls
     // makes the lookup wait, up to its deadline, and then fail (the attempt is retried).
@@ -492,7 +573,13 @@ pub fn marker_exists(
             )));
         }
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if m.key() == Some(want.as_bytes()) => return Ok(true),
+            Some(Ok(m)) if m.key() == Some(want.as_bytes()) => {
+                let this = Committed::of(m.payload().unwrap_or_default()).map_err(fail)?;
+                found = found.max(this);
+                if found == Committed::All {
+                    return Ok(found);
+                }
+            }
             Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 if let Some(r) = reached.get_mut(p as usize) {
@@ -503,18 +590,42 @@ pub fn marker_exists(
             None => {}
         }
     }
-    Ok(false)
+    Ok(found)
 }
 
 /// Where a shard's replay is: the next event to produce is at `offset` in object
 /// `object_index` (everything before is finished).
 pub type Position = (usize, u64);
 
-/// An exactly-once shard's transaction: the marker committed with it.
+/// An exactly-once shard's transactions: each commits with a marker saying how far the shard
+/// is delivered. A transaction is committed, and the next begun, once it has been open for half
+/// the transaction timeout, so a shard of any length (throttled, a slow broker) commits in parts
+/// the brokers never abort for their age; a retried attempt resumes after the last part.
 struct Txn {
     control_topic: String,
     marker_key: String,
-    marker: String,
+    job: String,
+    shard: String,
+    attempt: u32,
+    /// How long a transaction stays open before the next record commits it.
+    budget: Duration,
+    /// When the open transaction's first record was produced (the brokers' timer starts then).
+    open_since: Option<std::time::Instant>,
+}
+
+impl Txn {
+    fn marker(&self, upto: Option<(Position, &str)>) -> String {
+        let value = MarkerValue {
+            job: self.job.clone(),
+            shard: self.shard.clone(),
+            attempt: self.attempt,
+            done: upto.is_none(),
+            object_index: upto.map(|((i, _), _)| i),
+            object_key: upto.map(|(_, k)| k.to_string()),
+            offset: upto.map_or(0, |((_, o), _)| o),
+        };
+        serde_json::to_string(&value).unwrap_or_default()
+    }
 }
 
 /// Produces one shard attempt's events.
@@ -533,6 +644,8 @@ pub struct KafkaSink {
     positions: std::collections::VecDeque<(u64, Position)>,
     /// The position after the last finished record of the contiguous finished prefix.
     finished_to: Option<Position>,
+    /// The position after the last record produced, and its object's key.
+    last_after: Option<(Position, String)>,
 }
 
 impl KafkaSink {
@@ -583,12 +696,15 @@ impl KafkaSink {
                     message: format!("starting the shard's Kafka transaction: {e}"),
                     retryable: true,
                 })?;
+            let half = Duration::from_millis(transaction_timeout_ms(spec) / 2);
             Some(Txn {
                 control_topic: spec.control_topic(),
                 marker_key: marker_key(job, shard),
-                marker:
-                    serde_json::json!({"job": job, "shard": shard.to_string(), "attempt": attempt})
-                        .to_string(),
+                job: job.to_string(),
+                shard: shard.to_string(),
+                attempt,
+                budget: half.max(Duration::from_secs(1)),
+                open_since: None,
             })
         } else {
             None
@@ -605,6 +721,7 @@ impl KafkaSink {
             max_in_flight: spec.checkpoint_events.max(1),
             positions: std::collections::VecDeque::new(),
             finished_to: None,
+            last_after: None,
         })
     }
 
@@ -675,9 +792,39 @@ impl KafkaSink {
         }
     }
 
-    /// Produces one event; `after` is the position just after it (object index, offset). A
-    /// record the client refuses at once for itself (too large) is returned as the reason; a
-    /// failure of the producer stops the shard. Waits while too many records are in flight.
+    /// Exactly-once: commits the open transaction, with a marker of how far it reached, once
+    /// it has been open for its budget, and begins the next. Called before each record (and
+    /// before the throttle's wait for it), so a transaction stays open for at most its budget
+    /// plus one record's wait.
+    pub fn maybe_commit_part(&mut self) -> Result<(), KafkaFailure> {
+        let Some(txn) = &self.txn else {
+            return Ok(());
+        };
+        let (Some(since), Some((pos, key))) = (txn.open_since, &self.last_after) else {
+            return Ok(());
+        };
+        if since.elapsed() < txn.budget {
+            return Ok(());
+        }
+        let marker = txn.marker(Some((*pos, key)));
+        let rejected = self.settle()?;
+        self.commit(&marker, &rejected)?;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| KafkaFailure {
+                message: format!("beginning the shard's next Kafka transaction: {e}"),
+                retryable: true,
+            })?;
+        if let Some(txn) = &mut self.txn {
+            txn.open_since = None;
+        }
+        Ok(())
+    }
+
+    /// Produces one event of object `source_key`; `after` is the position just after it
+    /// (object index, offset). A record the client refuses at once for itself (too large) is
+    /// returned as the reason; a failure of the producer stops the shard. Waits while too many
+    /// records are in flight.
     pub fn send(
         &mut self,
         row: &Row<'_>,
@@ -689,6 +836,7 @@ impl KafkaSink {
         if let Some(f) = self.failed() {
             return Err(f);
         }
+        self.maybe_commit_part()?;
         while self.in_flight() >= self.max_in_flight {
             std::thread::sleep(Duration::from_millis(1));
             if let Some(f) = self.failed() {
@@ -728,6 +876,13 @@ impl KafkaSink {
                 Ok(()) => {
                     self.produced += 1;
                     self.positions.push_back((seq as u64, after));
+                    match &mut self.last_after {
+                        Some((pos, key)) if key == source_key => *pos = after,
+                        last => *last = Some((after, source_key.to_string())),
+                    }
+                    if let Some(txn) = &mut self.txn {
+                        txn.open_since.get_or_insert_with(std::time::Instant::now);
+                    }
                     return Ok(None);
                 }
                 Err((e, back)) => match e.rdkafka_error_code() {
@@ -758,6 +913,17 @@ impl KafkaSink {
     /// Waits until every record is acknowledged or refused. Returns the records the brokers
     /// refused for themselves; fails when any delivery failed otherwise or did not finish.
     pub fn finish(self) -> Result<(u64, u64, Vec<Rejected>), KafkaFailure> {
+        let rejected = self.settle()?;
+        let acknowledged = self.acknowledged();
+        if let Some(txn) = &self.txn {
+            self.commit(&txn.marker(None), &rejected)?;
+        }
+        Ok((self.produced, acknowledged, rejected))
+    }
+
+    /// Waits until every record produced so far is acknowledged or refused; returns the
+    /// refused ones not returned before.
+    fn settle(&self) -> Result<Vec<Rejected>, KafkaFailure> {
         let flushed = self.producer.flush(self.timeout);
         if let Some(f) = self.failed() {
             return Err(f);
@@ -781,6 +947,8 @@ impl KafkaSink {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         let acknowledged = self.acknowledged();
+        // Exactly-once fails at the first refusal, so only at-least-once returns refusals (all
+        // at the end): settled, every record is acknowledged or among them.
         if acknowledged + rejected.len() as u64 != self.produced {
             return Err(KafkaFailure {
                 message: format!(
@@ -791,15 +959,15 @@ impl KafkaSink {
                 retryable: true,
             });
         }
-        if let Some(txn) = &self.txn {
-            self.commit(txn, &rejected)?;
-        }
-        Ok((self.produced, acknowledged, rejected))
+        Ok(rejected)
     }
 
-    /// Commits the shard's transaction with its marker. A record refused inside a transaction
+    /// Commits the open transaction with its marker. A record refused inside a transaction
     /// leaves it abortable only: the shard fails (for good: the record would be refused again).
-    fn commit(&self, txn: &Txn, rejected: &[Rejected]) -> Result<(), KafkaFailure> {
+    fn commit(&self, marker: &str, rejected: &[Rejected]) -> Result<(), KafkaFailure> {
+        let Some(txn) = &self.txn else {
+            return Ok(());
+        };
         let abort = |message: String, retryable: bool| {
             let _ = self.producer.abort_transaction(self.timeout);
             KafkaFailure { message, retryable }
@@ -815,7 +983,7 @@ impl KafkaSink {
         }
         let marker = BaseRecord::with_opaque_to(&txn.control_topic, MARKER)
             .key(txn.marker_key.as_bytes())
-            .payload(txn.marker.as_bytes());
+            .payload(marker.as_bytes());
         if let Err((e, _)) = self.producer.send(marker) {
             return Err(abort(format!("producing the shard's marker: {e}"), true));
         }
@@ -827,7 +995,7 @@ impl KafkaSink {
                     true,
                 )
             })?;
-        // A test hook: die between the Kafka commit and the shard's commit.
+        // A test hook: die between a Kafka commit and the shard's commit.
         if crate::failpoint("after-kafka-commit") {
             std::process::abort();
         }
@@ -848,53 +1016,68 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
         }
     }
 
-    /// An exactly-once shard is one transaction, and a transaction the brokers abort after
-    /// `transaction.timeout.ms` can never commit: a shard that the job's byte rate alone makes
-    /// longer than that is refused. Only when it is predictable: every event is produced (no
-    /// selection, flows or dedup), so the shard produces at least its stored bytes (compressed
-    /// objects produce more). Event-rate limits cannot be predicted before decoding.
-    fn check_plan(
-        &self,
-        spec: &rewind_common::JobSpec,
-        plans: &[rewind_common::job::ShardPlan],
-    ) -> Result<(), String> {
-        let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink else {
-            return Ok(());
-        };
-        let (Delivery::ExactlyOnce, Some(rate)) = (k.delivery, k.max_bytes_per_sec) else {
-            return Ok(());
-        };
-        let t = &spec.treatment;
-        let selects = !t.event_types.is_empty()
-            || !t.domains.is_empty()
-            || t.filter.is_some()
-            || t.flows.is_some()
-            || t.dedup.is_some();
-        if selects || spec.arrival_filter {
-            return Ok(());
-        }
-        let timeout_s = transaction_timeout_ms(k) / 1000;
-        for p in plans {
-            let bytes: u64 = p.objects.iter().map(|o| o.size).sum();
-            let secs = bytes / rate.max(1);
-            if secs > timeout_s {
-                return Err(format!(
-                    "invalid --max-bytes-per-sec: shard {} ({bytes} bytes) would take at least \
-                     {secs} s at {rate} bytes/s, longer than the transaction timeout of {timeout_s} \
-                     s, so its exactly-once transaction could never commit; raise the rate, raise \
-                     --kafka-option transaction.timeout.ms (up to the brokers' \
-                     transaction.max.timeout.ms), or use --delivery at-least-once",
-                    p.shard
-                ));
-            }
-        }
-        Ok(())
-    }
-
     fn preflight(&self, spec: &mut rewind_common::JobSpec) -> Result<(), String> {
         if let rewind_common::job::SinkSpec::Kafka(k) = &mut spec.sink {
             k.control_from = preflight(k, Duration::from_secs(15))?.control_from;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn() -> Txn {
+        Txn {
+            control_topic: "t.rewind-control".into(),
+            marker_key: "j/2024060100".into(),
+            job: "j".into(),
+            shard: "2024060100".into(),
+            attempt: 2,
+            budget: Duration::from_secs(1),
+            open_since: None,
+        }
+    }
+
+    #[test]
+    fn markers_say_how_far_a_shard_is_committed() {
+        let t = txn();
+        let part = t.marker(Some(((3, 1200), "a/b.json")));
+        let up_to = Committed::of(part.as_bytes()).unwrap();
+        assert_eq!(
+            up_to,
+            Committed::UpTo {
+                position: (3, 1200),
+                object_key: "a/b.json".into()
+            }
+        );
+        assert_eq!(
+            Committed::of(t.marker(None).as_bytes()).unwrap(),
+            Committed::All
+        );
+        // Markers of whole shards written before parts existed.
+        let old = br#"{"job":"j","shard":"2024060100","attempt":1}"#;
+        assert_eq!(Committed::of(old).unwrap(), Committed::All);
+        let torn = br#"{"job":"j","shard":"2024060100","attempt":1,"done":false}"#;
+        assert!(Committed::of(torn).is_err(), "a part without its position");
+        assert!(Committed::of(b"{").is_err());
+    }
+
+    #[test]
+    fn the_furthest_marker_wins_in_any_order() {
+        let at = |i, o| Committed::UpTo {
+            position: (i, o),
+            object_key: format!("k{i}"),
+        };
+        let all = [Committed::Nothing, at(0, 500), at(1, 10), at(1, 900)];
+        for rotate in 0..all.len() {
+            let mut v = all.to_vec();
+            v.rotate_left(rotate);
+            let m = v.into_iter().fold(Committed::Nothing, Committed::max);
+            assert_eq!(m, at(1, 900));
+        }
+        assert_eq!(at(2, 0).max(Committed::All), Committed::All);
+        assert_eq!(Committed::All.max(Committed::Nothing), Committed::All);
     }
 }

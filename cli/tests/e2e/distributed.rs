@@ -1552,12 +1552,14 @@ fn kafka_replay_survives_repeated_crashes_at_random_moments() {
 
 /// An exactly-once replay of one hour into topic `eo` (2 partitions, control topic beside it),
 /// submitted while the only worker is one that dies (a fail point) right after committing its
-/// first shard's Kafka transaction: the cluster, the broker, that worker and the job id.
+/// first Kafka transaction: the cluster, the broker, that worker and the job id. `extra` gives
+/// the job's further flags from the number of archived events.
 fn exactly_once_job_with_a_doomed_worker(
-    extra: &[&str],
+    extra: impl FnOnce(usize) -> Vec<String>,
 ) -> (Cluster, rewind_testkit::kafka::Tansu, Proc, String) {
     let c = Cluster::start(0);
     c.generate(1);
+    let extra = extra(archived_events(&c.src()).len());
     let broker = rewind_testkit::kafka::Tansu::start();
     broker.create_topic("eo", 2);
     broker.create_topic("eo.rewind-control", 1);
@@ -1582,7 +1584,7 @@ fn exactly_once_job_with_a_doomed_worker(
         &[("REWIND_FAILPOINT", "after-kafka-commit")],
     );
     let mut flags = vec!["--topic", "eo", "--delivery", "exactly-once"];
-    flags.extend_from_slice(extra);
+    flags.extend(extra.iter().map(String::as_str));
     let out = c.submit_kafka("2024-04-01T00", &broker.brokers(), &flags);
     let job = submitted(&out);
     (c, broker, doomed, job)
@@ -1593,7 +1595,7 @@ fn exactly_once_job_with_a_doomed_worker(
 /// shard's marker and produces nothing. A read_committed consumer sees every event once.
 #[test]
 fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
-    let (mut c, broker, mut doomed, job) = exactly_once_job_with_a_doomed_worker(&[]);
+    let (mut c, broker, mut doomed, job) = exactly_once_job_with_a_doomed_worker(|_| Vec::new());
     let src = c.src();
     // The doomed worker commits the transaction, then aborts.
     assert!(
@@ -1630,14 +1632,60 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
     );
 }
 
+/// Exactly-once in parts across a crash between two of them: a shard throttled to ~8 s against
+/// a 4 s transaction timeout commits in parts; the doomed worker commits the first part and
+/// dies. The next attempt finds that part's marker and produces only the rest: every event
+/// arrives once, and the doomed attempt's events are not produced again.
+#[test]
+fn exactly_once_resumes_after_the_last_committed_part() {
+    let (mut c, broker, mut doomed, job) = exactly_once_job_with_a_doomed_worker(|events| {
+        let rate = (events as f64 / 8.0).round().max(1.0);
+        [
+            "--max-events-per-sec",
+            &rate.to_string(),
+            "--kafka-option",
+            "transaction.timeout.ms=4000",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let src = c.src();
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "{}",
+        doomed.log_text()
+    );
+    let events = archived_events(&src).len();
+    let first_part = broker
+        .read_all("eo", 2, events, Duration::from_secs(5))
+        .len();
+    assert!(
+        first_part > 0 && first_part < events,
+        "the doomed attempt committed a part of the shard: {first_part} of {events}"
+    );
+    c.add_worker();
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_eq!(summary["acknowledged"], events as u64);
+    let records = broker.read_all("eo", 2, events, Duration::from_secs(60));
+    let seen = copies_by_source(&records);
+    assert_eq!(seen.len(), events, "every event is on the topic");
+    assert_eq!(
+        records.len(),
+        events,
+        "none twice: the retry resumed after the part"
+    );
+}
+
 /// The crash after the Kafka commit again, with another transaction left open on the control
 /// topic from before the doomed attempt's commit (another shard's attempt that died before its
 /// own commit): a read_committed reader cannot see past it, so the retry must wait for it to
 /// end before deciding whether its marker is there, instead of producing the shard again.
 #[test]
 fn exactly_once_retry_waits_for_a_transaction_left_open_on_the_control_topic() {
-    let (mut c, broker, mut doomed, job) =
-        exactly_once_job_with_a_doomed_worker(&["--max-events-per-sec", "1500"]);
+    let (mut c, broker, mut doomed, job) = exactly_once_job_with_a_doomed_worker(|_| {
+        vec!["--max-events-per-sec".into(), "1500".into()]
+    });
     let src = c.src();
     let produced = || {
         (0..2)

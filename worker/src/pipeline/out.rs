@@ -133,10 +133,33 @@ impl<'a> KafkaOut<'a> {
         .map_err(ShardError::kafka)?;
         let checkpoint_key = OutputKeys::new(&spec.job).checkpoint(shard);
         let resume = if k.delivery == Delivery::ExactlyOnce {
-            // Committed to Kafka already (died before the shard's commit): produce nothing.
-            crate::kafka::marker_exists(k, spec.job.as_str(), shard, &env.cancel)
+            // Committed to Kafka already, whole or in part (an attempt died after one of its
+            // transactions committed): produce only what no transaction committed.
+            use crate::kafka::Committed;
+            match crate::kafka::committed(k, spec.job.as_str(), shard, &env.cancel)
                 .map_err(ShardError::kafka)?
-                .then_some((todo.len(), 0))
+            {
+                Committed::Nothing => None,
+                Committed::All => Some((todo.len(), 0)),
+                Committed::UpTo {
+                    position,
+                    object_key,
+                } => {
+                    if todo.get(position.0).is_none_or(|o| o.key != object_key) {
+                        // The shard's objects are pinned by its plan: a marker naming another
+                        // object is not ours to trust, and producing could duplicate.
+                        return Err(ShardError {
+                            message: format!(
+                                "the control topic's marker for shard {shard} names object \
+                                 {object_key} at {}, which is not the shard's object there",
+                                position.0
+                            ),
+                            retryable: false,
+                        });
+                    }
+                    Some(position)
+                }
+            }
         } else {
             read_checkpoint(output, &checkpoint_key, todo)
         };
@@ -168,6 +191,8 @@ impl Sink for KafkaOut<'_> {
             return Ok(Taken::DeliveredBefore);
         }
         if let Some(t) = &self.throttle {
+            // A transaction due to commit does so before the wait, not after it.
+            self.kafka.maybe_commit_part().map_err(ShardError::kafka)?;
             t.acquire(value.len() as u64);
         }
         let refused = self
