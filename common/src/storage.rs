@@ -155,6 +155,48 @@ pub trait OutputStore: Send + Sync {
     fn sweep_unfinished(&self, prefix: &str) -> Result<u64, StorageError>;
     /// The same store, counting its retries into `stats`.
     fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn OutputStore>;
+    /// What is stored at `key` now (size, content tag, version); `None` when nothing is.
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+    /// Whether the store keeps every version of an object (an S3 bucket with versioning on).
+    fn versioned(&self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+    /// Deletes `key` like [`OutputStore::delete`]; in a versioned store, returns the version id
+    /// of the delete marker it left (deleting that version undoes the delete).
+    fn remove(&self, key: &str) -> Result<Option<String>, StorageError> {
+        self.delete(key).map(|()| None)
+    }
+    /// Versioned stores: the versions of exactly `key`, newest first, delete markers included.
+    fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StorageError> {
+        Err(unversioned(self.describe(), key))
+    }
+    /// Versioned stores: makes `version` of `key` the current content again, by a server-side
+    /// copy of that version (a new version; nothing is downloaded).
+    fn restore_version(&self, key: &str, _version: &str) -> Result<Written, StorageError> {
+        Err(unversioned(self.describe(), key))
+    }
+    /// Versioned stores: deletes one version of `key` for good (a delete marker's: the delete
+    /// is undone).
+    fn delete_version(&self, key: &str, _version: &str) -> Result<(), StorageError> {
+        Err(unversioned(self.describe(), key))
+    }
+}
+
+/// One version of an object in a versioned store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub version: String,
+    /// A delete marker (the object was deleted while this version was current).
+    pub delete_marker: bool,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+fn unversioned(store: String, key: &str) -> StorageError {
+    StorageError::Denied {
+        what: format!("{key} in {store}"),
+        why: "the store does not keep object versions".into(),
+    }
 }
 
 /// Checks that a key stays below the root: relative, `/`-separated, no `.`/`..`/empty segment.
@@ -485,6 +527,21 @@ impl OutputStore for LocalOutput {
 
     fn with_stats(&self, _stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
         Arc::new(self.clone())
+    }
+
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = join(&self.root, key)?;
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: meta.len(),
+                etag: Some(local_tag(&meta)),
+                version: None,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(path.display().to_string(), e)),
+        }
     }
 }
 

@@ -6,10 +6,10 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{BucketVersioningStatus, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use rewind_common::storage::{
-    IoStats, ObjectMeta, OutputFile, OutputStore, StorageError, Written, check_key,
+    IoStats, ObjectMeta, OutputFile, OutputStore, StorageError, StoredVersion, Written, check_key,
 };
 
 use crate::client::S3Client;
@@ -22,6 +22,8 @@ pub struct S3Output {
     bucket: Arc<str>,
     prefix: Arc<str>,
     part_size: usize,
+    /// Whether the bucket keeps versions, once asked.
+    versioned: Arc<std::sync::OnceLock<bool>>,
 }
 
 impl S3Output {
@@ -31,12 +33,54 @@ impl S3Output {
             bucket: bucket.into(),
             prefix: prefix.into(),
             part_size,
+            versioned: Arc::default(),
         }
     }
 
     fn full(&self, key: &str) -> Result<String, StorageError> {
         check_key(key)?;
         Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Whether the bucket keeps versions, asked of the store.
+    fn ask_versioned(&self) -> Result<bool, StorageError> {
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let what = format!(
+            "the versioning of s3://{bucket} with {}",
+            self.client.identity
+        );
+        let asked = self.client.block(async move {
+            client
+                .send(&what, || {
+                    client.sdk.get_bucket_versioning().bucket(&*bucket).send()
+                })
+                .await
+                .map(|out| out.status() == Some(&BucketVersioningStatus::Enabled))
+        });
+        match asked {
+            Ok(on) => Ok(on),
+            // A store without the API (s3s-fs), or with an answer the SDK cannot read (moto
+            // 5.2): a probe object gets a version id exactly when the bucket keeps versions.
+            Err(e) if !e.is_retryable() => {
+                tracing::debug!(error = %e, "GetBucketVersioning failed; probing");
+                let probe = format!(
+                    "_rewind/probe/versioning-{}",
+                    rewind_common::JobId::generate()
+                );
+                let written = self.put(&probe, b"")?;
+                match written.version {
+                    Some(v) => {
+                        self.delete_version(&probe, &v)?;
+                        Ok(true)
+                    }
+                    None => {
+                        self.delete(&probe)?;
+                        Ok(false)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn what(&self, key: &str) -> String {
@@ -281,6 +325,195 @@ impl OutputStore for S3Output {
         Arc::new(S3Output {
             client: self.client.with_stats(stats),
             ..self.clone()
+        })
+    }
+
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        let key = key.to_string();
+        self.client.block(async move {
+            let head = client
+                .send(&what, || {
+                    client.sdk.head_object().bucket(&*bucket).key(&full).send()
+                })
+                .await;
+            match head {
+                Ok(h) => Ok(Some(ObjectMeta {
+                    key,
+                    size: h.content_length().unwrap_or(0).max(0) as u64,
+                    etag: h.e_tag().map(str::to_string),
+                    version: h.version_id().filter(|v| *v != "null").map(str::to_string),
+                })),
+                Err(StorageError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn versioned(&self) -> Result<bool, StorageError> {
+        if let Some(on) = self.versioned.get() {
+            return Ok(*on);
+        }
+        let on = self.ask_versioned()?;
+        Ok(*self.versioned.get_or_init(|| on))
+    }
+
+    fn remove(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        self.client.block(async move {
+            let deleted = client
+                .send(&what, || {
+                    client
+                        .sdk
+                        .delete_object()
+                        .bucket(&*bucket)
+                        .key(&full)
+                        .send()
+                })
+                .await;
+            match deleted {
+                Ok(out) => Ok(out
+                    .version_id()
+                    .filter(|v| *v != "null")
+                    .map(str::to_string)),
+                Err(StorageError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn versions(&self, key: &str) -> Result<Vec<StoredVersion>, StorageError> {
+        let (client, bucket, full) = (self.client.clone(), self.bucket.clone(), self.full(key)?);
+        let what = format!("listing the versions of {}", self.what(key));
+        self.client.block(async move {
+            // (latest, last modified, version) of every version and delete marker of exactly
+            // `full`.
+            let mut all: Vec<(bool, i64, StoredVersion)> = Vec::new();
+            let (mut key_marker, mut version_marker): (Option<String>, Option<String>) =
+                (None, None);
+            loop {
+                let page = client
+                    .send(&what, || {
+                        client
+                            .sdk
+                            .list_object_versions()
+                            .bucket(&*bucket)
+                            .prefix(&full)
+                            .set_key_marker(key_marker.clone())
+                            .set_version_id_marker(version_marker.clone())
+                            .send()
+                    })
+                    .await?;
+                let when = |t: Option<&aws_sdk_s3::primitives::DateTime>| {
+                    t.and_then(|t| t.to_millis().ok()).unwrap_or(0)
+                };
+                for v in page.versions().iter().filter(|v| v.key() == Some(&*full)) {
+                    all.push((
+                        v.is_latest() == Some(true),
+                        when(v.last_modified()),
+                        StoredVersion {
+                            version: v.version_id().unwrap_or("null").to_string(),
+                            delete_marker: false,
+                            size: v.size().unwrap_or(0).max(0) as u64,
+                            etag: v.e_tag().map(str::to_string),
+                        },
+                    ));
+                }
+                for m in page
+                    .delete_markers()
+                    .iter()
+                    .filter(|m| m.key() == Some(&*full))
+                {
+                    all.push((
+                        m.is_latest() == Some(true),
+                        when(m.last_modified()),
+                        StoredVersion {
+                            version: m.version_id().unwrap_or("null").to_string(),
+                            delete_marker: true,
+                            size: 0,
+                            etag: None,
+                        },
+                    ));
+                }
+                key_marker = page.next_key_marker().map(str::to_string);
+                version_marker = page.next_version_id_marker().map(str::to_string);
+                if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
+                    break;
+                }
+            }
+            // Newest first: the latest, then by time (stores keep seconds only); the listing
+            // gives each key's versions newest first, which a stable sort keeps for ties.
+            all.sort_by_key(|v| std::cmp::Reverse((v.0, v.1)));
+            Ok(all.into_iter().map(|(_, _, v)| v).collect())
+        })
+    }
+
+    fn restore_version(&self, key: &str, version: &str) -> Result<Written, StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        let source = format!("{bucket}/{}?versionId={version}", encode_key(&full));
+        self.client.block(async move {
+            let out = client
+                .send(&what, || {
+                    client
+                        .sdk
+                        .copy_object()
+                        .bucket(&*bucket)
+                        .copy_source(&source)
+                        .key(&full)
+                        .send()
+                })
+                .await?;
+            let head = client
+                .send(&what, || {
+                    client.sdk.head_object().bucket(&*bucket).key(&full).send()
+                })
+                .await?;
+            Ok(Written {
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                version: out.version_id().or(head.version_id()).map(str::to_string),
+            })
+        })
+    }
+
+    fn delete_version(&self, key: &str, version: &str) -> Result<(), StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        let version = version.to_string();
+        self.client.block(async move {
+            let deleted = client
+                .send(&what, || {
+                    client
+                        .sdk
+                        .delete_object()
+                        .bucket(&*bucket)
+                        .key(&full)
+                        .version_id(&version)
+                        .send()
+                })
+                .await;
+            match deleted {
+                Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
         })
     }
 }
