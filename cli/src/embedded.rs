@@ -150,6 +150,7 @@ async fn sweep_interrupted(
         }
     };
     let prefix = OutputKeys::new(job).job_prefix();
+    let job_id = job.clone();
     let removed = tokio::task::spawn_blocking(move || {
         let mut removed = 0u64;
         for store in [&outputs.dest, &outputs.failed, &outputs.unrecoverable] {
@@ -159,6 +160,16 @@ async fn sweep_interrupted(
             }
             let _ = store.sweep_unfinished(&prefix);
         }
+        // Its change in the destination's log goes with it: nothing of the job took effect.
+        rewind_common::change::forget_job(outputs.dest.as_ref(), job_id.as_str()).map_err(
+            |e| match e {
+                rewind_common::change::ChangeError::Storage(s) => s,
+                other => rewind_common::storage::StorageError::Denied {
+                    what: "the destination's change log".into(),
+                    why: other.to_string(),
+                },
+            },
+        )?;
         Ok::<_, rewind_common::storage::StorageError>(removed)
     })
     .await;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod changes;
 mod client;
 mod coordinator;
 mod embedded;
@@ -45,6 +46,13 @@ enum Command {
     Jobs(JobsArgs),
     /// Cancel a job: workers stop its shards, no _SUCCESS is written.
     Cancel(JobRef),
+    /// The history of a destination: every job, rollback and re-apply, newest first (`changes
+    /// show` one change, `changes expire` old ones).
+    Changes(changes::ChangesArgs),
+    /// Undo the newest applied change of a destination, a given one, or all after `--to`.
+    Rollback(changes::RollbackArgs),
+    /// Apply a rolled-back change again.
+    Reapply(changes::ReapplyArgs),
     /// Try repair flows on real events before running a job.
     #[command(subcommand)]
     Flows(FlowsCommand),
@@ -532,6 +540,9 @@ fn main() -> ExitCode {
         Command::Watch(a) => client::watch(&a.remote, &a.job),
         Command::Jobs(a) => client::jobs(&a),
         Command::Cancel(a) => client::cancel(&a.remote, &a.job),
+        Command::Changes(a) => changes::changes(a),
+        Command::Rollback(a) => changes::rollback(a),
+        Command::Reapply(a) => changes::reapply(a),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
         Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),

@@ -371,11 +371,10 @@ impl<'a> Log<'a> {
     pub fn list(&self) -> Result<Vec<Listed>, ChangeError> {
         let changes = self.changes()?;
         let states = states(&changes);
-        let expired = self.expired()?;
         let mut out = Vec::new();
         for c in changes.iter().rev() {
             let state = states[&c.id];
-            let why_not = self.why_not(&changes, &states, &expired, c)?;
+            let why_not = self.why_not(&changes, &states, c)?;
             out.push(Listed {
                 change: c.clone(),
                 state,
@@ -392,7 +391,6 @@ impl<'a> Log<'a> {
         &self,
         changes: &[Change],
         states: &BTreeMap<String, ChangeState>,
-        expired: &BTreeSet<String>,
         c: &Change,
     ) -> Result<Option<String>, ChangeError> {
         if c.kind == ChangeKind::Rollback {
@@ -421,9 +419,6 @@ impl<'a> Log<'a> {
                 None => return Ok(Some("no applied rollback of it".into())),
             },
         };
-        if expired.contains(&inverse.id) {
-            return Ok(Some(format!("{} expired", inverse.id)));
-        }
         if let Some(later) = conflicts(changes, states, inverse) {
             return Ok(Some(later));
         }
@@ -634,6 +629,23 @@ pub fn record_job(
     };
     log.write(&change)?;
     Ok(Some(change))
+}
+
+/// Drops the change of a job whose output was removed before the command that ran it returned
+/// (an interrupted `rewind run`): it never took effect for anyone. Whether there was one.
+pub fn forget_job(store: &dyn OutputStore, job: &str) -> Result<bool, ChangeError> {
+    let log = Log::new(store);
+    match log
+        .changes()?
+        .into_iter()
+        .find(|c| c.job.as_deref() == Some(job))
+    {
+        Some(c) => {
+            store.delete(&c.key())?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// Finishes rollbacks and re-applies a killed process left under way. Returns what they

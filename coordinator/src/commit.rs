@@ -27,6 +27,17 @@ pub enum CommitError {
     },
     #[error("shard {0} is not finished")]
     Unfinished(ShardId),
+    #[error("recording the job's change: {0}")]
+    Change(String),
+}
+
+impl From<rewind_common::change::ChangeError> for CommitError {
+    fn from(e: rewind_common::change::ChangeError) -> Self {
+        match e {
+            rewind_common::change::ChangeError::Storage(s) => CommitError::Storage(s),
+            other => CommitError::Change(other.to_string()),
+        }
+    }
 }
 
 /// Commits a job whose shards are all finished (done or failed).

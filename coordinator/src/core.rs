@@ -386,14 +386,20 @@ impl<R: JobRegistry> Coordinator<R> {
         let states = self.registry.shards(job).await?;
         let spec = Arc::new(record.spec.clone());
         let commit_spec = spec.clone();
+        let who = record.submitted_by.clone();
         let committed = match open_outputs(&record.request, &spec).await {
             Ok(outputs) => tokio::task::spawn_blocking(move || {
                 let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
-                if cancelled {
+                let manifest = if cancelled {
                     commit_cancelled(&commit_spec, &states, output, &sides)
                 } else {
                     commit_job(&commit_spec, &states, output, &sides)
-                }
+                }?;
+                // The job's change in the destination's log, last: recorded exactly when the
+                // job's output took effect (a commit run again finds it).
+                rewind_common::change::record_job(output, &manifest, who.as_deref())
+                    .map_err(CommitError::from)?;
+                Ok(manifest)
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?,

@@ -580,6 +580,19 @@ fn exactly_once_commits_each_shard_with_a_marker() {
     expected.sort();
     assert_eq!(got, expected, "every event exactly once");
     let job = summary["job_id"].as_str().unwrap();
+    // The replay is a change of the destination's log, which cannot be undone in Kafka.
+    let log = run(
+        BIN,
+        &["changes", "--dest", dest.to_str().unwrap(), "--json"],
+    );
+    let log = ok(&log);
+    assert_eq!(log[0]["kind"], "replay");
+    assert_eq!(log[0]["kafka"]["topic"], "eo");
+    assert_eq!(log[0]["kafka"]["records"], want.len() as u64);
+    let undo = run(BIN, &["rollback", "--dest", dest.to_str().unwrap()]);
+    assert_eq!(undo.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&undo.stderr);
+    assert!(err.contains("cannot be taken back from Kafka"), "{err}");
     let markers = broker.read_all("eo.rewind-control", 1, 3, Duration::from_secs(30));
     let mut keys: Vec<String> = markers
         .iter()

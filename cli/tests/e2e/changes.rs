@@ -1,0 +1,271 @@
+//! Every job a recorded change of its destination, reversible: two jobs, rollback, re-apply,
+//! rollback --to, on a local directory, a versioned bucket (moto) and an unversioned one
+//! (s3s-fs). After each step the dataset a reader globbing `**/*.parquet` sees (every row, with
+//! its partition) equals what it must be; a rollback killed between two of its steps is
+//! finished by running it again.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::{self, seed};
+use rewind_testkit::parquet_rows;
+use rewind_testkit::s3::S3Server;
+use serde_json::Value;
+
+const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
+const ORG: &str = "TN-ch";
+
+/// Where the jobs write and how to read what is there.
+struct Dest<'a> {
+    url: String,
+    /// Flags and environment that reach it.
+    flags: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// Whether the store keeps versions (the changes record them).
+    versioned: bool,
+    /// Copies the destination into a directory, to read it like a reader does.
+    fetch: Box<dyn Fn(&Path) + 'a>,
+}
+
+impl Dest<'_> {
+    fn rewind(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(self.flags.iter().map(String::as_str));
+        Command::new(REWIND)
+            .args(&all)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra_env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// Every row a reader of the destination sees, with its partition, sorted.
+    fn dataset(&self) -> Vec<String> {
+        let local = tempfile::tempdir().unwrap();
+        (self.fetch)(local.path());
+        let mut rows: Vec<String> = parquet_rows(local.path())
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn run_job(&self, src: &Path, start: &str, end: &str) -> String {
+        let out = self.rewind(
+            &[
+                "run",
+                "--source",
+                src.to_str().unwrap(),
+                "--org",
+                ORG,
+                "--start",
+                start,
+                "--end",
+                end,
+                "--dest",
+                &self.url,
+                "--json",
+            ],
+            &[],
+        );
+        common::ok(&out)["job_id"].as_str().unwrap().to_string()
+    }
+
+    /// `rewind changes --json`, newest first.
+    fn changes(&self) -> Vec<Value> {
+        let out = self.rewind(&["changes", "--dest", &self.url, "--json"], &[]);
+        common::ok(&out).as_array().unwrap().clone()
+    }
+
+    fn act(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--dest", &self.url]);
+        self.rewind(&all, &[])
+    }
+}
+
+fn ok_text(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The walk every store goes through.
+fn two_jobs_rolled_back_and_applied_again(dest: &Dest<'_>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    common::generate(
+        &src,
+        ORG,
+        "2024-05-01T00",
+        "3",
+        "0.1",
+        &seed("5"),
+        &["--compression", "mixed"],
+    );
+    assert!(dest.dataset().is_empty());
+    let first_job = dest.run_job(&src, "2024-05-01T00", "2024-05-01T01");
+    let after_first = dest.dataset();
+    assert!(!after_first.is_empty());
+    let second_job = dest.run_job(&src, "2024-05-01T01", "2024-05-01T02");
+    let after_both = dest.dataset();
+    assert!(after_both.len() > after_first.len());
+
+    let log = dest.changes();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["job"], second_job.as_str());
+    assert_eq!(log[1]["job"], first_job.as_str());
+    assert!(
+        log.iter()
+            .all(|c| c["kind"] == "recover" && c["state"] == "applied")
+    );
+    let (first, second) = (
+        log[1]["id"].as_str().unwrap().to_string(),
+        log[0]["id"].as_str().unwrap().to_string(),
+    );
+    // Every visible object of the job is in its change, with rows for the data files.
+    let data: Vec<&Value> = log[0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["key"].as_str().unwrap().ends_with(".parquet"))
+        .collect();
+    assert!(!data.is_empty());
+    assert!(
+        data.iter()
+            .all(|o| o["after"]["rows"].as_u64().unwrap() > 0)
+    );
+    let versions = log[0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["after"]["version"].is_string())
+        .count();
+    let expected = if dest.versioned { data.len() + 2 } else { 0 };
+    assert_eq!(
+        versions, expected,
+        "versions recorded where the store keeps them"
+    );
+
+    // Undo the newest: the second job's rows are gone for every reader.
+    ok_text(&dest.act(&["rollback"]));
+    assert_eq!(dest.dataset(), after_first);
+    // Run again with its id: done already, nothing changes.
+    let again = ok_text(&dest.act(&["rollback", &second]));
+    assert!(again.contains("already"), "{again}");
+    assert_eq!(dest.dataset(), after_first);
+
+    ok_text(&dest.act(&["reapply", &second]));
+    assert_eq!(dest.dataset(), after_both);
+
+    // A rollback killed between its steps (after its intent and three objects: `_SUCCESS`, the
+    // manifest, one data file) is finished by running it again.
+    let killed = dest.rewind(
+        &["rollback", "--to", &first, "--dest", &dest.url],
+        &[
+            ("REWIND_FAILPOINT", "change-step-then-die"),
+            ("REWIND_FAILPOINT_AFTER", "4"),
+        ],
+    );
+    assert!(!killed.status.success(), "the fail point killed it");
+    let half = dest.dataset();
+    assert!(
+        half != after_first && half != after_both,
+        "stopped half-way"
+    );
+    ok_text(&dest.act(&["rollback", "--to", &first]));
+    assert_eq!(dest.dataset(), after_first);
+
+    // The first can go now, and come back.
+    let refused = dest.act(&["reapply", &first]);
+    assert_eq!(refused.status.code(), Some(2), "never rolled back");
+    ok_text(&dest.act(&["rollback", &first]));
+    assert!(dest.dataset().is_empty());
+    ok_text(&dest.act(&["reapply", &first]));
+    assert_eq!(dest.dataset(), after_first);
+
+    // The history only grew: 2 jobs, 4 rollbacks (one by --to), 2 re-applies.
+    let log = dest.changes();
+    let kinds: Vec<&str> = log.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "reapply", "rollback", "rollback", "reapply", "rollback", "recover", "recover"
+        ],
+        "{log:#?}"
+    );
+    let states: Vec<&str> = log.iter().map(|c| c["state"].as_str().unwrap()).collect();
+    assert_eq!(states[5], "rolled_back", "the second job");
+    assert_eq!(states[6], "applied", "the first job");
+}
+
+#[test]
+fn changes_in_a_local_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let dest = Dest {
+        url: out.display().to_string(),
+        flags: Vec::new(),
+        env: Vec::new(),
+        versioned: false,
+        fetch: Box::new(|to: &Path| copy_dir(&out, to)),
+    };
+    two_jobs_rolled_back_and_applied_again(&dest);
+    // What rollbacks displaced waits outside every reader's glob until it expires.
+    let kept = rewind_testkit::files_below(&out.join("_rewind/staging"));
+    assert!(!kept.is_empty());
+    assert!(
+        kept.iter()
+            .all(|p| p.extension().is_some_and(|e| e == "kept"))
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in rewind_testkit::files_below(from) {
+        let rel = f.strip_prefix(from).unwrap();
+        let target = to.join(rel);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &target).unwrap();
+    }
+}
+
+fn s3_dest<'a>(server: &'a S3Server, bucket: &'static str, versioned: bool) -> Dest<'a> {
+    Dest {
+        url: format!("s3://{bucket}/lake"),
+        flags: vec![
+            "--endpoint-url".into(),
+            server.endpoint(),
+            "--force-path-style".into(),
+        ],
+        env: server.env(),
+        versioned,
+        fetch: Box::new(move |to: &Path| {
+            server.download_prefix(bucket, "lake/", to);
+        }),
+    }
+}
+
+/// A versioned bucket: rollbacks leave delete markers and restore versions.
+#[test]
+fn changes_in_a_versioned_bucket() {
+    let server = S3Server::start_moto();
+    server.create_bucket("versioned-lake", true);
+    two_jobs_rolled_back_and_applied_again(&s3_dest(&server, "versioned-lake", true));
+}
+
+/// An unversioned bucket: what a rollback displaces is kept under `_rewind/staging/`.
+#[test]
+fn changes_in_an_unversioned_bucket() {
+    let server = S3Server::start_s3s();
+    server.create_bucket("plain-lake", false);
+    two_jobs_rolled_back_and_applied_again(&s3_dest(&server, "plain-lake", false));
+    let kept = server.list("plain-lake", "lake/_rewind/staging/");
+    assert!(!kept.is_empty());
+    assert!(kept.iter().all(|(k, _)| k.ends_with(".kept")), "{kept:?}");
+}
