@@ -161,15 +161,15 @@ async fn sweep_interrupted(
             let _ = store.sweep_unfinished(&prefix);
         }
         // Its change in the destination's log goes with it: nothing of the job took effect.
-        rewind_common::change::forget_job(outputs.dest.as_ref(), job_id.as_str()).map_err(
-            |e| match e {
+        rewind_common::change::forget_job(outputs.dest.as_ref(), job_id.as_str()).map_err(|e| {
+            match e {
                 rewind_common::change::ChangeError::Storage(s) => s,
                 other => rewind_common::storage::StorageError::Denied {
                     what: "the destination's change log".into(),
                     why: other.to_string(),
                 },
-            },
-        )?;
+            }
+        })?;
         Ok::<_, rewind_common::storage::StorageError>(removed)
     })
     .await;
