@@ -80,24 +80,29 @@ pub struct ReapplyArgs {
 }
 
 /// An open destination, with the runtime its S3 client runs on.
-struct Opened {
-    store: Arc<dyn OutputStore>,
+pub struct Opened {
+    pub store: Arc<dyn OutputStore>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
 fn open(place: &DestArgs) -> Result<Opened, Failure> {
+    open_store(place, "--dest")
+}
+
+/// Opens a destination or dataset given as `flag`.
+pub fn open_store(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
     if place.dest.contains("{org}") {
-        return Err(Failure::BadRequest(
-            "invalid --dest: give the destination itself, without {org}".into(),
-        ));
+        return Err(Failure::BadRequest(format!(
+            "invalid {flag}: give the location itself, without {{org}}"
+        )));
     }
     let org = OrgId::parse("any").map_err(|e| Failure::Job(e.to_string()))?;
-    let location = Location::parse("--dest", &place.dest, &org)?;
+    let location = Location::parse(flag, &place.dest, &org)?;
     match &location {
         Location::Local(dir) => {
             if !dir.is_dir() {
                 return Err(Failure::BadRequest(format!(
-                    "invalid --dest: {} is not a directory",
+                    "invalid {flag}: {} is not a directory",
                     dir.display()
                 )));
             }

@@ -11,6 +11,7 @@ mod coordinator;
 mod embedded;
 mod flows_test;
 mod generate;
+mod repair;
 mod worker;
 
 #[derive(Debug, Parser)]
@@ -53,6 +54,8 @@ enum Command {
     Rollback(changes::RollbackArgs),
     /// Apply a rolled-back change again.
     Reapply(changes::ReapplyArgs),
+    /// Delete or replace rows of a Parquet dataset by key, as one reversible change.
+    Repair(repair::RepairArgs),
     /// Try repair flows on real events before running a job.
     #[command(subcommand)]
     Flows(FlowsCommand),
@@ -543,6 +546,7 @@ fn main() -> ExitCode {
         Command::Changes(a) => changes::changes(a),
         Command::Rollback(a) => changes::rollback(a),
         Command::Reapply(a) => changes::reapply(a),
+        Command::Repair(a) => repair::run(a),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
         Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),

@@ -157,6 +157,15 @@ pub trait OutputStore: Send + Sync {
     fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn OutputStore>;
     /// What is stored at `key` now (size, content tag, version); `None` when nothing is.
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+    /// `len` bytes of `key` from `start` (fewer at its end): a Parquet footer, a bloom filter.
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let all = self
+            .get(key)?
+            .ok_or_else(|| StorageError::NotFound { what: key.into() })?;
+        let from = (start as usize).min(all.len());
+        let to = from.saturating_add(len as usize).min(all.len());
+        Ok(all[from..to].to_vec())
+    }
     /// Whether the store keeps every version of an object (an S3 bucket with versioning on).
     fn versioned(&self) -> Result<bool, StorageError> {
         Ok(false)
@@ -527,6 +536,20 @@ impl OutputStore for LocalOutput {
 
     fn with_stats(&self, _stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
         Arc::new(self.clone())
+    }
+
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        use std::io::Seek;
+        let path = join(&self.root, key)?;
+        let what = || path.display().to_string();
+        let mut f = fs::File::open(&path).map_err(|e| StorageError::io(what(), e))?;
+        f.seek(io::SeekFrom::Start(start))
+            .map_err(|e| StorageError::io(what(), e))?;
+        let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
+        f.take(len)
+            .read_to_end(&mut out)
+            .map_err(|e| StorageError::io(what(), e))?;
+        Ok(out)
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {

@@ -69,6 +69,14 @@ pub fn run_all(b: &Backend<'_>) {
 fn versions(b: &Backend<'_>) {
     let o = b.output;
     assert!(o.head("vers/none").unwrap().is_none());
+    o.put("vers/range", b"0123456789").unwrap();
+    assert_eq!(o.get_range("vers/range", 3, 4).unwrap(), b"3456");
+    assert_eq!(
+        o.get_range("vers/range", 8, 10).unwrap(),
+        b"89",
+        "to the end"
+    );
+    o.delete("vers/range").unwrap();
     o.put("vers/k", b"one").unwrap();
     let head = o.head("vers/k").unwrap().expect("there");
     assert_eq!(head.size, 3);

@@ -328,6 +328,42 @@ impl OutputStore for S3Output {
         })
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        let range = format!("bytes={start}-{}", start + len - 1);
+        self.client.block(async move {
+            let what = what.as_str();
+            client
+                .retry
+                .run(&client.stats, what, || {
+                    let req = client
+                        .sdk
+                        .get_object()
+                        .bucket(&*bucket)
+                        .key(&full)
+                        .range(&range);
+                    async move {
+                        let out = req.send().await.map_err(|e| classify(e, what))?;
+                        let body = out
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| Failure::Transient(crate::retry::chain(&e)))?;
+                        Ok(body.into_bytes().to_vec())
+                    }
+                })
+                .await
+        })
+    }
+
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let (client, bucket, full, what) = (
             self.client.clone(),

@@ -6,6 +6,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod repair;
 pub mod route;
 pub mod run;
 pub mod scan;

@@ -1,8 +1,8 @@
-//! Every job a recorded change of its destination, reversible: two jobs, rollback, re-apply,
-//! rollback --to, on a local directory, a versioned bucket (moto) and an unversioned one
-//! (s3s-fs). After each step the dataset a reader globbing `**/*.parquet` sees (every row, with
-//! its partition) equals what it must be; a rollback killed between two of its steps is
-//! finished by running it again.
+//! Every job a recorded change of its destination, reversible: two jobs, a keyed repair,
+//! rollback, re-apply, rollback --to, on a local directory, a versioned bucket (moto) and an
+//! unversioned one (s3s-fs). After each step the dataset a reader globbing `**/*.parquet` sees
+//! (every row, with its partition) equals what it must be; a repair and a rollback killed
+//! between two of their steps are finished by running them again.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -152,8 +152,38 @@ fn two_jobs_rolled_back_and_applied_again(dest: &Dest<'_>) {
         "versions recorded where the store keeps them"
     );
 
-    // Undo the newest: the second job's rows are gone for every reader.
+    // A keyed repair across both jobs' files (hour 01 is in both): 4 keys deleted, 3 rows
+    // replaced; killed after its intent and first step, then run again.
+    let (repair_args, after_repair) = keyed_repair(&after_both, tmp.path());
+    let mut args: Vec<&str> = vec!["repair", "--dataset", &dest.url, "--key", "event_id"];
+    args.extend(repair_args.iter().map(String::as_str));
+    let killed = dest.rewind(
+        &args,
+        &[
+            ("REWIND_FAILPOINT", "change-step-then-die"),
+            ("REWIND_FAILPOINT_AFTER", "2"),
+        ],
+    );
+    assert!(!killed.status.success(), "the fail point killed the repair");
+    let again = ok_text(&dest.rewind(&args, &[]));
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(dest.dataset(), after_repair);
+    let repair = dest.changes()[0].clone();
+    assert_eq!(repair["kind"], "repair");
+    let repair = repair["id"].as_str().unwrap().to_string();
     ok_text(&dest.act(&["rollback"]));
+    assert_eq!(dest.dataset(), after_both);
+    ok_text(&dest.act(&["reapply", &repair]));
+    assert_eq!(dest.dataset(), after_repair);
+    // The second job cannot go while the repair, touching its files, is in effect.
+    let refused = dest.act(&["rollback", &second]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&repair));
+    ok_text(&dest.act(&["rollback"]));
+    assert_eq!(dest.dataset(), after_both);
+
+    // Undo the second job: its rows are gone for every reader.
+    ok_text(&dest.act(&["rollback", &second]));
     assert_eq!(dest.dataset(), after_first);
     // Run again with its id: done already, nothing changes.
     let again = ok_text(&dest.act(&["rollback", &second]));
@@ -189,19 +219,86 @@ fn two_jobs_rolled_back_and_applied_again(dest: &Dest<'_>) {
     ok_text(&dest.act(&["reapply", &first]));
     assert_eq!(dest.dataset(), after_first);
 
-    // The history only grew: 2 jobs, 4 rollbacks (one by --to), 2 re-applies.
+    // The history only grew: 2 jobs, a repair, 6 rollbacks (one by --to), 3 re-applies.
     let log = dest.changes();
     let kinds: Vec<&str> = log.iter().map(|c| c["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
         [
-            "reapply", "rollback", "rollback", "reapply", "rollback", "recover", "recover"
+            "reapply", "rollback", "rollback", "reapply", "rollback", "rollback", "reapply",
+            "rollback", "repair", "recover", "recover"
         ],
         "{log:#?}"
     );
-    let states: Vec<&str> = log.iter().map(|c| c["state"].as_str().unwrap()).collect();
-    assert_eq!(states[5], "rolled_back", "the second job");
-    assert_eq!(states[6], "applied", "the first job");
+    let state = |id: &str| {
+        log.iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["state"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(state(&repair), "rolled_back");
+    assert_eq!(state(&second), "rolled_back");
+    assert_eq!(state(&first), "applied");
+}
+
+/// A repair of `rows` (the dataset as `Dest::dataset` gives it): the arguments (keys file and
+/// rows file written below `dir`) and the rows it must leave, computed here.
+fn keyed_repair(rows: &[String], dir: &Path) -> (Vec<String>, Vec<String>) {
+    let parsed: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let mut ids: Vec<String> = parsed
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    // Spread over the dataset: every 97th id.
+    let picked: Vec<&String> = ids.iter().step_by(97).take(7).collect();
+    assert_eq!(picked.len(), 7);
+    let (delete, update) = picked.split_at(4);
+    let keys = dir.join("keys.txt");
+    std::fs::write(
+        &keys,
+        delete.iter().map(|k| format!("{k}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let mut lines = String::new();
+    for id in update {
+        let mut row = parsed
+            .iter()
+            .find(|r| r["event_id"] == id.as_str())
+            .unwrap()
+            .clone();
+        let obj = row.as_object_mut().unwrap();
+        obj.remove("_partition");
+        obj.insert("event_type".into(), "REPAIRED".into());
+        let data = obj["data"].to_string();
+        obj.insert("data".into(), Value::String(data));
+        lines.push_str(&format!("{row}\n"));
+    }
+    let updates = dir.join("rows.jsonl");
+    std::fs::write(&updates, lines).unwrap();
+    let expected: Vec<String> = parsed
+        .into_iter()
+        .filter(|r| !delete.contains(&&r["event_id"].as_str().unwrap().to_string()))
+        .map(|mut r| {
+            if update.contains(&&r["event_id"].as_str().unwrap().to_string()) {
+                r["event_type"] = "REPAIRED".into();
+            }
+            r.to_string()
+        })
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    let args = vec![
+        "--delete".to_string(),
+        keys.display().to_string(),
+        "--update".to_string(),
+        updates.display().to_string(),
+    ];
+    (args, expected)
 }
 
 #[test]
