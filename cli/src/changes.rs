@@ -235,6 +235,14 @@ fn show(place: &DestArgs, id: &str) -> Result<(), Failure> {
     }
     if let Some(k) = &c.kafka {
         println!("kafka    {} records into {}", k.records, k.topic);
+        for (p, r) in &k.partitions {
+            println!("           partition {p}: offsets {}..={}", r.first, r.last);
+        }
+        if !k.ranges_complete {
+            println!(
+                "           (a shard resumed after an earlier attempt: its ranges miss that attempt's records)"
+            );
+        }
     }
     match (&l.reversible, &l.why_not) {
         (true, _) => println!("reversible"),

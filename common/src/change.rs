@@ -141,6 +141,13 @@ pub struct Touch {
 pub struct KafkaEffect {
     pub topic: String,
     pub records: u64,
+    /// First and last offset of its records, by partition.
+    #[serde(default)]
+    pub partitions: BTreeMap<i32, crate::output::OffsetRange>,
+    /// False when a shard resumed after an earlier attempt's delivery: the ranges then miss
+    /// that attempt's records (the records themselves are counted).
+    #[serde(default = "crate::output::yes")]
+    pub ranges_complete: bool,
 }
 
 /// One entry of the log.
@@ -607,6 +614,8 @@ pub fn record_job(
         crate::job::SinkSpec::Kafka(k) => Some(KafkaEffect {
             topic: k.topic.clone(),
             records: manifest.counts.acknowledged,
+            partitions: manifest.kafka_offsets.clone(),
+            ranges_complete: manifest.kafka_ranges_complete,
         }),
         crate::job::SinkSpec::Parquet => None,
     };

@@ -172,6 +172,13 @@ pub struct JobManifest {
     /// answer was lost asks once the job has ended (its shard state is gone by then).
     #[serde(default)]
     pub attempts: BTreeMap<String, u32>,
+    /// A Kafka replay: the offsets its records got, by partition (from the committed attempts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kafka_offsets: BTreeMap<i32, crate::output::OffsetRange>,
+    /// Whether those ranges cover every record: false when a shard resumed after an earlier
+    /// attempt's delivery (that attempt's offsets are not known to the one that committed).
+    #[serde(default = "crate::output::yes")]
+    pub kafka_ranges_complete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

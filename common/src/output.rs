@@ -106,6 +106,33 @@ pub struct ObjectStats {
     pub damaged: u64,
 }
 
+/// The offsets of the records a Kafka replay produced into one partition, first and last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl OffsetRange {
+    /// Both ranges and what lies between.
+    pub fn span(self, other: OffsetRange) -> OffsetRange {
+        OffsetRange {
+            first: self.first.min(other.first),
+            last: self.last.max(other.last),
+        }
+    }
+}
+
+/// Adds `from`'s ranges into `into`, partition by partition.
+pub fn add_ranges(
+    into: &mut std::collections::BTreeMap<i32, OffsetRange>,
+    from: &std::collections::BTreeMap<i32, OffsetRange>,
+) {
+    for (p, r) in from {
+        into.entry(*p).and_modify(|x| *x = x.span(*r)).or_insert(*r);
+    }
+}
+
 /// Written by a shard attempt next to its outputs; the shard's done record points to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardManifest {
@@ -125,6 +152,19 @@ pub struct ShardManifest {
     /// Filtered events by reason: event_type, domain, filter, arrival, flow, duplicate.
     #[serde(default)]
     pub filtered_by_reason: std::collections::BTreeMap<String, u64>,
+    /// A Kafka replay: where this attempt's records went, by partition. An attempt that resumed
+    /// after an earlier one's delivery (`counts.delivered_before`-style resumes) only knows its
+    /// own records: see `kafka_ranges_complete`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub kafka_offsets: std::collections::BTreeMap<i32, OffsetRange>,
+    /// Whether `kafka_offsets` covers every record of the shard (no earlier attempt delivered
+    /// part of it).
+    #[serde(default = "crate::output::yes")]
+    pub kafka_ranges_complete: bool,
+}
+
+pub(crate) fn yes() -> bool {
+    true
 }
 
 /// The objects one shard reads, listed when the job was planned (the coordinator core stores one

@@ -194,6 +194,8 @@ fn commit(
     let mut by_reason = BTreeMap::new();
     let mut filtered_by_reason = BTreeMap::new();
     let mut files = Vec::new();
+    let mut kafka_offsets = BTreeMap::new();
+    let mut kafka_ranges_complete = true;
     let mut failed_files = Vec::new();
     let mut unrecoverable_files = Vec::new();
     for (key, m) in &manifests {
@@ -211,6 +213,8 @@ fn commit(
             unrecoverable_files.push(f.clone());
         }
         counts.add(&m.counts);
+        rewind_common::output::add_ranges(&mut kafka_offsets, &m.kafka_offsets);
+        kafka_ranges_complete &= m.kafka_ranges_complete;
         add_counts(&mut by_reason, &m.failed_by_reason, |a, b| *a += b);
         add_counts(&mut filtered_by_reason, &m.filtered_by_reason, |a, b| {
             *a += b
@@ -284,6 +288,8 @@ fn commit(
         unrecoverable_files,
         orphans_deleted: orphans,
         attempts,
+        kafka_offsets,
+        kafka_ranges_complete,
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Manifest {
         shard: ShardId(spec.range.first),
@@ -349,6 +355,8 @@ mod tests {
             },
             failed_by_reason: BTreeMap::new(),
             filtered_by_reason: BTreeMap::new(),
+            kafka_offsets: BTreeMap::new(),
+            kafka_ranges_complete: true,
         }
     }
 

@@ -69,9 +69,9 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
             );
         }
     }
-    let (_, acked, refused) = sink.finish().unwrap();
-    assert!(refused.is_empty());
-    acked
+    let done = sink.finish().unwrap();
+    assert!(done.rejected.is_empty());
+    done.acknowledged
 }
 
 fn plain(values: &[(Vec<u8>, Vec<u8>)], k: &KafkaSpec) -> u64 {

@@ -16,6 +16,7 @@ use rdkafka::message::{
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rewind_common::ShardId;
 use rewind_common::job::{Delivery, KafkaKey, KafkaSpec};
+use rewind_common::output::OffsetRange;
 use rewind_flows::Path;
 
 use crate::record::Row;
@@ -60,6 +61,8 @@ struct Ctx {
     done: Mutex<Done>,
     /// Acknowledgement latencies, when someone collects them.
     latency: Option<Histogram>,
+    /// The offsets the brokers gave the acknowledged records, by partition.
+    offsets: Mutex<std::collections::BTreeMap<i32, OffsetRange>>,
 }
 
 /// Which records are finished: all below `below`, and those in `above`.
@@ -155,6 +158,16 @@ impl ProducerContext for Ctx {
             Ok(msg) => {
                 self.acknowledged.fetch_add(1, Ordering::Relaxed);
                 self.mark(seq);
+                let at = OffsetRange {
+                    first: msg.offset(),
+                    last: msg.offset(),
+                };
+                self.offsets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(msg.partition())
+                    .and_modify(|r| *r = r.span(at))
+                    .or_insert(at);
                 // librdkafka stamps a record with the wall clock when it is produced (unless
                 // the topic uses the brokers' append time, which says nothing of the wait).
                 if let (Some(h), Timestamp::CreateTime(at)) = (&self.latency, msg.timestamp()) {
@@ -628,6 +641,16 @@ impl Txn {
     }
 }
 
+/// What a finished attempt delivered.
+#[derive(Debug)]
+pub struct Finished {
+    pub produced: u64,
+    pub acknowledged: u64,
+    /// Records the brokers refused for themselves (at-least-once only).
+    pub rejected: Vec<Rejected>,
+    pub offsets: std::collections::BTreeMap<i32, OffsetRange>,
+}
+
 /// Produces one shard attempt's events.
 pub struct KafkaSink {
     txn: Option<Txn>,
@@ -759,6 +782,16 @@ impl KafkaSink {
     /// Records handed to the producer so far.
     pub fn produced(&self) -> u64 {
         self.produced
+    }
+
+    /// Where the acknowledged records went: offsets by partition.
+    pub fn offsets(&self) -> std::collections::BTreeMap<i32, OffsetRange> {
+        self.producer
+            .context()
+            .offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records the brokers acknowledged so far.
@@ -912,13 +945,18 @@ impl KafkaSink {
 
     /// Waits until every record is acknowledged or refused. Returns the records the brokers
     /// refused for themselves; fails when any delivery failed otherwise or did not finish.
-    pub fn finish(self) -> Result<(u64, u64, Vec<Rejected>), KafkaFailure> {
+    pub fn finish(self) -> Result<Finished, KafkaFailure> {
         let rejected = self.settle()?;
         let acknowledged = self.acknowledged();
         if let Some(txn) = &self.txn {
             self.commit(&txn.marker(None), &rejected)?;
         }
-        Ok((self.produced, acknowledged, rejected))
+        Ok(Finished {
+            produced: self.produced,
+            acknowledged,
+            rejected,
+            offsets: self.offsets(),
+        })
     }
 
     /// Waits until every record produced so far is acknowledged or refused; returns the

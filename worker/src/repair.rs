@@ -381,7 +381,7 @@ fn writer_properties(key: &str) -> WriterProperties {
     props
         .into_builder()
         .set_column_bloom_filter_enabled(ColumnPath::from(key), true)
-        .set_column_bloom_filter_fpp(ColumnPath::from(key), 0.01)
+        .set_column_bloom_filter_fpp(ColumnPath::from(key), crate::sink::KEY_FILTER_FPP)
         .build()
 }
 

@@ -589,6 +589,27 @@ fn exactly_once_commits_each_shard_with_a_marker() {
     assert_eq!(log[0]["kind"], "replay");
     assert_eq!(log[0]["kafka"]["topic"], "eo");
     assert_eq!(log[0]["kafka"]["records"], want.len() as u64);
+    // The offsets of its records by partition, as a consumer found them.
+    let mut seen: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in &records {
+        let e = seen
+            .entry(r.partition.to_string())
+            .or_insert((r.offset, r.offset));
+        *e = (e.0.min(r.offset), e.1.max(r.offset));
+    }
+    let ranges: BTreeMap<String, (i64, i64)> = log[0]["kafka"]["partitions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(p, r)| {
+            (
+                p.clone(),
+                (r["first"].as_i64().unwrap(), r["last"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(ranges, seen);
+    assert_eq!(log[0]["kafka"]["ranges_complete"], true);
     let undo = run(BIN, &["rollback", "--dest", dest.to_str().unwrap()]);
     assert_eq!(undo.status.code(), Some(2));
     let err = String::from_utf8_lossy(&undo.stderr);

@@ -372,6 +372,8 @@ impl Attempt<'_> {
             counts,
             failed_by_reason: by_reason,
             filtered_by_reason: filtered_by,
+            kafka_offsets: end.offsets,
+            kafka_ranges_complete: end.delivered_before == 0,
         };
         let key = keys.shard_manifest(shard, attempt);
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ShardError {

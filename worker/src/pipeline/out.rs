@@ -46,6 +46,8 @@ pub(super) struct SinkEnd {
     /// Of those, delivered by earlier attempts.
     pub delivered_before: u64,
     pub refused: Vec<Rejected>,
+    /// Kafka: where this attempt's records went, by partition.
+    pub offsets: std::collections::BTreeMap<i32, rewind_common::output::OffsetRange>,
 }
 
 /// The seam between the event loop and an output.
@@ -220,7 +222,8 @@ impl Sink for KafkaOut<'_> {
     }
 
     fn finish(self) -> Result<SinkEnd, ShardError> {
-        let (produced, acknowledged, refused) = self.kafka.finish().map_err(ShardError::kafka)?;
+        let done = self.kafka.finish().map_err(ShardError::kafka)?;
+        let (produced, acknowledged, refused) = (done.produced, done.acknowledged, done.rejected);
         // Everything is acknowledged: a retry (a crash before the shard's commit) produces
         // nothing again.
         let end = KafkaCheckpoint {
@@ -238,6 +241,7 @@ impl Sink for KafkaOut<'_> {
             acknowledged: acknowledged + self.resumed,
             delivered_before: self.resumed,
             refused,
+            offsets: done.offsets,
         })
     }
 }
