@@ -533,80 +533,77 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         }
     }
 
-    // 2. Each candidate read once: rows deleted, replaced.
-    let mut found: BTreeSet<Key> = BTreeSet::new();
-    let mut rewrites: Vec<(String, SchemaRef, Vec<RecordBatch>, FileChange)> = Vec::new();
-    for (f, schema) in &candidates {
-        report.files_read += 1;
-        let body = store.get(&f.key)?.ok_or_else(|| StorageError::NotFound {
-            what: f.key.clone(),
-        })?;
-        report.bytes_read += body.len() as u64;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body))
-            .and_then(|b| b.with_batch_size(64 * 1024).build())
-            .map_err(|e| parquet_err(&f.key, e))?;
-        let updates = match &req.update {
-            Some(rows) => Some(rows_for(schema, rows)?),
-            None => None,
-        };
-        let mut out = Vec::new();
-        let mut fc = FileChange {
-            key: f.key.clone(),
-            rows_before: 0,
-            rows_after: 0,
-            deleted: 0,
-            updated: 0,
-            inserted: 0,
-        };
-        for batch in reader {
-            let batch = batch.map_err(|e| parquet_err(&f.key, e))?;
-            let col = batch
-                .column_by_name(&req.key)
-                .ok_or_else(|| input(format!("{}: no column {}", f.key, req.key)))?;
-            let keys = keys_of(col).map_err(|e| input(format!("--key {}: {e}", req.key)))?;
-            // (source 0: this batch, 1: the replacement rows; row index)
-            let mut take: Vec<(usize, usize)> = Vec::with_capacity(batch.num_rows());
-            for (i, k) in keys.iter().enumerate() {
-                match k {
-                    Some(k) if req.delete.contains(k) => {
-                        fc.deleted += 1;
-                        found.insert(k.clone());
-                    }
-                    Some(k) if update_at.contains_key(k) => {
-                        found.insert(k.clone());
-                        let j = update_at[k];
-                        // A row that already is its replacement stays (a repair run again
-                        // changes nothing).
-                        let same = updates.as_ref().is_some_and(|u| same_row(&batch, i, u, j));
-                        if same {
-                            take.push((0, i));
-                        } else {
-                            fc.updated += 1;
-                            take.push((1, j));
-                        }
-                    }
-                    _ => take.push((0, i)),
-                }
+    // Inserts need their partition values: checked before anything is read or written.
+    let layout = partition_of(&files[0].key);
+    if req.upsert
+        && let Some(rows) = &req.update
+    {
+        for (i, have) in rows.partitions.iter().enumerate() {
+            if let Some(name) = layout.keys().find(|n| !have.contains_key(*n)) {
+                return Err(input(format!(
+                    "--upsert: the row with key {} has no value for the partition column \
+                     {name}, so it would have no place in the dataset",
+                    rows.keys[i]
+                )));
             }
-            fc.rows_before += batch.num_rows() as u64;
-            fc.rows_after += take.len() as u64;
-            if take.is_empty() {
-                continue;
-            }
-            let merged = match &updates {
-                Some(u) => arrow_select::interleave::interleave_record_batch(&[&batch, u], &take),
-                None => {
-                    let idx: Vec<(usize, usize)> = take;
-                    arrow_select::interleave::interleave_record_batch(&[&batch], &idx)
-                }
-            }
-            .map_err(|e| parquet_err(&f.key, e))?;
-            out.push(merged);
-        }
-        if fc.deleted + fc.updated > 0 {
-            rewrites.push((f.key.clone(), schema.clone(), out, fc));
         }
     }
+
+    // 2. Each candidate read once, rows deleted and replaced, and (unless dry) the new file
+    // staged right away: a few files in memory at a time, on as many threads as there are
+    // cores.
+    let change_id_hint = rewind_common::JobId::generate();
+    let staging = format!("_rewind/incoming/{change_id_hint}/");
+    let ctx = Rewrite {
+        store,
+        req,
+        update_at: &update_at,
+        staging: (!req.dry_run).then_some(staging.as_str()),
+    };
+    let outcome = rewrite_all(&ctx, &candidates);
+    let cleanup = || {
+        for o in store.list(&staging).unwrap_or_default() {
+            let _ = store.delete(&o.key);
+        }
+    };
+    let rewritten = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
+    };
+    let mut found: BTreeSet<Key> = BTreeSet::new();
+    let mut ops = Vec::new();
+    let mut changed = Vec::new();
+    for r in rewritten {
+        report.files_read += 1;
+        report.bytes_read += r.bytes_read;
+        report.bytes_written += r.bytes_written;
+        found.extend(r.found);
+        let Some(fc) = r.change else {
+            continue;
+        };
+        report.rows_deleted += fc.deleted;
+        report.rows_updated += fc.updated;
+        if fc.rows_after == 0 {
+            report.files_removed += 1;
+            ops.push(Op::Delete {
+                key: fc.key.clone(),
+            });
+        } else {
+            report.files_rewritten += 1;
+            if let Some(from) = r.staged {
+                ops.push(Op::Put {
+                    key: fc.key.clone(),
+                    from,
+                    rows: Some(fc.rows_after),
+                });
+            }
+        }
+        changed.push(fc);
+    }
+    report.files = changed;
     report.delete_keys_not_found = req
         .delete
         .iter()
@@ -619,49 +616,33 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         .map(|(_, i)| *i)
         .collect();
 
-    // 3. Inserts (--upsert): grouped by the partition values each row carries.
-    let mut inserts: BTreeMap<BTreeMap<String, String>, Vec<usize>> = BTreeMap::new();
-    if req.upsert {
-        let layout = partition_of(&files[0].key);
-        if let Some(rows) = &req.update {
-            for &i in &missing_updates {
-                let have = &rows.partitions[i];
-                let mut p = BTreeMap::new();
-                for name in layout.keys() {
-                    let v = have.get(name).ok_or_else(|| {
-                        input(format!(
-                            "--upsert: the row with key {} has no value for the partition \
-                             column {name}, so it has no place in the dataset",
-                            rows.keys[i]
-                        ))
-                    })?;
-                    p.insert(name.clone(), v.clone());
-                }
-                inserts.entry(p).or_default().push(i);
-            }
+    // 3. Inserts (--upsert), one new file per partition they fall in; else reported.
+    let inserted = (|| -> Result<(), RepairError> {
+        let Some(rows) = &req.update else {
+            return Ok(());
+        };
+        if !req.upsert {
+            report.update_keys_not_found = missing_updates
+                .iter()
+                .map(|i| rows.keys[*i].to_string())
+                .collect();
+            return Ok(());
         }
-    } else {
-        report.update_keys_not_found = missing_updates
-            .iter()
-            .filter_map(|i| req.update.as_ref().map(|r| r.keys[*i].to_string()))
-            .collect();
-    }
-    for (_, _, _, fc) in &rewrites {
-        report.rows_deleted += fc.deleted;
-        report.rows_updated += fc.updated;
-        if fc.rows_after == 0 {
-            report.files_removed += 1;
-        } else {
-            report.files_rewritten += 1;
+        let mut inserts: BTreeMap<BTreeMap<String, String>, Vec<usize>> = BTreeMap::new();
+        for &i in &missing_updates {
+            let p = layout
+                .keys()
+                .map(|n| (n.clone(), rows.partitions[i][n].clone()))
+                .collect();
+            inserts.entry(p).or_default().push(i);
         }
-    }
-    let change_id_hint = rewind_common::JobId::generate();
-    let mut insert_files = Vec::new();
-    if let Some(rows) = &req.update {
-        let schema = candidates
-            .first()
-            .map(|(_, s)| s.clone())
-            .map_or_else(|| first_schema(shared, &files[0]), Ok)?;
+        if inserts.is_empty() {
+            return Ok(());
+        }
+        let schema = match candidates.first() {
+            Some((_, s)) => s.clone(),
+            None => first_schema(shared, &files[0])?,
+        };
         let batch = rows_for(&schema, rows)?;
         for (p, idx) in &inserts {
             let dir: String = p.iter().map(|(k, v)| format!("{k}={v}/")).collect();
@@ -669,61 +650,39 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
             let take: Vec<(usize, usize)> = idx.iter().map(|i| (0, *i)).collect();
             let b = arrow_select::interleave::interleave_record_batch(&[&batch], &take)
                 .map_err(|e| parquet_err(&key, e))?;
-            report.rows_inserted += b.num_rows() as u64;
+            let n = b.num_rows() as u64;
+            report.rows_inserted += n;
             report.files_added += 1;
             report.files.push(FileChange {
                 key: key.clone(),
                 rows_before: 0,
-                rows_after: b.num_rows() as u64,
+                rows_after: n,
                 deleted: 0,
                 updated: 0,
-                inserted: b.num_rows() as u64,
+                inserted: n,
             });
-            insert_files.push((key, schema.clone(), b));
-        }
-    }
-    report
-        .files
-        .splice(0..0, rewrites.iter().map(|(_, _, _, fc)| fc.clone()));
-    if req.dry_run || (rewrites.is_empty() && insert_files.is_empty()) {
-        return Ok(report);
-    }
-
-    // 4. Staged, then one change moves them in (what they replace is kept for a rollback).
-    let staging = format!("_rewind/incoming/{change_id_hint}/");
-    let mut ops = Vec::new();
-    let written: Result<(), RepairError> = (|| {
-        for (key, schema, batches, fc) in &rewrites {
-            if fc.rows_after == 0 {
-                ops.push(Op::Delete { key: key.clone() });
-                continue;
+            if !req.dry_run {
+                let from = format!("{staging}{key}.pending");
+                report.bytes_written +=
+                    write_file(store, &from, &schema, std::slice::from_ref(&b), &req.key)?;
+                ops.push(Op::Put {
+                    key,
+                    from,
+                    rows: Some(n),
+                });
             }
-            let from = format!("{staging}{key}.pending");
-            report.bytes_written += write_file(store, &from, schema, batches, &req.key)?;
-            ops.push(Op::Put {
-                key: key.clone(),
-                from,
-                rows: Some(fc.rows_after),
-            });
-        }
-        for (key, schema, batch) in &insert_files {
-            let from = format!("{staging}{key}.pending");
-            report.bytes_written +=
-                write_file(store, &from, schema, std::slice::from_ref(batch), &req.key)?;
-            ops.push(Op::Put {
-                key: key.clone(),
-                from,
-                rows: Some(batch.num_rows() as u64),
-            });
         }
         Ok(())
     })();
-    if let Err(e) = written {
-        for o in store.list(&staging).unwrap_or_default() {
-            let _ = store.delete(&o.key);
-        }
+    if let Err(e) = inserted {
+        cleanup();
         return Err(e);
     }
+    if req.dry_run || ops.is_empty() {
+        return Ok(report);
+    }
+
+    // 4. One change moves the staged files in (what they replace is kept for a rollback).
     let meta = Meta {
         job: None,
         who: req.who.clone(),
@@ -733,6 +692,160 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
     let change = change::apply(store, ChangeKind::Repair, meta, ops)?;
     report.change = Some(change.id);
     Ok(report)
+}
+
+/// What every candidate's rewrite shares.
+struct Rewrite<'a> {
+    store: &'a dyn OutputStore,
+    req: &'a Request,
+    update_at: &'a BTreeMap<&'a Key, usize>,
+    /// Where rewritten files are staged (`None`: a dry run writes nothing).
+    staging: Option<&'a str>,
+}
+
+/// One candidate, read and (when a row of it changes) rewritten.
+struct Rewritten {
+    bytes_read: u64,
+    bytes_written: u64,
+    /// Keys asked for that it holds.
+    found: BTreeSet<Key>,
+    /// What changes, when something does.
+    change: Option<FileChange>,
+    /// Where its new content is staged.
+    staged: Option<String>,
+}
+
+/// Rewrites the candidates on up to one thread per core; results in the candidates' order.
+fn rewrite_all(
+    ctx: &Rewrite<'_>,
+    candidates: &[(&ObjectMeta, SchemaRef)],
+) -> Result<Vec<Rewritten>, RepairError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+        .min(candidates.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Rewritten, RepairError>>>> =
+        candidates.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((f, schema)) = candidates.get(i) else {
+                        break;
+                    };
+                    let r = rewrite_one(ctx, f, schema);
+                    let failed = r.is_err();
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    if failed {
+                        // The others stop at their next file.
+                        next.store(candidates.len(), Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(candidates.len());
+    for r in results {
+        match r.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(r) => out.push(r?),
+            None => continue,
+        }
+    }
+    Ok(out)
+}
+
+fn rewrite_one(
+    ctx: &Rewrite<'_>,
+    f: &ObjectMeta,
+    schema: &SchemaRef,
+) -> Result<Rewritten, RepairError> {
+    let (store, req) = (ctx.store, ctx.req);
+    let body = store.get(&f.key)?.ok_or_else(|| StorageError::NotFound {
+        what: f.key.clone(),
+    })?;
+    let bytes_read = body.len() as u64;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body))
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| parquet_err(&f.key, e))?;
+    let updates = match &req.update {
+        Some(rows) => Some(rows_for(schema, rows)?),
+        None => None,
+    };
+    let mut out = Vec::new();
+    let mut found = BTreeSet::new();
+    let mut fc = FileChange {
+        key: f.key.clone(),
+        rows_before: 0,
+        rows_after: 0,
+        deleted: 0,
+        updated: 0,
+        inserted: 0,
+    };
+    for batch in reader {
+        let batch = batch.map_err(|e| parquet_err(&f.key, e))?;
+        let col = batch
+            .column_by_name(&req.key)
+            .ok_or_else(|| input(format!("{}: no column {}", f.key, req.key)))?;
+        let keys = keys_of(col).map_err(|e| input(format!("--key {}: {e}", req.key)))?;
+        // (source 0: this batch, 1: the replacement rows; row index)
+        let mut take: Vec<(usize, usize)> = Vec::with_capacity(batch.num_rows());
+        for (i, k) in keys.iter().enumerate() {
+            match k {
+                Some(k) if req.delete.contains(k) => {
+                    fc.deleted += 1;
+                    found.insert(k.clone());
+                }
+                Some(k) if ctx.update_at.contains_key(k) => {
+                    found.insert(k.clone());
+                    let j = ctx.update_at[k];
+                    // A row that already is its replacement stays (a repair run again changes
+                    // nothing).
+                    let same = updates.as_ref().is_some_and(|u| same_row(&batch, i, u, j));
+                    if same {
+                        take.push((0, i));
+                    } else {
+                        fc.updated += 1;
+                        take.push((1, j));
+                    }
+                }
+                _ => take.push((0, i)),
+            }
+        }
+        fc.rows_before += batch.num_rows() as u64;
+        fc.rows_after += take.len() as u64;
+        if take.is_empty() {
+            continue;
+        }
+        let merged = match &updates {
+            Some(u) => arrow_select::interleave::interleave_record_batch(&[&batch, u], &take),
+            None => arrow_select::interleave::interleave_record_batch(&[&batch], &take),
+        }
+        .map_err(|e| parquet_err(&f.key, e))?;
+        out.push(merged);
+    }
+    let mut done = Rewritten {
+        bytes_read,
+        bytes_written: 0,
+        found,
+        change: None,
+        staged: None,
+    };
+    if fc.deleted + fc.updated == 0 {
+        return Ok(done);
+    }
+    if let Some(staging) = ctx.staging
+        && fc.rows_after > 0
+    {
+        let from = format!("{staging}{}.pending", f.key);
+        done.bytes_written = write_file(store, &from, schema, &out, &req.key)?;
+        done.staged = Some(from);
+    }
+    done.change = Some(fc);
+    Ok(done)
 }
 
 fn first_schema(store: &Arc<dyn OutputStore>, meta: &ObjectMeta) -> Result<SchemaRef, RepairError> {
@@ -1121,7 +1234,7 @@ mod tests {
             delete: BTreeSet::from([Key::Int(10), Key::Int(11), Key::Int(999_999)]),
             // One in the fourth file; one new, inserted into its partition.
             update: Some(update_rows(&[
-                (3500, -1.0, "refunded", None),
+                (3500, -1.0, "refunded", Some("2024-01-02")),
                 (7000, 9.0, "new", Some("2024-01-03")),
             ])),
             upsert: true,
