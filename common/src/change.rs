@@ -949,6 +949,19 @@ pub fn apply(
     meta: Meta,
     ops: Vec<Op>,
 ) -> Result<Change, ChangeError> {
+    apply_over(store, kind, meta, ops, &BTreeMap::new())
+}
+
+/// [`apply`], for ops computed from what the caller read: a key in `read` must still be what it
+/// was then (another writer changed it meanwhile: refused, nothing moves), so a change never
+/// overwrites content it did not see.
+pub fn apply_over(
+    store: &dyn OutputStore,
+    kind: ChangeKind,
+    meta: Meta,
+    ops: Vec<Op>,
+    read: &BTreeMap<String, ObjectMeta>,
+) -> Result<Change, ChangeError> {
     resume_pending(store)?;
     let log = Log::new(store);
     let changes = log.changes()?;
@@ -968,7 +981,17 @@ pub fn apply(
                 "the new content of {key} ({from}) is not there"
             )));
         }
-        let before = match store.head(op.key())? {
+        let now = store.head(op.key())?;
+        if let Some(seen) = read.get(op.key())
+            && !now.as_ref().is_some_and(|m| Held::of(seen).is(m))
+        {
+            return Err(ChangeError::Conflict(format!(
+                "{} changed since it was read ({}); run again to work on what it holds now",
+                op.key(),
+                describe(now.as_ref())
+            )));
+        }
+        let before = match now {
             Some(m) => Content::Present(Held::of(&m)),
             None => Content::ABSENT,
         };
@@ -1034,6 +1057,12 @@ fn forward(
             if store.head(from)?.is_some() {
                 store.promote(from, key)?;
                 step_done();
+            } else if versioned
+                && p.before.is_present()
+                && holds(store.head(key)?.as_ref(), &p.before)
+            {
+                // Neither moved in nor there: never record the old content as the new.
+                return Err(conflict(format!("its new content {from} is gone")));
             }
             let now = store
                 .head(key)?

@@ -576,6 +576,7 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
     let mut found: BTreeSet<Key> = BTreeSet::new();
     let mut ops = Vec::new();
     let mut changed = Vec::new();
+    let mut read = BTreeMap::new();
     for r in rewritten {
         report.files_read += 1;
         report.bytes_read += r.bytes_read;
@@ -584,6 +585,7 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         let Some(fc) = r.change else {
             continue;
         };
+        read.insert(fc.key.clone(), r.seen);
         report.rows_deleted += fc.deleted;
         report.rows_updated += fc.updated;
         if fc.rows_after == 0 {
@@ -689,7 +691,16 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         spec: req.spec.clone(),
         counts: None,
     };
-    let change = change::apply(store, ChangeKind::Repair, meta, ops)?;
+    let change = match change::apply_over(store, ChangeKind::Repair, meta, ops, &read) {
+        Ok(c) => c,
+        // Refused while planning, before its intent: the staged files are nobody's. (After
+        // the intent they are the intent's, which the next command on the dataset finishes.)
+        Err(e @ (change::ChangeError::Conflict(_) | change::ChangeError::Refused(_))) => {
+            cleanup();
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     report.change = Some(change.id);
     Ok(report)
 }
@@ -713,6 +724,8 @@ struct Rewritten {
     change: Option<FileChange>,
     /// Where its new content is staged.
     staged: Option<String>,
+    /// The file as it was read.
+    seen: ObjectMeta,
 }
 
 /// Rewrites the candidates on up to one thread per core; results in the candidates' order.
@@ -764,6 +777,10 @@ fn rewrite_one(
     schema: &SchemaRef,
 ) -> Result<Rewritten, RepairError> {
     let (store, req) = (ctx.store, ctx.req);
+    // What is read, to refuse the change if another writer replaces the file meanwhile.
+    let seen = store.head(&f.key)?.ok_or_else(|| StorageError::NotFound {
+        what: f.key.clone(),
+    })?;
     let body = store.get(&f.key)?.ok_or_else(|| StorageError::NotFound {
         what: f.key.clone(),
     })?;
@@ -833,6 +850,7 @@ fn rewrite_one(
         found,
         change: None,
         staged: None,
+        seen,
     };
     if fc.deleted + fc.updated == 0 {
         return Ok(done);
@@ -1109,6 +1127,7 @@ mod tests {
     use super::*;
     use arrow_array::{Float64Array, Int64Array, StringArray};
     use arrow_schema::Field;
+    use rewind_common::change::Log;
     use rewind_common::storage::LocalOutput;
 
     fn orders_schema() -> SchemaRef {
@@ -1347,6 +1366,102 @@ mod tests {
         assert!(
             store.list("_rewind/").unwrap().is_empty(),
             "nothing staged or recorded"
+        );
+    }
+
+    /// A store where another writer replaces a file right after the repair read it.
+    struct Meddled {
+        inner: LocalOutput,
+        victim: String,
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    impl OutputStore for Meddled {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn create(
+            &self,
+            k: &str,
+        ) -> Result<Box<dyn rewind_common::storage::OutputFile>, StorageError> {
+            self.inner.create(k)
+        }
+        fn put(&self, k: &str, b: &[u8]) -> Result<rewind_common::storage::Written, StorageError> {
+            self.inner.put(k, b)
+        }
+        fn get(&self, k: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            let got = self.inner.get(k);
+            if k == self.victim && !self.done.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                // Another writer: the same file, one row fewer.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let mut w = ArrowWriter::try_new(Vec::new(), orders_schema(), None).unwrap();
+                w.write(&orders(1..1000)).unwrap();
+                self.inner.put(k, &w.into_inner().unwrap()).unwrap();
+            }
+            got
+        }
+        fn list(&self, p: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+            self.inner.list(p)
+        }
+        fn delete(&self, k: &str) -> Result<(), StorageError> {
+            self.inner.delete(k)
+        }
+        fn promote(
+            &self,
+            f: &str,
+            t: &str,
+        ) -> Result<rewind_common::storage::Written, StorageError> {
+            self.inner.promote(f, t)
+        }
+        fn sweep_unfinished(&self, p: &str) -> Result<u64, StorageError> {
+            self.inner.sweep_unfinished(p)
+        }
+        fn with_stats(&self, s: Arc<rewind_common::storage::IoStats>) -> Arc<dyn OutputStore> {
+            self.inner.with_stats(s)
+        }
+        fn head(&self, k: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.inner.head(k)
+        }
+        fn get_range(&self, k: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+            self.inner.get_range(k, start, len)
+        }
+    }
+
+    /// A file replaced by another writer between the repair's read and its change: the repair
+    /// is refused naming the file, the other writer's content stays, nothing is recorded.
+    #[test]
+    fn a_file_replaced_meanwhile_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        spark_dataset(dir.path());
+        let victim = "dt=2024-01-01/part-00000-abc.snappy.parquet".to_string();
+        let store: Arc<dyn OutputStore> = Arc::new(Meddled {
+            inner: LocalOutput::new(dir.path()),
+            victim: victim.clone(),
+            done: Default::default(),
+        });
+        let req = Request {
+            key: "order_id".into(),
+            delete: BTreeSet::from([Key::Int(10)]),
+            ..Request::default()
+        };
+        let err = repair(&store, &req).unwrap_err().to_string();
+        assert!(
+            err.contains(&victim) && err.contains("changed since it was read"),
+            "{err}"
+        );
+        let rows = content(store.as_ref());
+        assert!(
+            !rows.iter().any(|r| r.1 == 0),
+            "the other writer's file (no order 0) stays"
+        );
+        assert!(
+            rows.iter().any(|r| r.1 == 10),
+            "not deleted from the new content either"
+        );
+        assert!(Log::new(store.as_ref()).changes().unwrap().is_empty());
+        assert!(
+            store.list("_rewind/incoming/").unwrap().is_empty(),
+            "staged files dropped"
         );
     }
 
