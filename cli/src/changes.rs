@@ -67,6 +67,9 @@ pub struct RollbackArgs {
     /// Undo every applied change after this one, newest first.
     #[arg(long)]
     pub to: Option<String>,
+    /// Say what would be undone, object by object; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub place: DestArgs,
 }
@@ -75,6 +78,9 @@ pub struct RollbackArgs {
 pub struct ReapplyArgs {
     /// The rolled-back change to apply again.
     pub change: String,
+    /// Say what would be applied again, object by object; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub place: DestArgs,
 }
@@ -291,6 +297,13 @@ fn object_line(t: &change::Touch) -> String {
 fn said(verb: &str, done: &Done) {
     let c = &done.change;
     let about = c.target.as_deref().unwrap_or("?");
+    if c.id == "dry-run" {
+        println!("would be {verb}: {about} ({} objects)", c.objects.len());
+        for t in &c.objects {
+            println!("{}", object_line(t));
+        }
+        return;
+    }
     if done.already {
         println!("{about} was {verb} already (change {})", c.id);
     } else {
@@ -307,7 +320,12 @@ pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
     let opened = open(&args.place)?;
     let store = opened.store.as_ref();
     if let Some(to) = &args.to {
-        let done = change::rollback_to(store, to, None).map_err(failure)?;
+        let done = if args.dry_run {
+            change::preview_rollback_to(store, to)
+        } else {
+            change::rollback_to(store, to, None)
+        }
+        .map_err(failure)?;
         if args.place.json {
             print_json(&serde_json::json!({
                 "rollbacks": done.rollbacks,
@@ -319,6 +337,16 @@ pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
             println!("nothing applied after {to}");
         }
         for r in &done.rollbacks {
+            if args.dry_run {
+                said(
+                    "rolled back",
+                    &Done {
+                        change: r.clone(),
+                        already: false,
+                    },
+                );
+                continue;
+            }
             println!(
                 "rolled back {}: {} objects (recorded as change {})",
                 r.target.as_deref().unwrap_or("?"),
@@ -331,7 +359,12 @@ pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let done = change::rollback(store, args.change.as_deref(), None).map_err(failure)?;
+    let done = if args.dry_run {
+        change::preview_rollback(store, args.change.as_deref())
+    } else {
+        change::rollback(store, args.change.as_deref(), None)
+    }
+    .map_err(failure)?;
     if args.place.json {
         print_json(&done_json(&done));
     } else {
@@ -347,7 +380,12 @@ fn done_json(done: &Done) -> serde_json::Value {
 /// `rewind reapply`.
 pub fn reapply(args: ReapplyArgs) -> Result<(), Failure> {
     let opened = open(&args.place)?;
-    let done = change::reapply(opened.store.as_ref(), &args.change, None).map_err(failure)?;
+    let done = if args.dry_run {
+        change::preview_reapply(opened.store.as_ref(), &args.change)
+    } else {
+        change::reapply(opened.store.as_ref(), &args.change, None)
+    }
+    .map_err(failure)?;
     if args.place.json {
         print_json(&done_json(&done));
     } else {

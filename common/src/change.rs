@@ -683,7 +683,38 @@ pub fn rollback(
     id: Option<&str>,
     who: Option<&str>,
 ) -> Result<Done, ChangeError> {
-    let resumed = resume_pending(store)?;
+    rollback_as(store, id, who, false)
+}
+
+/// What [`rollback`] would do, done to nothing: the change it would record (id `dry-run`), after
+/// the same checks.
+pub fn preview_rollback(store: &dyn OutputStore, id: Option<&str>) -> Result<Done, ChangeError> {
+    rollback_as(store, id, None, true)
+}
+
+/// A dry run cannot see past a change under way (its intent): it says so.
+fn nothing_under_way(store: &dyn OutputStore) -> Result<(), ChangeError> {
+    match Log::new(store).intents()?.first() {
+        Some(i) => Err(ChangeError::Refused(format!(
+            "a {} ({}) is under way: run any change command without --dry-run to finish it first",
+            i.kind, i.id
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn rollback_as(
+    store: &dyn OutputStore,
+    id: Option<&str>,
+    who: Option<&str>,
+    dry: bool,
+) -> Result<Done, ChangeError> {
+    let resumed = if dry {
+        nothing_under_way(store)?;
+        Vec::new()
+    } else {
+        resume_pending(store)?
+    };
     if id.is_none()
         && let Some(r) = resumed
             .into_iter()
@@ -706,7 +737,7 @@ pub fn rollback(
             .find(|c| c.kind != ChangeKind::Rollback && states[&c.id] == ChangeState::Applied)
             .ok_or_else(|| ChangeError::Refused("no applied change to roll back".into()))?,
     };
-    undo(&log, &changes, &states, target, who)
+    undo(&log, &changes, &states, target, who, dry)
 }
 
 /// What `rollback --to` did: the rollbacks it recorded, newest first, and the Kafka replays
@@ -754,7 +785,7 @@ pub fn rollback_to(
         }) else {
             return Ok(done);
         };
-        let step = undo(&log, &changes, &states, next, who)?;
+        let step = undo(&log, &changes, &states, next, who, false)?;
         if step.already {
             return Err(ChangeError::Refused(format!(
                 "{} did not change while rolling back to {id}",
@@ -765,10 +796,81 @@ pub fn rollback_to(
     }
 }
 
+/// What [`rollback_to`] would roll back, newest first (the log's view: each object's check
+/// against the store happens when it runs).
+pub fn preview_rollback_to(store: &dyn OutputStore, id: &str) -> Result<RolledBackTo, ChangeError> {
+    nothing_under_way(store)?;
+    let log = Log::new(store);
+    let changes = log.changes()?;
+    find(&changes, id)?;
+    let states = states(&changes);
+    let mut out = RolledBackTo::default();
+    // A re-applied change and its re-apply are one effect: rolled back once.
+    let mut covered = BTreeSet::new();
+    for c in changes.iter().rev().filter(|c| {
+        c.id.as_str() > id
+            && c.kind != ChangeKind::Rollback
+            && c.target.as_deref() != Some(id)
+            && states[&c.id] == ChangeState::Applied
+    }) {
+        if c.kind == ChangeKind::Replay {
+            out.replays_kept.push(c.id.clone());
+            continue;
+        }
+        let about = match c.kind {
+            ChangeKind::Reapply => c.target.clone().unwrap_or_default(),
+            _ => c.id.clone(),
+        };
+        if !covered.insert(about.clone()) {
+            continue;
+        }
+        out.rollbacks.push(Change {
+            id: "dry-run".into(),
+            kind: ChangeKind::Rollback,
+            job: None,
+            at_ms: crate::lifecycle::now_ms(),
+            who: None,
+            undoes: Some(c.id.clone()),
+            target: Some(about),
+            spec: None,
+            counts: None,
+            objects: c
+                .objects
+                .iter()
+                .map(|t| Touch {
+                    key: t.key.clone(),
+                    before: t.after.clone(),
+                    after: t.before.clone(),
+                })
+                .collect(),
+            kafka: None,
+        });
+    }
+    Ok(out)
+}
+
 /// Applies a rolled-back change again (the inverse of its rollback). Run again, it says it is
 /// done.
 pub fn reapply(store: &dyn OutputStore, id: &str, who: Option<&str>) -> Result<Done, ChangeError> {
-    resume_pending(store)?;
+    reapply_as(store, id, who, false)
+}
+
+/// What [`reapply`] would do, done to nothing.
+pub fn preview_reapply(store: &dyn OutputStore, id: &str) -> Result<Done, ChangeError> {
+    reapply_as(store, id, None, true)
+}
+
+fn reapply_as(
+    store: &dyn OutputStore,
+    id: &str,
+    who: Option<&str>,
+    dry: bool,
+) -> Result<Done, ChangeError> {
+    if dry {
+        nothing_under_way(store)?;
+    } else {
+        resume_pending(store)?;
+    }
     let log = Log::new(store);
     let changes = log.changes()?;
     let states = states(&changes);
@@ -798,7 +900,7 @@ pub fn reapply(store: &dyn OutputStore, id: &str, who: Option<&str>) -> Result<D
         return Err(ChangeError::Conflict(format!("cannot reapply {id}: {c}")));
     }
     Ok(Done {
-        change: begin(&log, &changes, ChangeKind::Reapply, rollback, id, who)?,
+        change: begin(&log, &changes, ChangeKind::Reapply, rollback, id, who, dry)?,
         already: false,
     })
 }
@@ -817,6 +919,7 @@ fn undo(
     states: &BTreeMap<String, ChangeState>,
     target: &Change,
     who: Option<&str>,
+    dry: bool,
 ) -> Result<Done, ChangeError> {
     let id = target.id.as_str();
     match target.kind {
@@ -869,6 +972,7 @@ fn undo(
             inverse_of,
             &about.id,
             who,
+            dry,
         )?,
         already: false,
     })
@@ -882,6 +986,7 @@ fn begin(
     inverse_of: &Change,
     about: &str,
     who: Option<&str>,
+    dry: bool,
 ) -> Result<Change, ChangeError> {
     // Refuse before touching anything when an object is not what the change left (written
     // outside Rewind) or what it would bring back is gone.
@@ -913,6 +1018,29 @@ fn begin(
             "cannot {kind} {about}: {}",
             problems.join("; ")
         )));
+    }
+    if dry {
+        return Ok(Change {
+            id: "dry-run".into(),
+            kind,
+            job: None,
+            at_ms: crate::lifecycle::now_ms(),
+            who: who.map(str::to_string),
+            undoes: Some(inverse_of.id.clone()),
+            target: Some(about.to_string()),
+            spec: None,
+            counts: None,
+            objects: inverse_of
+                .objects
+                .iter()
+                .map(|t| Touch {
+                    key: t.key.clone(),
+                    before: t.after.clone(),
+                    after: t.before.clone(),
+                })
+                .collect(),
+            kafka: None,
+        });
     }
     let intent = Intent {
         id: log.new_id(changes)?,

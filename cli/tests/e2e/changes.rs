@@ -171,6 +171,12 @@ fn two_jobs_rolled_back_and_applied_again(dest: &Dest<'_>) {
     let repair = dest.changes()[0].clone();
     assert_eq!(repair["kind"], "repair");
     let repair = repair["id"].as_str().unwrap().to_string();
+    let dry = ok_text(&dest.act(&["rollback", "--dry-run"]));
+    assert!(
+        dry.contains("would be rolled back") && dry.contains(".parquet"),
+        "{dry}"
+    );
+    assert_eq!(dest.dataset(), after_repair, "a dry run changes nothing");
     ok_text(&dest.act(&["rollback"]));
     assert_eq!(dest.dataset(), after_both);
     ok_text(&dest.act(&["reapply", &repair]));

@@ -300,8 +300,34 @@ fn walk_through(store: &dyn OutputStore) {
         matches!(&refused, ChangeError::Conflict(m) if m.contains(&second.id)),
         "{refused}"
     );
+    // A dry run names what the rollback will do and changes nothing.
+    let preview = preview_rollback(store, None).unwrap();
+    assert_eq!(preview.change.id, "dry-run");
+    assert_eq!(
+        visible(store),
+        content(&[("a", "a1"), ("b", "b2"), ("c", "c2")])
+    );
+    assert!(
+        Log::new(store).changes().unwrap().len() == 2,
+        "nothing recorded"
+    );
     let r2 = rollback(store, None, None).unwrap();
     assert!(!r2.already);
+    let keys = |c: &Change| c.objects.iter().map(|t| t.key.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&preview.change), keys(&r2.change));
+    assert_eq!(
+        preview
+            .change
+            .objects
+            .iter()
+            .map(|t| t.after.is_present())
+            .collect::<Vec<_>>(),
+        r2.change
+            .objects
+            .iter()
+            .map(|t| t.after.is_present())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(r2.change.target.as_deref(), Some(second.id.as_str()));
     assert_eq!(visible(store), content(&[("a", "a1"), ("b", "b1")]));
     // Run again with the id: done already.
@@ -314,6 +340,8 @@ fn walk_through(store: &dyn OutputStore) {
         visible(store),
         content(&[("a", "a1"), ("b", "b2"), ("c", "c2")])
     );
+    let planned = preview_rollback_to(store, &first.id).unwrap();
+    assert_eq!(planned.rollbacks.len(), 1);
     let to = rollback_to(store, &first.id, None).unwrap();
     assert_eq!(to.rollbacks.len(), 1);
     assert_eq!(visible(store), content(&[("a", "a1"), ("b", "b1")]));
@@ -581,6 +609,7 @@ fn run_history(versioned: bool, steps: Vec<(Step, Option<u64>)>) -> Result<(), T
                 }
                 let i = i % model.changes.len();
                 let id = model.changes[i].id.clone();
+                let preview = preview_rollback_to(&store, &id).unwrap();
                 let got = with_fault(&store, fail, || rollback_to(&store, &id, None));
                 // Newest first, every applied change made after `i` (by when it took effect).
                 let cut = model.changes[i].created;
@@ -588,6 +617,9 @@ fn run_history(versioned: bool, steps: Vec<(Step, Option<u64>)>) -> Result<(), T
                     .filter(|&j| j != i && model.changes[j].applied && model.changes[j].at > cut)
                     .collect();
                 later.sort_by_key(|&j| std::cmp::Reverse(model.changes[j].at));
+                if got.is_ok() {
+                    prop_assert_eq!(preview.rollbacks.len(), later.len(), "the dry run's list");
+                }
                 let mut all = true;
                 for j in later {
                     if !model.roll_back(j) {
