@@ -660,6 +660,11 @@ pub fn forget_job(store: &dyn OutputStore, job: &str) -> Result<bool, ChangeErro
 /// Finishes rollbacks and re-applies a killed process left under way. Returns what they
 /// recorded.
 pub fn resume_pending(store: &dyn OutputStore) -> Result<Vec<Change>, ChangeError> {
+    lock::with_lock(store, "resume", || finish_pending(store))
+}
+
+/// [`resume_pending`] under a lock already held.
+fn finish_pending(store: &dyn OutputStore) -> Result<Vec<Change>, ChangeError> {
     let log = Log::new(store);
     let mut done = Vec::new();
     for intent in log.intents()? {
@@ -683,7 +688,7 @@ pub fn rollback(
     id: Option<&str>,
     who: Option<&str>,
 ) -> Result<Done, ChangeError> {
-    rollback_as(store, id, who, false)
+    lock::with_lock(store, "rollback", || rollback_as(store, id, who, false))
 }
 
 /// What [`rollback`] would do, done to nothing: the change it would record (id `dry-run`), after
@@ -713,7 +718,7 @@ fn rollback_as(
         nothing_under_way(store)?;
         Vec::new()
     } else {
-        resume_pending(store)?
+        finish_pending(store)?
     };
     if id.is_none()
         && let Some(r) = resumed
@@ -755,7 +760,17 @@ pub fn rollback_to(
     id: &str,
     who: Option<&str>,
 ) -> Result<RolledBackTo, ChangeError> {
-    let resumed = resume_pending(store)?;
+    lock::with_lock(store, "rollback --to", || {
+        rollback_to_locked(store, id, who)
+    })
+}
+
+fn rollback_to_locked(
+    store: &dyn OutputStore,
+    id: &str,
+    who: Option<&str>,
+) -> Result<RolledBackTo, ChangeError> {
+    let resumed = finish_pending(store)?;
     let log = Log::new(store);
     find(&log.changes()?, id)?;
     let mut done = RolledBackTo {
@@ -852,7 +867,7 @@ pub fn preview_rollback_to(store: &dyn OutputStore, id: &str) -> Result<RolledBa
 /// Applies a rolled-back change again (the inverse of its rollback). Run again, it says it is
 /// done.
 pub fn reapply(store: &dyn OutputStore, id: &str, who: Option<&str>) -> Result<Done, ChangeError> {
-    reapply_as(store, id, who, false)
+    lock::with_lock(store, "reapply", || reapply_as(store, id, who, false))
 }
 
 /// What [`reapply`] would do, done to nothing.
@@ -869,7 +884,7 @@ fn reapply_as(
     if dry {
         nothing_under_way(store)?;
     } else {
-        resume_pending(store)?;
+        finish_pending(store)?;
     }
     let log = Log::new(store);
     let changes = log.changes()?;
@@ -1090,7 +1105,19 @@ pub fn apply_over(
     ops: Vec<Op>,
     read: &BTreeMap<String, ObjectMeta>,
 ) -> Result<Change, ChangeError> {
-    resume_pending(store)?;
+    lock::with_lock(store, "repair", || {
+        apply_locked(store, kind, meta, ops, read)
+    })
+}
+
+fn apply_locked(
+    store: &dyn OutputStore,
+    kind: ChangeKind,
+    meta: Meta,
+    ops: Vec<Op>,
+    read: &BTreeMap<String, ObjectMeta>,
+) -> Result<Change, ChangeError> {
+    finish_pending(store)?;
     let log = Log::new(store);
     let changes = log.changes()?;
     let mut seen = BTreeSet::new();
@@ -1508,7 +1535,11 @@ fn invert_versioned(store: &dyn OutputStore, t: &Touch) -> Result<Touch, ChangeE
 /// still needs, nor a current one). Says which changes that makes permanent: they can no longer
 /// be rolled back (applied changes) or applied again (rolled-back ones).
 pub fn expire(store: &dyn OutputStore, before_ms: i64) -> Result<Expired, ChangeError> {
-    resume_pending(store)?;
+    lock::with_lock(store, "changes expire", || expire_locked(store, before_ms))
+}
+
+fn expire_locked(store: &dyn OutputStore, before_ms: i64) -> Result<Expired, ChangeError> {
+    finish_pending(store)?;
     let log = Log::new(store);
     let changes = log.changes()?;
     let states = states(&changes);
@@ -1567,6 +1598,9 @@ pub fn expire(store: &dyn OutputStore, before_ms: i64) -> Result<Expired, Change
     }
     Ok(report)
 }
+
+mod lock;
+pub use lock::{LOCK, STALE_AFTER};
 
 #[cfg(test)]
 mod tests;

@@ -166,6 +166,15 @@ pub trait OutputStore: Send + Sync {
         let to = from.saturating_add(len as usize).min(all.len());
         Ok(all[from..to].to_vec())
     }
+    /// Writes a small object only if nothing is at `key` (S3 `If-None-Match: *`, a local
+    /// `create_new`): `false` when something was there already. Stores without conditional
+    /// writes say so with an error.
+    fn put_if_absent(&self, key: &str, _bytes: &[u8]) -> Result<bool, StorageError> {
+        Err(StorageError::Denied {
+            what: format!("{key} in {}", self.describe()),
+            why: "the store has no conditional writes".into(),
+        })
+    }
     /// Whether the store keeps every version of an object (an S3 bucket with versioning on).
     fn versioned(&self) -> Result<bool, StorageError> {
         Ok(false)
@@ -536,6 +545,25 @@ impl OutputStore for LocalOutput {
 
     fn with_stats(&self, _stats: Arc<IoStats>) -> Arc<dyn OutputStore> {
         Arc::new(self.clone())
+    }
+
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        let path = join(&self.root, key)?;
+        let what = || path.display().to_string();
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| StorageError::io(what(), e))?;
+        }
+        // Written whole under a temporary name, then linked: the link fails when the key exists,
+        // and a reader never sees a half-written object.
+        let tmp = temp_path(&path);
+        fs::write(&tmp, bytes).map_err(|e| StorageError::io(what(), e))?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StorageError::io(what(), e)),
+        }
     }
 
     fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {

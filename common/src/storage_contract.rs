@@ -69,6 +69,18 @@ pub fn run_all(b: &Backend<'_>) {
 fn versions(b: &Backend<'_>) {
     let o = b.output;
     assert!(o.head("vers/none").unwrap().is_none());
+    assert!(o.put_if_absent("vers/lock", b"first").unwrap(), "created");
+    assert!(
+        !o.put_if_absent("vers/lock", b"second").unwrap(),
+        "there already"
+    );
+    assert_eq!(o.get("vers/lock").unwrap().as_deref(), Some(&b"first"[..]));
+    o.delete("vers/lock").unwrap();
+    assert!(
+        o.put_if_absent("vers/lock", b"third").unwrap(),
+        "free again"
+    );
+    o.delete("vers/lock").unwrap();
     o.put("vers/range", b"0123456789").unwrap();
     assert_eq!(o.get_range("vers/range", 3, 4).unwrap(), b"3456");
     assert_eq!(

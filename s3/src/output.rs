@@ -328,6 +328,42 @@ impl OutputStore for S3Output {
         })
     }
 
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        let (client, bucket, full, what) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        );
+        let body = Bytes::copy_from_slice(bytes);
+        self.client.block(async move {
+            let put = client
+                .send(&what, || {
+                    client
+                        .sdk
+                        .put_object()
+                        .bucket(&*bucket)
+                        .key(&full)
+                        .if_none_match("*")
+                        .body(ByteStream::from(body.clone()))
+                        .send()
+                })
+                .await;
+            match put {
+                Ok(_) => Ok(true),
+                // 412: something is there. (409: a concurrent conditional write won.)
+                Err(StorageError::Denied { why, .. } | StorageError::Changed { why, .. })
+                    if why.contains("PreconditionFailed")
+                        || why.contains("412")
+                        || why.contains("ConditionalRequestConflict") =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         if len == 0 {
             return Ok(Vec::new());

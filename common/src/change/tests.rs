@@ -189,6 +189,12 @@ impl OutputStore for Mem {
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         Ok(self.meta(key))
     }
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        if self.latest(key).is_some() {
+            return Ok(false);
+        }
+        self.put(key, bytes).map(|_| true)
+    }
     fn versioned(&self) -> Result<bool, StorageError> {
         Ok(self.versioned)
     }
@@ -430,6 +436,33 @@ fn expiry_drops_kept_content_and_says_what_became_permanent() {
         );
         assert_eq!(visible(&store), content(&[("a", "a2"), ("b", "b3")]));
     }
+}
+
+/// One change command at a time: a live holder's lock refuses a second command (here the same
+/// process, as a second process would be), a dead holder's is broken, and none is left after.
+#[test]
+fn the_lock_refuses_a_second_command_and_breaks_a_dead_holders() {
+    let store = Mem::new(false);
+    change(&store, &writes(&[("a", Some("a1"))]));
+    // A holder that is alive (this process) and refreshed just now.
+    let now = crate::lifecycle::now_ms();
+    let live = serde_json::json!({"host": "elsewhere", "pid": 1, "nonce": "x",
+        "command": "rollback", "since_ms": now, "refreshed_ms": now});
+    store.put(LOCK, live.to_string().as_bytes()).unwrap();
+    let err = rollback(&store, None, None).unwrap_err().to_string();
+    assert!(
+        err.contains("another rollback") && err.contains("elsewhere"),
+        "{err}"
+    );
+    assert_eq!(visible(&store), content(&[("a", "a1")]), "nothing moved");
+    // The same holder, silent for longer than the lock lives.
+    let old = now - STALE_AFTER.as_millis() as i64 - 1;
+    let dead = serde_json::json!({"host": "elsewhere", "pid": 1, "nonce": "x",
+        "command": "rollback", "since_ms": old, "refreshed_ms": old});
+    store.put(LOCK, dead.to_string().as_bytes()).unwrap();
+    rollback(&store, None, None).unwrap();
+    assert!(visible(&store).is_empty());
+    assert!(store.head(LOCK).unwrap().is_none(), "released");
 }
 
 #[test]
