@@ -1425,6 +1425,9 @@ mod tests {
         fn get_range(&self, k: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
             self.inner.get_range(k, start, len)
         }
+        fn put_if_absent(&self, k: &str, b: &[u8]) -> Result<bool, StorageError> {
+            self.inner.put_if_absent(k, b)
+        }
     }
 
     /// A file replaced by another writer between the repair's read and its change: the repair
