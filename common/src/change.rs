@@ -697,6 +697,32 @@ pub fn preview_rollback(store: &dyn OutputStore, id: Option<&str>) -> Result<Don
     rollback_as(store, id, None, true)
 }
 
+/// The change inverting `inverse_of` would record, as a dry run shows it (id `dry-run`; where
+/// displaced content would be kept is decided when it runs).
+fn preview(kind: ChangeKind, inverse_of: &Change, about: &str, who: Option<&str>) -> Change {
+    Change {
+        id: "dry-run".into(),
+        kind,
+        job: None,
+        at_ms: crate::lifecycle::now_ms(),
+        who: who.map(str::to_string),
+        undoes: Some(inverse_of.id.clone()),
+        target: Some(about.to_string()),
+        spec: None,
+        counts: None,
+        objects: inverse_of
+            .objects
+            .iter()
+            .map(|t| Touch {
+                key: t.key.clone(),
+                before: t.after.clone(),
+                after: t.before.clone(),
+            })
+            .collect(),
+        kafka: None,
+    }
+}
+
 /// A dry run cannot see past a change under way (its intent): it says so.
 fn nothing_under_way(store: &dyn OutputStore) -> Result<(), ChangeError> {
     match Log::new(store).intents()?.first() {
@@ -839,27 +865,8 @@ pub fn preview_rollback_to(store: &dyn OutputStore, id: &str) -> Result<RolledBa
         if !covered.insert(about.clone()) {
             continue;
         }
-        out.rollbacks.push(Change {
-            id: "dry-run".into(),
-            kind: ChangeKind::Rollback,
-            job: None,
-            at_ms: crate::lifecycle::now_ms(),
-            who: None,
-            undoes: Some(c.id.clone()),
-            target: Some(about),
-            spec: None,
-            counts: None,
-            objects: c
-                .objects
-                .iter()
-                .map(|t| Touch {
-                    key: t.key.clone(),
-                    before: t.after.clone(),
-                    after: t.before.clone(),
-                })
-                .collect(),
-            kafka: None,
-        });
+        out.rollbacks
+            .push(preview(ChangeKind::Rollback, c, &about, None));
     }
     Ok(out)
 }
@@ -1035,27 +1042,7 @@ fn begin(
         )));
     }
     if dry {
-        return Ok(Change {
-            id: "dry-run".into(),
-            kind,
-            job: None,
-            at_ms: crate::lifecycle::now_ms(),
-            who: who.map(str::to_string),
-            undoes: Some(inverse_of.id.clone()),
-            target: Some(about.to_string()),
-            spec: None,
-            counts: None,
-            objects: inverse_of
-                .objects
-                .iter()
-                .map(|t| Touch {
-                    key: t.key.clone(),
-                    before: t.after.clone(),
-                    after: t.before.clone(),
-                })
-                .collect(),
-            kafka: None,
-        });
+        return Ok(preview(kind, inverse_of, about, who));
     }
     let intent = Intent {
         id: log.new_id(changes)?,

@@ -83,6 +83,17 @@ impl S3Output {
         }
     }
 
+    /// What a request about `key` needs: the client, the bucket, the full key and its name for
+    /// messages.
+    fn request(&self, key: &str) -> Result<(S3Client, Arc<str>, String, String), StorageError> {
+        Ok((
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full(key)?,
+            self.what(key),
+        ))
+    }
+
     fn what(&self, key: &str) -> String {
         format!(
             "s3://{}/{}{key} with {}",
@@ -144,12 +155,7 @@ impl OutputStore for S3Output {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         self.client.block(async move {
             let what = what.as_str();
             // The whole read is one retried unit: a body cut mid-way starts over (small objects).
@@ -251,12 +257,7 @@ impl OutputStore for S3Output {
     }
 
     fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         self.client.block(async move {
             let what = what.as_str();
             let deleted = client
@@ -329,12 +330,7 @@ impl OutputStore for S3Output {
     }
 
     fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         let body = Bytes::copy_from_slice(bytes);
         self.client.block(async move {
             let put = client
@@ -368,12 +364,7 @@ impl OutputStore for S3Output {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         let range = format!("bytes={start}-{}", start + len - 1);
         self.client.block(async move {
             let what = what.as_str();
@@ -401,12 +392,7 @@ impl OutputStore for S3Output {
     }
 
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         let key = key.to_string();
         self.client.block(async move {
             let head = client
@@ -436,12 +422,7 @@ impl OutputStore for S3Output {
     }
 
     fn remove(&self, key: &str) -> Result<Option<String>, StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         self.client.block(async move {
             let deleted = client
                 .send(&what, || {
@@ -531,12 +512,7 @@ impl OutputStore for S3Output {
     }
 
     fn restore_version(&self, key: &str, version: &str) -> Result<Written, StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         let source = format!("{bucket}/{}?versionId={version}", encode_key(&full));
         self.client.block(async move {
             let out = client
@@ -563,12 +539,7 @@ impl OutputStore for S3Output {
     }
 
     fn delete_version(&self, key: &str, version: &str) -> Result<(), StorageError> {
-        let (client, bucket, full, what) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.full(key)?,
-            self.what(key),
-        );
+        let (client, bucket, full, what) = self.request(key)?;
         let version = version.to_string();
         self.client.block(async move {
             let deleted = client
