@@ -149,11 +149,33 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        // A free port can be taken by another process before etcd binds it (tests run in
+        // parallel): such a start is tried again on other ports.
+        for _ in 0..4 {
+            match Etcd::try_start_at(free_port()) {
+                Ok(etcd) => return etcd,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd did not become healthy; log: {log}"),
+            }
+        }
         Etcd::start_at(free_port())
     }
 
     /// Starts etcd with its client port chosen beforehand (to start clients before the server).
     pub fn start_at(client_port: u16) -> Etcd {
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Etcd::try_start_at(client_port) {
+                Ok(etcd) => return etcd,
+                // (The peer port, chosen anew each time, may be the one taken.)
+                Err(log) if log.contains("address already in use") => last = log,
+                Err(log) => panic!("etcd did not become healthy on port {client_port}; log: {log}"),
+            }
+        }
+        panic!("etcd did not become healthy on port {client_port}; log: {last}")
+    }
+
+    fn try_start_at(client_port: u16) -> Result<Etcd, String> {
         let dir = fast_tempdir();
         let peer_port = free_port();
         let child = Self::spawn(dir.path(), client_port, peer_port);
@@ -163,8 +185,8 @@ impl Etcd {
             dir,
             child,
         };
-        etcd.wait_ready();
-        etcd
+        etcd.ready()?;
+        Ok(etcd)
     }
 
     /// etcd serving clients over TLS only, requiring client certificates signed by the CA of
@@ -228,18 +250,28 @@ impl Etcd {
     }
 
     fn wait_ready(&self) {
+        if let Err(log) = self.ready() {
+            panic!(
+                "etcd did not become healthy on port {}; log: {log}",
+                self.client_port
+            );
+        }
+    }
+
+    /// Waits until etcd answers; its log when it does not (or exited).
+    fn ready(&self) -> Result<(), String> {
+        let log = || std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if http_get_ok(self.client_port, "/health") {
-                return;
+                return Ok(());
+            }
+            if log().contains("address already in use") {
+                return Err(log());
             }
             std::thread::sleep(Duration::from_millis(30));
         }
-        panic!(
-            "etcd did not become healthy on port {}; log: {}",
-            self.client_port,
-            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-        );
+        Err(log())
     }
 
     pub fn endpoint(&self) -> String {
