@@ -96,6 +96,20 @@ fn archived(src: &Path) -> BTreeMap<(String, u64), Vec<u8>> {
     out
 }
 
+/// The records' values are the archived events' bytes, each exactly once (`what` names the case).
+fn assert_every_event_once(
+    records: &[rewind_testkit::kafka::Record],
+    want: &BTreeMap<(String, u64), Vec<u8>>,
+    what: &str,
+) {
+    let mut got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
+    let mut expected: Vec<&[u8]> = want.values().map(Vec::as_slice).collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got.len(), expected.len(), "{what}: every event once");
+    assert_eq!(got, expected, "{what}: every event exactly once");
+}
+
 /// `--ordered`: within an hour shard (hours run in parallel), the records of each key are on
 /// the topic in archive order (object, then byte offset). Returns how many (key, hour) groups
 /// there were.
@@ -574,11 +588,7 @@ fn exactly_once_commits_each_shard_with_a_marker() {
     let summary = ok(&out);
     assert_eq!(summary["acknowledged"], want.len() as u64);
     let records = broker.read_all("eo", 3, want.len(), Duration::from_secs(60));
-    let mut got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
-    let mut expected: Vec<&[u8]> = want.values().map(Vec::as_slice).collect();
-    got.sort();
-    expected.sort();
-    assert_eq!(got, expected, "every event exactly once");
+    assert_every_event_once(&records, &want, "exactly-once");
     let job = summary["job_id"].as_str().unwrap();
     // The replay is a change of the destination's log, which cannot be undone in Kafka.
     let log = run(
@@ -1006,12 +1016,7 @@ fn default_producer_settings_deliver_every_event_once() {
         );
         assert_eq!(summary["acknowledged"], want.len() as u64);
         let records = broker.read_all(&topic, 3, want.len(), Duration::from_secs(60));
-        let mut got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
-        let mut expected: Vec<&[u8]> = want.values().map(Vec::as_slice).collect();
-        got.sort();
-        expected.sort();
-        assert_eq!(got.len(), expected.len(), "round {round}: every event once");
-        assert_eq!(got, expected, "round {round}");
+        assert_every_event_once(&records, &want, &format!("round {round}"));
     }
 
     broker.create_topic("defaults-ordered", 3);
@@ -1061,11 +1066,7 @@ fn exactly_once_shards_longer_than_the_transaction_timeout_commit_in_parts() {
     ));
     assert_eq!(summary["acknowledged"], want.len() as u64);
     let records = broker.read_all("slow", 2, want.len(), Duration::from_secs(60));
-    let mut got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
-    let mut expected: Vec<&[u8]> = want.values().map(Vec::as_slice).collect();
-    got.sort();
-    expected.sort();
-    assert_eq!(got, expected, "every event exactly once");
+    assert_every_event_once(&records, &want, "in parts");
 
     let job = summary["job_id"].as_str().unwrap();
     let markers = broker.read_all("slow.rewind-control", 1, 4, Duration::from_secs(30));
