@@ -182,7 +182,7 @@ pub struct Change {
 
 impl Change {
     fn key(&self) -> String {
-        format!("{CHANGES}{}.json", self.id)
+        change_key(&self.id)
     }
 
     fn keys(&self) -> BTreeSet<&str> {
@@ -315,19 +315,8 @@ impl<'a> Log<'a> {
     /// Every change, oldest first.
     pub fn changes(&self) -> Result<Vec<Change>, ChangeError> {
         let mut out = Vec::new();
-        for o in self.store.list(CHANGES)? {
-            if !o.key.ends_with(".json") {
-                continue;
-            }
-            let Some(body) = self.store.get(&o.key)? else {
-                continue;
-            };
-            let change: Change =
-                serde_json::from_slice(&body).map_err(|e| ChangeError::Unreadable {
-                    key: o.key.clone(),
-                    why: e.to_string(),
-                })?;
-            out.push(change);
+        for id in self.ids()? {
+            out.extend(self.read(&id)?);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -459,22 +448,74 @@ impl<'a> Log<'a> {
 
     /// A new id, later than every change and intent in the log (clocks of different machines
     /// may disagree; the log's order is the order changes took effect).
-    fn new_id(&self, changes: &[Change]) -> Result<String, ChangeError> {
+    /// A job's change ends in the job id (found by listing alone); others in 4 random hex digits.
+    fn new_id<'i>(
+        &self,
+        ids: impl IntoIterator<Item = &'i str>,
+        job: Option<&str>,
+    ) -> Result<String, ChangeError> {
         let mut ms = crate::lifecycle::now_ms();
         let intents = self.intents()?;
-        let last = changes
-            .iter()
-            .map(|c| c.id.as_str())
-            .chain(intents.iter().map(|i| i.id.as_str()))
-            .max();
-        if let Some(last) = last.and_then(id_ms) {
+        let last = ids.into_iter().filter_map(id_ms).max();
+        let last_intent = intents.iter().filter_map(|i| id_ms(&i.id)).max();
+        if let Some(last) = last.max(last_intent) {
             ms = ms.max(last + 1);
         }
         let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-        let suffix = crate::JobId::generate();
-        let rand = suffix.as_str().rsplit('-').next().unwrap_or("0000");
-        Ok(format!("{}-{rand}", t.format("%Y%m%dT%H%M%S%.3fZ")))
+        let suffix = match job {
+            Some(job) => job.to_string(),
+            None => {
+                let random = crate::JobId::generate();
+                random
+                    .as_str()
+                    .rsplit('-')
+                    .next()
+                    .unwrap_or("0000")
+                    .to_string()
+            }
+        };
+        Ok(format!("{}-{suffix}", t.format("%Y%m%dT%H%M%S%.3fZ")))
     }
+
+    /// The ids in the log, by listing it (no change is read).
+    fn ids(&self) -> Result<Vec<String>, ChangeError> {
+        Ok(self
+            .store
+            .list(CHANGES)?
+            .into_iter()
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(CHANGES)?
+                    .strip_suffix(".json")
+                    .filter(|id| !id.contains('/'))
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    /// The id of a job's change, when it has one.
+    fn job_change(&self, job: &str) -> Result<Option<String>, ChangeError> {
+        let tail = format!("-{job}");
+        Ok(self.ids()?.into_iter().find(|id| id.ends_with(&tail)))
+    }
+
+    fn read(&self, id: &str) -> Result<Option<Change>, ChangeError> {
+        let key = change_key(id);
+        let Some(body) = self.store.get(&key)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| ChangeError::Unreadable {
+                key,
+                why: e.to_string(),
+            })
+    }
+}
+
+/// Where change `id` is recorded.
+fn change_key(id: &str) -> String {
+    format!("{CHANGES}{id}.json")
 }
 
 /// The time of a change id.
@@ -567,13 +608,12 @@ pub fn record_job(
     manifest: &JobManifest,
     who: Option<&str>,
 ) -> Result<Option<Change>, ChangeError> {
+    // On the commit path: the log is listed, not read (it only grows).
     let log = Log::new(store);
-    let changes = log.changes()?;
-    if let Some(c) = changes
-        .iter()
-        .find(|c| c.job.as_deref() == Some(manifest.job_id.as_str()))
-    {
-        return Ok(Some(c.clone()));
+    let ids = log.ids()?;
+    let tail = format!("-{}", manifest.job_id);
+    if let Some(id) = ids.iter().find(|id| id.ends_with(&tail)) {
+        return log.read(id);
     }
     let prefix = format!("execution_id={}/", manifest.job_id);
     let internal = format!("{prefix}_rewind/");
@@ -620,7 +660,7 @@ pub fn record_job(
         crate::job::SinkSpec::Parquet => None,
     };
     let change = Change {
-        id: log.new_id(&changes)?,
+        id: log.new_id(ids.iter().map(String::as_str), Some(&manifest.job_id))?,
         kind: if kafka.is_some() {
             ChangeKind::Replay
         } else {
@@ -643,14 +683,9 @@ pub fn record_job(
 /// Drops the change of a job whose output was removed before the command that ran it returned
 /// (an interrupted `rewind run`): it never took effect for anyone. Whether there was one.
 pub fn forget_job(store: &dyn OutputStore, job: &str) -> Result<bool, ChangeError> {
-    let log = Log::new(store);
-    match log
-        .changes()?
-        .into_iter()
-        .find(|c| c.job.as_deref() == Some(job))
-    {
-        Some(c) => {
-            store.delete(&c.key())?;
+    match Log::new(store).job_change(job)? {
+        Some(id) => {
+            store.delete(&change_key(&id))?;
             Ok(true)
         }
         None => Ok(false),
@@ -1045,7 +1080,7 @@ fn begin(
         return Ok(preview(kind, inverse_of, about, who));
     }
     let intent = Intent {
-        id: log.new_id(changes)?,
+        id: log.new_id(changes.iter().map(|c| c.id.as_str()), None)?,
         kind,
         undoes: Some(inverse_of.id.clone()),
         target: Some(about.to_string()),
@@ -1140,7 +1175,7 @@ fn apply_locked(
         planned.push(Planned { op, before });
     }
     let intent = Intent {
-        id: log.new_id(&changes)?,
+        id: log.new_id(changes.iter().map(|c| c.id.as_str()), None)?,
         kind,
         undoes: None,
         target: None,
