@@ -14,7 +14,7 @@ use rewind_common::storage::{
 
 use crate::client::S3Client;
 use crate::retry::{Failure, classify};
-use crate::source::list_objects;
+use crate::source::{list_objects, version_pages};
 
 #[derive(Debug, Clone)]
 pub struct S3Output {
@@ -452,24 +452,10 @@ impl OutputStore for S3Output {
             // (latest, last modified, version) of every version and delete marker of exactly
             // `full`.
             let mut all: Vec<(bool, i64, StoredVersion)> = Vec::new();
-            let (mut key_marker, mut version_marker): (Option<String>, Option<String>) =
-                (None, None);
-            loop {
-                let page = client
-                    .send(&what, || {
-                        client
-                            .sdk
-                            .list_object_versions()
-                            .bucket(&*bucket)
-                            .prefix(&full)
-                            .set_key_marker(key_marker.clone())
-                            .set_version_id_marker(version_marker.clone())
-                            .send()
-                    })
-                    .await?;
-                let when = |t: Option<&aws_sdk_s3::primitives::DateTime>| {
-                    t.and_then(|t| t.to_millis().ok()).unwrap_or(0)
-                };
+            let when = |t: Option<&aws_sdk_s3::primitives::DateTime>| {
+                t.and_then(|t| t.to_millis().ok()).unwrap_or(0)
+            };
+            version_pages(&client, &bucket, &full, &what, |page| {
                 for v in page.versions().iter().filter(|v| v.key() == Some(&*full)) {
                     all.push((
                         v.is_latest() == Some(true),
@@ -498,12 +484,8 @@ impl OutputStore for S3Output {
                         },
                     ));
                 }
-                key_marker = page.next_key_marker().map(str::to_string);
-                version_marker = page.next_version_id_marker().map(str::to_string);
-                if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
-                    break;
-                }
-            }
+            })
+            .await?;
             // Newest first: the latest, then by time (stores keep seconds only); the listing
             // gives each key's versions newest first, which a stable sort keeps for ties.
             all.sort_by_key(|v| std::cmp::Reverse((v.0, v.1)));

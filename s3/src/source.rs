@@ -197,14 +197,14 @@ pub(crate) async fn list_objects(
     Ok(out)
 }
 
-/// In a versioned bucket: the latest version of each key (delete markers hide a key).
-async fn list_versions(
+/// Every page of ListObjectVersions under `prefix`, handed to `each` in order.
+pub(crate) async fn version_pages(
     client: &S3Client,
     bucket: &str,
     prefix: &str,
     what: &str,
-) -> Result<Vec<ObjectMeta>, StorageError> {
-    let mut out = Vec::new();
+    mut each: impl FnMut(&aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput),
+) -> Result<(), StorageError> {
     let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
     loop {
         let page = client
@@ -219,6 +219,24 @@ async fn list_versions(
                     .send()
             })
             .await?;
+        each(&page);
+        key_marker = page.next_key_marker().map(str::to_string);
+        version_marker = page.next_version_id_marker().map(str::to_string);
+        if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// In a versioned bucket: the latest version of each key (delete markers hide a key).
+async fn list_versions(
+    client: &S3Client,
+    bucket: &str,
+    prefix: &str,
+    what: &str,
+) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut out = Vec::new();
+    version_pages(client, bucket, prefix, what, |page| {
         for v in page.versions() {
             if v.is_latest() == Some(true)
                 && let Some(key) = v.key()
@@ -236,12 +254,9 @@ async fn list_versions(
             }
         }
         // A key whose latest entry is a delete marker has no `is_latest` version: it is gone.
-        key_marker = page.next_key_marker().map(str::to_string);
-        version_marker = page.next_version_id_marker().map(str::to_string);
-        if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
-            return Ok(out);
-        }
-    }
+    })
+    .await?;
+    Ok(out)
 }
 
 /// One object's bytes, as `Some(chunk)` messages ending with `None`, or an error.
