@@ -153,7 +153,8 @@ pub struct KafkaEffect {
 /// One entry of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    /// Sortable: `YYYYMMDDTHHMMSS.mmmZ-xxxx`, later changes sort after earlier ones.
+    /// Sortable: `YYYYMMDDTHHMMSS.mmmZ-<job id>` for a job's change, `…Z-xxxx` (random hex) for
+    /// others; later changes sort after earlier ones.
     pub id: String,
     pub kind: ChangeKind,
     /// The job, for job changes.
