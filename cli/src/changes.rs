@@ -95,8 +95,15 @@ fn open(place: &DestArgs) -> Result<Opened, Failure> {
     open_store(place, "--dest")
 }
 
-/// Opens a destination or dataset given as `flag`.
+/// Opens a destination or dataset given as `flag`; a Delta table's changes go through its log.
 pub fn open_store(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
+    let mut opened = open_plain(place, flag)?;
+    opened.store = rewind_delta::open(opened.store.clone())
+        .map_err(|e| Failure::Job(format!("opening {}: {e}", place.dest)))?;
+    Ok(opened)
+}
+
+fn open_plain(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
     if place.dest.contains("{org}") {
         return Err(Failure::BadRequest(format!(
             "invalid {flag}: give the location itself, without {{org}}"
@@ -208,7 +215,7 @@ fn list(place: &DestArgs) -> Result<(), Failure> {
             c.id,
             c.kind.to_string(),
             state,
-            c.objects.len(),
+            c.touched(),
             about
         );
     }
@@ -254,10 +261,30 @@ fn show(place: &DestArgs, id: &str) -> Result<(), Failure> {
         (true, _) => println!("reversible"),
         (false, why) => println!("not reversible: {}", why.as_deref().unwrap_or("-")),
     }
+    table_lines(c);
     for t in &c.objects {
         println!("{}", object_line(t));
     }
     Ok(())
+}
+
+/// A change's commit of a table's log: the version and the files it added and removed.
+fn table_lines(c: &change::Change) {
+    let Some(t) = &c.table else { return };
+    let version = t
+        .version
+        .map_or_else(|| "a commit".to_string(), |v| format!("version {v}"));
+    println!("table    {} {version} (transaction {})", t.format, t.app_id);
+    let file = |f: &rewind_common::table::TableFile| match f.rows {
+        Some(r) => format!("{}  ({} bytes, {r} rows)", f.key, f.size),
+        None => format!("{}  ({} bytes)", f.key, f.size),
+    };
+    for f in &t.added {
+        println!("+ {}  [table]", file(f));
+    }
+    for f in &t.removed {
+        println!("- {}  [table]", file(f));
+    }
 }
 
 fn describe(c: &Content) -> String {
@@ -298,7 +325,8 @@ fn said(verb: &str, done: &Done) {
     let c = &done.change;
     let about = c.target.as_deref().unwrap_or("?");
     if c.id == "dry-run" {
-        println!("would be {verb}: {about} ({} objects)", c.objects.len());
+        println!("would be {verb}: {about} ({} objects)", c.touched());
+        table_lines(c);
         for t in &c.objects {
             println!("{}", object_line(t));
         }
@@ -309,7 +337,7 @@ fn said(verb: &str, done: &Done) {
     } else {
         println!(
             "{verb} {about}: {} objects (recorded as change {})",
-            c.objects.len(),
+            c.touched(),
             c.id
         );
     }
@@ -350,7 +378,7 @@ pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
             println!(
                 "rolled back {}: {} objects (recorded as change {})",
                 r.target.as_deref().unwrap_or("?"),
-                r.objects.len(),
+                r.touched(),
                 r.id
             );
         }

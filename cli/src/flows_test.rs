@@ -97,6 +97,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
             location.clone(),
             Location::Local("/nonexistent".into()),
         ),
+        table_format: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

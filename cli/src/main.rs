@@ -187,6 +187,10 @@ pub struct JobArgs {
     /// Keep only events whose arrival_epoch falls inside the requested range.
     #[arg(long)]
     pub arrival_filter: bool,
+    /// parquet (a Hive-style dataset) or delta (a Delta Lake table at --dest, created on first
+    /// use; each job is one commit of its log, partitioned by date).
+    #[arg(long, value_parser = ["parquet", "delta"])]
+    pub table_format: Option<String>,
     /// Where failed records go, a directory or s3:// URL (default: <dest>/_failed).
     #[arg(long)]
     pub failed_output: Option<String>,
@@ -383,6 +387,7 @@ impl JobArgs {
             max_bytes_per_sec: self.max_bytes_per_sec,
             ordered: self.ordered,
             object: self.object.clone(),
+            table_format: self.table_format.clone(),
         })
     }
 }

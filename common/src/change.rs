@@ -12,6 +12,11 @@
 //!   S3 copied server-side, then deleted) to `_rewind/staging/<change>/<key>.kept`, where it
 //!   stays until `rewind changes expire` drops it.
 //!
+//! - a table (a Delta Lake destination): data files are never moved or deleted; a change adds
+//!   and removes them in one commit of the table's log (`TableEffect`), and its inverse is the
+//!   commit that removes what it added and adds back what it removed. Readers of the table see
+//!   each change whole, and the table's own history keeps every version.
+//!
 //! Every rollback and re-apply first writes its intent (`_rewind/intents/<id>.json`); each step
 //! is idempotent and decided by what the store holds, so a process killed at any moment leaves a
 //! state the next command on the destination completes (it finishes pending intents first).
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::lifecycle::JobManifest;
 use crate::shard_store::ShardCounts;
 use crate::storage::{ObjectMeta, OutputStore, StorageError};
+use crate::table::{TableEffect, TableFile, TableLog};
 
 /// Where the log lives in a destination.
 pub const CHANGES: &str = "_rewind/changes/";
@@ -179,6 +185,10 @@ pub struct Change {
     pub objects: Vec<Touch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaEffect>,
+    /// On a table destination: the commit of the table's log that made the change (the data
+    /// files it added and removed; `objects` then holds only the other objects it wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableEffect>,
 }
 
 impl Change {
@@ -186,9 +196,77 @@ impl Change {
         change_key(&self.id)
     }
 
-    fn keys(&self) -> BTreeSet<&str> {
-        self.objects.iter().map(|t| t.key.as_str()).collect()
+    /// Objects and table files it touched.
+    pub fn touched(&self) -> usize {
+        self.objects.len()
+            + self
+                .table
+                .as_ref()
+                .map_or(0, |t| t.added.len() + t.removed.len())
     }
+
+    fn keys(&self) -> BTreeSet<&str> {
+        let table = self
+            .table
+            .iter()
+            .flat_map(|t| t.added.iter().chain(&t.removed));
+        self.objects
+            .iter()
+            .map(|t| t.key.as_str())
+            .chain(table.map(|f| f.key.as_str()))
+            .collect()
+    }
+}
+
+/// The inverse of a table effect, as a commit still to make.
+fn inverse_plan(e: &TableEffect, operation: &str) -> TablePlan {
+    TablePlan {
+        operation: operation.to_string(),
+        add: e.removed.clone(),
+        remove: e.added.clone(),
+    }
+}
+
+/// A commit of the table's log a change makes (a repair's rewrite, a rollback's inverse).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TablePlan {
+    operation: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    add: Vec<TableFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    remove: Vec<TableFile>,
+}
+
+/// The transaction id of change `id`'s commit: the commit is made once, however often the
+/// command runs.
+fn app_id(id: &str) -> String {
+    format!("rewind-change-{id}")
+}
+
+/// Makes the commit of `plan` for change `id` (or finds it made); its effect.
+fn commit_table(
+    store: &dyn OutputStore,
+    plan: &TablePlan,
+    app_id: String,
+) -> Result<TableEffect, ChangeError> {
+    let table = table_of(store)?;
+    let version = table.commit(&app_id, &plan.operation, &plan.add, &plan.remove)?;
+    Ok(TableEffect {
+        format: table.format(),
+        version,
+        app_id,
+        added: plan.add.clone(),
+        removed: plan.remove.clone(),
+    })
+}
+
+fn table_of(store: &dyn OutputStore) -> Result<std::sync::Arc<dyn TableLog>, ChangeError> {
+    store.table().ok_or_else(|| {
+        ChangeError::Refused(format!(
+            "the change is a commit of a table's log, and {} holds no table",
+            store.describe()
+        ))
+    })
 }
 
 /// Whether a change's effect holds.
@@ -261,6 +339,9 @@ struct Intent {
     spec: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     counts: Option<ShardCounts>,
+    /// Changes Rewind makes itself on a table: the commit to make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table: Option<TablePlan>,
 }
 
 /// One object a change made by Rewind itself sets.
@@ -422,6 +503,16 @@ impl<'a> Log<'a> {
         for t in &inverse.objects {
             if let Some(missing) = self.unavailable(&t.key, &t.before)? {
                 return Ok(Some(missing));
+            }
+        }
+        if let Some(e) = &inverse.table {
+            for f in &e.removed {
+                if self.store.head(&f.key)?.is_none() {
+                    return Ok(Some(format!(
+                        "{} is gone from the store (vacuumed?)",
+                        f.key
+                    )));
+                }
             }
         }
         Ok(None)
@@ -589,7 +680,7 @@ fn conflicts(
         .iter()
         .filter(|d| d.id > c.id && states[&d.id] == ChangeState::Applied)
         .filter(|d| d.kind != ChangeKind::Rollback)
-        .filter(|d| d.objects.iter().any(|t| keys.contains(t.key.as_str())))
+        .filter(|d| d.keys().iter().any(|k| keys.contains(k)))
         .map(|d| d.id.as_str())
         .collect();
     (!later.is_empty()).then(|| {
@@ -618,6 +709,38 @@ pub fn record_job(
     }
     let prefix = format!("execution_id={}/", manifest.job_id);
     let internal = format!("{prefix}_rewind/");
+    // A table destination: the job's data files join the table in one commit of its log (once:
+    // its transaction id is the job's), and stay out of `objects` (they are never moved).
+    let table = match store.table() {
+        // (A cancelled job adds nothing: an interrupted `rewind run` removes its files.)
+        Some(t) if !manifest.files.is_empty() && manifest.state != crate::JobPhase::Cancelled => {
+            let columns = t.partition_columns()?;
+            let plan = TablePlan {
+                operation: "WRITE".into(),
+                add: manifest
+                    .files
+                    .iter()
+                    .map(|f| TableFile {
+                        key: f.key.clone(),
+                        size: f.size,
+                        rows: Some(f.rows),
+                        partition: crate::table::partition_of(&f.key, &columns),
+                    })
+                    .collect(),
+                remove: Vec::new(),
+            };
+            Some(commit_table(
+                store,
+                &plan,
+                format!("rewind-job-{}", manifest.job_id),
+            )?)
+        }
+        _ => None,
+    };
+    let in_table: BTreeSet<&str> = table
+        .iter()
+        .flat_map(|t| t.added.iter().map(|f| f.key.as_str()))
+        .collect();
     let rows: BTreeMap<&str, (u64, Option<&str>)> = manifest
         .files
         .iter()
@@ -628,7 +751,7 @@ pub fn record_job(
     let versioned = store.versioned()?;
     let mut objects = Vec::new();
     for o in store.list(&prefix)? {
-        if o.key.starts_with(&internal) {
+        if o.key.starts_with(&internal) || in_table.contains(o.key.as_str()) {
             continue;
         }
         let mut held = Held::of(&o);
@@ -648,7 +771,7 @@ pub fn record_job(
             after: Content::Present(held),
         });
     }
-    if objects.is_empty() {
+    if objects.is_empty() && table.is_none() {
         return Ok(None);
     }
     let kafka = match &manifest.spec.sink {
@@ -676,6 +799,7 @@ pub fn record_job(
         counts: Some(manifest.counts.clone()),
         objects,
         kafka,
+        table,
     };
     log.write(&change)?;
     Ok(Some(change))
@@ -756,6 +880,13 @@ fn preview(kind: ChangeKind, inverse_of: &Change, about: &str, who: Option<&str>
             })
             .collect(),
         kafka: None,
+        table: inverse_of.table.as_ref().map(|e| TableEffect {
+            format: e.format,
+            version: None,
+            app_id: app_id("dry-run"),
+            added: e.removed.clone(),
+            removed: e.added.clone(),
+        }),
     }
 }
 
@@ -1071,6 +1202,9 @@ fn begin(
             break;
         }
     }
+    if let Some(e) = &inverse_of.table {
+        problems.extend(table_problems(log.store, e, &inverse_of.id)?);
+    }
     if !problems.is_empty() {
         return Err(ChangeError::Conflict(format!(
             "cannot {kind} {about}: {}",
@@ -1090,8 +1224,34 @@ fn begin(
         job: None,
         spec: None,
         counts: None,
+        table: None,
     };
     start(log, &intent)
+}
+
+/// What stands in the way of inverting table effect `e` of change `id` now: a file it added
+/// is no longer in the table, one it removed is in it again or gone from the store.
+fn table_problems(
+    store: &dyn OutputStore,
+    e: &TableEffect,
+    id: &str,
+) -> Result<Vec<String>, ChangeError> {
+    let files = table_of(store)?.files()?;
+    let mut problems = Vec::new();
+    for f in &e.added {
+        if !files.contains_key(&f.key) {
+            problems.push(format!("{} is not in the table as {id} left it", f.key));
+        }
+    }
+    for f in &e.removed {
+        if files.contains_key(&f.key) {
+            problems.push(format!("{} is in the table again", f.key));
+        } else if store.head(&f.key)?.is_none() {
+            problems.push(format!("{} is gone from the store (vacuumed?)", f.key));
+        }
+    }
+    problems.truncate(10);
+    Ok(problems)
 }
 
 /// Records an intent, then carries it out.
@@ -1185,8 +1345,58 @@ fn apply_locked(
         job: meta.job,
         spec: meta.spec,
         counts: meta.counts,
+        table: None,
     };
     start(&log, &intent)
+}
+
+/// Makes a change of Rewind's own on a table destination (a repair): one commit of the table's
+/// log adding `add` and removing `remove` (files written already, under new names: nothing is
+/// moved or overwritten). Refused, nothing committed, when a file to remove is no longer in the
+/// table (another writer changed it since it was read). Interrupted, the next command on the
+/// destination makes the same commit once (its transaction id is the change's).
+pub fn apply_table(
+    store: &dyn OutputStore,
+    kind: ChangeKind,
+    meta: Meta,
+    operation: &str,
+    add: Vec<TableFile>,
+    remove: Vec<TableFile>,
+) -> Result<Change, ChangeError> {
+    lock::with_lock(store, "repair", || {
+        finish_pending(store)?;
+        let files = table_of(store)?.files()?;
+        if let Some(gone) = remove.iter().find(|f| !files.contains_key(&f.key)) {
+            return Err(ChangeError::Conflict(format!(
+                "{} left the table since it was read; run again to work on what it holds now",
+                gone.key
+            )));
+        }
+        for f in &add {
+            if store.head(&f.key)?.is_none() {
+                return Err(ChangeError::Refused(format!("{} is not there", f.key)));
+            }
+        }
+        let log = Log::new(store);
+        let changes = log.changes()?;
+        let intent = Intent {
+            id: log.new_id(changes.iter().map(|c| c.id.as_str()), None)?,
+            kind,
+            undoes: None,
+            target: None,
+            who: meta.who,
+            ops: Vec::new(),
+            job: meta.job,
+            spec: meta.spec,
+            counts: meta.counts,
+            table: Some(TablePlan {
+                operation: operation.to_string(),
+                add,
+                remove,
+            }),
+        };
+        start(&log, &intent)
+    })
 }
 
 /// Carries out one op of a change of Rewind's own; run again, it finds its steps done.
@@ -1331,8 +1541,22 @@ fn carry_out(log: &Log<'_>, intent: &Intent) -> Result<Change, ChangeError> {
     }
     let versioned = log.store.versioned()?;
     let mut objects = Vec::new();
+    let mut table = None;
     if let Some(undoes) = &intent.undoes {
         let inverse_of = find(&changes, undoes)?;
+        // The table first: its readers see the change undone in one commit.
+        if let Some(e) = &inverse_of.table {
+            let op = match intent.kind {
+                ChangeKind::Reapply => "REAPPLY",
+                _ => "ROLLBACK",
+            };
+            table = Some(commit_table(
+                log.store,
+                &inverse_plan(e, op),
+                app_id(&intent.id),
+            )?);
+            step_done();
+        }
         for t in &inverse_of.objects {
             let touch = if versioned {
                 invert_versioned(log.store, t)?
@@ -1341,6 +1565,10 @@ fn carry_out(log: &Log<'_>, intent: &Intent) -> Result<Change, ChangeError> {
             };
             objects.push(touch);
         }
+    }
+    if let Some(plan) = &intent.table {
+        table = Some(commit_table(log.store, plan, app_id(&intent.id))?);
+        step_done();
     }
     for p in &intent.ops {
         objects.push(forward(log.store, versioned, p, &intent.id)?);
@@ -1357,6 +1585,7 @@ fn carry_out(log: &Log<'_>, intent: &Intent) -> Result<Change, ChangeError> {
         counts: intent.counts.clone(),
         objects,
         kafka: None,
+        table,
     };
     log.write(&change)?;
     step_done();

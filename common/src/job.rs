@@ -29,6 +29,9 @@ pub struct JobSpec {
     pub object: Option<String>,
     /// Source, destination, failed and unrecoverable outputs, resolved.
     pub places: crate::request::JobLocations,
+    /// What the destination is: a Parquet dataset or a Delta table.
+    #[serde(default, skip_serializing_if = "crate::table::TableFormat::is_parquet")]
+    pub table_format: crate::table::TableFormat,
 }
 
 /// Where recovered events go. (Externally tagged: internally tagged enums break numbers under

@@ -16,6 +16,7 @@ pub mod shard_store;
 pub mod storage;
 #[cfg(any(test, feature = "testkit"))]
 pub mod storage_contract;
+pub mod table;
 pub mod trace;
 
 pub use error::RequestError;

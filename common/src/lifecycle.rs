@@ -92,6 +92,15 @@ pub trait SinkCheck: Send + Sync {
     /// May record in the spec what the job's workers need from it (Kafka: where the control
     /// topic stood).
     fn preflight(&self, spec: &mut JobSpec) -> Result<(), String>;
+    /// The destination as the job's commit sees it: a table destination (Delta) is opened,
+    /// and created on first use, here. Blocking.
+    fn destination(
+        &self,
+        _spec: &JobSpec,
+        dest: std::sync::Arc<dyn crate::storage::OutputStore>,
+    ) -> Result<std::sync::Arc<dyn crate::storage::OutputStore>, crate::storage::StorageError> {
+        Ok(dest)
+    }
 }
 
 /// No sink checks (Parquet needs none; tests).

@@ -92,6 +92,9 @@ pub struct JobRequest {
     /// Replay only this archive object (its key below --source).
     #[serde(default)]
     pub object: Option<String>,
+    /// `parquet` (default) or `delta`: the destination as a Delta Lake table.
+    #[serde(default)]
+    pub table_format: Option<String>,
 }
 
 fn default_dedup_window() -> u32 {
@@ -133,6 +136,7 @@ impl Default for JobRequest {
             max_bytes_per_sec: None,
             ordered: false,
             object: None,
+            table_format: None,
         }
     }
 }
@@ -176,6 +180,16 @@ impl JobRequest {
                 Some(key.to_string())
             }
         };
+        let table_format = match self.table_format.as_deref().map(str::trim) {
+            None | Some("") => crate::table::TableFormat::Parquet,
+            Some(f) => crate::table::TableFormat::parse("--table-format", f)?,
+        };
+        if !table_format.is_parquet() && !matches!(sink, SinkSpec::Parquet) {
+            return Err(RequestError::new(
+                "--table-format",
+                "applies to Parquet output only (--sink parquet)",
+            ));
+        }
         Ok(JobSpec {
             job,
             org,
@@ -188,6 +202,7 @@ impl JobRequest {
             sink,
             object,
             places,
+            table_format,
         })
     }
 

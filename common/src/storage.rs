@@ -198,6 +198,11 @@ pub trait OutputStore: Send + Sync {
     fn delete_version(&self, key: &str, _version: &str) -> Result<(), StorageError> {
         Err(unversioned(self.describe(), key))
     }
+    /// The table whose root is this store's root (a Delta table), when the destination is one:
+    /// its data files are what its log says, and changes to them are commits of the log.
+    fn table(&self) -> Option<Arc<dyn crate::table::TableLog>> {
+        None
+    }
 }
 
 /// One version of an object in a versioned store.

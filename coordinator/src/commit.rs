@@ -330,6 +330,7 @@ mod tests {
                 rewind_common::Location::Local("/nonexistent/source".into()),
                 rewind_common::Location::Local("/nonexistent/dest".into()),
             ),
+            table_format: Default::default(),
         }
     }
 

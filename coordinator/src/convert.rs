@@ -90,6 +90,7 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         max_bytes_per_sec: r.max_bytes_per_sec,
         ordered: r.ordered,
         object: (!r.object.is_empty()).then_some(r.object),
+        table_format: (!r.table_format.is_empty()).then_some(r.table_format),
     })
 }
 
@@ -162,6 +163,7 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         max_bytes_per_sec: r.max_bytes_per_sec,
         ordered: r.ordered,
         object: r.object.clone().unwrap_or_default(),
+        table_format: r.table_format.clone().unwrap_or_default(),
     }
 }
 

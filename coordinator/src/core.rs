@@ -251,6 +251,14 @@ impl<R: JobRegistry> Coordinator<R> {
         let output = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
             .await
             .map_err(|e| CoreError::storage("opening the destination", e))?;
+        // A table destination exists (and fits the job) before any shard runs.
+        let output = {
+            let (sinks, spec) = (self.sinks.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || sinks.destination(&spec, output))
+                .await
+                .map_err(|e| CoreError::Internal(format!("opening the destination: {e}")))?
+                .map_err(|e| CoreError::storage("opening the destination", e))?
+        };
         let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
         for _ in 0..16 {
             // Plans are keyed by job id: never write them over another job's. Ids are random
@@ -387,8 +395,10 @@ impl<R: JobRegistry> Coordinator<R> {
         let spec = Arc::new(record.spec.clone());
         let commit_spec = spec.clone();
         let who = record.submitted_by.clone();
+        let sinks = self.sinks.clone();
         let committed = match open_outputs(&record.request, &spec).await {
-            Ok(outputs) => tokio::task::spawn_blocking(move || {
+            Ok(mut outputs) => tokio::task::spawn_blocking(move || {
+                outputs.dest = sinks.destination(&commit_spec, outputs.dest.clone())?;
                 let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
                 let manifest = if cancelled {
                     commit_cancelled(&commit_spec, &states, output, &sides)

@@ -146,6 +146,7 @@ mod tests {
                 rewind_common::Location::Local("/nonexistent/source".into()),
                 rewind_common::Location::Local("/nonexistent/dest".into()),
             ),
+            table_format: Default::default(),
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

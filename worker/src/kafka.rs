@@ -1041,12 +1041,37 @@ impl KafkaSink {
     }
 }
 
-/// The Kafka checks the coordinator core runs at submit (settings, brokers, topic, and
-/// transactions for exactly-once); nothing for other sinks.
+/// What the coordinator core asks of the sinks: at submit the Kafka checks (settings, brokers,
+/// topic, and transactions for exactly-once); a Delta destination opened (and created on first
+/// use, with the reference schema, partitioned by `date`) at submit and at commit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KafkaChecks;
 
+/// The partition columns of the Delta tables jobs write (the day of the archive hour, from the
+/// data files' `date=` directory).
+pub const DELTA_PARTITION_COLUMNS: &[&str] = &["date"];
+
 impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
+    fn destination(
+        &self,
+        spec: &rewind_common::JobSpec,
+        dest: std::sync::Arc<dyn rewind_common::storage::OutputStore>,
+    ) -> Result<
+        std::sync::Arc<dyn rewind_common::storage::OutputStore>,
+        rewind_common::storage::StorageError,
+    > {
+        match spec.table_format {
+            rewind_common::table::TableFormat::Parquet => Ok(dest),
+            rewind_common::table::TableFormat::Delta => {
+                let columns: Vec<String> = DELTA_PARTITION_COLUMNS
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                rewind_delta::open_or_create(dest, &crate::record::schema(), &columns)
+            }
+        }
+    }
+
     fn check_settings(&self, spec: &rewind_common::JobSpec) -> Result<(), String> {
         match &spec.sink {
             rewind_common::job::SinkSpec::Kafka(k) => check_settings(k),

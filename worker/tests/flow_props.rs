@@ -58,6 +58,7 @@ fn router(flows: Option<&str>) -> Router {
             rewind_common::Location::Local("/nonexistent/source".into()),
             rewind_common::Location::Local("/nonexistent/dest".into()),
         ),
+        table_format: Default::default(),
     };
     Router::new(&spec, 128).unwrap()
 }
