@@ -34,6 +34,11 @@ pub struct RepairArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// What the dataset must be: parquet (files rewritten in place, kept for a rollback) or
+    /// delta (a Delta table: rewrites are new files, one commit of its log). Found out from
+    /// the dataset when not given.
+    #[arg(long, value_parser = ["parquet", "delta"])]
+    pub table_format: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -65,6 +70,22 @@ pub fn run(args: RepairArgs) -> Result<(), Failure> {
     };
     let opened = open_store(&place, "--dataset")?;
     let store = opened.store.clone();
+    match (args.table_format.as_deref(), store.table().is_some()) {
+        (Some("delta"), false) => {
+            return Err(Failure::BadRequest(format!(
+                "invalid --table-format: {} holds no Delta table (no _delta_log/)",
+                args.dataset
+            )));
+        }
+        (Some("parquet"), true) => {
+            return Err(Failure::BadRequest(format!(
+                "invalid --table-format: {} is a Delta table; rewriting its files in place \
+                 would break its log (give --table-format delta, or leave it out)",
+                args.dataset
+            )));
+        }
+        _ => {}
+    }
     let (schema, key_type, partitions) =
         repair::dataset_schema(&store, &args.key).map_err(failure)?;
     let delete = match &args.delete {

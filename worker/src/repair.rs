@@ -22,6 +22,7 @@ use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 use rewind_common::change::{self, ChangeKind, Meta, Op};
 use rewind_common::storage::{ObjectMeta, OutputStore, StorageError};
+use rewind_common::table::TableFile;
 use serde::Serialize;
 
 /// Why a repair cannot be done. `Input` errors name what is wrong and where, and nothing has
@@ -221,6 +222,9 @@ pub struct FileChange {
     pub updated: u64,
     /// Inserted (a new file of `--upsert`).
     pub inserted: u64,
+    /// A Delta table's files are never overwritten: the new file's key, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_as: Option<String>,
 }
 
 /// What a repair did.
@@ -458,7 +462,20 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
             }
         }
     }
-    let files = dataset_files(store)?;
+    // A Delta table: its files are what its log says (removed files stay in the store for time
+    // travel), rewrites are new files, and the change is one commit removing and adding them.
+    let table = store.table();
+    let table_files: BTreeMap<String, TableFile> = match &table {
+        Some(t) => t.files()?,
+        None => BTreeMap::new(),
+    };
+    let files = match &table {
+        Some(_) => table_files
+            .values()
+            .map(|f| ObjectMeta::new(f.key.clone(), f.size))
+            .collect(),
+        None => dataset_files(store)?,
+    };
     if files.is_empty() {
         return Err(input(format!(
             "no Parquet files in {} (nothing ending in .parquet outside _ and . directories)",
@@ -534,7 +551,14 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
     }
 
     // Inserts need their partition values: checked before anything is read or written.
-    let layout = partition_of(&files[0].key);
+    let layout: BTreeMap<String, String> = match &table {
+        Some(t) => t
+            .partition_columns()?
+            .into_iter()
+            .map(|c| (c, String::new()))
+            .collect(),
+        None => partition_of(&files[0].key),
+    };
     if req.upsert
         && let Some(rows) = &req.update
     {
@@ -553,15 +577,26 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
     // staged right away: a few files in memory at a time, on as many threads as there are
     // cores.
     let change_id_hint = rewind_common::JobId::generate();
+    let hint = change_id_hint.to_string();
     let staging = format!("_rewind/incoming/{change_id_hint}/");
     let ctx = Rewrite {
         store,
         req,
         update_at: &update_at,
         staging: (!req.dry_run).then_some(staging.as_str()),
+        table: table.is_some().then_some(hint.as_str()),
     };
     let outcome = rewrite_all(&ctx, &candidates);
     let cleanup = || {
+        if table.is_some() {
+            // (The new files of this repair carry its hint in their names.)
+            let mark = format!("-repair-{hint}");
+            for o in store.list("").unwrap_or_default() {
+                if o.key.contains(&mark) {
+                    let _ = store.delete(&o.key);
+                }
+            }
+        }
         for o in store.list(&staging).unwrap_or_default() {
             let _ = store.delete(&o.key);
         }
@@ -575,6 +610,7 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
     };
     let mut found: BTreeSet<Key> = BTreeSet::new();
     let mut ops = Vec::new();
+    let (mut adds, mut removes): (Vec<TableFile>, Vec<TableFile>) = (Vec::new(), Vec::new());
     let mut changed = Vec::new();
     let mut read = BTreeMap::new();
     for r in rewritten {
@@ -588,6 +624,17 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         read.insert(fc.key.clone(), r.seen);
         report.rows_deleted += fc.deleted;
         report.rows_updated += fc.updated;
+        if let Some(old) = table_files.get(&fc.key) {
+            removes.push(old.clone());
+            if let Some(new) = &r.staged {
+                adds.push(TableFile {
+                    key: new.clone(),
+                    size: r.bytes_written,
+                    rows: Some(fc.rows_after),
+                    partition: old.partition.clone(),
+                });
+            }
+        }
         if fc.rows_after == 0 {
             report.files_removed += 1;
             ops.push(Op::Delete {
@@ -649,6 +696,10 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         for (p, idx) in &inserts {
             let dir: String = p.iter().map(|(k, v)| format!("{k}={v}/")).collect();
             let key = format!("{dir}part-repair-{change_id_hint}.zstd.parquet");
+            let from = match &table {
+                Some(_) => key.clone(),
+                None => format!("{staging}{key}.pending"),
+            };
             let take: Vec<(usize, usize)> = idx.iter().map(|i| (0, *i)).collect();
             let b = arrow_select::interleave::interleave_record_batch(&[&batch], &take)
                 .map_err(|e| parquet_err(&key, e))?;
@@ -662,11 +713,17 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
                 deleted: 0,
                 updated: 0,
                 inserted: n,
+                written_as: None,
             });
             if !req.dry_run {
-                let from = format!("{staging}{key}.pending");
-                report.bytes_written +=
-                    write_file(store, &from, &schema, std::slice::from_ref(&b), &req.key)?;
+                let size = write_file(store, &from, &schema, std::slice::from_ref(&b), &req.key)?;
+                report.bytes_written += size;
+                adds.push(TableFile {
+                    key: key.clone(),
+                    size,
+                    rows: Some(n),
+                    partition: p.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+                });
                 ops.push(Op::Put {
                     key,
                     from,
@@ -691,7 +748,14 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         spec: req.spec.clone(),
         counts: None,
     };
-    let change = match change::apply_over(store, ChangeKind::Repair, meta, ops, &read) {
+    let applied = match &table {
+        Some(_) => {
+            let operation = if adds.is_empty() { "DELETE" } else { "UPDATE" };
+            change::apply_table(store, ChangeKind::Repair, meta, operation, adds, removes)
+        }
+        None => change::apply_over(store, ChangeKind::Repair, meta, ops, &read),
+    };
+    let change = match applied {
         Ok(c) => c,
         // Refused while planning, before its intent: the staged files are nobody's. (After
         // the intent they are the intent's, which the next command on the dataset finishes.)
@@ -712,6 +776,8 @@ struct Rewrite<'a> {
     update_at: &'a BTreeMap<&'a Key, usize>,
     /// Where rewritten files are staged (`None`: a dry run writes nothing).
     staging: Option<&'a str>,
+    /// A table destination: rewrites are new files named with this hint, not staged copies.
+    table: Option<&'a str>,
 }
 
 /// One candidate, read and (when a row of it changes) rewritten.
@@ -801,6 +867,7 @@ fn rewrite_one(
         deleted: 0,
         updated: 0,
         inserted: 0,
+        written_as: None,
     };
     for batch in reader {
         let batch = batch.map_err(|e| parquet_err(&f.key, e))?;
@@ -858,12 +925,33 @@ fn rewrite_one(
     if let Some(staging) = ctx.staging
         && fc.rows_after > 0
     {
-        let from = format!("{staging}{}.pending", f.key);
+        let from = match ctx.table {
+            Some(hint) => renamed(&f.key, hint),
+            None => format!("{staging}{}.pending", f.key),
+        };
         done.bytes_written = write_file(store, &from, schema, &out, &req.key)?;
+        if ctx.table.is_some() {
+            fc.written_as = Some(from.clone());
+        }
         done.staged = Some(from);
     }
     done.change = Some(fc);
     Ok(done)
+}
+
+/// The key of a table file's rewrite: its name with this repair's hint (an earlier repair's
+/// hint replaced), beside it.
+fn renamed(key: &str, hint: &str) -> String {
+    let (dir, name) = match key.rsplit_once('/') {
+        Some((d, n)) => (format!("{d}/"), n),
+        None => (String::new(), key),
+    };
+    let (stem, ext) = match name.find('.') {
+        Some(i) => name.split_at(i),
+        None => (name, ""),
+    };
+    let stem = stem.split("-repair-").next().unwrap_or(stem);
+    format!("{dir}{stem}-repair-{hint}{ext}")
 }
 
 fn first_schema(store: &Arc<dyn OutputStore>, meta: &ObjectMeta) -> Result<SchemaRef, RepairError> {
@@ -876,7 +964,15 @@ pub fn dataset_schema(
     store: &Arc<dyn OutputStore>,
     key: &str,
 ) -> Result<(SchemaRef, KeyType, BTreeSet<String>), RepairError> {
-    let files = dataset_files(store.as_ref())?;
+    let table = store.table();
+    let files = match &table {
+        Some(t) => t
+            .files()?
+            .into_values()
+            .map(|f| ObjectMeta::new(f.key, f.size))
+            .collect(),
+        None => dataset_files(store.as_ref())?,
+    };
     let first = files.first().ok_or_else(|| {
         input(format!(
             "no Parquet files in {} (nothing ending in .parquet outside _ and . directories)",
@@ -901,7 +997,10 @@ pub fn dataset_schema(
             field.data_type()
         ))
     })?;
-    let partitions = partition_of(&first.key).into_keys().collect();
+    let partitions = match &table {
+        Some(t) => t.partition_columns()?.into_iter().collect(),
+        None => partition_of(&first.key).into_keys().collect(),
+    };
     Ok((schema, kt, partitions))
 }
 
