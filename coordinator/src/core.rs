@@ -56,6 +56,7 @@ impl CoreError {
         let message = format!("{what}: {e}");
         match e {
             StorageError::Denied { .. } => CoreError::Denied(message),
+            StorageError::Unfit { .. } => CoreError::BadRequest(message),
             StorageError::NotFound { .. } | StorageError::InvalidKey { .. } => {
                 CoreError::Precondition(message)
             }

@@ -151,7 +151,7 @@ impl DeltaTable {
             .partition_columns()
             .to_vec();
         if !missing.is_empty() || parts != partition_columns {
-            return Err(StorageError::Denied {
+            return Err(StorageError::Unfit {
                 what: self.what(),
                 why: format!(
                     "the table does not fit this job's output (columns missing: [{}]; \

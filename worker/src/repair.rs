@@ -722,7 +722,10 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
                     key: key.clone(),
                     size,
                     rows: Some(n),
-                    partition: p.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+                    partition: p
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone())))
+                        .collect(),
                 });
                 ops.push(Op::Put {
                     key,

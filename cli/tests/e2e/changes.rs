@@ -25,6 +25,8 @@ struct Dest<'a> {
     versioned: bool,
     /// Copies the destination into a directory, to read it like a reader does.
     fetch: Box<dyn Fn(&Path) + 'a>,
+    /// Jobs write a Delta table (`--table-format delta`), read with the `deltalake` package.
+    delta: bool,
 }
 
 impl Dest<'_> {
@@ -66,6 +68,8 @@ impl Dest<'_> {
                 "--dest",
                 &self.url,
                 "--json",
+                "--table-format",
+                if self.delta { "delta" } else { "parquet" },
             ],
             &[],
         );
@@ -318,6 +322,7 @@ fn changes_in_a_local_directory() {
         env: Vec::new(),
         versioned: false,
         fetch: Box::new(|to: &Path| copy_dir(&out, to)),
+        delta: false,
     };
     two_jobs_rolled_back_and_applied_again(&dest);
     // What rollbacks displaced waits outside every reader's glob until it expires.
@@ -351,6 +356,7 @@ fn s3_dest<'a>(server: &'a S3Server, bucket: &'static str, versioned: bool) -> D
         fetch: Box::new(move |to: &Path| {
             server.download_prefix(bucket, "lake/", to);
         }),
+        delta: false,
     }
 }
 
@@ -371,4 +377,294 @@ fn changes_in_an_unversioned_bucket() {
     let kept = server.list("plain-lake", "lake/_rewind/staging/");
     assert!(!kept.is_empty());
     assert!(kept.iter().all(|(k, _)| k.ends_with(".kept")), "{kept:?}");
+}
+
+/// What the Python `deltalake` package (an independent reader) sees in the Delta table of
+/// `dest`: every row at `version` (the newest when `None`) in `Dest::dataset`'s shape (the
+/// partition column under `_partition`), sorted; and the operations of its history, oldest
+/// first.
+fn delta_view(dest: &Dest<'_>, version: Option<u64>) -> (Vec<String>, Vec<String>) {
+    let local = tempfile::tempdir().unwrap();
+    (dest.fetch)(local.path());
+    let script = r#"
+import json, os, sys
+import deltalake
+t = deltalake.DeltaTable(sys.argv[1])
+if sys.argv[2] != "-":
+    t.load_as_version(int(sys.argv[2]))
+ops = [h.get("operation") for h in sorted(t.history(), key=lambda h: h["version"])]
+print(json.dumps(ops))
+for row in t.to_pyarrow_table().to_pylist():
+    date = row.pop("date")
+    if row.get("data") is not None:
+        row["data"] = json.loads(row["data"])
+    row["_partition"] = {"date": date}
+    print(json.dumps(row))
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let v = version.map_or("-".to_string(), |v| v.to_string());
+    let out = Command::new("python3")
+        .args(["-c", script, local.path().to_str().unwrap(), &v])
+        .output()
+        .unwrap();
+    let text = ok_text(&out);
+    let mut lines = text.lines();
+    let ops: Vec<String> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let mut rows: Vec<String> = lines
+        .map(|l| serde_json::from_str::<Value>(l).unwrap().to_string())
+        .collect();
+    rows.sort();
+    (rows, ops)
+}
+
+fn delta_rows(dest: &Dest<'_>) -> Vec<String> {
+    delta_view(dest, None).0
+}
+
+fn delta_ops(dest: &Dest<'_>) -> Vec<String> {
+    delta_view(dest, None).1
+}
+
+/// The walk on a Delta table: every job, repair, rollback and re-apply is one commit of the
+/// table's log, seen whole by an independent reader (`deltalake`), time travel included; killed
+/// after its commit and run again, a command never commits twice.
+fn delta_table_walk(dest: &Dest<'_>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    common::generate(
+        &src,
+        ORG,
+        "2024-05-01T00",
+        "3",
+        "0.1",
+        &seed("6"),
+        &["--compression", "mixed"],
+    );
+    let first_job = dest.run_job(&src, "2024-05-01T00", "2024-05-01T01");
+    let (after_first, ops) = delta_view(dest, None);
+    assert!(!after_first.is_empty());
+    assert_eq!(ops, ["CREATE TABLE", "WRITE"]);
+    let second_job = dest.run_job(&src, "2024-05-01T01", "2024-05-01T03");
+    let after_both = delta_rows(dest);
+    assert!(after_both.len() > after_first.len());
+    // Each job's files, counted by the reader, are exactly what its change says it added.
+    let log = dest.changes();
+    assert_eq!(log.len(), 2);
+    for (c, job, version) in [(&log[1], &first_job, 1), (&log[0], &second_job, 2)] {
+        assert_eq!(c["job"], job.as_str());
+        let table = &c["table"];
+        assert_eq!(table["format"], "delta");
+        assert_eq!(table["version"], version);
+        assert_eq!(table["app_id"], format!("rewind-job-{job}").as_str());
+        let added = table["added"].as_array().unwrap();
+        assert!(!added.is_empty());
+        // Data files are the table's, never objects the change moves.
+        assert!(
+            c["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| { !o["key"].as_str().unwrap().ends_with(".parquet") })
+        );
+    }
+    let added_rows = |c: &Value| -> u64 {
+        c["table"]["added"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["rows"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(added_rows(&log[1]), after_first.len() as u64);
+    assert_eq!(
+        added_rows(&log[0]),
+        (after_both.len() - after_first.len()) as u64
+    );
+    let (first, second) = (
+        log[1]["id"].as_str().unwrap().to_string(),
+        log[0]["id"].as_str().unwrap().to_string(),
+    );
+
+    // A keyed repair (rewrites are new files: remove + add), killed right after its commit
+    // and before its record: the table holds the repair already, and running it again commits
+    // nothing more.
+    let (repair_args, after_repair) = keyed_repair(&after_both, tmp.path());
+    let mut args: Vec<&str> = vec![
+        "repair",
+        "--dataset",
+        &dest.url,
+        "--key",
+        "event_id",
+        "--table-format",
+        "delta",
+    ];
+    args.extend(repair_args.iter().map(String::as_str));
+    let killed = dest.rewind(
+        &args,
+        &[
+            ("REWIND_FAILPOINT", "change-step-then-die"),
+            ("REWIND_FAILPOINT_AFTER", "2"),
+        ],
+    );
+    assert!(!killed.status.success(), "the fail point killed the repair");
+    let (rows, ops) = delta_view(dest, None);
+    assert_eq!(rows, after_repair, "the commit is whole");
+    assert_eq!(ops.last().map(String::as_str), Some("UPDATE"));
+    let again = ok_text(&dest.rewind(&args, &[]));
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(delta_ops(dest), ops, "run again, it committed nothing more");
+    let repair = dest.changes()[0].clone();
+    assert_eq!(repair["kind"], "repair");
+    assert!(
+        repair["table"]["version"].is_null(),
+        "its commit was the killed run's"
+    );
+    assert!(!repair["table"]["removed"].as_array().unwrap().is_empty());
+    let repair = repair["id"].as_str().unwrap().to_string();
+
+    ok_text(&dest.act(&["rollback"]));
+    assert_eq!(delta_rows(dest), after_both);
+    ok_text(&dest.act(&["reapply", &repair]));
+    assert_eq!(delta_rows(dest), after_repair);
+    // The second job cannot go while the repair, which rewrote its files, is in effect.
+    let refused = dest.act(&["rollback", &second]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&repair));
+
+    // rollback --to the first job (the repair, then the second job), killed right after the
+    // first rollback's commit; run again, it finishes without committing that one twice.
+    let before = delta_ops(dest).len();
+    let killed = dest.rewind(
+        &["rollback", "--to", &first, "--dest", &dest.url],
+        &[
+            ("REWIND_FAILPOINT", "change-step-then-die"),
+            ("REWIND_FAILPOINT_AFTER", "2"),
+        ],
+    );
+    assert!(!killed.status.success(), "the fail point killed it");
+    let (rows, ops) = delta_view(dest, None);
+    assert_eq!(rows, after_both, "the repair's rollback is committed whole");
+    assert_eq!(ops.len(), before + 1);
+    ok_text(&dest.act(&["rollback", "--to", &first]));
+    let (rows, ops) = delta_view(dest, None);
+    assert_eq!(rows, after_first);
+    assert_eq!(ops.len(), before + 2, "one commit per rollback: {ops:?}");
+
+    // Time travel sees each job's version as it was.
+    assert_eq!(delta_view(dest, Some(1)).0, after_first);
+    assert_eq!(delta_view(dest, Some(2)).0, after_both);
+
+    ok_text(&dest.act(&["reapply", &second]));
+    assert_eq!(delta_rows(dest), after_both);
+    assert_eq!(
+        delta_ops(dest),
+        [
+            "CREATE TABLE",
+            "WRITE",
+            "WRITE",
+            "UPDATE",
+            "ROLLBACK",
+            "REAPPLY",
+            "ROLLBACK",
+            "ROLLBACK",
+            "REAPPLY"
+        ]
+    );
+}
+
+#[test]
+fn delta_table_in_a_local_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("table");
+    std::fs::create_dir_all(&out).unwrap();
+    let dest = Dest {
+        url: out.display().to_string(),
+        flags: Vec::new(),
+        env: Vec::new(),
+        versioned: false,
+        fetch: Box::new(|to: &Path| copy_dir(&out, to)),
+        delta: true,
+    };
+    delta_table_walk(&dest);
+    // Nothing of the table is moved aside: its files stay for time travel.
+    assert!(
+        rewind_testkit::files_below(&out.join("_rewind/staging"))
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".parquet.kept"))
+    );
+}
+
+#[test]
+fn delta_table_in_a_versioned_bucket() {
+    let server = S3Server::start_moto();
+    server.create_bucket("delta-lake", true);
+    let dest = Dest {
+        delta: true,
+        ..s3_dest(&server, "delta-lake", true)
+    };
+    delta_table_walk(&dest);
+}
+
+#[test]
+fn delta_table_in_an_unversioned_bucket() {
+    let server = S3Server::start_s3s();
+    server.create_bucket("delta-plain", false);
+    let dest = Dest {
+        delta: true,
+        ..s3_dest(&server, "delta-plain", false)
+    };
+    delta_table_walk(&dest);
+}
+
+/// A Delta table at --dest that does not fit the job's output (other columns, other
+/// partitioning) is refused before anything runs, naming what does not fit; the table is left
+/// as it was.
+#[test]
+fn a_delta_table_of_another_layout_is_refused() {
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    common::generate(&src, ORG, "2024-05-01T00", "1", "0.05", &seed("7"), &[]);
+    let table = tmp.path().join("table");
+    let store: Arc<dyn rewind_common::storage::OutputStore> =
+        Arc::new(rewind_common::storage::LocalOutput::new(&table));
+    let other = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "order_id",
+        arrow_schema::DataType::Int64,
+        false,
+    )]);
+    rewind_delta::DeltaTable::new(store.clone())
+        .create(&other, &[])
+        .unwrap();
+    let before = rewind_testkit::files_below(&table);
+    let out = Command::new(REWIND)
+        .args([
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-05-01T00",
+            "--end",
+            "2024-05-01T01",
+            "--dest",
+            table.to_str().unwrap(),
+            "--table-format",
+            "delta",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not fit") && stderr.contains("event_id") && stderr.contains("date"),
+        "{stderr}"
+    );
+    assert_eq!(
+        rewind_testkit::files_below(&table),
+        before,
+        "nothing written"
+    );
 }

@@ -373,6 +373,25 @@ fn bad_requests_exit_2_name_the_argument_and_write_nothing() {
             ],
             "--layout",
         ),
+        (
+            vec![
+                "--org",
+                "TN-1",
+                "--start",
+                "2024-03-01",
+                "--end",
+                "2024-03-01",
+                "--table-format",
+                "delta",
+                "--sink",
+                "kafka",
+                "--brokers",
+                "127.0.0.1:9",
+                "--topic",
+                "t",
+            ],
+            "--table-format",
+        ),
     ];
     for (extra, named) in cases {
         let mut args = vec!["run", "--source", &s, "--dest", dest.to_str().unwrap()];
