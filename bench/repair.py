@@ -3,6 +3,7 @@
 
     python3 bench/repair.py                  # ~1 GB of Parquet in 200 files (200 hours)
     BENCH_HOURS=40 BENCH_OBJECT_MB=4 python3 bench/repair.py     # quicker
+    BENCH_DELTA=1 python3 bench/repair.py    # also: the same job and repairs on a Delta table
     BENCH_S3=1 python3 bench/repair.py       # also: rollback of a 200-file change on moto,
                                              # versioned and not, requests counted
 
@@ -39,19 +40,26 @@ def last_hour(hours):
     return (datetime.datetime(2024, 4, 1) + datetime.timedelta(hours=hours - 1)).strftime("%Y-%m-%dT%H")
 
 
-def dataset(hours, per_hour, object_mb):
+def dataset(hours, per_hour, object_mb, delta=False):
     src, dest = os.path.join(OUT, "archive"), os.path.join(OUT, "dataset")
-    for d in (src, dest):
+    table = os.path.join(OUT, "table")
+    for d in (src, dest, table):
         shutil.rmtree(d, ignore_errors=True)
     subprocess.run([BIN, "gen", "--out", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                     "--hours", str(hours), "--objects-per-hour", str(per_hour),
                     "--object-mb", str(object_mb), "--seed", "7"], check=True,
                    stdout=subprocess.DEVNULL)
     end = last_hour(hours)
-    subprocess.run([BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
-                    "--end", end, "--dest", dest, "--json"], check=True, stdout=subprocess.DEVNULL)
+    job = [BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+           "--end", end, "--json"]
+    cpu, wall, _ = child(job + ["--dest", dest])
+    if delta:
+        # The same job into a Delta table, run right after: the commit's cost as a ratio.
+        d_cpu, d_wall, _ = child(job + ["--dest", table, "--table-format", "delta"])
+        print(f"job into Parquet {cpu:6.2f} CPU-s {wall:6.2f} s; into a Delta table "
+              f"{d_cpu:6.2f} CPU-s {d_wall:6.2f} s -> {d_cpu / cpu:.2f}x CPU")
     shutil.rmtree(src)
-    return dest, end
+    return dest, table if delta else None
 
 
 def files(dest):
@@ -76,7 +84,7 @@ con.execute(f"COPY (SELECT * FROM read_parquet('{sys.argv[1]}/execution_id=*/**/
 """
 
 
-def repair_case(name, dest, keys, mb):
+def repair_case(name, dest, keys, mb, table=None):
     path = os.path.join(OUT, f"keys-{name}.txt")
     with open(path, "w") as f:
         f.write("\n".join(keys) + "\n")
@@ -84,6 +92,16 @@ def repair_case(name, dest, keys, mb):
                             "--json"])
     r = json.loads(out)
     rb_cpu, rb_wall, _ = child([BIN, "rollback", "--dest", dest])
+    if table:
+        # The same repair of the Delta table (rewrites as new files, one remove+add commit).
+        t_cpu, t_wall, t_out = child([BIN, "repair", "--dataset", table, "--key", "event_id",
+                                      "--delete", path, "--json"])
+        t = json.loads(t_out)
+        trb_cpu, trb_wall, _ = child([BIN, "rollback", "--dest", table])
+        print(f"  delta: repair {t_cpu:6.2f} CPU-s {t_wall:6.2f} s ({t_cpu / cpu:.2f}x the CPU of "
+              f"the Parquet repair; files read {t['files_read']}, rewritten "
+              f"{t['files_rewritten']}); rollback {trb_cpu:6.2f} CPU-s {trb_wall:6.2f} s "
+              f"({trb_cpu / rb_cpu:.2f}x)")
     full = os.path.join(OUT, "full.parquet")
     d_cpu, d_wall, _ = child([sys.executable, "-c", DUCK, dest, path, full])
     os.remove(full)
@@ -176,15 +194,15 @@ def main():
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
     os.makedirs(OUT, exist_ok=True)
-    dest, _ = dataset(hours, per_hour, object_mb)
+    dest, table = dataset(hours, per_hour, object_mb, bool(os.environ.get("BENCH_DELTA")))
     paths = files(dest)
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
     print(f"dataset: {mb:.0f} MB of Parquet in {len(paths)} files")
     rng = random.Random(7)
     spread = rng.sample(ids_of(paths), 1000)
     clustered = rng.sample(ids_of(rng.sample(paths, 2)), 1000)
-    repair_case("spread", dest, spread, mb)
-    repair_case("clustered", dest, clustered, mb)
+    repair_case("spread", dest, spread, mb, table)
+    repair_case("clustered", dest, clustered, mb, table)
     if os.environ.get("BENCH_S3"):
         s3_rollback(min(hours, 200))
 

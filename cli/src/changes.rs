@@ -124,7 +124,7 @@ fn open_plain(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
                 _runtime: None,
             })
         }
-        Location::S3 { .. } => {
+        Location::S3 { .. } | Location::Azure { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

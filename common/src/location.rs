@@ -19,6 +19,12 @@ pub enum Location {
         bucket: String,
         prefix: String,
     },
+    /// Azure Blob Storage, `az://CONTAINER[/PREFIX]` (the account comes from the environment);
+    /// `prefix` as for S3.
+    Azure {
+        container: String,
+        prefix: String,
+    },
 }
 
 impl Location {
@@ -36,11 +42,28 @@ impl Location {
                 format!("{value}: the only placeholder is {{org}}"),
             ));
         }
+        if let Some(rest) = value.strip_prefix("az://") {
+            let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            check_container(container)
+                .map_err(|why| RequestError::new(field, format!("{value}: {why}")))?;
+            let prefix = prefix.trim_end_matches('/');
+            if !prefix.is_empty() {
+                check_key(prefix).map_err(|e| RequestError::new(field, format!("{value}: {e}")))?;
+            }
+            return Ok(Location::Azure {
+                container: container.to_string(),
+                prefix: if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                },
+            });
+        }
         let Some(rest) = value.strip_prefix("s3://") else {
             if value.contains("://") {
                 return Err(RequestError::new(
                     field,
-                    format!("{value}: only s3:// URLs and local paths are supported"),
+                    format!("{value}: only s3:// and az:// URLs and local paths are supported"),
                 ));
             }
             return Ok(Location::Local(PathBuf::from(value)));
@@ -69,6 +92,10 @@ impl Location {
                 bucket: bucket.clone(),
                 prefix: format!("{prefix}{}/", sub.trim_matches('/')),
             },
+            Location::Azure { container, prefix } => Location::Azure {
+                container: container.clone(),
+                prefix: format!("{prefix}{}/", sub.trim_matches('/')),
+            },
         }
     }
 }
@@ -80,7 +107,28 @@ impl fmt::Display for Location {
             Location::S3 { bucket, prefix } => {
                 write!(f, "s3://{bucket}/{}", prefix.trim_end_matches('/'))
             }
+            Location::Azure { container, prefix } => {
+                write!(f, "az://{container}/{}", prefix.trim_end_matches('/'))
+            }
         }
+    }
+}
+
+/// Azure container naming rules: 3-63 lowercase letters, digits and single hyphens, starting and
+/// ending with a letter or digit.
+fn check_container(c: &str) -> Result<(), String> {
+    let ok = (3..=63).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !c.starts_with('-')
+        && !c.ends_with('-')
+        && !c.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "container name {c:?} is not valid (3-63 lowercase letters, digits and single '-')"
+        ))
     }
 }
 
@@ -248,6 +296,27 @@ mod tests {
             Location::parse("--dest", "/tmp/x", &org()).unwrap(),
             Location::Local("/tmp/x".into())
         );
+    }
+
+    #[test]
+    fn azure_urls() {
+        let l = Location::parse("--source", "az://archive-{org}/raw/", &org()).unwrap();
+        assert_eq!(
+            l,
+            Location::Azure {
+                container: "archive-tn-abc".into(),
+                prefix: "raw/".into()
+            }
+        );
+        assert_eq!(l.to_string(), "az://archive-tn-abc/raw");
+        assert_eq!(
+            l.join("_failed").to_string(),
+            "az://archive-tn-abc/raw/_failed"
+        );
+        for bad in ["az://", "az://Ab", "az://a--b/x", "az://ok-name/../x"] {
+            let e = Location::parse("--source", bad, &org()).unwrap_err();
+            assert!(e.to_string().contains("--source"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -73,6 +73,13 @@ pub fn within(loc: &Location, allowed: &Location) -> bool {
                 prefix: ap,
             },
         ) => bucket == ab && prefix.starts_with(ap.as_str()),
+        (
+            Location::Azure { container, prefix },
+            Location::Azure {
+                container: ac,
+                prefix: ap,
+            },
+        ) => container == ac && prefix.starts_with(ap.as_str()),
         _ => false,
     }
 }

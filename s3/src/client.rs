@@ -170,26 +170,34 @@ impl S3Client {
         &self,
         fut: impl Future<Output = Result<T, StorageError>> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        // Callers should be on blocking threads; on a multi-thread runtime's worker, hand the
-        // worker's other tasks off first instead of stalling them (or deadlocking).
-        let wait = || rx.recv();
-        let got = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        };
-        got.unwrap_or_else(|_| {
-            Err(StorageError::Unavailable {
-                what: "S3 request".into(),
-                why: "the runtime shut down before it finished".into(),
-            })
-        })
+        block_on(&self.handle, fut)
     }
+}
+
+/// Runs `fut` on `handle`'s runtime and waits for it on this (blocking) thread.
+pub(crate) fn block_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    fut: impl Future<Output = Result<T, StorageError>> + Send + 'static,
+) -> Result<T, StorageError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    // Callers should be on blocking threads; on a multi-thread runtime's worker, hand the
+    // worker's other tasks off first instead of stalling them (or deadlocking).
+    let wait = || rx.recv();
+    let got = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    };
+    got.unwrap_or_else(|_| {
+        Err(StorageError::Unavailable {
+            what: "a storage request".into(),
+            why: "the runtime shut down before it finished".into(),
+        })
+    })
 }
 
 /// A role's external id as given: a literal, or a reference (`env:NAME`, `file:PATH`) that this

@@ -7,6 +7,7 @@
 //! Object bodies stream through a bounded channel from a download task; opening objects ahead
 //! is how a shard keeps several GETs in flight.
 
+mod azure;
 mod client;
 mod output;
 mod retry;
@@ -17,7 +18,9 @@ use std::sync::Arc;
 use rewind_common::location::{JobSide, Location, S3Options};
 use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore, StorageError};
 
+pub use azure::AzureStore;
 pub use client::{S3Client, connect, connect_static};
+pub use object_store::azure::MicrosoftAzureBuilder;
 pub use output::S3Output;
 pub use retry::RetryPolicy;
 pub use source::S3Source;
@@ -39,6 +42,9 @@ pub async fn open_source(
                 S3Source::open(client, bucket, prefix, options.read_ahead()).await?,
             ))
         }
+        Location::Azure { container, prefix } => Ok(Arc::new(
+            AzureStore::open(container, prefix, options.part_size(), options.read_ahead()).await?,
+        )),
     }
 }
 
@@ -59,6 +65,9 @@ pub async fn open_output(
                 options.part_size(),
             )))
         }
+        Location::Azure { container, prefix } => Ok(Arc::new(
+            AzureStore::open(container, prefix, options.part_size(), options.read_ahead()).await?,
+        )),
     }
 }
 

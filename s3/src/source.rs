@@ -14,7 +14,7 @@ use crate::client::S3Client;
 use crate::retry::{Failure, classify};
 
 /// Chunks buffered per open object (hyper hands out up to ~16 KiB per chunk).
-const CHANNEL_CHUNKS: usize = 64;
+pub(crate) const CHANNEL_CHUNKS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct S3Source {
@@ -260,7 +260,7 @@ async fn list_versions(
 }
 
 /// One object's bytes, as `Some(chunk)` messages ending with `None`, or an error.
-type Msg = Result<Option<Bytes>, StorageError>;
+pub(crate) type Msg = Result<Option<Bytes>, StorageError>;
 
 struct Download {
     client: S3Client,
@@ -376,10 +376,21 @@ impl Download {
 }
 
 /// The reading end: blocks the calling (blocking-pool) thread for the next chunk.
-struct BodyReader {
+pub(crate) struct BodyReader {
     rx: mpsc::Receiver<Msg>,
     current: Bytes,
     ended: bool,
+}
+
+impl BodyReader {
+    /// Reads what a download task sends: chunks, then `None` at the end, or an error.
+    pub(crate) fn new(rx: mpsc::Receiver<Msg>) -> BodyReader {
+        BodyReader {
+            rx,
+            current: Bytes::new(),
+            ended: false,
+        }
+    }
 }
 
 impl Read for BodyReader {

@@ -75,6 +75,41 @@ fn s3s_fs_passes_the_storage_contract() {
     );
 }
 
+/// Azurite (the Azure Storage emulator): the whole contract, below a prefix, without versions;
+/// reads pinned by ETag.
+#[test]
+fn azurite_passes_the_storage_contract() {
+    use rewind_testkit::azure::{ACCOUNT, ACCOUNT_KEY, Azurite};
+    let az = Azurite::start();
+    az.create_container("contract");
+    let rt = runtime();
+    let store = rt
+        .block_on(rewind_s3::AzureStore::open_with(
+            rewind_s3::MicrosoftAzureBuilder::new()
+                .with_endpoint(format!("{}/{ACCOUNT}", az.url()))
+                .with_account(ACCOUNT)
+                .with_access_key(ACCOUNT_KEY)
+                .with_allow_http(true),
+            "contract",
+            "root/",
+            PART,
+            4,
+        ))
+        .unwrap();
+    run_all(&Backend {
+        source: &store,
+        output: &store,
+        part_size: PART,
+        versioned: false,
+        lists_unfinished: false,
+    });
+    assert!(
+        az.list("contract", "")
+            .iter()
+            .all(|(k, _)| k.starts_with("root/"))
+    );
+}
+
 /// moto: the contract with a versioned bucket; pinned reads survive overwrites and deletes.
 #[test]
 fn moto_passes_the_storage_contract_with_versions() {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod azure;
 pub mod kafka;
 pub mod pki;
 pub mod s3;

@@ -73,3 +73,13 @@ pub fn records(dir: &Path) -> Vec<Value> {
         })
         .collect()
 }
+
+/// Asserts the command succeeded (its stderr on failure).
+pub fn ok_status(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2,6 +2,7 @@
 //! binary of its own, and every one of them linked the whole dependency tree (AWS SDK,
 //! librdkafka, Arrow, tonic) — 100 MB or more each, most of CI's disk and link time.
 
+mod azure;
 mod changes;
 mod cluster;
 mod common;
