@@ -164,7 +164,7 @@ pub struct PlanArgs {
 /// What to recover: the same flags for `rewind run`, `rewind submit` and `rewind plan`.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
-    /// The archive: a directory or s3://BUCKET[/PREFIX], laid out as --layout describes. A
+    /// The archive: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], laid out as --layout describes. A
     /// {org} placeholder is replaced with the lowercase org id (s3://pismo-dataplatform-{org}).
     #[arg(long)]
     pub source: String,
@@ -177,8 +177,8 @@ pub struct JobArgs {
     /// Last hour to recover, inclusive, UTC: YYYY-MM-DD (the whole day) or YYYY-MM-DDTHH.
     #[arg(long)]
     pub end: String,
-    /// Where to write Parquet (execution_id=<job>/org_id=<org>/date=<day>/): a directory or
-    /// s3://BUCKET[/PREFIX].
+    /// Where to write Parquet (execution_id=<job>/org_id=<org>/date=<day>/): a directory,
+    /// s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
     #[arg(long)]
     pub dest: String,
     /// Where an hour's objects live below --source.
@@ -191,7 +191,7 @@ pub struct JobArgs {
     /// use; each job is one commit of its log, partitioned by date).
     #[arg(long, value_parser = ["parquet", "delta"])]
     pub table_format: Option<String>,
-    /// Where failed records go, a directory or s3:// URL (default: <dest>/_failed).
+    /// Where failed records go, a directory, s3:// or az:// URL (default: <dest>/_failed).
     #[arg(long)]
     pub failed_output: Option<String>,
     /// Largest event accepted, in bytes; larger ones are failed records.
@@ -203,7 +203,7 @@ pub struct JobArgs {
     /// Attempts per shard before the shard (and the job) fails.
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
-    /// Where events routed to unrecoverable go, a directory or s3:// URL (default:
+    /// Where events routed to unrecoverable go, a directory, s3:// or az:// URL (default:
     /// <dest>/_unrecoverable).
     #[arg(long)]
     pub unrecoverable_output: Option<String>,
@@ -406,7 +406,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// Where to write the archive: a directory, or s3://BUCKET[/PREFIX] (`{org}` allowed).
+    /// Where to write the archive: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX] (`{org}` allowed).
     #[arg(long)]
     pub out: String,
     #[arg(long)]

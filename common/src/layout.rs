@@ -1,5 +1,6 @@
 //! The source layout: where an hour's objects live, as a template such as
-//! `main_stream/{YYYY}/{MM}/{DD}/{HH}/`.
+//! `main_stream/{YYYY}/{MM}/{DD}/{HH}/`, or a day's, as `dt={YYYY}-{MM}-{DD}/` (no `{HH}`: a
+//! shard is then one day).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +21,8 @@ enum Part {
     OrgLower,
 }
 
-/// A validated layout template. Placeholders: `{YYYY}` `{MM}` `{DD}` `{HH}` (all four required,
-/// so every hour has its own prefix), `{org}` and `{org_lower}`. Rendered prefixes are relative,
+/// A validated layout template. Placeholders: `{YYYY}` `{MM}` `{DD}` (required) and `{HH}`
+/// (without it, the layout is by day: every day has its own prefix), `{org}` and `{org_lower}`. Rendered prefixes are relative,
 /// use `/`, end with `/`, and contain no empty, `.` or `..` segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -70,11 +71,11 @@ impl Layout {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
-        for needed in [Part::Year, Part::Month, Part::Day, Part::Hour] {
+        for needed in [Part::Year, Part::Month, Part::Day] {
             if !parts.contains(&needed) {
                 return Err(bad(format!(
-                    "{template:?} must contain {{YYYY}}, {{MM}}, {{DD}} and {{HH}} so that every \
-                     hour has its own prefix"
+                    "{template:?} must contain {{YYYY}}, {{MM}} and {{DD}} (and {{HH}} for an \
+                     archive by hour) so that every day has its own prefix"
                 )));
             }
         }
@@ -98,6 +99,11 @@ impl Layout {
 
     pub fn template(&self) -> &str {
         &self.template
+    }
+
+    /// Whether objects are grouped by day (no `{HH}`): a shard then reads one day.
+    pub fn is_daily(&self) -> bool {
+        !self.parts.contains(&Part::Hour)
     }
 
     /// The prefix holding one hour's objects, e.g. `main_stream/2024/04/01/12/`.
@@ -155,6 +161,10 @@ mod tests {
         );
         let l = Layout::parse("{org_lower}/events/{YYYY}-{MM}-{DD}/{HH}").unwrap();
         assert_eq!(l.prefix(hour, &org), "tn-ab/events/2024-04-01/07/");
+        assert!(!l.is_daily());
+        let day = Layout::parse("dt={YYYY}-{MM}-{DD}").unwrap();
+        assert!(day.is_daily());
+        assert_eq!(day.prefix(hour, &org), "dt=2024-04-01/");
     }
 
     #[test]
@@ -165,7 +175,7 @@ mod tests {
             "a/../{YYYY}/{MM}/{DD}/{HH}/",
             "a//{YYYY}/{MM}/{DD}/{HH}/",
             "a\\{YYYY}/{MM}/{DD}/{HH}/",
-            "{YYYY}/{MM}/{DD}/",
+            "{YYYY}/{MM}/",
             "{YYYY}/{MM}/{DD}/{HH}/{nope}/",
             "{YYYY}/{MM}/{DD}/{HH",
         ] {

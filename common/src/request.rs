@@ -155,6 +155,24 @@ impl JobRequest {
         self.s3.validate()?;
         let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;
         let layout = Layout::parse(&self.layout)?;
+        // An archive by day cannot be cut at hours by its layout: only whole days, unless the
+        // arrival filter keeps the hours asked.
+        if layout.is_daily()
+            && !self.arrival_filter
+            && (range.first.hour() != 0 || range.last.hour() != 23)
+        {
+            return Err(RequestError::new(
+                "--start",
+                format!(
+                    "{} to {}: --layout {} groups objects by day, so a shard reads whole days; \
+                     give --start and --end as days, or add --arrival-filter to keep only these \
+                     hours",
+                    self.start,
+                    self.end,
+                    layout.template()
+                ),
+            ));
+        }
         if self.max_event_bytes < 64 {
             return Err(RequestError::new(
                 "--max-event-bytes",

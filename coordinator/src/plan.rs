@@ -20,9 +20,13 @@ pub struct PlannedShard {
     pub prefix: String,
 }
 
+/// One shard per hour of the range; with a layout by day, one per day (the shard's id is the
+/// day's first hour in the range).
 pub fn plan(spec: &JobSpec) -> Vec<PlannedShard> {
+    let daily = spec.layout.is_daily();
     spec.range
         .hours()
+        .filter(|hour| !daily || hour.hour() == 0 || *hour == spec.range.first)
         .map(|hour| PlannedShard {
             id: ShardId(hour),
             prefix: spec.layout.prefix(hour, &spec.org),

@@ -540,3 +540,100 @@ fn interrupted_run_stops_and_leaves_nothing_behind() {
         );
     }
 }
+
+/// An archive organised by day (`dt={YYYY}-{MM}-{DD}/`, no hour directory): a shard is one day,
+/// and the output holds exactly the events the same archive by hour gives; a range cut inside a
+/// day is refused unless the arrival filter keeps its hours.
+#[test]
+fn archives_by_day_are_read_one_day_a_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hourly = tmp.path().join("hourly");
+    generate(&hourly, "2024-04-01T20", "8", "mixed", &[]);
+    // The same objects, by day: main_stream/YYYY/MM/DD/HH/name -> daily/dt=YYYY-MM-DD/HH-name.
+    let daily = tmp.path().join("daily");
+    for f in files_below(&hourly) {
+        let rel: Vec<String> = f
+            .strip_prefix(&hourly)
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        let [_, y, m, d, h, name] = rel.as_slice() else {
+            panic!("unexpected archive path {rel:?}")
+        };
+        let to = daily.join(format!("daily/dt={y}-{m}-{d}/{h}-{name}"));
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&f, &to).unwrap();
+    }
+    let layout = ["--layout", "daily/dt={YYYY}-{MM}-{DD}"];
+    let by_day = tmp.path().join("by-day");
+    let summary = recover(&daily, &by_day, "2024-04-01", "2024-04-02", &layout);
+    assert_eq!(summary["shards"], 2, "one shard a day: {summary}");
+    let by_hour = tmp.path().join("by-hour");
+    recover(&hourly, &by_hour, "2024-04-01", "2024-04-02", &[]);
+    let got = by_event_id(parquet_rows(&by_day).into_iter().map(|mut r| {
+        r.as_object_mut().unwrap().remove("_partition");
+        r
+    }));
+    let want = by_event_id(parquet_rows(&by_hour).into_iter().map(|mut r| {
+        r.as_object_mut().unwrap().remove("_partition");
+        r
+    }));
+    assert!(!got.is_empty());
+    assert_eq!(got, want);
+
+    // Hours inside a day: refused without the arrival filter, exact with it.
+    let cut = tmp.path().join("cut");
+    let s = daily.to_str().unwrap().to_string();
+    let out = run(
+        BIN,
+        &[
+            "run",
+            "--source",
+            &s,
+            "--org",
+            "TN-e2e",
+            "--start",
+            "2024-04-01T22",
+            "--end",
+            "2024-04-02T01",
+            "--dest",
+            cut.to_str().unwrap(),
+            layout[0],
+            layout[1],
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--start") && stderr.contains("by day"),
+        "{stderr}"
+    );
+    assert!(!cut.exists());
+    let mut extra = layout.to_vec();
+    extra.push("--arrival-filter");
+    recover(&daily, &cut, "2024-04-01T22", "2024-04-02T01", &extra);
+    let filtered = tmp.path().join("cut-hourly");
+    recover(
+        &hourly,
+        &filtered,
+        "2024-04-01T22",
+        "2024-04-02T01",
+        &["--arrival-filter"],
+    );
+    let strip = |dir: &Path| {
+        by_event_id(parquet_rows(dir).into_iter().map(|mut r| {
+            r.as_object_mut().unwrap().remove("_partition");
+            r
+        }))
+    };
+    // Whole days are read, so late arrivals archived in other hours of those days count too:
+    // everything the hourly archive gives, and only events that arrived in the hours asked.
+    let (got, hourly_got) = (strip(&cut), strip(&filtered));
+    assert!(hourly_got.keys().all(|k| got.contains_key(k)));
+    let (from, to) = (1_712_008_800_000_i64, 1_712_023_200_000_i64); // 04-01T22, 04-02T02 UTC
+    for row in got.values() {
+        let t = row["arrival_epoch"].as_i64().unwrap();
+        assert!((from..to).contains(&t), "arrived outside the hours: {row}");
+    }
+}
