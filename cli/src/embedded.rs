@@ -36,10 +36,15 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))?;
-    runtime.block_on(run_job(args.json, request, workers))
+    runtime.block_on(async {
+        let summary = execute(request, workers, true).await?;
+        report(&summary, args.json)
+    })
 }
 
-async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), Failure> {
+/// Runs one job in this process to its end; its summary (whatever its state), or why there is
+/// none. `bar`: a progress bar on a terminal.
+pub async fn execute(request: JobRequest, workers: usize, bar: bool) -> Result<Summary, Failure> {
     let registry = InMemoryShardStore::new();
     let core =
         Coordinator::new(registry.clone(), Arc::new(KafkaChecks)).with_limits(Limits::local());
@@ -62,8 +67,7 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
         },
         stopped,
     ));
-    let bar = std::io::stderr()
-        .is_terminal()
+    let bar = (bar && std::io::stderr().is_terminal())
         .then(|| progress_bar(registry.clone(), job.clone(), submitted.shards));
 
     // What the leader does, until the job has ended. Ctrl-C or SIGTERM cancels the job: its
@@ -107,7 +111,7 @@ async fn run_job(json: bool, request: JobRequest, workers: usize) -> Result<(), 
         return Err(sweep_interrupted(&registry, &job, status).await);
     }
     match status.summary {
-        Some(summary) => report(&summary, json),
+        Some(summary) => Ok(summary),
         None => Err(Failure::Job(format!(
             "job {job} {}: {}",
             status.phase,

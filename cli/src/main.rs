@@ -8,10 +8,14 @@ use clap::{Args, Parser, Subcommand};
 mod changes;
 mod client;
 mod coordinator;
+mod druid;
 mod embedded;
 mod flows_test;
 mod generate;
+mod guard;
+mod notify;
 mod repair;
+mod replay;
 mod worker;
 
 #[derive(Debug, Parser)]
@@ -56,6 +60,9 @@ enum Command {
     Reapply(changes::ReapplyArgs),
     /// Delete or replace rows of a Parquet dataset by key, as one reversible change.
     Repair(repair::RepairArgs),
+    /// Replay into Kafka day by day, guarded: back up and clear the sinks downstream of the
+    /// topic, replay, then drop the backup or restore it; notify per day and per job.
+    Replay(replay::ReplayArgs),
     /// Try repair flows on real events before running a job.
     #[command(subcommand)]
     Flows(FlowsCommand),
@@ -552,6 +559,7 @@ fn main() -> ExitCode {
         Command::Rollback(a) => changes::rollback(a),
         Command::Reapply(a) => changes::reapply(a),
         Command::Repair(a) => repair::run(a),
+        Command::Replay(a) => replay::run(a),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
         Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod azure;
+pub mod http;
 pub mod kafka;
 pub mod pki;
 pub mod s3;

@@ -9,6 +9,7 @@ mod common;
 mod deploy_static;
 mod distributed;
 mod flows;
+mod guard;
 mod kafka;
 mod run;
 mod s3;
