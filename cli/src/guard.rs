@@ -331,7 +331,7 @@ mod tests {
                 "s.dependentSinkSources[0].type",
             ),
             (
-                r#"{"s": {"outputKafkaTopic": "t", "dependentSinkSources": [{"type": "s3", "prefix": "s3://b/p", "layout": "{YYYY}/{MM}"}]}}"#,
+                r#"{"s": {"outputKafkaTopic": "t", "dependentSinkSources": [{"type": "s3", "prefix": "s3://bkt/p", "layout": "{YYYY}/{MM}"}]}}"#,
                 "s",
                 "[0].layout",
             ),
