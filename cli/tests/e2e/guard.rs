@@ -335,3 +335,81 @@ fn bad_guards_stop_before_anything_is_touched() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Druid at http://127.0.0.1:9"));
     assert_eq!(snapshot(&sink_root).len(), 1, "nothing touched");
 }
+
+/// The same with the archive in Azure (Azurite), the guard in YAML and the state in Azure: both
+/// days replayed exactly once, the Azure sink cleared and its backups dropped.
+#[test]
+fn guarded_replay_from_an_archive_in_azure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    common::generate(&src, ORG, "2024-04-01T00", "48", "0.01", &seed("1605"), &[]);
+    let want: BTreeSet<String> = archived_events(&src)
+        .iter()
+        .map(|e| e.value["event_id"].as_str().unwrap().to_string())
+        .collect();
+    let az = Azurite::start();
+    az.create_container("archive");
+    az.create_container("sinks");
+    az.upload_dir(&src, "archive", "");
+    let seed_dir = tmp.path().join("seed");
+    for day in ["2024-04-01", "2024-04-02"] {
+        let f = seed_dir.join(format!("{day}/x.json"));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, day).unwrap();
+    }
+    az.upload_dir(&seed_dir, "sinks", "denorm/");
+    let broker = Tansu::start();
+    broker.create_topic("t.raw", 2);
+    let guard = tmp.path().join("guard.yaml");
+    std::fs::write(
+        &guard,
+        "ingest:\n  outputKafkaTopic: t.raw\n  dependentSinkSources:\n    - type: azure\n      prefix: az://sinks/denorm\n",
+    )
+    .unwrap();
+    let dest = "az://sinks/manifests".to_string();
+    let brokers = broker.brokers();
+    let out = rewind(
+        &az.env(),
+        &[
+            "replay",
+            "--guard",
+            guard.to_str().unwrap(),
+            "--stream",
+            "ingest",
+            "--source",
+            "az://archive",
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01",
+            "--end",
+            "2024-04-02",
+            "--dest",
+            &dest,
+            "--brokers",
+            &brokers,
+            "--kafka-option",
+            PRODUCER_OPTION,
+            "--json",
+        ],
+    );
+    let summary = common::ok(&out);
+    assert_eq!(summary["state"], "succeeded", "{summary}");
+    assert_eq!(summary["events_replayed"], want.len() as u64);
+    let records = broker.read_all("t.raw", 2, want.len(), Duration::from_secs(60));
+    let got: Vec<String> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.value).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got.len(), want.len(), "exactly once");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+    assert!(
+        az.list("sinks", "denorm/").is_empty(),
+        "cleared, backups dropped"
+    );
+}
