@@ -292,10 +292,18 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
 }
 
 pub fn submit(remote: &Remote, job: &JobArgs, wait: bool) -> Result<(), Failure> {
+    submit_request(remote, job.request()?, wait)
+}
+
+/// Submits a request (and with `wait`, follows it to its end and reports it).
+pub fn submit_request(
+    remote: &Remote,
+    request: rewind_common::JobRequest,
+    wait: bool,
+) -> Result<(), Failure> {
     let as_json = remote.json;
-    let request = request_to_pb(&job.request()?);
-    let span =
-        tracing::info_span!("rewind.submit", org = %job.org, start = %job.start, end = %job.end);
+    let span = tracing::info_span!("rewind.submit", org = %request.org, start = %request.start, end = %request.end);
+    let request = request_to_pb(&request);
     runtime()?.block_on(tracing::Instrument::instrument(
         async {
             let mut client = connect(remote).await?;

@@ -98,6 +98,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
             Location::Local("/nonexistent".into()),
         ),
         table_format: Default::default(),
+        repair: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -395,6 +395,7 @@ impl JobArgs {
             ordered: self.ordered,
             object: self.object.clone(),
             table_format: self.table_format.clone(),
+            repair: None,
         })
     }
 }

@@ -34,6 +34,15 @@ pub struct RepairArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Spread the file rewrites over the workers of this coordinator (its gRPC address), as
+    /// the shards of one job; the rows must then be JSON lines. Waits for the job.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
+    #[arg(long, env = "REWIND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "REWIND_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// What the dataset must be: parquet (files rewritten in place, kept for a rollback) or
     /// delta (a Delta table: rewrites are new files, one commit of its log). Found out from
     /// the dataset when not given.
@@ -62,6 +71,9 @@ pub fn run(args: RepairArgs) -> Result<(), Failure> {
     }
     if args.upsert && args.update.is_none() {
         return Err(Failure::BadRequest("--upsert needs --update ROWS".into()));
+    }
+    if args.coordinator.is_some() {
+        return distributed(args);
     }
     let place = DestArgs {
         dest: args.dataset.clone(),
@@ -173,4 +185,72 @@ fn sample(keys: &[String]) -> String {
         s.push_str(", …");
     }
     s
+}
+
+/// `rewind repair --coordinator`: one job whose shards are the dataset's files, run by the
+/// coordinator's workers; its commit applies every rewrite as one change.
+fn distributed(args: RepairArgs) -> Result<(), Failure> {
+    let bad = Failure::BadRequest;
+    if args.upsert || args.dry_run {
+        return Err(bad(
+            "--upsert and --dry-run run in one process: leave out --coordinator".into(),
+        ));
+    }
+    if args.table_format.is_some() {
+        return Err(bad(
+            "--table-format: a distributed repair finds the table by its log; leave it out".into(),
+        ));
+    }
+    let delete = match &args.delete {
+        Some(p) => repair::read_keys(p, &args.key, repair::KeyType::Str)
+            .map_err(failure)?
+            .into_iter()
+            .map(|k| k.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let rows = match &args.update {
+        Some(p) if p.extension().is_some_and(|e| e == "parquet") => {
+            return Err(bad(format!(
+                "invalid --update {}: with --coordinator, give the rows as JSON lines",
+                p.display()
+            )));
+        }
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| bad(format!("invalid --update {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    // A local dataset as an absolute path (the coordinator's processes need one).
+    let dataset = if args.dataset.contains("://") {
+        args.dataset.clone()
+    } else {
+        std::path::absolute(&args.dataset)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| args.dataset.clone())
+    };
+    let request = rewind_common::JobRequest {
+        source: dataset.clone(),
+        dest: dataset,
+        org: "repair".into(),
+        start: "1970-01-01".into(),
+        end: "1970-01-01".into(),
+        s3: args.s3.options(),
+        repair: Some(rewind_common::request::RepairRequest {
+            key: args.key.clone(),
+            delete,
+            rows,
+        }),
+        ..Default::default()
+    };
+    let remote = crate::Remote {
+        coordinator: args.coordinator.clone().unwrap_or_default(),
+        token_file: args.token_file.clone(),
+        tls_ca: args.tls_ca.clone(),
+        tls_cert: None,
+        tls_key: None,
+        json: args.json,
+    };
+    crate::client::submit_request(&remote, request, true)
 }

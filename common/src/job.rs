@@ -32,6 +32,28 @@ pub struct JobSpec {
     /// What the destination is: a Parquet dataset or a Delta table.
     #[serde(default, skip_serializing_if = "crate::table::TableFormat::is_parquet")]
     pub table_format: crate::table::TableFormat,
+    /// A keyed repair of the dataset at the destination, its file rewrites spread over the
+    /// workers (each shard a group of the dataset's files) instead of reading an archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairSpec>,
+}
+
+/// A distributed keyed repair. The keys and rows themselves are in the destination
+/// (`OutputKeys::repair_input`, written at submit): a job record stays small.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairSpec {
+    pub key: String,
+    pub delete_keys: u64,
+    pub update_rows: u64,
+}
+
+/// What a distributed repair deletes and replaces, as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairInput {
+    pub delete: Vec<String>,
+    /// Replacement rows, JSON lines with the dataset's columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<String>,
 }
 
 /// Where recovered events go. (Externally tagged: internally tagged enums break numbers under

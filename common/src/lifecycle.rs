@@ -188,6 +188,31 @@ pub struct JobManifest {
     /// attempt's delivery (that attempt's offsets are not known to the one that committed).
     #[serde(default = "crate::output::yes")]
     pub kafka_ranges_complete: bool,
+    /// A distributed repair: what it changed, and the change it recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairOutcome>,
+}
+
+/// What a distributed keyed repair did (the report `rewind repair` prints).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairOutcome {
+    /// The recorded change (none when nothing changed, or when a shard failed: a repair is
+    /// applied whole or not at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    pub files_in_dataset: u64,
+    pub files_read: u64,
+    pub files_rewritten: u64,
+    pub files_removed: u64,
+    pub rows_deleted: u64,
+    pub rows_updated: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Keys asked for that no row had (the first 1,000).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_keys_not_found: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_keys_not_found: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,11 +267,13 @@ pub struct Summary {
     pub duration_s: f64,
     pub mb_per_s: f64,
     pub failed_shards: Vec<FailedShard>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairOutcome>,
 }
 
 impl Summary {
     pub fn new(spec: &JobSpec, m: &JobManifest, elapsed: Duration) -> Summary {
-        let keys = OutputKeys::new(&spec.job);
+        let keys = OutputKeys::of(spec);
         let p = &spec.places;
         let secs = elapsed.as_secs_f64();
         Summary {
@@ -283,6 +310,7 @@ impl Summary {
             duration_s: (secs * 1000.0).round() / 1000.0,
             mb_per_s: ((m.counts.bytes as f64 / 1e6 / secs.max(1e-9)) * 10.0).round() / 10.0,
             failed_shards: m.failed_shards.clone(),
+            repair: m.repair.clone(),
         }
     }
 
@@ -308,6 +336,42 @@ impl Summary {
 
     /// The human-readable report, one line per item.
     pub fn human(&self) -> Vec<String> {
+        if let Some(r) = &self.repair {
+            let mut lines = vec![format!(
+                "repair {} {}: {} shards ({} failed); changed {} of {} files ({} read): {} rows deleted, {} updated",
+                self.job_id,
+                self.state.as_str(),
+                self.shards,
+                self.shards_failed,
+                r.files_rewritten + r.files_removed,
+                r.files_in_dataset,
+                r.files_read,
+                r.rows_deleted,
+                r.rows_updated
+            )];
+            if !r.delete_keys_not_found.is_empty() {
+                lines.push(format!(
+                    "keys to delete that no row has ({}): {}",
+                    r.delete_keys_not_found.len(),
+                    r.delete_keys_not_found.join(", ")
+                ));
+            }
+            if !r.update_keys_not_found.is_empty() {
+                lines.push(format!(
+                    "rows whose key no row has, not inserted ({}): {}",
+                    r.update_keys_not_found.len(),
+                    r.update_keys_not_found.join(", ")
+                ));
+            }
+            lines.push(match &r.change {
+                Some(c) => format!(
+                    "recorded as change {c} (rewind rollback --dest {} {c})",
+                    self.dest
+                ),
+                None => "nothing changed".into(),
+            });
+            return lines;
+        }
         let mut lines = vec![
             format!(
                 "job {} {}: {} shards ({} failed), {} objects, {:.1} MB in {:.2}s ({:.1} MB/s)",

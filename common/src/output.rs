@@ -12,16 +12,38 @@ use crate::ids::{JobId, OrgId, ShardId};
 #[derive(Debug, Clone)]
 pub struct OutputKeys {
     job: JobId,
+    /// `execution_id={job}/`, or for a job that changes a dataset in place (a distributed
+    /// repair) `_rewind/jobs/{job}/`, outside every reader's view of the dataset.
+    root: String,
 }
 
 impl OutputKeys {
     pub fn new(job: &JobId) -> OutputKeys {
-        OutputKeys { job: job.clone() }
+        OutputKeys {
+            job: job.clone(),
+            root: format!("execution_id={job}/"),
+        }
+    }
+
+    /// The keys of `spec`'s job (a repair's control files live below `_rewind/jobs/`).
+    pub fn of(spec: &crate::JobSpec) -> OutputKeys {
+        match &spec.repair {
+            Some(_) => OutputKeys {
+                job: spec.job.clone(),
+                root: format!("_rewind/jobs/{}/", spec.job),
+            },
+            None => OutputKeys::new(&spec.job),
+        }
     }
 
     /// `execution_id={job}/`: the prefix of every output of the job, in both stores.
     pub fn job_prefix(&self) -> String {
-        format!("execution_id={}/", self.job)
+        self.root.clone()
+    }
+
+    /// A distributed repair's input (keys and rows), written at submit.
+    pub fn repair_input(&self) -> String {
+        format!("{}input.json", self.root)
     }
 
     /// A Parquet file of one shard attempt, in its Hive partition.
@@ -49,15 +71,12 @@ impl OutputKeys {
     }
 
     pub fn shard_manifest(&self, shard: ShardId, attempt: u32) -> String {
-        format!(
-            "execution_id={}/_rewind/shards/{shard}-a{attempt}.json",
-            self.job
-        )
+        format!("{}_rewind/shards/{shard}-a{attempt}.json", self.root)
     }
 
     /// A Kafka replay's progress in a shard (see [`KafkaCheckpoint`]).
     pub fn checkpoint(&self, shard: ShardId) -> String {
-        format!("execution_id={}/_rewind/checkpoints/{shard}.json", self.job)
+        format!("{}_rewind/checkpoints/{shard}.json", self.root)
     }
 
     /// The objects a shard reads, listed and pinned when the job was planned.
@@ -66,15 +85,15 @@ impl OutputKeys {
     }
 
     pub fn plan_prefix(&self) -> String {
-        format!("execution_id={}/_rewind/plan/", self.job)
+        format!("{}_rewind/plan/", self.root)
     }
 
     pub fn job_manifest(&self) -> String {
-        format!("execution_id={}/_manifest.json", self.job)
+        format!("{}_manifest.json", self.root)
     }
 
     pub fn success_marker(&self) -> String {
-        format!("execution_id={}/_SUCCESS", self.job)
+        format!("{}_SUCCESS", self.root)
     }
 }
 
@@ -161,6 +180,31 @@ pub struct ShardManifest {
     /// part of it).
     #[serde(default = "crate::output::yes")]
     pub kafka_ranges_complete: bool,
+    /// A distributed repair's shard: the files it read that change, and the keys it found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<RepairedFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub found_keys: Vec<String>,
+    /// Files it read (footers of the others only).
+    #[serde(default)]
+    pub files_read: u64,
+    #[serde(default)]
+    pub bytes_written: u64,
+}
+
+/// A file a repair shard rewrote (or emptied), as the job commit applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairedFile {
+    pub key: String,
+    /// Where its new content is (staged, or a new table file); `None` when no row is left.
+    pub staged: Option<String>,
+    pub size: u64,
+    pub rows_before: u64,
+    pub rows_after: u64,
+    pub deleted: u64,
+    pub updated: u64,
+    /// The file as it was read: the change is refused if another writer replaced it since.
+    pub seen: crate::storage::ObjectMeta,
 }
 
 pub(crate) fn yes() -> bool {

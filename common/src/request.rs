@@ -95,6 +95,52 @@ pub struct JobRequest {
     /// `parquet` (default) or `delta`: the destination as a Delta Lake table.
     #[serde(default)]
     pub table_format: Option<String>,
+    /// A keyed repair of the dataset at `dest` instead of a recovery (`rewind repair
+    /// --coordinator`): the key column, the keys to delete, the replacement rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairRequest>,
+}
+
+/// A keyed repair as requested (`rewind repair --coordinator`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRequest {
+    pub key: String,
+    #[serde(default)]
+    pub delete: Vec<String>,
+    /// Replacement rows, JSON lines.
+    #[serde(default)]
+    pub rows: Option<String>,
+}
+
+impl RepairRequest {
+    fn spec(&self) -> Result<crate::job::RepairSpec, RequestError> {
+        let key = self.key.trim();
+        if key.is_empty() {
+            return Err(RequestError::new("--key", "is required"));
+        }
+        let rows = self
+            .rows
+            .as_deref()
+            .map_or(0, |r| r.lines().filter(|l| !l.trim().is_empty()).count());
+        if self.delete.is_empty() && rows == 0 {
+            return Err(RequestError::new(
+                "--delete",
+                "nothing to do: give --delete KEYS and/or --update ROWS",
+            ));
+        }
+        Ok(crate::job::RepairSpec {
+            key: key.to_string(),
+            delete_keys: self.delete.len() as u64,
+            update_rows: rows as u64,
+        })
+    }
+
+    pub fn input(&self) -> crate::job::RepairInput {
+        crate::job::RepairInput {
+            delete: self.delete.clone(),
+            rows: self.rows.clone(),
+        }
+    }
 }
 
 fn default_dedup_window() -> u32 {
@@ -137,6 +183,7 @@ impl Default for JobRequest {
             ordered: false,
             object: None,
             table_format: None,
+            repair: None,
         }
     }
 }
@@ -221,6 +268,10 @@ impl JobRequest {
             object,
             places,
             table_format,
+            repair: match &self.repair {
+                None => None,
+                Some(r) => Some(r.spec()?),
+            },
         })
     }
 

@@ -227,6 +227,29 @@ fn unversioned(store: String, key: &str) -> StorageError {
     }
 }
 
+/// A dataset's Parquet files: `*.parquet` below the root, outside `_`- and `.`-named
+/// directories and files (Hive and Spark conventions: `_SUCCESS`, `_rewind/`, `_delta_log/`);
+/// for a table destination, the files its log has.
+pub fn dataset_files(store: &dyn OutputStore) -> Result<Vec<ObjectMeta>, StorageError> {
+    if let Some(t) = store.table() {
+        return Ok(t
+            .files()?
+            .into_values()
+            .map(|f| ObjectMeta::new(f.key, f.size))
+            .collect());
+    }
+    Ok(store
+        .list("")?
+        .into_iter()
+        .filter(|o| {
+            o.key.ends_with(".parquet")
+                && o.key
+                    .split('/')
+                    .all(|seg| !seg.starts_with('_') && !seg.starts_with('.'))
+        })
+        .collect())
+}
+
 /// Checks that a key stays below the root: relative, `/`-separated, no `.`/`..`/empty segment.
 pub fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = |why| {

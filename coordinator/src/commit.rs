@@ -135,6 +135,9 @@ fn commit(
     sides: &[&dyn OutputStore],
     cancelled: bool,
 ) -> Result<JobManifest, CommitError> {
+    if spec.repair.is_some() {
+        return commit_repair(spec, shards, output, cancelled);
+    }
     let keys = OutputKeys::new(&spec.job);
     let done: Vec<(ShardId, &str)> = shards
         .iter()
@@ -290,6 +293,7 @@ fn commit(
         attempts,
         kafka_offsets,
         kafka_ranges_complete,
+        repair: None,
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Manifest {
         shard: ShardId(spec.range.first),
@@ -301,6 +305,187 @@ fn commit(
     if rewind_common::failpoint("crash-before-success-marker") {
         std::process::abort();
     }
+    if state == JobPhase::Succeeded {
+        output.put(&keys.success_marker(), b"")?;
+    }
+    Ok(manifest)
+}
+
+/// The commit of a distributed repair: every shard rewrote (and staged) its files; the whole
+/// rewrite becomes one recorded change of the dataset (`change::apply_over`, or one commit of a
+/// Delta table's log), refused if a file changed since its shard read it. All or nothing: with
+/// a shard failed or the job cancelled, nothing is applied and the staged files are dropped.
+fn commit_repair(
+    spec: &JobSpec,
+    shards: &[(ShardId, ShardState)],
+    output: &dyn OutputStore,
+    cancelled: bool,
+) -> Result<JobManifest, CommitError> {
+    use rewind_common::change::{self, ChangeKind, Meta, Op};
+    use rewind_common::lifecycle::RepairOutcome;
+    use rewind_common::table::TableFile;
+    let keys = OutputKeys::of(spec);
+    let done: Vec<(ShardId, &str)> = shards
+        .iter()
+        .filter_map(|(shard, state)| match state {
+            ShardState::Done(done) => Some((*shard, done.manifest_key.as_str())),
+            _ => None,
+        })
+        .collect();
+    let manifests = read_manifests(output, &done)?;
+    let mut failed_shards = Vec::new();
+    for (shard, state) in shards {
+        match state {
+            ShardState::Done(_) => {}
+            ShardState::Failed { attempts, reason } => failed_shards.push(FailedShard {
+                shard: *shard,
+                attempts: *attempts,
+                reason: reason.clone(),
+            }),
+            ShardState::Pending { .. } | ShardState::Running { .. } if cancelled => {}
+            ShardState::Pending { .. } | ShardState::Running { .. } => {
+                return Err(CommitError::Unfinished(*shard));
+            }
+        }
+    }
+    let input: rewind_common::job::RepairInput = match output.get(&keys.repair_input())? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| CommitError::Change(e.to_string()))?,
+        None => Default::default(),
+    };
+    let plans: u64 = shards.len() as u64;
+    let mut outcome = RepairOutcome::default();
+    let mut counts = ShardCounts::default();
+    let mut found: HashSet<String> = HashSet::new();
+    let (mut ops, mut read) = (Vec::new(), BTreeMap::new());
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    let table = output.table();
+    let table_files = match &table {
+        Some(t) => t.files()?,
+        None => BTreeMap::new(),
+    };
+    let mut staged = Vec::new();
+    for (_, m) in &manifests {
+        counts.add(&m.counts);
+        outcome.files_read += m.files_read;
+        outcome.bytes_written += m.bytes_written;
+        outcome.files_in_dataset += m.objects.len() as u64;
+        found.extend(m.found_keys.iter().cloned());
+        for f in &m.repaired {
+            outcome.rows_deleted += f.deleted;
+            outcome.rows_updated += f.updated;
+            staged.extend(f.staged.clone());
+            read.insert(f.key.clone(), f.seen.clone());
+            if let Some(old) = table_files.get(&f.key) {
+                removes.push(old.clone());
+                if let Some(new) = &f.staged {
+                    adds.push(TableFile {
+                        key: new.clone(),
+                        size: f.size,
+                        rows: Some(f.rows_after),
+                        partition: old.partition.clone(),
+                    });
+                }
+            }
+            match &f.staged {
+                None => {
+                    outcome.files_removed += 1;
+                    ops.push(Op::Delete { key: f.key.clone() });
+                }
+                Some(from) => {
+                    outcome.files_rewritten += 1;
+                    ops.push(Op::Put {
+                        key: f.key.clone(),
+                        from: from.clone(),
+                        rows: Some(f.rows_after),
+                    });
+                }
+            }
+        }
+    }
+    outcome.bytes_read = counts.bytes;
+    outcome.delete_keys_not_found = input
+        .delete
+        .iter()
+        .filter(|k| !found.contains(*k))
+        .take(1000)
+        .cloned()
+        .collect();
+    let complete = !cancelled && failed_shards.is_empty();
+    if complete && !ops.is_empty() {
+        let meta = Meta {
+            job: Some(spec.job.to_string()),
+            who: None,
+            spec: serde_json::to_value(spec).ok(),
+            counts: None,
+        };
+        // A commit run again (the next leader) finds its change by the job it names.
+        let log = change::Log::new(output);
+        let already = log
+            .changes()?
+            .into_iter()
+            .find(|c| c.job.as_deref() == Some(spec.job.as_str()) && c.kind == ChangeKind::Repair);
+        let recorded = match already {
+            Some(c) => c,
+            None => {
+                let applied = match &table {
+                    Some(_) => {
+                        let op = if adds.is_empty() { "DELETE" } else { "UPDATE" };
+                        change::apply_table(output, ChangeKind::Repair, meta, op, adds, removes)
+                    }
+                    None => change::apply_over(output, ChangeKind::Repair, meta, ops, &read),
+                };
+                match applied {
+                    Ok(c) => c,
+                    // Refused before its intent (a file changed since its shard read it): the
+                    // staged files are nobody's.
+                    Err(
+                        e @ (change::ChangeError::Conflict(_) | change::ChangeError::Refused(_)),
+                    ) => {
+                        for key in &staged {
+                            let _ = output.delete(key);
+                        }
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        outcome.change = Some(recorded.id);
+    } else {
+        // Nothing applied: what the shards staged is nobody's.
+        for key in &staged {
+            output.delete(key)?;
+        }
+    }
+    let state = if cancelled {
+        JobPhase::Cancelled
+    } else if failed_shards.is_empty() {
+        JobPhase::Succeeded
+    } else {
+        JobPhase::Failed
+    };
+    let manifest = JobManifest {
+        job_id: spec.job.to_string(),
+        state,
+        spec: spec.clone(),
+        shards: plans,
+        shards_done: manifests.len() as u64,
+        failed_shards,
+        counts,
+        failed_by_reason: BTreeMap::new(),
+        filtered_by_reason: BTreeMap::new(),
+        files: Vec::new(),
+        failed_files: Vec::new(),
+        unrecoverable_files: Vec::new(),
+        orphans_deleted: 0,
+        attempts: BTreeMap::new(),
+        kafka_offsets: BTreeMap::new(),
+        kafka_ranges_complete: true,
+        repair: Some(outcome),
+    };
+    let body =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| CommitError::Change(e.to_string()))?;
+    output.put(&keys.job_manifest(), &body)?;
     if state == JobPhase::Succeeded {
         output.put(&keys.success_marker(), b"")?;
     }
@@ -331,6 +516,7 @@ mod tests {
                 rewind_common::Location::Local("/nonexistent/dest".into()),
             ),
             table_format: Default::default(),
+            repair: None,
         }
     }
 
@@ -358,6 +544,10 @@ mod tests {
             filtered_by_reason: BTreeMap::new(),
             kafka_offsets: BTreeMap::new(),
             kafka_ranges_complete: true,
+            repaired: vec![],
+            found_keys: vec![],
+            files_read: 0,
+            bytes_written: 0,
         }
     }
 

@@ -91,6 +91,11 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         ordered: r.ordered,
         object: (!r.object.is_empty()).then_some(r.object),
         table_format: (!r.table_format.is_empty()).then_some(r.table_format),
+        repair: r.repair.map(|x| rewind_common::request::RepairRequest {
+            key: x.key,
+            delete: x.delete,
+            rows: (!x.rows.is_empty()).then_some(x.rows),
+        }),
     })
 }
 
@@ -164,6 +169,11 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         ordered: r.ordered,
         object: r.object.clone().unwrap_or_default(),
         table_format: r.table_format.clone().unwrap_or_default(),
+        repair: r.repair.as_ref().map(|x| pb::RepairRequest {
+            key: x.key.clone(),
+            delete: x.delete.clone(),
+            rows: x.rows.clone().unwrap_or_default(),
+        }),
     }
 }
 

@@ -248,7 +248,6 @@ impl<R: JobRegistry> Coordinator<R> {
         };
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
-        let plans = pin_job(&request, &spec).await?;
         let output = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
             .await
             .map_err(|e| CoreError::storage("opening the destination", e))?;
@@ -259,6 +258,26 @@ impl<R: JobRegistry> Coordinator<R> {
                 .await
                 .map_err(|e| CoreError::Internal(format!("opening the destination: {e}")))?
                 .map_err(|e| CoreError::storage("opening the destination", e))?
+        };
+        // A recovery pins its archive's objects; a distributed repair splits the dataset's
+        // files into shards.
+        let plans = match &spec.repair {
+            None => pin_job(&request, &spec).await?,
+            Some(_) => {
+                let output = output.clone();
+                let plans =
+                    tokio::task::spawn_blocking(move || crate::plan::repair_plans(output.as_ref()))
+                        .await
+                        .map_err(|e| CoreError::Internal(format!("listing the dataset: {e}")))?
+                        .map_err(|e| CoreError::storage("listing the dataset", e))?;
+                if plans.is_empty() {
+                    return Err(CoreError::BadRequest(format!(
+                        "invalid --dataset: no Parquet files in {}",
+                        spec.places.dest
+                    )));
+                }
+                plans
+            }
         };
         let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
         for _ in 0..16 {
@@ -273,7 +292,7 @@ impl<R: JobRegistry> Coordinator<R> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let prefix = OutputKeys::new(&spec.job).job_prefix();
+            let prefix = OutputKeys::of(&spec).job_prefix();
             let used = {
                 let output = output.clone();
                 tokio::task::spawn_blocking(move || output.list(&prefix))
@@ -286,6 +305,15 @@ impl<R: JobRegistry> Coordinator<R> {
                 continue;
             }
             span.record("job_id", spec.job.as_str());
+            if let Some(r) = &request.repair {
+                let body = serde_json::to_vec(&r.input())
+                    .map_err(|e| CoreError::Internal(e.to_string()))?;
+                let (store, key) = (output.clone(), OutputKeys::of(&spec).repair_input());
+                tokio::task::spawn_blocking(move || store.put(&key, &body))
+                    .await
+                    .map_err(|e| CoreError::Internal(format!("writing the repair input: {e}")))?
+                    .map_err(|e| CoreError::storage("writing the repair input", e))?;
+            }
             store_plans(output.clone(), &spec, plans.clone())
                 .await
                 .map_err(|e| CoreError::storage("writing the shard plans", e))?;
@@ -408,8 +436,10 @@ impl<R: JobRegistry> Coordinator<R> {
                 }?;
                 // The job's change in the destination's log, last: recorded exactly when the
                 // job's output took effect (a commit run again finds it).
-                rewind_common::change::record_job(output, &manifest, who.as_deref())
-                    .map_err(CommitError::from)?;
+                if manifest.repair.is_none() {
+                    rewind_common::change::record_job(output, &manifest, who.as_deref())
+                        .map_err(CommitError::from)?;
+                }
                 Ok(manifest)
             })
             .await

@@ -109,6 +109,36 @@ pub async fn pin(
     Ok(plans)
 }
 
+/// Files a distributed repair shard rewrites at most, and bytes.
+pub const REPAIR_SHARD_FILES: usize = 16;
+pub const REPAIR_SHARD_BYTES: u64 = 1 << 30;
+
+/// The shards of a distributed repair: the dataset's files (its table's, for a Delta table)
+/// in groups of up to 16 files and 1 GiB, each group one shard (ids are hours from the epoch:
+/// shard `n` is hour `n`).
+pub fn repair_plans(output: &dyn OutputStore) -> Result<Vec<ShardPlan>, StorageError> {
+    let files = rewind_common::storage::dataset_files(output)?;
+    let mut plans: Vec<ShardPlan> = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let full = plans.last().is_none_or(|p| {
+            p.objects.len() >= REPAIR_SHARD_FILES || bytes + f.size > REPAIR_SHARD_BYTES
+        });
+        if full {
+            plans.push(ShardPlan {
+                shard: ShardId(rewind_common::Hour::from_epoch_hours(plans.len() as i64)),
+                prefix: String::new(),
+                objects: Vec::new(),
+                unlisted: None,
+            });
+            bytes = 0;
+        }
+        bytes += f.size;
+        plans.last_mut().expect("a plan").objects.push(f);
+    }
+    Ok(plans)
+}
+
 /// Writes one plan object per shard into the job's `_rewind/plan/` (distributed mode: the
 /// workers read them).
 pub async fn store_plans(
@@ -116,7 +146,7 @@ pub async fn store_plans(
     spec: &JobSpec,
     plans: Vec<ShardPlan>,
 ) -> Result<(), StorageError> {
-    let keys = OutputKeys::new(&spec.job);
+    let keys = OutputKeys::of(spec);
     concurrently(plans, move |p| {
         let body = serde_json::to_vec(&p).map_err(|e| StorageError::Unavailable {
             what: "a shard plan".into(),
@@ -151,6 +181,7 @@ mod tests {
                 rewind_common::Location::Local("/nonexistent/dest".into()),
             ),
             table_format: Default::default(),
+            repair: None,
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

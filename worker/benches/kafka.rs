@@ -54,6 +54,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
             rewind_common::Location::Local("/nonexistent/dest".into()),
         ),
         table_format: Default::default(),
+        repair: None,
     };
     let router = Router::new(&job, 128).unwrap();
     let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));

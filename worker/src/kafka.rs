@@ -1061,6 +1061,10 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
         rewind_common::storage::StorageError,
     > {
         match spec.table_format {
+            // A repair works on whatever the dataset is (a Delta table by its log).
+            rewind_common::table::TableFormat::Parquet if spec.repair.is_some() => {
+                rewind_delta::open(dest)
+            }
             rewind_common::table::TableFormat::Parquet => Ok(dest),
             rewind_common::table::TableFormat::Delta => {
                 let columns: Vec<String> = DELTA_PARTITION_COLUMNS

@@ -500,55 +500,8 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
         ..Report::default()
     };
     // 1. Candidates, by footers and filters.
-    let mut candidates: Vec<(&ObjectMeta, SchemaRef)> = Vec::new();
-    for f in &files {
-        let footer = open_footer(shared, f)?;
-        let schema = arrow_schema(&f.key, footer.metadata())?;
-        let col = footer
-            .metadata()
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().string() == req.key)
-            .ok_or_else(|| {
-                input(format!(
-                    "--key {}: {} has no such column (it has {})",
-                    req.key,
-                    f.key,
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        let key_type = schema
-            .field_with_name(&req.key)
-            .ok()
-            .and_then(|fd| KeyType::of(fd.data_type()));
-        if key_type.is_none() {
-            return Err(input(format!(
-                "--key {}: a column of type {} (string or integer keys only)",
-                req.key,
-                schema
-                    .field_with_name(&req.key)
-                    .map_or("?".into(), |fd| fd.data_type().to_string())
-            )));
-        }
-        let mut hit = false;
-        for rg in 0..footer.metadata().num_row_groups() {
-            if may_hold(&footer, rg, col, &wanted)? {
-                hit = true;
-                break;
-            }
-        }
-        report.bytes_read += footer.read.load(std::sync::atomic::Ordering::Relaxed);
-        if hit {
-            candidates.push((f, schema));
-        }
-    }
+    let (candidates, footer_bytes) = candidates(shared, &files, &req.key, &wanted)?;
+    report.bytes_read += footer_bytes;
 
     // Inserts need their partition values: checked before anything is read or written.
     let layout: BTreeMap<String, String> = match &table {
@@ -770,6 +723,210 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
     };
     report.change = Some(change.id);
     Ok(report)
+}
+
+/// Files that may hold a key, with their schemas.
+type Candidates<'f> = Vec<(&'f ObjectMeta, SchemaRef)>;
+
+/// The files that may hold one of `wanted` (key column statistics, then bloom filters, read
+/// with ranged reads of the footers), each with its schema; and the bytes read to decide.
+fn candidates<'f>(
+    shared: &Arc<dyn OutputStore>,
+    files: &'f [ObjectMeta],
+    key: &str,
+    wanted: &BTreeSet<Key>,
+) -> Result<(Candidates<'f>, u64), RepairError> {
+    let mut candidates: Vec<(&ObjectMeta, SchemaRef)> = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let footer = open_footer(shared, f)?;
+        let schema = arrow_schema(&f.key, footer.metadata())?;
+        let col = footer
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == key)
+            .ok_or_else(|| {
+                input(format!(
+                    "--key {key}: {} has no such column (it has {})",
+                    f.key,
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let key_type = schema
+            .field_with_name(key)
+            .ok()
+            .and_then(|fd| KeyType::of(fd.data_type()));
+        if key_type.is_none() {
+            return Err(input(format!(
+                "--key {key}: a column of type {} (string or integer keys only)",
+                schema
+                    .field_with_name(key)
+                    .map_or("?".into(), |fd| fd.data_type().to_string())
+            )));
+        }
+        let mut hit = false;
+        for rg in 0..footer.metadata().num_row_groups() {
+            if may_hold(&footer, rg, col, wanted)? {
+                hit = true;
+                break;
+            }
+        }
+        bytes += footer.read.load(std::sync::atomic::Ordering::Relaxed);
+        if hit {
+            candidates.push((f, schema));
+        }
+    }
+    Ok((candidates, bytes))
+}
+
+/// One shard of a distributed repair (`rewind repair --coordinator`): the files of its plan
+/// pruned and rewritten like a local repair's, staged below the job's `_rewind/jobs/<job>/`
+/// (a Delta table's as new files), and the manifest the job commit applies in one change.
+pub fn run_repair_shard(
+    output: &Arc<dyn OutputStore>,
+    spec: &rewind_common::JobSpec,
+    shard: rewind_common::ShardId,
+    attempt: u32,
+    objects: Vec<ObjectMeta>,
+) -> Result<(String, rewind_common::job::ShardManifest), RepairError> {
+    use rewind_common::job::{ObjectStats, ShardManifest};
+    use rewind_common::output::RepairedFile;
+    let spec_r = spec
+        .repair
+        .as_ref()
+        .ok_or_else(|| input("not a repair job"))?;
+    let store = rewind_delta::open(output.clone())?;
+    let keys = rewind_common::OutputKeys::of(spec);
+    let input_body = store.get(&keys.repair_input())?.ok_or_else(|| {
+        input(format!(
+            "the repair input {} is missing",
+            keys.repair_input()
+        ))
+    })?;
+    let given: rewind_common::job::RepairInput = serde_json::from_slice(&input_body)
+        .map_err(|e| input(format!("{}: {e}", keys.repair_input())))?;
+    let mut manifest = ShardManifest {
+        job: spec.job.clone(),
+        shard,
+        attempt,
+        prefix: String::new(),
+        files: Vec::new(),
+        failed_file: None,
+        unrecoverable_file: None,
+        objects: objects
+            .iter()
+            .map(|o| ObjectStats {
+                key: o.key.clone(),
+                size: o.size,
+                etag: o.etag.clone(),
+                ..ObjectStats::default()
+            })
+            .collect(),
+        skipped_objects: Vec::new(),
+        counts: Default::default(),
+        failed_by_reason: BTreeMap::new(),
+        filtered_by_reason: BTreeMap::new(),
+        kafka_offsets: BTreeMap::new(),
+        kafka_ranges_complete: true,
+        repaired: Vec::new(),
+        found_keys: Vec::new(),
+        files_read: 0,
+        bytes_written: 0,
+    };
+    if let Some(first) = objects.first() {
+        let schema = first_schema(&store, first)?;
+        let kt = schema
+            .field_with_name(&spec_r.key)
+            .ok()
+            .and_then(|f| KeyType::of(f.data_type()))
+            .ok_or_else(|| {
+                input(format!(
+                    "--key {}: not a string or integer column of {}",
+                    spec_r.key, first.key
+                ))
+            })?;
+        let delete = given
+            .delete
+            .iter()
+            .map(|k| kt.parse(k).map_err(|e| input(format!("--delete: {e}"))))
+            .collect::<Result<BTreeSet<Key>, _>>()?;
+        let update = match &given.rows {
+            Some(text) => Some(read_rows_text(
+                text,
+                "--update",
+                &schema,
+                &spec_r.key,
+                &BTreeSet::new(),
+            )?),
+            None => None,
+        };
+        let req = Request {
+            key: spec_r.key.clone(),
+            delete,
+            update,
+            upsert: false,
+            dry_run: false,
+            who: None,
+            spec: None,
+        };
+        let update_at: BTreeMap<&Key, usize> = req
+            .update
+            .as_ref()
+            .map(|r| r.keys.iter().enumerate().map(|(i, k)| (k, i)).collect())
+            .unwrap_or_default();
+        let wanted: BTreeSet<Key> = req
+            .delete
+            .iter()
+            .cloned()
+            .chain(update_at.keys().map(|k| (*k).clone()))
+            .collect();
+        let (cands, footer_bytes) = candidates(&store, &objects, &req.key, &wanted)?;
+        let staging = format!("{}staging/a{attempt}/", keys.job_prefix());
+        let hint = format!("{}-a{attempt}", spec.job);
+        let ctx = Rewrite {
+            store: store.as_ref(),
+            req: &req,
+            update_at: &update_at,
+            staging: Some(staging.as_str()),
+            table: store.table().is_some().then_some(hint.as_str()),
+        };
+        let mut bytes = footer_bytes;
+        for r in rewrite_all(&ctx, &cands)? {
+            manifest.files_read += 1;
+            bytes += r.bytes_read;
+            manifest.bytes_written += r.bytes_written;
+            manifest
+                .found_keys
+                .extend(r.found.iter().map(Key::to_string));
+            if let Some(fc) = r.change {
+                manifest.repaired.push(RepairedFile {
+                    key: fc.key,
+                    staged: r.staged,
+                    size: r.bytes_written,
+                    rows_before: fc.rows_before,
+                    rows_after: fc.rows_after,
+                    deleted: fc.deleted,
+                    updated: fc.updated,
+                    seen: r.seen,
+                });
+            }
+        }
+        manifest.counts.objects = manifest.files_read;
+        manifest.counts.bytes = bytes;
+    }
+    let key = keys.shard_manifest(shard, attempt);
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| input(format!("serialising the shard manifest: {e}")))?;
+    store.put(&key, &body)?;
+    Ok((key, manifest))
 }
 
 /// What every candidate's rewrite shares.
@@ -1157,47 +1314,79 @@ pub fn read_rows(
     } else {
         let text =
             String::from_utf8(bytes).map_err(|_| input(format!("--update {name}: not UTF-8")))?;
-        let mut batches = Vec::new();
-        let mut parts = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let at = || format!("--update {name} line {}", n + 1);
-            let value: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| input(format!("{}: {e}", at())))?;
-            let obj = value
-                .as_object()
-                .ok_or_else(|| input(format!("{}: not a JSON object", at())))?;
-            let mut p = BTreeMap::new();
-            for (k, v) in obj {
-                if partitions.contains(k) && schema.field_with_name(k).is_err() {
-                    p.insert(
-                        k.clone(),
-                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                    );
-                } else if schema.field_with_name(k).is_err() {
-                    return Err(input(format!("{}: column {k} is not in the dataset", at())));
-                }
-            }
-            let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
-                .build_decoder()
-                .map_err(|e| input(format!("{}: {e}", at())))?;
-            decoder
-                .decode(line.as_bytes())
-                .map_err(|e| input(format!("{}: {e}", at())))?;
-            if let Some(b) = decoder
-                .flush()
-                .map_err(|e| input(format!("{}: {e}", at())))?
-            {
-                batches.push(b);
-                parts.push(p);
+        jsonl_batch(&text, &name, schema, partitions)?
+    };
+    with_keys(batch, parts, &name, key)
+}
+
+/// Replacement rows given as JSON lines (a distributed repair's input): as [`read_rows`].
+pub fn read_rows_text(
+    text: &str,
+    name: &str,
+    schema: &SchemaRef,
+    key: &str,
+    partitions: &BTreeSet<String>,
+) -> Result<Rows, RepairError> {
+    let (batch, parts) = jsonl_batch(text, name, schema, partitions)?;
+    with_keys(batch, parts, name, key)
+}
+
+type PartitionValues = Vec<BTreeMap<String, String>>;
+
+fn jsonl_batch(
+    text: &str,
+    name: &str,
+    schema: &SchemaRef,
+    partitions: &BTreeSet<String>,
+) -> Result<(RecordBatch, PartitionValues), RepairError> {
+    let mut batches = Vec::new();
+    let mut parts = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("--update {name} line {}", n + 1);
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| input(format!("{}: {e}", at())))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| input(format!("{}: not a JSON object", at())))?;
+        let mut p = BTreeMap::new();
+        for (k, v) in obj {
+            if partitions.contains(k) && schema.field_with_name(k).is_err() {
+                p.insert(
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                );
+            } else if schema.field_with_name(k).is_err() {
+                return Err(input(format!("{}: column {k} is not in the dataset", at())));
             }
         }
-        let batch = arrow_select::concat::concat_batches(schema, &batches)
-            .map_err(|e| input(format!("--update {name}: {e}")))?;
-        (batch, parts)
-    };
+        let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+            .build_decoder()
+            .map_err(|e| input(format!("{}: {e}", at())))?;
+        decoder
+            .decode(line.as_bytes())
+            .map_err(|e| input(format!("{}: {e}", at())))?;
+        if let Some(b) = decoder
+            .flush()
+            .map_err(|e| input(format!("{}: {e}", at())))?
+        {
+            batches.push(b);
+            parts.push(p);
+        }
+    }
+    let batch = arrow_select::concat::concat_batches(schema, &batches)
+        .map_err(|e| input(format!("--update {name}: {e}")))?;
+    Ok((batch, parts))
+}
+
+fn with_keys(
+    batch: RecordBatch,
+    parts: PartitionValues,
+    name: &str,
+    key: &str,
+) -> Result<Rows, RepairError> {
     let col = batch.column_by_name(key).ok_or_else(|| {
         input(format!(
             "--update {name}: the rows have no key column {key}"

@@ -140,7 +140,7 @@ enum Listed {
 async fn committed_attempt(env: &ShardEnv, shard: ShardId) -> Listed {
     let env = env.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let key = OutputKeys::new(&env.spec.job).job_manifest();
+        let key = OutputKeys::of(&env.spec).job_manifest();
         let body = env
             .output
             .get(&key)

@@ -59,6 +59,7 @@ fn router(flows: Option<&str>) -> Router {
             rewind_common::Location::Local("/nonexistent/dest".into()),
         ),
         table_format: Default::default(),
+        repair: None,
     };
     Router::new(&spec, 128).unwrap()
 }

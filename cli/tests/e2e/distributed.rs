@@ -1983,3 +1983,137 @@ fn soak_faults_at_random_moments() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `rewind repair --coordinator`: the rewrites of a keyed repair spread over the workers as the
+/// shards of one job, applied by its commit as one change. The dataset ends up exactly as a
+/// local `rewind repair` of a copy leaves it, and `rollback` brings the original back.
+#[test]
+fn distributed_repair_matches_the_local_one_and_rolls_back() {
+    let c = Cluster::start(2);
+    // 20 hours: 20 files, two shards of up to 16.
+    c.generate(20);
+    let (src, dest) = (c.src(), c.dest());
+    let out = run(
+        REWIND,
+        &[
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T19",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = c.tmp.path().join("copy");
+    for f in files_below(&dest) {
+        let to = copy.join(f.strip_prefix(&dest).unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&f, &to).unwrap();
+    }
+    let rows = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = parquet_rows(dir).iter().map(Value::to_string).collect();
+        v.sort();
+        v
+    };
+    let before = rows(&dest);
+    // Keys spread over the files: every 40th event deleted, 3 rows replaced.
+    let parsed: Vec<Value> = parquet_rows(&dest);
+    let ids: Vec<String> = parsed
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    let delete: Vec<&String> = ids.iter().step_by(40).collect();
+    let keys = c.tmp.path().join("keys.txt");
+    fs::write(
+        &keys,
+        delete.iter().map(|k| format!("{k}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let mut lines = String::new();
+    for id in ids.iter().skip(7).step_by(101).take(3) {
+        let mut row = parsed
+            .iter()
+            .find(|r| r["event_id"] == id.as_str())
+            .unwrap()
+            .clone();
+        let obj = row.as_object_mut().unwrap();
+        obj.remove("_partition");
+        obj.insert("event_type".into(), "REPAIRED".into());
+        let data = obj["data"].to_string();
+        obj.insert("data".into(), Value::String(data));
+        lines.push_str(&format!("{row}\n"));
+    }
+    let updates = c.tmp.path().join("rows.jsonl");
+    fs::write(&updates, lines).unwrap();
+    let args = |dataset: &Path| -> Vec<String> {
+        [
+            "repair",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--key",
+            "event_id",
+            "--delete",
+            keys.to_str().unwrap(),
+            "--update",
+            updates.to_str().unwrap(),
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // (`Cluster::cli` adds --coordinator.)
+    let distributed = args(&dest);
+    let out = c.cli(&distributed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let summary = stdout_json(&out);
+    let r = &summary["repair"];
+    assert_eq!(summary["shards"], 2, "{summary}");
+    assert_eq!(r["rows_deleted"], delete.len() as u64, "{summary}");
+    assert_eq!(r["rows_updated"], 3, "{summary}");
+    let change = r["change"].as_str().unwrap().to_string();
+    let local = run(
+        REWIND,
+        &args(&copy).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let after = rows(&dest);
+    assert_ne!(after, before);
+    assert_eq!(after, rows(&copy), "the same rows as a local repair");
+    // Nothing of the job is left in the dataset's view, and the change rolls back.
+    assert!(
+        files_below(&dest.join("_rewind/jobs"))
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".parquet"))
+    );
+    let rb = run(
+        REWIND,
+        &["rollback", "--dest", dest.to_str().unwrap(), &change],
+    );
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
+    assert_eq!(rows(&dest), before);
+}

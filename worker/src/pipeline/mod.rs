@@ -129,6 +129,19 @@ pub fn run_shard(
     let source = env.source.with_stats(io.clone());
     let output = env.output.with_stats(io.clone());
     let listed = pinned_objects(env, source.as_ref(), output.as_ref(), shard)?;
+    if env.spec.repair.is_some() {
+        return crate::repair::run_repair_shard(&output, &env.spec, shard, attempt, listed)
+            .map_err(|e| {
+                let retryable = match &e {
+                    crate::repair::RepairError::Storage(s) => s.is_retryable(),
+                    _ => false,
+                };
+                ShardError {
+                    message: e.to_string(),
+                    retryable,
+                }
+            });
+    }
     let (todo, other_org): (Vec<ObjectMeta>, Vec<ObjectMeta>) = listed
         .into_iter()
         .partition(|o| !names_other_org(&o.key, env.spec.org.as_str()));
@@ -374,6 +387,10 @@ impl Attempt<'_> {
             filtered_by_reason: filtered_by,
             kafka_offsets: end.offsets,
             kafka_ranges_complete: end.delivered_before == 0,
+            repaired: Vec::new(),
+            found_keys: Vec::new(),
+            files_read: 0,
+            bytes_written: 0,
         };
         let key = keys.shard_manifest(shard, attempt);
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ShardError {

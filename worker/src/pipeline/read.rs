@@ -206,7 +206,7 @@ pub(super) fn pinned_objects(
     shard: ShardId,
 ) -> Result<Vec<ObjectMeta>, ShardError> {
     // Written by the coordinator core at submit, one plan object per shard in the destination.
-    let key = OutputKeys::new(&env.spec.job).shard_plan(shard);
+    let key = OutputKeys::of(&env.spec).shard_plan(shard);
     let body = output
         .get(&key)
         .map_err(|e| ShardError::storage(&format!("reading the shard plan {key}"), &e))?
