@@ -99,6 +99,41 @@ fn read_manifests(
     })
 }
 
+/// The committed shards and where their manifests are.
+fn done_manifests(shards: &[(ShardId, ShardState)]) -> Vec<(ShardId, &str)> {
+    shards
+        .iter()
+        .filter_map(|(shard, state)| match state {
+            ShardState::Done(done) => Some((*shard, done.manifest_key.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The shards that failed; a shard still pending or running is an error unless the job was
+/// cancelled (it then just did not finish).
+fn failed_shards(
+    shards: &[(ShardId, ShardState)],
+    cancelled: bool,
+) -> Result<Vec<FailedShard>, CommitError> {
+    let mut failed = Vec::new();
+    for (shard, state) in shards {
+        match state {
+            ShardState::Done(_) => {}
+            ShardState::Failed { attempts, reason } => failed.push(FailedShard {
+                shard: *shard,
+                attempts: *attempts,
+                reason: reason.clone(),
+            }),
+            ShardState::Pending { .. } | ShardState::Running { .. } if cancelled => {}
+            ShardState::Pending { .. } | ShardState::Running { .. } => {
+                return Err(CommitError::Unfinished(*shard));
+            }
+        }
+    }
+    Ok(failed)
+}
+
 /// Promotes staged outputs to their names, several at a time (on S3 each is a server-side copy).
 fn promote_all(
     mut files: Vec<(&dyn OutputStore, &mut OutputFileEntry)>,
@@ -139,13 +174,7 @@ fn commit(
         return commit_repair(spec, shards, output, cancelled);
     }
     let keys = OutputKeys::new(&spec.job);
-    let done: Vec<(ShardId, &str)> = shards
-        .iter()
-        .filter_map(|(shard, state)| match state {
-            ShardState::Done(done) => Some((*shard, done.manifest_key.as_str())),
-            _ => None,
-        })
-        .collect();
+    let done = done_manifests(shards);
     let mut manifests = read_manifests(output, &done)?;
     // The committed attempts' outputs become visible now, and only now: attempts write staged
     // names, so a stale attempt (a worker frozen past its lease) can never add a visible file,
@@ -175,21 +204,7 @@ fn commit(
             _ => None,
         })
         .collect();
-    let mut failed_shards = Vec::new();
-    for (shard, state) in shards {
-        match state {
-            ShardState::Done(_) => {}
-            ShardState::Failed { attempts, reason } => failed_shards.push(FailedShard {
-                shard: *shard,
-                attempts: *attempts,
-                reason: reason.clone(),
-            }),
-            ShardState::Pending { .. } | ShardState::Running { .. } if cancelled => {}
-            ShardState::Pending { .. } | ShardState::Running { .. } => {
-                return Err(CommitError::Unfinished(*shard));
-            }
-        }
-    }
+    let failed_shards = failed_shards(shards, cancelled)?;
 
     let mut keep: HashSet<String> = HashSet::new();
     let mut keep_failed: HashSet<String> = HashSet::new();
@@ -325,29 +340,9 @@ fn commit_repair(
     use rewind_common::lifecycle::RepairOutcome;
     use rewind_common::table::TableFile;
     let keys = OutputKeys::of(spec);
-    let done: Vec<(ShardId, &str)> = shards
-        .iter()
-        .filter_map(|(shard, state)| match state {
-            ShardState::Done(done) => Some((*shard, done.manifest_key.as_str())),
-            _ => None,
-        })
-        .collect();
+    let done = done_manifests(shards);
     let manifests = read_manifests(output, &done)?;
-    let mut failed_shards = Vec::new();
-    for (shard, state) in shards {
-        match state {
-            ShardState::Done(_) => {}
-            ShardState::Failed { attempts, reason } => failed_shards.push(FailedShard {
-                shard: *shard,
-                attempts: *attempts,
-                reason: reason.clone(),
-            }),
-            ShardState::Pending { .. } | ShardState::Running { .. } if cancelled => {}
-            ShardState::Pending { .. } | ShardState::Running { .. } => {
-                return Err(CommitError::Unfinished(*shard));
-            }
-        }
-    }
+    let failed_shards = failed_shards(shards, cancelled)?;
     let input: rewind_common::job::RepairInput = match output.get(&keys.repair_input())? {
         Some(b) => serde_json::from_slice(&b).map_err(|e| CommitError::Change(e.to_string()))?,
         None => Default::default(),

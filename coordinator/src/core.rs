@@ -248,6 +248,11 @@ impl<R: JobRegistry> Coordinator<R> {
         };
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
+        // A recovery pins its archive's objects first (a bad source touches no destination).
+        let pinned = match &spec.repair {
+            None => Some(pin_job(&request, &spec).await?),
+            Some(_) => None,
+        };
         let output = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
             .await
             .map_err(|e| CoreError::storage("opening the destination", e))?;
@@ -259,11 +264,10 @@ impl<R: JobRegistry> Coordinator<R> {
                 .map_err(|e| CoreError::Internal(format!("opening the destination: {e}")))?
                 .map_err(|e| CoreError::storage("opening the destination", e))?
         };
-        // A recovery pins its archive's objects; a distributed repair splits the dataset's
-        // files into shards.
-        let plans = match &spec.repair {
-            None => pin_job(&request, &spec).await?,
-            Some(_) => {
+        // A distributed repair splits the dataset's files into shards.
+        let plans = match pinned {
+            Some(plans) => plans,
+            None => {
                 let output = output.clone();
                 let plans =
                     tokio::task::spawn_blocking(move || crate::plan::repair_plans(output.as_ref()))

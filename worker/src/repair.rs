@@ -203,6 +203,24 @@ pub struct Request {
     pub spec: Option<serde_json::Value>,
 }
 
+impl Request {
+    /// Where each replacement row's key is, and every key the repair looks for.
+    fn wanted(&self) -> (BTreeMap<&Key, usize>, BTreeSet<Key>) {
+        let update_at: BTreeMap<&Key, usize> = self
+            .update
+            .as_ref()
+            .map(|r| r.keys.iter().enumerate().map(|(i, k)| (k, i)).collect())
+            .unwrap_or_default();
+        let wanted = self
+            .delete
+            .iter()
+            .cloned()
+            .chain(update_at.keys().map(|k| (*k).clone()))
+            .collect();
+        (update_at, wanted)
+    }
+}
+
 /// Replacement rows: the batch in the dataset's file schema, their keys, and the partition
 /// values each row carries (for inserts).
 #[derive(Debug, Clone)]
@@ -482,17 +500,7 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
             store.describe()
         )));
     }
-    let update_at: BTreeMap<&Key, usize> = req
-        .update
-        .as_ref()
-        .map(|r| r.keys.iter().enumerate().map(|(i, k)| (k, i)).collect())
-        .unwrap_or_default();
-    let wanted: BTreeSet<Key> = req
-        .delete
-        .iter()
-        .cloned()
-        .chain(update_at.keys().map(|k| (*k).clone()))
-        .collect();
+    let (update_at, wanted) = req.wanted();
 
     let mut report = Report {
         dry_run: req.dry_run,
@@ -877,17 +885,7 @@ pub fn run_repair_shard(
             who: None,
             spec: None,
         };
-        let update_at: BTreeMap<&Key, usize> = req
-            .update
-            .as_ref()
-            .map(|r| r.keys.iter().enumerate().map(|(i, k)| (k, i)).collect())
-            .unwrap_or_default();
-        let wanted: BTreeSet<Key> = req
-            .delete
-            .iter()
-            .cloned()
-            .chain(update_at.keys().map(|k| (*k).clone()))
-            .collect();
+        let (update_at, wanted) = req.wanted();
         let (cands, footer_bytes) = candidates(&store, &objects, &req.key, &wanted)?;
         let staging = format!("{}staging/a{attempt}/", keys.job_prefix());
         let hint = format!("{}-a{attempt}", spec.job);
