@@ -300,7 +300,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
                 format!("{} has a name that is not valid UTF-8", path.display()),
             ));
         }
-        let file_type = entry.file_type()?;
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if file_type.is_dir() {
             walk(root, &path, out)?;
         } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
@@ -310,7 +314,13 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
                 .filter_map(|c| c.as_os_str().to_str())
                 .collect::<Vec<_>>()
                 .join("/");
-            let meta = fs::metadata(&path)?;
+            // A file removed between the directory read and now (a temporary file renamed or
+            // linked into place by a concurrent writer) is simply not listed.
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             out.push(ObjectMeta {
                 key,
                 size: meta.len(),
@@ -640,6 +650,35 @@ mod tests {
         }
         for good in ["", "a", "a/b/", "main_stream/2024/04/01/00/"] {
             assert!(check_key(good).is_ok(), "{good}");
+        }
+    }
+
+    /// A listing while other writers link temporary files into place (a Delta log's commits)
+    /// never fails for a file that vanished under it.
+    #[test]
+    fn listing_survives_concurrent_conditional_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Arc::new(LocalOutput::new(dir.path()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let (out, stop) = (out.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 800 {
+                        out.put_if_absent(&format!("log/{w}-{n}.json"), b"{}")
+                            .unwrap();
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..200 {
+            out.list("log/").expect("a listing during writes");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
         }
     }
 
