@@ -94,6 +94,8 @@ struct Ctx {
     state_key: String,
     keep_backups: bool,
     workers: usize,
+    /// Ctrl-C or SIGTERM stopped a day's replay: that day is restored, no later day starts.
+    interrupted: std::sync::atomic::AtomicBool,
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), Failure> {
@@ -247,6 +249,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
             state_key,
             keep_backups: args.keep_backups,
             workers,
+            interrupted: std::sync::atomic::AtomicBool::new(false),
         };
         orchestrate(&ctx, state, args.json).await
     })
@@ -292,6 +295,22 @@ async fn orchestrate(ctx: &Ctx, mut state: GuardState, json: bool) -> Result<(),
         ctx.notifier.send(&event, &text).await;
         if !json {
             eprintln!("{text}");
+        }
+        if ctx.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            // The day was cut, not failed: once restored it is to do again, from its plan.
+            if state.days[i].step == Step::Restored {
+                let day = state.days[i].day.clone();
+                state.days[i] = DayState {
+                    day,
+                    ..DayState::default()
+                };
+                save(ctx, &state).await?;
+            }
+            return Err(Failure::Interrupted(format!(
+                "guarded replay {} interrupted during {}: its sinks are restored; it and the \
+                 days after it run with `rewind replay … --resume {}`",
+                state.job, state.days[i].day, state.job
+            )));
         }
     }
     let ok = state.days.iter().all(|d| d.step == Step::Finalized);
@@ -494,7 +513,13 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                         };
                         (ok, s.acknowledged, error, Some(s.job_id))
                     }
-                    Err(e) => (false, 0, Some(failure_text(&e)), None),
+                    Err(e) => {
+                        if matches!(e, Failure::Interrupted(_)) {
+                            ctx.interrupted
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        (false, 0, Some(failure_text(&e)), None)
+                    }
                 };
                 let d = &mut state.days[i];
                 d.ok = ok;

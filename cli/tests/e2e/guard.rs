@@ -413,3 +413,90 @@ fn guarded_replay_from_an_archive_in_azure() {
         "cleared, backups dropped"
     );
 }
+
+/// SIGTERM during a day's replay: that day's sinks are restored, no later day starts, exit 130;
+/// `--resume` then runs the interrupted day and the rest.
+#[test]
+fn an_interrupted_day_is_restored_and_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    common::generate(&src, ORG, "2024-04-01T00", "48", "0.01", &seed("1606"), &[]);
+    let sink = tmp.path().join("sink");
+    for day in ["2024-04-01", "2024-04-02"] {
+        let f = sink.join(format!("{day}/x.json"));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, day).unwrap();
+    }
+    let before = snapshot(&sink);
+    let broker = Tansu::start();
+    broker.create_topic("t", 1);
+    let guard = tmp.path().join("guard.json");
+    std::fs::write(
+        &guard,
+        serde_json::json!({"s": {"outputKafkaTopic": "t", "dependentSinkSources": [
+            {"type": "local", "prefix": sink.to_str().unwrap()}]}})
+        .to_string(),
+    )
+    .unwrap();
+    let dest = tmp.path().join("m");
+    let brokers = broker.brokers();
+    let args: Vec<&str> = vec![
+        "replay",
+        "--guard",
+        guard.to_str().unwrap(),
+        "--stream",
+        "s",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01",
+        "--end",
+        "2024-04-02",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--brokers",
+        &brokers,
+        "--kafka-option",
+        PRODUCER_OPTION,
+    ];
+    // Every shard pauses before its commit: day 1's replay is still running when stopped.
+    let child = Command::new(REWIND)
+        .args(&args)
+        .env("REWIND_FAILPOINT", "pause-before-shard-commit")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = dest.join("_rewind/guards");
+    let t0 = std::time::Instant::now();
+    while files_below(&state).is_empty() || snapshot(&sink).contains_key("2024-04-01/x.json") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "day 1 never cleared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert_eq!(snapshot(&sink), before, "day 1 restored, day 2 untouched");
+    let job = files_below(&state)[0]
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut resume = args.clone();
+    resume.extend(["--resume", &job, "--json"]);
+    let summary = common::ok(&rewind(&[], &resume));
+    assert_eq!(summary["state"], "succeeded", "{summary}");
+    assert!(
+        snapshot(&sink).is_empty(),
+        "both days cleared, backups dropped"
+    );
+}
