@@ -20,26 +20,36 @@ use crate::{Failure, RunArgs};
 
 pub fn run(args: RunArgs) -> Result<(), Failure> {
     let request = args.job.request()?;
-    if args.workers == Some(0) {
+    let (workers, runtime) = job_runtime(args.workers, 4)?;
+    runtime.block_on(async {
+        let summary = execute(request, workers, true).await?;
+        report(&summary, args.json)
+    })
+}
+
+/// The worker slots asked for (`--workers`, default the CPUs; 0 is refused) and a runtime with
+/// blocking threads for them, plus `extra` for the caller's own blocking calls.
+pub fn job_runtime(
+    workers: Option<usize>,
+    extra: usize,
+) -> Result<(usize, tokio::runtime::Runtime), Failure> {
+    if workers == Some(0) {
         return Err(Failure::BadRequest(
             "invalid --workers: must be at least 1".into(),
         ));
     }
-    let workers = args.workers.unwrap_or_else(|| {
+    let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(workers.max(1) * 2 + 4)
+        .max_blocking_threads(workers * 2 + extra)
         .enable_all()
         .build()
         .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))?;
-    runtime.block_on(async {
-        let summary = execute(request, workers, true).await?;
-        report(&summary, args.json)
-    })
+    Ok((workers, runtime))
 }
 
 /// Runs one job in this process to its end; its summary (whatever its state), or why there is

@@ -156,17 +156,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         (None, false) => None,
     };
     let notifier = Notifier::new(&args.notify, &args.notify_format).map_err(bad)?;
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(workers.max(1) * 2 + 8)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Job(format!("starting the runtime: {e}")))?;
+    let (workers, runtime) = crate::embedded::job_runtime(args.workers, 8)?;
     runtime.block_on(async move {
         // Everything is reached before anything is deleted.
         let org = OrgId::parse(&request.org)?;
