@@ -805,6 +805,16 @@ pub fn record_job(
     Ok(Some(change))
 }
 
+/// The change a job recorded, found by listing the log (its id ends with the job id: job
+/// commits and a distributed repair's commit name their job).
+pub fn job_change(store: &dyn OutputStore, job: &str) -> Result<Option<Change>, ChangeError> {
+    let log = Log::new(store);
+    match log.job_change(job)? {
+        Some(id) => log.read(&id),
+        None => Ok(None),
+    }
+}
+
 /// Drops the change of a job whose output was removed before the command that ran it returned
 /// (an interrupted `rewind run`): it never took effect for anyone. Whether there was one.
 pub fn forget_job(store: &dyn OutputStore, job: &str) -> Result<bool, ChangeError> {
@@ -1336,7 +1346,7 @@ fn apply_locked(
         planned.push(Planned { op, before });
     }
     let intent = Intent {
-        id: log.new_id(changes.iter().map(|c| c.id.as_str()), None)?,
+        id: log.new_id(changes.iter().map(|c| c.id.as_str()), meta.job.as_deref())?,
         kind,
         undoes: None,
         target: None,
@@ -1380,7 +1390,7 @@ pub fn apply_table(
         let log = Log::new(store);
         let changes = log.changes()?;
         let intent = Intent {
-            id: log.new_id(changes.iter().map(|c| c.id.as_str()), None)?,
+            id: log.new_id(changes.iter().map(|c| c.id.as_str()), meta.job.as_deref())?,
             kind,
             undoes: None,
             target: None,

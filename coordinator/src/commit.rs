@@ -134,6 +134,17 @@ fn failed_shards(
     Ok(failed)
 }
 
+/// How a job ended: cancelled, or succeeded when no shard failed.
+fn phase(cancelled: bool, failed_shards: &[FailedShard]) -> JobPhase {
+    if cancelled {
+        JobPhase::Cancelled
+    } else if failed_shards.is_empty() {
+        JobPhase::Succeeded
+    } else {
+        JobPhase::Failed
+    }
+}
+
 /// Promotes staged outputs to their names, several at a time (on S3 each is a server-side copy).
 fn promote_all(
     mut files: Vec<(&dyn OutputStore, &mut OutputFileEntry)>,
@@ -284,13 +295,7 @@ fn commit(
     files.sort_by(|a, b| a.key.cmp(&b.key));
     failed_files.sort_by(|a, b| a.key.cmp(&b.key));
     unrecoverable_files.sort_by(|a, b| a.key.cmp(&b.key));
-    let state = if cancelled {
-        JobPhase::Cancelled
-    } else if failed_shards.is_empty() {
-        JobPhase::Succeeded
-    } else {
-        JobPhase::Failed
-    };
+    let state = phase(cancelled, &failed_shards);
     let manifest = JobManifest {
         job_id: spec.job.to_string(),
         state,
@@ -413,12 +418,10 @@ fn commit_repair(
             spec: serde_json::to_value(spec).ok(),
             counts: None,
         };
-        // A commit run again (the next leader) finds its change by the job it names.
-        let log = change::Log::new(output);
-        let already = log
-            .changes()?
-            .into_iter()
-            .find(|c| c.job.as_deref() == Some(spec.job.as_str()) && c.kind == ChangeKind::Repair);
+        // A commit run again (the next leader) first finishes an apply the last one left
+        // under way, then finds its change by the job id its id ends with.
+        change::resume_pending(output)?;
+        let already = change::job_change(output, spec.job.as_str())?;
         let recorded = match already {
             Some(c) => c,
             None => {
@@ -452,13 +455,7 @@ fn commit_repair(
             output.delete(key)?;
         }
     }
-    let state = if cancelled {
-        JobPhase::Cancelled
-    } else if failed_shards.is_empty() {
-        JobPhase::Succeeded
-    } else {
-        JobPhase::Failed
-    };
+    let state = phase(cancelled, &failed_shards);
     let manifest = JobManifest {
         job_id: spec.job.to_string(),
         state,

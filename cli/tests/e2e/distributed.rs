@@ -1984,12 +1984,47 @@ fn soak_faults_at_random_moments() {
     );
 }
 
-/// `rewind repair --coordinator`: the rewrites of a keyed repair spread over the workers as the
-/// shards of one job, applied by its commit as one change. The dataset ends up exactly as a
-/// local `rewind repair` of a copy leaves it, and `rollback` brings the original back.
-#[test]
-fn distributed_repair_matches_the_local_one_and_rolls_back() {
-    let c = Cluster::start(2);
+/// A distributed repair's fixture: a dataset of 20 files (two shards), a copy of it for a local
+/// repair to compare with, and the flags that delete every 40th event and replace 3 rows.
+struct RepairCase {
+    dest: PathBuf,
+    copy: PathBuf,
+    before: Vec<String>,
+    deleted: u64,
+    tail: Vec<String>,
+}
+
+impl RepairCase {
+    fn args(&self, dataset: &Path) -> Vec<String> {
+        let mut a = vec![
+            "repair".to_string(),
+            "--dataset".into(),
+            dataset.display().to_string(),
+        ];
+        a.extend(self.tail.iter().cloned());
+        a
+    }
+
+    /// The same repair of the copy, run locally: the rows the dataset must end with.
+    fn local_rows(&self) -> Vec<String> {
+        let args = self.args(&self.copy);
+        let local = run(REWIND, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            local.status.success(),
+            "{}",
+            String::from_utf8_lossy(&local.stderr)
+        );
+        sorted_rows(&self.copy)
+    }
+}
+
+fn sorted_rows(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = parquet_rows(dir).iter().map(Value::to_string).collect();
+    v.sort();
+    v
+}
+
+fn repair_case(c: &Cluster) -> RepairCase {
     // 20 hours: 20 files, two shards of up to 16.
     c.generate(20);
     let (src, dest) = (c.src(), c.dest());
@@ -2021,12 +2056,7 @@ fn distributed_repair_matches_the_local_one_and_rolls_back() {
         fs::create_dir_all(to.parent().unwrap()).unwrap();
         fs::copy(&f, &to).unwrap();
     }
-    let rows = |dir: &Path| -> Vec<String> {
-        let mut v: Vec<String> = parquet_rows(dir).iter().map(Value::to_string).collect();
-        v.sort();
-        v
-    };
-    let before = rows(&dest);
+    let before = sorted_rows(&dest);
     // Keys spread over the files: every 40th event deleted, 3 rows replaced.
     let parsed: Vec<Value> = parquet_rows(&dest);
     let ids: Vec<String> = parsed
@@ -2056,24 +2086,36 @@ fn distributed_repair_matches_the_local_one_and_rolls_back() {
     }
     let updates = c.tmp.path().join("rows.jsonl");
     fs::write(&updates, lines).unwrap();
-    let args = |dataset: &Path| -> Vec<String> {
-        [
-            "repair",
-            "--dataset",
-            dataset.to_str().unwrap(),
-            "--key",
-            "event_id",
-            "--delete",
-            keys.to_str().unwrap(),
-            "--update",
-            updates.to_str().unwrap(),
-            "--json",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let tail: Vec<String> = [
+        "--key",
+        "event_id",
+        "--delete",
+        keys.to_str().unwrap(),
+        "--update",
+        updates.to_str().unwrap(),
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    RepairCase {
+        dest,
+        copy,
+        before,
+        deleted: delete.len() as u64,
+        tail,
+    }
+}
+
+/// `rewind repair --coordinator`: the rewrites of a keyed repair spread over the workers as the
+/// shards of one job, applied by its commit as one change. The dataset ends up exactly as a
+/// local `rewind repair` of a copy leaves it, and `rollback` brings the original back.
+#[test]
+fn distributed_repair_matches_the_local_one_and_rolls_back() {
+    let c = Cluster::start(2);
+    let case = repair_case(&c);
+    let dest = &case.dest;
     // (`Cluster::cli` adds --coordinator.)
-    let distributed = args(&dest);
+    let distributed = case.args(dest);
     let out = c.cli(&distributed.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(
         out.status.code(),
@@ -2085,21 +2127,12 @@ fn distributed_repair_matches_the_local_one_and_rolls_back() {
     let summary = stdout_json(&out);
     let r = &summary["repair"];
     assert_eq!(summary["shards"], 2, "{summary}");
-    assert_eq!(r["rows_deleted"], delete.len() as u64, "{summary}");
+    assert_eq!(r["rows_deleted"], case.deleted, "{summary}");
     assert_eq!(r["rows_updated"], 3, "{summary}");
     let change = r["change"].as_str().unwrap().to_string();
-    let local = run(
-        REWIND,
-        &args(&copy).iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert!(
-        local.status.success(),
-        "{}",
-        String::from_utf8_lossy(&local.stderr)
-    );
-    let after = rows(&dest);
-    assert_ne!(after, before);
-    assert_eq!(after, rows(&copy), "the same rows as a local repair");
+    let after = sorted_rows(dest);
+    assert_ne!(after, case.before);
+    assert_eq!(after, case.local_rows(), "the same rows as a local repair");
     // Nothing of the job is left in the dataset's view, and the change rolls back.
     assert!(
         files_below(&dest.join("_rewind/jobs"))
@@ -2115,5 +2148,67 @@ fn distributed_repair_matches_the_local_one_and_rolls_back() {
         "{}",
         String::from_utf8_lossy(&rb.stderr)
     );
-    assert_eq!(rows(&dest), before);
+    assert_eq!(sorted_rows(dest), case.before);
+}
+
+/// The coordinator killed in the middle of applying a distributed repair (its intent written,
+/// nothing moved): the next one finishes that apply, records the change once, and the job
+/// succeeds with the rows a local repair gives.
+#[test]
+fn coordinator_killed_mid_repair_apply_is_finished_by_the_next() {
+    let mut c = Cluster::start_with(
+        2,
+        &[
+            ("REWIND_FAILPOINT", "change-step-then-die"),
+            ("REWIND_FAILPOINT_AFTER", "1"),
+        ],
+    );
+    let case = repair_case(&c);
+    let mut args = case.args(&case.dest);
+    args.extend(["--coordinator".to_string(), c.addr()]);
+    let cli = std::process::Command::new(REWIND)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let doomed = c.coordinator.as_mut().unwrap();
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "the coordinator reached the fail point: {}",
+        doomed.log_text()
+    );
+    assert_eq!(
+        files_below(&case.dest.join("_rewind/intents")).len(),
+        1,
+        "killed between the intent and its moves"
+    );
+    c.start_coordinator();
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let summary = stdout_json(&out);
+    let change = summary["repair"]["change"].as_str().unwrap().to_string();
+    assert!(
+        change.ends_with(summary["job_id"].as_str().unwrap()),
+        "{summary}"
+    );
+    assert_eq!(sorted_rows(&case.dest), case.local_rows());
+    let log = run(
+        REWIND,
+        &["changes", "--dest", case.dest.to_str().unwrap(), "--json"],
+    );
+    let log = stdout_json(&log);
+    let repairs = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "repair")
+        .count();
+    assert_eq!(repairs, 1, "recorded once: {log}");
 }
