@@ -8,29 +8,59 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// One webhook: its URL (a credential: a Slack webhook's path is its token), the form shown in
+/// messages and logs (scheme and host only), and whether it takes Slack's format.
+#[derive(Debug)]
+struct Target {
+    url: String,
+    shown: String,
+    slack: bool,
+}
+
 #[derive(Debug)]
 pub struct Notifier {
-    targets: Vec<(String, bool)>,
+    targets: Vec<Target>,
     http: reqwest::Client,
     pub failed: AtomicU64,
     pub sent: AtomicU64,
 }
 
 impl Notifier {
-    /// `format`: `slack`, `json` or `auto` (Slack for hooks.slack.com URLs).
+    /// `format`: `slack`, `json` or `auto` (Slack for hooks.slack.com URLs). Each URL is given
+    /// as itself or by reference (`env:NAME`, `file:PATH`), and is never printed or logged
+    /// beyond its scheme and host.
     pub fn new(urls: &[String], format: &str) -> Result<Notifier, String> {
         let mut targets = Vec::new();
-        for u in urls {
-            let url = reqwest::Url::parse(u).map_err(|e| format!("--notify {u}: {e}"))?;
+        for (i, given) in urls.iter().enumerate() {
+            let at = format!("--notify (#{})", i + 1);
+            let u = if given.starts_with("env:") || given.starts_with("file:") {
+                rewind_common::secret::SecretRef::parse(given)
+                    .and_then(|r| r.resolve())
+                    .map_err(|e| format!("{at}: {e}"))?
+                    .trim()
+                    .to_string()
+            } else {
+                given.clone()
+            };
+            let url = reqwest::Url::parse(&u).map_err(|e| format!("{at}: not a URL ({e})"))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(format!("--notify {u}: not an http(s) URL"));
+                return Err(format!("{at}: not an http(s) URL"));
             }
             let slack = match format {
                 "slack" => true,
                 "json" => false,
                 _ => url.host_str() == Some("hooks.slack.com"),
             };
-            targets.push((u.clone(), slack));
+            let shown = format!(
+                "{}://{}/…",
+                url.scheme(),
+                url.host_str().unwrap_or_default()
+            );
+            targets.push(Target {
+                url: u,
+                shown,
+                slack,
+            });
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -47,20 +77,18 @@ impl Notifier {
     /// Whether every target answers at all (any HTTP status): checked before anything is
     /// deleted, so a mistyped URL stops the replay up front.
     pub async fn check(&self) -> Result<(), String> {
-        for (u, _) in &self.targets {
-            self.http
-                .head(u)
-                .send()
-                .await
-                .map_err(|e| format!("--notify {u} does not answer: {e}"))?;
+        for t in &self.targets {
+            self.http.head(&t.url).send().await.map_err(|e| {
+                format!("--notify {} does not answer: {}", t.shown, e.without_url())
+            })?;
         }
         Ok(())
     }
 
     /// Sends `event` (with `text`, its one-line human form) to every target.
     pub async fn send(&self, event: &Value, text: &str) {
-        for (u, slack) in &self.targets {
-            let body = if *slack {
+        for t in &self.targets {
+            let body = if t.slack {
                 serde_json::json!({ "text": text }).to_string()
             } else {
                 let mut e = event.clone();
@@ -74,7 +102,7 @@ impl Notifier {
                 }
                 let r = self
                     .http
-                    .post(u)
+                    .post(&t.url)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
@@ -85,17 +113,39 @@ impl Notifier {
                         break;
                     }
                     Ok(resp) => {
-                        tracing::warn!(url = %u, status = %resp.status(), attempt, "notification refused")
+                        tracing::warn!(url = %t.shown, status = %resp.status(), attempt, "notification refused")
                     }
-                    Err(e) => tracing::warn!(url = %u, error = %e, attempt, "notification failed"),
+                    Err(e) => {
+                        tracing::warn!(url = %t.shown, error = %e.without_url(), attempt, "notification failed")
+                    }
                 }
             }
             if delivered {
                 self.sent.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(url = %u, "notification not delivered after 3 tries");
+                tracing::error!(url = %t.shown, "notification not delivered after 3 tries");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A webhook URL is a credential: errors show its scheme and host, never its path.
+    #[tokio::test]
+    async fn webhook_urls_are_never_shown_whole() {
+        let n = Notifier::new(
+            &["http://127.0.0.1:9/services/T000/B000/SECRETTOKEN".to_string()],
+            "auto",
+        )
+        .unwrap();
+        let e = n.check().await.unwrap_err();
+        assert!(!e.contains("SECRETTOKEN"), "{e}");
+        assert!(e.contains("http://127.0.0.1/…"), "{e}");
+        let e = Notifier::new(&["env:REWIND_TEST_NO_SUCH_HOOK".to_string()], "auto").unwrap_err();
+        assert!(e.contains("--notify (#1)"), "{e}");
     }
 }

@@ -51,7 +51,7 @@ impl std::fmt::Debug for AzureStore {
 /// An object_store error as ours, naming `what`.
 fn storage_error(what: &str, e: object_store::Error) -> StorageError {
     use object_store::Error as E;
-    let why = e.to_string();
+    let why = redact_sas(&e.to_string());
     match e {
         E::NotFound { .. } => StorageError::NotFound { what: what.into() },
         E::Precondition { .. } | E::NotModified { .. } => StorageError::Changed {
@@ -73,6 +73,24 @@ fn storage_error(what: &str, e: object_store::Error) -> StorageError {
             why,
         },
     }
+}
+
+/// A message with every SAS signature in it masked: object_store's errors quote the request
+/// URL, whose query carries a SAS token's `sig` when that is the credential.
+fn redact_sas(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("sig=") {
+        let (head, tail) = rest.split_at(i + 4);
+        out.push_str(head);
+        out.push_str("REDACTED");
+        let end = tail
+            .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An ETag as one form: listings give it bare, headers quoted.
@@ -513,5 +531,17 @@ impl OutputStore for AzureStore {
                 Err(e) => Err(storage_error(&what, e)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sas_signatures_never_reach_a_message() {
+        let m = "Error performing GET http://a/c?restype=container&sv=2021&sig=abc%2Bdef%3D&se=x in 3ms";
+        let r = super::redact_sas(m);
+        assert!(!r.contains("abc%2Bdef"), "{r}");
+        assert!(r.contains("sig=REDACTED&se=x in 3ms"), "{r}");
+        assert_eq!(super::redact_sas("no secret"), "no secret");
     }
 }
