@@ -66,26 +66,7 @@ fn an_archive_in_azure_is_recovered_into_azure_and_rolled_back() {
     );
     assert!(az.upload_dir(&src, "archive-tn-az", "raw/") > 0);
     let env = az.env();
-    let job = |dest: &str| -> Output {
-        rewind(
-            &env,
-            &[
-                "run",
-                "--source",
-                "az://archive-{org}/raw",
-                "--org",
-                ORG,
-                "--start",
-                "2024-04-01T00",
-                "--end",
-                "2024-04-01T02",
-                "--dest",
-                dest,
-                "--json",
-            ],
-        )
-    };
-    let summary = common::ok(&job("az://lake/recovered"));
+    let summary = common::ok(&job_with(&env, "az://lake/recovered"));
     let id = summary["job_id"].as_str().unwrap().to_string();
     let exec = format!("recovered/execution_id={id}/");
     assert_eq!(rows(&az, "lake", &exec), want(&src), "every event, exactly");
@@ -138,6 +119,7 @@ fn an_archive_in_azure_is_recovered_into_azure_and_rolled_back() {
     assert_eq!(az.list("lake", ""), before, "nothing written");
 }
 
+/// `rewind run --json` of the archive's first three hours into `dest`, with `env`.
 fn job_with(env: &[(&'static str, String)], dest: &str) -> Output {
     rewind(
         env,
@@ -153,6 +135,7 @@ fn job_with(env: &[(&'static str, String)], dest: &str) -> Output {
             "2024-04-01T02",
             "--dest",
             dest,
+            "--json",
         ],
     )
 }
