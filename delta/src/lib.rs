@@ -199,8 +199,8 @@ impl DeltaTable {
         }
     }
 
-    /// Calls `each` with every file of `snap` and its row in the scan metadata batch; returns
-    /// the batches with, per row, whether `pick` chose it.
+    /// The scan metadata batches of `snap`, each row selected when `pick` chose its file (every
+    /// live file is offered to `pick` once).
     fn scan_files(
         &self,
         snap: &SnapshotRef,
