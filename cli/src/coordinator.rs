@@ -91,15 +91,24 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             });
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks))
-            .with_limits(Limits {
-                max_range_hours: args.max_range_hours,
-                max_event_bytes: args.max_event_bytes,
-            })
-            .with_retention(Retention {
-                keep_jobs: args.keep_finished_jobs,
-                keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),
-            });
+        let core = Coordinator::new(
+            store.clone(),
+            Arc::new(crate::replay::GuardChecks(KafkaChecks)),
+        )
+        .with_limits(Limits {
+            max_range_hours: args.max_range_hours,
+            max_event_bytes: args.max_event_bytes,
+        })
+        .with_retention(Retention {
+            keep_jobs: args.keep_finished_jobs,
+            keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),
+        });
+        // Guarded replays are run day by day by the leader.
+        let guards = tokio::spawn(crate::replay::drive_guards(
+            core.clone(),
+            id.clone(),
+            rx.clone(),
+        ));
         let leader = tokio::spawn(lead(
             core.clone(),
             LeaderConfig {
@@ -185,6 +194,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             .await;
         let _ = tx.send(true);
         let _ = leader.await;
+        let _ = guards.await;
         match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -216,10 +216,18 @@ pub fn report(summary: &Summary, json: bool) -> Result<(), Failure> {
             "job {} was cancelled",
             summary.job_id
         ))),
-        _ => Err(Failure::Job(format!(
-            "job {} failed: {} of {} shards failed",
-            summary.job_id, summary.shards_failed, summary.shards
-        ))),
+        _ => match &summary.guard {
+            Some(g) => Err(Failure::Job(format!(
+                "guarded replay {} failed: {} of {} days failed",
+                summary.job_id,
+                g.days.iter().filter(|d| d.state != "succeeded").count(),
+                g.days.len()
+            ))),
+            None => Err(Failure::Job(format!(
+                "job {} failed: {} of {} shards failed",
+                summary.job_id, summary.shards_failed, summary.shards
+            ))),
+        },
     }
 }
 

@@ -99,6 +99,8 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         ),
         table_format: Default::default(),
         repair: None,
+        guard: None,
+        partition_by: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -16,9 +16,11 @@
 use std::collections::BTreeMap;
 
 use rewind_common::Location;
-use serde::{Deserialize, Serialize};
-
-pub const DEFAULT_DAY_LAYOUT: &str = "{prefix}/{YYYY}-{MM}-{DD}/";
+use rewind_common::guard::check_layout;
+pub use rewind_common::guard::{
+    DEFAULT_DAY_LAYOUT, DayState, Dependent, Guard, GuardState, Step, backup_key,
+};
+use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -36,60 +38,6 @@ struct SourceConfig {
     prefix: String,
     #[serde(default)]
     layout: Option<String>,
-}
-
-/// One stream's guard, validated.
-#[derive(Debug, Clone)]
-pub struct Guard {
-    pub stream: String,
-    pub topic: String,
-    pub sources: Vec<Dependent>,
-}
-
-/// A sink downstream of the topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dependent {
-    /// Files in a store: `root` is the store, `prefix` the source's part of it (may be empty),
-    /// `layout` where a day of it lives below the root.
-    Store {
-        name: String,
-        root: Location,
-        prefix: String,
-        layout: String,
-    },
-    /// A Druid datasource: its segments of a day are marked unused, then killed or marked used.
-    Druid { name: String, datasource: String },
-}
-
-impl Dependent {
-    /// Where day `date` (`YYYY-MM-DD`) of a store source lives below its root, ending in `/`.
-    pub fn day_prefix(&self, date: &str) -> Option<String> {
-        let Dependent::Store { prefix, layout, .. } = self else {
-            return None;
-        };
-        Some(render(layout, prefix, date))
-    }
-}
-
-fn render(layout: &str, prefix: &str, date: &str) -> String {
-    let (y, rest) = date.split_at(4);
-    let (m, d) = (&rest[1..3], &rest[4..6]);
-    let mut out = layout
-        .replace("{prefix}", prefix.trim_end_matches('/'))
-        .replace("{YYYY}", y)
-        .replace("{MM}", m)
-        .replace("{DD}", d);
-    while out.starts_with('/') {
-        out.remove(0);
-    }
-    while out.contains("//") {
-        out = out.replace("//", "/");
-    }
-    if !out.ends_with('/') {
-        out.push('/');
-    }
-    out
 }
 
 /// Parses a guard file's text and picks `stream`. `bases` resolves bare prefixes by type
@@ -153,7 +101,11 @@ pub fn load(
                         })?;
                         format!("{}/{prefix}", base.trim_end_matches('/'))
                     }
-                    _ => prefix.to_string(),
+                    Some(_) => prefix.to_string(),
+                    // A directory as an absolute path: a coordinator's processes run elsewhere.
+                    None => std::path::absolute(prefix)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| prefix.to_string()),
                 };
                 let loc = Location::parse("--guard", &url, &org)
                     .map_err(|e| format!("{at}.prefix: {}", e.message))?;
@@ -178,20 +130,7 @@ pub fn load(
                     .layout
                     .clone()
                     .unwrap_or_else(|| DEFAULT_DAY_LAYOUT.into());
-                for needed in ["{YYYY}", "{MM}", "{DD}"] {
-                    if !layout.contains(needed) {
-                        return Err(format!(
-                            "{at}.layout {layout:?} must contain {{YYYY}}, {{MM}} and {{DD}}"
-                        ));
-                    }
-                }
-                let sample = render(&layout, &prefix, "2024-01-01");
-                if sample.split('/').any(|seg| seg == ".." || seg == ".")
-                    || sample.starts_with("_rewind")
-                    || sample.contains("/_rewind/")
-                {
-                    return Err(format!("{at}.layout {layout:?} leaves the source"));
-                }
+                check_layout(&layout, &prefix, &at)?;
                 Dependent::Store {
                     name: loc.to_string(),
                     root,
@@ -207,76 +146,13 @@ pub fn load(
         };
         sources.push(dep);
     }
-    Ok(Guard {
+    let guard = Guard {
         stream: stream.to_string(),
         topic: topic.to_string(),
         sources,
-    })
-}
-
-/// Where a guarded replay is, day by day: written to the state store after every step, so a
-/// process killed at any moment resumes each day where it was (`--resume JOB`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuardState {
-    pub job: String,
-    pub stream: String,
-    pub topic: String,
-    pub days: Vec<DayState>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Nothing done yet.
-    #[default]
-    Pending,
-    /// What each source holds for the day is listed (the backup's contents).
-    Planned,
-    /// Every listed object moved to the backup; segments marked unused.
-    Cleared,
-    /// The replay ran; `ok` says whether it delivered the whole day.
-    Replayed,
-    /// Succeeded: backups deleted (or kept), segments killed.
-    Finalized,
-    /// Failed: every object back in place, segments used again.
-    Restored,
-    /// Failed, and the restore failed too: the backup stays where `error` says.
-    RestoreFailed,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DayState {
-    pub day: String,
-    pub step: Step,
-    /// Per source (by name): the objects of the day (keys below the source's root, sizes), or
-    /// the segment ids.
-    #[serde(default)]
-    pub objects: BTreeMap<String, Vec<(String, u64)>>,
-    #[serde(default)]
-    pub segments: BTreeMap<String, Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replay_job: Option<String>,
-    #[serde(default)]
-    pub ok: bool,
-    #[serde(default)]
-    pub events: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub started_ms: i64,
-    #[serde(default)]
-    pub finished_ms: i64,
-}
-
-/// The backup key of `key` (below the source's root) for job `job` and day `day`.
-pub fn backup_key(prefix: &str, job: &str, day: &str, key: &str) -> String {
-    let p = prefix.trim_end_matches('/');
-    let base = if p.is_empty() {
-        String::new()
-    } else {
-        format!("{p}/")
     };
-    format!("{base}_rewind/backup/{job}/{day}/{key}")
+    guard.check().map_err(|e| format!("{file}: {e}"))?;
+    Ok(guard)
 }
 
 #[cfg(test)]

@@ -198,6 +198,11 @@ pub struct JobArgs {
     /// use; each job is one commit of its log, partitioned by date).
     #[arg(long, value_parser = ["parquet", "delta"])]
     pub table_format: Option<String>,
+    /// Where each row goes below the job's prefix, Hive-style, from its fields and dates, e.g.
+    /// `domain_event_type={domain}-{event_type}/year={ts:YYYY}/month={ts:MM}/day={ts:DD}`
+    /// (default: org_id=…/date=… of the archive hour).
+    #[arg(long)]
+    pub partition_by: Option<String>,
     /// Where failed records go, a directory, s3:// or az:// URL (default: <dest>/_failed).
     #[arg(long)]
     pub failed_output: Option<String>,
@@ -395,7 +400,9 @@ impl JobArgs {
             ordered: self.ordered,
             object: self.object.clone(),
             table_format: self.table_format.clone(),
+            partition_by: self.partition_by.clone(),
             repair: None,
+            guard: None,
         })
     }
 }

@@ -11,18 +11,31 @@
 //! idempotent (a move finds itself done), so `--resume JOB` after a crash at any moment goes on
 //! where each day was and never loses a backup before it is no longer needed. A failed day is
 //! restored and reported, and the next day runs. One notification per day and one per job.
+//!
+//! With `--coordinator` the same replay is one job of a coordinator: the leader runs these
+//! steps ([`drive_guards`]) and each day's replay is a job of its own run by the workers,
+//! submitted under an id recorded in the state first, so a leader killed at any moment (or
+//! replaced by a standby) goes on with the day where it was, waiting for the same day job
+//! instead of replaying the day again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use rewind_common::lifecycle::{JobPhase, now_ms};
+use rewind_common::guard::GuardRequest;
+use rewind_common::lifecycle::{JobPhase, JobStatus, now_ms};
 use rewind_common::location::JobSide;
+use rewind_common::registry::JobRegistry;
+use rewind_common::shard_store::{InMemoryShardStore, StoreError};
 use rewind_common::storage::{OutputStore, StorageError};
-use rewind_common::{JobId, JobRequest, Location, OrgId};
+use rewind_common::{JobId, JobRecord, JobRequest, JobSpec, Location, OrgId, Summary};
+use rewind_coordinator::access::Scope;
+use rewind_coordinator::core::{Coordinator, CoreError};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use crate::druid::Druid;
 use crate::guard::{self, DayState, Dependent, Guard, GuardState, Step, backup_key};
@@ -42,7 +55,8 @@ pub struct ReplayArgs {
     /// Keep each successful day's backup instead of deleting it.
     #[arg(long)]
     pub keep_backups: bool,
-    /// Where to post a message per day and per job (repeatable).
+    /// Where to post a message per day and per job (repeatable). With --coordinator, by
+    /// reference only (env:NAME or file:PATH, resolved where the coordinator runs).
     #[arg(long)]
     pub notify: Vec<String>,
     /// auto (Slack's format for hooks.slack.com URLs, JSON otherwise), slack or json.
@@ -63,6 +77,15 @@ pub struct ReplayArgs {
     /// Shards processed in parallel per day (default: the number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Run the replay as a job of this coordinator (its gRPC address): its leader runs the
+    /// days, its workers replay them. Waits for the job and reports it.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
+    #[arg(long, env = "REWIND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "REWIND_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Print exactly one JSON object (the job's summary) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -71,7 +94,7 @@ pub struct ReplayArgs {
 /// A test hook: abort after the Nth step of any day (`REWIND_FAILPOINT=guard-step-then-die`,
 /// `REWIND_FAILPOINT_AFTER=N`).
 fn step_done() {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static STEPS: AtomicU64 = AtomicU64::new(0);
     if rewind_common::failpoint("guard-step-then-die") {
         let after = std::env::var("REWIND_FAILPOINT_AFTER")
@@ -84,21 +107,118 @@ fn step_done() {
     }
 }
 
-struct Ctx {
-    guard: Guard,
-    request: JobRequest,
+/// How a day's replay runs.
+enum Runner<R> {
+    /// In this process (`rewind replay --guard`).
+    Local { workers: usize },
+    /// As a job of the coordinator's workers: `parent` is the guard job, `subject` who
+    /// submitted it (its scope was checked for the whole range at submit).
+    Cluster {
+        core: Coordinator<R>,
+        parent: JobId,
+        subject: String,
+    },
+}
+
+/// What a guarded replay reaches: its dependent stores, Druid and webhooks.
+struct Reached {
     stores: BTreeMap<String, Arc<dyn OutputStore>>,
     druid: Option<Druid>,
     notifier: Notifier,
+}
+
+struct Ctx<R> {
+    guard: Guard,
+    request: JobRequest,
+    reached: Reached,
     state_store: Arc<dyn OutputStore>,
     state_key: String,
     keep_backups: bool,
-    workers: usize,
-    /// Ctrl-C or SIGTERM stopped a day's replay: that day is restored, no later day starts.
-    interrupted: std::sync::atomic::AtomicBool,
+    runner: Runner<R>,
+    /// Ctrl-C, SIGTERM or a cancel stopped a day's replay: that day is restored, no later day
+    /// starts.
+    interrupted: AtomicBool,
 }
 
-pub fn run(args: ReplayArgs) -> Result<(), Failure> {
+/// The days of a request's range, `YYYY-MM-DD`, in order.
+fn days_of(spec: &JobSpec) -> Vec<String> {
+    spec.range
+        .hours()
+        .map(|h| h.date_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Opens and lists every dependent store, resolves Druid's credentials and the webhooks, and
+/// checks that Druid and the webhooks answer: everything is reached before anything is
+/// deleted. `literal_urls`: webhook URLs may be given as themselves (a local run) and not only
+/// by reference.
+async fn reach(
+    g: &GuardRequest,
+    request: &JobRequest,
+    probe_day: &str,
+) -> Result<Reached, Failure> {
+    let bad = Failure::BadRequest;
+    let mut stores = BTreeMap::new();
+    for s in &g.guard.sources {
+        if let Dependent::Store { name, root, .. } = s {
+            let store = rewind_s3::open_output(root, &request.s3, JobSide::Dest)
+                .await
+                .map_err(|e| bad(format!("dependent source {name}: {e}")))?;
+            let probe = s.day_prefix(probe_day).unwrap_or_default();
+            let listed = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.list(&probe)).await
+            };
+            match listed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(bad(format!("dependent source {name}: {e}"))),
+                Err(e) => return Err(Failure::Job(e.to_string())),
+            }
+            stores.insert(name.clone(), store);
+        }
+    }
+    let druid = match (&g.druid_url, g.guard.has_druid()) {
+        (Some(url), _) => {
+            let auth = match &g.druid_auth {
+                None => None,
+                Some(r) => Some(
+                    rewind_common::secret::SecretRef::parse(r)
+                        .and_then(|s| s.resolve())
+                        .map_err(|e| bad(format!("invalid --druid-auth: {e}")))?,
+                ),
+            };
+            Some(Druid::new(url, auth).map_err(bad)?)
+        }
+        (None, true) => {
+            return Err(bad(format!(
+                "invalid --druid-url: stream {} has a druid source; give its URL",
+                g.guard.stream
+            )));
+        }
+        (None, false) => None,
+    };
+    if let Some(d) = &druid {
+        d.check().await.map_err(bad)?;
+    }
+    let format = if g.notify_format.is_empty() {
+        "auto"
+    } else {
+        &g.notify_format
+    };
+    let notifier = Notifier::new(&g.notify, format).map_err(bad)?;
+    notifier.check().await.map_err(bad)?;
+    Ok(Reached {
+        stores,
+        druid,
+        notifier,
+    })
+}
+
+/// Reads the guard file and builds what both modes need: the guard, the replay request (a
+/// Kafka replay into the stream's topic unless --topic overrides it) and the range's days.
+fn prepare(args: &ReplayArgs) -> Result<(GuardRequest, JobRequest, Vec<String>), Failure> {
     let bad = Failure::BadRequest;
     if args.job.start.contains('T') || args.job.end.contains('T') {
         return Err(bad(
@@ -124,65 +244,37 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     }
     // The whole request is checked once, before anything is touched.
     let spec = request.validate(JobId::generate())?;
-    let days: Vec<String> = spec
-        .range
-        .hours()
-        .map(|h| h.date_string())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let has_druid = guard
-        .sources
-        .iter()
-        .any(|s| matches!(s, Dependent::Druid { .. }));
-    let druid = match (&args.druid_url, has_druid) {
-        (Some(url), _) => {
-            let auth = match &args.druid_auth {
-                None => None,
-                Some(r) => Some(
-                    rewind_common::secret::SecretRef::parse(r)
-                        .and_then(|s| s.resolve())
-                        .map_err(|e| bad(format!("invalid --druid-auth: {e}")))?,
-                ),
-            };
-            Some(Druid::new(url, auth).map_err(bad)?)
-        }
-        (None, true) => {
-            return Err(bad(format!(
-                "invalid --druid-url: stream {} has a druid source; give its URL",
-                guard.stream
-            )));
-        }
-        (None, false) => None,
+    let days = days_of(&spec);
+    let g = GuardRequest {
+        guard,
+        keep_backups: args.keep_backups,
+        notify: args.notify.clone(),
+        notify_format: args.notify_format.clone(),
+        druid_url: args.druid_url.clone(),
+        druid_auth: args.druid_auth.clone(),
     };
-    let notifier = Notifier::new(&args.notify, &args.notify_format).map_err(bad)?;
+    Ok((g, request, days))
+}
+
+pub fn run(args: ReplayArgs) -> Result<(), Failure> {
+    let (g, mut request, days) = prepare(&args)?;
+    if args.coordinator.is_some() {
+        return distributed(&args, g, request);
+    }
+    let bad = Failure::BadRequest;
+    if let Some(d) = &g.druid_url {
+        // Checked as a coordinator would (no credentials in the URL).
+        GuardRequest {
+            druid_url: Some(d.clone()),
+            notify: Vec::new(),
+            ..g.clone()
+        }
+        .check()?;
+    }
     let (workers, runtime) = crate::embedded::job_runtime(args.workers, 8)?;
     runtime.block_on(async move {
-        // Everything is reached before anything is deleted.
+        let reached = reach(&g, &request, &days[0]).await?;
         let org = OrgId::parse(&request.org)?;
-        let mut stores = BTreeMap::new();
-        for s in &guard.sources {
-            if let Dependent::Store { name, root, .. } = s {
-                let store = rewind_s3::open_output(root, &request.s3, JobSide::Dest)
-                    .await
-                    .map_err(|e| bad(format!("dependent source {name}: {e}")))?;
-                let probe = s.day_prefix(&days[0]).unwrap_or_default();
-                let listed = {
-                    let store = store.clone();
-                    tokio::task::spawn_blocking(move || store.list(&probe)).await
-                };
-                match listed {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(bad(format!("dependent source {name}: {e}"))),
-                    Err(e) => return Err(Failure::Job(e.to_string())),
-                }
-                stores.insert(name.clone(), store);
-            }
-        }
-        if let Some(d) = &druid {
-            d.check().await.map_err(bad)?;
-        }
-        notifier.check().await.map_err(bad)?;
         let dest = Location::parse("--dest", &request.dest, &org)?;
         let state_store = rewind_s3::open_output(&dest, &request.s3, JobSide::Dest)
             .await
@@ -194,20 +286,12 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         let state_key = format!("_rewind/guards/{job}.json");
         let state = match &args.resume {
             Some(id) => {
-                let key = state_key.clone();
-                let store = state_store.clone();
-                let body = tokio::task::spawn_blocking(move || store.get(&key))
-                    .await
-                    .map_err(|e| Failure::Job(e.to_string()))?
-                    .map_err(|e| Failure::Job(e.to_string()))?
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "invalid --resume {id}: no guarded replay {id} in {dest}"
-                        ))
-                    })?;
-                let st: GuardState = serde_json::from_slice(&body)
-                    .map_err(|e| Failure::Job(format!("{state_key}: {e}")))?;
-                if st.stream != guard.stream || st.days.iter().map(|d| &d.day).ne(days.iter()) {
+                let st = read_state(&state_store, &state_key).await?.ok_or_else(|| {
+                    bad(format!(
+                        "invalid --resume {id}: no guarded replay {id} in {dest}"
+                    ))
+                })?;
+                if st.stream != g.guard.stream || st.days.iter().map(|d| &d.day).ne(days.iter()) {
                     return Err(bad(format!(
                         "invalid --resume {id}: it replays {} over {} days, not this request",
                         st.stream,
@@ -216,36 +300,74 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
                 }
                 st
             }
-            None => GuardState {
-                job: job.clone(),
-                stream: guard.stream.clone(),
-                topic: request.topic.clone().unwrap_or_default(),
-                days: days
-                    .iter()
-                    .map(|d| DayState {
-                        day: d.clone(),
-                        ..DayState::default()
-                    })
-                    .collect(),
-            },
+            None => GuardState::new(
+                &job,
+                &g.guard,
+                request.topic.as_deref().unwrap_or(""),
+                &days,
+            ),
         };
-        let ctx = Ctx {
-            guard,
+        request.guard = None;
+        let ctx: Ctx<InMemoryShardStore> = Ctx {
+            guard: g.guard,
             request,
-            stores,
-            druid,
-            notifier,
+            reached,
             state_store,
             state_key,
-            keep_backups: args.keep_backups,
-            workers,
-            interrupted: std::sync::atomic::AtomicBool::new(false),
+            keep_backups: g.keep_backups,
+            runner: Runner::Local { workers },
+            interrupted: AtomicBool::new(false),
         };
-        orchestrate(&ctx, state, args.json).await
+        let started = Instant::now();
+        let (ok, summary, text) = orchestrate(&ctx, state, started, args.json).await?;
+        if args.json {
+            println!("{summary}");
+        } else {
+            println!("{text}");
+        }
+        if ok { Ok(()) } else { Err(Failure::Job(text)) }
     })
 }
 
-async fn save(ctx: &Ctx, state: &GuardState) -> Result<(), Failure> {
+/// `rewind replay --guard --coordinator`: the guard resolved here, submitted as one job.
+fn distributed(args: &ReplayArgs, g: GuardRequest, mut request: JobRequest) -> Result<(), Failure> {
+    if args.resume.is_some() || args.workers.is_some() {
+        return Err(Failure::BadRequest(
+            "--resume and --workers run in one process: a coordinator resumes its own guarded \
+             replays and runs each day on its workers; leave them out with --coordinator"
+                .into(),
+        ));
+    }
+    request.guard = Some(g);
+    let remote = crate::Remote {
+        coordinator: args.coordinator.clone().unwrap_or_default(),
+        token_file: args.token_file.clone(),
+        tls_ca: args.tls_ca.clone(),
+        tls_cert: None,
+        tls_key: None,
+        json: args.json,
+    };
+    crate::client::submit_request(&remote, request, true)
+}
+
+async fn read_state(
+    store: &Arc<dyn OutputStore>,
+    key: &str,
+) -> Result<Option<GuardState>, Failure> {
+    let (store, k) = (store.clone(), key.to_string());
+    let body = tokio::task::spawn_blocking(move || store.get(&k))
+        .await
+        .map_err(|e| Failure::Job(e.to_string()))?
+        .map_err(|e| Failure::Job(format!("reading {key}: {e}")))?;
+    match body {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Failure::Job(format!("{key}: {e}"))),
+    }
+}
+
+async fn save<R>(ctx: &Ctx<R>, state: &GuardState) -> Result<(), Failure> {
     let body = serde_json::to_vec_pretty(state).unwrap_or_default();
     let (store, key) = (ctx.state_store.clone(), ctx.state_key.clone());
     tokio::task::spawn_blocking(move || store.put(&key, &body))
@@ -265,28 +387,51 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn orchestrate(ctx: &Ctx, mut state: GuardState, json: bool) -> Result<(), Failure> {
-    let started = Instant::now();
+impl<R: JobRegistry> Ctx<R> {
+    /// Whether the guard job was cancelled (a coordinator's `CancelJob`).
+    async fn cancelled(&self) -> bool {
+        match &self.runner {
+            Runner::Local { .. } => false,
+            Runner::Cluster { core, parent, .. } => matches!(
+                core.registry().status(parent).await,
+                Ok(s) if s.phase == JobPhase::Cancelling
+            ),
+        }
+    }
+}
+
+/// Runs every day not yet ended, in order, and says how it went: whether every day succeeded,
+/// the job's summary (JSON) and its one-line form. Notifies per day and per job.
+async fn orchestrate<R: JobRegistry>(
+    ctx: &Ctx<R>,
+    mut state: GuardState,
+    started: Instant,
+    quiet: bool,
+) -> Result<(bool, Value, String), Failure> {
     for i in 0..state.days.len() {
-        if matches!(
-            state.days[i].step,
-            Step::Finalized | Step::Restored | Step::RestoreFailed
-        ) {
+        if state.days[i].step.finished() {
             continue;
+        }
+        if state.days[i].step == Step::Pending && ctx.cancelled().await {
+            ctx.interrupted.store(true, Ordering::Relaxed);
+            return Err(Failure::Interrupted(format!(
+                "guarded replay {} cancelled before {}",
+                state.job, state.days[i].day
+            )));
         }
         let t = Instant::now();
         if state.days[i].started_ms == 0 {
             state.days[i].started_ms = now_ms();
         }
-        // An error here could not even record a step: stop; --resume goes on.
+        // An error here could not even record a step: stop; a resume goes on.
         run_day(ctx, &mut state, i).await?;
         let day = &state.days[i];
         let (event, text) = day_message(ctx, &state.job, day, t.elapsed().as_secs_f64());
-        ctx.notifier.send(&event, &text).await;
-        if !json {
+        ctx.reached.notifier.send(&event, &text).await;
+        if !quiet {
             eprintln!("{text}");
         }
-        if ctx.interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        if ctx.interrupted.load(Ordering::Relaxed) {
             // The day was cut, not failed: once restored it is to do again, from its plan.
             if state.days[i].step == Step::Restored {
                 let day = state.days[i].day.clone();
@@ -304,7 +449,7 @@ async fn orchestrate(ctx: &Ctx, mut state: GuardState, json: bool) -> Result<(),
         }
     }
     let ok = state.days.iter().all(|d| d.step == Step::Finalized);
-    let summary = json!({
+    let mut summary = json!({
         "kind": "job",
         "job": state.job,
         "stream": state.stream,
@@ -312,7 +457,7 @@ async fn orchestrate(ctx: &Ctx, mut state: GuardState, json: bool) -> Result<(),
         "state": if ok { "succeeded" } else { "failed" },
         "days": state.days.iter().map(|d| json!({
             "day": d.day,
-            "state": day_outcome(d),
+            "state": d.outcome(),
             "events_replayed": d.events,
             "replay_job": d.replay_job,
             "error": d.error,
@@ -345,31 +490,346 @@ async fn orchestrate(ctx: &Ctx, mut state: GuardState, json: bool) -> Result<(),
             failed.join(", ")
         )
     };
-    ctx.notifier.send(&summary, &text).await;
-    let mut summary = summary;
-    summary["notifications_failed"] = json!(
-        ctx.notifier
-            .failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    );
-    if json {
-        println!("{summary}");
+    ctx.reached.notifier.send(&summary, &text).await;
+    summary["notifications_failed"] = json!(ctx.reached.notifier.failed.load(Ordering::Relaxed));
+    Ok((ok, summary, text))
+}
+
+/// A sink check for a coordinator that also takes guarded replays: the Kafka checks, and a
+/// guard's sinks, Druid and webhooks reached at submit.
+pub struct GuardChecks<S>(pub S);
+
+impl<S: rewind_common::lifecycle::SinkCheck> rewind_common::lifecycle::SinkCheck
+    for GuardChecks<S>
+{
+    fn check_settings(&self, spec: &JobSpec) -> Result<(), String> {
+        self.0.check_settings(spec)
+    }
+    fn preflight(&self, spec: &mut JobSpec) -> Result<(), String> {
+        self.0.preflight(spec)
+    }
+    fn destination(
+        &self,
+        spec: &JobSpec,
+        dest: Arc<dyn OutputStore>,
+    ) -> Result<Arc<dyn OutputStore>, StorageError> {
+        self.0.destination(spec, dest)
+    }
+    fn guard(&self, spec: &JobSpec, s3: &rewind_common::S3Options) -> Result<(), String> {
+        let Some(g) = &spec.guard else { return Ok(()) };
+        let request = JobRequest {
+            s3: s3.clone(),
+            ..JobRequest::default()
+        };
+        tokio::runtime::Handle::current()
+            .block_on(reach(g, &request, &days_of(spec)[0]))
+            .map(drop)
+            .map_err(|e| failure_text(&e))
+    }
+}
+
+/// A coordinator's driver of guarded replays: while this coordinator leads, every active guard
+/// job runs in a task of its own (a new leader picks them up from their state); losing the lead
+/// stops them. A job whose run fails (its state could not be written) is tried again.
+pub async fn drive_guards<R>(
+    core: Coordinator<R>,
+    id: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    R: JobRegistry + Clone + Send + Sync + 'static,
+{
+    let mut running: BTreeMap<JobId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut plain: std::collections::BTreeSet<JobId> = Default::default();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        running.retain(|_, h| !h.is_finished());
+        let leading = matches!(core.registry().leader().await, Ok(Some(l)) if l == id);
+        if !leading {
+            for (_, h) in std::mem::take(&mut running) {
+                h.abort();
+            }
+        } else if let Ok(active) = core.registry().active_jobs().await {
+            plain.retain(|j| active.iter().any(|(a, _)| a == j));
+            for (job, _) in active {
+                if running.contains_key(&job) || plain.contains(&job) {
+                    continue;
+                }
+                let record = match core.registry().record(&job).await {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                };
+                if record.spec.guard.is_none() {
+                    plain.insert(job);
+                    continue;
+                }
+                let core = core.clone();
+                running.insert(job, tokio::spawn(guard_job(core, record)));
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), stop.wait_for(|s| *s)).await;
+    }
+    for (_, h) in running {
+        h.abort();
+    }
+}
+
+/// Runs one guard job from its state to its end and finishes it in the registry.
+async fn guard_job<R: JobRegistry + Clone>(core: Coordinator<R>, record: JobRecord) {
+    let job = record.spec.job.clone();
+    let started = Instant::now();
+    let outcome = run_guard_job(&core, &record, started).await;
+    let mut status = match core.registry().status(&job).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(job = %job, error = %e, "guarded replay: reading its status");
+            return;
+        }
+    };
+    let (phase, message, state) = match outcome {
+        Ok((ok, state)) => (
+            if ok {
+                JobPhase::Succeeded
+            } else {
+                JobPhase::Failed
+            },
+            (!ok).then(|| {
+                let failed: Vec<&str> = state
+                    .days
+                    .iter()
+                    .filter(|d| d.step != Step::Finalized)
+                    .map(|d| d.day.as_str())
+                    .collect();
+                format!(
+                    "{} of {} days failed ({})",
+                    failed.len(),
+                    state.days.len(),
+                    failed.join(", ")
+                )
+            }),
+            Some(state),
+        ),
+        Err((Failure::Interrupted(m), state)) => (JobPhase::Cancelled, Some(m), state),
+        Err((Failure::BadRequest(m), state)) => (JobPhase::Failed, Some(m), state),
+        Err((Failure::Job(m), _)) => {
+            // Its state could not be read or written: tried again (the job stays active).
+            tracing::warn!(job = %job, error = %m, "guarded replay stopped; retrying");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return;
+        }
+    };
+    status.phase = phase;
+    status.message = message;
+    status.finished_ms = Some(now_ms());
+    status.summary =
+        state.map(|s| Summary::guarded(&record.spec, phase, s.outcome(), started.elapsed()));
+    match core.registry().finish(&job, &status).await {
+        Ok(()) => tracing::info!(job = %job, state = %phase, "guarded replay finished"),
+        Err(e) => tracing::warn!(job = %job, error = %e, "guarded replay: finishing"),
+    }
+}
+
+type GuardRun = Result<(bool, GuardState), (Failure, Option<GuardState>)>;
+
+async fn run_guard_job<R: JobRegistry + Clone>(
+    core: &Coordinator<R>,
+    record: &JobRecord,
+    started: Instant,
+) -> GuardRun {
+    let spec = &record.spec;
+    let g = spec.guard.clone().expect("a guard job");
+    let job = spec.job.to_string();
+    let days = days_of(spec);
+    let mut request = record.request.clone();
+    request.guard = None;
+    let state_store = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
+        .await
+        .map_err(|e| {
+            (
+                Failure::Job(format!("opening {}: {e}", spec.places.dest)),
+                None,
+            )
+        })?;
+    let state_key = format!("_rewind/guards/{job}.json");
+    let state = match read_state(&state_store, &state_key).await {
+        Ok(Some(s)) => s,
+        Ok(None) => GuardState::new(
+            &job,
+            &g.guard,
+            request.topic.as_deref().unwrap_or(""),
+            &days,
+        ),
+        Err(e) => return Err((e, None)),
+    };
+    let reached = match reach(&g, &request, &days[0]).await {
+        Ok(r) => r,
+        // A sink that answered at submit and not now: nothing is touched, the job fails.
+        Err(e) => return Err((Failure::BadRequest(failure_text(&e)), Some(state))),
+    };
+    let ctx = Ctx {
+        guard: g.guard.clone(),
+        request,
+        reached,
+        state_store,
+        state_key: state_key.clone(),
+        keep_backups: g.keep_backups,
+        runner: Runner::Cluster {
+            core: core.clone(),
+            parent: spec.job.clone(),
+            subject: record
+                .submitted_by
+                .clone()
+                .unwrap_or_else(|| "guard".into()),
+        },
+        interrupted: AtomicBool::new(false),
+    };
+    let r = orchestrate(&ctx, state, started, true).await;
+    // The state as the orchestration left it (for the summary).
+    let last = read_state(&ctx.state_store, &state_key)
+        .await
+        .ok()
+        .flatten();
+    match r {
+        Ok((ok, _, _)) => Ok((ok, last.unwrap_or_default())),
+        Err(e) => Err((e, last)),
+    }
+}
+
+/// A day's replay as a job of the coordinator: its id is recorded before it is submitted, so
+/// a driver killed at any moment submits the same job again (answered with the one registered)
+/// or waits for it, and never replays the day twice. Cancelling the guard job cancels it.
+async fn replay_on_cluster<R: JobRegistry>(
+    ctx: &Ctx<R>,
+    state: &mut GuardState,
+    i: usize,
+    request: JobRequest,
+) -> Result<(bool, u64, Option<String>, Option<String>), Failure> {
+    let Runner::Cluster {
+        core,
+        parent,
+        subject,
+    } = &ctx.runner
+    else {
+        unreachable!("a cluster runner")
+    };
+    let child = match state.days[i].replay_job.as_deref().map(JobId::parse) {
+        Some(Ok(id)) => id,
+        _ => {
+            let id = JobId::generate();
+            state.days[i].replay_job = Some(id.to_string());
+            save(ctx, state).await?;
+            id
+        }
+    };
+    let span = tracing::info_span!("rewind.guard.day", job_id = %child, guard = %parent);
+    let scope = Scope::all(subject);
+    // A submit that fails for a reason that may pass is tried again; then the day fails,
+    // unless the job turns out to be registered after all (an answer lost on the way).
+    let mut tries = 0;
+    loop {
+        let r = core
+            .submit_as(request.clone(), &span, &scope, Some(child.clone()))
+            .instrument(span.clone())
+            .await;
+        let e = match r {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        tries += 1;
+        let passing = matches!(e, CoreError::Unavailable(_) | CoreError::Internal(_));
+        if passing && tries < 4 {
+            tracing::warn!(job = %child, error = %e, "submitting a guarded day; retrying");
+            tokio::time::sleep(Duration::from_secs(tries)).await;
+            continue;
+        }
+        match core.registry().status(&child).await {
+            Ok(_) => break,
+            Err(StoreError::JobNotFound(_)) => {
+                return Ok((
+                    false,
+                    0,
+                    Some(format!("replay job {child} could not be submitted: {e}")),
+                    Some(child.to_string()),
+                ));
+            }
+            Err(s) => {
+                return Err(Failure::Job(format!(
+                    "submitting the day's replay: {e}; {s}"
+                )));
+            }
+        }
+    }
+    step_done();
+    let status: JobStatus = loop {
+        match core.registry().status(&child).await {
+            Ok(s) if s.phase.finished() => break s,
+            Ok(s) => {
+                if s.phase == JobPhase::Running && ctx.cancelled().await {
+                    ctx.interrupted.store(true, Ordering::Relaxed);
+                    let _ = core.cancel(&child, &scope).await;
+                }
+            }
+            Err(StoreError::JobNotFound(_)) => {
+                return Ok((
+                    false,
+                    0,
+                    Some(format!(
+                        "replay job {child} was forgotten before it was read"
+                    )),
+                    Some(child.to_string()),
+                ));
+            }
+            Err(e) => return Err(Failure::Job(format!("following replay job {child}: {e}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    Ok(judge(
+        &child.to_string(),
+        status.phase,
+        status.summary.as_ref(),
+        status.message.as_deref(),
+    ))
+}
+
+/// Whether a day's replay delivered the whole day: its job succeeded and the brokers
+/// acknowledged every event it decoded for the topic.
+fn judge(
+    job: &str,
+    phase: JobPhase,
+    s: Option<&Summary>,
+    message: Option<&str>,
+) -> (bool, u64, Option<String>, Option<String>) {
+    let Some(s) = s else {
+        return (
+            false,
+            0,
+            Some(format!(
+                "replay job {job} {phase}: {}",
+                message.unwrap_or("no summary")
+            )),
+            Some(job.to_string()),
+        );
+    };
+    let complete = s.acknowledged == s.recovered;
+    let ok = phase == JobPhase::Succeeded && complete;
+    let error = if phase != JobPhase::Succeeded {
+        Some(format!(
+            "replay job {job} {phase}: {} of {} shards failed",
+            s.shards_failed, s.shards
+        ))
+    } else if !complete {
+        Some(format!(
+            "replay job {job}: {} events decoded for the topic, {} acknowledged",
+            s.recovered, s.acknowledged
+        ))
     } else {
-        println!("{text}");
-    }
-    if ok { Ok(()) } else { Err(Failure::Job(text)) }
+        None
+    };
+    (ok, s.acknowledged, error, Some(job.to_string()))
 }
 
-fn day_outcome(d: &DayState) -> &'static str {
-    match d.step {
-        Step::Finalized => "succeeded",
-        Step::Restored => "failed_restored",
-        Step::RestoreFailed => "failed_restore_failed",
-        _ => "unfinished",
-    }
-}
-
-fn day_message(ctx: &Ctx, job: &str, d: &DayState, secs: f64) -> (Value, String) {
+fn day_message<R>(ctx: &Ctx<R>, job: &str, d: &DayState, secs: f64) -> (Value, String) {
     let deleted: BTreeMap<&String, usize> = d.objects.iter().map(|(k, v)| (k, v.len())).collect();
     let segments: BTreeMap<&String, usize> = d.segments.iter().map(|(k, v)| (k, v.len())).collect();
     let event = json!({
@@ -377,7 +837,7 @@ fn day_message(ctx: &Ctx, job: &str, d: &DayState, secs: f64) -> (Value, String)
         "job": job,
         "stream": ctx.guard.stream,
         "day": d.day,
-        "state": day_outcome(d),
+        "state": d.outcome(),
         "events_replayed": d.events,
         "files_deleted": deleted,
         "segments_dropped": segments,
@@ -399,7 +859,7 @@ fn day_message(ctx: &Ctx, job: &str, d: &DayState, secs: f64) -> (Value, String)
             "{} {} FAILED ({}): {}; {files} files restored",
             ctx.guard.stream,
             d.day,
-            day_outcome(d),
+            d.outcome(),
             d.error.as_deref().unwrap_or("-")
         ),
     };
@@ -407,7 +867,11 @@ fn day_message(ctx: &Ctx, job: &str, d: &DayState, secs: f64) -> (Value, String)
 }
 
 /// Runs day `i` from where its state says to its end.
-async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Failure> {
+async fn run_day<R: JobRegistry>(
+    ctx: &Ctx<R>,
+    state: &mut GuardState,
+    i: usize,
+) -> Result<(), Failure> {
     let job = state.job.clone();
     loop {
         let day = state.days[i].day.clone();
@@ -418,7 +882,7 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                 for s in &ctx.guard.sources {
                     match s {
                         Dependent::Store { name, .. } => {
-                            let store = ctx.stores[name].clone();
+                            let store = ctx.reached.stores[name].clone();
                             let prefix = s.day_prefix(&day).unwrap_or_default();
                             let listed = blocking(move || store.list(&prefix))
                                 .await
@@ -429,7 +893,7 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                             );
                         }
                         Dependent::Druid { name, datasource } => {
-                            let d = ctx.druid.as_ref().expect("checked at start");
+                            let d = ctx.reached.druid.as_ref().expect("checked at start");
                             let ids = d
                                 .used_segments(datasource, &day)
                                 .await
@@ -448,7 +912,7 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                 for s in &ctx.guard.sources {
                     match s {
                         Dependent::Store { name, prefix, .. } => {
-                            let store = ctx.stores[name].clone();
+                            let store = ctx.reached.stores[name].clone();
                             for (key, _) in state.days[i].objects[name].clone() {
                                 let to = backup_key(prefix, &job, &day, &key);
                                 let store = store.clone();
@@ -464,7 +928,7 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                             }
                         }
                         Dependent::Druid { name, datasource } => {
-                            let d = ctx.druid.as_ref().expect("checked at start");
+                            let d = ctx.reached.druid.as_ref().expect("checked at start");
                             d.mark_unused(datasource, &state.days[i].segments[name])
                                 .await
                                 .map_err(Failure::Job)?;
@@ -478,37 +942,18 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                 let mut request = ctx.request.clone();
                 request.start = day.clone();
                 request.end = day.clone();
-                let (ok, events, error, replay_job) = match crate::embedded::execute(
-                    request,
-                    ctx.workers,
-                    false,
-                )
-                .await
-                {
-                    Ok(s) => {
-                        let complete = s.acknowledged == s.recovered;
-                        let ok = s.state == JobPhase::Succeeded && complete;
-                        let error = if s.state != JobPhase::Succeeded {
-                            Some(format!(
-                                "replay job {} {}: {} of {} shards failed",
-                                s.job_id, s.state, s.shards_failed, s.shards
-                            ))
-                        } else if !complete {
-                            Some(format!(
-                                "replay job {}: {} events decoded for the topic, {} acknowledged",
-                                s.job_id, s.recovered, s.acknowledged
-                            ))
-                        } else {
-                            None
-                        };
-                        (ok, s.acknowledged, error, Some(s.job_id))
-                    }
-                    Err(e) => {
-                        if matches!(e, Failure::Interrupted(_)) {
-                            ctx.interrupted
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                let (ok, events, error, replay_job) = match &ctx.runner {
+                    Runner::Cluster { .. } => replay_on_cluster(ctx, state, i, request).await?,
+                    Runner::Local { workers } => {
+                        match crate::embedded::execute(request, *workers, false).await {
+                            Ok(s) => judge(&s.job_id, s.state, Some(&s), None),
+                            Err(e) => {
+                                if matches!(e, Failure::Interrupted(_)) {
+                                    ctx.interrupted.store(true, Ordering::Relaxed);
+                                }
+                                (false, 0, Some(failure_text(&e)), None)
+                            }
                         }
-                        (false, 0, Some(failure_text(&e)), None)
                     }
                 };
                 let d = &mut state.days[i];
@@ -525,7 +970,7 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                 for s in &ctx.guard.sources {
                     match s {
                         Dependent::Store { name, prefix, .. } => {
-                            let store = ctx.stores[name].clone();
+                            let store = ctx.reached.stores[name].clone();
                             for (key, _) in state.days[i].objects[name].clone() {
                                 let backup = backup_key(prefix, &job, &day, &key);
                                 let store = store.clone();
@@ -561,7 +1006,7 @@ async fn run_day(ctx: &Ctx, state: &mut GuardState, i: usize) -> Result<(), Fail
                             }
                         }
                         Dependent::Druid { name, datasource } => {
-                            let d = ctx.druid.as_ref().expect("checked at start");
+                            let d = ctx.reached.druid.as_ref().expect("checked at start");
                             let ids = &state.days[i].segments[name];
                             let r = if ok {
                                 if ids.is_empty() {

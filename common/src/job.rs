@@ -32,10 +32,16 @@ pub struct JobSpec {
     /// What the destination is: a Parquet dataset or a Delta table.
     #[serde(default, skip_serializing_if = "crate::table::TableFormat::is_parquet")]
     pub table_format: crate::table::TableFormat,
+    /// The `--partition-by` template (checked), or the reference layout when None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_by: Option<String>,
     /// A keyed repair of the dataset at the destination, its file rewrites spread over the
     /// workers (each shard a group of the dataset's files) instead of reading an archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairSpec>,
+    /// A guarded replay: the job runs its days one by one, each as a job of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardRequest>,
 }
 
 /// A distributed keyed repair. The keys and rows themselves are in the destination

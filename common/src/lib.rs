@@ -2,12 +2,14 @@
 
 pub mod change;
 pub mod error;
+pub mod guard;
 pub mod ids;
 pub mod job;
 pub mod layout;
 pub mod lifecycle;
 pub mod location;
 pub mod output;
+pub mod partition;
 pub mod range;
 pub mod registry;
 pub mod request;

@@ -101,6 +101,11 @@ pub trait SinkCheck: Send + Sync {
     ) -> Result<std::sync::Arc<dyn crate::storage::OutputStore>, crate::storage::StorageError> {
         Ok(dest)
     }
+    /// A guarded replay's dependent sinks, Druid and webhooks answer, before anything is
+    /// cleared. Blocking.
+    fn guard(&self, _spec: &JobSpec, _s3: &crate::S3Options) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// No sink checks (Parquet needs none; tests).
@@ -269,6 +274,9 @@ pub struct Summary {
     pub failed_shards: Vec<FailedShard>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairOutcome>,
+    /// A guarded replay's days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardOutcome>,
 }
 
 impl Summary {
@@ -311,6 +319,64 @@ impl Summary {
             mb_per_s: ((m.counts.bytes as f64 / 1e6 / secs.max(1e-9)) * 10.0).round() / 10.0,
             failed_shards: m.failed_shards.clone(),
             repair: m.repair.clone(),
+            guard: None,
+        }
+    }
+
+    /// A guarded replay's summary: its days (each ran as a job of its own, named in its day), and
+    /// the events the brokers acknowledged over the days that succeeded.
+    pub fn guarded(
+        spec: &JobSpec,
+        state: JobPhase,
+        outcome: crate::guard::GuardOutcome,
+        elapsed: Duration,
+    ) -> Summary {
+        let p = &spec.places;
+        let replayed: u64 = outcome
+            .days
+            .iter()
+            .filter(|d| d.state == "succeeded")
+            .map(|d| d.events_replayed)
+            .sum();
+        Summary {
+            job_id: spec.job.to_string(),
+            state,
+            org: spec.org.to_string(),
+            start: spec.range.first.to_string(),
+            end: spec.range.last.to_string(),
+            source: p.source.to_string(),
+            dest: p.dest.to_string(),
+            output: p
+                .dest
+                .join(&format!("_rewind/guards/{}.json", spec.job))
+                .to_string(),
+            failed_output: String::new(),
+            unrecoverable_output: String::new(),
+            shards: 0,
+            shards_done: 0,
+            shards_failed: 0,
+            objects: 0,
+            objects_skipped: 0,
+            bytes: 0,
+            recovered: replayed,
+            filtered: 0,
+            failed: 0,
+            unrecoverable: 0,
+            decoded: replayed,
+            repaired: 0,
+            duplicates: 0,
+            produced: replayed,
+            acknowledged: replayed,
+            retries: 0,
+            failed_by_reason: BTreeMap::new(),
+            filtered_by_reason: BTreeMap::new(),
+            flows: BTreeMap::new(),
+            files: 0,
+            duration_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            mb_per_s: 0.0,
+            failed_shards: Vec::new(),
+            repair: None,
+            guard: Some(outcome),
         }
     }
 
@@ -336,6 +402,36 @@ impl Summary {
 
     /// The human-readable report, one line per item.
     pub fn human(&self) -> Vec<String> {
+        if let Some(g) = &self.guard {
+            let failed = g.days.iter().filter(|d| d.state != "succeeded").count();
+            let mut lines = vec![format!(
+                "guarded replay {} of {} into {} {}: {} of {} days succeeded, {} events replayed",
+                self.job_id,
+                g.stream,
+                g.topic,
+                self.state.as_str(),
+                g.days.len() - failed,
+                g.days.len(),
+                self.acknowledged
+            )];
+            for d in &g.days {
+                lines.push(format!(
+                    "  {} {}: {} events{}{}",
+                    d.day,
+                    d.state,
+                    d.events_replayed,
+                    d.replay_job
+                        .as_deref()
+                        .map(|j| format!(" (job {j})"))
+                        .unwrap_or_default(),
+                    d.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            return lines;
+        }
         if let Some(r) = &self.repair {
             let mut lines = vec![format!(
                 "repair {} {}: {} shards ({} failed); changed {} of {} files ({} read): {} rows deleted, {} updated",

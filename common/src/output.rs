@@ -56,6 +56,14 @@ impl OutputKeys {
         )
     }
 
+    /// A Parquet file of one shard attempt in a `--partition-by` partition (`a=x/b=y/`).
+    pub fn partition_file(&self, partition: &str, shard: ShardId, attempt: u32, n: u32) -> String {
+        format!(
+            "execution_id={}/{partition}part-{shard}-a{attempt}-{n}.zstd.parquet",
+            self.job
+        )
+    }
+
     /// The failed records of one shard attempt (in the failed-output store).
     pub fn failed_file(&self, shard: ShardId, attempt: u32) -> String {
         format!("execution_id={}/failed-{shard}-a{attempt}.jsonl", self.job)

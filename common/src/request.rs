@@ -95,10 +95,18 @@ pub struct JobRequest {
     /// `parquet` (default) or `delta`: the destination as a Delta Lake table.
     #[serde(default)]
     pub table_format: Option<String>,
+    /// Where each row goes below the job's prefix (`--partition-by`, see
+    /// [`crate::partition`]); the reference layout `org_id=…/date=…` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_by: Option<String>,
     /// A keyed repair of the dataset at `dest` instead of a recovery (`rewind repair
     /// --coordinator`): the key column, the keys to delete, the replacement rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairRequest>,
+    /// A guarded replay, day by day (`rewind replay --guard --coordinator`): the coordinator
+    /// runs each day as a job of this request narrowed to the day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardRequest>,
 }
 
 /// A keyed repair as requested (`rewind repair --coordinator`).
@@ -183,7 +191,9 @@ impl Default for JobRequest {
             ordered: false,
             object: None,
             table_format: None,
+            partition_by: None,
             repair: None,
+            guard: None,
         }
     }
 }
@@ -255,6 +265,26 @@ impl JobRequest {
                 "applies to Parquet output only (--sink parquet)",
             ));
         }
+        let partition_by = match self.partition_by.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) => {
+                let t = crate::partition::PartitionTemplate::parse(t)?;
+                if !matches!(sink, SinkSpec::Parquet) {
+                    return Err(RequestError::new(
+                        "--partition-by",
+                        "applies to Parquet output only (--sink parquet)",
+                    ));
+                }
+                if !table_format.is_parquet() {
+                    return Err(RequestError::new(
+                        "--partition-by",
+                        "a Delta table is partitioned by date: leave out --partition-by or \
+                         --table-format delta",
+                    ));
+                }
+                Some(t.as_str().to_string())
+            }
+        };
         Ok(JobSpec {
             job,
             org,
@@ -268,11 +298,43 @@ impl JobRequest {
             object,
             places,
             table_format,
+            partition_by,
             repair: match &self.repair {
                 None => None,
                 Some(r) => Some(r.spec()?),
             },
+            guard: match &self.guard {
+                None => None,
+                Some(g) => Some(self.guard_spec(g)?),
+            },
         })
+    }
+
+    /// A guarded replay's request, checked: a replay of whole days into Kafka.
+    fn guard_spec(
+        &self,
+        g: &crate::guard::GuardRequest,
+    ) -> Result<crate::guard::GuardRequest, RequestError> {
+        if self.sink.as_deref() != Some("kafka") {
+            return Err(RequestError::new(
+                "--guard",
+                "guards a Kafka replay (--sink kafka)",
+            ));
+        }
+        if self.repair.is_some() || self.object.is_some() {
+            return Err(RequestError::new(
+                "--guard",
+                "replays whole days: leave out --object and repairs",
+            ));
+        }
+        if self.start.contains('T') || self.end.contains('T') {
+            return Err(RequestError::new(
+                "--start",
+                "a guarded replay runs whole days (YYYY-MM-DD)",
+            ));
+        }
+        g.check()?;
+        Ok(g.clone())
     }
 
     /// The sink, checked: a Kafka sink needs brokers and a topic; keys, compression, options

@@ -54,7 +54,16 @@ impl Scope {
         check("source", &p.source, &self.sources)?;
         check("destination", &p.dest, &self.destinations)?;
         check("failed output", &p.failed, &self.destinations)?;
-        check("unrecoverable output", &p.unrecoverable, &self.destinations)
+        check("unrecoverable output", &p.unrecoverable, &self.destinations)?;
+        // A guarded replay clears (moves and deletes) its dependent sinks: they are written.
+        if let Some(g) = &spec.guard {
+            for s in &g.guard.sources {
+                if let Some(loc) = s.location() {
+                    check("guarded sink", &loc, &self.destinations)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,5 +160,73 @@ mod tests {
         assert!(e.contains("failed output"), "{e}");
         assert!(scope.sees("TN-a") && !scope.sees("TN-b"));
         assert!(Scope::all("admin").sees("TN-b"));
+    }
+
+    /// A guarded replay clears its dependent sinks: each must lie in the token's destinations,
+    /// or the job is refused before anything is touched.
+    #[test]
+    fn guarded_sinks_are_places_written() {
+        use rewind_common::guard::{DEFAULT_DAY_LAYOUT, Dependent, Guard, GuardRequest};
+        let scope = Scope {
+            subject: "team-a".into(),
+            tenants: None,
+            sources: None,
+            destinations: Some(vec![loc("/out/a"), loc("s3://lake/a")]),
+        };
+        let sink = |url: &str| {
+            let whole = loc(url);
+            let (root, prefix) = match &whole {
+                Location::S3 { bucket, prefix } => (
+                    Location::S3 {
+                        bucket: bucket.clone(),
+                        prefix: String::new(),
+                    },
+                    prefix.clone(),
+                ),
+                _ => (whole.clone(), String::new()),
+            };
+            Dependent::Store {
+                name: whole.to_string(),
+                root,
+                prefix,
+                layout: DEFAULT_DAY_LAYOUT.into(),
+            }
+        };
+        let spec = |sinks: Vec<Dependent>| {
+            let mut r = JobRequest {
+                source: "/archive".into(),
+                org: "TN-a".into(),
+                start: "2024-01-01".into(),
+                end: "2024-01-01".into(),
+                dest: "/out/a/m".into(),
+                sink: Some("kafka".into()),
+                brokers: Some("127.0.0.1:9092".into()),
+                topic: Some("t".into()),
+                ..JobRequest::default()
+            };
+            r.guard = Some(GuardRequest {
+                guard: Guard {
+                    stream: "s".into(),
+                    topic: "t".into(),
+                    sources: sinks,
+                },
+                keep_backups: false,
+                notify: vec![],
+                notify_format: String::new(),
+                druid_url: None,
+                druid_auth: None,
+            });
+            r.validate(JobId::generate()).unwrap()
+        };
+        scope
+            .allows(&spec(vec![sink("/out/a/raw"), sink("s3://lake/a/unique")]))
+            .unwrap();
+        let e = scope
+            .allows(&spec(vec![sink("/out/a/raw"), sink("s3://lake/b/unique")]))
+            .unwrap_err();
+        assert!(
+            e.contains("guarded sink") && e.contains("s3://lake/b/unique"),
+            "{e}"
+        );
     }
 }

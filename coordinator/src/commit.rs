@@ -509,6 +509,8 @@ mod tests {
             ),
             table_format: Default::default(),
             repair: None,
+            guard: None,
+            partition_by: None,
         }
     }
 

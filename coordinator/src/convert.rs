@@ -91,11 +91,25 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         ordered: r.ordered,
         object: (!r.object.is_empty()).then_some(r.object),
         table_format: (!r.table_format.is_empty()).then_some(r.table_format),
+        partition_by: r.partition_by.filter(|p| !p.is_empty()),
         repair: r.repair.map(|x| rewind_common::request::RepairRequest {
             key: x.key,
             delete: x.delete,
             rows: (!x.rows.is_empty()).then_some(x.rows),
         }),
+        guard: match r.guard {
+            None => None,
+            Some(g) => Some(rewind_common::guard::GuardRequest {
+                guard: serde_json::from_str(&g.guard_json).map_err(|e| {
+                    Status::invalid_argument(format!("invalid --guard: not a guard: {e}"))
+                })?,
+                keep_backups: g.keep_backups,
+                notify: g.notify,
+                notify_format: g.notify_format,
+                druid_url: (!g.druid_url.is_empty()).then_some(g.druid_url),
+                druid_auth: (!g.druid_auth.is_empty()).then_some(g.druid_auth),
+            }),
+        },
     })
 }
 
@@ -169,10 +183,19 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         ordered: r.ordered,
         object: r.object.clone().unwrap_or_default(),
         table_format: r.table_format.clone().unwrap_or_default(),
+        partition_by: r.partition_by.clone(),
         repair: r.repair.as_ref().map(|x| pb::RepairRequest {
             key: x.key.clone(),
             delete: x.delete.clone(),
             rows: x.rows.clone().unwrap_or_default(),
+        }),
+        guard: r.guard.as_ref().map(|g| pb::GuardRequest {
+            guard_json: serde_json::to_string(&g.guard).unwrap_or_default(),
+            keep_backups: g.keep_backups,
+            notify: g.notify.clone(),
+            notify_format: g.notify_format.clone(),
+            druid_url: g.druid_url.clone().unwrap_or_default(),
+            druid_auth: g.druid_auth.clone().unwrap_or_default(),
         }),
     }
 }

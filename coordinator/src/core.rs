@@ -228,19 +228,52 @@ impl<R: JobRegistry> Coordinator<R> {
         span: &tracing::Span,
         scope: &Scope,
     ) -> Result<Submitted, CoreError> {
+        self.submit_as(request, span, scope, None).await
+    }
+
+    /// [`Coordinator::submit`] under an id the caller chose (a guarded replay's day, whose id
+    /// is recorded before it is submitted): submitting it again is answered with the job
+    /// already registered, so a caller that lost the answer cannot run a day twice.
+    pub async fn submit_as(
+        &self,
+        request: JobRequest,
+        span: &tracing::Span,
+        scope: &Scope,
+        id: Option<JobId>,
+    ) -> Result<Submitted, CoreError> {
         let created_ms = now_ms();
+        if let Some(id) = &id {
+            match self.registry.status(id).await {
+                Ok(s) => {
+                    return Ok(Submitted {
+                        job: id.clone(),
+                        shards: s.shards,
+                    });
+                }
+                Err(StoreError::JobNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut spec = self.validate(&request)?;
+        if let Some(id) = &id {
+            spec.job = id.clone();
+        }
         // Who may run it is decided before anything is touched.
         scope.allows(&spec).map_err(CoreError::Denied)?;
         // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
         // before the job exists, so it fails at submit and not in every shard.
         spec = {
             let sinks = self.sinks.clone();
+            let s3 = request.s3.clone();
             tokio::task::spawn_blocking(move || {
                 sinks.check_settings(&spec).map_err(CoreError::BadRequest)?;
                 sinks
                     .preflight(&mut spec)
                     .map_err(CoreError::Precondition)?;
+                // A guarded replay reaches every sink it will clear before it is accepted.
+                if spec.guard.is_some() {
+                    sinks.guard(&spec, &s3).map_err(CoreError::Precondition)?;
+                }
                 Ok::<_, CoreError>(spec)
             })
             .await
@@ -249,9 +282,11 @@ impl<R: JobRegistry> Coordinator<R> {
         // Planning lists every hour prefix now and pins the objects; the plans go to the
         // destination, where the workers read them.
         // A recovery pins its archive's objects first (a bad source touches no destination).
-        let pinned = match &spec.repair {
-            None => Some(pin_job(&request, &spec).await?),
-            Some(_) => None,
+        // A guarded replay plans nothing itself: each of its days is a job of its own.
+        let pinned = match (&spec.repair, &spec.guard) {
+            (None, None) => Some(pin_job(&request, &spec).await?),
+            (None, Some(_)) => Some(Vec::new()),
+            (Some(_), _) => None,
         };
         let output = rewind_s3::open_output(&spec.places.dest, &request.s3, JobSide::Dest)
             .await
@@ -290,6 +325,12 @@ impl<R: JobRegistry> Coordinator<R> {
             // its jobs, the destination those of other registries (earlier `rewind run`s).
             match self.registry.record(&spec.job).await {
                 Err(StoreError::JobNotFound(_)) => {}
+                Ok(_) if id.is_some() => {
+                    return Ok(Submitted {
+                        job: spec.job,
+                        shards: shards.len() as u64,
+                    });
+                }
                 Ok(_) => {
                     spec.job = JobId::generate();
                     continue;
@@ -304,7 +345,8 @@ impl<R: JobRegistry> Coordinator<R> {
                     .map_err(|e| CoreError::Internal(format!("checking the destination: {e}")))?
                     .map_err(|e| CoreError::storage("checking the destination", e))?
             };
-            if !used.is_empty() {
+            // (A chosen id may find the plans of its own earlier, unanswered submit.)
+            if !used.is_empty() && id.is_none() {
                 spec.job = JobId::generate();
                 continue;
             }
@@ -340,6 +382,12 @@ impl<R: JobRegistry> Coordinator<R> {
             match self.registry.submit(&record, &status, &shards).await {
                 Ok(()) => {
                     info!(job = %spec.job, shards = shards.len(), "job submitted");
+                    return Ok(Submitted {
+                        job: spec.job,
+                        shards: shards.len() as u64,
+                    });
+                }
+                Err(StoreError::JobExists(_)) if id.is_some() => {
                     return Ok(Submitted {
                         job: spec.job,
                         shards: shards.len() as u64,
@@ -392,7 +440,19 @@ impl<R: JobRegistry> Coordinator<R> {
             } else {
                 progress.finished()
             };
-            if ready && let Some(state) = self.finish(&job, cancelled).await? {
+            if !ready {
+                continue;
+            }
+            let record = match self.registry.record(&job).await {
+                Ok(r) => r,
+                Err(StoreError::JobNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            // A guarded replay is driven day by day by its own driver (`guard_driver`).
+            if record.spec.guard.is_some() {
+                continue;
+            }
+            if let Some(state) = self.finish(&job, cancelled, record).await? {
                 if let Some(metrics) = metrics {
                     metrics
                         .jobs_finished
@@ -408,8 +468,12 @@ impl<R: JobRegistry> Coordinator<R> {
     }
 
     /// Ends a job; returns its final phase, or None when the commit is to be tried again.
-    async fn finish(&self, job: &JobId, cancelled: bool) -> Result<Option<JobPhase>, StoreError> {
-        let record = self.registry.record(job).await?;
+    async fn finish(
+        &self,
+        job: &JobId,
+        cancelled: bool,
+        record: JobRecord,
+    ) -> Result<Option<JobPhase>, StoreError> {
         let span = tracing::info_span!("rewind.job.commit", job_id = %job, cancelled);
         rewind_common::trace::set_parent(&span, record.trace_parent.as_deref());
         self.finish_record(job, cancelled, record)

@@ -182,6 +182,8 @@ mod tests {
             ),
             table_format: Default::default(),
             repair: None,
+            guard: None,
+            partition_by: None,
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

@@ -68,6 +68,8 @@ fn router(flows: Option<&str>) -> Router {
         ),
         table_format: Default::default(),
         repair: None,
+        guard: None,
+        partition_by: None,
     };
     Router::new(&spec, 128).unwrap()
 }

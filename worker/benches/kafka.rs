@@ -55,6 +55,8 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         ),
         table_format: Default::default(),
         repair: None,
+        guard: None,
+        partition_by: None,
     };
     let router = Router::new(&job, 128).unwrap();
     let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));

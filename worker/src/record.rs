@@ -98,6 +98,23 @@ impl<'a> Row<'a> {
     }
 }
 
+impl rewind_common::partition::Fields for Row<'_> {
+    fn field(&self, f: rewind_common::partition::Field) -> Option<String> {
+        use rewind_common::partition::Field as F;
+        let s = |i: usize| self.strings[i].as_deref().map(str::to_string);
+        match f {
+            F::EventId => s(0),
+            F::Cid => s(1),
+            F::OrgId => s(2),
+            F::EventType => s(3),
+            F::Domain => s(4),
+            F::Timestamp => s(5),
+            F::SchemaVersion => self.schema_version.map(|v| v.to_string()),
+            F::ArrivalEpoch => self.arrival_epoch.map(|v| v.to_string()),
+        }
+    }
+}
+
 /// Column builders for a batch of rows.
 pub struct Rows {
     strings: [StringBuilder; 6],

@@ -2212,3 +2212,182 @@ fn coordinator_killed_mid_repair_apply_is_finished_by_the_next() {
         .count();
     assert_eq!(repairs, 1, "recorded once: {log}");
 }
+
+/// A guarded replay through the coordinator (`rewind replay --guard --coordinator`): three days
+/// into a topic, the second failing (an hour of it cannot be listed), with a dependent directory
+/// and a Druid datasource. The leader is killed right after it submitted day 1's replay job; the
+/// next one goes on with the same day job (recorded before it was submitted) instead of
+/// replaying the day again. Days 1 and 3 land in the topic exactly once with their sinks
+/// cleared and backups gone, day 2 is restored byte for byte, the webhook (given by reference,
+/// resolved on the coordinator) gets one message per day and one for the job.
+#[test]
+fn guarded_replay_through_the_coordinator_survives_its_leader_killed() {
+    use rewind_testkit::http::{Druid, Webhook};
+    use rewind_testkit::kafka::{PRODUCER_OPTION, Tansu};
+    const DAYS: [&str; 3] = ["2024-04-01", "2024-04-02", "2024-04-03"];
+    let hook = Webhook::start(0);
+    let hook_url = hook.url();
+    let hook_env = [("REWIND_TEST_HOOK", hook_url.as_str())];
+    let mut env = vec![
+        ("REWIND_FAILPOINT", "guard-step-then-die"),
+        // Day 1: plan, 3 moves, cleared, day job id recorded, day job submitted: die.
+        ("REWIND_FAILPOINT_AFTER", "7"),
+    ];
+    env.extend(hook_env);
+    let mut c = Cluster::start_with(2, &env);
+    let src = c.src();
+    common::generate(&src, ORG, "2024-04-01T00", "72", "0.01", &seed(), &[]);
+    let mut by_day: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in archived_events(&src) {
+        let p: Vec<&str> = e.hour_dir.split('/').collect();
+        by_day
+            .entry(format!("{}-{}-{}", p[1], p[2], p[3]))
+            .or_default()
+            .insert(e.value["event_id"].as_str().unwrap().to_string());
+    }
+    let hour = src.join("main_stream/2024/04/02/05");
+    fs::remove_dir_all(&hour).unwrap();
+    fs::write(&hour, b"not a directory").unwrap();
+    let sink = c.tmp.path().join("sinks/unique");
+    for day in DAYS {
+        for n in 0..3 {
+            let f = sink.join(format!("{day}/part-{n}.json"));
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, format!("{{\"day\":\"{day}\",\"n\":{n}}}\n")).unwrap();
+        }
+    }
+    let before = crate::guard::snapshot(&sink);
+    let druid = Druid::start("telemetry-events", &DAYS);
+    let broker = Tansu::start();
+    broker.create_topic("telemetry.raw", 2);
+    let guard = c.tmp.path().join("guard.json");
+    fs::write(
+        &guard,
+        serde_json::json!({"ingest": {"outputKafkaTopic": "telemetry.raw",
+            "dependentSinkSources": [
+                {"type": "local", "prefix": sink.to_str().unwrap()},
+                {"type": "druid", "prefix": "telemetry-events"}]}})
+        .to_string(),
+    )
+    .unwrap();
+    let (dest, brokers, druid_url, addr) = (c.dest(), broker.brokers(), druid.url(), c.addr());
+    let client = std::process::Command::new(REWIND)
+        .args([
+            "replay",
+            "--guard",
+            guard.to_str().unwrap(),
+            "--stream",
+            "ingest",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            DAYS[0],
+            "--end",
+            DAYS[2],
+            "--dest",
+            dest.to_str().unwrap(),
+            "--brokers",
+            &brokers,
+            "--kafka-option",
+            PRODUCER_OPTION,
+            "--max-attempts",
+            "1",
+            "--druid-url",
+            &druid_url,
+            "--notify",
+            "env:REWIND_TEST_HOOK",
+            "--coordinator",
+            &addr,
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The leader dies right after submitting day 1's job; its id is in the state already.
+    let doomed = c.coordinator.as_mut().unwrap();
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "the coordinator reached the fail point: {}",
+        doomed.log_text()
+    );
+    let states = files_below(&dest.join("_rewind/guards"));
+    assert_eq!(states.len(), 1, "{states:?}");
+    let state: Value = serde_json::from_slice(&fs::read(&states[0]).unwrap()).unwrap();
+    assert_eq!(state["days"][0]["step"], "cleared", "{state}");
+    let day1_job = state["days"][0]["replay_job"].as_str().unwrap().to_string();
+    c.start_coordinator_with_env(&hook_env);
+
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", c.logs());
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let days = summary["guard"]["days"].as_array().unwrap();
+    let states: Vec<&str> = days.iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(
+        states,
+        ["succeeded", "failed_restored", "succeeded"],
+        "{summary}"
+    );
+    assert_eq!(
+        days[0]["replay_job"],
+        day1_job.as_str(),
+        "the same day job, not a second"
+    );
+    assert!(
+        days[1]["error"].as_str().unwrap().contains("shards failed"),
+        "{summary}"
+    );
+    assert_eq!(summary["state"], "failed");
+
+    // Days 1 and 3 exactly once in the topic (of day 2, what its shards that did not fail
+    // delivered: a failed day is restored in its sinks, not taken back from the topic).
+    let want = by_day[DAYS[0]].len() + by_day[DAYS[2]].len();
+    let records = broker.read_all("telemetry.raw", 2, want, Duration::from_secs(60));
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        *seen
+            .entry(v["event_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    for day in [DAYS[0], DAYS[2]] {
+        for id in &by_day[day] {
+            assert_eq!(seen.get(id), Some(&1), "{day}: event {id}");
+        }
+    }
+    assert_eq!(days[0]["events_replayed"], by_day[DAYS[0]].len() as u64);
+
+    // The sink: day 2 as it was, days 1 and 3 cleared, no backup left.
+    let now = crate::guard::snapshot(&sink);
+    let day2: BTreeMap<_, _> = before
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("2024-04-02/"))
+        .collect();
+    assert_eq!(now, day2);
+    let segs = druid.segments();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert!(segs[0].id.contains("2024-04-02") && segs[0].used);
+    assert_eq!(druid.kills().len(), 2);
+
+    // One message per day and one for the job (the first coordinator sent none: it died in
+    // day 1).
+    let msgs = hook.messages();
+    let kinds: Vec<(&str, &str)> = msgs
+        .iter()
+        .map(|m| (m["kind"].as_str().unwrap(), m["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("day", "succeeded"),
+            ("day", "failed_restored"),
+            ("day", "succeeded"),
+            ("job", "failed")
+        ]
+    );
+    assert_eq!(msgs[0]["files_deleted"][sink.to_str().unwrap()], 3);
+}

@@ -30,7 +30,7 @@ fn rewind(env: &[(&'static str, String)], args: &[&str]) -> Output {
 }
 
 /// What a sink holds: relative path -> bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files_below(dir)
         .into_iter()
         .map(|f| {
@@ -408,10 +408,8 @@ fn guarded_replay_from_an_archive_in_azure() {
         .collect();
     assert_eq!(got.len(), want.len(), "exactly once");
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
-    assert!(
-        az.list("sinks", "denorm/").is_empty(),
-        "cleared, backups dropped"
-    );
+    let left = az.list("sinks", "denorm/");
+    assert!(left.is_empty(), "cleared, backups dropped: {left:?}");
 }
 
 /// SIGTERM during a day's replay: that day's sinks are restored, no later day starts, exit 130;

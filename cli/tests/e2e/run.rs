@@ -637,3 +637,110 @@ fn archives_by_day_are_read_one_day_a_shard() {
         assert!((from..to).contains(&t), "arrived outside the hours: {row}");
     }
 }
+
+/// `--partition-by`: every row lands in the partition its own fields say, values escaped as
+/// Hive does, readable by an independent reader with Hive partitioning (pyarrow); an event
+/// without a field the template uses, or whose timestamp is not a date, is a failed record
+/// with the reason.
+#[test]
+fn partition_by_places_each_row_by_its_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2024-04-01T00", "3", "none", &[]);
+    // Hand-made events: a domain needing escapes, one without a domain, one whose timestamp
+    // is not a date, one in another UTC day than its local one.
+    let odd = [
+        (
+            r#""domain":"a/b=c %d","timestamp":"2024-04-01T01:00:00Z""#,
+            true,
+        ),
+        (r#""timestamp":"2024-04-01T01:00:00Z""#, false),
+        (r#""domain":"cards","timestamp":"yesterday""#, false),
+        (
+            r#""domain":"cards","timestamp":"2024-04-01T22:30:00-03:00""#,
+            true,
+        ),
+    ];
+    let mut text = String::new();
+    for (n, (fields, _)) in odd.iter().enumerate() {
+        text.push_str(&format!(
+            r#"{{"event_id":"odd-{n}","cid":"c","org_id":"TN-e2e","event_type":"x","schema_version":1,"arrival_epoch":1711933200000,{fields},"data":{{}}}}"#
+        ));
+    }
+    fs::write(src.join("main_stream/2024/04/01/01/odd.json"), text).unwrap();
+    let template =
+        "domain_event_type={domain}-{event_type}/year={ts:YYYY}/month={ts:MM}/day={ts:DD}";
+    let summary = recover(
+        &src,
+        &dest,
+        "2024-04-01T00",
+        "2024-04-01T02",
+        &["--partition-by", template],
+    );
+    let archived = archived_events(&src).len() as u64;
+    assert_eq!(summary["failed_by_reason"]["partition"], 2, "{summary}");
+    assert_eq!(summary["recovered"].as_u64().unwrap(), archived - 2);
+    let failed: Vec<Value> = files_below(&dest.join("_failed"))
+        .iter()
+        .flat_map(|f| {
+            fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let reasons: BTreeSet<&str> = failed
+        .iter()
+        .filter(|r| r["code"] == "partition")
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains("partition-by: the event has no domain")
+            && reasons
+                .iter()
+                .any(|r| r.contains("\"yesterday\" is not a date")),
+        "{reasons:?}"
+    );
+    assert!(
+        files_below(&dest).iter().any(|f| f
+            .to_string_lossy()
+            .contains("domain_event_type=a%2Fb%3Dc %25d-x/")),
+        "escaped as Hive escapes"
+    );
+
+    // Read back with pyarrow's Hive partitioning: each row's partition columns are what its
+    // own domain, event_type and timestamp (in UTC) say.
+    let job = summary["job_id"].as_str().unwrap();
+    let script = r#"
+import sys, json, datetime
+import pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format="parquet", partitioning="hive").to_table()
+bad, n = [], 0
+for r in t.to_pylist():
+    n += 1
+    ts = r["timestamp"].replace("Z", "+00:00")
+    d = datetime.datetime.fromisoformat(ts).astimezone(datetime.timezone.utc)
+    want = (f'{r["domain"]}-{r["event_type"]}', d.year, d.month, d.day)
+    got = (r["domain_event_type"], r["year"], r["month"], r["day"])
+    if want != got:
+        bad.append([r["event_id"], list(want), list(got)])
+print(json.dumps({"rows": n, "bad": bad[:5]}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            dest.join(format!("execution_id={job}")).to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(read["rows"].as_u64().unwrap(), archived - 2, "{read}");
+    assert_eq!(read["bad"], serde_json::json!([]), "{read}");
+}

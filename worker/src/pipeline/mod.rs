@@ -265,13 +265,14 @@ impl Attempt<'_> {
                                     Taken::Written | Taken::DeliveredBefore => {
                                         tally.recovered(flow, repaired.is_some())
                                     }
-                                    Taken::Refused(reason) => {
-                                        tally.failed("kafka_rejected", None);
+                                    Taken::Refused(code, reason) => {
+                                        tally.failed(code, None);
                                         sink_refused(
                                             &mut failed,
                                             &object.key,
                                             ev.offset,
                                             ev.bytes(),
+                                            code,
                                             &reason,
                                         )?;
                                         continue;
@@ -366,7 +367,14 @@ impl Attempt<'_> {
         // Refused by the brokers after the fact: failed, not recovered.
         for r in &end.refused {
             tally.refused_later();
-            sink_refused(&mut failed, &r.source_key, r.offset, &r.raw, &r.reason)?;
+            sink_refused(
+                &mut failed,
+                &r.source_key,
+                r.offset,
+                &r.raw,
+                "kafka_rejected",
+                &r.reason,
+            )?;
         }
         let failed_file = failed.finish().map_err(ShardError::sink)?;
         let unrecoverable_file = unrecoverable.finish().map_err(ShardError::sink)?;
@@ -410,13 +418,14 @@ fn sink_refused(
     source_key: &str,
     offset: u64,
     raw: &[u8],
+    code: &str,
     reason: &str,
 ) -> Result<(), ShardError> {
     let rec = FailedRecord::new(
         source_key,
         offset,
         raw.len() as u64,
-        "kafka_rejected",
+        code,
         reason,
         raw,
         false,

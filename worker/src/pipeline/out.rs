@@ -32,8 +32,9 @@ pub(super) enum Taken {
     Written,
     /// Delivered by an earlier attempt of the shard: counted as recovered, not sent again.
     DeliveredBefore,
-    /// The sink refused it for itself (too large, invalid): a failed record with this reason.
-    Refused(String),
+    /// The sink refused it for itself (too large, invalid; no partition): a failed record with
+    /// this code and reason.
+    Refused(&'static str, String),
 }
 
 /// A finished sink: the files it wrote, what it delivered, and events refused after the fact.
@@ -64,33 +65,137 @@ pub(super) trait Sink {
     fn finish(self) -> Result<SinkEnd, ShardError>;
 }
 
-/// Hive-partitioned Parquet in the destination.
-pub(super) struct ParquetOut<'a> {
-    sink: ParquetSink<'a>,
+/// Hive-partitioned Parquet in the destination: the reference layout (`org_id=…/date=…` of the
+/// shard's hour, one file sequence), or `--partition-by` (a file sequence per partition).
+pub(super) enum ParquetOut<'a> {
+    Reference(Box<ParquetSink<'a>>),
+    Partitioned(Box<Partitioned<'a>>),
+}
+
+/// At most this many partitions have a file open at once in one attempt; the least recently
+/// written one is closed to open another (memory stays bounded whatever the template).
+const OPEN_PARTITIONS: usize = 16;
+
+pub(super) struct Partitioned<'a> {
+    output: &'a dyn OutputStore,
+    template: rewind_common::partition::PartitionTemplate,
+    keys: OutputKeys,
+    shard: ShardId,
+    attempt: u32,
+    /// Open files by partition, with when each was last written.
+    open: std::collections::HashMap<String, (ParquetSink<'a>, u64)>,
+    /// Files started per partition (the next file's number).
+    started: std::collections::HashMap<String, u32>,
+    files: Vec<OutputFileEntry>,
+    clock: u64,
 }
 
 impl<'a> ParquetOut<'a> {
     pub fn new(output: &'a dyn OutputStore, spec: &JobSpec, shard: ShardId, attempt: u32) -> Self {
-        let (keys, org) = (OutputKeys::new(&spec.job), spec.org.clone());
-        ParquetOut {
-            sink: ParquetSink::new(output, move |n| keys.data_file(&org, shard, attempt, n)),
+        let keys = OutputKeys::new(&spec.job);
+        match spec
+            .partition_by
+            .as_deref()
+            .and_then(|t| rewind_common::partition::PartitionTemplate::parse(t).ok())
+        {
+            None => {
+                let org = spec.org.clone();
+                ParquetOut::Reference(Box::new(ParquetSink::new(output, move |n| {
+                    keys.data_file(&org, shard, attempt, n)
+                })))
+            }
+            Some(template) => ParquetOut::Partitioned(Box::new(Partitioned {
+                output,
+                template,
+                keys,
+                shard,
+                attempt,
+                open: Default::default(),
+                started: Default::default(),
+                files: Vec::new(),
+                clock: 0,
+            })),
         }
+    }
+}
+
+impl<'a> Partitioned<'a> {
+    fn sink(&mut self, partition: String) -> Result<&mut ParquetSink<'a>, ShardError> {
+        self.clock += 1;
+        if !self.open.contains_key(&partition) {
+            if self.open.len() >= OPEN_PARTITIONS {
+                let oldest = self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| k.clone())
+                    .expect("partitions are open");
+                if let Some((sink, _)) = self.open.remove(&oldest) {
+                    self.files.extend(sink.finish().map_err(ShardError::sink)?);
+                }
+            }
+            let first = self.started.get(&partition).copied().unwrap_or(0);
+            let (keys, shard, attempt, p) = (
+                self.keys.clone(),
+                self.shard,
+                self.attempt,
+                partition.clone(),
+            );
+            // File numbers go on where the partition's last file (closed to make room) stopped.
+            let sink = ParquetSink::new(self.output, move |n| {
+                keys.partition_file(&p, shard, attempt, first + n)
+            });
+            self.started.insert(partition.clone(), first + 1);
+            self.open.insert(partition.clone(), (sink, self.clock));
+        }
+        let entry = self.open.get_mut(&partition).expect("just opened");
+        entry.1 = self.clock;
+        Ok(&mut entry.0)
     }
 }
 
 impl Sink for ParquetOut<'_> {
     fn take(&mut self, _: At<'_>, row: &Row<'_>, _: &str) -> Result<Taken, ShardError> {
-        self.sink.rows().append(row);
+        match self {
+            ParquetOut::Reference(sink) => sink.rows().append(row),
+            ParquetOut::Partitioned(p) => {
+                let partition = match p.template.render(row) {
+                    Ok(path) => path,
+                    Err(reason) => return Ok(Taken::Refused("partition", reason)),
+                };
+                p.sink(partition)?.rows().append(row);
+            }
+        }
         Ok(Taken::Written)
     }
 
     fn after_item(&mut self) -> Result<(), ShardError> {
-        self.sink.maybe_flush().map_err(ShardError::sink)
+        match self {
+            ParquetOut::Reference(sink) => sink.maybe_flush().map_err(ShardError::sink),
+            ParquetOut::Partitioned(p) => {
+                for (sink, _) in p.open.values_mut() {
+                    sink.maybe_flush().map_err(ShardError::sink)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn finish(self) -> Result<SinkEnd, ShardError> {
+        let files = match self {
+            ParquetOut::Reference(sink) => sink.finish().map_err(ShardError::sink)?,
+            ParquetOut::Partitioned(p) => {
+                let mut p = *p;
+                let mut open: Vec<_> = p.open.drain().collect();
+                open.sort_by(|a, b| a.0.cmp(&b.0));
+                for (_, (sink, _)) in open {
+                    p.files.extend(sink.finish().map_err(ShardError::sink)?);
+                }
+                p.files
+            }
+        };
         Ok(SinkEnd {
-            files: self.sink.finish().map_err(ShardError::sink)?,
+            files,
             ..SinkEnd::default()
         })
     }
@@ -209,7 +314,7 @@ impl Sink for KafkaOut<'_> {
             self.todo,
         );
         Ok(match refused {
-            Some(reason) => Taken::Refused(reason),
+            Some(reason) => Taken::Refused("kafka_rejected", reason),
             None => Taken::Written,
         })
     }
