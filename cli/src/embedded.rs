@@ -55,12 +55,22 @@ pub fn job_runtime(
 /// Runs one job in this process to its end; its summary (whatever its state), or why there is
 /// none. `bar`: a progress bar on a terminal.
 pub async fn execute(request: JobRequest, workers: usize, bar: bool) -> Result<Summary, Failure> {
+    execute_as(request, workers, bar, None).await
+}
+
+/// [`execute`] under a job id the caller chose (recorded before the job runs).
+pub async fn execute_as(
+    request: JobRequest,
+    workers: usize,
+    bar: bool,
+    id: Option<JobId>,
+) -> Result<Summary, Failure> {
     let registry = InMemoryShardStore::new();
     let core =
         Coordinator::new(registry.clone(), Arc::new(KafkaChecks)).with_limits(Limits::local());
     let span = tracing::info_span!("rewind.job", job_id = tracing::field::Empty);
     let local = Scope::all("local");
-    let submitted = core.submit(request, &span, &local).await?;
+    let submitted = core.submit_as(request, &span, &local, id).await?;
     let job = submitted.job;
 
     // The worker loop of `rewind worker`, with N slots.

@@ -101,6 +101,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         repair: None,
         guard: None,
         partition_by: None,
+        ingest: false,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

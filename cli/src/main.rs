@@ -13,6 +13,7 @@ mod embedded;
 mod flows_test;
 mod generate;
 mod guard;
+mod ingest;
 mod notify;
 mod repair;
 mod replay;
@@ -63,6 +64,8 @@ enum Command {
     /// Replay into Kafka day by day, guarded: back up and clear the sinks downstream of the
     /// topic, replay, then drop the backup or restore it; notify per day and per job.
     Replay(replay::ReplayArgs),
+    /// Ingest a landing zone's pending objects into a trusted zone, exactly once per object.
+    Ingest(ingest::IngestArgs),
     /// Try repair flows on real events before running a job.
     #[command(subcommand)]
     Flows(FlowsCommand),
@@ -401,6 +404,7 @@ impl JobArgs {
             object: self.object.clone(),
             table_format: self.table_format.clone(),
             partition_by: self.partition_by.clone(),
+            ingest: false,
             repair: None,
             guard: None,
         })
@@ -568,6 +572,7 @@ fn main() -> ExitCode {
         Command::Reapply(a) => changes::reapply(a),
         Command::Repair(a) => repair::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Ingest(a) => ingest::run(a),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
         Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),

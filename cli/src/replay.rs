@@ -1044,7 +1044,7 @@ async fn run_day<R: JobRegistry>(
     }
 }
 
-fn failure_text(e: &Failure) -> String {
+pub(crate) fn failure_text(e: &Failure) -> String {
     match e {
         Failure::BadRequest(m) | Failure::Job(m) | Failure::Interrupted(m) => m.clone(),
     }

@@ -189,6 +189,19 @@ pub struct Change {
     /// files it added and removed; `objects` then holds only the other objects it wrote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<TableEffect>,
+    /// A landing-zone ingest: the landing objects it consumed (moved to `processed` once this
+    /// change was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestEffect>,
+}
+
+/// What a landing-zone ingest consumed: each pending object (key below the landing zone, tag,
+/// size) and where it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestEffect {
+    pub pending: String,
+    pub processed: String,
+    pub consumed: Vec<ObjectMeta>,
 }
 
 impl Change {
@@ -800,9 +813,61 @@ pub fn record_job(
         objects,
         kafka,
         table,
+        ingest: None,
     };
     log.write(&change)?;
     Ok(Some(change))
+}
+
+/// Records a landing-zone ingest's change: the data files it published into the dataset (new
+/// objects: a rollback deletes them) and the landing objects it consumed. Idempotent like
+/// [`record_job`]: run again, it finds the change of `job`.
+pub fn record_ingest(
+    store: &dyn OutputStore,
+    job: &str,
+    files: &[crate::job::OutputFileEntry],
+    effect: IngestEffect,
+    spec: Option<serde_json::Value>,
+    counts: Option<ShardCounts>,
+) -> Result<Change, ChangeError> {
+    let log = Log::new(store);
+    let ids = log.ids()?;
+    let tail = format!("-{job}");
+    if let Some(id) = ids.iter().find(|id| id.ends_with(&tail))
+        && let Some(c) = log.read(id)?
+    {
+        return Ok(c);
+    }
+    let mut objects = Vec::new();
+    for f in files {
+        let meta = store
+            .head(&f.key)?
+            .ok_or_else(|| ChangeError::Refused(format!("{} was published and is gone", f.key)))?;
+        let mut held = Held::of(&meta);
+        held.rows = Some(f.rows);
+        objects.push(Touch {
+            key: f.key.clone(),
+            before: Content::ABSENT,
+            after: Content::Present(held),
+        });
+    }
+    let change = Change {
+        id: log.new_id(ids.iter().map(String::as_str), Some(job))?,
+        kind: ChangeKind::Recover,
+        job: Some(job.to_string()),
+        at_ms: crate::lifecycle::now_ms(),
+        who: None,
+        undoes: None,
+        target: None,
+        spec,
+        counts,
+        objects,
+        kafka: None,
+        table: None,
+        ingest: Some(effect),
+    };
+    log.write(&change)?;
+    Ok(change)
 }
 
 /// The change a job recorded, found by listing the log (its id ends with the job id: job
@@ -897,6 +962,7 @@ fn preview(kind: ChangeKind, inverse_of: &Change, about: &str, who: Option<&str>
             added: e.removed.clone(),
             removed: e.added.clone(),
         }),
+        ingest: None,
     }
 }
 
@@ -1596,6 +1662,7 @@ fn carry_out(log: &Log<'_>, intent: &Intent) -> Result<Change, ChangeError> {
         objects,
         kafka: None,
         table,
+        ingest: None,
     };
     log.write(&change)?;
     step_done();

@@ -35,6 +35,9 @@ pub struct JobSpec {
     /// The `--partition-by` template (checked), or the reference layout when None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_by: Option<String>,
+    /// A landing-zone ingest: shards are the source's objects by size, not hours.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingest: bool,
     /// A keyed repair of the dataset at the destination, its file rewrites spread over the
     /// workers (each shard a group of the dataset's files) instead of reading an archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]

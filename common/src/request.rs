@@ -99,6 +99,10 @@ pub struct JobRequest {
     /// [`crate::partition`]); the reference layout `org_id=…/date=…` when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_by: Option<String>,
+    /// A landing-zone ingest (`rewind ingest`): the shards are every object below `source`
+    /// (any names), in groups by size, instead of the layout's hours.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingest: bool,
     /// A keyed repair of the dataset at `dest` instead of a recovery (`rewind repair
     /// --coordinator`): the key column, the keys to delete, the replacement rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +196,7 @@ impl Default for JobRequest {
             object: None,
             table_format: None,
             partition_by: None,
+            ingest: false,
             repair: None,
             guard: None,
         }
@@ -299,6 +304,7 @@ impl JobRequest {
             places,
             table_format,
             partition_by,
+            ingest: self.ingest,
             repair: match &self.repair {
                 None => None,
                 Some(r) => Some(r.spec()?),

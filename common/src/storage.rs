@@ -150,6 +150,22 @@ pub trait OutputStore: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
     /// Deletes `key`; deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Copies the object `from` to `to` (a server-side copy where the store has one), leaving
+    /// `from` in place. A missing `from` is `NotFound`.
+    fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let body = self.get(from)?.ok_or_else(|| StorageError::NotFound {
+            what: format!("{from} in {}", self.describe()),
+        })?;
+        self.put(to, &body).map(drop)
+    }
+    /// Deletes every key of `keys` (missing ones are not an error). S3 batches them into
+    /// DeleteObjects requests of up to 1,000 keys; elsewhere one delete each.
+    fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        for k in keys {
+            self.delete(k)?;
+        }
+        Ok(())
+    }
     /// Makes the finished object `from` visible as `to` and removes `from` (a rename; on S3 a
     /// server-side copy and a delete). Idempotent: with `from` gone and `to` there, it was
     /// promoted already and `to` is described.
@@ -543,6 +559,25 @@ impl OutputStore for LocalOutput {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io(path.display().to_string(), e)),
         }
+    }
+
+    fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (src, dst) = (join(&self.root, from)?, join(&self.root, to)?);
+        let what = || format!("copying {from} to {to} in {}", self.root.display());
+        if !src.is_file() {
+            return Err(StorageError::NotFound { what: what() });
+        }
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(|e| StorageError::io(what(), e))?;
+        }
+        // Through a temporary name, so `to` is never seen half copied.
+        let tmp = dst.with_file_name(format!(
+            ".{}.{}.tmp",
+            dst.file_name().and_then(|n| n.to_str()).unwrap_or("copy"),
+            std::process::id()
+        ));
+        fs::copy(&src, &tmp).map_err(|e| StorageError::io(what(), e))?;
+        fs::rename(&tmp, &dst).map_err(|e| StorageError::io(what(), e))
     }
 
     fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError> {

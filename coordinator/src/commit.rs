@@ -511,6 +511,7 @@ mod tests {
             repair: None,
             guard: None,
             partition_by: None,
+            ingest: false,
         }
     }
 

@@ -92,6 +92,7 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         object: (!r.object.is_empty()).then_some(r.object),
         table_format: (!r.table_format.is_empty()).then_some(r.table_format),
         partition_by: r.partition_by.filter(|p| !p.is_empty()),
+        ingest: false,
         repair: r.repair.map(|x| rewind_common::request::RepairRequest {
             key: x.key,
             delete: x.delete,

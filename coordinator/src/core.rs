@@ -548,11 +548,17 @@ impl<R: JobRegistry> Coordinator<R> {
     }
 }
 
-/// Opens the job's source and lists every hour prefix, pinning the objects.
+/// Opens the job's source and lists every hour prefix (an ingest: every object), pinning the
+/// objects.
 async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<ShardPlan>, CoreError> {
     let source = rewind_s3::open_source(&spec.places.source, &request.s3)
         .await
         .map_err(|e| CoreError::storage("opening the source", e))?;
+    if spec.ingest {
+        return crate::plan::ingest_plans(source)
+            .await
+            .map_err(|e| CoreError::storage("listing the landing zone", e));
+    }
     pin(source, spec)
         .await
         .map_err(|e| CoreError::storage("listing the source", e))

@@ -109,6 +109,44 @@ pub async fn pin(
     Ok(plans)
 }
 
+/// Objects a landing-zone ingest shard reads at most, and bytes.
+pub const INGEST_SHARD_OBJECTS: usize = 256;
+pub const INGEST_SHARD_BYTES: u64 = 256 << 20;
+
+/// The shards of a landing-zone ingest: every object below the source, whatever its name
+/// (names with a segment starting `_` or `.` are markers and hidden files, left alone), in key
+/// order, in groups of up to 256 objects and 256 MiB (ids are hours from the epoch: shard `n`
+/// is hour `n`).
+pub async fn ingest_plans(source: Arc<dyn ObjectSource>) -> Result<Vec<ShardPlan>, StorageError> {
+    let mut objects = tokio::task::spawn_blocking(move || source.list(""))
+        .await
+        .map_err(|e| StorageError::Unavailable {
+            what: "listing the landing zone".into(),
+            why: e.to_string(),
+        })??;
+    objects.retain(|o| !o.key.split('/').any(|s| s.starts_with(['_', '.'])));
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut plans: Vec<ShardPlan> = Vec::new();
+    let mut bytes = 0;
+    for o in objects {
+        let full = plans.last().is_none_or(|p| {
+            p.objects.len() >= INGEST_SHARD_OBJECTS || bytes + o.size > INGEST_SHARD_BYTES
+        });
+        if full {
+            plans.push(ShardPlan {
+                shard: ShardId(rewind_common::Hour::from_epoch_hours(plans.len() as i64)),
+                prefix: String::new(),
+                objects: Vec::new(),
+                unlisted: None,
+            });
+            bytes = 0;
+        }
+        bytes += o.size;
+        plans.last_mut().expect("a plan").objects.push(o);
+    }
+    Ok(plans)
+}
+
 /// Files a distributed repair shard rewrites at most, and bytes.
 pub const REPAIR_SHARD_FILES: usize = 16;
 pub const REPAIR_SHARD_BYTES: u64 = 1 << 30;
@@ -184,6 +222,7 @@ mod tests {
             repair: None,
             guard: None,
             partition_by: None,
+            ingest: false,
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

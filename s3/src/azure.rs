@@ -443,6 +443,17 @@ impl OutputStore for AzureStore {
         })
     }
 
+    fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (store, src, dst) = (self.store.clone(), self.path(from)?, self.path(to)?);
+        let what = self.what(from);
+        self.block(async move {
+            store
+                .copy(&src, &dst)
+                .await
+                .map_err(|e| storage_error(&what, e))
+        })
+    }
+
     fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError> {
         let (store, src, dst) = (self.store.clone(), self.path(from)?, self.path(to)?);
         let what = self.what(to);

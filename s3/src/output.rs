@@ -277,6 +277,85 @@ impl OutputStore for S3Output {
         })
     }
 
+    fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (client, bucket) = (self.client.clone(), self.bucket.clone());
+        let (src, dst, what) = (self.full(from)?, self.full(to)?, self.what(from));
+        self.client.block(async move {
+            let what = what.as_str();
+            let source = format!("{bucket}/{}", encode_key(&src));
+            client
+                .send(what, || {
+                    client
+                        .sdk
+                        .copy_object()
+                        .bucket(&*bucket)
+                        .copy_source(&source)
+                        .key(&dst)
+                        .send()
+                })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        for chunk in keys.chunks(1000) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                ids.push(
+                    ObjectIdentifier::builder()
+                        .key(self.full(k)?)
+                        .build()
+                        .map_err(|e| StorageError::Unavailable {
+                            what: self.what(k),
+                            why: e.to_string(),
+                        })?,
+                );
+            }
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Unavailable {
+                    what: self.what(&chunk[0]),
+                    why: e.to_string(),
+                })?;
+            let (client, bucket) = (self.client.clone(), self.bucket.clone());
+            let what = format!(
+                "{} (and {} more keys)",
+                self.what(&chunk[0]),
+                chunk.len() - 1
+            );
+            let out = self.client.block(async move {
+                let what = what.as_str();
+                client
+                    .send(what, || {
+                        client
+                            .sdk
+                            .delete_objects()
+                            .bucket(&*bucket)
+                            .delete(delete.clone())
+                            .send()
+                    })
+                    .await
+            })?;
+            // Per-key failures come back in the answer, not as an error of the request.
+            if let Some(e) = out.errors().first() {
+                return Err(StorageError::Unavailable {
+                    what: self.what(e.key().unwrap_or_default()),
+                    why: format!(
+                        "DeleteObjects: {} {} ({} keys not deleted)",
+                        e.code().unwrap_or_default(),
+                        e.message().unwrap_or_default(),
+                        out.errors().len()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn promote(&self, from: &str, to: &str) -> Result<Written, StorageError> {
         let (client, bucket) = (self.client.clone(), self.bucket.clone());
         let (src, dst, what) = (self.full(from)?, self.full(to)?, self.what(to));

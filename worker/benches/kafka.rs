@@ -57,6 +57,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         repair: None,
         guard: None,
         partition_by: None,
+        ingest: false,
     };
     let router = Router::new(&job, 128).unwrap();
     let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));

@@ -62,6 +62,7 @@ fn router(flows: Option<&str>) -> Router {
         repair: None,
         guard: None,
         partition_by: None,
+        ingest: false,
     };
     Router::new(&spec, 128).unwrap()
 }

@@ -10,6 +10,7 @@ mod deploy_static;
 mod distributed;
 mod flows;
 mod guard;
+mod ingest;
 mod kafka;
 mod run;
 mod s3;
