@@ -375,3 +375,59 @@ fn bad_ingests_are_refused_before_anything_moves() {
         "nothing touched"
     );
 }
+
+/// The same landing zone in a bucket (moto: server-side copies, DeleteObjects), the trusted
+/// zone in a directory: every event once, every object under `processed/date=…/` byte for byte,
+/// nothing left pending.
+#[test]
+fn a_landing_zone_in_a_bucket_is_ingested_and_moved() {
+    use rewind_testkit::s3::S3Server;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("landing/pending");
+    let trusted = tmp.path().join("trusted");
+    let want = landing_zone(&local, &tmp.path().join("gen"));
+    let before = snapshot(&local);
+    let s3 = S3Server::start_moto();
+    s3.create_bucket("landing", false);
+    s3.upload_dir("landing", "zone/pending/", &local);
+    let endpoint = s3.endpoint();
+    let out = Command::new(BIN)
+        .args([
+            "ingest",
+            "--source",
+            "s3://landing/zone/pending/",
+            "--dest",
+            trusted.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--dedup",
+            "event_id",
+            "--endpoint-url",
+            &endpoint,
+            "--force-path-style",
+            "--json",
+        ])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ids, bad) = trusted_rows(&trusted);
+    assert!(bad.is_empty() && ids.values().all(|n| *n == 1));
+    assert_eq!(ids.into_keys().collect::<BTreeSet<_>>(), want);
+    assert!(s3.list("landing", "zone/pending/").is_empty());
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let prefix = format!("zone/processed/date={today}/");
+    let moved: BTreeMap<String, Vec<u8>> = s3
+        .list("landing", &prefix)
+        .into_iter()
+        .map(|(k, _)| {
+            let body = s3.get("landing", &k).unwrap();
+            (k[prefix.len()..].to_string(), body)
+        })
+        .collect();
+    assert_eq!(moved, before);
+}
