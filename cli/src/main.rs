@@ -201,6 +201,19 @@ pub struct JobArgs {
     /// use; each job is one commit of its log, partitioned by date).
     #[arg(long, value_parser = ["parquet", "delta"])]
     pub table_format: Option<String>,
+    /// Kafka replay of archived Kafka records: where each envelope's value, key, headers,
+    /// timestamp and partition are — a preset (kcat, aiven-jsonl, json) or
+    /// value=$.PATH[:json|string|base64],key=…,headers=$.PATH[:object|pairs|list|list-base64],
+    /// timestamp=$.PATH,partition=$.PATH. Records go out as archived (no lineage headers).
+    #[arg(long)]
+    pub envelope: Option<String>,
+    /// With --envelope: send each record to its archived partition (a record whose partition
+    /// the topic does not have is a failed record).
+    #[arg(long)]
+    pub preserve_partition: bool,
+    /// With --envelope: add Rewind's lineage headers to the archived ones.
+    #[arg(long)]
+    pub lineage_headers: bool,
     /// Where each row goes below the job's prefix, Hive-style, from its fields and dates, e.g.
     /// `domain_event_type={domain}-{event_type}/year={ts:YYYY}/month={ts:MM}/day={ts:DD}`
     /// (default: org_id=…/date=… of the archive hour).
@@ -405,6 +418,9 @@ impl JobArgs {
             table_format: self.table_format.clone(),
             partition_by: self.partition_by.clone(),
             ingest: false,
+            envelope: self.envelope.clone(),
+            preserve_partition: self.preserve_partition,
+            lineage_headers: self.lineage_headers,
             repair: None,
             guard: None,
         })

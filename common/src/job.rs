@@ -110,6 +110,13 @@ pub struct KafkaSpec {
     /// connection, idempotent producer.
     #[serde(default)]
     pub ordered: bool,
+    /// Archived Kafka records: the `--envelope` mapping (checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_partition: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage_headers: bool,
 }
 
 impl SinkSpec {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod change;
+pub mod envelope;
 pub mod error;
 pub mod guard;
 pub mod ids;

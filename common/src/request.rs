@@ -103,6 +103,17 @@ pub struct JobRequest {
     /// (any names), in groups by size, instead of the layout's hours.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ingest: bool,
+    /// A Kafka replay of archived Kafka records: where each envelope's value, key, headers,
+    /// timestamp and partition are (`--envelope`, see [`crate::envelope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<String>,
+    /// With --envelope: each record to its archived partition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_partition: bool,
+    /// With --envelope: add Rewind's lineage headers too (by default the records go out as
+    /// they were archived).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage_headers: bool,
     /// A keyed repair of the dataset at `dest` instead of a recovery (`rewind repair
     /// --coordinator`): the key column, the keys to delete, the replacement rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,6 +208,9 @@ impl Default for JobRequest {
             table_format: None,
             partition_by: None,
             ingest: false,
+            envelope: None,
+            preserve_partition: false,
+            lineage_headers: false,
             repair: None,
             guard: None,
         }
@@ -361,6 +375,9 @@ impl JobRequest {
             ("--max-events-per-sec", self.max_events_per_sec.is_some()),
             ("--max-bytes-per-sec", self.max_bytes_per_sec.is_some()),
             ("--ordered", self.ordered),
+            ("--envelope", given(&self.envelope).is_some()),
+            ("--preserve-partition", self.preserve_partition),
+            ("--lineage-headers", self.lineage_headers),
         ];
         match given(&self.sink).unwrap_or("parquet") {
             "parquet" => {
@@ -467,7 +484,37 @@ impl JobRequest {
                         return Err(RequestError::new(flag, "must be at least 1"));
                     }
                 }
+                let envelope = match given(&self.envelope) {
+                    None => None,
+                    Some(e) => {
+                        let parsed = crate::envelope::Envelope::parse(e)?;
+                        if self.preserve_partition && !parsed.has_partition() {
+                            return Err(RequestError::new(
+                                "--preserve-partition",
+                                format!("--envelope {e} says nothing of the partition"),
+                            ));
+                        }
+                        Some(e.to_string())
+                    }
+                };
+                for (flag, set) in [
+                    ("--preserve-partition", self.preserve_partition),
+                    ("--lineage-headers", self.lineage_headers),
+                ] {
+                    if set && envelope.is_none() {
+                        return Err(RequestError::new(flag, "applies with --envelope only"));
+                    }
+                }
+                if envelope.is_some() && given(&self.key).is_some() {
+                    return Err(RequestError::new(
+                        "--key",
+                        "with --envelope each record keeps its archived key",
+                    ));
+                }
                 Ok(SinkSpec::Kafka(Box::new(KafkaSpec {
+                    envelope,
+                    preserve_partition: self.preserve_partition,
+                    lineage_headers: self.lineage_headers,
                     brokers: brokers.to_string(),
                     topic: topic.to_string(),
                     key,

@@ -93,6 +93,9 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         table_format: (!r.table_format.is_empty()).then_some(r.table_format),
         partition_by: r.partition_by.filter(|p| !p.is_empty()),
         ingest: false,
+        envelope: r.envelope.filter(|e| !e.is_empty()),
+        preserve_partition: r.preserve_partition,
+        lineage_headers: r.lineage_headers,
         repair: r.repair.map(|x| rewind_common::request::RepairRequest {
             key: x.key,
             delete: x.delete,
@@ -185,6 +188,9 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         object: r.object.clone().unwrap_or_default(),
         table_format: r.table_format.clone().unwrap_or_default(),
         partition_by: r.partition_by.clone(),
+        envelope: r.envelope.clone(),
+        preserve_partition: r.preserve_partition,
+        lineage_headers: r.lineage_headers,
         repair: r.repair.as_ref().map(|x| pb::RepairRequest {
             key: x.key.clone(),
             delete: x.delete.clone(),

@@ -22,6 +22,9 @@ use rewind_worker::route::{Outcome, Router, Scratch};
 
 fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
     KafkaSpec {
+        envelope: None,
+        preserve_partition: false,
+        lineage_headers: false,
         brokers: brokers.to_string(),
         topic: topic.to_string(),
         key: KafkaKey::EventId,

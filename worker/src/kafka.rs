@@ -669,7 +669,16 @@ pub struct KafkaSink {
     finished_to: Option<Position>,
     /// The position after the last record produced, and its object's key.
     last_after: Option<(Position, String)>,
+    /// Archived Kafka records: each event is an envelope; the record goes out as archived.
+    envelope: Option<rewind_common::envelope::Envelope>,
+    /// With an envelope: the topic's partition count, when records keep their partition.
+    partitions: Option<i32>,
+    /// Whether Rewind's lineage headers are added (always without an envelope).
+    lineage: bool,
 }
+
+/// Why one event was not produced: a failed record's code and reason.
+pub type Refusal = (&'static str, String);
 
 impl KafkaSink {
     /// A producer for one shard attempt. For exactly-once it is transactional, with an id
@@ -732,7 +741,38 @@ impl KafkaSink {
         } else {
             None
         };
+        let envelope = match &spec.envelope {
+            None => None,
+            Some(e) => {
+                Some(
+                    rewind_common::envelope::Envelope::parse(e).map_err(|e| KafkaFailure {
+                        message: e.to_string(),
+                        retryable: false,
+                    })?,
+                )
+            }
+        };
+        let partitions = if spec.preserve_partition {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&spec.topic), Duration::from_secs(30))
+                .map_err(|e| KafkaFailure {
+                    message: format!("reading topic {}'s partitions: {e}", spec.topic),
+                    retryable: true,
+                })?;
+            let n = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == spec.topic)
+                .map_or(0, |t| t.partitions().len());
+            Some(n as i32)
+        } else {
+            None
+        };
         Ok(KafkaSink {
+            envelope,
+            partitions,
+            lineage: spec.envelope.is_none() || spec.lineage_headers,
             txn,
             producer,
             topic: spec.topic.clone(),
@@ -865,10 +905,39 @@ impl KafkaSink {
         source_key: &str,
         offset: u64,
         after: Position,
-    ) -> Result<Option<String>, KafkaFailure> {
+    ) -> Result<Option<Refusal>, KafkaFailure> {
         if let Some(f) = self.failed() {
             return Err(f);
         }
+        // An archived record: its value, key, headers, timestamp and partition as archived.
+        let archived = match &self.envelope {
+            None => None,
+            Some(e) => match e.extract(value) {
+                Ok(r) => Some(r),
+                Err(reason) => return Ok(Some(("envelope", reason))),
+            },
+        };
+        let partition = match (&archived, self.partitions) {
+            (Some(r), Some(count)) => match r.partition {
+                Some(p) if p < count => Some(p),
+                Some(p) => {
+                    return Ok(Some((
+                        "partition",
+                        format!(
+                            "archived in partition {p}; topic {} has {count} partitions",
+                            self.topic
+                        ),
+                    )));
+                }
+                None => {
+                    return Ok(Some((
+                        "envelope",
+                        "envelope: no partition to preserve".to_string(),
+                    )));
+                }
+            },
+            _ => None,
+        };
         self.maybe_commit_part()?;
         while self.in_flight() >= self.max_in_flight {
             std::thread::sleep(Duration::from_millis(1));
@@ -876,33 +945,61 @@ impl KafkaSink {
                 return Err(f);
             }
         }
-        let key = self.key_of(row, value);
+        let key: Option<std::borrow::Cow<'_, [u8]>> = match &archived {
+            Some(r) => r.key.as_deref().map(std::borrow::Cow::Borrowed),
+            None => self
+                .key_of(row, value)
+                .map(|k| std::borrow::Cow::Owned(k.into_owned().into_bytes())),
+        };
         let offset_text = offset.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header {
-                key: HEADER_JOB,
-                value: Some(self.job.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_KEY,
-                value: Some(source_key),
-            })
-            .insert(Header {
-                key: HEADER_OFFSET,
-                value: Some(offset_text.as_str()),
-            });
-        if let Some(id) = row.event_id() {
-            headers = headers.insert(Header {
-                key: HEADER_EVENT_ID,
-                value: Some(id),
-            });
+        let mut headers = OwnedHeaders::new_with_capacity(4);
+        if let Some(r) = &archived {
+            for (name, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: name.as_str(),
+                    value: v.as_deref(),
+                });
+            }
         }
+        if self.lineage {
+            headers = headers
+                .insert(Header {
+                    key: HEADER_JOB,
+                    value: Some(self.job.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_KEY,
+                    value: Some(source_key),
+                })
+                .insert(Header {
+                    key: HEADER_OFFSET,
+                    value: Some(offset_text.as_str()),
+                });
+            if let Some(id) = row.event_id() {
+                headers = headers.insert(Header {
+                    key: HEADER_EVENT_ID,
+                    value: Some(id),
+                });
+            }
+        }
+        let payload: Option<&[u8]> = match &archived {
+            Some(r) => r.value.as_deref(),
+            None => Some(value.as_bytes()),
+        };
         let seq = self.produced as usize;
-        let mut record = BaseRecord::with_opaque_to(&self.topic, seq)
-            .payload(value.as_bytes())
-            .headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.topic, seq).headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(k) = key.as_deref() {
-            record = record.key(k.as_bytes());
+            record = record.key(k);
+        }
+        if let Some(t) = archived.as_ref().and_then(|r| r.timestamp) {
+            record = record.timestamp(t);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match self.producer.send(record) {
@@ -929,7 +1026,10 @@ impl KafkaSink {
                     }
                     _ => match classify(&e) {
                         Class::Record => {
-                            return Ok(Some(format!("the producer refused the record: {e}")));
+                            return Ok(Some((
+                                "kafka_rejected",
+                                format!("the producer refused the record: {e}"),
+                            )));
                         }
                         class => {
                             return Err(KafkaFailure {

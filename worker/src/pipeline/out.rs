@@ -314,7 +314,7 @@ impl Sink for KafkaOut<'_> {
             self.todo,
         );
         Ok(match refused {
-            Some(reason) => Taken::Refused("kafka_rejected", reason),
+            Some((code, reason)) => Taken::Refused(code, reason),
             None => Taken::Written,
         })
     }
