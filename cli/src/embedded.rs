@@ -55,15 +55,17 @@ pub fn job_runtime(
 /// Runs one job in this process to its end; its summary (whatever its state), or why there is
 /// none. `bar`: a progress bar on a terminal.
 pub async fn execute(request: JobRequest, workers: usize, bar: bool) -> Result<Summary, Failure> {
-    execute_as(request, workers, bar, None).await
+    execute_as(request, workers, bar, None, true).await
 }
 
-/// [`execute`] under a job id the caller chose (recorded before the job runs).
+/// [`execute`] under a job id the caller chose (recorded before the job runs). Not
+/// `interruptible`: Ctrl-C and SIGTERM are the caller's to handle (the job runs to its end).
 pub async fn execute_as(
     request: JobRequest,
     workers: usize,
     bar: bool,
     id: Option<JobId>,
+    interruptible: bool,
 ) -> Result<Summary, Failure> {
     let registry = InMemoryShardStore::new();
     let core =
@@ -107,7 +109,7 @@ pub async fn execute_as(
             break status;
         }
         tokio::select! {
-            _ = &mut signal, if !interrupted => {
+            _ = &mut signal, if interruptible && !interrupted => {
                 interrupted = true;
                 eprintln!("interrupted: stopping job {job}");
                 core.cancel(&job, &local).await?;

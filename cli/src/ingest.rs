@@ -316,17 +316,30 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
         if !ctx.args.watch {
             return batch(&ctx).await.map(drop);
         }
-        let signal = rewind_cli::shutdown_signal();
-        tokio::pin!(signal);
+        // Ctrl-C or SIGTERM lets the batch under way finish (published, recorded, moved),
+        // then stops.
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (stop, stopping) = (stop.clone(), stopping.clone());
+            tokio::spawn(async move {
+                rewind_cli::shutdown_signal().await;
+                eprintln!("stopping: the batch under way finishes first");
+                stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.notify_one();
+            });
+        }
         loop {
             match batch(&ctx).await {
                 Ok(_) => {}
-                Err(Failure::Interrupted(m)) => return Err(Failure::Interrupted(m)),
                 // A failed batch is reported; its objects stay pending for the next look.
                 Err(e) => eprintln!("error: {}", crate::replay::failure_text(&e)),
             }
+            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
             tokio::select! {
-                _ = &mut signal => return Ok(()),
+                _ = stop.notified() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_secs(ctx.args.interval.max(1))) => {}
             }
         }
@@ -399,6 +412,7 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
         ctx.workers,
         !ctx.args.json,
         Some(job.clone()),
+        !ctx.args.watch,
     )
     .await
     {

@@ -431,3 +431,94 @@ fn a_landing_zone_in_a_bucket_is_ingested_and_moved() {
         .collect();
     assert_eq!(moved, before);
 }
+
+/// `--watch`: batches as objects land, one change each; SIGTERM lets the batch under way finish
+/// (never half a batch: its objects are all published and moved, or all still pending) and
+/// exits 0.
+#[test]
+fn watch_ingests_as_objects_land_and_stops_between_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let landing = tmp.path().join("landing");
+    let pending = landing.join("pending");
+    let trusted = tmp.path().join("trusted");
+    let archive = tmp.path().join("gen");
+    common::generate(
+        &archive,
+        ORG,
+        "2024-04-01T00",
+        "6",
+        "0.004",
+        &seed("1703"),
+        &["--compression", "none"],
+    );
+    let mut files = files_below(&archive);
+    files.sort();
+    fs::create_dir_all(&pending).unwrap();
+    let drop_batch = |range: std::ops::Range<usize>| {
+        for (n, f) in files[range].iter().enumerate() {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            // Written under a hidden name, then renamed: a reader never sees half a file.
+            let tmp_name = pending.join(format!(".{name}.part"));
+            fs::write(&tmp_name, fs::read(f).unwrap()).unwrap();
+            fs::rename(&tmp_name, pending.join(format!("{n}-{name}"))).unwrap();
+        }
+    };
+    let drained = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !files_below(&pending).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: still pending"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    drop_batch(0..6);
+    let mut child = Command::new(BIN)
+        .args([
+            "ingest",
+            "--source",
+            pending.to_str().unwrap(),
+            "--dest",
+            trusted.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--watch",
+            "--interval",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drained("the first batch");
+    drop_batch(6..12);
+    drained("the second batch");
+    drop_batch(12..18);
+    std::thread::sleep(Duration::from_millis(1200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let left = files_below(&pending).len();
+    assert!(
+        left == 0 || left == 6,
+        "never half a batch: {left} of 6 left"
+    );
+    assert!(files_below(&trusted.join("_rewind/ingest/open")).is_empty());
+    let (ids, _) = trusted_rows(&trusted);
+    assert!(ids.values().all(|n| *n == 1));
+    let want: BTreeSet<String> = files[..if left == 0 { 18 } else { 12 }]
+        .iter()
+        .flat_map(|f| {
+            events_of(&fs::read(f).unwrap())
+                .into_iter()
+                .map(|(_, _, id)| id)
+        })
+        .collect();
+    assert_eq!(ids.into_keys().collect::<BTreeSet<_>>(), want);
+    let changes = files_below(&trusted.join("_rewind/changes")).len();
+    assert!(changes >= 2, "one change per batch: {changes}");
+}
