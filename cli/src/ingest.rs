@@ -97,32 +97,28 @@ struct Marker {
 /// A test hook: abort after the Nth step (`REWIND_FAILPOINT=ingest-step-then-die`,
 /// `REWIND_FAILPOINT_AFTER=N`).
 fn step_done() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STEPS: AtomicU64 = AtomicU64::new(0);
-    if rewind_common::failpoint("ingest-step-then-die") {
-        let after = std::env::var("REWIND_FAILPOINT_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        if STEPS.fetch_add(1, Ordering::Relaxed) + 1 >= after {
-            std::process::abort();
-        }
-    }
+    rewind_common::step_failpoint("ingest-step-then-die");
+}
+
+/// The stores and prefixes of one ingest: what a batch's finish needs (in `rewind ingest`, and
+/// in a coordinator finishing a distributed ingest).
+pub struct Zones {
+    /// The trusted zone, and its staging prefix as a store of its own (the staged jobs' log).
+    pub dest: Arc<dyn OutputStore>,
+    pub staging: Arc<dyn OutputStore>,
+    /// The landing zone's root (the parent of the pending prefix), and the two prefixes in it.
+    pub landing: Arc<dyn OutputStore>,
+    pub pending: String,
+    pub processed: String,
+    pub pending_url: String,
+    pub processed_url: String,
+    pub dedup: Option<Vec<String>>,
 }
 
 struct Ctx {
     args: IngestArgs,
     request: JobRequest,
-    dedup: Option<Vec<String>>,
-    /// The trusted zone, and its staging prefix as a store of its own (the staged jobs' log).
-    dest: Arc<dyn OutputStore>,
-    staging: Arc<dyn OutputStore>,
-    /// The landing zone's root (the parent of the pending prefix), and the two prefixes in it.
-    landing: Arc<dyn OutputStore>,
-    pending: String,
-    processed: String,
-    pending_url: String,
-    processed_url: String,
+    zones: Zones,
     workers: usize,
 }
 
@@ -301,16 +297,18 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Job(format!("opening {root}: {e}")))?;
         let ctx = Ctx {
-            pending_url: source.to_string(),
-            processed_url: processed_loc.to_string(),
+            zones: Zones {
+                pending_url: source.to_string(),
+                processed_url: processed_loc.to_string(),
+                dedup,
+                dest: dest_store,
+                staging,
+                landing,
+                pending,
+                processed,
+            },
             args,
             request,
-            dedup,
-            dest: dest_store,
-            staging,
-            landing,
-            pending,
-            processed,
             workers,
         };
         if !ctx.args.watch {
@@ -348,17 +346,17 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
 
 /// Finishes open batches, then ingests what is pending now as one batch. Whether a batch ran.
 async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
-    let store = ctx.dest.clone();
+    let store = ctx.zones.dest.clone();
     let open = blocking("listing open ingests", move || store.list(OPEN)).await?;
     for m in open {
-        let store = ctx.dest.clone();
+        let store = ctx.zones.dest.clone();
         let key = m.key.clone();
         let Some(body) = blocking("reading an open ingest", move || store.get(&key)).await? else {
             continue;
         };
         let marker: Marker =
             serde_json::from_slice(&body).map_err(|e| Failure::Job(format!("{}: {e}", m.key)))?;
-        let store = ctx.dest.clone();
+        let store = ctx.zones.dest.clone();
         let success = format!("{}_SUCCESS", execution(&marker.job));
         if blocking("reading a staged job", move || store.head(&success))
             .await?
@@ -368,24 +366,24 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
                 "finishing ingest {} left open by an earlier run",
                 marker.job
             );
-            finish(ctx, &marker).await?;
+            finish(&ctx.zones, &marker).await?;
         } else {
             eprintln!(
                 "dropping ingest {} left open before its job committed: its objects are \
                  still pending",
                 marker.job
             );
-            abandon(ctx, &marker.job).await?;
+            abandon(&ctx.zones, &marker.job).await?;
         }
     }
     // Anything to do?
-    let landing = ctx.landing.clone();
-    let pending = ctx.pending.clone();
+    let landing = ctx.zones.landing.clone();
+    let pending = ctx.zones.pending.clone();
     let listed = blocking("listing the landing zone", move || landing.list(&pending)).await?;
     let waiting = listed
         .iter()
         .filter(|o| {
-            !o.key[ctx.pending.len()..]
+            !o.key[ctx.zones.pending.len()..]
                 .split('/')
                 .any(|s| s.starts_with(['_', '.']))
         })
@@ -394,7 +392,7 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
         if ctx.args.json {
             println!("{}", json!({"state": "nothing_pending"}));
         } else {
-            eprintln!("nothing pending in {}", ctx.pending_url);
+            eprintln!("nothing pending in {}", ctx.zones.pending_url);
         }
         return Ok(false);
     }
@@ -404,7 +402,7 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
         run_date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
     };
     let body = serde_json::to_vec(&marker).unwrap_or_default();
-    let (store, key) = (ctx.dest.clone(), format!("{OPEN}{job}.json"));
+    let (store, key) = (ctx.zones.dest.clone(), format!("{OPEN}{job}.json"));
     blocking("opening the ingest", move || store.put(&key, &body)).await?;
     step_done();
     let summary = match crate::embedded::execute_as(
@@ -419,20 +417,20 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
         Ok(s) => s,
         Err(e) => {
             // Nothing of it was published: its objects stay pending.
-            abandon(ctx, marker.job.as_str()).await?;
+            abandon(&ctx.zones, marker.job.as_str()).await?;
             return Err(e);
         }
     };
     step_done();
     if summary.state != JobPhase::Succeeded {
-        abandon(ctx, &marker.job).await?;
+        abandon(&ctx.zones, &marker.job).await?;
         return Err(Failure::Job(format!(
             "ingest {job} {}: {} of {} shards failed; nothing was published and every object \
              is still pending",
             summary.state, summary.shards_failed, summary.shards
         )));
     }
-    let done = finish(ctx, &marker).await?;
+    let done = finish(&ctx.zones, &marker).await?;
     let report = json!({
         "job_id": marker.job,
         "state": "succeeded",
@@ -446,7 +444,7 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
         "published": done.rows,
         "files": done.files,
         "consumed": done.consumed,
-        "processed": format!("{}date={}/", ctx.processed_url.trim_end_matches('/').to_string() + "/", marker.run_date),
+        "processed": format!("{}date={}/", ctx.zones.processed_url.trim_end_matches('/').to_string() + "/", marker.run_date),
         "change": done.change,
         "failed_output": summary.failed_output,
     });
@@ -478,10 +476,10 @@ struct Done {
 }
 
 /// Publish, record, move, close: every step idempotent.
-async fn finish(ctx: &Ctx, marker: &Marker) -> Result<Done, Failure> {
+async fn finish(z: &Zones, marker: &Marker) -> Result<Done, Failure> {
     let job = marker.job.clone();
     let exec = execution(&job);
-    let store = ctx.dest.clone();
+    let store = z.dest.clone();
     let key = format!("{exec}_manifest.json");
     let manifest: JobManifest = {
         let body = blocking("reading the staged manifest", move || store.get(&key))
@@ -510,7 +508,7 @@ async fn finish(ctx: &Ctx, marker: &Marker) -> Result<Done, Failure> {
             }
         })
         .collect();
-    let (store, dedup, own) = (ctx.dest.clone(), ctx.dedup.clone(), format!("part-{job}-"));
+    let (store, dedup, own) = (z.dest.clone(), z.dedup.clone(), format!("part-{job}-"));
     let published = tokio::task::spawn_blocking(move || {
         rewind_worker::ingest::publish(&store, &moves, dedup.as_deref(), &own)
     })
@@ -519,7 +517,7 @@ async fn finish(ctx: &Ctx, marker: &Marker) -> Result<Done, Failure> {
     .map_err(|e| Failure::Job(format!("publishing ingest {job}: {e}")))?;
     step_done();
     // What the job read: every object of its plans.
-    let store = ctx.dest.clone();
+    let store = z.dest.clone();
     let plans_prefix = format!("{exec}_rewind/plan/");
     let consumed: Vec<ObjectMeta> = blocking("reading the staged plans", move || {
         let mut out = Vec::new();
@@ -538,17 +536,17 @@ async fn finish(ctx: &Ctx, marker: &Marker) -> Result<Done, Failure> {
     })
     .await?;
     // 4. record
-    let processed_at = format!("{}date={}/", ctx.processed, marker.run_date);
+    let processed_at = format!("{}date={}/", z.processed, marker.run_date);
     let effect = IngestEffect {
-        pending: ctx.pending_url.clone(),
+        pending: z.pending_url.clone(),
         processed: format!(
             "{}/date={}/",
-            ctx.processed_url.trim_end_matches('/'),
+            z.processed_url.trim_end_matches('/'),
             marker.run_date
         ),
         consumed: consumed.clone(),
     };
-    let (store, files) = (ctx.dest.clone(), published.files.clone());
+    let (store, files) = (z.dest.clone(), published.files.clone());
     let (spec, counts) = (
         serde_json::to_value(&manifest.spec).ok(),
         Some(manifest.counts.clone()),
@@ -562,7 +560,7 @@ async fn finish(ctx: &Ctx, marker: &Marker) -> Result<Done, Failure> {
     .map_err(|e| Failure::Job(format!("recording ingest {job}: {e}")))?;
     step_done();
     // 5. move: copies first, then the deletes in batches.
-    let (landing, pending) = (ctx.landing.clone(), ctx.pending.clone());
+    let (landing, pending) = (z.landing.clone(), z.pending.clone());
     blocking("moving the consumed objects", move || {
         let mut delete = Vec::new();
         for (i, o) in consumed.iter().enumerate() {
@@ -590,7 +588,7 @@ async fn finish(ctx: &Ctx, marker: &Marker) -> Result<Done, Failure> {
     .await?;
     step_done();
     // 6. close
-    close(ctx, &job).await?;
+    close(z, &job).await?;
     Ok(Done {
         files: published.files.len(),
         rows: published.files.iter().map(|f| f.rows).sum(),
@@ -611,10 +609,10 @@ fn same(now: &ObjectMeta, then: &ObjectMeta) -> bool {
 }
 
 /// Removes what an ingest staged and its marker.
-async fn close(ctx: &Ctx, job: &str) -> Result<(), Failure> {
+async fn close(z: &Zones, job: &str) -> Result<(), Failure> {
     let (store, staging, exec, marker) = (
-        ctx.dest.clone(),
-        ctx.staging.clone(),
+        z.dest.clone(),
+        z.staging.clone(),
         execution(job),
         format!("{OPEN}{job}.json"),
     );
@@ -631,13 +629,13 @@ async fn close(ctx: &Ctx, job: &str) -> Result<(), Failure> {
 
 /// Drops a batch whose job did not commit: what it staged and failed, and its marker. Its
 /// objects were never moved: they are ingested by the next batch.
-async fn abandon(ctx: &Ctx, job: &str) -> Result<(), Failure> {
-    let store = ctx.dest.clone();
+async fn abandon(z: &Zones, job: &str) -> Result<(), Failure> {
+    let store = z.dest.clone();
     let failed = format!("_failed/execution_id={job}/");
     blocking("dropping the ingest's failed records", move || {
         let keys: Vec<String> = store.list(&failed)?.into_iter().map(|o| o.key).collect();
         store.delete_many(&keys)
     })
     .await?;
-    close(ctx, job).await
+    close(z, job).await
 }

@@ -94,17 +94,7 @@ pub struct ReplayArgs {
 /// A test hook: abort after the Nth step of any day (`REWIND_FAILPOINT=guard-step-then-die`,
 /// `REWIND_FAILPOINT_AFTER=N`).
 fn step_done() {
-    use std::sync::atomic::AtomicU64;
-    static STEPS: AtomicU64 = AtomicU64::new(0);
-    if rewind_common::failpoint("guard-step-then-die") {
-        let after = std::env::var("REWIND_FAILPOINT_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        if STEPS.fetch_add(1, Ordering::Relaxed) + 1 >= after {
-            std::process::abort();
-        }
-    }
+    rewind_common::step_failpoint("guard-step-then-die");
 }
 
 /// How a day's replay runs.

@@ -1592,17 +1592,7 @@ fn holds(now: Option<&ObjectMeta>, content: &Content) -> bool {
 /// A test hook: `REWIND_FAILPOINT=change-step-then-die` aborts the process after the Nth step
 /// that changes the store (`REWIND_FAILPOINT_AFTER`, default 1), to test every moment.
 fn step_done() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STEPS: AtomicU64 = AtomicU64::new(0);
-    if crate::failpoint("change-step-then-die") {
-        let after = std::env::var("REWIND_FAILPOINT_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        if STEPS.fetch_add(1, Ordering::Relaxed) + 1 >= after {
-            std::process::abort();
-        }
-    }
+    crate::step_failpoint("change-step-then-die");
 }
 
 /// Carries out an intent: inverts every object of the change it undoes, records the change,

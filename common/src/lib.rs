@@ -46,3 +46,20 @@ pub use request::{JobRecord, JobRequest};
 pub fn failpoint(name: &str) -> bool {
     std::env::var("REWIND_FAILPOINT").is_ok_and(|v| v == name)
 }
+
+/// A test hook for multi-step work: with `REWIND_FAILPOINT=<name>`, aborts the process at the
+/// Nth call (`REWIND_FAILPOINT_AFTER`, default 1), so a test can stop it after every step in
+/// turn. One count per process (only one such fail point is set at a time).
+pub fn step_failpoint(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STEPS: AtomicU64 = AtomicU64::new(0);
+    if failpoint(name) {
+        let after = std::env::var("REWIND_FAILPOINT_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        if STEPS.fetch_add(1, Ordering::Relaxed) + 1 >= after {
+            std::process::abort();
+        }
+    }
+}

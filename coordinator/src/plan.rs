@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rewind_common::job::ShardPlan;
-use rewind_common::storage::{ObjectSource, OutputStore, StorageError};
+use rewind_common::storage::{ObjectMeta, ObjectSource, OutputStore, StorageError};
 use rewind_common::{JobSpec, OutputKeys, ShardId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -126,12 +126,18 @@ pub async fn ingest_plans(source: Arc<dyn ObjectSource>) -> Result<Vec<ShardPlan
         })??;
     objects.retain(|o| !o.key.split('/').any(|s| s.starts_with(['_', '.'])));
     objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(grouped(objects, INGEST_SHARD_OBJECTS, INGEST_SHARD_BYTES))
+}
+
+/// Objects in order, in groups of up to `n` objects and `bytes` bytes, each group one shard
+/// (ids are hours from the epoch: shard `i` is hour `i`).
+fn grouped(objects: Vec<ObjectMeta>, n: usize, max_bytes: u64) -> Vec<ShardPlan> {
     let mut plans: Vec<ShardPlan> = Vec::new();
     let mut bytes = 0;
     for o in objects {
-        let full = plans.last().is_none_or(|p| {
-            p.objects.len() >= INGEST_SHARD_OBJECTS || bytes + o.size > INGEST_SHARD_BYTES
-        });
+        let full = plans
+            .last()
+            .is_none_or(|p| p.objects.len() >= n || bytes + o.size > max_bytes);
         if full {
             plans.push(ShardPlan {
                 shard: ShardId(rewind_common::Hour::from_epoch_hours(plans.len() as i64)),
@@ -144,7 +150,7 @@ pub async fn ingest_plans(source: Arc<dyn ObjectSource>) -> Result<Vec<ShardPlan
         bytes += o.size;
         plans.last_mut().expect("a plan").objects.push(o);
     }
-    Ok(plans)
+    plans
 }
 
 /// Files a distributed repair shard rewrites at most, and bytes.
@@ -156,25 +162,7 @@ pub const REPAIR_SHARD_BYTES: u64 = 1 << 30;
 /// shard `n` is hour `n`).
 pub fn repair_plans(output: &dyn OutputStore) -> Result<Vec<ShardPlan>, StorageError> {
     let files = rewind_common::storage::dataset_files(output)?;
-    let mut plans: Vec<ShardPlan> = Vec::new();
-    let mut bytes = 0;
-    for f in files {
-        let full = plans.last().is_none_or(|p| {
-            p.objects.len() >= REPAIR_SHARD_FILES || bytes + f.size > REPAIR_SHARD_BYTES
-        });
-        if full {
-            plans.push(ShardPlan {
-                shard: ShardId(rewind_common::Hour::from_epoch_hours(plans.len() as i64)),
-                prefix: String::new(),
-                objects: Vec::new(),
-                unlisted: None,
-            });
-            bytes = 0;
-        }
-        bytes += f.size;
-        plans.last_mut().expect("a plan").objects.push(f);
-    }
-    Ok(plans)
+    Ok(grouped(files, REPAIR_SHARD_FILES, REPAIR_SHARD_BYTES))
 }
 
 /// Writes one plan object per shard into the job's `_rewind/plan/` (distributed mode: the
