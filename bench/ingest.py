@@ -5,7 +5,8 @@
     BENCH_HOURS=24 BENCH_OBJECT_MB=1 python3 bench/ingest.py     # quicker
 
 An archive is made with `rewind gen` (mixed compression: plain, gzip, zstd). In the same run:
-- `rewind run` of the archive into Parquet (the yardstick: the same decode and write);
+- `rewind run` of the archive into Parquet (the yardstick: the same decode and write), and the
+  same with `--partition-by` the distributor layout (what partitioning by fields costs);
 - `rewind ingest` of the same objects, copied flat into a landing zone's `pending/` with other
   names, into a trusted zone with the distributor layout (no dedup);
 - the same with `--dedup event_id` (the batch's keys checked, nothing in the trusted zone yet);
@@ -22,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out", "ingest")
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
 ORG = "TN-bench"
+DISTRIBUTOR = "domain_event_type={domain}-{event_type}/year={ts:YYYY}/month={ts:MM}/day={ts:DD}"
 
 
 def child(args):
@@ -71,6 +73,12 @@ def main():
     run_cpu, run_wall = child([BIN, "run", "--source", src, "--org", ORG, "--start", "2024-04-01T00",
                                "--end", end, "--dest", os.path.join(OUT, "run"), "--json"])
     print(f"rewind run              {run_cpu:7.2f} CPU-s {run_wall:6.2f} s  {mb / run_cpu:6.1f} MB/CPU-s  1.00x")
+    # The same job with the distributor layout: the cost of partitioning by fields.
+    p_cpu, p_wall = child([BIN, "run", "--source", src, "--org", ORG, "--start", "2024-04-01T00",
+                           "--end", end, "--dest", os.path.join(OUT, "run-partitioned"), "--json",
+                           "--partition-by", DISTRIBUTOR])
+    print(f"run --partition-by      {p_cpu:7.2f} CPU-s {p_wall:6.2f} s  {mb / p_cpu:6.1f} MB/CPU-s  "
+          f"{(mb / p_cpu) / (mb / run_cpu):.2f}x")
 
     def ingest(name, pending, trusted, extra):
         cpu, wall = child([BIN, "ingest", "--source", pending, "--dest", trusted, "--org", ORG,

@@ -499,6 +499,7 @@ async fn finish(z: &Zones, marker: &Marker) -> Result<Done, Failure> {
             let (dir, name) = rest.rsplit_once('/').unwrap_or(("", rest));
             let name = name.strip_prefix("part-").unwrap_or(name);
             rewind_worker::ingest::Move {
+                rows: f.rows,
                 staged: format!("{STAGING}{}", f.key),
                 to: if dir.is_empty() {
                     format!("part-{job}-{name}")

@@ -20,6 +20,8 @@ use rewind_common::storage::{OutputStore, StorageError};
 pub struct Move {
     pub staged: String,
     pub to: String,
+    /// Its rows (from the job's manifest).
+    pub rows: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,11 +47,27 @@ fn file_err(key: &str, e: impl std::fmt::Display) -> PublishError {
 }
 
 fn read(store: &dyn OutputStore, key: &str) -> Result<Vec<RecordBatch>, PublishError> {
+    read_columns(store, key, None)
+}
+
+/// The file's batches, only `columns` of them when given (the dedup keys: a file is read whole
+/// only when it must be rewritten).
+fn read_columns(
+    store: &dyn OutputStore,
+    key: &str,
+    columns: Option<&[String]>,
+) -> Result<Vec<RecordBatch>, PublishError> {
     let body = store.get(key)?.ok_or_else(|| file_err(key, "is gone"))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body))
-        .map_err(|e| file_err(key, e))?
-        .build()
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body))
         .map_err(|e| file_err(key, e))?;
+    if let Some(cols) = columns {
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            cols.iter().map(String::as_str),
+        );
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(|e| file_err(key, e))?;
     reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(key, e))
@@ -116,7 +134,7 @@ pub fn publish(
                 {
                     continue;
                 }
-                for b in read(store.as_ref(), &o.key)? {
+                for b in read_columns(store.as_ref(), &o.key, Some(cols))? {
                     seen.extend(keys(&o.key, &b, cols)?.into_iter().flatten());
                 }
             }
@@ -125,16 +143,18 @@ pub fn publish(
     for m in moves {
         // Published by an earlier run: as it is; its keys are seen.
         if let Some(meta) = store.head(&m.to)? {
-            let batches = read(store.as_ref(), &m.to)?;
+            let mut rows = m.rows;
             if let Some(cols) = dedup {
-                for b in &batches {
-                    seen.extend(keys(&m.to, b, cols)?.into_iter().flatten());
+                rows = 0;
+                for b in read_columns(store.as_ref(), &m.to, Some(cols))? {
+                    rows += b.num_rows() as u64;
+                    seen.extend(keys(&m.to, &b, cols)?.into_iter().flatten());
                 }
             }
             out.files.push(OutputFileEntry {
                 key: m.to.clone(),
                 size: meta.size,
-                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+                rows,
                 version: meta.version,
             });
             store.delete(&m.staged)?;
@@ -145,16 +165,41 @@ pub fn publish(
             continue;
         }
         let Some(cols) = dedup else {
-            let batches = read(store.as_ref(), &m.staged)?;
             let w = store.promote(&m.staged, &m.to)?;
             out.files.push(OutputFileEntry {
                 key: m.to.clone(),
                 size: w.size,
-                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+                rows: m.rows,
                 version: w.version,
             });
             continue;
         };
+        // The keys first; the whole file only when some of its rows go.
+        let mut fresh = Vec::new();
+        let mut any_dup = false;
+        for b in read_columns(store.as_ref(), &m.staged, Some(cols))? {
+            for k in keys(&m.staged, &b, cols)? {
+                let new = k.as_ref().is_none_or(|k| !seen.contains(k));
+                any_dup |= !new;
+                fresh.push(k);
+            }
+        }
+        if !any_dup {
+            // (Duplicates within the file itself count too.)
+            let mut mine = HashSet::new();
+            any_dup = fresh.iter().flatten().any(|k| !mine.insert(k.as_str()));
+        }
+        if !any_dup {
+            seen.extend(fresh.into_iter().flatten());
+            let w = store.promote(&m.staged, &m.to)?;
+            out.files.push(OutputFileEntry {
+                key: m.to.clone(),
+                size: w.size,
+                rows: m.rows,
+                version: w.version,
+            });
+            continue;
+        }
         let batches = read(store.as_ref(), &m.staged)?;
         let mut kept = Vec::new();
         let (mut rows, mut dropped) = (0u64, 0u64);
