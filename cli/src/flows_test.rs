@@ -102,6 +102,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         guard: None,
         partition_by: None,
         ingest: false,
+        ingest_to: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -83,6 +83,15 @@ pub struct IngestArgs {
     /// Print one JSON object per batch on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Run the batch as a job of this coordinator (its gRPC address): its workers read the
+    /// objects (shards by size), its commit publishes, records and moves. Waits for the job.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
+    #[arg(long, env = "REWIND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "REWIND_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -113,6 +122,68 @@ pub struct Zones {
     pub pending_url: String,
     pub processed_url: String,
     pub dedup: Option<Vec<String>>,
+}
+
+impl Zones {
+    /// The zones of a distributed ingest, as its job says (opened where it is finished).
+    pub async fn of(
+        t: &rewind_common::request::IngestTarget,
+        org: &OrgId,
+        s3: &rewind_common::S3Options,
+    ) -> Result<Zones, String> {
+        let parse = |what: &'static str, url: &str| {
+            Location::parse(what, url, org).map_err(|e| e.to_string())
+        };
+        let trusted = parse("--dest", &t.trusted)?;
+        let landing = parse("--source", &t.landing)?;
+        let staging = trusted.join(STAGING.trim_end_matches('/'));
+        let open = |loc: Location, side: JobSide| async move {
+            rewind_s3::open_output(&loc, s3, side)
+                .await
+                .map_err(|e| format!("opening {loc}: {e}"))
+        };
+        Ok(Zones {
+            dest: open(trusted.clone(), JobSide::Dest).await?,
+            staging: open(staging, JobSide::Dest).await?,
+            landing: open(landing.clone(), JobSide::Source).await?,
+            pending_url: landing.join(&t.pending).to_string(),
+            processed_url: landing.join(&t.processed).to_string(),
+            pending: t.pending.clone(),
+            processed: t.processed.clone(),
+            dedup: t
+                .dedup
+                .as_deref()
+                .map(|d| d.split(',').map(str::to_string).collect()),
+        })
+    }
+}
+
+/// A coordinator's end of a distributed ingest's commit ([`SinkCheck::ingest_finish`]).
+pub fn finish_distributed(
+    spec: &rewind_common::JobSpec,
+    s3: &rewind_common::S3Options,
+    manifest: &JobManifest,
+) -> Result<(), String> {
+    let Some(t) = &spec.ingest_to else {
+        return Ok(());
+    };
+    let job = spec.job.to_string();
+    tokio::runtime::Handle::current().block_on(async {
+        let zones = Zones::of(t, &spec.org, s3).await?;
+        let done = publish_record_move(&zones, &job, &run_date_of(&job), manifest)
+            .await
+            .map_err(|e| crate::replay::failure_text(&e))?;
+        tracing::info!(
+            job = %job,
+            files = done.files,
+            rows = done.rows,
+            duplicates = done.duplicates,
+            consumed = done.consumed,
+            change = %done.change,
+            "ingest published and its objects moved"
+        );
+        Ok(())
+    })
 }
 
 struct Ctx {
@@ -281,6 +352,33 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
         s3: args.s3.options(),
         ..JobRequest::default()
     };
+    if let Some(addr) = &args.coordinator {
+        if args.watch {
+            return Err(bad(
+                "--watch runs in one process: leave it out with --coordinator (submit a batch \
+                 when objects have landed)"
+                    .into(),
+            ));
+        }
+        let mut request = request;
+        request.ingest_to = Some(rewind_common::request::IngestTarget {
+            trusted: dest.to_string(),
+            landing: root.to_string(),
+            pending: pending.clone(),
+            processed: processed.clone(),
+            dedup: args.dedup.clone().filter(|d| !d.trim().is_empty()),
+        });
+        request.validate(JobId::generate())?;
+        let remote = crate::Remote {
+            coordinator: addr.clone(),
+            token_file: args.token_file.clone(),
+            tls_ca: args.tls_ca.clone(),
+            tls_cert: None,
+            tls_key: None,
+            json: args.json,
+        };
+        return crate::client::submit_request(&remote, request, true);
+    }
     // Checked once, before anything is touched.
     request.validate(JobId::generate())?;
     let (workers, runtime) = crate::embedded::job_runtime(args.workers, 8)?;
@@ -467,7 +565,7 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
     Ok(true)
 }
 
-struct Done {
+pub struct Done {
     files: usize,
     rows: u64,
     duplicates: u64,
@@ -487,6 +585,28 @@ async fn finish(z: &Zones, marker: &Marker) -> Result<Done, Failure> {
             .ok_or_else(|| Failure::Job(format!("ingest {job}: its manifest is gone")))?;
         serde_json::from_slice(&body).map_err(|e| Failure::Job(format!("{exec}: {e}")))?
     };
+    let done = publish_record_move(z, &job, &marker.run_date, &manifest).await?;
+    // 6. close
+    close(z, &job).await?;
+    Ok(done)
+}
+
+/// The day a batch ran, from its job id (`YYYYMMDD-…`): where its objects go in `processed/`.
+pub fn run_date_of(job: &str) -> String {
+    let d = job.get(..8).unwrap_or("19700101");
+    format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..8])
+}
+
+/// Steps 3 to 5 of a committed batch (publish, record, move), each idempotent; `manifest` is its
+/// job's. What a coordinator runs at a distributed ingest's commit, too.
+pub async fn publish_record_move(
+    z: &Zones,
+    job: &str,
+    run_date: &str,
+    manifest: &JobManifest,
+) -> Result<Done, Failure> {
+    let job = job.to_string();
+    let exec = execution(&job);
     // 3. publish
     let moves: Vec<rewind_worker::ingest::Move> = manifest
         .files
@@ -537,13 +657,13 @@ async fn finish(z: &Zones, marker: &Marker) -> Result<Done, Failure> {
     })
     .await?;
     // 4. record
-    let processed_at = format!("{}date={}/", z.processed, marker.run_date);
+    let processed_at = format!("{}date={}/", z.processed, run_date);
     let effect = IngestEffect {
         pending: z.pending_url.clone(),
         processed: format!(
             "{}/date={}/",
             z.processed_url.trim_end_matches('/'),
-            marker.run_date
+            run_date
         ),
         consumed: consumed.clone(),
     };
@@ -588,8 +708,6 @@ async fn finish(z: &Zones, marker: &Marker) -> Result<Done, Failure> {
     })
     .await?;
     step_done();
-    // 6. close
-    close(z, &job).await?;
     Ok(Done {
         files: published.files.len(),
         rows: published.files.iter().map(|f| f.rows).sum(),

@@ -418,6 +418,7 @@ impl JobArgs {
             table_format: self.table_format.clone(),
             partition_by: self.partition_by.clone(),
             ingest: false,
+            ingest_to: None,
             envelope: self.envelope.clone(),
             preserve_partition: self.preserve_partition,
             lineage_headers: self.lineage_headers,

@@ -485,8 +485,9 @@ async fn orchestrate<R: JobRegistry>(
     Ok((ok, summary, text))
 }
 
-/// A sink check for a coordinator that also takes guarded replays: the Kafka checks, and a
-/// guard's sinks, Druid and webhooks reached at submit.
+/// A sink check for a coordinator that also takes guarded replays and ingests: the Kafka
+/// checks, a guard's sinks, Druid and webhooks reached at submit, and an ingest's publish and
+/// moves after its commit.
 pub struct GuardChecks<S>(pub S);
 
 impl<S: rewind_common::lifecycle::SinkCheck> rewind_common::lifecycle::SinkCheck
@@ -504,6 +505,17 @@ impl<S: rewind_common::lifecycle::SinkCheck> rewind_common::lifecycle::SinkCheck
         dest: Arc<dyn OutputStore>,
     ) -> Result<Arc<dyn OutputStore>, StorageError> {
         self.0.destination(spec, dest)
+    }
+    fn finishes_ingests(&self) -> bool {
+        true
+    }
+    fn ingest_finish(
+        &self,
+        spec: &JobSpec,
+        s3: &rewind_common::S3Options,
+        manifest: &rewind_common::lifecycle::JobManifest,
+    ) -> Result<(), String> {
+        crate::ingest::finish_distributed(spec, s3, manifest)
     }
     fn guard(&self, spec: &JobSpec, s3: &rewind_common::S3Options) -> Result<(), String> {
         let Some(g) = &spec.guard else { return Ok(()) };

@@ -38,6 +38,9 @@ pub struct JobSpec {
     /// A landing-zone ingest: shards are the source's objects by size, not hours.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ingest: bool,
+    /// A distributed ingest: where its commit publishes and moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_to: Option<crate::request::IngestTarget>,
     /// A keyed repair of the dataset at the destination, its file rewrites spread over the
     /// workers (each shard a group of the dataset's files) instead of reading an archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -106,6 +106,21 @@ pub trait SinkCheck: Send + Sync {
     fn guard(&self, _spec: &JobSpec, _s3: &crate::S3Options) -> Result<(), String> {
         Ok(())
     }
+    /// Whether this process can finish distributed ingests ([`SinkCheck::ingest_finish`]);
+    /// a coordinator that cannot refuses them at submit.
+    fn finishes_ingests(&self) -> bool {
+        false
+    }
+    /// A distributed ingest's end, after its commit: publish into the trusted zone, record the
+    /// change, move the consumed objects. Idempotent (run again after a crash). Blocking.
+    fn ingest_finish(
+        &self,
+        _spec: &JobSpec,
+        _s3: &crate::S3Options,
+        _manifest: &JobManifest,
+    ) -> Result<(), String> {
+        Err("this process cannot finish ingests".into())
+    }
 }
 
 /// No sink checks (Parquet needs none; tests).

@@ -103,6 +103,10 @@ pub struct JobRequest {
     /// (any names), in groups by size, instead of the layout's hours.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ingest: bool,
+    /// A distributed ingest (`rewind ingest --coordinator`): where its commit publishes and
+    /// moves (`dest` is the trusted zone's staging prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_to: Option<IngestTarget>,
     /// A Kafka replay of archived Kafka records: where each envelope's value, key, headers,
     /// timestamp and partition are (`--envelope`, see [`crate::envelope`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +126,74 @@ pub struct JobRequest {
     /// runs each day as a job of this request narrowed to the day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardRequest>,
+}
+
+/// Where a distributed ingest's commit publishes and moves: the trusted zone, the landing
+/// zone's root, the pending and processed prefixes in it, and the dedup key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestTarget {
+    pub trusted: String,
+    pub landing: String,
+    pub pending: String,
+    pub processed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<String>,
+}
+
+impl IngestTarget {
+    /// Checked against the request it belongs to: an ingest, staged below the trusted zone,
+    /// reading the pending prefix of the landing zone, moving to another prefix of it.
+    fn checked(&self, r: &JobRequest, org: &OrgId) -> Result<IngestTarget, RequestError> {
+        let bad = |m: String| RequestError::new("--source", m);
+        if !r.ingest {
+            return Err(bad("an ingest target without an ingest".into()));
+        }
+        let trusted = Location::parse("--dest", &self.trusted, org)?;
+        let landing = Location::parse("--source", &self.landing, org)?;
+        let staging = trusted.join("_rewind/ingest/staging");
+        if Location::parse("--dest", &r.dest, org)? != staging {
+            return Err(RequestError::new(
+                "--dest",
+                format!("an ingest stages below {trusted}/_rewind/ingest/staging"),
+            ));
+        }
+        let rel = |p: &str, what: &str| -> Result<(), RequestError> {
+            if p.is_empty()
+                || !p.ends_with('/')
+                || p.split('/').any(|s| s == ".." || s == ".")
+                || p.starts_with('/')
+            {
+                return Err(bad(format!(
+                    "{what} {p:?} is not a prefix of the landing zone"
+                )));
+            }
+            Ok(())
+        };
+        rel(&self.pending, "pending")?;
+        rel(&self.processed, "processed")?;
+        if self.pending.starts_with(&self.processed) || self.processed.starts_with(&self.pending) {
+            return Err(RequestError::new(
+                "--processed",
+                "must not hold or be inside the pending prefix",
+            ));
+        }
+        if Location::parse("--source", &r.source, org)? != landing.join(&self.pending) {
+            return Err(bad(format!(
+                "the source must be the pending prefix {}",
+                landing.join(&self.pending)
+            )));
+        }
+        if !matches!(
+            self.dedup.as_deref(),
+            None | Some("event_id") | Some("event_id,timestamp")
+        ) {
+            return Err(RequestError::new(
+                "--dedup",
+                "event_id or event_id,timestamp",
+            ));
+        }
+        Ok(self.clone())
+    }
 }
 
 /// A keyed repair as requested (`rewind repair --coordinator`).
@@ -208,6 +280,7 @@ impl Default for JobRequest {
             table_format: None,
             partition_by: None,
             ingest: false,
+            ingest_to: None,
             envelope: None,
             preserve_partition: false,
             lineage_headers: false,
@@ -304,6 +377,10 @@ impl JobRequest {
                 Some(t.as_str().to_string())
             }
         };
+        let ingest_to = match &self.ingest_to {
+            None => None,
+            Some(t) => Some(t.checked(self, &org)?),
+        };
         Ok(JobSpec {
             job,
             org,
@@ -319,6 +396,7 @@ impl JobRequest {
             table_format,
             partition_by,
             ingest: self.ingest,
+            ingest_to,
             repair: match &self.repair {
                 None => None,
                 Some(r) => Some(r.spec()?),

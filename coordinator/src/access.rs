@@ -55,6 +55,14 @@ impl Scope {
         check("destination", &p.dest, &self.destinations)?;
         check("failed output", &p.failed, &self.destinations)?;
         check("unrecoverable output", &p.unrecoverable, &self.destinations)?;
+        // A distributed ingest publishes into the trusted zone and moves the landing zone's
+        // objects: both are written.
+        if let Some(t) = &spec.ingest_to {
+            for (what, url) in [("trusted zone", &t.trusted), ("landing zone", &t.landing)] {
+                let loc = Location::parse("--dest", url, &spec.org).map_err(|e| e.to_string())?;
+                check(what, &loc, &self.destinations)?;
+            }
+        }
         // A guarded replay clears (moves and deletes) its dependent sinks: they are written.
         if let Some(g) = &spec.guard {
             for s in &g.guard.sources {

@@ -512,6 +512,7 @@ mod tests {
             guard: None,
             partition_by: None,
             ingest: false,
+            ingest_to: None,
         }
     }
 

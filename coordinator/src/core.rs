@@ -258,6 +258,11 @@ impl<R: JobRegistry> Coordinator<R> {
         if let Some(id) = &id {
             spec.job = id.clone();
         }
+        if spec.ingest_to.is_some() && !self.sinks.finishes_ingests() {
+            return Err(CoreError::BadRequest(
+                "invalid --coordinator: this coordinator does not run ingests".into(),
+            ));
+        }
         // Who may run it is decided before anything is touched.
         scope.allows(&spec).map_err(CoreError::Denied)?;
         // A Kafka replay's brokers, topic (and transactions, for exactly-once) are checked
@@ -493,20 +498,46 @@ impl<R: JobRegistry> Coordinator<R> {
         let commit_spec = spec.clone();
         let who = record.submitted_by.clone();
         let sinks = self.sinks.clone();
+        let s3 = record.request.s3.clone();
         let committed = match open_outputs(&record.request, &spec).await {
             Ok(mut outputs) => tokio::task::spawn_blocking(move || {
                 outputs.dest = sinks.destination(&commit_spec, outputs.dest.clone())?;
                 let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
-                let manifest = if cancelled {
-                    commit_cancelled(&commit_spec, &states, output, &sides)
+                let keys = OutputKeys::of(&commit_spec);
+                // A distributed ingest whose commit ended before (its `_SUCCESS` is there) is
+                // being published: its files have moved on, so the commit is not run again.
+                let ingest = commit_spec.ingest_to.is_some() && !cancelled;
+                let committed_before = ingest && output.head(&keys.success_marker())?.is_some();
+                let manifest = if committed_before {
+                    let body = output.get(&keys.job_manifest())?.ok_or_else(|| {
+                        StorageError::NotFound {
+                            what: keys.job_manifest(),
+                        }
+                    })?;
+                    serde_json::from_slice(&body).map_err(|e| StorageError::Unavailable {
+                        what: keys.job_manifest(),
+                        why: e.to_string(),
+                    })?
+                } else if cancelled {
+                    commit_cancelled(&commit_spec, &states, output, &sides)?
                 } else {
-                    commit_job(&commit_spec, &states, output, &sides)
-                }?;
+                    commit_job(&commit_spec, &states, output, &sides)?
+                };
                 // The job's change in the destination's log, last: recorded exactly when the
                 // job's output took effect (a commit run again finds it).
-                if manifest.repair.is_none() {
+                if manifest.repair.is_none() && !committed_before {
                     rewind_common::change::record_job(output, &manifest, who.as_deref())
                         .map_err(CommitError::from)?;
+                }
+                // An ingest then publishes, records its change in the trusted zone and moves
+                // the objects it read; a failure there is tried again (every step idempotent).
+                if ingest && manifest.state == JobPhase::Succeeded {
+                    sinks
+                        .ingest_finish(&commit_spec, &s3, &manifest)
+                        .map_err(|why| StorageError::Unavailable {
+                            what: "finishing the ingest".into(),
+                            why,
+                        })?;
                 }
                 Ok(manifest)
             })

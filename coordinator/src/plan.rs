@@ -211,6 +211,7 @@ mod tests {
             guard: None,
             partition_by: None,
             ingest: false,
+            ingest_to: None,
         };
         let shards = plan(&spec);
         assert_eq!(shards.len(), 2 + 24 + 24);

@@ -61,6 +61,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         guard: None,
         partition_by: None,
         ingest: false,
+        ingest_to: None,
     };
     let router = Router::new(&job, 128).unwrap();
     let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));

@@ -63,6 +63,7 @@ fn router(flows: Option<&str>) -> Router {
         guard: None,
         partition_by: None,
         ingest: false,
+        ingest_to: None,
     };
     Router::new(&spec, 128).unwrap()
 }

@@ -2391,3 +2391,78 @@ fn guarded_replay_through_the_coordinator_survives_its_leader_killed() {
     );
     assert_eq!(msgs[0]["files_deleted"][sink.to_str().unwrap()], 3);
 }
+
+/// `rewind ingest --coordinator`: the landing zone's objects are the shards of one job of the
+/// workers; its commit publishes, records and moves. The leader dies right after publishing;
+/// the next one does not run the commit again (its files have moved on) but records and moves:
+/// every event once in the trusted zone, every object in `processed/`, nothing pending.
+#[test]
+fn distributed_ingest_survives_its_leader_dying_mid_publish() {
+    use crate::ingest::{ORG as INGEST_ORG, landing_zone, snapshot, trusted_rows};
+    let mut c = Cluster::start_with(
+        2,
+        &[
+            ("REWIND_FAILPOINT", "ingest-step-then-die"),
+            ("REWIND_FAILPOINT_AFTER", "1"),
+        ],
+    );
+    let landing = c.tmp.path().join("landing");
+    let pending = landing.join("pending");
+    let trusted = c.tmp.path().join("trusted");
+    let want = landing_zone(&pending, &c.tmp.path().join("gen"));
+    let before = snapshot(&pending);
+    let addr = c.addr();
+    let client = std::process::Command::new(REWIND)
+        .args([
+            "ingest",
+            "--source",
+            pending.to_str().unwrap(),
+            "--dest",
+            trusted.to_str().unwrap(),
+            "--org",
+            INGEST_ORG,
+            "--dedup",
+            "event_id",
+            "--coordinator",
+            &addr,
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let doomed = c.coordinator.as_mut().unwrap();
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(90)).is_some(),
+        "the coordinator reached the fail point: {}",
+        doomed.log_text()
+    );
+    assert!(
+        files_below(&trusted.join("_rewind/changes")).is_empty(),
+        "died after publishing, before recording"
+    );
+    c.start_coordinator();
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let summary = stdout_json(&out);
+    assert_eq!(summary["state"], "succeeded", "{summary}");
+    let (ids, bad) = trusted_rows(&trusted);
+    assert!(bad.is_empty(), "{bad:?}");
+    assert!(ids.values().all(|n| *n == 1), "every event once");
+    assert_eq!(ids.into_keys().collect::<BTreeSet<_>>(), want);
+    assert!(files_below(&pending).is_empty(), "nothing pending");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let processed = landing.join(format!("processed/date={today}"));
+    assert_eq!(
+        snapshot(&processed),
+        before,
+        "every object moved, byte for byte"
+    );
+    let changes = files_below(&trusted.join("_rewind/changes"));
+    assert_eq!(changes.len(), 1, "one change: {changes:?}");
+}

@@ -17,7 +17,7 @@ use rewind_testkit::files_below;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rewind");
-const ORG: &str = "TN-ingest";
+pub(crate) const ORG: &str = "TN-ingest";
 
 /// Event slices of a concatenated JSON file, found independently (serde_json).
 fn events_of(bytes: &[u8]) -> Vec<(usize, usize, String)> {
@@ -39,7 +39,7 @@ fn events_of(bytes: &[u8]) -> Vec<(usize, usize, String)> {
 }
 
 /// Builds the landing zone; returns the event ids the trusted zone must hold.
-fn landing_zone(pending: &Path, scratch: &Path) -> BTreeSet<String> {
+pub(crate) fn landing_zone(pending: &Path, scratch: &Path) -> BTreeSet<String> {
     common::generate(
         scratch,
         ORG,
@@ -127,7 +127,7 @@ fn ingest(pending: &Path, trusted: &Path, env: &[(&str, &str)]) -> Output {
 
 /// The trusted zone read back with pyarrow's Hive partitioning: event id -> copies, and rows
 /// whose partition columns disagree with their own fields.
-fn trusted_rows(trusted: &Path) -> (BTreeMap<String, usize>, Vec<Value>) {
+pub(crate) fn trusted_rows(trusted: &Path) -> (BTreeMap<String, usize>, Vec<Value>) {
     let script = r#"
 import sys, json, datetime
 import pyarrow.dataset as ds
@@ -206,7 +206,7 @@ fn check(
     assert!(files_below(&trusted.join("_rewind/ingest")).is_empty());
 }
 
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files_below(dir)
         .into_iter()
         .map(|f| {
