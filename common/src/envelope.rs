@@ -163,6 +163,11 @@ impl Envelope {
         })
     }
 
+    /// Whether the mapping says where the timestamp is.
+    pub fn has_timestamp(&self) -> bool {
+        self.timestamp.is_some()
+    }
+
     /// Whether the mapping says where the partition is.
     pub fn has_partition(&self) -> bool {
         self.partition.is_some()

@@ -71,8 +71,14 @@ impl Layout {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
+        // No date at all: an undated layout (Kafka Connect's default partitioner,
+        // `topics/<topic>/partition=<p>/…`), whose objects a range cannot pick: the job lists
+        // everything below it and picks records by their archived timestamps (`--envelope`).
+        let dated = parts
+            .iter()
+            .any(|p| matches!(p, Part::Year | Part::Month | Part::Day | Part::Hour));
         for needed in [Part::Year, Part::Month, Part::Day] {
-            if !parts.contains(&needed) {
+            if dated && !parts.contains(&needed) {
                 return Err(bad(format!(
                     "{template:?} must contain {{YYYY}}, {{MM}} and {{DD}} (and {{HH}} for an \
                      archive by hour) so that every day has its own prefix"
@@ -103,7 +109,16 @@ impl Layout {
 
     /// Whether objects are grouped by day (no `{HH}`): a shard then reads one day.
     pub fn is_daily(&self) -> bool {
-        !self.parts.contains(&Part::Hour)
+        !self.is_undated() && !self.parts.contains(&Part::Hour)
+    }
+
+    /// Whether the layout has no date: a job lists everything below it once, and picks records
+    /// by their archived timestamps (only with `--envelope`).
+    pub fn is_undated(&self) -> bool {
+        !self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Year | Part::Month | Part::Day | Part::Hour))
     }
 
     /// The prefix holding one hour's objects, e.g. `main_stream/2024/04/01/12/`.
@@ -165,6 +180,9 @@ mod tests {
         let day = Layout::parse("dt={YYYY}-{MM}-{DD}").unwrap();
         assert!(day.is_daily());
         assert_eq!(day.prefix(hour, &org), "dt=2024-04-01/");
+        let connect = Layout::parse("topics/orders").unwrap();
+        assert!(connect.is_undated() && !connect.is_daily());
+        assert_eq!(connect.prefix(hour, &org), "topics/orders/");
     }
 
     #[test]
@@ -176,6 +194,7 @@ mod tests {
             "a//{YYYY}/{MM}/{DD}/{HH}/",
             "a\\{YYYY}/{MM}/{DD}/{HH}/",
             "{YYYY}/{MM}/",
+            "topics/t/{HH}/",
             "{YYYY}/{MM}/{DD}/{HH}/{nope}/",
             "{YYYY}/{MM}/{DD}/{HH",
         ] {

@@ -304,6 +304,27 @@ impl JobRequest {
         self.s3.validate()?;
         let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;
         let layout = Layout::parse(&self.layout)?;
+        // An undated layout's objects cannot be picked by a range: only archived Kafka records,
+        // whose timestamps say which of them the range holds.
+        if layout.is_undated() {
+            let timed = self
+                .envelope
+                .as_deref()
+                .filter(|e| !e.trim().is_empty())
+                .and_then(|e| crate::envelope::Envelope::parse(e).ok())
+                .is_some_and(|e| e.has_timestamp());
+            if !timed || self.ingest {
+                return Err(RequestError::new(
+                    "--layout",
+                    format!(
+                        "{:?} has no {{YYYY}}, {{MM}} and {{DD}}: a range cannot pick its objects; \
+                         that works only for archived Kafka records with a timestamp \
+                         (--envelope … timestamp=…), which are then picked one by one",
+                        layout.template()
+                    ),
+                ));
+            }
+        }
         // An archive by day cannot be cut at hours by its layout: only whole days, unless the
         // arrival filter keeps the hours asked.
         if layout.is_daily()

@@ -78,6 +78,9 @@ pub async fn pin(
     source: Arc<dyn ObjectSource>,
     spec: &JobSpec,
 ) -> Result<Vec<ShardPlan>, StorageError> {
+    if spec.layout.is_undated() {
+        return undated_plans(source, spec).await;
+    }
     let shards = plan(spec);
     let only = spec.object.clone();
     let plans = concurrently(shards, move |s| {
@@ -107,6 +110,28 @@ pub async fn pin(
         });
     }
     Ok(plans)
+}
+
+/// An undated layout's shards (Kafka Connect's default partitioner): everything below its
+/// prefix, listed once, in key order, grouped by size; the workers pick records by their
+/// archived timestamps.
+async fn undated_plans(
+    source: Arc<dyn ObjectSource>,
+    spec: &JobSpec,
+) -> Result<Vec<ShardPlan>, StorageError> {
+    let prefix = spec.layout.prefix(spec.range.first, &spec.org);
+    let only = spec.object.clone();
+    let mut objects = tokio::task::spawn_blocking(move || source.list(&prefix))
+        .await
+        .map_err(|e| StorageError::Unavailable {
+            what: "listing the archive".into(),
+            why: e.to_string(),
+        })??;
+    if let Some(key) = &only {
+        objects.retain(|o| &o.key == key);
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(grouped(objects, INGEST_SHARD_OBJECTS, INGEST_SHARD_BYTES))
 }
 
 /// Objects a landing-zone ingest shard reads at most, and bytes.

@@ -72,7 +72,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         if let Outcome::Recovered { row, repaired, .. } = router.route(&ev, &mut scratch, None) {
             let value = repaired.unwrap_or(ev.text());
             assert!(
-                sink.send(&row, value, "bench/object", ev.offset, (0, ev.offset))
+                sink.send(&row, value, None, "bench/object", ev.offset, (0, ev.offset))
                     .unwrap()
                     .is_none()
             );

@@ -669,8 +669,6 @@ pub struct KafkaSink {
     finished_to: Option<Position>,
     /// The position after the last record produced, and its object's key.
     last_after: Option<(Position, String)>,
-    /// Archived Kafka records: each event is an envelope; the record goes out as archived.
-    envelope: Option<rewind_common::envelope::Envelope>,
     /// With an envelope: the topic's partition count, when records keep their partition.
     partitions: Option<i32>,
     /// Whether Rewind's lineage headers are added (always without an envelope).
@@ -741,17 +739,6 @@ impl KafkaSink {
         } else {
             None
         };
-        let envelope = match &spec.envelope {
-            None => None,
-            Some(e) => {
-                Some(
-                    rewind_common::envelope::Envelope::parse(e).map_err(|e| KafkaFailure {
-                        message: e.to_string(),
-                        retryable: false,
-                    })?,
-                )
-            }
-        };
         let partitions = if spec.preserve_partition {
             let md = producer
                 .client()
@@ -770,7 +757,6 @@ impl KafkaSink {
             None
         };
         Ok(KafkaSink {
-            envelope,
             partitions,
             lineage: spec.envelope.is_none() || spec.lineage_headers,
             txn,
@@ -902,6 +888,7 @@ impl KafkaSink {
         &mut self,
         row: &Row<'_>,
         value: &str,
+        archived: Option<&rewind_common::envelope::Record>,
         source_key: &str,
         offset: u64,
         after: Position,
@@ -909,15 +896,8 @@ impl KafkaSink {
         if let Some(f) = self.failed() {
             return Err(f);
         }
-        // An archived record: its value, key, headers, timestamp and partition as archived.
-        let archived = match &self.envelope {
-            None => None,
-            Some(e) => match e.extract(value) {
-                Ok(r) => Some(r),
-                Err(reason) => return Ok(Some(("envelope", reason))),
-            },
-        };
-        let partition = match (&archived, self.partitions) {
+        // An archived record goes out with its value, key, headers, timestamp and partition.
+        let partition = match (archived, self.partitions) {
             (Some(r), Some(count)) => match r.partition {
                 Some(p) if p < count => Some(p),
                 Some(p) => {
@@ -945,7 +925,7 @@ impl KafkaSink {
                 return Err(f);
             }
         }
-        let key: Option<std::borrow::Cow<'_, [u8]>> = match &archived {
+        let key: Option<std::borrow::Cow<'_, [u8]>> = match archived {
             Some(r) => r.key.as_deref().map(std::borrow::Cow::Borrowed),
             None => self
                 .key_of(row, value)
@@ -953,7 +933,7 @@ impl KafkaSink {
         };
         let offset_text = offset.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(4);
-        if let Some(r) = &archived {
+        if let Some(r) = archived {
             for (name, v) in &r.headers {
                 headers = headers.insert(Header {
                     key: name.as_str(),
@@ -982,7 +962,7 @@ impl KafkaSink {
                 });
             }
         }
-        let payload: Option<&[u8]> = match &archived {
+        let payload: Option<&[u8]> = match archived {
             Some(r) => r.value.as_deref(),
             None => Some(value.as_bytes()),
         };
@@ -995,7 +975,7 @@ impl KafkaSink {
         if let Some(k) = key.as_deref() {
             record = record.key(k);
         }
-        if let Some(t) = archived.as_ref().and_then(|r| r.timestamp) {
+        if let Some(t) = archived.and_then(|r| r.timestamp) {
             record = record.timestamp(t);
         }
         if let Some(p) = partition {

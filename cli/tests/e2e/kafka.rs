@@ -1234,3 +1234,102 @@ fn archived_kafka_records_are_replayed_as_they_were() {
             .contains("archived in partition 3; topic orders.small has 2 partitions")
     }));
 }
+
+/// Kafka Connect's default layout (`topics/<t>/partition=<p>/<t>+<p>+<offset>.json`, no time in
+/// the path) as `--layout topics/<t>`: everything below it is read once and the range picks
+/// records by their archived timestamps; the others are filtered (`time`), none lost or twice.
+#[test]
+fn connect_default_layout_picks_records_by_their_timestamps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("archive");
+    let (start, end) = (1_717_200_000_000i64, 1_717_200_000_000i64 + 2 * 3_600_000);
+    let mut inside = BTreeMap::new();
+    let mut outside = 0;
+    for p in 0..3 {
+        let dir = src.join(format!("topics/orders/partition={p}"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut lines = String::new();
+        for i in 0..40i64 {
+            // Three hours of records: the first two are the range.
+            let ts = start + i * 270_000 + p;
+            let value = format!("{{\"p\": {p}, \"i\": {i}}}");
+            let env = serde_json::json!({"partition": p, "offset": i, "ts": ts, "key": format!("k{i}"),
+                "headers": [], "payload": value});
+            lines.push_str(&env.to_string());
+            lines.push('\n');
+            if ts < end {
+                inside.insert(value, (ts, p as i32));
+            } else {
+                outside += 1;
+            }
+        }
+        fs::write(dir.join(format!("orders+{p}+0000000000.json")), lines).unwrap();
+    }
+    let broker = Tansu::start();
+    broker.create_topic("orders.back", 3);
+    let dest = tmp.path().join("out");
+    let out = run(
+        BIN,
+        &[
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-k",
+            "--start",
+            "2024-06-01T00",
+            "--end",
+            "2024-06-01T01",
+            "--layout",
+            "topics/orders",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "kafka",
+            "--brokers",
+            &broker.brokers(),
+            "--topic",
+            "orders.back",
+            "--envelope",
+            "kcat",
+            "--preserve-partition",
+            "--kafka-option",
+            rewind_testkit::kafka::PRODUCER_OPTION,
+            "--json",
+        ],
+    );
+    let summary = ok(&out);
+    assert_eq!(summary["filtered_by_reason"]["time"], outside, "{summary}");
+    assert_eq!(summary["acknowledged"], inside.len() as u64, "{summary}");
+    let got = broker.read_all("orders.back", 3, inside.len(), Duration::from_secs(60));
+    assert_eq!(got.len(), inside.len());
+    for r in &got {
+        let v = String::from_utf8(r.value.clone()).unwrap();
+        assert_eq!(
+            inside.get(&v),
+            Some(&(r.timestamp.unwrap(), r.partition)),
+            "{v}"
+        );
+    }
+    // Without an envelope timestamp, an undated layout is refused up front.
+    let out = run(
+        BIN,
+        &[
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-k",
+            "--start",
+            "2024-06-01",
+            "--end",
+            "2024-06-01",
+            "--layout",
+            "topics/orders",
+            "--dest",
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--layout"));
+}

@@ -265,6 +265,7 @@ impl Attempt<'_> {
                                     Taken::Written | Taken::DeliveredBefore => {
                                         tally.recovered(flow, repaired.is_some())
                                     }
+                                    Taken::Filtered(reason) => tally.filtered(reason, flow),
                                     Taken::Refused(code, reason) => {
                                         tally.failed(code, None);
                                         sink_refused(

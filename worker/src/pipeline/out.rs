@@ -32,6 +32,8 @@ pub(super) enum Taken {
     Written,
     /// Delivered by an earlier attempt of the shard: counted as recovered, not sent again.
     DeliveredBefore,
+    /// Not for this job after all (an archived record outside the range): filtered, with why.
+    Filtered(&'static str),
     /// The sink refused it for itself (too large, invalid; no partition): a failed record with
     /// this code and reason.
     Refused(&'static str, String),
@@ -206,6 +208,10 @@ impl Sink for ParquetOut<'_> {
 /// earlier one delivered.
 pub(super) struct KafkaOut<'a> {
     kafka: KafkaSink,
+    /// Archived Kafka records: each event is an envelope (`--envelope`).
+    envelope: Option<rewind_common::envelope::Envelope>,
+    /// An undated layout: the range's window (ms) that records' timestamps must fall in.
+    window: Option<(i64, i64)>,
     throttle: Option<Arc<Throttle>>,
     /// Everything before this position was delivered by an earlier attempt.
     resume: Option<crate::kafka::Position>,
@@ -270,8 +276,21 @@ impl<'a> KafkaOut<'a> {
         } else {
             read_checkpoint(output, &checkpoint_key, todo)
         };
+        let envelope = match &k.envelope {
+            None => None,
+            Some(e) => {
+                Some(
+                    rewind_common::envelope::Envelope::parse(e).map_err(|e| ShardError {
+                        message: e.to_string(),
+                        retryable: false,
+                    })?,
+                )
+            }
+        };
         Ok(KafkaOut {
             kafka,
+            envelope,
+            window: spec.layout.is_undated().then(|| spec.range.window_ms()),
             throttle: env.throttle.clone(),
             resume,
             resumed: 0,
@@ -292,6 +311,27 @@ impl<'a> KafkaOut<'a> {
 
 impl Sink for KafkaOut<'_> {
     fn take(&mut self, at: At<'_>, row: &Row<'_>, value: &str) -> Result<Taken, ShardError> {
+        // An archived record: what goes out is in its envelope; under an undated layout its
+        // timestamp says whether the range holds it.
+        let archived = match &self.envelope {
+            None => None,
+            Some(e) => match e.extract(value) {
+                Ok(r) => Some(r),
+                Err(reason) => return Ok(Taken::Refused("envelope", reason)),
+            },
+        };
+        if let (Some(r), Some((start, end))) = (&archived, self.window) {
+            match r.timestamp {
+                Some(t) if (start..end).contains(&t) => {}
+                Some(_) => return Ok(Taken::Filtered("time")),
+                None => {
+                    return Ok(Taken::Refused(
+                        "envelope",
+                        "envelope: no timestamp to place the record in the range".into(),
+                    ));
+                }
+            }
+        }
         // Acknowledged in an earlier attempt: counted, not produced.
         if self.resume.is_some_and(|r| (at.index, at.offset) < r) {
             self.resumed += 1;
@@ -304,7 +344,14 @@ impl Sink for KafkaOut<'_> {
         }
         let refused = self
             .kafka
-            .send(row, value, at.key, at.offset, (at.index, at.end))
+            .send(
+                row,
+                value,
+                archived.as_ref(),
+                at.key,
+                at.offset,
+                (at.index, at.end),
+            )
             .map_err(ShardError::kafka)?;
         self.checkpoints.maybe_write(
             &mut self.kafka,
