@@ -409,8 +409,72 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
             request,
             workers,
         };
+        // One ingest at a time per trusted zone: two would take the same pending objects.
+        let lock = Lock::take(&ctx.zones.dest).await?;
+        let r = run_batches(&ctx).await;
+        lock.release().await;
+        r
+    })
+}
+
+/// The lock an ingest holds on its trusted zone (`_rewind/ingest/lock`, created only if absent).
+/// A lock left by a process of this host that is gone is taken over; another is reported.
+struct Lock {
+    store: Arc<dyn OutputStore>,
+}
+
+const LOCK: &str = "_rewind/ingest/lock";
+
+impl Lock {
+    async fn take(store: &Arc<dyn OutputStore>) -> Result<Lock, Failure> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let me = json!({"pid": std::process::id(), "host": host,
+            "since": chrono::Utc::now().to_rfc3339()});
+        let body = me.to_string().into_bytes();
+        for _ in 0..2 {
+            let (s, b) = (store.clone(), body.clone());
+            if blocking("taking the ingest lock", move || s.put_if_absent(LOCK, &b)).await? {
+                return Ok(Lock {
+                    store: store.clone(),
+                });
+            }
+            let s = store.clone();
+            let held = blocking("reading the ingest lock", move || s.get(LOCK)).await?;
+            let held: serde_json::Value = held
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let pid = held["pid"].as_u64().unwrap_or(0);
+            let gone = held["host"].as_str() == Some(host.as_str())
+                && pid != 0
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !gone {
+                return Err(Failure::BadRequest(format!(
+                    "another ingest into this trusted zone is running (pid {pid} on {} since \
+                     {}): one at a time, or both would take the same objects; if it is gone, \
+                     delete {LOCK} in the trusted zone",
+                    held["host"].as_str().unwrap_or("?"),
+                    held["since"].as_str().unwrap_or("?")
+                )));
+            }
+            // Its process is gone (killed): what it left open is finished by this run.
+            let s = store.clone();
+            blocking("taking over the ingest lock", move || s.delete(LOCK)).await?;
+        }
+        Err(Failure::Job("could not take the ingest lock".into()))
+    }
+
+    async fn release(self) {
+        let s = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || s.delete(LOCK)).await;
+    }
+}
+
+async fn run_batches(ctx: &Ctx) -> Result<(), Failure> {
+    {
         if !ctx.args.watch {
-            return batch(&ctx).await.map(drop);
+            return batch(ctx).await.map(drop);
         }
         // Ctrl-C or SIGTERM lets the batch under way finish (published, recorded, moved),
         // then stops.
@@ -426,7 +490,7 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
             });
         }
         loop {
-            match batch(&ctx).await {
+            match batch(ctx).await {
                 Ok(_) => {}
                 // A failed batch is reported; its objects stay pending for the next look.
                 Err(e) => eprintln!("error: {}", crate::replay::failure_text(&e)),
@@ -439,7 +503,7 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
                 _ = tokio::time::sleep(Duration::from_secs(ctx.args.interval.max(1))) => {}
             }
         }
-    })
+    }
 }
 
 /// Finishes open batches, then ingests what is pending now as one batch. Whether a batch ran.

@@ -258,10 +258,30 @@ impl<R: JobRegistry> Coordinator<R> {
         if let Some(id) = &id {
             spec.job = id.clone();
         }
-        if spec.ingest_to.is_some() && !self.sinks.finishes_ingests() {
-            return Err(CoreError::BadRequest(
-                "invalid --coordinator: this coordinator does not run ingests".into(),
-            ));
+        if let Some(target) = &spec.ingest_to {
+            if !self.sinks.finishes_ingests() {
+                return Err(CoreError::BadRequest(
+                    "invalid --coordinator: this coordinator does not run ingests".into(),
+                ));
+            }
+            // One ingest at a time per trusted zone or landing zone: two would take the same
+            // pending objects.
+            for (job, _) in self.registry.active_jobs().await? {
+                let Ok(other) = self.registry.record(&job).await else {
+                    continue;
+                };
+                if let Some(t) = &other.spec.ingest_to
+                    && (t.trusted == target.trusted
+                        || (t.landing == target.landing && t.pending == target.pending))
+                    && id.as_ref() != Some(&job)
+                {
+                    return Err(CoreError::Precondition(format!(
+                        "ingest job {job} into {} is still running: one ingest at a time per \
+                         trusted zone and landing zone",
+                        t.trusted
+                    )));
+                }
+            }
         }
         // Who may run it is decided before anything is touched.
         scope.allows(&spec).map_err(CoreError::Denied)?;
@@ -667,6 +687,70 @@ mod tests {
             0,
             "nothing more to forget"
         );
+    }
+
+    /// Two ingests may not take the same pending objects: a second ingest into a trusted zone
+    /// (or from a landing zone) with one still running is refused.
+    #[tokio::test]
+    async fn one_ingest_at_a_time_per_zone() {
+        struct Ingests;
+        impl rewind_common::lifecycle::SinkCheck for Ingests {
+            fn check_settings(&self, _: &JobSpec) -> Result<(), String> {
+                Ok(())
+            }
+            fn preflight(&self, _: &mut JobSpec) -> Result<(), String> {
+                Ok(())
+            }
+            fn finishes_ingests(&self) -> bool {
+                true
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let landing = dir.path().join("landing");
+        std::fs::create_dir_all(landing.join("pending")).unwrap();
+        std::fs::write(landing.join("pending/a.json"), b"{}").unwrap();
+        let trusted = dir.path().join("trusted");
+        let request = JobRequest {
+            source: landing.join("pending").to_string_lossy().into(),
+            org: "TN-1".into(),
+            start: "1970-01-01".into(),
+            end: "1970-01-01".into(),
+            dest: trusted
+                .join("_rewind/ingest/staging")
+                .to_string_lossy()
+                .into(),
+            ingest: true,
+            partition_by: Some("d={domain}".into()),
+            ingest_to: Some(rewind_common::request::IngestTarget {
+                trusted: trusted.to_string_lossy().into(),
+                landing: landing.to_string_lossy().into(),
+                pending: "pending/".into(),
+                processed: "processed/".into(),
+                dedup: None,
+            }),
+            ..JobRequest::default()
+        };
+        let core = Coordinator::new(InMemoryShardStore::new(), Arc::new(Ingests));
+        let all = Scope::all("test");
+        let first = core
+            .submit(request.clone(), &tracing::Span::none(), &all)
+            .await
+            .unwrap();
+        assert_eq!(first.shards, 1);
+        match core.submit(request, &tracing::Span::none(), &all).await {
+            Err(CoreError::Precondition(m)) => assert!(m.contains("still running"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A plain coordinator (no ingest finisher) refuses ingests at once.
+        let plain = Coordinator::new(InMemoryShardStore::new(), Arc::new(NoSinkCheck));
+        let r = JobRequest {
+            source: landing.join("pending").to_string_lossy().into(),
+            ..core.registry().record(&first.job).await.unwrap().request
+        };
+        assert!(matches!(
+            plain.submit(r, &tracing::Span::none(), &all).await,
+            Err(CoreError::BadRequest(_))
+        ));
     }
 
     /// A request cannot raise what the coordinator allows; it may ask for less.
