@@ -43,6 +43,14 @@ pub enum SinkError {
 pub const KEY_FILTER_FPP: f64 = 1e-5;
 
 pub fn writer_properties() -> WriterProperties {
+    writer_properties_for(None)
+}
+
+/// The writer properties for a file whose rows are known before it is opened (a small file
+/// written in one batch): its key filter is sized for those rows, not for a full row group —
+/// allocating, filling and folding a filter for 256 K rows cost more than writing a file of a
+/// few hundred rows (field partitioning makes many such files).
+pub fn writer_properties_for(rows: Option<usize>) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(256 * 1024))
@@ -64,6 +72,9 @@ pub fn writer_properties() -> WriterProperties {
     b = b
         .set_column_bloom_filter_enabled(ColumnPath::from("event_id"), true)
         .set_column_bloom_filter_fpp(ColumnPath::from("event_id"), KEY_FILTER_FPP);
+    if let Some(rows) = rows {
+        b = b.set_column_bloom_filter_max_ndv(ColumnPath::from("event_id"), rows.max(64) as u64);
+    }
     b.build()
 }
 
@@ -83,6 +94,8 @@ pub struct ParquetSink<'a> {
     current: Option<OpenFile>,
     files: Vec<OutputFileEntry>,
     next_n: u32,
+    /// The batch being written is the file's last (`finish`).
+    last_batch: bool,
 }
 
 impl<'a> ParquetSink<'a> {
@@ -96,6 +109,7 @@ impl<'a> ParquetSink<'a> {
             current: None,
             files: Vec::new(),
             next_n: 0,
+            last_batch: false,
         }
     }
 
@@ -122,7 +136,12 @@ impl<'a> ParquetSink<'a> {
             self.next_n += 1;
             // Written staged; the job commit makes it visible under `key`.
             let file = self.store.create(&rewind_common::output::staged(&key))?;
-            let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(writer_properties()))
+            let known = self.last_batch.then_some(batch.num_rows());
+            let writer = ArrowWriter::try_new(
+                file,
+                self.schema.clone(),
+                Some(writer_properties_for(known)),
+            )
                 .map_err(|source| SinkError::Parquet {
                     key: key.clone(),
                     source,
@@ -180,6 +199,8 @@ impl<'a> ParquetSink<'a> {
 
     /// Flushes and closes; returns the files written (none when no row was recovered).
     pub fn finish(mut self) -> Result<Vec<OutputFileEntry>, SinkError> {
+        // A file opened now holds exactly this last batch.
+        self.last_batch = true;
         self.flush_batch()?;
         self.close_file()?;
         Ok(std::mem::take(&mut self.files))
