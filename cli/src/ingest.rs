@@ -369,14 +369,12 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
             dedup: args.dedup.clone().filter(|d| !d.trim().is_empty()),
         });
         request.validate(JobId::generate())?;
-        let remote = crate::Remote {
-            coordinator: addr.clone(),
-            token_file: args.token_file.clone(),
-            tls_ca: args.tls_ca.clone(),
-            tls_cert: None,
-            tls_key: None,
-            json: args.json,
-        };
+        let remote = crate::Remote::to(
+            addr,
+            args.token_file.clone(),
+            args.tls_ca.clone(),
+            args.json,
+        );
         return crate::client::submit_request(&remote, request, true);
     }
     // Checked once, before anything is touched.

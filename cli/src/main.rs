@@ -129,6 +129,26 @@ pub struct Remote {
     pub json: bool,
 }
 
+impl Remote {
+    /// The coordinator a command of its own submits to (`repair`, `replay`, `ingest` with
+    /// `--coordinator`): no client certificate, the token file and CA given.
+    pub fn to(
+        coordinator: &str,
+        token_file: Option<PathBuf>,
+        tls_ca: Option<PathBuf>,
+        json: bool,
+    ) -> Remote {
+        Remote {
+            coordinator: coordinator.to_string(),
+            token_file,
+            tls_ca,
+            tls_cert: None,
+            tls_key: None,
+            json,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct JobsArgs {
     /// Only jobs in this state: running, cancelling, succeeded, failed, cancelled.

@@ -329,14 +329,12 @@ fn distributed(args: &ReplayArgs, g: GuardRequest, mut request: JobRequest) -> R
         ));
     }
     request.guard = Some(g);
-    let remote = crate::Remote {
-        coordinator: args.coordinator.clone().unwrap_or_default(),
-        token_file: args.token_file.clone(),
-        tls_ca: args.tls_ca.clone(),
-        tls_cert: None,
-        tls_key: None,
-        json: args.json,
-    };
+    let remote = crate::Remote::to(
+        args.coordinator.as_deref().unwrap_or_default(),
+        args.token_file.clone(),
+        args.tls_ca.clone(),
+        args.json,
+    );
     crate::client::submit_request(&remote, request, true)
 }
 

@@ -142,10 +142,10 @@ impl<'a> ParquetSink<'a> {
                 self.schema.clone(),
                 Some(writer_properties_for(known)),
             )
-                .map_err(|source| SinkError::Parquet {
-                    key: key.clone(),
-                    source,
-                })?;
+            .map_err(|source| SinkError::Parquet {
+                key: key.clone(),
+                source,
+            })?;
             self.current = Some(OpenFile {
                 key,
                 writer,

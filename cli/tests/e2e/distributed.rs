@@ -2398,7 +2398,7 @@ fn guarded_replay_through_the_coordinator_survives_its_leader_killed() {
 /// every event once in the trusted zone, every object in `processed/`, nothing pending.
 #[test]
 fn distributed_ingest_survives_its_leader_dying_mid_publish() {
-    use crate::ingest::{ORG as INGEST_ORG, landing_zone, snapshot, trusted_rows};
+    use crate::ingest::{landing_zone, snapshot, trusted_rows};
     let mut c = Cluster::start_with(
         2,
         &[
@@ -2412,25 +2412,15 @@ fn distributed_ingest_survives_its_leader_dying_mid_publish() {
     let want = landing_zone(&pending, &c.tmp.path().join("gen"));
     let before = snapshot(&pending);
     let addr = c.addr();
-    let client = std::process::Command::new(REWIND)
-        .args([
-            "ingest",
-            "--source",
-            pending.to_str().unwrap(),
-            "--dest",
-            trusted.to_str().unwrap(),
-            "--org",
-            INGEST_ORG,
-            "--dedup",
-            "event_id",
-            "--coordinator",
-            &addr,
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = crate::ingest::ingest_cmd(
+        pending.to_str().unwrap(),
+        &trusted,
+        &["--dedup", "event_id", "--coordinator", &addr],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let doomed = c.coordinator.as_mut().unwrap();
     assert!(
         doomed.child.wait_exit(Duration::from_secs(90)).is_some(),

@@ -104,25 +104,30 @@ pub(crate) fn landing_zone(pending: &Path, scratch: &Path) -> BTreeSet<String> {
     want
 }
 
+/// `rewind ingest --source SOURCE --dest TRUSTED --org … --json` and `extra`.
+pub(crate) fn ingest_cmd(source: &str, trusted: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "ingest",
+        "--source",
+        source,
+        "--dest",
+        trusted.to_str().unwrap(),
+    ])
+    .args(["--org", ORG, "--json"])
+    .args(extra);
+    c
+}
+
 fn ingest(pending: &Path, trusted: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .args([
-            "ingest",
-            "--source",
-            pending.to_str().unwrap(),
-            "--dest",
-            trusted.to_str().unwrap(),
-            "--org",
-            ORG,
-            "--dedup",
-            "event_id",
-            "--json",
-            "--workers",
-            "2",
-        ])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    ingest_cmd(
+        pending.to_str().unwrap(),
+        trusted,
+        &["--dedup", "event_id", "--workers", "2"],
+    )
+    .envs(env.iter().copied())
+    .output()
+    .unwrap()
 }
 
 /// The trusted zone read back with pyarrow's Hive partitioning: event id -> copies, and rows
@@ -302,23 +307,15 @@ fn ingest_killed_at_any_moment_is_finished_by_the_next_run() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let delay = 200 + (rng >> 33) % 2500;
-        let mut child = Command::new(BIN)
-            .args([
-                "ingest",
-                "--source",
-                pending.to_str().unwrap(),
-                "--dest",
-                trusted.to_str().unwrap(),
-                "--org",
-                ORG,
-                "--dedup",
-                "event_id",
-                "--json",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = ingest_cmd(
+            pending.to_str().unwrap(),
+            &trusted,
+            &["--dedup", "event_id"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(delay));
         let _ = child.kill();
         let _ = child.wait();
@@ -391,25 +388,20 @@ fn a_landing_zone_in_a_bucket_is_ingested_and_moved() {
     s3.create_bucket("landing", false);
     s3.upload_dir("landing", "zone/pending/", &local);
     let endpoint = s3.endpoint();
-    let out = Command::new(BIN)
-        .args([
-            "ingest",
-            "--source",
-            "s3://landing/zone/pending/",
-            "--dest",
-            trusted.to_str().unwrap(),
-            "--org",
-            ORG,
+    let out = ingest_cmd(
+        "s3://landing/zone/pending/",
+        &trusted,
+        &[
             "--dedup",
             "event_id",
             "--endpoint-url",
             &endpoint,
             "--force-path-style",
-            "--json",
-        ])
-        .envs(s3.env())
-        .output()
-        .unwrap();
+        ],
+    )
+    .envs(s3.env())
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -474,24 +466,15 @@ fn watch_ingests_as_objects_land_and_stops_between_batches() {
         }
     };
     drop_batch(0..6);
-    let mut child = Command::new(BIN)
-        .args([
-            "ingest",
-            "--source",
-            pending.to_str().unwrap(),
-            "--dest",
-            trusted.to_str().unwrap(),
-            "--org",
-            ORG,
-            "--watch",
-            "--interval",
-            "1",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ingest_cmd(
+        pending.to_str().unwrap(),
+        &trusted,
+        &["--watch", "--interval", "1"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     drained("the first batch");
     drop_batch(6..12);
     drained("the second batch");

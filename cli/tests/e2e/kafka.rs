@@ -1094,6 +1094,47 @@ fn exactly_once_shards_longer_than_the_transaction_timeout_commit_in_parts() {
     );
 }
 
+/// `rewind run` of two hours of archived Kafka records (`--envelope kcat --preserve-partition`)
+/// under `layout` into `topic`.
+fn replay_envelopes(
+    src: &Path,
+    dest: &Path,
+    layout: &str,
+    brokers: &str,
+    topic: &str,
+) -> std::process::Output {
+    run(
+        BIN,
+        &[
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-k",
+            "--start",
+            "2024-06-01T00",
+            "--end",
+            "2024-06-01T01",
+            "--layout",
+            layout,
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "kafka",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--envelope",
+            "kcat",
+            "--preserve-partition",
+            "--kafka-option",
+            rewind_testkit::kafka::PRODUCER_OPTION,
+            "--json",
+        ],
+    )
+}
+
 /// Archived Kafka records (kcat -J envelopes, line-delimited, in Kafka Connect's time-based
 /// layout) replayed faithfully: every record with its archived key, headers (a null value
 /// kept), timestamp and — with --preserve-partition — partition, its value byte for byte and
@@ -1154,36 +1195,8 @@ fn archived_kafka_records_are_replayed_as_they_were() {
     broker.create_topic("orders.small", 2);
     let run_into = |topic: &str| {
         let dest = tmp.path().join(format!("out-{topic}"));
-        run(
-            BIN,
-            &[
-                "run",
-                "--source",
-                src.to_str().unwrap(),
-                "--org",
-                "TN-k",
-                "--start",
-                "2024-06-01T00",
-                "--end",
-                "2024-06-01T01",
-                "--layout",
-                "topics/orders/year={YYYY}/month={MM}/day={DD}/hour={HH}/",
-                "--dest",
-                dest.to_str().unwrap(),
-                "--sink",
-                "kafka",
-                "--brokers",
-                &broker.brokers(),
-                "--topic",
-                topic,
-                "--envelope",
-                "kcat",
-                "--preserve-partition",
-                "--kafka-option",
-                rewind_testkit::kafka::PRODUCER_OPTION,
-                "--json",
-            ],
-        )
+        let layout = "topics/orders/year={YYYY}/month={MM}/day={DD}/hour={HH}/";
+        replay_envelopes(&src, &dest, layout, &broker.brokers(), topic)
     };
     let out = run_into("orders.replayed");
     let summary = ok(&out);
@@ -1268,35 +1281,12 @@ fn connect_default_layout_picks_records_by_their_timestamps() {
     let broker = Tansu::start();
     broker.create_topic("orders.back", 3);
     let dest = tmp.path().join("out");
-    let out = run(
-        BIN,
-        &[
-            "run",
-            "--source",
-            src.to_str().unwrap(),
-            "--org",
-            "TN-k",
-            "--start",
-            "2024-06-01T00",
-            "--end",
-            "2024-06-01T01",
-            "--layout",
-            "topics/orders",
-            "--dest",
-            dest.to_str().unwrap(),
-            "--sink",
-            "kafka",
-            "--brokers",
-            &broker.brokers(),
-            "--topic",
-            "orders.back",
-            "--envelope",
-            "kcat",
-            "--preserve-partition",
-            "--kafka-option",
-            rewind_testkit::kafka::PRODUCER_OPTION,
-            "--json",
-        ],
+    let out = replay_envelopes(
+        &src,
+        &dest,
+        "topics/orders",
+        &broker.brokers(),
+        "orders.back",
     );
     let summary = ok(&out);
     assert_eq!(summary["filtered_by_reason"]["time"], outside, "{summary}");
