@@ -33,6 +33,10 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
         object_bytes: (args.object_mb * 1024.0 * 1024.0) as u64,
         seed: args.seed,
         compression,
+        profile: args
+            .profile
+            .parse()
+            .map_err(|e| Failure::BadRequest(format!("invalid --profile: {e}")))?,
     };
     let location = Location::parse("--out", &args.out, &org)?;
     let written = match &location {

@@ -482,6 +482,11 @@ pub struct GenArgs {
     /// none, gzip, zstd or mixed.
     #[arg(long, default_value = "none")]
     pub compression: String,
+    /// easy (compact JSON, the usual key order) or hard (what real archives also hold:
+    /// `\uXXXX` escapes, shuffled and escaped keys, pretty-printed events, unicode, numbers of
+    /// every shape, deeper data).
+    #[arg(long, default_value = "easy", value_parser = ["easy", "hard"])]
+    pub profile: String,
     /// With an s3:// --out: AWS region (credentials from the standard AWS chain).
     #[arg(long)]
     pub region: Option<String>,

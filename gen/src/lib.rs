@@ -75,6 +75,29 @@ impl std::str::FromStr for Compression {
     }
 }
 
+/// What the generated events look like. `easy`: compact JSON in the usual key order (some
+/// `data`-first), escapes only where JSON needs them. `hard`, what real archives also hold: 15%
+/// of events written with `\uXXXX` escapes (non-ASCII, some ASCII, `\/`, and now and then in
+/// the top-level keys), 10% with shuffled top-level keys, 5% pretty-printed, more unicode,
+/// numbers of every shape (`-0`, `1E10`, `2.5e-7`, integers past 64 bits) and deeper `data`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Profile {
+    #[default]
+    Easy,
+    Hard,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "easy" => Ok(Profile::Easy),
+            "hard" => Ok(Profile::Hard),
+            other => Err(format!("unknown profile {other:?} (easy|hard)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GenConfig {
     pub org: String,
@@ -86,6 +109,7 @@ pub struct GenConfig {
     pub object_bytes: u64,
     pub seed: u64,
     pub compression: Compression,
+    pub profile: Profile,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -163,6 +187,141 @@ fn iso_ms(ms: i64) -> String {
 
 /// One event filed under the hour starting at `hour_ms`, serialised.
 pub fn event(rng: &mut Rng, org: &str, hour_ms: i64) -> String {
+    event_with(rng, org, hour_ms, Profile::Easy)
+}
+
+/// Numbers as real producers write them (text kept as written under arbitrary precision).
+const NUMBERS: &[&str] = &[
+    "-0",
+    "1E10",
+    "2.5e-7",
+    "123456789012345678901234567890",
+    "-0.000001",
+    "3.0",
+    "2E+2",
+    "-9223372036854775809",
+    "0.1",
+];
+
+const HARD_TEXTS: &[&str] = &[
+    "Ünïcödé ñ ç ß ø å",
+    "中文字符 测试 · 日本語のテキスト · 한국어",
+    "emoji 😀🚀👍🏽 and a flag 🇧🇷",
+    "right-to-left: עברית العربية",
+    "zero\u{0}width\u{200b}joiner",
+    "tab\there, newline\nthere, \\ backslash",
+];
+
+fn hard_value(rng: &mut Rng, depth: u32) -> Value {
+    match rng.below(if depth >= 5 { 4 } else { 7 }) {
+        0 => {
+            let n: &&str = rng.pick(NUMBERS);
+            serde_json::from_str(n).unwrap_or(Value::Null)
+        }
+        1 => json!(*rng.pick(HARD_TEXTS)),
+        2 => random_value(rng, 3),
+        3 => Value::Null,
+        4 => Value::Array(
+            (0..rng.below(5))
+                .map(|_| hard_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => {
+            let mut m = Map::new();
+            for k in 0..rng.below(5) {
+                let key = if rng.chance(200) {
+                    format!("ключ_{k}")
+                } else {
+                    format!("f{k}")
+                };
+                m.insert(key, hard_value(rng, depth + 1));
+            }
+            Value::Object(m)
+        }
+    }
+}
+
+/// How one event is written.
+#[derive(Debug, Clone, Copy, Default)]
+struct Style {
+    /// Non-ASCII (and some ASCII) characters as `\uXXXX`, `/` as `\/`.
+    escaped: bool,
+    /// The top-level keys escaped too.
+    keys: bool,
+    /// Spaces and newlines between tokens.
+    pretty: bool,
+}
+
+fn write_str(out: &mut String, s: &str, escaped: bool, rng: &mut Rng) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '/' if escaped && rng.chance(500) => out.push_str("\\/"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if escaped && (!c.is_ascii() || rng.chance(50)) => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    // Upper or lower case hex: both occur.
+                    if rng.chance(500) {
+                        out.push_str(&format!("\\u{unit:04X}"));
+                    } else {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn write_value(out: &mut String, v: &Value, style: Style, rng: &mut Rng) {
+    let gap = |out: &mut String| {
+        if style.pretty {
+            out.push_str(if out.len().is_multiple_of(3) {
+                "\n  "
+            } else {
+                " "
+            });
+        }
+    };
+    match v {
+        Value::String(s) => write_str(out, s, style.escaped, rng),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                gap(out);
+                write_value(out, x, style, rng);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            out.push('{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                gap(out);
+                write_str(out, k, style.escaped, rng);
+                out.push(':');
+                gap(out);
+                write_value(out, x, style, rng);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// One event, as `profile` writes it.
+pub fn event_with(rng: &mut Rng, org: &str, hour_ms: i64, profile: Profile) -> String {
     let (event_type, domain) = *rng.pick(EVENT_TYPES);
     let mut arrival = hour_ms + rng.below(3_600_000) as i64;
     if rng.chance(10) {
@@ -189,6 +348,13 @@ pub fn event(rng: &mut Rng, org: &str, hour_ms: i64) -> String {
     if rng.chance(200) {
         data["raw_message"] = json!("0200|4111********1111|000000010000|}{|");
     }
+    let hard = profile == Profile::Hard;
+    if hard {
+        data["note"] = json!(*rng.pick(HARD_TEXTS));
+        data["deep"] = hard_value(rng, 0);
+        let n: &&str = rng.pick(NUMBERS);
+        data["n"] = serde_json::from_str(n).unwrap_or(Value::Null);
+    }
     let mut event: Vec<(&str, Value)> = Vec::with_capacity(9);
     let fields = [
         ("event_id", json!(rng.uuid())),
@@ -201,8 +367,15 @@ pub fn event(rng: &mut Rng, org: &str, hour_ms: i64) -> String {
         ("timestamp", json!(timestamp)),
         ("data", data),
     ];
-    // Mostly the usual order; sometimes `data` first, as some producers write it.
-    if rng.chance(30) {
+    // Mostly the usual order; sometimes `data` first, as some producers write it; hard: 10%
+    // in any order.
+    if hard && rng.chance(100) {
+        let mut fields: Vec<_> = fields.into_iter().collect();
+        for i in (1..fields.len()).rev() {
+            fields.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        event.extend(fields);
+    } else if rng.chance(30) {
         let mut fields = fields.into_iter();
         let last = fields.next_back();
         event.extend(last);
@@ -212,6 +385,36 @@ pub fn event(rng: &mut Rng, org: &str, hour_ms: i64) -> String {
     }
     // Written by hand so the field order above is what is archived.
     let mut out = String::with_capacity(1024);
+    let style = if hard {
+        let escaped = rng.chance(150);
+        Style {
+            escaped,
+            keys: escaped && rng.chance(100),
+            pretty: rng.chance(50),
+        }
+    } else {
+        Style::default()
+    };
+    if style.escaped || style.pretty {
+        out.push('{');
+        for (i, (k, v)) in event.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            if style.pretty {
+                out.push_str("\n  ");
+            }
+            let key_style = Style {
+                escaped: style.keys,
+                ..style
+            };
+            write_str(&mut out, k, key_style.escaped, rng);
+            out.push_str(if style.pretty { ": " } else { ":" });
+            write_value(&mut out, v, style, rng);
+        }
+        out.push_str(if style.pretty { "\n}" } else { "}" });
+        return out;
+    }
     out.push('{');
     for (i, (k, v)) in event.iter().enumerate() {
         if i > 0 {
@@ -266,7 +469,9 @@ pub fn generate_with(
             let ndjson = rng.chance(100);
             let mut body = Vec::with_capacity(cfg.object_bytes as usize + 4096);
             while (body.len() as u64) < cfg.object_bytes {
-                body.extend_from_slice(event(&mut rng, &cfg.org, hour_ms).as_bytes());
+                body.extend_from_slice(
+                    event_with(&mut rng, &cfg.org, hour_ms, cfg.profile).as_bytes(),
+                );
                 if ndjson {
                     body.push(b'\n');
                 }
