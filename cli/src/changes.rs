@@ -103,6 +103,11 @@ pub fn open_store(place: &DestArgs, flag: &'static str) -> Result<Opened, Failur
     Ok(opened)
 }
 
+/// Opens a destination as a plain store (no table detection).
+pub fn open_plain_store(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
+    open_plain(place, flag)
+}
+
 fn open_plain(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
     if place.dest.contains("{org}") {
         return Err(Failure::BadRequest(format!(

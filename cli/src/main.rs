@@ -17,6 +17,7 @@ mod ingest;
 mod notify;
 mod repair;
 mod replay;
+mod retry;
 mod worker;
 
 #[derive(Debug, Parser)]
@@ -66,6 +67,9 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Ingest a landing zone's pending objects into a trusted zone, exactly once per object.
     Ingest(ingest::IngestArgs),
+    /// Run again only the failed shards of a finished job, into the same execution, as a
+    /// change of its own.
+    Retry(retry::RetryArgs),
     /// Try repair flows on real events before running a job.
     #[command(subcommand)]
     Flows(FlowsCommand),
@@ -615,6 +619,7 @@ fn main() -> ExitCode {
         Command::Repair(a) => repair::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Ingest(a) => ingest::run(a),
+        Command::Retry(a) => retry::run(a),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
         Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),

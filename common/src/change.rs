@@ -193,6 +193,9 @@ pub struct Change {
     /// change was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestEffect>,
+    /// A retry of a job's failed shards (`rewind retry`): the job's change it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<String>,
 }
 
 /// What a landing-zone ingest consumed: each pending object (key below the landing zone, tag,
@@ -814,6 +817,7 @@ pub fn record_job(
         kafka,
         table,
         ingest: None,
+        retries: None,
     };
     log.write(&change)?;
     Ok(Some(change))
@@ -865,6 +869,82 @@ pub fn record_ingest(
         kafka: None,
         table: None,
         ingest: Some(effect),
+        retries: None,
+    };
+    log.write(&change)?;
+    Ok(change)
+}
+
+/// A new change id for a change the caller makes itself and records later ([`record_retry`]):
+/// chosen first, so what it displaces can be kept under it before anything moves.
+pub fn new_change_id(store: &dyn OutputStore) -> Result<String, ChangeError> {
+    let log = Log::new(store);
+    let ids = log.ids()?;
+    log.new_id(ids.iter().map(String::as_str), None)
+}
+
+/// What a retry of a job's failed shards changed, for [`record_retry`].
+#[derive(Debug, Clone)]
+pub struct Retried {
+    pub job: String,
+    /// The job's change it completes (its id), when the job recorded one.
+    pub original: Option<String>,
+    /// The job manifest as it was, and where a copy of it is kept (`kept_key(id, key)`).
+    pub manifest_key: String,
+    pub manifest_before: ObjectMeta,
+    /// The objects the retry made visible (data, failed and unrecoverable files, `_SUCCESS`).
+    pub added: Vec<String>,
+    pub spec: Option<serde_json::Value>,
+    pub counts: Option<ShardCounts>,
+}
+
+/// Records a retry of a job's failed shards as a change of its own, linked to the job's
+/// (`target`): the files it added (a rollback deletes them) and the job manifest it rewrote (a
+/// rollback brings the earlier one back from its kept copy). Idempotent: a change `id` already
+/// in the log is returned.
+pub fn record_retry(store: &dyn OutputStore, id: &str, r: Retried) -> Result<Change, ChangeError> {
+    let log = Log::new(store);
+    if log.ids()?.iter().any(|i| i == id)
+        && let Some(c) = log.read(id)?
+    {
+        return Ok(c);
+    }
+    let mut objects = Vec::new();
+    for key in &r.added {
+        let meta = store
+            .head(key)?
+            .ok_or_else(|| ChangeError::Refused(format!("{key} was added and is gone")))?;
+        objects.push(Touch {
+            key: key.clone(),
+            before: Content::ABSENT,
+            after: Content::Present(Held::of(&meta)),
+        });
+    }
+    let now = store
+        .head(&r.manifest_key)?
+        .ok_or_else(|| ChangeError::Refused(format!("{} is gone", r.manifest_key)))?;
+    let mut before = Held::of(&r.manifest_before);
+    before.kept = Some(kept_key(id, &r.manifest_key));
+    objects.push(Touch {
+        key: r.manifest_key.clone(),
+        before: Content::Present(before),
+        after: Content::Present(Held::of(&now)),
+    });
+    let change = Change {
+        id: id.to_string(),
+        kind: ChangeKind::Recover,
+        job: Some(r.job.clone()),
+        at_ms: crate::lifecycle::now_ms(),
+        who: None,
+        undoes: None,
+        target: None,
+        spec: r.spec,
+        counts: r.counts,
+        objects,
+        kafka: None,
+        table: None,
+        ingest: None,
+        retries: r.original.or(Some(r.job.clone())),
     };
     log.write(&change)?;
     Ok(change)
@@ -963,6 +1043,7 @@ fn preview(kind: ChangeKind, inverse_of: &Change, about: &str, who: Option<&str>
             removed: e.added.clone(),
         }),
         ingest: None,
+        retries: None,
     }
 }
 
@@ -1653,6 +1734,7 @@ fn carry_out(log: &Log<'_>, intent: &Intent) -> Result<Change, ChangeError> {
         kafka: None,
         table,
         ingest: None,
+        retries: None,
     };
     log.write(&change)?;
     step_done();

@@ -767,3 +767,118 @@ fn hard_archives_are_recovered_exactly() {
         assert_eq!(got.get(id), Some(row), "event {id} differs");
     }
 }
+
+/// `rewind retry`: a job with one hour it could not read fails; the hour is fixed; the retry
+/// runs only that shard into the same execution, which gets its complete manifest and
+/// `_SUCCESS`, every event exactly once, the other shards' files untouched. The retry is a
+/// change linked to the job's; rolling it back brings the failed execution back as it was.
+#[test]
+fn retry_runs_only_the_failed_shards_and_is_a_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2024-04-01T00", "4", "none", &[]);
+    let hour = src.join("main_stream/2024/04/01/02");
+    let saved = tmp.path().join("saved-hour");
+    fs::rename(&hour, &saved).unwrap();
+    fs::write(&hour, b"not a directory").unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            "TN-e2e",
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T03",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--json",
+            "--max-attempts",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let out = run(
+        BIN,
+        &args(&[]).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let summary = stdout_json(&out);
+    let job = summary["job_id"].as_str().unwrap().to_string();
+    assert_eq!(summary["shards_failed"], 1, "{summary}");
+    let exec = dest.join(format!("execution_id={job}"));
+    let before: BTreeMap<String, Vec<u8>> = files_below(&exec)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .map(|f| (f.to_string_lossy().into_owned(), fs::read(&f).unwrap()))
+        .collect();
+    let manifest_before = fs::read(exec.join("_manifest.json")).unwrap();
+
+    // Fixed: the retry runs that shard only.
+    fs::remove_file(&hour).unwrap();
+    fs::rename(&saved, &hour).unwrap();
+    let retry = |job: &str| {
+        run(
+            BIN,
+            &["retry", job, "--dest", dest.to_str().unwrap(), "--json"],
+        )
+    };
+    let out = retry(&job);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout_json(&out);
+    assert_eq!(summary["state"], "succeeded", "{summary}");
+    assert_eq!(summary["shards_done"], 4);
+    assert!(exec.join("_SUCCESS").exists());
+    for (f, bytes) in &before {
+        assert_eq!(
+            &fs::read(f).unwrap(),
+            bytes,
+            "{f}: a done shard's file is untouched"
+        );
+    }
+    let want = by_event_id(archived_events(&src).iter().map(|e| expected_row(&e.value)));
+    let got = by_event_id(parquet_rows(&dest).into_iter().map(|mut r| {
+        r.as_object_mut().unwrap().remove("_partition");
+        r
+    }));
+    assert_eq!(got.len(), want.len(), "every event exactly once");
+    assert_eq!(got, want);
+    // Nothing more to retry.
+    let again = retry(&job);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to retry"));
+
+    // The retry is a change of its own, linked to the job's; rolling it back restores the
+    // failed execution exactly.
+    let changes = run(
+        BIN,
+        &["changes", "--dest", dest.to_str().unwrap(), "--json"],
+    );
+    let listed: Value = serde_json::from_slice(&changes.stdout).unwrap();
+    let text = listed.to_string();
+    assert!(text.contains("\"retries\""), "{text}");
+    let rb = run(BIN, &["rollback", "--dest", dest.to_str().unwrap()]);
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
+    assert!(!exec.join("_SUCCESS").exists());
+    assert_eq!(
+        fs::read(exec.join("_manifest.json")).unwrap(),
+        manifest_before
+    );
+    let after: BTreeMap<String, Vec<u8>> = files_below(&exec)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .map(|f| (f.to_string_lossy().into_owned(), fs::read(&f).unwrap()))
+        .collect();
+    assert_eq!(after, before, "the retried shard's files are gone again");
+}
