@@ -36,6 +36,14 @@ pub struct RetryArgs {
     /// Shards processed in parallel (default: the number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Instead of failed shards: feed the job's failed records (their raw bytes, from its
+    /// failed output) through decoding and `--flows` again, as a new job into the same
+    /// destination; what still fails is a new failed set; the original set is marked handled.
+    #[arg(long)]
+    pub failed_events: bool,
+    /// With --failed-events: the flows to apply (default: the job's own).
+    #[arg(long, value_name = "FILE", requires = "failed_events")]
+    pub flows: Option<std::path::PathBuf>,
 }
 
 /// A retry under way: its change id and the job manifest it started from.
@@ -69,6 +77,9 @@ pub fn run(args: RetryArgs) -> Result<(), Failure> {
     let manifest: JobManifest =
         serde_json::from_slice(&body).map_err(|e| blocking_err(&manifest_key, e))?;
     let spec = manifest.spec.clone();
+    if args.failed_events {
+        return failed_events(&args, &job, &manifest);
+    }
     let marker: Option<Marker> = match get(&marker_key)? {
         None => None,
         Some(b) => Some(serde_json::from_slice(&b).map_err(|e| blocking_err(&marker_key, e))?),
@@ -315,4 +326,174 @@ async fn run_shards(
         .shards(&job)
         .await
         .map_err(|e| blocking_err("the retry's shards", e))
+}
+
+/// The mark a failed set gets once it was retried (`_HANDLED` in it): by which job.
+const HANDLED: &str = "_HANDLED";
+
+/// `--failed-events`: the job's failed records become a small archive again (each under the
+/// object it came from, so every event keeps its hour), which a new job of the same request —
+/// with `--flows` if given — reads into the same destination. The original failed set is then
+/// marked handled, so its events can never be recovered twice.
+fn failed_events(args: &RetryArgs, job: &JobId, manifest: &JobManifest) -> Result<(), Failure> {
+    use base64::Engine as _;
+    let bad = Failure::BadRequest;
+    let spec = &manifest.spec;
+    if !matches!(spec.sink, rewind_common::job::SinkSpec::Parquet)
+        || spec.repair.is_some()
+        || spec.ingest
+        || !spec.table_format.is_parquet()
+    {
+        return Err(bad(format!(
+            "invalid --failed-events: job {job} is not a recovery into Parquet (not yet)"
+        )));
+    }
+    let s3 = args.place.s3.options();
+    let (_, runtime) = crate::embedded::job_runtime(args.workers, 8)?;
+    let failed_store = runtime
+        .block_on(rewind_s3::open_output(
+            &spec.places.failed,
+            &s3,
+            rewind_common::location::JobSide::Dest,
+        ))
+        .map_err(|e| blocking_err("opening the failed output", e))?;
+    let prefix = OutputKeys::new(job).job_prefix();
+    let handled = format!("{prefix}{HANDLED}");
+    if let Some(b) = failed_store
+        .get(&handled)
+        .map_err(|e| blocking_err(&handled, e))?
+    {
+        return Err(bad(format!(
+            "invalid --failed-events: the failed records of job {job} were retried already \
+             ({})",
+            String::from_utf8_lossy(&b).trim()
+        )));
+    }
+    // The raw bytes of every failed record, by the object it came from, in offset order.
+    let mut by_object: std::collections::BTreeMap<String, Vec<(u64, Vec<u8>)>> = Default::default();
+    let mut records = 0u64;
+    for f in &manifest.failed_files {
+        let body = failed_store
+            .get(&f.key)
+            .map_err(|e| blocking_err(&f.key, e))?
+            .ok_or_else(|| Failure::Job(format!("failed records {} are gone", f.key)))?;
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let r: serde_json::Value =
+                serde_json::from_slice(line).map_err(|e| blocking_err(&f.key, e))?;
+            let raw = match (r["raw"].as_str(), r["raw_base64"].as_str()) {
+                (Some(t), _) => t.as_bytes().to_vec(),
+                (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| blocking_err(&f.key, e))?,
+                _ => continue,
+            };
+            if r["raw_truncated"].as_bool() == Some(true) {
+                // Only an excerpt was kept: it cannot recover; it stays failed (reported).
+                eprintln!(
+                    "skipping a truncated record of {} at {}",
+                    r["source_key"], r["byte_offset"]
+                );
+                continue;
+            }
+            let key = r["source_key"].as_str().unwrap_or("unknown").to_string();
+            let offset = r["byte_offset"].as_u64().unwrap_or(0);
+            by_object.entry(key).or_default().push((offset, raw));
+            records += 1;
+        }
+    }
+    if records == 0 {
+        return Err(bad(format!(
+            "invalid --failed-events: job {job} has no failed records to retry"
+        )));
+    }
+    let scratch = Scratch::new(job)?;
+    for (key, mut events) in by_object {
+        events.sort_by_key(|(o, _)| *o);
+        let path = scratch.path().join(&key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| blocking_err("the scratch archive", e))?;
+        }
+        let mut body = Vec::new();
+        for (_, raw) in events {
+            body.extend_from_slice(&raw);
+            body.push(b'\n');
+        }
+        std::fs::write(&path, body).map_err(|e| blocking_err("the scratch archive", e))?;
+    }
+    let flows = match &args.flows {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| bad(format!("invalid --flows: cannot read {}: {e}", p.display())))?,
+        ),
+        None => spec.treatment.flows.clone(),
+    };
+    let t = &spec.treatment;
+    let request = JobRequest {
+        source: scratch.path().display().to_string(),
+        org: spec.org.to_string(),
+        start: spec.range.first.to_string(),
+        end: spec.range.last.to_string(),
+        dest: spec.places.dest.to_string(),
+        layout: spec.layout.template().to_string(),
+        arrival_filter: spec.arrival_filter,
+        failed_output: Some(spec.places.failed.to_string()),
+        unrecoverable_output: Some(spec.places.unrecoverable.to_string()),
+        max_event_bytes: spec.max_event_bytes,
+        max_attempts: spec.max_attempts,
+        max_range_hours: u64::MAX,
+        event_types: t.event_types.clone(),
+        domains: t.domains.clone(),
+        filter: t.filter.clone(),
+        flows,
+        partition_by: spec.partition_by.clone(),
+        s3,
+        ..JobRequest::default()
+    };
+    if !args.place.json {
+        eprintln!("retrying {records} failed records of job {job}");
+    }
+    let (workers, runtime) = crate::embedded::job_runtime(args.workers, 8)?;
+    let summary = runtime.block_on(crate::embedded::execute(request, workers, !args.place.json))?;
+    // Marked handled only once the new job has committed: its change is linked to the job's.
+    let original = change::job_change(failed_store.as_ref(), job.as_str())
+        .ok()
+        .flatten()
+        .map(|c| c.id);
+    let mark = serde_json::json!({"by": summary.job_id, "job_change": original}).to_string();
+    failed_store
+        .put(&handled, mark.as_bytes())
+        .map_err(|e| blocking_err(&handled, e))?;
+    if !args.place.json {
+        eprintln!(
+            "job {}: {} of {records} failed records recovered, {} failed again (the new failed \
+             set), the old set marked handled",
+            summary.job_id, summary.recovered, summary.failed
+        );
+    }
+    crate::embedded::report(&summary, args.place.json)
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(job: &JobId) -> Result<Scratch, Failure> {
+        let dir = std::env::temp_dir().join(format!(
+            "rewind-retry-{job}-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| blocking_err("a scratch directory", e))?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
