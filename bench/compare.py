@@ -5,6 +5,9 @@
     BENCH_HOURS=2 BENCH_OBJECT_MB=5 python3 bench/compare.py
     BENCH_BINS=release=target/release/rewind,dist=target/dist/rewind python3 bench/compare.py
                                              # also: builds against each other, alternating
+    BENCH_PROFILE=both python3 bench/compare.py   # the `rewind gen` profiles side by side:
+                                             # easy (default) and hard (escapes, shuffled keys,
+                                             # pretty-printed events, unicode, odd numbers)
 
 REWIND_BIN picks the binary of the main comparison (default target/release/rewind).
 
@@ -31,11 +34,12 @@ def child(args, **kw):
     return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
 
 
-def gen(path, hours, per_hour, object_mb):
+def gen(path, hours, per_hour, object_mb, profile="easy"):
     shutil.rmtree(path, ignore_errors=True)
     subprocess.run([BIN, "gen", "--out", path, "--org", "TN-bench", "--start", "2024-04-01T00",
                     "--hours", str(hours), "--objects-per-hour", str(per_hour),
-                    "--object-mb", str(object_mb), "--seed", "7"], check=True, stdout=subprocess.DEVNULL)
+                    "--object-mb", str(object_mb), "--seed", "7", "--profile", profile],
+                   check=True, stdout=subprocess.DEVNULL)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
@@ -73,17 +77,22 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
     os.makedirs(OUT, exist_ok=True)
     src = os.path.join(OUT, "archive")
+    wanted = os.environ.get("BENCH_PROFILE", "easy")
+    profiles = ["easy", "hard"] if wanted == "both" else [wanted]
+    for profile in profiles:
+        size = gen(src, hours, per_hour, object_mb, profile)
+        mb = size / 1e6
+        print(f"input ({profile}): {mb:.0f} MB in {hours * per_hour} objects of {object_mb} MB")
+        r = rewind(src, hours, 2)
+        d = duckdb(src)
+        print(f"{'':22}{'events':>10}{'CPU s':>8}{'wall s':>8}{'MB/CPU-s':>10}{'peak RSS MB':>13}")
+        for name, (cpu, wall, rss, n) in [("rewind run", r), ("duckdb unstructured", d)]:
+            print(f"{name:22}{n:>10}{cpu:>8.2f}{wall:>8.2f}{mb / cpu:>10.0f}{rss:>13.0f}")
+        if r[3] != d[3]:
+            print(f"WARNING: event counts differ (rewind {r[3]}, duckdb {d[3]})")
+        print(f"efficiency ratio rewind/duckdb ({profile}): {(mb / r[0]) / (mb / d[0]):.2f}x")
     size = gen(src, hours, per_hour, object_mb)
     mb = size / 1e6
-    print(f"input: {mb:.0f} MB in {hours * per_hour} objects of {object_mb} MB")
-    r = rewind(src, hours, 2)
-    d = duckdb(src)
-    print(f"{'':22}{'events':>10}{'CPU s':>8}{'wall s':>8}{'MB/CPU-s':>10}{'peak RSS MB':>13}")
-    for name, (cpu, wall, rss, n) in [("rewind run", r), ("duckdb unstructured", d)]:
-        print(f"{name:22}{n:>10}{cpu:>8.2f}{wall:>8.2f}{mb / cpu:>10.0f}{rss:>13.0f}")
-    if r[3] != d[3]:
-        print(f"WARNING: event counts differ (rewind {r[3]}, duckdb {d[3]})")
-    print(f"efficiency ratio rewind/duckdb: {(mb / r[0]) / (mb / d[0]):.2f}x")
 
     # Builds against each other (profiles, before/after a change): alternating, best of N.
     bins = [b.split("=", 1) for b in os.environ.get("BENCH_BINS", "").split(",") if "=" in b]
