@@ -69,6 +69,19 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
     let etcd = args.etcd.clone();
     rewind_cli::run_service(512, &etcd, &endpoints, |store| async move {
         let metrics = rewind_coordinator::metrics::CoordinatorMetrics::default();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let core = Coordinator::new(
+            store.clone(),
+            Arc::new(crate::replay::GuardChecks(KafkaChecks)),
+        )
+        .with_limits(Limits {
+            max_range_hours: args.max_range_hours,
+            max_event_bytes: args.max_event_bytes,
+        })
+        .with_retention(Retention {
+            keep_jobs: args.keep_finished_jobs,
+            keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),
+        });
         if let Some(addr) = args.metrics_listen {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);
@@ -84,25 +97,16 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
                     })
                 })
             };
+            // The JSON API under /api/v1/ (the same auth as gRPC) is served there too.
+            let api = crate::api::router(JobServiceImpl::new(core.clone()), auth.clone());
             tokio::spawn(async move {
-                if let Err(e) = rewind_cli::serve_ops(addr, registry, refresh, ready).await {
+                if let Err(e) =
+                    rewind_cli::serve_ops(addr, registry, refresh, ready, Some(api)).await
+                {
                     tracing::error!(error = %e, listen = %addr, "metrics endpoint failed");
                 }
             });
         }
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let core = Coordinator::new(
-            store.clone(),
-            Arc::new(crate::replay::GuardChecks(KafkaChecks)),
-        )
-        .with_limits(Limits {
-            max_range_hours: args.max_range_hours,
-            max_event_bytes: args.max_event_bytes,
-        })
-        .with_retention(Retention {
-            keep_jobs: args.keep_finished_jobs,
-            keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),
-        });
         // Guarded replays are run day by day by the leader.
         let guards = tokio::spawn(crate::replay::drive_guards(
             core.clone(),

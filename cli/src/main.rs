@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod api;
 mod changes;
 mod client;
 mod coordinator;

@@ -14,12 +14,13 @@ struct OpsState {
 
 /// Serves `/metrics` (Prometheus text format; `refresh` runs before each scrape), `/healthz`
 /// (the process answers) and `/readyz` (`ready` says whether it can work: etcd reachable) on
-/// `addr`, until the process ends.
+/// `addr`, with `extra` routes (a coordinator's `/api/v1/`), until the process ends.
 pub async fn serve_ops(
     addr: std::net::SocketAddr,
     registry: prometheus_client::registry::Registry,
     refresh: Hook<()>,
     ready: Hook<Result<(), String>>,
+    extra: Option<axum::Router>,
 ) -> std::io::Result<()> {
     use axum::extract::State;
     use axum::http::{StatusCode, header};
@@ -64,6 +65,10 @@ pub async fn serve_ops(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
+    let app = match extra {
+        Some(r) => app.merge(r),
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(listen = %addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).await

@@ -129,15 +129,14 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl tonic::service::Interceptor for RequireToken {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+impl RequireToken {
+    /// The scope of the caller whose `authorization` header this is (`Bearer <token>`), or why
+    /// it has none (unauthenticated). Every token is compared, so the time does not tell which
+    /// one nearly matched. Shared by the gRPC interceptor and the HTTP API.
+    pub fn scope_for(&self, authorization: Option<&str>) -> Result<Scope, tonic::Status> {
+        let given = authorization
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::as_bytes);
-        // Every token is compared, so the time does not tell which one nearly matched.
         let found = given.and_then(|t| {
             self.tokens
                 .iter()
@@ -151,16 +150,26 @@ impl tonic::service::Interceptor for RequireToken {
                 .cloned()
         });
         match (given, found) {
-            (Some(_), Some(scope)) => {
-                let mut req = req;
-                req.extensions_mut().insert(scope);
-                Ok(req)
-            }
+            (Some(_), Some(scope)) => Ok(scope),
             (Some(_), None) => Err(tonic::Status::unauthenticated("invalid bearer token")),
             (None, _) => Err(tonic::Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",
             )),
         }
+    }
+}
+
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let scope = self.scope_for(header.as_deref())?;
+        let mut req = req;
+        req.extensions_mut().insert(scope);
+        Ok(req)
     }
 }
 

@@ -43,7 +43,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             let ready = rewind_cli::etcd_ready(store.clone());
             let refresh = rewind_cli::etcd_metrics(&mut registry);
             tokio::spawn(async move {
-                if let Err(e) = rewind_cli::serve_ops(addr, registry, refresh, ready).await {
+                if let Err(e) = rewind_cli::serve_ops(addr, registry, refresh, ready, None).await {
                     tracing::error!(error = %e, listen = %addr, "metrics endpoint failed");
                 }
             });

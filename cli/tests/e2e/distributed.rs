@@ -2456,3 +2456,83 @@ fn distributed_ingest_survives_its_leader_dying_mid_publish() {
     let changes = files_below(&trusted.join("_rewind/changes"));
     assert_eq!(changes.len(), 1, "one change: {changes:?}");
 }
+
+/// The coordinator's JSON API (`/api/v1/jobs`, `/api/v1/jobs/{id}` on `--metrics-listen`): the
+/// same jobs as `rewind jobs` / `rewind status`, behind the same bearer token; a job's summary
+/// once it has finished; unknown jobs 404, bad filters 400, no or a wrong token 401.
+#[test]
+fn json_api_shows_jobs_behind_the_same_token() {
+    use rewind_testkit::servers::http_get_with;
+    let c = Cluster::start(2);
+    let port = free_port();
+    let token_file = c.tmp.path().join("api-token");
+    fs::write(&token_file, "s3cret-api-token\n").unwrap();
+    // A second coordinator (standby: every replica serves the API) with the API and a token.
+    let api = Proc::spawn(
+        COORDINATOR,
+        &[
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+            "--etcd".into(),
+            c.etcd.endpoint(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--auth-token-file".into(),
+            token_file.to_string_lossy().into(),
+        ],
+        c.tmp.path().join("coordinator-api.log"),
+    );
+    assert!(
+        wait_port(port, Duration::from_secs(20)),
+        "{}",
+        api.log_text()
+    );
+    let hours = 2;
+    c.generate(hours);
+    let job = c.submit(hours);
+    let auth = [("Authorization", "Bearer s3cret-api-token")];
+    let get = |path: &str| {
+        let (code, body) = http_get_with(port, path, &auth);
+        (
+            code,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    // No token, a wrong one: 401, nothing shown.
+    let (code, body) = http_get_with(port, "/api/v1/jobs", &[]);
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains(&job));
+    let (code, _) = http_get_with(port, "/api/v1/jobs", &[("Authorization", "Bearer nope")]);
+    assert_eq!(code, 401);
+    // The list and the job.
+    let (code, list) = get("/api/v1/jobs?page_size=10");
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["jobs"][0]["job_id"], job.as_str(), "{list}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let finished = loop {
+        let (code, j) = get(&format!("/api/v1/jobs/{job}"));
+        assert_eq!(code, 200, "{j}");
+        if j["state"] == "succeeded" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{j}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(finished["shards"]["done"], hours as u64, "{finished}");
+    assert_eq!(
+        finished["summary"]["recovered"],
+        expected(&c.src(), hours).len() as u64,
+        "{finished}"
+    );
+    // The same as `rewind status --json` says.
+    let status = c.status(&job);
+    assert_eq!(status["recovered"], finished["recovered"]);
+    let (code, _) = get("/api/v1/jobs/20240101-000000-dead");
+    assert_eq!(code, 404);
+    let (code, bad) = get("/api/v1/jobs?state=sleeping");
+    assert_eq!(code, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("invalid state"));
+    let (code, filtered) = get("/api/v1/jobs?state=failed");
+    assert_eq!(code, 200);
+    assert_eq!(filtered["jobs"], serde_json::json!([]));
+}

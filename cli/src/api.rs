@@ -1,0 +1,152 @@
+//! The coordinator's JSON API under `/api/v1/` (served with `/metrics` on `--metrics-listen`):
+//! the same data as the gRPC `ListJobs` and `GetJob`, through the same service code, with the
+//! same auth rules (a bearer token, and a scoped token sees only its tenants' jobs).
+//!
+//! - `GET /api/v1/jobs?page_size=N&page_token=T&state=S&org=O` → `{"jobs": [...],
+//!   "next_page_token": "..."}` (newest first; the same paging as `rewind jobs`).
+//! - `GET /api/v1/jobs/{id}` → the job (as `rewind status --json`), with its `summary` once it
+//!   has finished.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rewind_coordinator::access::Scope;
+use rewind_coordinator::service::JobServiceImpl;
+use rewind_proto::v1 as pb;
+use rewind_proto::v1::job_service_server::JobService;
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+struct Api {
+    service: JobServiceImpl<rewind_etcd::EtcdStore>,
+    auth: Option<rewind_cli::RequireToken>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    page_size: u32,
+    #[serde(default)]
+    page_token: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    org: String,
+}
+
+/// The routes, for `serve_ops`.
+pub fn router(
+    service: JobServiceImpl<rewind_etcd::EtcdStore>,
+    auth: Option<rewind_cli::RequireToken>,
+) -> axum::Router {
+    axum::Router::new()
+        .route("/api/v1/jobs", get(list))
+        .route("/api/v1/jobs/{id}", get(one))
+        .with_state(Api { service, auth })
+}
+
+fn json_response(code: StatusCode, body: Value) -> Response {
+    (
+        code,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A gRPC status as the HTTP answer it means.
+fn error(s: tonic::Status) -> Response {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut r = json_response(code, json!({"error": s.message()}));
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+impl Api {
+    /// The caller's scope, from its `Authorization` header (everything without auth).
+    fn scope(&self, headers: &HeaderMap) -> Result<Scope, tonic::Status> {
+        match &self.auth {
+            None => Ok(Scope::all("anonymous")),
+            Some(a) => a.scope_for(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        }
+    }
+
+    fn request<T>(&self, headers: &HeaderMap, body: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let scope = self.scope(headers)?;
+        let mut req = tonic::Request::new(body);
+        req.extensions_mut().insert(scope);
+        Ok(req)
+    }
+}
+
+/// A job as the API shows it: `rewind status --json`'s object, with the summary once finished.
+fn job_value(j: &pb::Job) -> Value {
+    let mut v = crate::client::job_json(j);
+    if !j.summary_json.is_empty()
+        && let Ok(s) = serde_json::from_str::<Value>(&j.summary_json)
+    {
+        v["summary"] = s;
+    }
+    v
+}
+
+async fn list(State(api): State<Api>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    let req = match api.request(
+        &headers,
+        pb::ListJobsRequest {
+            page_size: q.page_size,
+            page_token: q.page_token,
+            state: q.state,
+            org: q.org,
+        },
+    ) {
+        Ok(r) => r,
+        Err(s) => return error(s),
+    };
+    match api.service.list_jobs(req).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "jobs": r.jobs.iter().map(job_value).collect::<Vec<_>>(),
+                    "next_page_token": r.next_page_token,
+                }),
+            )
+        }
+        Err(s) => error(s),
+    }
+}
+
+async fn one(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let req = match api.request(&headers, pb::GetJobRequest { job_id: id }) {
+        Ok(r) => r,
+        Err(s) => return error(s),
+    };
+    match api.service.get_job(req).await {
+        Ok(j) => json_response(StatusCode::OK, job_value(&j.into_inner())),
+        Err(s) => error(s),
+    }
+}
