@@ -6,11 +6,16 @@
 //!   "next_page_token": "..."}` (newest first; the same paging as `rewind jobs`).
 //! - `GET /api/v1/jobs/{id}` → the job (as `rewind status --json`), with its `summary` once it
 //!   has finished.
+//! - `GET /api/v1/jobs/{id}/shards` → `{"shards": [{"shard", "state", "attempts", "error"}]}`
+//!   (a heat map's cells: from the registry while it runs, from its manifest once finished).
+//! - `POST /api/v1/jobs/{id}/cancel` → the job after the request. Actions need the header
+//!   `X-Requested-By: rewind` besides the token: a page on another site cannot send it without
+//!   a CORS preflight this server never answers, so a cross-site request can never act.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use rewind_coordinator::access::Scope;
 use rewind_coordinator::service::JobServiceImpl;
 use rewind_proto::v1 as pb;
@@ -43,6 +48,8 @@ pub fn router(
     axum::Router::new()
         .route("/api/v1/jobs", get(list))
         .route("/api/v1/jobs/{id}", get(one))
+        .route("/api/v1/jobs/{id}/shards", get(shards))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .with_state(Api { service, auth })
 }
 
@@ -146,6 +153,41 @@ async fn one(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>)
         Err(s) => return error(s),
     };
     match api.service.get_job(req).await {
+        Ok(j) => json_response(StatusCode::OK, job_value(&j.into_inner())),
+        Err(s) => error(s),
+    }
+}
+
+async fn shards(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let scope = match api.scope(&headers) {
+        Ok(s) => s,
+        Err(s) => return error(s),
+    };
+    let job = match rewind_common::JobId::parse(&id) {
+        Ok(j) => j,
+        Err(e) => return error(tonic::Status::invalid_argument(e.to_string())),
+    };
+    match api.service.shard_views(&job, &scope).await {
+        Ok(v) => json_response(StatusCode::OK, json!({ "shards": v })),
+        Err(s) => error(s),
+    }
+}
+
+/// The header an action must carry (see the module's doc).
+const ACTION_HEADER: &str = "x-requested-by";
+
+async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if headers.get(ACTION_HEADER).and_then(|v| v.to_str().ok()) != Some("rewind") {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "actions need the header X-Requested-By: rewind"}),
+        );
+    }
+    let req = match api.request(&headers, pb::CancelJobRequest { job_id: id }) {
+        Ok(r) => r,
+        Err(s) => return error(s),
+    };
+    match api.service.cancel_job(req).await {
         Ok(j) => json_response(StatusCode::OK, job_value(&j.into_inner())),
         Err(s) => error(s),
     }

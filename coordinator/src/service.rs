@@ -29,6 +29,16 @@ fn scope_of<T>(req: &Request<T>) -> Scope {
         .unwrap_or_else(|| Scope::all("anonymous"))
 }
 
+/// One shard as a status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShardView {
+    pub shard: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct JobServiceImpl<R> {
     core: Coordinator<R>,
@@ -47,6 +57,90 @@ impl<R: JobRegistry> JobServiceImpl<R> {
 
 impl<R: JobRegistry> JobServiceImpl<R> {
     /// A job of another tenant is, to this caller, a job that does not exist.
+    /// Every shard of a job the caller may see, with its state (`pending`, `running`, `done`,
+    /// `failed`), attempts and last error: from the registry while the job runs, from its
+    /// manifest in the destination once it has finished (the registry keeps no shard state
+    /// then). For a status page's heat map.
+    pub async fn shard_views(&self, job: &JobId, scope: &Scope) -> Result<Vec<ShardView>, Status> {
+        self.visible(job, scope).await?;
+        let status = self
+            .core
+            .registry()
+            .status(job)
+            .await
+            .map_err(store_status)?;
+        if !status.phase.finished() {
+            let states = self
+                .core
+                .registry()
+                .shards(job)
+                .await
+                .map_err(store_status)?;
+            return Ok(states
+                .into_iter()
+                .map(|(shard, state)| {
+                    let (state, attempts, error) = match state {
+                        ShardState::Pending {
+                            attempts,
+                            last_error,
+                        } => ("pending", attempts, last_error),
+                        ShardState::Running { attempt, .. } => ("running", attempt, None),
+                        ShardState::Done(d) => ("done", d.attempt, None),
+                        ShardState::Failed { attempts, reason } => {
+                            ("failed", attempts, Some(reason))
+                        }
+                    };
+                    ShardView {
+                        shard: shard.to_string(),
+                        state,
+                        attempts,
+                        error,
+                    }
+                })
+                .collect());
+        }
+        // Finished: the manifest in the destination says which shard ended how.
+        let record = self
+            .core
+            .registry()
+            .record(job)
+            .await
+            .map_err(store_status)?;
+        let dest = rewind_s3::open_output(
+            &record.spec.places.dest,
+            &record.request.s3,
+            rewind_common::location::JobSide::Dest,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("opening the destination: {e}")))?;
+        let key = rewind_common::OutputKeys::of(&record.spec).job_manifest();
+        let body = tokio::task::spawn_blocking(move || dest.get(&key))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("reading the job manifest: {e}")))?
+            .ok_or_else(|| Status::not_found(format!("job {job} has no manifest")))?;
+        let m: rewind_common::lifecycle::JobManifest = serde_json::from_slice(&body)
+            .map_err(|e| Status::internal(format!("the job manifest: {e}")))?;
+        let mut views: Vec<ShardView> = m
+            .attempts
+            .iter()
+            .map(|(shard, attempt)| ShardView {
+                shard: shard.clone(),
+                state: "done",
+                attempts: *attempt,
+                error: None,
+            })
+            .chain(m.failed_shards.iter().map(|f| ShardView {
+                shard: f.shard.to_string(),
+                state: "failed",
+                attempts: f.attempts,
+                error: Some(f.reason.clone()),
+            }))
+            .collect();
+        views.sort_by(|a, b| a.shard.cmp(&b.shard));
+        Ok(views)
+    }
+
     async fn visible(&self, job: &JobId, scope: &Scope) -> Result<(), Status> {
         let status = self
             .core

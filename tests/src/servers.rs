@@ -51,6 +51,16 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// `http_get` with extra request headers (`("Authorization", "Bearer …")`).
 pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request(port, "GET", path, headers)
+}
+
+/// One HTTP/1.1 request without a body (`GET`, `POST`, …): status and body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let Ok(mut s) =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
     else {
@@ -61,8 +71,9 @@ pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, S
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n"
+    );
     if s.write_all(request.as_bytes()).is_err() {
         return (0, String::new());
     }

@@ -2535,4 +2535,36 @@ fn json_api_shows_jobs_behind_the_same_token() {
     let (code, filtered) = get("/api/v1/jobs?state=failed");
     assert_eq!(code, 200);
     assert_eq!(filtered["jobs"], serde_json::json!([]));
+    // A finished job's shards, from its manifest: a heat map's cells.
+    let (code, shards) = get(&format!("/api/v1/jobs/{job}/shards"));
+    assert_eq!(code, 200, "{shards}");
+    let cells: Vec<(&str, &str)> = shards["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["shard"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(cells, [("2024040100", "done"), ("2024040101", "done")]);
+
+    // Actions: a longer job, cancelled through the API. Without the action header (what a
+    // cross-site form could send), or without the token: refused, the job runs on.
+    c.generate(12);
+    let long = c.submit(12);
+    let post = |path: &str, headers: &[(&str, &str)]| {
+        rewind_testkit::servers::http_request(port, "POST", path, headers)
+    };
+    let cancel = format!("/api/v1/jobs/{long}/cancel");
+    let (code, _) = post(&cancel, &auth);
+    assert_eq!(code, 403, "no X-Requested-By");
+    let (code, _) = post(&cancel, &[("X-Requested-By", "rewind")]);
+    assert_eq!(code, 401, "no token");
+    assert_eq!(get(&format!("/api/v1/jobs/{long}")).1["state"], "running");
+    let (code, body) = post(&cancel, &[auth[0], ("X-Requested-By", "rewind")]);
+    assert_eq!(code, 200, "{body}");
+    let state = serde_json::from_str::<Value>(&body).unwrap()["state"].clone();
+    assert!(state == "cancelling" || state == "cancelled", "{state}");
+    // While it runs or is cancelling, its shards come from the registry.
+    let (code, shards) = get(&format!("/api/v1/jobs/{long}/shards"));
+    assert_eq!(code, 200, "{shards}");
+    assert_eq!(shards["shards"].as_array().unwrap().len(), 12, "{shards}");
 }
