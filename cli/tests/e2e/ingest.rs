@@ -505,3 +505,40 @@ fn watch_ingests_as_objects_land_and_stops_between_batches() {
     let changes = files_below(&trusted.join("_rewind/changes")).len();
     assert!(changes >= 2, "one change per batch: {changes}");
 }
+
+/// The same landing zone in Azure Blob Storage (Azurite): every event once, every object moved
+/// to `processed/date=…/` byte for byte.
+#[test]
+fn a_landing_zone_in_azure_is_ingested_and_moved() {
+    use rewind_testkit::azure::Azurite;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("landing/pending");
+    let trusted = tmp.path().join("trusted");
+    let want = landing_zone(&local, &tmp.path().join("gen"));
+    let before = snapshot(&local);
+    let az = Azurite::start();
+    az.create_container("landing");
+    az.upload_dir(&local, "landing", "zone/pending/");
+    let out = ingest_cmd(
+        "az://landing/zone/pending/",
+        &trusted,
+        &["--dedup", "event_id"],
+    )
+    .envs(az.env())
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ids, bad) = trusted_rows(&trusted);
+    assert!(bad.is_empty() && ids.values().all(|n| *n == 1));
+    assert_eq!(ids.into_keys().collect::<BTreeSet<_>>(), want);
+    assert!(az.list("landing", "zone/pending/").is_empty());
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let moved = tmp.path().join("moved");
+    let prefix = format!("zone/processed/date={today}/");
+    assert_eq!(az.download_prefix("landing", &prefix, &moved), before.len());
+    assert_eq!(snapshot(&moved), before);
+}
