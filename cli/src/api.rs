@@ -8,6 +8,8 @@
 //!   has finished.
 //! - `GET /api/v1/jobs/{id}/shards` → `{"shards": [{"shard", "state", "attempts", "error"}]}`
 //!   (a heat map's cells: from the registry while it runs, from its manifest once finished).
+//! - `GET /` (or `/ui`): the status page, one self-contained HTML file (no CDN, no external font,
+//!   vanilla JS) over this API: the jobs, and a job's heat map, counts, failures and cancel.
 //! - `POST /api/v1/jobs/{id}/cancel` → the job after the request. Actions need the header
 //!   `X-Requested-By: rewind` besides the token: a page on another site cannot send it without
 //!   a CORS preflight this server never answers, so a cross-site request can never act.
@@ -46,6 +48,8 @@ pub fn router(
     auth: Option<rewind_cli::RequireToken>,
 ) -> axum::Router {
     axum::Router::new()
+        .route("/", get(page))
+        .route("/ui", get(page))
         .route("/api/v1/jobs", get(list))
         .route("/api/v1/jobs/{id}", get(one))
         .route("/api/v1/jobs/{id}/shards", get(shards))
@@ -191,4 +195,23 @@ async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
         Ok(j) => json_response(StatusCode::OK, job_value(&j.into_inner())),
         Err(s) => error(s),
     }
+}
+
+/// The status page (`ui.html`): served as it is, never framed, talking to this origin only.
+async fn page() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
 }

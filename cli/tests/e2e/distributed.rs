@@ -2568,3 +2568,129 @@ fn json_api_shows_jobs_behind_the_same_token() {
     assert_eq!(code, 200, "{shards}");
     assert_eq!(shards["shards"].as_array().unwrap().len(), 12, "{shards}");
 }
+
+/// The status page in a real browser (headless Chromium, the page's own JS against the API):
+/// the jobs list shows the job; its page shows one heat-map cell per shard coloured by state
+/// (one hour could not be read: failed, with the reason), the failures, and no cancel button
+/// once it has ended. Behind a token, the page asks for one.
+#[test]
+fn status_page_in_a_browser_shows_jobs_shards_and_failures() {
+    fn dom(url: &str) -> String {
+        let out = std::process::Command::new(
+            std::env::var("REWIND_CHROMIUM").unwrap_or_else(|_| "chromium".into()),
+        )
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("chromium (Debian's `chromium` package; scripts/test.sh installs it)");
+        // What the page rendered: the DOM without its own script and style text.
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for (open, close) in [("<script>", "</script>"), ("<style>", "</style>")] {
+            if let (Some(a), Some(b)) = (text.find(open), text.find(close)) {
+                text.replace_range(a..b + close.len(), "");
+            }
+        }
+        text
+    }
+    let mut c = Cluster::start(2);
+    let hours = 3;
+    c.generate(hours);
+    // Hour 01 cannot be read: its shard fails.
+    let hour = c.src().join("main_stream/2024/04/01/01");
+    fs::remove_dir_all(&hour).unwrap();
+    fs::write(&hour, b"not a directory").unwrap();
+    let (open, locked) = (free_port(), free_port());
+    let token_file = c.tmp.path().join("page-token");
+    fs::write(&token_file, "page-token\n").unwrap();
+    let mut procs = Vec::new();
+    for (port, auth) in [(open, false), (locked, true)] {
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+            "--etcd".into(),
+            c.etcd.endpoint(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        if auth {
+            args.extend([
+                "--auth-token-file".into(),
+                token_file.to_string_lossy().into(),
+            ]);
+        }
+        procs.push(Proc::spawn(
+            COORDINATOR,
+            &args,
+            c.tmp.path().join(format!("coordinator-page-{port}.log")),
+        ));
+        assert!(wait_port(port, Duration::from_secs(20)));
+    }
+    let src = c.src();
+    let dest = c.dest();
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T02",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--max-attempts",
+        "1",
+    ]);
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, _) = c.watch(&job);
+    assert_eq!(code, Some(1), "the job fails: {}", c.logs());
+    let _ = &mut c;
+
+    let list = dom(&format!("http://127.0.0.1:{open}/"));
+    assert!(list.contains(&format!("data-job=\"{job}\"")), "{list}");
+    assert!(list.contains("class=\"state state-failed\""), "{list}");
+    let page = dom(&format!("http://127.0.0.1:{open}/#job={job}"));
+    let cells = |state: &str| page.matches(&format!("data-state=\"{state}\"")).count();
+    assert_eq!((cells("done"), cells("failed")), (2, 1), "{page}");
+    assert!(
+        page.contains("data-shard=\"2024040101\" data-state=\"failed\""),
+        "{page}"
+    );
+    assert!(page.contains("id=\"failed-shards\""), "{page}");
+    assert!(!page.contains("id=\"cancel\""), "no cancel once it ended");
+    // `REWIND_SCREENSHOTS=docs` keeps the two pages as pictures (what the README shows).
+    if let Ok(dir) = std::env::var("REWIND_SCREENSHOTS") {
+        for (name, url) in [
+            ("status-jobs.png", format!("http://127.0.0.1:{open}/")),
+            (
+                "status-job.png",
+                format!("http://127.0.0.1:{open}/#job={job}"),
+            ),
+        ] {
+            let shot = format!("--screenshot={dir}/{name}");
+            let _ = std::process::Command::new("chromium")
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                    "--virtual-time-budget=8000",
+                    "--window-size=1100,700",
+                    &shot,
+                    &url,
+                ])
+                .output();
+        }
+    }
+    // Behind a token, without one: the page asks for it, and shows no job.
+    let locked_page = dom(&format!("http://127.0.0.1:{locked}/"));
+    assert!(locked_page.contains("id=\"need-token\""), "{locked_page}");
+    assert!(!locked_page.contains(&job));
+}
