@@ -198,7 +198,7 @@ async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
 }
 
 /// The status page (`ui.html`): served as it is, never framed, talking to this origin only.
-async fn page() -> Response {
+pub async fn page() -> Response {
     (
         StatusCode::OK,
         [

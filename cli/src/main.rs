@@ -19,6 +19,7 @@ mod notify;
 mod repair;
 mod replay;
 mod retry;
+mod ui;
 mod worker;
 
 #[derive(Debug, Parser)]
@@ -71,6 +72,9 @@ enum Command {
     /// Run again only the failed shards of a finished job, into the same execution, as a
     /// change of its own.
     Retry(retry::RetryArgs),
+    /// Serve the status page of a destination (its jobs, from its change log and manifests),
+    /// for runs without servers.
+    Ui(ui::UiArgs),
     /// Try repair flows on real events before running a job.
     #[command(subcommand)]
     Flows(FlowsCommand),
@@ -621,6 +625,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::Ingest(a) => ingest::run(a),
         Command::Retry(a) => retry::run(a),
+        Command::Ui(a) => ui::run(a),
         Command::Flows(FlowsCommand::Test(a)) => flows_test::run(a),
         Command::Config(c) => config_command(c, cli.config),
         Command::Coordinator(_) | Command::Worker(_) => unreachable!("dispatched above"),

@@ -390,3 +390,29 @@ pub fn wait_port(port: u16, limit: Duration) -> bool {
     }
     false
 }
+
+/// What headless Chromium renders at `url` after its scripts ran (up to 8 s of virtual time):
+/// the DOM without the page's own script and style text. Debian's `chromium` (scripts/test.sh
+/// installs it; `REWIND_CHROMIUM` names another binary).
+pub fn chromium_dom(url: &str) -> String {
+    let out = std::process::Command::new(
+        std::env::var("REWIND_CHROMIUM").unwrap_or_else(|_| "chromium".into()),
+    )
+    .args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=8000",
+        "--dump-dom",
+        url,
+    ])
+    .output()
+    .expect("chromium (Debian's `chromium` package; scripts/test.sh installs it)");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (open, close) in [("<script>", "</script>"), ("<style>", "</style>")] {
+        if let (Some(a), Some(b)) = (text.find(open), text.find(close)) {
+            text.replace_range(a..b + close.len(), "");
+        }
+    }
+    text
+}

@@ -2575,29 +2575,7 @@ fn json_api_shows_jobs_behind_the_same_token() {
 /// once it has ended. Behind a token, the page asks for one.
 #[test]
 fn status_page_in_a_browser_shows_jobs_shards_and_failures() {
-    fn dom(url: &str) -> String {
-        let out = std::process::Command::new(
-            std::env::var("REWIND_CHROMIUM").unwrap_or_else(|_| "chromium".into()),
-        )
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=8000",
-            "--dump-dom",
-            url,
-        ])
-        .output()
-        .expect("chromium (Debian's `chromium` package; scripts/test.sh installs it)");
-        // What the page rendered: the DOM without its own script and style text.
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        for (open, close) in [("<script>", "</script>"), ("<style>", "</style>")] {
-            if let (Some(a), Some(b)) = (text.find(open), text.find(close)) {
-                text.replace_range(a..b + close.len(), "");
-            }
-        }
-        text
-    }
+    use rewind_testkit::servers::chromium_dom as dom;
     let mut c = Cluster::start(2);
     let hours = 3;
     c.generate(hours);

@@ -965,3 +965,71 @@ fn archived_events_valid(src: &Path) -> usize {
         })
         .sum()
 }
+
+/// `rewind ui --dest D`: the status page without servers, from the destination's change log and
+/// manifests, in headless Chromium: both jobs listed, a failed job's heat map with its failed
+/// hour and why.
+#[test]
+fn ui_shows_a_destinations_jobs_without_servers() {
+    use rewind_testkit::servers::{Proc, chromium_dom, free_port, wait_port};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    generate(&src, "2024-04-01T00", "3", "none", &[]);
+    let ok = recover(&src, &dest, "2024-04-01T00", "2024-04-01T02", &[]);
+    let hour = src.join("main_stream/2024/04/01/02");
+    fs::remove_dir_all(&hour).unwrap();
+    fs::write(&hour, b"not a directory").unwrap();
+    let args = [
+        "run",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        "TN-e2e",
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T02",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--json",
+        "--max-attempts",
+        "1",
+    ];
+    let failed = stdout_json(&run(BIN, &args));
+    let (ok_job, failed_job) = (
+        ok["job_id"].as_str().unwrap().to_string(),
+        failed["job_id"].as_str().unwrap().to_string(),
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let ui = Proc::spawn(
+        [BIN, "ui"],
+        &[
+            "--dest".to_string(),
+            dest.to_string_lossy().into(),
+            "--listen".into(),
+            listen,
+        ],
+        tmp.path().join("ui.log"),
+    );
+    assert!(
+        wait_port(port, std::time::Duration::from_secs(20)),
+        "{}",
+        ui.log_text()
+    );
+    let list = chromium_dom(&format!("http://127.0.0.1:{port}/"));
+    assert!(list.contains(&format!("data-job=\"{ok_job}\"")), "{list}");
+    assert!(
+        list.contains(&format!("data-job=\"{failed_job}\"")),
+        "{list}"
+    );
+    // Newest first.
+    assert!(list.find(&failed_job) < list.find(&ok_job));
+    let page = chromium_dom(&format!("http://127.0.0.1:{port}/#job={failed_job}"));
+    assert!(
+        page.contains("data-shard=\"2024040102\" data-state=\"failed\""),
+        "{page}"
+    );
+    assert_eq!(page.matches("data-state=\"done\"").count(), 2, "{page}");
+    assert!(page.contains("Not a directory"), "the reason: {page}");
+}
