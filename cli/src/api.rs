@@ -115,6 +115,18 @@ impl Api {
 /// A job as the API shows it: `rewind status --json`'s object, with the summary once finished.
 fn job_value(j: &pb::Job) -> Value {
     let mut v = crate::client::job_json(j);
+    let r = j.request.clone().unwrap_or_default();
+    v["kind"] = json!(if r.guard.is_some() {
+        "guarded replay"
+    } else if r.ingest.is_some() {
+        "ingest"
+    } else if r.repair.is_some() {
+        "repair"
+    } else if r.sink == "kafka" {
+        "replay"
+    } else {
+        "recovery"
+    });
     if !j.summary_json.is_empty()
         && let Ok(s) = serde_json::from_str::<Value>(&j.summary_json)
     {

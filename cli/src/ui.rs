@@ -137,8 +137,18 @@ impl Local {
 fn job_value(m: &JobManifest) -> Value {
     let summary = Summary::new(&m.spec, m, std::time::Duration::ZERO);
     let failed = m.failed_shards.len() as u64;
+    let kind = if m.spec.repair.is_some() {
+        "repair"
+    } else if m.spec.ingest {
+        "ingest"
+    } else if matches!(m.spec.sink, rewind_common::job::SinkSpec::Kafka(_)) {
+        "replay"
+    } else {
+        "recovery"
+    };
     json!({
         "job_id": m.job_id,
+        "kind": kind,
         "state": m.state.as_str(),
         "org": summary.org,
         "start": summary.start,

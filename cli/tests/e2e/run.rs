@@ -1023,8 +1023,9 @@ fn ui_shows_a_destinations_jobs_without_servers() {
         list.contains(&format!("data-job=\"{failed_job}\"")),
         "{list}"
     );
-    // Newest first.
+    // Newest first, with its kind.
     assert!(list.find(&failed_job) < list.find(&ok_job));
+    assert!(list.contains("<td>recovery</td>"), "{list}");
     let page = chromium_dom(&format!("http://127.0.0.1:{port}/#job={failed_job}"));
     assert!(
         page.contains("data-shard=\"2024040102\" data-state=\"failed\""),
