@@ -57,7 +57,8 @@ pub fn router(
         .with_state(Api { service, auth })
 }
 
-fn json_response(code: StatusCode, body: Value) -> Response {
+/// A JSON answer, never cached.
+pub fn json_response(code: StatusCode, body: Value) -> Response {
     (
         code,
         [

@@ -7,14 +7,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use clap::Args;
 use rewind_common::OutputKeys;
 use rewind_common::lifecycle::{JobManifest, Summary};
 use rewind_common::storage::OutputStore;
 use serde_json::{Value, json};
+
+use crate::api::json_response;
 
 use crate::Failure;
 use crate::changes::DestArgs;
@@ -75,18 +77,6 @@ pub fn run(args: UiArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Job(e.to_string()))
     })
-}
-
-fn json_response(code: StatusCode, body: Value) -> Response {
-    (
-        code,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
 }
 
 fn not_found(what: String) -> Response {
