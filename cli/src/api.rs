@@ -10,6 +10,9 @@
 //!   (a heat map's cells: from the registry while it runs, from its manifest once finished).
 //! - `GET /` (or `/ui`): the status page, one self-contained HTML file (no CDN, no external font,
 //!   vanilla JS) over this API: the jobs, and a job's heat map, counts, failures and cancel.
+//! - `GET /api/v1/jobs/{id}/failures` → a finished job's failed records grouped by reason, the
+//!   first few of each (source key, offset, reason, an excerpt of the raw bytes) and where the
+//!   rest are.
 //! - `POST /api/v1/jobs/{id}/cancel` → the job after the request. Actions need the header
 //!   `X-Requested-By: rewind` besides the token: a page on another site cannot send it without
 //!   a CORS preflight this server never answers, so a cross-site request can never act.
@@ -53,6 +56,7 @@ pub fn router(
         .route("/api/v1/jobs", get(list))
         .route("/api/v1/jobs/{id}", get(one))
         .route("/api/v1/jobs/{id}/shards", get(shards))
+        .route("/api/v1/jobs/{id}/failures", get(failures))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .with_state(Api { service, auth })
 }
@@ -227,4 +231,81 @@ pub async fn page() -> Response {
         include_str!("ui.html"),
     )
         .into_response()
+}
+
+/// Failed records shown per reason.
+const FIRST_PER_REASON: usize = 3;
+/// Failed-record files read at most for them (the counts by reason come from the manifest).
+const FAILED_FILES_READ: usize = 20;
+
+/// A finished job's failed records grouped by code: the first few of each, with an excerpt of
+/// their raw bytes, and where all of them are.
+pub async fn first_failures(
+    manifest: &rewind_common::lifecycle::JobManifest,
+    s3: &rewind_common::S3Options,
+) -> Result<Value, String> {
+    let places = &manifest.spec.places;
+    let store = rewind_s3::open_output(&places.failed, s3, rewind_common::location::JobSide::Dest)
+        .await
+        .map_err(|e| format!("opening the failed output: {e}"))?;
+    let keys: Vec<String> = manifest
+        .failed_files
+        .iter()
+        .take(FAILED_FILES_READ)
+        .map(|f| f.key.clone())
+        .collect();
+    let groups = tokio::task::spawn_blocking(move || {
+        let mut groups: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+        for key in keys {
+            let Ok(Some(body)) = store.get(&key) else {
+                continue;
+            };
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let Ok(r) = serde_json::from_slice::<Value>(line) else {
+                    continue;
+                };
+                let code = r["code"].as_str().unwrap_or("unknown").to_string();
+                let first = groups.entry(code).or_default();
+                if first.len() >= FIRST_PER_REASON {
+                    continue;
+                }
+                let raw = r["raw"].as_str().map_or_else(
+                    || "(binary: see raw_base64 in the file)".to_string(),
+                    |t| t.chars().take(160).collect(),
+                );
+                first.push(json!({
+                    "source_key": r["source_key"], "byte_offset": r["byte_offset"],
+                    "reason": r["reason"], "raw_excerpt": raw, "file": key,
+                }));
+            }
+        }
+        groups
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let job_prefix = rewind_common::OutputKeys::of(&manifest.spec).job_prefix();
+    Ok(json!({
+        "by_reason": manifest.failed_by_reason,
+        "first": groups,
+        "failed_output": places.failed.join(&job_prefix).to_string(),
+    }))
+}
+
+async fn failures(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let scope = match api.scope(&headers) {
+        Ok(s) => s,
+        Err(s) => return error(s),
+    };
+    let job = match rewind_common::JobId::parse(&id) {
+        Ok(j) => j,
+        Err(e) => return error(tonic::Status::invalid_argument(e.to_string())),
+    };
+    let (m, s3) = match api.service.job_manifest(&job, &scope).await {
+        Ok(x) => x,
+        Err(s) => return error(s),
+    };
+    match first_failures(&m, &s3).await {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(e) => error(tonic::Status::unavailable(e)),
+    }
 }

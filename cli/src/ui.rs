@@ -33,6 +33,7 @@ pub struct UiArgs {
 #[derive(Clone)]
 struct Local {
     store: Arc<dyn OutputStore>,
+    s3: rewind_common::S3Options,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -51,6 +52,7 @@ pub fn run(args: UiArgs) -> Result<(), Failure> {
     let opened = crate::changes::open_plain_store(&args.place, "--dest")?;
     let local = Local {
         store: opened.store.clone(),
+        s3: args.place.s3.options(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -64,6 +66,7 @@ pub fn run(args: UiArgs) -> Result<(), Failure> {
             .route("/api/v1/jobs", get(list))
             .route("/api/v1/jobs/{id}", get(one))
             .route("/api/v1/jobs/{id}/shards", get(shards))
+            .route("/api/v1/jobs/{id}/failures", get(failures))
             .with_state(local);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -229,4 +232,16 @@ async fn shards(State(l): State<Local>, Path(id): Path<String>) -> Response {
         .collect();
     cells.sort_by(|a, b| a["shard"].as_str().cmp(&b["shard"].as_str()));
     json_response(StatusCode::OK, json!({ "shards": cells }))
+}
+
+async fn failures(State(l): State<Local>, Path(id): Path<String>) -> Response {
+    let m = match l.manifest(&id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_found(format!("job {id} not found")),
+        Err(e) => return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })),
+    };
+    match crate::api::first_failures(&m, &l.s3).await {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(e) => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })),
+    }
 }

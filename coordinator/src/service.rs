@@ -100,6 +100,65 @@ impl<R: JobRegistry> JobServiceImpl<R> {
                 .collect());
         }
         // Finished: the manifest in the destination says which shard ended how.
+        let (m, _) = self.finished_manifest(job).await?;
+        let mut views: Vec<ShardView> = m
+            .attempts
+            .iter()
+            .map(|(shard, attempt)| ShardView {
+                shard: shard.clone(),
+                state: "done",
+                attempts: *attempt,
+                error: None,
+            })
+            .chain(m.failed_shards.iter().map(|f| ShardView {
+                shard: f.shard.to_string(),
+                state: "failed",
+                attempts: f.attempts,
+                error: Some(f.reason.clone()),
+            }))
+            .collect();
+        views.sort_by(|a, b| a.shard.cmp(&b.shard));
+        Ok(views)
+    }
+
+    /// A finished job's manifest (from its destination) and the storage options to reach its
+    /// outputs, for a caller that may see the job (`NotFound` otherwise, or while it runs).
+    pub async fn job_manifest(
+        &self,
+        job: &JobId,
+        scope: &Scope,
+    ) -> Result<
+        (
+            rewind_common::lifecycle::JobManifest,
+            rewind_common::S3Options,
+        ),
+        Status,
+    > {
+        self.visible(job, scope).await?;
+        let status = self
+            .core
+            .registry()
+            .status(job)
+            .await
+            .map_err(store_status)?;
+        if !status.phase.finished() {
+            return Err(Status::failed_precondition(format!(
+                "job {job} is still running: its failed records are not final yet"
+            )));
+        }
+        self.finished_manifest(job).await
+    }
+
+    async fn finished_manifest(
+        &self,
+        job: &JobId,
+    ) -> Result<
+        (
+            rewind_common::lifecycle::JobManifest,
+            rewind_common::S3Options,
+        ),
+        Status,
+    > {
         let record = self
             .core
             .registry()
@@ -121,24 +180,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
             .ok_or_else(|| Status::not_found(format!("job {job} has no manifest")))?;
         let m: rewind_common::lifecycle::JobManifest = serde_json::from_slice(&body)
             .map_err(|e| Status::internal(format!("the job manifest: {e}")))?;
-        let mut views: Vec<ShardView> = m
-            .attempts
-            .iter()
-            .map(|(shard, attempt)| ShardView {
-                shard: shard.clone(),
-                state: "done",
-                attempts: *attempt,
-                error: None,
-            })
-            .chain(m.failed_shards.iter().map(|f| ShardView {
-                shard: f.shard.to_string(),
-                state: "failed",
-                attempts: f.attempts,
-                error: Some(f.reason.clone()),
-            }))
-            .collect();
-        views.sort_by(|a, b| a.shard.cmp(&b.shard));
-        Ok(views)
+        Ok((m, record.request.s3))
     }
 
     async fn visible(&self, job: &JobId, scope: &Scope) -> Result<(), Status> {

@@ -2545,6 +2545,11 @@ fn json_api_shows_jobs_behind_the_same_token() {
         .map(|s| (s["shard"].as_str().unwrap(), s["state"].as_str().unwrap()))
         .collect();
     assert_eq!(cells, [("2024040100", "done"), ("2024040101", "done")]);
+    // Its failed records (none here) and where they would be.
+    let (code, fails) = get(&format!("/api/v1/jobs/{job}/failures"));
+    assert_eq!(code, 200, "{fails}");
+    assert_eq!(fails["first"], serde_json::json!({}), "{fails}");
+    assert!(fails["failed_output"].as_str().unwrap().contains(&job));
 
     // Actions: a longer job, cancelled through the API. Without the action header (what a
     // cross-site form could send), or without the token: refused, the job runs on.
@@ -2563,6 +2568,9 @@ fn json_api_shows_jobs_behind_the_same_token() {
     assert_eq!(code, 200, "{body}");
     let state = serde_json::from_str::<Value>(&body).unwrap()["state"].clone();
     assert!(state == "cancelling" || state == "cancelled", "{state}");
+    // Failed records of a job still running are not final: refused.
+    let (code, _) = get(&format!("/api/v1/jobs/{long}/failures"));
+    assert!(code == 409 || code == 200, "{code}");
     // While it runs or is cancelling, its shards come from the registry.
     let (code, shards) = get(&format!("/api/v1/jobs/{long}/shards"));
     assert_eq!(code, 200, "{shards}");

@@ -979,6 +979,12 @@ fn ui_shows_a_destinations_jobs_without_servers() {
     let hour = src.join("main_stream/2024/04/01/02");
     fs::remove_dir_all(&hour).unwrap();
     fs::write(&hour, b"not a directory").unwrap();
+    // And a damaged object: its cut tail is a failed record.
+    fs::write(
+        src.join("main_stream/2024/04/01/00/damaged.json"),
+        br#"{"event_id":"ok-1","org_id":"TN-e2e"}{"event_id":"cut","data":{"x":"#,
+    )
+    .unwrap();
     let args = [
         "run",
         "--source",
@@ -996,6 +1002,7 @@ fn ui_shows_a_destinations_jobs_without_servers() {
         "1",
     ];
     let failed = stdout_json(&run(BIN, &args));
+    assert_eq!(failed["failed_by_reason"]["truncated"], 1, "{failed}");
     let (ok_job, failed_job) = (
         ok["job_id"].as_str().unwrap().to_string(),
         failed["job_id"].as_str().unwrap().to_string(),
@@ -1033,4 +1040,10 @@ fn ui_shows_a_destinations_jobs_without_servers() {
     );
     assert_eq!(page.matches("data-state=\"done\"").count(), 2, "{page}");
     assert!(page.contains("Not a directory"), "the reason: {page}");
+    // Failed events by reason, with the first records and where they came from.
+    assert!(page.contains("data-reason=\"truncated\""), "{page}");
+    assert!(
+        page.contains("main_stream/2024/04/01/00/damaged.json"),
+        "the first record's object: {page}"
+    );
 }
