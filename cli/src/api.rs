@@ -33,16 +33,17 @@ struct Api {
     auth: Option<rewind_cli::RequireToken>,
 }
 
+/// `GET /api/v1/jobs`'s query (also `rewind ui`'s).
 #[derive(Debug, serde::Deserialize)]
-struct ListQuery {
+pub struct ListQuery {
     #[serde(default)]
-    page_size: u32,
+    pub page_size: u32,
     #[serde(default)]
-    page_token: String,
+    pub page_token: String,
     #[serde(default)]
-    state: String,
+    pub state: String,
     #[serde(default)]
-    org: String,
+    pub org: String,
 }
 
 /// The routes, for `serve_ops`.
@@ -107,6 +108,18 @@ impl Api {
                     .and_then(|v| v.to_str().ok()),
             ),
         }
+    }
+
+    /// The caller's scope and the job a path names, or why not.
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+    ) -> Result<(Scope, rewind_common::JobId), tonic::Status> {
+        let scope = self.scope(headers)?;
+        let job = rewind_common::JobId::parse(id)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        Ok((scope, job))
     }
 
     fn request<T>(&self, headers: &HeaderMap, body: T) -> Result<tonic::Request<T>, tonic::Status> {
@@ -180,13 +193,9 @@ async fn one(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>)
 }
 
 async fn shards(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let scope = match api.scope(&headers) {
-        Ok(s) => s,
+    let (scope, job) = match api.caller(&headers, &id) {
+        Ok(x) => x,
         Err(s) => return error(s),
-    };
-    let job = match rewind_common::JobId::parse(&id) {
-        Ok(j) => j,
-        Err(e) => return error(tonic::Status::invalid_argument(e.to_string())),
     };
     match api.service.shard_views(&job, &scope).await {
         Ok(v) => json_response(StatusCode::OK, json!({ "shards": v })),
@@ -292,13 +301,9 @@ pub async fn first_failures(
 }
 
 async fn failures(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let scope = match api.scope(&headers) {
-        Ok(s) => s,
+    let (scope, job) = match api.caller(&headers, &id) {
+        Ok(x) => x,
         Err(s) => return error(s),
-    };
-    let job = match rewind_common::JobId::parse(&id) {
-        Ok(j) => j,
-        Err(e) => return error(tonic::Status::invalid_argument(e.to_string())),
     };
     let (m, s3) = match api.service.job_manifest(&job, &scope).await {
         Ok(x) => x,

@@ -16,7 +16,7 @@ use rewind_common::lifecycle::{JobManifest, Summary};
 use rewind_common::storage::OutputStore;
 use serde_json::{Value, json};
 
-use crate::api::json_response;
+use crate::api::{ListQuery, json_response};
 
 use crate::Failure;
 use crate::changes::DestArgs;
@@ -34,18 +34,6 @@ pub struct UiArgs {
 struct Local {
     store: Arc<dyn OutputStore>,
     s3: rewind_common::S3Options,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    page_size: usize,
-    #[serde(default)]
-    page_token: String,
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    org: String,
 }
 
 pub fn run(args: UiArgs) -> Result<(), Failure> {
@@ -172,7 +160,7 @@ async fn list(State(l): State<Local>, Query(q): Query<ListQuery>) -> Response {
         Ok(ids) => ids,
         Err(e) => return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })),
     };
-    let size = match q.page_size {
+    let size = match q.page_size as usize {
         0 => 50,
         n => n.min(200),
     };
@@ -221,16 +209,7 @@ async fn shards(State(l): State<Local>, Path(id): Path<String>) -> Response {
         Ok(None) => return not_found(format!("job {id} not found")),
         Err(e) => return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })),
     };
-    let mut cells: Vec<Value> = m
-        .attempts
-        .iter()
-        .map(|(shard, attempt)| json!({"shard": shard, "state": "done", "attempts": attempt}))
-        .chain(m.failed_shards.iter().map(|f| {
-            json!({"shard": f.shard.to_string(), "state": "failed", "attempts": f.attempts,
-                   "error": f.reason})
-        }))
-        .collect();
-    cells.sort_by(|a, b| a["shard"].as_str().cmp(&b["shard"].as_str()));
+    let cells = rewind_coordinator::service::ShardView::of_manifest(&m);
     json_response(StatusCode::OK, json!({ "shards": cells }))
 }
 

@@ -39,6 +39,31 @@ pub struct ShardView {
     pub error: Option<String>,
 }
 
+impl ShardView {
+    /// A finished job's shards, as its manifest says they ended (done ones by their committed
+    /// attempt, failed ones with their reason), in shard order.
+    pub fn of_manifest(m: &rewind_common::lifecycle::JobManifest) -> Vec<ShardView> {
+        let mut views: Vec<ShardView> = m
+            .attempts
+            .iter()
+            .map(|(shard, attempt)| ShardView {
+                shard: shard.clone(),
+                state: "done",
+                attempts: *attempt,
+                error: None,
+            })
+            .chain(m.failed_shards.iter().map(|f| ShardView {
+                shard: f.shard.to_string(),
+                state: "failed",
+                attempts: f.attempts,
+                error: Some(f.reason.clone()),
+            }))
+            .collect();
+        views.sort_by(|a, b| a.shard.cmp(&b.shard));
+        views
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JobServiceImpl<R> {
     core: Coordinator<R>,
@@ -56,19 +81,12 @@ impl<R: JobRegistry> JobServiceImpl<R> {
 }
 
 impl<R: JobRegistry> JobServiceImpl<R> {
-    /// A job of another tenant is, to this caller, a job that does not exist.
     /// Every shard of a job the caller may see, with its state (`pending`, `running`, `done`,
     /// `failed`), attempts and last error: from the registry while the job runs, from its
     /// manifest in the destination once it has finished (the registry keeps no shard state
     /// then). For a status page's heat map.
     pub async fn shard_views(&self, job: &JobId, scope: &Scope) -> Result<Vec<ShardView>, Status> {
-        self.visible(job, scope).await?;
-        let status = self
-            .core
-            .registry()
-            .status(job)
-            .await
-            .map_err(store_status)?;
+        let status = self.visible(job, scope).await?;
         if !status.phase.finished() {
             let states = self
                 .core
@@ -101,24 +119,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         }
         // Finished: the manifest in the destination says which shard ended how.
         let (m, _) = self.finished_manifest(job).await?;
-        let mut views: Vec<ShardView> = m
-            .attempts
-            .iter()
-            .map(|(shard, attempt)| ShardView {
-                shard: shard.clone(),
-                state: "done",
-                attempts: *attempt,
-                error: None,
-            })
-            .chain(m.failed_shards.iter().map(|f| ShardView {
-                shard: f.shard.to_string(),
-                state: "failed",
-                attempts: f.attempts,
-                error: Some(f.reason.clone()),
-            }))
-            .collect();
-        views.sort_by(|a, b| a.shard.cmp(&b.shard));
-        Ok(views)
+        Ok(ShardView::of_manifest(&m))
     }
 
     /// A finished job's manifest (from its destination) and the storage options to reach its
@@ -134,13 +135,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         ),
         Status,
     > {
-        self.visible(job, scope).await?;
-        let status = self
-            .core
-            .registry()
-            .status(job)
-            .await
-            .map_err(store_status)?;
+        let status = self.visible(job, scope).await?;
         if !status.phase.finished() {
             return Err(Status::failed_precondition(format!(
                 "job {job} is still running: its failed records are not final yet"
@@ -183,7 +178,9 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         Ok((m, record.request.s3))
     }
 
-    async fn visible(&self, job: &JobId, scope: &Scope) -> Result<(), Status> {
+    /// A job of another tenant is, to this caller, a job that does not exist. The job's status
+    /// when the caller may see it.
+    async fn visible(&self, job: &JobId, scope: &Scope) -> Result<JobStatus, Status> {
         let status = self
             .core
             .registry()
@@ -191,7 +188,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
             .await
             .map_err(store_status)?;
         if scope.sees(&status.org) {
-            Ok(())
+            Ok(status)
         } else {
             Err(Status::not_found(format!("job {job} not found")))
         }
