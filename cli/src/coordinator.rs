@@ -72,7 +72,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let core = Coordinator::new(
             store.clone(),
-            Arc::new(crate::replay::GuardChecks(KafkaChecks)),
+            Arc::new(crate::replay::ServiceChecks(KafkaChecks)),
         )
         .with_limits(Limits {
             max_range_hours: args.max_range_hours,

@@ -103,9 +103,7 @@ pub fn load(
                     }
                     Some(_) => prefix.to_string(),
                     // A directory as an absolute path: a coordinator's processes run elsewhere.
-                    None => std::path::absolute(prefix)
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|_| prefix.to_string()),
+                    None => crate::absolute_location(prefix),
                 };
                 let loc = Location::parse("--guard", &url, &org)
                     .map_err(|e| format!("{at}.prefix: {}", e.message))?;

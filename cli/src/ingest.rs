@@ -87,11 +87,8 @@ pub struct IngestArgs {
     /// objects (shards by size), its commit publishes, records and moves. Waits for the job.
     #[arg(long)]
     pub coordinator: Option<String>,
-    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
-    #[arg(long, env = "REWIND_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    #[arg(long, env = "REWIND_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub reach: crate::CoordinatorAuth,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -283,15 +280,7 @@ async fn blocking<T: Send + 'static>(
 pub fn run(args: IngestArgs) -> Result<(), Failure> {
     let bad = Failure::BadRequest;
     let org = OrgId::parse(&args.org)?;
-    let abs = |p: &str| {
-        if p.contains("://") {
-            p.to_string()
-        } else {
-            std::path::absolute(p)
-                .map(|a| a.display().to_string())
-                .unwrap_or_else(|_| p.to_string())
-        }
-    };
+    let abs = crate::absolute_location;
     let source = Location::parse("--source", &abs(&args.source), &org)?;
     let dest = Location::parse("--dest", &abs(&args.dest), &org)?;
     let (root, pending) =
@@ -369,12 +358,7 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
             dedup: args.dedup.clone().filter(|d| !d.trim().is_empty()),
         });
         request.validate(JobId::generate())?;
-        let remote = crate::Remote::to(
-            addr,
-            args.token_file.clone(),
-            args.tls_ca.clone(),
-            args.json,
-        );
+        let remote = crate::Remote::to(addr, &args.reach, args.json);
         return crate::client::submit_request(&remote, request, true);
     }
     // Checked once, before anything is touched.
@@ -559,7 +543,7 @@ async fn batch(ctx: &Ctx) -> Result<bool, Failure> {
     let job = JobId::generate();
     let marker = Marker {
         job: job.to_string(),
-        run_date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        run_date: run_date_of(job.as_str()),
     };
     let body = serde_json::to_vec(&marker).unwrap_or_default();
     let (store, key) = (ctx.zones.dest.clone(), format!("{OPEN}{job}.json"));

@@ -138,19 +138,37 @@ pub struct Remote {
     pub json: bool,
 }
 
+/// A location as the processes of a job need it: a local path made absolute (they may run
+/// elsewhere, in another directory); URLs and empty values as given.
+pub fn absolute_location(p: &str) -> String {
+    if p.contains("://") || p.trim().is_empty() {
+        p.to_string()
+    } else {
+        std::path::absolute(p)
+            .map(|a| a.display().to_string())
+            .unwrap_or_else(|_| p.to_string())
+    }
+}
+
+/// How commands that submit on their own (`repair`, `replay`, `ingest` with `--coordinator`)
+/// reach the coordinator, as `rewind submit` does.
+#[derive(Debug, Args)]
+pub struct CoordinatorAuth {
+    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
+    #[arg(long, env = "REWIND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, env = "REWIND_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
 impl Remote {
-    /// The coordinator a command of its own submits to (`repair`, `replay`, `ingest` with
-    /// `--coordinator`): no client certificate, the token file and CA given.
-    pub fn to(
-        coordinator: &str,
-        token_file: Option<PathBuf>,
-        tls_ca: Option<PathBuf>,
-        json: bool,
-    ) -> Remote {
+    /// The coordinator a command of its own submits to: no client certificate, the token file
+    /// and CA given.
+    pub fn to(coordinator: &str, reach: &CoordinatorAuth, json: bool) -> Remote {
         Remote {
             coordinator: coordinator.to_string(),
-            token_file,
-            tls_ca,
+            token_file: reach.token_file.clone(),
+            tls_ca: reach.tls_ca.clone(),
             tls_cert: None,
             tls_key: None,
             json,
@@ -393,15 +411,7 @@ impl JobArgs {
     /// The request, with local paths made absolute (a coordinator and workers may run
     /// elsewhere); URLs stay as given.
     pub fn request(&self) -> Result<rewind_common::JobRequest, rewind_common::RequestError> {
-        let abs = |p: &str| {
-            if p.contains("://") || p.trim().is_empty() {
-                p.to_string()
-            } else {
-                std::path::absolute(p)
-                    .map(|a| a.display().to_string())
-                    .unwrap_or_else(|_| p.to_string())
-            }
-        };
+        let abs = absolute_location;
         let flows = match &self.flows {
             None => None,
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {

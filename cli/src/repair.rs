@@ -38,11 +38,8 @@ pub struct RepairArgs {
     /// the shards of one job; the rows must then be JSON lines. Waits for the job.
     #[arg(long)]
     pub coordinator: Option<String>,
-    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
-    #[arg(long, env = "REWIND_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    #[arg(long, env = "REWIND_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub reach: crate::CoordinatorAuth,
     /// What the dataset must be: parquet (files rewritten in place, kept for a rollback) or
     /// delta (a Delta table: rewrites are new files, one commit of its log). Found out from
     /// the dataset when not given.
@@ -223,13 +220,7 @@ fn distributed(args: RepairArgs) -> Result<(), Failure> {
         None => None,
     };
     // A local dataset as an absolute path (the coordinator's processes need one).
-    let dataset = if args.dataset.contains("://") {
-        args.dataset.clone()
-    } else {
-        std::path::absolute(&args.dataset)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| args.dataset.clone())
-    };
+    let dataset = crate::absolute_location(&args.dataset);
     let request = rewind_common::JobRequest {
         source: dataset.clone(),
         dest: dataset,
@@ -246,8 +237,7 @@ fn distributed(args: RepairArgs) -> Result<(), Failure> {
     };
     let remote = crate::Remote::to(
         args.coordinator.as_deref().unwrap_or_default(),
-        args.token_file.clone(),
-        args.tls_ca.clone(),
+        &args.reach,
         args.json,
     );
     crate::client::submit_request(&remote, request, true)

@@ -81,11 +81,8 @@ pub struct ReplayArgs {
     /// days, its workers replay them. Waits for the job and reports it.
     #[arg(long)]
     pub coordinator: Option<String>,
-    /// With --coordinator: the bearer token file and the CA to trust (as `rewind submit`).
-    #[arg(long, env = "REWIND_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    #[arg(long, env = "REWIND_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub reach: crate::CoordinatorAuth,
     /// Print exactly one JSON object (the job's summary) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -331,8 +328,7 @@ fn distributed(args: &ReplayArgs, g: GuardRequest, mut request: JobRequest) -> R
     request.guard = Some(g);
     let remote = crate::Remote::to(
         args.coordinator.as_deref().unwrap_or_default(),
-        args.token_file.clone(),
-        args.tls_ca.clone(),
+        &args.reach,
         args.json,
     );
     crate::client::submit_request(&remote, request, true)
@@ -486,10 +482,10 @@ async fn orchestrate<R: JobRegistry>(
 /// A sink check for a coordinator that also takes guarded replays and ingests: the Kafka
 /// checks, a guard's sinks, Druid and webhooks reached at submit, and an ingest's publish and
 /// moves after its commit.
-pub struct GuardChecks<S>(pub S);
+pub struct ServiceChecks<S>(pub S);
 
 impl<S: rewind_common::lifecycle::SinkCheck> rewind_common::lifecycle::SinkCheck
-    for GuardChecks<S>
+    for ServiceChecks<S>
 {
     fn check_settings(&self, spec: &JobSpec) -> Result<(), String> {
         self.0.check_settings(spec)

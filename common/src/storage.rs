@@ -254,6 +254,12 @@ pub fn dataset_files(store: &dyn OutputStore) -> Result<Vec<ObjectMeta>, Storage
             .map(|f| ObjectMeta::new(f.key, f.size))
             .collect());
     }
+    parquet_files(store)
+}
+
+/// The Parquet files below a store's root, outside `_`- and `.`-named directories and files
+/// (Hive and Spark conventions: `_SUCCESS`, `_rewind/`, `_delta_log/`), whatever its log says.
+pub fn parquet_files(store: &dyn OutputStore) -> Result<Vec<ObjectMeta>, StorageError> {
     Ok(store
         .list("")?
         .into_iter()

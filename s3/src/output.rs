@@ -281,18 +281,7 @@ impl OutputStore for S3Output {
         let (client, bucket) = (self.client.clone(), self.bucket.clone());
         let (src, dst, what) = (self.full(from)?, self.full(to)?, self.what(from));
         self.client.block(async move {
-            let what = what.as_str();
-            let source = format!("{bucket}/{}", encode_key(&src));
-            client
-                .send(what, || {
-                    client
-                        .sdk
-                        .copy_object()
-                        .bucket(&*bucket)
-                        .copy_source(&source)
-                        .key(&dst)
-                        .send()
-                })
+            copy_object(&client, &bucket, &src, &dst, what.as_str())
                 .await
                 .map(drop)
         })
@@ -361,19 +350,7 @@ impl OutputStore for S3Output {
         let (src, dst, what) = (self.full(from)?, self.full(to)?, self.what(to));
         self.client.block(async move {
             let what = what.as_str();
-            // The copy source is `bucket/key`, URL-encoded.
-            let source = format!("{bucket}/{}", encode_key(&src));
-            let copied = client
-                .send(what, || {
-                    client
-                        .sdk
-                        .copy_object()
-                        .bucket(&*bucket)
-                        .copy_source(&source)
-                        .key(&dst)
-                        .send()
-                })
-                .await;
+            let copied = copy_object(&client, &bucket, &src, &dst, what).await;
             let version = match copied {
                 Ok(out) => out.version_id().map(str::to_string),
                 // Promoted before (a commit run again): `to` is there, `from` is gone.
@@ -863,6 +840,29 @@ impl Drop for S3File {
 }
 
 /// A key as a copy source wants it: percent-encoded, `/` kept.
+/// A server-side copy of `src` to `dst` (full keys) in `bucket`.
+async fn copy_object(
+    client: &S3Client,
+    bucket: &str,
+    src: &str,
+    dst: &str,
+    what: &str,
+) -> Result<aws_sdk_s3::operation::copy_object::CopyObjectOutput, StorageError> {
+    // The copy source is `bucket/key`, URL-encoded.
+    let source = format!("{bucket}/{}", encode_key(src));
+    client
+        .send(what, || {
+            client
+                .sdk
+                .copy_object()
+                .bucket(bucket)
+                .copy_source(&source)
+                .key(dst)
+                .send()
+        })
+        .await
+}
+
 fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for b in key.bytes() {

@@ -164,33 +164,31 @@ pub fn publish(
         if store.head(&m.staged)?.is_none() {
             continue;
         }
-        let Some(cols) = dedup else {
-            let w = store.promote(&m.staged, &m.to)?;
-            out.files.push(OutputFileEntry {
-                key: m.to.clone(),
-                size: w.size,
-                rows: m.rows,
-                version: w.version,
-            });
-            continue;
-        };
-        // The keys first; the whole file only when some of its rows go.
-        let mut fresh = Vec::new();
-        let mut any_dup = false;
-        for b in read_columns(store.as_ref(), &m.staged, Some(cols))? {
-            for k in keys(&m.staged, &b, cols)? {
-                let new = k.as_ref().is_none_or(|k| !seen.contains(k));
-                any_dup |= !new;
-                fresh.push(k);
+        // Without dedup, or when none of its keys was seen (nor repeats in the file itself),
+        // the file goes as it is; dedup reads the keys first, the whole file only when some of
+        // its rows go.
+        let whole = match dedup {
+            None => true,
+            Some(cols) => {
+                let mut fresh = Vec::new();
+                let mut any_dup = false;
+                for b in read_columns(store.as_ref(), &m.staged, Some(cols))? {
+                    for k in keys(&m.staged, &b, cols)? {
+                        any_dup |= k.as_ref().is_some_and(|k| seen.contains(k));
+                        fresh.push(k);
+                    }
+                }
+                if !any_dup {
+                    let mut mine = HashSet::new();
+                    any_dup = fresh.iter().flatten().any(|k| !mine.insert(k.as_str()));
+                }
+                if !any_dup {
+                    seen.extend(fresh.into_iter().flatten());
+                }
+                !any_dup
             }
-        }
-        if !any_dup {
-            // (Duplicates within the file itself count too.)
-            let mut mine = HashSet::new();
-            any_dup = fresh.iter().flatten().any(|k| !mine.insert(k.as_str()));
-        }
-        if !any_dup {
-            seen.extend(fresh.into_iter().flatten());
+        };
+        if whole {
             let w = store.promote(&m.staged, &m.to)?;
             out.files.push(OutputFileEntry {
                 key: m.to.clone(),
@@ -200,6 +198,7 @@ pub fn publish(
             });
             continue;
         }
+        let cols = dedup.expect("only a dedup drops rows");
         let batches = read(store.as_ref(), &m.staged)?;
         let mut kept = Vec::new();
         let (mut rows, mut dropped) = (0u64, 0u64);

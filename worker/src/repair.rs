@@ -270,21 +270,6 @@ pub struct Report {
     pub change: Option<String>,
 }
 
-/// A dataset's Parquet files: `*.parquet` below the root, outside `_`- and `.`-named
-/// directories and files (Hive and Spark conventions: `_SUCCESS`, `_rewind/`, `_delta_log/`).
-pub fn dataset_files(store: &dyn OutputStore) -> Result<Vec<ObjectMeta>, StorageError> {
-    Ok(store
-        .list("")?
-        .into_iter()
-        .filter(|o| {
-            o.key.ends_with(".parquet")
-                && o.key
-                    .split('/')
-                    .all(|seg| !seg.starts_with('_') && !seg.starts_with('.'))
-        })
-        .collect())
-}
-
 /// The Hive partition values of a key's directories.
 fn partition_of(key: &str) -> BTreeMap<String, String> {
     let mut segs: Vec<&str> = key.split('/').collect();
@@ -492,7 +477,7 @@ pub fn repair(store: &Arc<dyn OutputStore>, req: &Request) -> Result<Report, Rep
             .values()
             .map(|f| ObjectMeta::new(f.key.clone(), f.size))
             .collect(),
-        None => dataset_files(store)?,
+        None => rewind_common::storage::parquet_files(store)?,
     };
     if files.is_empty() {
         return Err(input(format!(
@@ -1129,7 +1114,7 @@ pub fn dataset_schema(
             .into_values()
             .map(|f| ObjectMeta::new(f.key, f.size))
             .collect(),
-        None => dataset_files(store.as_ref())?,
+        None => rewind_common::storage::parquet_files(store.as_ref())?,
     };
     let first = files.first().ok_or_else(|| {
         input(format!(
@@ -1475,7 +1460,7 @@ mod tests {
     /// Every (partition, order_id, amount, status) of the dataset, sorted.
     fn content(store: &dyn OutputStore) -> Vec<(String, i64, f64, String)> {
         let mut out = Vec::new();
-        for f in dataset_files(store).unwrap() {
+        for f in rewind_common::storage::parquet_files(store).unwrap() {
             let dt = partition_of(&f.key).get("dt").cloned().unwrap_or_default();
             let body = store.get(&f.key).unwrap().unwrap();
             let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body))
@@ -1596,7 +1581,7 @@ mod tests {
         assert_eq!(content(store.as_ref()), before);
         // The rewritten files carry a bloom filter on the key (so the next repair prunes by it).
         change::reapply(store.as_ref(), report.change.as_deref().unwrap(), None).unwrap();
-        let rewritten = dataset_files(store.as_ref())
+        let rewritten = rewind_common::storage::parquet_files(store.as_ref())
             .unwrap()
             .into_iter()
             .find(|f| f.key.starts_with("dt=2024-01-01/part-00000"))
