@@ -158,6 +158,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "created_ms": j.created_ms,
         "finished_ms": if j.finished_ms == 0 { Value::Null } else { json!(j.finished_ms) },
         "message": j.message,
+        "retry_of": if j.retry_of.is_empty() { Value::Null } else { json!(j.retry_of) },
         "failed_shards": j.failed_shards.iter().map(|f| json!({
             "shard": f.shard, "attempts": f.attempts, "reason": f.reason})).collect::<Vec<_>>(),
         "summary": serde_json::from_str::<Value>(&j.summary_json).unwrap_or(Value::Null),
@@ -423,6 +424,34 @@ pub fn cancel(remote: &Remote, job_id: &str) -> Result<(), Failure> {
             .map_err(status_failure)?
             .into_inner();
         println!("{}", job_line(&j));
+        Ok(())
+    })
+}
+
+/// `rewind retry JOB --coordinator`: the retry job's id on stdout (its status as JSON with
+/// `--json`), as `rewind submit` prints a job's.
+pub fn retry(remote: &Remote, job_id: &str) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let mut client = connect(remote).await?;
+        let j = client
+            .retry_job(pb::RetryJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        if remote.json {
+            println!("{}", job_json(&j));
+        } else {
+            eprintln!(
+                "retrying job {}: {} shard(s), as job {} (rewind watch {})",
+                j.retry_of,
+                j.shards.unwrap_or_default().total,
+                j.job_id,
+                j.job_id
+            );
+            println!("{}", j.job_id);
+        }
         Ok(())
     })
 }

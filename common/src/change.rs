@@ -896,6 +896,17 @@ pub struct Retried {
     pub added: Vec<String>,
     pub spec: Option<serde_json::Value>,
     pub counts: Option<ShardCounts>,
+    /// The token subject that asked for it, when there was one.
+    pub who: Option<String>,
+}
+
+/// A retry of a job's failed shards under way: the change id it will record and the job
+/// manifest it started from (a copy is kept under `kept_key(change, manifest key)`). Kept in
+/// `<execution>/_rewind/retry.json` and, for a coordinator's retry, in the job's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryMark {
+    pub change: String,
+    pub manifest: ObjectMeta,
 }
 
 /// Records a retry of a job's failed shards as a change of its own, linked to the job's
@@ -935,7 +946,7 @@ pub fn record_retry(store: &dyn OutputStore, id: &str, r: Retried) -> Result<Cha
         kind: ChangeKind::Recover,
         job: Some(r.job.clone()),
         at_ms: crate::lifecycle::now_ms(),
-        who: None,
+        who: r.who,
         undoes: None,
         target: None,
         spec: r.spec,

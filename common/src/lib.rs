@@ -30,7 +30,7 @@ pub use lifecycle::{JobPhase, JobStatus, Summary};
 pub use location::{Location, S3Options};
 pub use range::{Hour, HourRange};
 pub use registry::JobRegistry;
-pub use request::{JobRecord, JobRequest};
+pub use request::{JobRecord, JobRequest, RetryOf};
 
 /// Test fail points: `REWIND_FAILPOINT=<name>` makes a process misbehave at one chosen moment so
 /// crash tests strike it deterministically. Workers: `after-kafka-commit` (abort between a

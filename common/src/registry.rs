@@ -348,6 +348,7 @@ pub mod contract {
             created_ms: 1,
             trace_parent: None,
             submitted_by: None,
+            retry: None,
         };
         (record, status, ids)
     }

@@ -773,6 +773,31 @@ pub struct JobRecord {
     /// The subject of the token that submitted it (a name, never the token), when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// A retry of another job's failed shards (`rewind retry --coordinator`): this job's shards
+    /// run into that job's execution, and its commit completes that execution and records the
+    /// retry as a change of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryOf>,
+}
+
+/// What a retry job retries: the job whose execution it completes, and its mark (change id,
+/// the manifest it started from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOf {
+    pub job: JobId,
+    #[serde(flatten)]
+    pub mark: crate::change::RetryMark,
+}
+
+impl JobRecord {
+    /// The spec its shards run with: a retry's shards write into the execution it retries.
+    pub fn run_spec(&self) -> JobSpec {
+        let mut spec = self.spec.clone();
+        if let Some(r) = &self.retry {
+            spec.job = r.job.clone();
+        }
+        spec
+    }
 }
 
 #[cfg(test)]

@@ -394,6 +394,7 @@ impl<R: JobRegistry> Coordinator<R> {
                 created_ms,
                 trace_parent: rewind_common::trace::traceparent(span),
                 submitted_by: Some(scope.subject.clone()),
+                retry: None,
             };
             let status = JobStatus {
                 phase: JobPhase::Running,
@@ -419,6 +420,124 @@ impl<R: JobRegistry> Coordinator<R> {
                     });
                 }
                 Err(StoreError::JobExists(_)) => spec.job = JobId::generate(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Internal(
+            "could not find an unused job id".into(),
+        ))
+    }
+
+    /// Retries the shards of a finished job that did not succeed (`rewind retry --coordinator`):
+    /// registers a retry job whose shards — the job's failed and never-run ones, with the job's
+    /// own plans — the workers run into the job's execution; its commit completes the execution
+    /// and records the retry as a change (`crate::retry`). Retrying a retry job retries the job
+    /// it retried. Returns the retry job's id.
+    pub async fn retry(
+        &self,
+        job: &JobId,
+        span: &tracing::Span,
+        scope: &Scope,
+    ) -> Result<JobId, CoreError> {
+        let mut target = job.clone();
+        let mut record = self.registry.record(&target).await?;
+        if let Some(r) = &record.retry {
+            target = r.job.clone();
+            record = self.registry.record(&target).await?;
+        }
+        let status = self.registry.status(&target).await?;
+        if !scope.sees(&status.org) {
+            return Err(CoreError::NotFound(job.clone()));
+        }
+        if !status.phase.finished() {
+            return Err(CoreError::Precondition(format!(
+                "job {target} is still {}: retry it once it has finished",
+                status.phase
+            )));
+        }
+        // Writing into the job's destination is the caller's right to ask for.
+        scope.allows(&record.spec).map_err(CoreError::Denied)?;
+        crate::retry::check_kind(&target, &record.spec)
+            .map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        // One retry of a job at a time: two would run the same shards.
+        for (active, _) in self.registry.active_jobs().await? {
+            if let Ok(other) = self.registry.record(&active).await
+                && other.retry.as_ref().is_some_and(|r| r.job == target)
+            {
+                return Err(CoreError::Precondition(format!(
+                    "job {target} is being retried by job {active}"
+                )));
+            }
+        }
+        let output =
+            rewind_s3::open_output(&record.spec.places.dest, &record.request.s3, JobSide::Dest)
+                .await
+                .map_err(|e| CoreError::storage("opening the destination", e))?;
+        let prepared = {
+            let (output, target) = (output.clone(), target.clone());
+            tokio::task::spawn_blocking(move || crate::retry::prepare(output.as_ref(), &target))
+                .await
+                .map_err(|e| CoreError::Internal(format!("preparing the retry: {e}")))?
+        };
+        let (mark, todo, total) = match prepared {
+            Ok(crate::retry::Prepared::Run {
+                mark, todo, total, ..
+            }) => (mark, todo, total),
+            // An earlier retry (in one process) was killed after its commit: record it.
+            Ok(crate::retry::Prepared::Record { mark, manifest }) => {
+                let (who, of) = (scope.subject.clone(), target.clone());
+                let c = tokio::task::spawn_blocking(move || {
+                    crate::retry::record(output.as_ref(), &of, &mark, &manifest, Some(&who))
+                })
+                .await
+                .map_err(|e| CoreError::Internal(format!("recording the retry: {e}")))?
+                .map_err(|e| CoreError::Unavailable(e.to_string()))?;
+                return Err(CoreError::Precondition(format!(
+                    "an earlier retry of job {target} had committed; it is now recorded as \
+                     change {}: retry again for what is still not done",
+                    c.id
+                )));
+            }
+            Err(crate::retry::RetryError::Refused(why)) => return Err(CoreError::BadRequest(why)),
+            Err(crate::retry::RetryError::Storage(e)) => {
+                return Err(CoreError::storage("preparing the retry", e));
+            }
+            Err(e) => return Err(CoreError::Unavailable(e.to_string())),
+        };
+        let created_ms = now_ms();
+        let mut spec = record.spec.clone();
+        for _ in 0..16 {
+            spec.job = JobId::generate();
+            let retry = JobRecord {
+                spec: spec.clone(),
+                request: record.request.clone(),
+                created_ms,
+                trace_parent: rewind_common::trace::traceparent(span),
+                submitted_by: Some(scope.subject.clone()),
+                retry: Some(rewind_common::RetryOf {
+                    job: target.clone(),
+                    mark: mark.clone(),
+                }),
+            };
+            let status = JobStatus {
+                phase: JobPhase::Running,
+                org: spec.org.to_string(),
+                shards: todo.len() as u64,
+                created_ms,
+                finished_ms: None,
+                message: Some(format!(
+                    "retry of job {target}: {} of its {total} shards",
+                    todo.len()
+                )),
+                summary: None,
+            };
+            match self.registry.submit(&retry, &status, &todo).await {
+                Ok(()) => {
+                    span.record("job_id", spec.job.as_str());
+                    info!(job = %spec.job, retries = %target, shards = todo.len(), "retry submitted");
+                    return Ok(spec.job);
+                }
+                Err(StoreError::JobExists(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -514,15 +633,35 @@ impl<R: JobRegistry> Coordinator<R> {
     ) -> Result<Option<JobPhase>, StoreError> {
         let mut status = self.registry.status(job).await?;
         let states = self.registry.shards(job).await?;
-        let spec = Arc::new(record.spec.clone());
+        // (A retry job commits the execution it retries.)
+        let spec = Arc::new(record.run_spec());
         let commit_spec = spec.clone();
         let who = record.submitted_by.clone();
         let sinks = self.sinks.clone();
         let s3 = record.request.s3.clone();
+        let retry = record.retry.clone();
         let committed = match open_outputs(&record.request, &spec).await {
             Ok(mut outputs) => tokio::task::spawn_blocking(move || {
                 outputs.dest = sinks.destination(&commit_spec, outputs.dest.clone())?;
                 let (output, sides) = (outputs.dest.as_ref(), outputs.sides());
+                // A retry job completes the execution it retried, and records its change.
+                if let Some(r) = &retry {
+                    return crate::retry::complete(
+                        output,
+                        &sides,
+                        &commit_spec,
+                        &r.mark,
+                        &states,
+                        cancelled,
+                        who.as_deref(),
+                    )
+                    .map(|(manifest, _)| manifest)
+                    .map_err(|e| match e {
+                        crate::retry::RetryError::Storage(s) => CommitError::Storage(s),
+                        crate::retry::RetryError::Commit(c) => c,
+                        other => CommitError::Change(other.to_string()),
+                    });
+                }
                 let keys = OutputKeys::of(&commit_spec);
                 // A distributed ingest whose commit ended before (its `_SUCCESS` is there) is
                 // being published: its files have moved on, so the commit is not run again.
@@ -595,6 +734,17 @@ impl<R: JobRegistry> Coordinator<R> {
         status.finished_ms = Some(finished_ms);
         self.registry.finish(job, &status).await?;
         info!(job = %job, state = %status.phase, "job finished");
+        // The job a retry completed now shows how its execution ended.
+        if let Some(r) = &record.retry
+            && let Some(summary) = &status.summary
+            && let Ok(mut retried) = self.registry.status(&r.job).await
+            && retried.phase.finished()
+        {
+            retried.phase = status.phase;
+            retried.summary = Some(summary.clone());
+            retried.message = Some(format!("retried by job {job}: {}", status.phase));
+            self.registry.finish(&r.job, &retried).await?;
+        }
         Ok(Some(status.phase))
     }
 }

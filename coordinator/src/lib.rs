@@ -7,4 +7,5 @@ pub mod core;
 pub mod driver;
 pub mod metrics;
 pub mod plan;
+pub mod retry;
 pub mod service;

@@ -227,6 +227,11 @@ impl<R: JobRegistry> JobServiceImpl<R> {
             finished_ms: status.finished_ms.unwrap_or(0),
             message: status.message.clone().unwrap_or_default(),
             eta_s: -1.0,
+            retry_of: record
+                .retry
+                .as_ref()
+                .map(|r| r.job.to_string())
+                .unwrap_or_default(),
             ..pb::Job::default()
         };
         if let Some(s) = &status.summary {
@@ -485,5 +490,16 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
         let job = parse_job(&req.into_inner().job_id)?;
         self.core.cancel(&job, &scope).await?;
         Ok(Response::new(self.job(&job).await?))
+    }
+
+    async fn retry_job(
+        &self,
+        req: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let scope = scope_of(&req);
+        let job = parse_job(&req.into_inner().job_id)?;
+        let span = tracing::info_span!("rewind.job.retry", job_id = tracing::field::Empty);
+        let retry = self.core.retry(&job, &span, &scope).await?;
+        Ok(Response::new(self.job(&retry).await?))
     }
 }

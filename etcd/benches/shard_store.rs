@@ -81,6 +81,7 @@ async fn bench(etcd: &Etcd) {
             created_ms: 0,
             trace_parent: None,
             submitted_by: None,
+            retry: None,
         };
         store.submit(&record, &status, &ids).await.unwrap();
         plan_times.push((started.elapsed(), ids.len()));

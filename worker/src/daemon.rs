@@ -179,7 +179,8 @@ async fn open_env(record: &JobRecord) -> JobEnv {
     };
     JobEnv::Ready(
         ShardEnv {
-            spec: Arc::new(record.spec.clone()),
+            // (A retry's shards write into the execution it retries.)
+            spec: Arc::new(record.run_spec()),
             source,
             output: outputs.dest,
             failed_output: outputs.failed,

@@ -2577,6 +2577,122 @@ fn json_api_shows_jobs_behind_the_same_token() {
     assert_eq!(shards["shards"].as_array().unwrap().len(), 12, "{shards}");
 }
 
+/// `rewind retry JOB --coordinator`: a job with an hour it could not read fails; the hour is
+/// fixed; the retry is a job of its own whose one shard the workers run into the job's
+/// execution. The leader is killed right after the retry's commit, before its change is
+/// recorded: the next leader records it. The execution then holds every event exactly once with
+/// `_SUCCESS`, the done shards' files untouched; the job shows succeeded; the retry is one change
+/// linked to the job's; a second retry has nothing to do.
+#[test]
+fn retry_through_the_coordinator_runs_only_the_failed_shards() {
+    let mut c = Cluster::start_with(2, &[("REWIND_FAILPOINT", "retry-committed-then-die")]);
+    let hours = 3;
+    c.generate(hours);
+    let hour = c.src().join("main_stream/2024/04/01/01");
+    let saved = c.tmp.path().join("saved-hour");
+    fs::rename(&hour, &saved).unwrap();
+    fs::write(&hour, b"not a directory").unwrap();
+    let (src, dest) = (c.src(), c.dest());
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-01T02",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--max-attempts",
+        "1",
+    ]);
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (code, _) = c.watch(&job);
+    assert_eq!(code, Some(1), "the job fails: {}", c.logs());
+    let exec = dest.join(format!("execution_id={job}"));
+    let done_files: BTreeMap<PathBuf, Vec<u8>> = files_below(&exec)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .map(|f| {
+            let b = fs::read(&f).unwrap();
+            (f, b)
+        })
+        .collect();
+    assert!(!done_files.is_empty());
+
+    fs::remove_file(&hour).unwrap();
+    fs::rename(&saved, &hour).unwrap();
+    let out = c.cli(&["retry", &job]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let retry = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(retry, job, "the retry is a job of its own");
+    // A second retry while the first runs (or is being committed) is refused.
+    let again = c.cli(&["retry", &job]);
+    assert!(!again.status.success());
+    // The leader dies between the retry's commit and its change.
+    let died = c
+        .coordinator
+        .as_mut()
+        .unwrap()
+        .child
+        .wait_exit(Duration::from_secs(60));
+    assert!(
+        died.is_some(),
+        "the fail point stops the leader: {}",
+        c.logs()
+    );
+    c.start_coordinator();
+    let (code, status) = c.watch(&retry);
+    assert_eq!(code, Some(0), "{status}{}", c.logs());
+    // Its summary is the execution's it completed.
+    assert_eq!(status["job_id"], job.as_str(), "{status}");
+    assert_eq!(status["shards_done"], 3, "{status}");
+
+    let manifest = assert_exact_output(&dest, &job, &expected(&src, hours));
+    assert_eq!(manifest["state"], "succeeded");
+    assert!(exec.join("_SUCCESS").exists());
+    for (f, bytes) in &done_files {
+        if f.exists() {
+            assert_eq!(&fs::read(f).unwrap(), bytes, "{}: untouched", f.display());
+        }
+    }
+    // The job now shows how its execution ended.
+    let (code, original) = c.watch(&job);
+    assert_eq!(code, Some(0), "{original}");
+    assert_eq!(original["state"], "succeeded", "{original}");
+    // One change for the retry, linked to the job's.
+    let changes = run(
+        REWIND,
+        &["changes", "--dest", dest.to_str().unwrap(), "--json"],
+    );
+    let listed: Value = serde_json::from_slice(&changes.stdout).unwrap();
+    let retries: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("retries").is_some())
+        .collect();
+    assert_eq!(retries.len(), 1, "{listed}");
+    assert!(
+        !exec.join("_rewind/retry.json").exists(),
+        "the mark is gone"
+    );
+    let again = c.cli(&["retry", &job]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("nothing to retry"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
 /// The status page in a real browser (headless Chromium, the page's own JS against the API):
 /// the jobs list shows the job; its page shows one heat-map cell per shard coloured by state
 /// (one hour could not be read: failed, with the reason), the failures, and no cancel button
