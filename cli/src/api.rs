@@ -13,9 +13,24 @@
 //! - `GET /api/v1/jobs/{id}/failures` → a finished job's failed records grouped by reason, the
 //!   first few of each (source key, offset, reason, an excerpt of the raw bytes) and where the
 //!   rest are.
-//! - `POST /api/v1/jobs/{id}/cancel` → the job after the request. Actions need the header
-//!   `X-Requested-By: rewind` besides the token: a page on another site cannot send it without
-//!   a CORS preflight this server never answers, so a cross-site request can never act.
+//! - `GET /api/v1/jobs/{id}/throughput` → `{"samples": [{"t_ms", "events", "bytes"}]}`: the
+//!   job's counters (committed + live) every few seconds while it runs, as this coordinator saw
+//!   them (kept in memory: the last 30 minutes of the last 64 jobs).
+//! - `GET /api/v1/jobs/{id}/changes` → the job's changes in its destination's log (its own, a
+//!   retry's, their rollbacks), each with its state and whether it can be rolled back now.
+//! - `GET /api/v1/jobs/{id}/guard` → a guarded replay's days, step by step.
+//! - `POST /api/v1/jobs/{id}/cancel` → the job after the request.
+//! - `POST /api/v1/jobs/{id}/retry` → the retry job (see `rewind retry --coordinator`).
+//! - `POST /api/v1/jobs/{id}/rollback` → rolls back the job's newest applied change (a retry's
+//!   before the job's own); the changes after it.
+//!
+//! Actions need a token allowed to act on the job's tenant and destination, and the header
+//! `X-Requested-By: rewind`: a page on another site cannot send it without a CORS preflight this
+//! server never answers, so a cross-site request can never act.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -31,6 +46,44 @@ use serde_json::{Value, json};
 struct Api {
     service: JobServiceImpl<rewind_etcd::EtcdStore>,
     auth: Option<rewind_cli::RequireToken>,
+    samples: Samples,
+}
+
+/// Throughput samples by job: (ms since the epoch, events, input bytes), oldest first.
+type Samples = Arc<Mutex<HashMap<String, VecDeque<(i64, u64, u64)>>>>;
+/// How often, how long and for how many jobs samples are kept.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const SAMPLES_KEPT: usize = 900;
+const JOBS_SAMPLED: usize = 64;
+
+/// Samples the active jobs' counters every [`SAMPLE_EVERY`] for the throughput plots.
+async fn sample(service: JobServiceImpl<rewind_etcd::EtcdStore>, samples: Samples) {
+    loop {
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        let Ok(counts) = service.active_counts().await else {
+            continue;
+        };
+        let now = rewind_common::lifecycle::now_ms();
+        let mut map = samples.lock().unwrap_or_else(|p| p.into_inner());
+        for (job, events, bytes) in counts {
+            let q = map.entry(job.to_string()).or_default();
+            q.push_back((now, events, bytes));
+            while q.len() > SAMPLES_KEPT {
+                q.pop_front();
+            }
+        }
+        // Forget the jobs sampled longest ago.
+        while map.len() > JOBS_SAMPLED {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, q)| q.back().map_or(0, |s| s.0))
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+    }
 }
 
 /// `GET /api/v1/jobs`'s query (also `rewind ui`'s).
@@ -46,11 +99,13 @@ pub struct ListQuery {
     pub org: String,
 }
 
-/// The routes, for `serve_ops`.
+/// The routes, for `serve_ops`; starts sampling the jobs' throughput (on the current runtime).
 pub fn router(
     service: JobServiceImpl<rewind_etcd::EtcdStore>,
     auth: Option<rewind_cli::RequireToken>,
 ) -> axum::Router {
+    let samples = Samples::default();
+    tokio::spawn(sample(service.clone(), samples.clone()));
     axum::Router::new()
         .route("/", get(page))
         .route("/ui", get(page))
@@ -58,8 +113,17 @@ pub fn router(
         .route("/api/v1/jobs/{id}", get(one))
         .route("/api/v1/jobs/{id}/shards", get(shards))
         .route("/api/v1/jobs/{id}/failures", get(failures))
+        .route("/api/v1/jobs/{id}/throughput", get(throughput))
+        .route("/api/v1/jobs/{id}/changes", get(changes))
+        .route("/api/v1/jobs/{id}/guard", get(guard))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .with_state(Api { service, auth })
+        .route("/api/v1/jobs/{id}/retry", post(retry))
+        .route("/api/v1/jobs/{id}/rollback", post(rollback))
+        .with_state(Api {
+            service,
+            auth,
+            samples,
+        })
 }
 
 /// A JSON answer, never cached.
@@ -134,7 +198,9 @@ impl Api {
 fn job_value(j: &pb::Job) -> Value {
     let mut v = crate::client::job_json(j);
     let r = j.request.clone().unwrap_or_default();
-    v["kind"] = json!(if r.guard.is_some() {
+    v["kind"] = json!(if !j.retry_of.is_empty() {
+        "retry"
+    } else if r.guard.is_some() {
         "guarded replay"
     } else if r.ingest.is_some() {
         "ingest"
@@ -187,9 +253,28 @@ async fn one(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>)
         Err(s) => return error(s),
     };
     match api.service.get_job(req).await {
-        Ok(j) => json_response(StatusCode::OK, job_value(&j.into_inner())),
+        Ok(j) => {
+            let mut v = job_value(&j.into_inner());
+            v["actions"] = json!(actions(&v));
+            json_response(StatusCode::OK, v)
+        }
         Err(s) => error(s),
     }
+}
+
+/// What the page may offer on a job in its state (the server decides when asked).
+fn actions(job: &Value) -> Vec<&'static str> {
+    let mut a = vec!["rollback"];
+    match job["state"].as_str() {
+        Some("running") => a.push("cancel"),
+        Some("failed" | "cancelled")
+            if matches!(job["kind"].as_str(), Some("recovery" | "replay" | "retry")) =>
+        {
+            a.push("retry")
+        }
+        _ => {}
+    }
+    a
 }
 
 async fn shards(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -206,12 +291,19 @@ async fn shards(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
 /// The header an action must carry (see the module's doc).
 const ACTION_HEADER: &str = "x-requested-by";
 
-async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if headers.get(ACTION_HEADER).and_then(|v| v.to_str().ok()) != Some("rewind") {
-        return json_response(
+/// Refuses an action without the header a cross-site request cannot carry.
+fn action_refused(headers: &HeaderMap) -> Option<Response> {
+    (headers.get(ACTION_HEADER).and_then(|v| v.to_str().ok()) != Some("rewind")).then(|| {
+        json_response(
             StatusCode::FORBIDDEN,
             json!({"error": "actions need the header X-Requested-By: rewind"}),
-        );
+        )
+    })
+}
+
+async fn cancel(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = action_refused(&headers) {
+        return r;
     }
     let req = match api.request(&headers, pb::CancelJobRequest { job_id: id }) {
         Ok(r) => r,
@@ -312,5 +404,221 @@ async fn failures(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Str
     match first_failures(&m, &s3).await {
         Ok(v) => json_response(StatusCode::OK, v),
         Err(e) => error(tonic::Status::unavailable(e)),
+    }
+}
+
+async fn retry(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = action_refused(&headers) {
+        return r;
+    }
+    let req = match api.request(&headers, pb::RetryJobRequest { job_id: id }) {
+        Ok(r) => r,
+        Err(s) => return error(s),
+    };
+    match api.service.retry_job(req).await {
+        Ok(j) => json_response(StatusCode::OK, job_value(&j.into_inner())),
+        Err(s) => error(s),
+    }
+}
+
+async fn throughput(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (scope, job) = match api.caller(&headers, &id) {
+        Ok(x) => x,
+        Err(s) => return error(s),
+    };
+    // Visible to this caller?
+    if let Err(s) = api.service.job_destination(&job, &scope).await {
+        return error(s);
+    }
+    let samples: Vec<Value> = api
+        .samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(job.as_str())
+        .map(|q| {
+            q.iter()
+                .map(|(t, e, b)| json!({"t_ms": t, "events": e, "bytes": b}))
+                .collect()
+        })
+        .unwrap_or_default();
+    json_response(StatusCode::OK, json!({ "samples": samples }))
+}
+
+/// The changes in `store`'s log about job `job`: its own and a retry's, and the rollbacks and
+/// re-applies of those, newest first; each with its state and whether it can be undone now.
+/// Blocking.
+pub fn job_changes(
+    store: &dyn rewind_common::storage::OutputStore,
+    job: &str,
+) -> Result<Vec<rewind_common::change::Listed>, String> {
+    let listed = rewind_common::change::Log::new(store)
+        .list()
+        .map_err(|e| e.to_string())?;
+    let mine: std::collections::BTreeSet<String> = listed
+        .iter()
+        .filter(|l| l.change.job.as_deref() == Some(job))
+        .map(|l| l.change.id.clone())
+        .collect();
+    Ok(listed
+        .into_iter()
+        .filter(|l| {
+            mine.contains(&l.change.id)
+                || l.change.target.as_ref().is_some_and(|t| mine.contains(t))
+        })
+        .collect())
+}
+
+/// A change as the page shows it (no per-object detail).
+fn change_value(l: &rewind_common::change::Listed) -> Value {
+    let c = &l.change;
+    json!({
+        "id": c.id, "kind": c.kind.to_string(), "at_ms": c.at_ms, "who": c.who,
+        "state": l.state, "reversible": l.reversible, "why_not": l.why_not,
+        "retries": c.retries, "undoes": c.undoes, "objects": c.objects.len(),
+        "kafka": c.kafka.is_some(),
+    })
+}
+
+/// The job's changes as `GET …/changes` answers them. Blocking.
+pub fn changes_value(
+    store: &dyn rewind_common::storage::OutputStore,
+    job: &str,
+) -> Result<Value, String> {
+    let listed = job_changes(store, job)?;
+    Ok(json!({
+        "execution": job,
+        "changes": listed.iter().map(change_value).collect::<Vec<_>>(),
+    }))
+}
+
+/// A guarded replay's days as `GET …/guard` answers them (its state in the destination).
+/// Blocking.
+pub fn guard_value(
+    store: &dyn rewind_common::storage::OutputStore,
+    job: &str,
+) -> Result<Option<Value>, String> {
+    let key = format!("_rewind/guards/{job}.json");
+    let Some(body) = store.get(&key).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let state: rewind_common::guard::GuardState =
+        serde_json::from_slice(&body).map_err(|e| format!("{key}: {e}"))?;
+    let days: Vec<Value> = state
+        .days
+        .iter()
+        .map(|d| {
+            json!({
+                "day": d.day, "step": d.step, "ok": d.ok, "events": d.events,
+                "objects": d.objects.values().map(Vec::len).sum::<usize>(),
+                "segments": d.segments.values().map(Vec::len).sum::<usize>(),
+                "replay_job": d.replay_job, "error": d.error,
+                "started_ms": d.started_ms, "finished_ms": d.finished_ms,
+            })
+        })
+        .collect();
+    Ok(Some(
+        json!({"stream": state.stream, "topic": state.topic, "days": days}),
+    ))
+}
+
+/// Runs `f` on the job's destination (blocking), for a caller that may see the job.
+async fn on_destination<T: Send + 'static>(
+    api: &Api,
+    headers: &HeaderMap,
+    id: &str,
+    f: impl FnOnce(
+        &dyn rewind_common::storage::OutputStore,
+        &rewind_common::JobRecord,
+        &str,
+        &Scope,
+    ) -> Result<T, tonic::Status>
+    + Send
+    + 'static,
+) -> Result<T, Response> {
+    let (scope, job) = api.caller(headers, id).map_err(error)?;
+    let (store, record, execution) = api
+        .service
+        .job_destination(&job, &scope)
+        .await
+        .map_err(error)?;
+    tokio::task::spawn_blocking(move || f(store.as_ref(), &record, execution.as_str(), &scope))
+        .await
+        .map_err(|e| error(tonic::Status::internal(e.to_string())))?
+        .map_err(error)
+}
+
+async fn changes(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match on_destination(&api, &headers, &id, |store, _, execution, _| {
+        changes_value(store, execution).map_err(tonic::Status::unavailable)
+    })
+    .await
+    {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(r) => r,
+    }
+}
+
+async fn guard(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match on_destination(&api, &headers, &id, |store, _, execution, _| {
+        guard_value(store, execution)
+            .map_err(tonic::Status::unavailable)?
+            .ok_or_else(|| tonic::Status::not_found("not a guarded replay, or not started"))
+    })
+    .await
+    {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(r) => r,
+    }
+}
+
+async fn rollback(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(r) = action_refused(&headers) {
+        return r;
+    }
+    let done = on_destination(&api, &headers, &id, |store, record, execution, scope| {
+        use rewind_common::change::{self, ChangeError, ChangeKind, ChangeState};
+        // Undoing a job's change writes its destination: the caller must be allowed to.
+        scope
+            .allows(&record.spec)
+            .map_err(tonic::Status::permission_denied)?;
+        let listed = job_changes(store, execution).map_err(tonic::Status::unavailable)?;
+        // (Listed newest first.)
+        let newest = listed
+            .iter()
+            .find(|l| {
+                !matches!(l.change.kind, ChangeKind::Rollback | ChangeKind::Reapply)
+                    && l.state == ChangeState::Applied
+            })
+            .ok_or_else(|| {
+                tonic::Status::failed_precondition(format!(
+                    "job {execution} has no applied change to roll back"
+                ))
+            })?;
+        if !newest.reversible {
+            return Err(tonic::Status::failed_precondition(format!(
+                "change {} cannot be rolled back: {}",
+                newest.change.id,
+                newest.why_not.as_deref().unwrap_or("see rewind changes")
+            )));
+        }
+        let done = change::rollback(store, Some(&newest.change.id), Some(&scope.subject))
+            .map_err(|e| match e {
+                ChangeError::Refused(w) | ChangeError::Conflict(w) => {
+                    tonic::Status::failed_precondition(w)
+                }
+                ChangeError::NotFound(w) => tonic::Status::not_found(w),
+                other => tonic::Status::unavailable(other.to_string()),
+            })?;
+        let after = changes_value(store, execution).map_err(tonic::Status::unavailable)?;
+        Ok(json!({"rolled_back": newest.change.id, "change": done.change.id, "changes": after["changes"]}))
+    })
+    .await;
+    match done {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(r) => r,
     }
 }

@@ -1,7 +1,7 @@
 //! `rewind ui --dest D [--listen ADDR]`: the status page for runs without servers. The same page
 //! as a coordinator's, over the same `/api/v1/` paths, answered from the destination itself:
 //! its change log says which jobs wrote there (newest first), each job's manifest what it did
-//! and how every shard ended. Read-only: no actions.
+//! and how every shard ended, its changes and (guarded replays) its days. Read-only: no actions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub fn run(args: UiArgs) -> Result<(), Failure> {
             .route("/api/v1/jobs/{id}", get(one))
             .route("/api/v1/jobs/{id}/shards", get(shards))
             .route("/api/v1/jobs/{id}/failures", get(failures))
+            .route("/api/v1/jobs/{id}/changes", get(changes))
+            .route("/api/v1/jobs/{id}/guard", get(guard))
             .with_state(local);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -222,5 +224,40 @@ async fn failures(State(l): State<Local>, Path(id): Path<String>) -> Response {
     match crate::api::first_failures(&m, &l.s3).await {
         Ok(v) => json_response(StatusCode::OK, v),
         Err(e) => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })),
+    }
+}
+
+/// Runs `f` on the destination (blocking) for a job id that parses.
+async fn blocking<T: Send + 'static>(
+    l: &Local,
+    id: &str,
+    f: impl FnOnce(&dyn OutputStore, &str) -> Result<Option<T>, String> + Send + 'static,
+) -> Result<T, Response> {
+    let id = rewind_common::JobId::parse(id)
+        .map_err(|e| json_response(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})))?;
+    let store = l.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref(), id.as_str()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })))?
+        .ok_or_else(|| not_found("not found".into()))
+}
+
+async fn changes(State(l): State<Local>, Path(id): Path<String>) -> Response {
+    match blocking(&l, &id, |store, job| {
+        crate::api::changes_value(store, job).map(Some)
+    })
+    .await
+    {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(r) => r,
+    }
+}
+
+async fn guard(State(l): State<Local>, Path(id): Path<String>) -> Response {
+    match blocking(&l, &id, crate::api::guard_value).await {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(r) => r,
     }
 }

@@ -167,7 +167,8 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         )
         .await
         .map_err(|e| Status::unavailable(format!("opening the destination: {e}")))?;
-        let key = rewind_common::OutputKeys::of(&record.spec).job_manifest();
+        // (A retry job's is the execution it completed.)
+        let key = rewind_common::OutputKeys::of(&record.run_spec()).job_manifest();
         let body = tokio::task::spawn_blocking(move || dest.get(&key))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -176,6 +177,59 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         let m: rewind_common::lifecycle::JobManifest = serde_json::from_slice(&body)
             .map_err(|e| Status::internal(format!("the job manifest: {e}")))?;
         Ok((m, record.request.s3))
+    }
+
+    /// The destination a job wrote to (a retry job's: the execution it completes), opened, with
+    /// the job's record and the id whose execution and changes are there; for a caller that
+    /// may see the job.
+    pub async fn job_destination(
+        &self,
+        job: &JobId,
+        scope: &Scope,
+    ) -> Result<
+        (
+            std::sync::Arc<dyn rewind_common::storage::OutputStore>,
+            rewind_common::JobRecord,
+            JobId,
+        ),
+        Status,
+    > {
+        self.visible(job, scope).await?;
+        let record = self
+            .core
+            .registry()
+            .record(job)
+            .await
+            .map_err(store_status)?;
+        let dest = rewind_s3::open_output(
+            &record.spec.places.dest,
+            &record.request.s3,
+            rewind_common::location::JobSide::Dest,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("opening the destination: {e}")))?;
+        let execution = record.run_spec().job;
+        Ok((dest, record, execution))
+    }
+
+    /// The active jobs' event and byte counts now (committed + live): a throughput sample.
+    pub async fn active_counts(&self) -> Result<Vec<(JobId, u64, u64)>, Status> {
+        let mut out = Vec::new();
+        let active = self
+            .core
+            .registry()
+            .active_jobs()
+            .await
+            .map_err(store_status)?;
+        for (job, _) in active {
+            let Ok(j) = self.job(&job).await else {
+                continue;
+            };
+            let c = j.counts.unwrap_or_default();
+            let events = c.recovered + c.filtered + c.failed + c.unrecoverable;
+            out.push((job, events, c.bytes));
+        }
+        Ok(out)
     }
 
     /// A job of another tenant is, to this caller, a job that does not exist. The job's status

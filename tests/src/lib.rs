@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod azure;
+pub mod browser;
 pub mod http;
 pub mod kafka;
 pub mod pki;

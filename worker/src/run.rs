@@ -54,7 +54,12 @@ pub async fn execute_claim<S: JobRegistry>(
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             if crate::failpoint("pause-before-shard-commit") {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                // (`REWIND_FAILPOINT_PAUSE_MS`, default 10 s: a slow shard for a test to watch.)
+                let ms = std::env::var("REWIND_FAILPOINT_PAUSE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let done = ShardDone {
                 attempt,

@@ -2550,6 +2550,24 @@ fn json_api_shows_jobs_behind_the_same_token() {
     assert_eq!(code, 200, "{fails}");
     assert_eq!(fails["first"], serde_json::json!({}), "{fails}");
     assert!(fails["failed_output"].as_str().unwrap().contains(&job));
+    // Its change in the destination's log, and throughput samples (an array, maybe empty).
+    let (code, changes) = get(&format!("/api/v1/jobs/{job}/changes"));
+    assert_eq!(code, 200, "{changes}");
+    assert_eq!(changes["changes"][0]["kind"], "recover", "{changes}");
+    assert_eq!(changes["changes"][0]["state"], "applied", "{changes}");
+    assert_eq!(changes["changes"][0]["reversible"], true, "{changes}");
+    let (code, tp) = get(&format!("/api/v1/jobs/{job}/throughput"));
+    assert_eq!(code, 200, "{tp}");
+    assert!(tp["samples"].is_array(), "{tp}");
+    // A recovery that succeeded has nothing to retry: 400, and says so.
+    let (code, body) = rewind_testkit::servers::http_request(
+        port,
+        "POST",
+        &format!("/api/v1/jobs/{job}/retry"),
+        &[auth[0], ("X-Requested-By", "rewind")],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("nothing to retry"), "{body}");
 
     // Actions: a longer job, cancelled through the API. Without the action header (what a
     // cross-site form could send), or without the token: refused, the job runs on.
@@ -2693,48 +2711,85 @@ fn retry_through_the_coordinator_runs_only_the_failed_shards() {
     );
 }
 
-/// The status page in a real browser (headless Chromium, the page's own JS against the API):
-/// the jobs list shows the job; its page shows one heat-map cell per shard coloured by state
-/// (one hour could not be read: failed, with the reason), the failures, and no cancel button
-/// once it has ended. Behind a token, the page asks for one.
+/// The status page in a real browser (headless Chromium driven over WebDriver; the page's own
+/// JS against the API of a coordinator with scoped tokens), during and after a distributed job:
+/// - the jobs list, and the job's heat map changing as its shards finish (slowed by a fail
+///   point); then failed: one hour could not be read, one object was damaged (failures by
+///   reason with the object named);
+/// - retry from the page: a token that may see the tenant but not write its destination is
+///   refused and says why; the hour fixed, a valid token's retry runs the failed shard as a job
+///   of its own to success; its page rolls the retry's change back;
+/// - cancel: with a wrong token the page shows no job and no button; with a valid one the
+///   running job is cancelled.
 #[test]
-fn status_page_in_a_browser_shows_jobs_shards_and_failures() {
-    use rewind_testkit::servers::chromium_dom as dom;
-    let mut c = Cluster::start(2);
-    let hours = 3;
+fn status_page_in_a_browser_watches_retries_rolls_back_and_cancels() {
+    use rewind_testkit::browser::Browser;
+    let mut c = Cluster::start(0);
+    for _ in 0..2 {
+        c.add_worker_with_env(&[
+            ("REWIND_FAILPOINT", "pause-before-shard-commit"),
+            ("REWIND_FAILPOINT_PAUSE_MS", "2500"),
+        ]);
+    }
+    let hours = 4;
     c.generate(hours);
-    // Hour 01 cannot be read: its shard fails.
-    let hour = c.src().join("main_stream/2024/04/01/01");
-    fs::remove_dir_all(&hour).unwrap();
+    let (src, dest) = (c.src(), c.dest());
+    let want = expected(&src, hours);
+    // Hour 02 cannot be read (its shard fails); hour 00 holds a damaged object.
+    let hour = src.join("main_stream/2024/04/01/02");
+    let saved = c.tmp.path().join("saved-hour");
+    fs::rename(&hour, &saved).unwrap();
     fs::write(&hour, b"not a directory").unwrap();
-    let (open, locked) = (free_port(), free_port());
-    let token_file = c.tmp.path().join("page-token");
-    fs::write(&token_file, "page-token\n").unwrap();
-    let mut procs = Vec::new();
-    for (port, auth) in [(open, false), (locked, true)] {
-        let mut args = vec![
+    fs::write(
+        src.join("main_stream/2024/04/01/00/zz-damaged.json"),
+        br#"{"event_id":"cut-short","org_id":"TN-dist","data":{"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let tokens = c.tmp.path().join("tokens.toml");
+    fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nsubject = \"ops\"\ntoken = \"token-of-ops-0001\"\ntenants = [\"*\"]\n\n\
+             [[token]]\nsubject = \"viewer\"\ntoken = \"token-of-viewer-02\"\ntenants = [\"{ORG}\"]\n\
+             destinations = [\"/nowhere\"]\n"
+        ),
+    )
+    .unwrap();
+    let page_coordinator = Proc::spawn(
+        COORDINATOR,
+        &[
             "--listen".to_string(),
             format!("127.0.0.1:{}", free_port()),
             "--etcd".into(),
             c.etcd.endpoint(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{port}"),
-        ];
-        if auth {
-            args.extend([
-                "--auth-token-file".into(),
-                token_file.to_string_lossy().into(),
-            ]);
-        }
-        procs.push(Proc::spawn(
-            COORDINATOR,
-            &args,
-            c.tmp.path().join(format!("coordinator-page-{port}.log")),
-        ));
-        assert!(wait_port(port, Duration::from_secs(20)));
-    }
-    let src = c.src();
-    let dest = c.dest();
+            "--tokens-file".into(),
+            tokens.to_string_lossy().into(),
+        ],
+        c.tmp.path().join("coordinator-page.log"),
+    );
+    assert!(
+        wait_port(port, Duration::from_secs(20)),
+        "{}",
+        page_coordinator.log_text()
+    );
+    let b = Browser::start();
+    let base = format!("http://127.0.0.1:{port}/");
+    let use_token = |token: &str| {
+        b.exec(
+            "document.getElementById('token').value = '';",
+            serde_json::json!([]),
+        );
+        b.type_into("#token", token);
+        b.click("#auth button");
+    };
+    b.goto(&base);
+    b.wait_until(Duration::from_secs(10), |h| h.contains("id=\"need-token\""))
+        .expect("the page asks for a token");
+    use_token("token-of-ops-0001");
+
     let out = c.cli(&[
         "submit",
         "--source",
@@ -2744,55 +2799,123 @@ fn status_page_in_a_browser_shows_jobs_shards_and_failures() {
         "--start",
         "2024-04-01T00",
         "--end",
-        "2024-04-01T02",
+        "2024-04-01T03",
         "--dest",
         dest.to_str().unwrap(),
         "--max-attempts",
         "1",
     ]);
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (code, _) = c.watch(&job);
-    assert_eq!(code, Some(1), "the job fails: {}", c.logs());
-    let _ = &mut c;
-
-    let list = dom(&format!("http://127.0.0.1:{open}/"));
-    assert!(list.contains(&format!("data-job=\"{job}\"")), "{list}");
-    assert!(list.contains("class=\"state state-failed\""), "{list}");
-    let page = dom(&format!("http://127.0.0.1:{open}/#job={job}"));
-    let cells = |state: &str| page.matches(&format!("data-state=\"{state}\"")).count();
-    assert_eq!((cells("done"), cells("failed")), (2, 1), "{page}");
+    let wait = Duration::from_secs(60);
+    b.goto(&base);
+    b.wait_until(wait, |h| h.contains(&format!("data-job=\"{job}\"")))
+        .expect("the jobs list shows the job");
+    // The job's heat map while it runs, then as shards finish.
+    b.goto(&format!("{base}#job={job}"));
+    let done = |h: &str| h.matches("data-state=\"done\"").count();
+    let first = b
+        .wait_until(wait, |h| {
+            h.contains("id=\"job-state\">running") && h.matches("role=\"gridcell\"").count() == 4
+        })
+        .unwrap_or_else(|h| panic!("the running job's page: {h}"));
+    let seen = done(&first);
+    assert!(seen < 3, "some hours are still to do when first seen");
+    b.wait_until(wait, |h| done(h) > seen)
+        .unwrap_or_else(|h| panic!("the heat map follows the shards: {h}"));
+    let ended = b
+        .wait_until(wait, |h| h.contains("id=\"job-state\">failed"))
+        .unwrap_or_else(|h| panic!("the job fails: {h}\n{}", c.logs()));
+    assert_eq!(done(&ended), 3, "{ended}");
     assert!(
-        page.contains("data-shard=\"2024040101\" data-state=\"failed\""),
-        "{page}"
+        ended.contains("data-shard=\"2024040102\" data-state=\"failed\""),
+        "{ended}"
     );
-    assert!(page.contains("id=\"failed-shards\""), "{page}");
-    assert!(!page.contains("id=\"cancel\""), "no cancel once it ended");
+    let failures = b
+        .wait_until(wait, |h| {
+            h.contains("id=\"reasons\"") && h.contains("zz-damaged.json")
+        })
+        .unwrap_or_else(|h| panic!("failed events by reason, with the object: {h}"));
+    assert!(failures.contains("id=\"failed-shards\""));
+    assert!(failures.contains("id=\"changes\""), "the job's change");
+    assert!(
+        !failures.contains("id=\"cancel\""),
+        "no cancel once it ended"
+    );
     // `REWIND_SCREENSHOTS=docs` keeps the two pages as pictures (what the README shows).
     if let Ok(dir) = std::env::var("REWIND_SCREENSHOTS") {
-        for (name, url) in [
-            ("status-jobs.png", format!("http://127.0.0.1:{open}/")),
-            (
-                "status-job.png",
-                format!("http://127.0.0.1:{open}/#job={job}"),
-            ),
-        ] {
-            let shot = format!("--screenshot={dir}/{name}");
-            let _ = std::process::Command::new("chromium")
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--hide-scrollbars",
-                    "--virtual-time-budget=8000",
-                    "--window-size=1100,700",
-                    &shot,
-                    &url,
-                ])
-                .output();
-        }
+        b.resize(1100, 1400);
+        fs::write(format!("{dir}/status-job.png"), b.screenshot()).unwrap();
+        b.resize(1100, 800);
     }
-    // Behind a token, without one: the page asks for it, and shows no job.
-    let locked_page = dom(&format!("http://127.0.0.1:{locked}/"));
-    assert!(locked_page.contains("id=\"need-token\""), "{locked_page}");
-    assert!(!locked_page.contains(&job));
+
+    // Retry with a token that may see the tenant but not write where the job wrote: refused.
+    use_token("token-of-viewer-02");
+    b.wait_until(wait, |h| h.contains("id=\"retry\""))
+        .unwrap_or_else(|h| panic!("a retry button: {h}"));
+    b.click("#retry");
+    b.accept_dialog();
+    let refused = b
+        .wait_until(wait, |h| h.contains("id=\"action-error\""))
+        .unwrap_or_else(|h| panic!("the refusal is shown: {h}"));
+    assert!(refused.contains("may not use"), "{refused}");
+    assert_eq!(c.status(&job)["state"], "failed");
+
+    // Fixed, with a valid token: the retry runs the failed shard to success.
+    fs::remove_file(&hour).unwrap();
+    fs::rename(&saved, &hour).unwrap();
+    use_token("token-of-ops-0001");
+    b.wait_until(wait, |h| h.contains("id=\"retry\""))
+        .unwrap_or_else(|h| panic!("a retry button: {h}"));
+    b.click("#retry");
+    b.accept_dialog();
+    let retried = b
+        .wait_until(wait, |h| {
+            h.contains("id=\"job-state\">succeeded")
+                && h.contains(&format!("#job={job}\">{job}</a>"))
+        })
+        .unwrap_or_else(|h| panic!("the retry job's page, succeeded: {h}\n{}", c.logs()));
+    // Finished, its page shows the execution it completed: every hour done.
+    assert_eq!(done(&retried), 4, "{retried}");
+    let exec = dest.join(format!("execution_id={job}"));
+    assert!(exec.join("_SUCCESS").exists());
+    assert_exact_output(&dest, &job, &want);
+    // Its change rolled back from the page: the execution is as the failed job left it.
+    let rolled = {
+        b.wait_until(wait, |h| h.contains("id=\"rollback\""))
+            .unwrap_or_else(|h| panic!("a rollback button: {h}"));
+        b.click("#rollback");
+        b.accept_dialog();
+        b.wait_until(wait, |h| h.contains("data-change-state=\"rolled_back\""))
+            .unwrap_or_else(|h| panic!("the change is rolled back: {h}"))
+    };
+    assert!(rolled.contains("(retry)"), "{rolled}");
+    assert!(!exec.join("_SUCCESS").exists());
+
+    // Cancel: with a wrong token, no job and no button; with a valid one, cancelled.
+    let long = c.submit(hours);
+    use_token("not-a-token");
+    b.goto(&format!("{base}#job={long}"));
+    let locked = b
+        .wait_until(wait, |h| h.contains("id=\"need-token\""))
+        .unwrap_or_else(|h| panic!("a wrong token sees nothing: {h}"));
+    assert!(!locked.contains("id=\"cancel\""));
+    assert_eq!(c.status(&long)["state"], "running");
+    use_token("token-of-ops-0001");
+    b.wait_until(wait, |h| h.contains("id=\"cancel\""))
+        .unwrap_or_else(|h| panic!("a cancel button: {h}"));
+    b.click("#cancel");
+    b.accept_dialog();
+    b.wait_until(wait, |h| {
+        h.contains("id=\"job-state\">cancelling") || h.contains("id=\"job-state\">cancelled")
+    })
+    .unwrap_or_else(|h| panic!("cancelled from the page: {h}"));
+    let (code, _) = c.watch(&long);
+    assert_ne!(code, Some(0));
+    assert_eq!(c.status(&long)["state"], "cancelled");
+    if let Ok(dir) = std::env::var("REWIND_SCREENSHOTS") {
+        b.goto(&base);
+        let _ = b.wait_until(wait, |h| h.contains(&format!("data-job=\"{long}\"")));
+        b.resize(1400, 360);
+        fs::write(format!("{dir}/status-jobs.png"), b.screenshot()).unwrap();
+    }
 }
