@@ -2,8 +2,10 @@
 //! the same data as the gRPC `ListJobs` and `GetJob`, through the same service code, with the
 //! same auth rules (a bearer token, and a scoped token sees only its tenants' jobs).
 //!
-//! - `GET /api/v1/jobs?page_size=N&page_token=T&state=S&org=O` → `{"jobs": [...],
-//!   "next_page_token": "..."}` (newest first; the same paging as `rewind jobs`).
+//! - `GET /api/v1/jobs?page_size=N&page_token=T&state=S&org=O&since=T1&until=T2` →
+//!   `{"jobs": [...], "next_page_token": "..."}` (newest first; the same paging as `rewind
+//!   jobs`; `since`/`until` bound when jobs were submitted: `YYYY-MM-DD[THH[:MM]]` UTC or
+//!   RFC 3339).
 //! - `GET /api/v1/jobs/{id}` → the job (as `rewind status --json`), with its `summary` once it
 //!   has finished.
 //! - `GET /api/v1/jobs/{id}/shards` → `{"shards": [{"shard", "state", "attempts", "error"}]}`
@@ -97,6 +99,22 @@ pub struct ListQuery {
     pub state: String,
     #[serde(default)]
     pub org: String,
+    /// Submitted at or after / before (`YYYY-MM-DD[THH[:MM]]` UTC or RFC 3339).
+    #[serde(default)]
+    pub since: String,
+    #[serde(default)]
+    pub until: String,
+}
+
+impl ListQuery {
+    /// The time bounds in ms (0: none), or what is wrong with them.
+    pub fn bounds(&self) -> Result<(i64, i64), String> {
+        let parse = |name: &str, v: &str| match v {
+            "" => Ok(0),
+            v => rewind_cli::parse_instant(v).map_err(|e| format!("invalid {name}: {e}")),
+        };
+        Ok((parse("since", &self.since)?, parse("until", &self.until)?))
+    }
 }
 
 /// The routes, for `serve_ops`; starts sampling the jobs' throughput (on the current runtime).
@@ -220,6 +238,10 @@ fn job_value(j: &pb::Job) -> Value {
 }
 
 async fn list(State(api): State<Api>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    let (created_after_ms, created_before_ms) = match q.bounds() {
+        Ok(b) => b,
+        Err(e) => return error(tonic::Status::invalid_argument(e)),
+    };
     let req = match api.request(
         &headers,
         pb::ListJobsRequest {
@@ -227,6 +249,8 @@ async fn list(State(api): State<Api>, headers: HeaderMap, Query(q): Query<ListQu
             page_token: q.page_token,
             state: q.state,
             org: q.org,
+            created_after_ms,
+            created_before_ms,
         },
     ) {
         Ok(r) => r,
@@ -620,5 +644,55 @@ async fn rollback(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Str
     match done {
         Ok(v) => json_response(StatusCode::OK, v),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rewind_common::guard::{DayState, GuardState, Step};
+    use rewind_common::storage::{LocalOutput, OutputStore};
+
+    /// A guarded replay's state file becomes the page's days: steps, counts, the day's job.
+    #[test]
+    fn guard_days_are_read_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalOutput::new(dir.path());
+        assert_eq!(
+            super::guard_value(&store, "20240401-000000-abcd").unwrap(),
+            None
+        );
+        let mut day = DayState {
+            day: "2024-04-01".into(),
+            step: Step::Restored,
+            ..DayState::default()
+        };
+        day.objects
+            .insert("raw".into(), vec![("a".into(), 1), ("b".into(), 2)]);
+        day.segments.insert("druid".into(), vec!["s1".into()]);
+        day.replay_job = Some("20240401-000001-beef".into());
+        day.error = Some("2 shards failed".into());
+        let state = GuardState {
+            job: "20240401-000000-abcd".into(),
+            stream: "events".into(),
+            topic: "t".into(),
+            days: vec![day],
+        };
+        store
+            .put(
+                "_rewind/guards/20240401-000000-abcd.json",
+                &serde_json::to_vec(&state).unwrap(),
+            )
+            .unwrap();
+        let v = super::guard_value(&store, "20240401-000000-abcd")
+            .unwrap()
+            .unwrap();
+        let d = &v["days"][0];
+        assert_eq!(d["step"], "restored", "{v}");
+        assert_eq!(
+            (d["objects"].as_u64(), d["segments"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(d["replay_job"], "20240401-000001-beef");
+        assert_eq!(d["error"], "2 shards failed");
     }
 }

@@ -391,6 +391,8 @@ pub fn jobs(args: &crate::JobsArgs) -> Result<(), Failure> {
                     page_token: token.clone(),
                     state: args.state.clone().unwrap_or_default(),
                     org: args.org.clone().unwrap_or_default(),
+                    created_after_ms: args.since.unwrap_or(0),
+                    created_before_ms: args.until.unwrap_or(0),
                 })
                 .await
                 .map_err(status_failure)?

@@ -53,6 +53,32 @@ where
 }
 
 /// `--etcd http://a:2379,http://b:2379` as a list; an empty list is an error naming the flag.
+/// An instant as `rewind jobs --since/--until` and the job API's `since`/`until` take it:
+/// `YYYY-MM-DD`, `YYYY-MM-DDTHH`, `YYYY-MM-DDTHH:MM` (UTC) or RFC 3339; ms since the epoch.
+pub fn parse_instant(value: &str) -> Result<i64, String> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let v = value.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(t.timestamp_millis());
+    }
+    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(v, format) {
+            return Ok(t.and_utc().timestamp_millis());
+        }
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{v}:00"), "%Y-%m-%dT%H:%M") {
+        return Ok(t.and_utc().timestamp_millis());
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |t| t.and_utc().timestamp_millis()));
+    }
+    Err(format!(
+        "{value:?} is not a time: YYYY-MM-DD, YYYY-MM-DDTHH, YYYY-MM-DDTHH:MM (UTC) or RFC 3339"
+    ))
+}
+
 pub fn etcd_endpoints(value: &str) -> Result<Vec<String>, String> {
     let list: Vec<String> = value
         .split(',')
@@ -92,6 +118,26 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instants_parse_in_every_form_and_bad_ones_say_which() {
+        let day = super::parse_instant("2024-04-01").unwrap();
+        assert_eq!(day, 1_711_929_600_000);
+        assert_eq!(
+            super::parse_instant("2024-04-01T02").unwrap(),
+            day + 7_200_000
+        );
+        assert_eq!(
+            super::parse_instant("2024-04-01T02:30").unwrap(),
+            day + 9_000_000
+        );
+        assert_eq!(
+            super::parse_instant("2024-04-01T02:30:00+02:00").unwrap(),
+            day + 1_800_000
+        );
+        let e = super::parse_instant("yesterday").unwrap_err();
+        assert!(e.contains("\"yesterday\""), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -184,6 +184,12 @@ pub struct JobsArgs {
     /// Only jobs of this tenant (org id).
     #[arg(long)]
     pub org: Option<String>,
+    /// Only jobs submitted at or after this time (YYYY-MM-DD[THH[:MM]] UTC, or RFC 3339).
+    #[arg(long, value_parser = rewind_cli::parse_instant)]
+    pub since: Option<i64>,
+    /// Only jobs submitted before this time (same forms).
+    #[arg(long, value_parser = rewind_cli::parse_instant)]
+    pub until: Option<i64>,
     /// At most this many jobs (the newest).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,

@@ -79,18 +79,19 @@ fn not_found(what: String) -> Response {
 impl Local {
     /// Job ids that wrote here, newest first (from the change log; a job that made nothing
     /// visible has no change and is not shown).
-    async fn job_ids(&self) -> Result<Vec<String>, String> {
+    async fn job_ids(&self) -> Result<Vec<(String, String)>, String> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let log = rewind_common::change::Log::new(store.as_ref());
-            let mut ids: Vec<String> = log
+            // (job, its change), newest first.
+            let mut ids: Vec<(String, String)> = log
                 .changes()
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .filter(|c| c.undoes.is_none() && c.retries.is_none())
-                .filter_map(|c| c.job)
+                .filter_map(|c| Some((c.job?, c.id)))
                 .collect();
-            ids.dedup();
+            ids.dedup_by(|a, b| a.0 == b.0);
             ids.reverse();
             Ok(ids)
         })
@@ -162,16 +163,35 @@ async fn list(State(l): State<Local>, Query(q): Query<ListQuery>) -> Response {
         Ok(ids) => ids,
         Err(e) => return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": e })),
     };
+    let (since, until) = match q.bounds() {
+        Ok(b) => b,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({ "error": e })),
+    };
+    // A job id starts with when it was submitted (YYYYMMDD-HHMMSS, UTC).
+    let submitted = |id: &str| {
+        chrono::NaiveDateTime::parse_from_str(id.get(..15).unwrap_or(""), "%Y%m%d-%H%M%S")
+            .map_or(0, |t| t.and_utc().timestamp_millis())
+    };
+    let ids: Vec<(String, String)> = ids
+        .into_iter()
+        .filter(|(id, _)| {
+            let t = submitted(id);
+            (since == 0 || t >= since) && (until == 0 || t < until)
+        })
+        .collect();
     let size = match q.page_size as usize {
         0 => 50,
         n => n.min(200),
     };
     let start = match q.page_token.as_str() {
         "" => 0,
-        t => ids.iter().position(|i| i == t).map_or(ids.len(), |p| p + 1),
+        t => ids
+            .iter()
+            .position(|i| i.0 == t)
+            .map_or(ids.len(), |p| p + 1),
     };
     let (mut jobs, mut next) = (Vec::new(), String::new());
-    for id in &ids[start.min(ids.len())..] {
+    for (id, change) in &ids[start.min(ids.len())..] {
         if jobs.len() == size {
             next = jobs
                 .last()
@@ -183,7 +203,8 @@ async fn list(State(l): State<Local>, Query(q): Query<ListQuery>) -> Response {
         let Ok(Some(m)) = l.manifest(id).await else {
             continue;
         };
-        let v = job_value(&m);
+        let mut v = job_value(&m);
+        v["summary"]["change"] = json!(change);
         if (!q.state.is_empty() && v["state"] != q.state.as_str())
             || (!q.org.is_empty() && v["org"] != q.org.as_str())
         {

@@ -292,6 +292,9 @@ pub struct Summary {
     /// A guarded replay's days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardOutcome>,
+    /// The change the job (or a retry of it) recorded in the destination's log, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
 }
 
 impl Summary {
@@ -335,6 +338,7 @@ impl Summary {
             failed_shards: m.failed_shards.clone(),
             repair: m.repair.clone(),
             guard: None,
+            change: None,
         }
     }
 
@@ -392,6 +396,7 @@ impl Summary {
             failed_shards: Vec::new(),
             repair: None,
             guard: Some(outcome),
+            change: None,
         }
     }
 

@@ -655,7 +655,7 @@ impl<R: JobRegistry> Coordinator<R> {
                         cancelled,
                         who.as_deref(),
                     )
-                    .map(|(manifest, _)| manifest)
+                    .map(|(manifest, c)| (manifest, Some(c.id)))
                     .map_err(|e| match e {
                         crate::retry::RetryError::Storage(s) => CommitError::Storage(s),
                         crate::retry::RetryError::Commit(c) => c,
@@ -684,10 +684,13 @@ impl<R: JobRegistry> Coordinator<R> {
                 };
                 // The job's change in the destination's log, last: recorded exactly when the
                 // job's output took effect (a commit run again finds it).
-                if manifest.repair.is_none() && !committed_before {
-                    rewind_common::change::record_job(output, &manifest, who.as_deref())
-                        .map_err(CommitError::from)?;
-                }
+                let change = match &manifest.repair {
+                    Some(r) => r.change.clone(),
+                    None if committed_before => None,
+                    None => rewind_common::change::record_job(output, &manifest, who.as_deref())
+                        .map_err(CommitError::from)?
+                        .map(|c| c.id),
+                };
                 // An ingest then publishes, records its change in the trusted zone and moves
                 // the objects it read; a failure there is tried again (every step idempotent).
                 if ingest && manifest.state == JobPhase::Succeeded {
@@ -698,7 +701,7 @@ impl<R: JobRegistry> Coordinator<R> {
                             why,
                         })?;
                 }
-                Ok(manifest)
+                Ok((manifest, change))
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("job commit task: {e}")))?,
@@ -706,10 +709,11 @@ impl<R: JobRegistry> Coordinator<R> {
         };
         let finished_ms = now_ms();
         match committed {
-            Ok(manifest) => {
+            Ok((manifest, change)) => {
                 let elapsed =
                     Duration::from_millis((finished_ms - record.created_ms).max(0) as u64);
-                let summary = Summary::new(&spec, &manifest, elapsed);
+                let mut summary = Summary::new(&spec, &manifest, elapsed);
+                summary.change = change;
                 status.phase = manifest.state;
                 if !manifest.failed_shards.is_empty() && status.message.is_none() {
                     status.message = Some(format!(

@@ -462,10 +462,17 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
                 break None;
             }
             let mut full = None;
+            let mut older = false;
             for (job, status) in batch {
                 before = Some(job.clone());
                 scanned += 1;
+                // Newest first: past the lower time bound, no later job can be wanted.
+                if r.created_after_ms > 0 && status.created_ms < r.created_after_ms {
+                    older = true;
+                    break;
+                }
                 let wanted = state.is_none_or(|s| status.phase == s)
+                    && (r.created_before_ms <= 0 || status.created_ms < r.created_before_ms)
                     && (r.org.is_empty() || status.org == r.org)
                     && scope.sees(&status.org);
                 if wanted {
@@ -482,6 +489,9 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
             }
             if full.is_some() {
                 break full;
+            }
+            if older {
+                break None;
             }
         };
         Ok(Response::new(pb::ListJobsResponse {

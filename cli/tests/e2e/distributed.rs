@@ -2556,6 +2556,24 @@ fn json_api_shows_jobs_behind_the_same_token() {
     assert_eq!(changes["changes"][0]["kind"], "recover", "{changes}");
     assert_eq!(changes["changes"][0]["state"], "applied", "{changes}");
     assert_eq!(changes["changes"][0]["reversible"], true, "{changes}");
+    assert_eq!(
+        get(&format!("/api/v1/jobs/{job}")).1["summary"]["change"],
+        changes["changes"][0]["id"]
+    );
+    // Bounded by when jobs were submitted.
+    let (code, since) = get("/api/v1/jobs?since=2000-01-01");
+    assert_eq!(
+        (code, since["jobs"][0]["job_id"].clone()),
+        (200, Value::from(job.as_str()))
+    );
+    let (code, until) = get("/api/v1/jobs?until=2000-01-01T00:00");
+    assert_eq!((code, until["jobs"].clone()), (200, serde_json::json!([])));
+    let (code, bad) = get("/api/v1/jobs?since=last-week");
+    assert_eq!(code, 400, "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("invalid since"),
+        "{bad}"
+    );
     let (code, tp) = get(&format!("/api/v1/jobs/{job}/throughput"));
     assert_eq!(code, 200, "{tp}");
     assert!(tp["samples"].is_array(), "{tp}");
@@ -2915,7 +2933,7 @@ fn status_page_in_a_browser_watches_retries_rolls_back_and_cancels() {
     if let Ok(dir) = std::env::var("REWIND_SCREENSHOTS") {
         b.goto(&base);
         let _ = b.wait_until(wait, |h| h.contains(&format!("data-job=\"{long}\"")));
-        b.resize(1400, 360);
+        b.resize(1500, 460);
         fs::write(format!("{dir}/status-jobs.png"), b.screenshot()).unwrap();
     }
 }
