@@ -80,9 +80,75 @@ pub fn writer_properties_for(rows: Option<usize>) -> WriterProperties {
 
 struct OpenFile {
     key: String,
-    writer: ArrowWriter<Box<dyn OutputFile>>,
+    writer: Encoder,
     rows: u64,
     bytes: u64,
+}
+
+/// A file's Parquet encoder. Encoding and zstd are about half of a shard's CPU, so by default
+/// they run on a thread of their own, one batch at a time (a rendezvous channel: the shard's
+/// thread routes the next batch's rows meanwhile, and at most one batch waits); the file is
+/// the same byte for byte. `REWIND_ENCODE_INLINE=1` encodes on the shard's thread (the
+/// benchmarks' baseline).
+enum Encoder {
+    Inline(Box<ArrowWriter<Box<dyn OutputFile>>>),
+    Thread {
+        tx: std::sync::mpsc::SyncSender<arrow_array::RecordBatch>,
+        done: std::thread::JoinHandle<Result<Box<dyn OutputFile>, ParquetError>>,
+    },
+}
+
+type ParquetError = parquet::errors::ParquetError;
+
+impl Encoder {
+    fn new(
+        writer: ArrowWriter<Box<dyn OutputFile>>,
+        thread: bool,
+    ) -> Result<Encoder, ParquetError> {
+        if !thread {
+            return Ok(Encoder::Inline(Box::new(writer)));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<arrow_array::RecordBatch>(0);
+        let done = std::thread::Builder::new()
+            .name("rewind-encode".into())
+            .spawn(move || {
+                let mut writer = writer;
+                for batch in rx {
+                    writer.write(&batch)?;
+                }
+                writer.into_inner()
+            });
+        match done {
+            Ok(done) => Ok(Encoder::Thread { tx, done }),
+            Err(e) => Err(ParquetError::General(format!(
+                "starting the encoder thread: {e}"
+            ))),
+        }
+    }
+
+    fn write(&mut self, batch: arrow_array::RecordBatch) -> Result<(), ParquetError> {
+        match self {
+            Encoder::Inline(w) => w.write(&batch),
+            Encoder::Thread { tx, .. } => match tx.send(batch) {
+                Ok(()) => Ok(()),
+                // The thread ended early: its error says why (`close` returns it).
+                Err(_) => Err(ParquetError::General("the encoder stopped".into())),
+            },
+        }
+    }
+
+    /// Writes what is buffered and the footer; the file, to finish.
+    fn close(self) -> Result<Box<dyn OutputFile>, ParquetError> {
+        match self {
+            Encoder::Inline(w) => w.into_inner(),
+            Encoder::Thread { tx, done } => {
+                drop(tx);
+                done.join().unwrap_or_else(|_| {
+                    Err(ParquetError::General("the encoder thread panicked".into()))
+                })
+            }
+        }
+    }
 }
 
 /// Writes the recovered rows of one shard attempt as one or more Parquet files.
@@ -96,6 +162,8 @@ pub struct ParquetSink<'a> {
     next_n: u32,
     /// The batch being written is the file's last (`finish`).
     last_batch: bool,
+    /// Encode on a thread of its own (see [`Encoder`]).
+    thread: bool,
 }
 
 impl<'a> ParquetSink<'a> {
@@ -110,7 +178,14 @@ impl<'a> ParquetSink<'a> {
             files: Vec::new(),
             next_n: 0,
             last_batch: false,
+            thread: false,
         }
+    }
+
+    /// Encodes on a thread of its own when `on` (unless `REWIND_ENCODE_INLINE=1`).
+    pub fn encoder_thread(mut self, on: bool) -> Self {
+        self.thread = on && !std::env::var("REWIND_ENCODE_INLINE").is_ok_and(|v| v == "1");
+        self
     }
 
     pub fn rows(&mut self) -> &mut Rows {
@@ -146,6 +221,11 @@ impl<'a> ParquetSink<'a> {
                 key: key.clone(),
                 source,
             })?;
+            let writer =
+                Encoder::new(writer, self.thread).map_err(|source| SinkError::Parquet {
+                    key: key.clone(),
+                    source,
+                })?;
             self.current = Some(OpenFile {
                 key,
                 writer,
@@ -162,11 +242,17 @@ impl<'a> ParquetSink<'a> {
         else {
             unreachable!("a file was just opened")
         };
-        writer.write(&batch).map_err(|source| SinkError::Parquet {
-            key: key.clone(),
-            source,
-        })?;
-        *rows += batch.num_rows() as u64;
+        let batch_rows = batch.num_rows() as u64;
+        if let Err(e) = writer.write(batch) {
+            // A stopped encoder thread: its own error is the one to report.
+            let key = key.clone();
+            let source = match self.current.take() {
+                Some(f) => f.writer.close().err().unwrap_or(e),
+                None => e,
+            };
+            return Err(SinkError::Parquet { key, source });
+        }
+        *rows += batch_rows;
         *bytes += batch_bytes;
         if *bytes >= FILE_BYTES {
             self.close_file()?;
@@ -179,7 +265,7 @@ impl<'a> ParquetSink<'a> {
             key, writer, rows, ..
         }) = self.current.take()
         {
-            let file = writer.into_inner().map_err(|source| SinkError::Parquet {
+            let file = writer.close().map_err(|source| SinkError::Parquet {
                 key: key.clone(),
                 source,
             })?;

@@ -116,6 +116,29 @@ pub struct ShardEnv {
     pub produce_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
+/// Shard attempts running in this process now.
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts an attempt as running while it lives.
+struct Running;
+
+impl Running {
+    /// Starts counting; whether a core would idle with this attempt running (fewer attempts
+    /// than cores): then it uses helper threads (read-ahead, Parquet encoder). A one-hour job
+    /// thus uses every core; shards that already fill the cores pay no hand-off.
+    fn start() -> (Running, bool) {
+        let now = RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (Running, now < cores)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs one attempt of one shard and writes its manifest. Outputs of a failed attempt are left
 /// for the caller to discard (they are never referenced by a committed manifest).
 pub fn run_shard(
@@ -129,6 +152,7 @@ pub fn run_shard(
     let source = env.source.with_stats(io.clone());
     let output = env.output.with_stats(io.clone());
     let listed = pinned_objects(env, source.as_ref(), output.as_ref(), shard)?;
+    let (_running, spare_cores) = Running::start();
     if env.spec.repair.is_some() {
         return crate::repair::run_repair_shard(&output, &env.spec, shard, attempt, listed)
             .map_err(|e| {
@@ -155,13 +179,20 @@ pub fn run_shard(
         output: output.as_ref(),
         todo: &todo,
         other_org,
+        spare_cores,
     };
     // The sink starts after the dedup look-back: an exactly-once transaction is open no
     // longer than the shard's own events take.
     match &env.spec.sink {
-        SinkSpec::Parquet => {
-            attempt_.run(|| Ok(ParquetOut::new(output.as_ref(), &env.spec, shard, attempt)))
-        }
+        SinkSpec::Parquet => attempt_.run(|| {
+            Ok(ParquetOut::new(
+                output.as_ref(),
+                &env.spec,
+                shard,
+                attempt,
+                spare_cores,
+            ))
+        }),
         SinkSpec::Kafka(k) => {
             attempt_.run(|| KafkaOut::new(env, k, output.as_ref(), shard, attempt, &todo))
         }
@@ -180,6 +211,8 @@ struct Attempt<'a> {
     todo: &'a [ObjectMeta],
     /// Objects named for another org: skipped, and counted.
     other_org: Vec<ObjectMeta>,
+    /// A core would idle otherwise: use helper threads.
+    spare_cores: bool,
 }
 
 impl Attempt<'_> {
@@ -198,6 +231,7 @@ impl Attempt<'_> {
             output,
             todo,
             other_org,
+            spare_cores,
         } = self;
         let spec: &JobSpec = &env.spec;
         let keys = OutputKeys::new(&spec.job);
@@ -226,7 +260,7 @@ impl Attempt<'_> {
         tally.counts.objects_skipped = other_org.len() as u64;
         let skipped: Vec<String> = other_org.into_iter().map(|o| o.key).collect();
         let mut objects = Vec::new();
-        let mut reader = ReadAhead::new(source, todo);
+        let mut reader = ReadAhead::new(source, todo, spare_cores);
 
         for (i, object) in todo.iter().enumerate() {
             if env.cancel.load(Ordering::Relaxed) {

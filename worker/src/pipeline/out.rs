@@ -93,7 +93,15 @@ pub(super) struct Partitioned<'a> {
 }
 
 impl<'a> ParquetOut<'a> {
-    pub fn new(output: &'a dyn OutputStore, spec: &JobSpec, shard: ShardId, attempt: u32) -> Self {
+    /// `spare_cores`: encode the reference layout's file on a thread of its own (a core would
+    /// idle otherwise; see `run_shard`).
+    pub fn new(
+        output: &'a dyn OutputStore,
+        spec: &JobSpec,
+        shard: ShardId,
+        attempt: u32,
+        spare_cores: bool,
+    ) -> Self {
         let keys = OutputKeys::new(&spec.job);
         match spec
             .partition_by
@@ -102,9 +110,10 @@ impl<'a> ParquetOut<'a> {
         {
             None => {
                 let org = spec.org.clone();
-                ParquetOut::Reference(Box::new(ParquetSink::new(output, move |n| {
-                    keys.data_file(&org, shard, attempt, n)
-                })))
+                ParquetOut::Reference(Box::new(
+                    ParquetSink::new(output, move |n| keys.data_file(&org, shard, attempt, n))
+                        .encoder_thread(spare_cores),
+                ))
             }
             Some(template) => ParquetOut::Partitioned(Box::new(Partitioned {
                 output,
