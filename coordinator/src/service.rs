@@ -37,6 +37,12 @@ pub struct ShardView {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A done shard's events (decoded) and, of them, failed — when the registry still holds
+    /// them (while the job runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_events: Option<u64>,
 }
 
 impl ShardView {
@@ -51,12 +57,16 @@ impl ShardView {
                 state: "done",
                 attempts: *attempt,
                 error: None,
+                events: None,
+                failed_events: None,
             })
             .chain(m.failed_shards.iter().map(|f| ShardView {
                 shard: f.shard.to_string(),
                 state: "failed",
                 attempts: f.attempts,
                 error: Some(f.reason.clone()),
+                events: None,
+                failed_events: None,
             }))
             .collect();
         views.sort_by(|a, b| a.shard.cmp(&b.shard));
@@ -97,13 +107,17 @@ impl<R: JobRegistry> JobServiceImpl<R> {
             return Ok(states
                 .into_iter()
                 .map(|(shard, state)| {
+                    let mut counts = None;
                     let (state, attempts, error) = match state {
                         ShardState::Pending {
                             attempts,
                             last_error,
                         } => ("pending", attempts, last_error),
                         ShardState::Running { attempt, .. } => ("running", attempt, None),
-                        ShardState::Done(d) => ("done", d.attempt, None),
+                        ShardState::Done(d) => {
+                            counts = Some(d.counts);
+                            ("done", d.attempt, None)
+                        }
                         ShardState::Failed { attempts, reason } => {
                             ("failed", attempts, Some(reason))
                         }
@@ -113,6 +127,10 @@ impl<R: JobRegistry> JobServiceImpl<R> {
                         state,
                         attempts,
                         error,
+                        events: counts
+                            .as_ref()
+                            .map(|c| c.recovered + c.filtered + c.failed + c.unrecoverable),
+                        failed_events: counts.as_ref().map(|c| c.failed),
                     }
                 })
                 .collect());

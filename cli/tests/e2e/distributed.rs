@@ -2838,8 +2838,13 @@ fn status_page_in_a_browser_watches_retries_rolls_back_and_cancels() {
         .unwrap_or_else(|h| panic!("the running job's page: {h}"));
     let seen = done(&first);
     assert!(seen < 3, "some hours are still to do when first seen");
-    b.wait_until(wait, |h| done(h) > seen)
+    let later = b
+        .wait_until(wait, |h| done(h) > seen)
         .unwrap_or_else(|h| panic!("the heat map follows the shards: {h}"));
+    // While it runs, a done cell says how many events its shard decoded.
+    if later.contains("id=\"job-state\">running") {
+        assert!(later.contains(" events"), "{later}");
+    }
     let ended = b
         .wait_until(wait, |h| h.contains("id=\"job-state\">failed"))
         .unwrap_or_else(|h| panic!("the job fails: {h}\n{}", c.logs()));
