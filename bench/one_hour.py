@@ -44,18 +44,19 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
     dest = os.path.join(OUT, "one-hour-dest")
-    modes = {  # name: (REWIND_PREFETCH, REWIND_ENCODE_INLINE)
-        "one thread": ("0", "1"),
-        "read ahead": ("1", "1"),
-        "encoder": ("0", "0"),
-        "both": ("1", "0"),
+    modes = {  # name: (REWIND_PARALLEL_OBJECTS, REWIND_PREFETCH, REWIND_ENCODE_INLINE)
+        "one thread": ("0", "0", "1"),
+        "encoder": ("0", "0", "0"),
+        "enc+ahead": ("0", "1", "0"),
+        "parallel": ("1", "1", "0"),
     }
     results = {name: [] for name in modes}
     events = set()
     for _ in range(rounds):
-        for name, (prefetch, inline) in modes.items():
+        for name, (parallel, prefetch, inline) in modes.items():
             shutil.rmtree(dest, ignore_errors=True)
             env = dict(os.environ)
+            env["REWIND_PARALLEL_OBJECTS"] = parallel
             env["REWIND_PREFETCH"] = prefetch
             env["REWIND_ENCODE_INLINE"] = inline
             cpu, wall, rss, out = child(
@@ -76,7 +77,7 @@ def main():
         print(f"  {name:<10} wall {wall:6.2f} s  cpu {cpu:6.2f} s  "
               f"{size / 1e6 / wall:6.1f} MB/s wall  {size / 1e6 / cpu:6.1f} MB/CPU-s  "
               f"peak RSS {rss:5.0f} MB")
-    for name in ("read ahead", "encoder", "both"):
+    for name in ("encoder", "enc+ahead", "parallel"):
         print(f"  wall-time speed-up of {name} over one thread: "
               f"{med['one thread'] / med[name]:.2f}x")
 

@@ -114,7 +114,7 @@ pub async fn execute_claim<S: JobRegistry>(
             discard(env, None, shard, attempt).await;
             let stopped = env.cancel.load(Ordering::Relaxed);
             let ended = if stopped {
-                info!(job = %job, shard = %shard, attempt, "attempt stopped: output discarded, shard released");
+                info!(job = %job, shard = %shard, attempt, reason = %e.message, "attempt stopped: output discarded, shard released");
                 retry_unavailable(|| store.release(claim)).await
             } else {
                 warn!(job = %job, shard = %shard, attempt, error = %e.message, "shard attempt failed");

@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::record::{Rows, schema};
 
 /// Rows per record batch handed to the Parquet writer.
-const BATCH_ROWS: usize = 16 * 1024;
+pub(crate) const BATCH_ROWS: usize = 16 * 1024;
 /// Or fewer when the `data` column of a batch grows past this.
-const BATCH_BYTES: usize = 32 << 20;
+pub(crate) const BATCH_BYTES: usize = 32 << 20;
 /// A file is closed and a new one started past this many uncompressed bytes.
 const FILE_BYTES: u64 = 1 << 30;
 
@@ -206,6 +206,19 @@ impl<'a> ParquetSink<'a> {
         }
         let batch_bytes = self.rows.buffered_bytes() as u64;
         let batch = self.rows.finish(&self.schema);
+        self.write_batch(batch, batch_bytes)
+    }
+
+    /// Writes a batch of rows built elsewhere (`batch_bytes`: their buffered size), in order
+    /// with the rows appended here.
+    pub fn write_batch(
+        &mut self,
+        batch: arrow_array::RecordBatch,
+        batch_bytes: u64,
+    ) -> Result<(), SinkError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         if self.current.is_none() {
             let key = (self.key_for)(self.next_n);
             self.next_n += 1;
@@ -351,6 +364,13 @@ impl<'a> FailedRecord<'a> {
         }
     }
 
+    /// Appends the record as one JSON line to `out`.
+    pub fn line(&self, out: &mut Vec<u8>) {
+        // (Serialising these fields to memory cannot fail.)
+        let _ = serde_json::to_writer(&mut *out, self);
+        out.push(b'\n');
+    }
+
     /// Names the flow (and step) the record comes from.
     pub fn with_flow(mut self, flow: Option<&'a str>, step: Option<(usize, &'a str)>) -> Self {
         self.flow = flow;
@@ -377,6 +397,28 @@ impl<'a> FailedSink<'a> {
             file: None,
             records: 0,
         }
+    }
+
+    /// Appends `records` records already written as JSON lines (`FailedRecord::line`).
+    pub fn write_lines(&mut self, lines: &[u8], records: u64) -> Result<(), SinkError> {
+        if records == 0 {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(
+                self.store
+                    .create(&rewind_common::output::staged(&self.key))?,
+            );
+        }
+        let Some(file) = self.file.as_mut() else {
+            unreachable!("opened above")
+        };
+        file.write_all(lines).map_err(|source| SinkError::Io {
+            key: self.key.clone(),
+            source,
+        })?;
+        self.records += records;
+        Ok(())
     }
 
     pub fn write(&mut self, record: &FailedRecord<'_>) -> Result<(), SinkError> {

@@ -19,6 +19,7 @@ use crate::route::{Outcome, Router, Scratch, Seen};
 use crate::sink::{FailedRecord, FailedSink, SinkError};
 
 mod out;
+mod parallel;
 mod read;
 mod tally;
 
@@ -260,120 +261,66 @@ impl Attempt<'_> {
         tally.counts.objects_skipped = other_org.len() as u64;
         let skipped: Vec<String> = other_org.into_iter().map(|o| o.key).collect();
         let mut objects = Vec::new();
-        let mut reader = ReadAhead::new(source, todo, spare_cores);
+        // Cores to spare, batches the sink takes, no dedup order: objects in parallel.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // (`REWIND_PARALLEL_OBJECTS=0`: always one object at a time, the benchmarks' baseline;
+        // `=1`: in parallel even without cores to spare, for tests.)
+        let wanted = match std::env::var("REWIND_PARALLEL_OBJECTS").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => spare_cores,
+        };
+        if wanted && seen.is_none() && sink.takes_batches() && todo.len() > 1 {
+            objects = parallel::Objects {
+                env,
+                router: &router,
+                source,
+                todo,
+                decoder,
+                threads: threads.clamp(2, 4),
+            }
+            .run(&mut tally, &mut sink, &mut failed, &mut unrecoverable)?;
+        } else {
+            let mut reader = ReadAhead::new(source, todo, spare_cores);
 
-        for (i, object) in todo.iter().enumerate() {
-            if env.cancel.load(Ordering::Relaxed) {
-                return Err(ShardError::cancelled());
-            }
-            let opened = reader.open(i)?;
-            let mut stats = ObjectStats {
-                key: object.key.clone(),
-                size: object.size,
-                etag: object.etag.clone(),
-                version: object.version.clone(),
-                compression: opened.codec.name().into(),
-                ..ObjectStats::default()
-            };
-            let mut dec = Decoder::new(opened.reader, decoder);
-            while let Some(item) = dec.next().map_err(|e| ShardError::read(&object.key, e))? {
-                tally.decoded();
-                match item {
-                    Item::Event(ev) => {
-                        stats.events += 1;
-                        let flow_name = |f: Option<usize>| f.map(|f| flows.name(f));
-                        match router.route(&ev, &mut scratch, seen.as_mut()) {
-                            Outcome::Recovered {
-                                row,
-                                repaired,
-                                flow,
-                            } => {
-                                let at = At {
-                                    index: i,
-                                    key: &object.key,
-                                    offset: ev.offset,
-                                    end: ev.offset + ev.bytes().len() as u64,
-                                };
-                                let value = repaired.unwrap_or(ev.text());
-                                match sink.take(at, &row, value)? {
-                                    Taken::Written | Taken::DeliveredBefore => {
-                                        tally.recovered(flow, repaired.is_some())
-                                    }
-                                    Taken::Filtered(reason) => tally.filtered(reason, flow),
-                                    Taken::Refused(code, reason) => {
-                                        tally.failed(code, None);
-                                        sink_refused(
-                                            &mut failed,
-                                            &object.key,
-                                            ev.offset,
-                                            ev.bytes(),
-                                            code,
-                                            &reason,
-                                        )?;
-                                        continue;
-                                    }
-                                }
-                            }
-                            Outcome::Filtered { reason, flow } => tally.filtered(reason, flow),
-                            Outcome::Failed {
-                                code,
-                                reason,
-                                flow,
-                                step,
-                            } => {
-                                tally.failed(code, flow);
-                                let step = flow.zip(step).map(|(f, s)| (s, flows.step_op(f, s)));
-                                let rec = FailedRecord::new(
-                                    &object.key,
-                                    ev.offset,
-                                    ev.bytes().len() as u64,
-                                    code,
-                                    &reason,
-                                    ev.bytes(),
-                                    false,
-                                )
-                                .with_flow(flow_name(flow), step);
-                                failed.write(&rec).map_err(ShardError::sink)?;
-                            }
-                            Outcome::Unrecoverable { reason, flow } => {
-                                tally.unrecoverable(flow);
-                                let rec = FailedRecord::new(
-                                    &object.key,
-                                    ev.offset,
-                                    ev.bytes().len() as u64,
-                                    "unrecoverable",
-                                    &reason,
-                                    ev.bytes(),
-                                    false,
-                                )
-                                .with_flow(flow_name(flow), None);
-                                unrecoverable.write(&rec).map_err(ShardError::sink)?;
-                            }
-                        }
-                    }
-                    Item::Damaged(d) => {
-                        stats.damaged += 1;
-                        let code = d.damage.code();
-                        tally.failed(code, None);
-                        let reason = d.damage.to_string();
-                        let rec = FailedRecord::new(
-                            &object.key,
-                            d.offset,
-                            d.length,
-                            code,
-                            &reason,
-                            d.raw,
-                            d.raw_truncated,
-                        );
-                        failed.write(&rec).map_err(ShardError::sink)?;
-                    }
+            for (i, object) in todo.iter().enumerate() {
+                if env.cancel.load(Ordering::Relaxed) {
+                    return Err(ShardError::cancelled());
                 }
-                sink.after_item()?;
+                let opened = reader.open(i)?;
+                let mut stats = ObjectStats {
+                    key: object.key.clone(),
+                    size: object.size,
+                    etag: object.etag.clone(),
+                    version: object.version.clone(),
+                    compression: opened.codec.name().into(),
+                    ..ObjectStats::default()
+                };
+                let mut dec = Decoder::new(opened.reader, decoder);
+                let mut effects = InOrder {
+                    sink: &mut sink,
+                    failed: &mut failed,
+                    unrecoverable: &mut unrecoverable,
+                };
+                while let Some(item) = dec.next().map_err(|e| ShardError::read(&object.key, e))? {
+                    handle_item(
+                        item,
+                        i,
+                        &object.key,
+                        &router,
+                        &mut scratch,
+                        seen.as_mut(),
+                        &mut tally,
+                        &mut stats,
+                        &mut effects,
+                    )?;
+                    effects.sink.after_item()?;
+                }
+                stats.decoded_bytes = dec.bytes_read();
+                tally.object_done(opened.stored.load(Ordering::Relaxed), &env.progress);
+                sink.publish(&env.progress);
+                objects.push(stats);
             }
-            stats.decoded_bytes = dec.bytes_read();
-            tally.object_done(opened.stored.load(Ordering::Relaxed), &env.progress);
-            sink.publish(&env.progress);
-            objects.push(stats);
         }
         tally.check()?;
         // Last look before the files become visible: a stopped attempt (cancelled job, lost
@@ -445,6 +392,151 @@ impl Attempt<'_> {
             .map_err(|e| ShardError::storage(&format!("writing {key}"), &e))?;
         Ok((key, manifest))
     }
+}
+
+/// Where one item's outcome goes: the sink, the failed and the unrecoverable outputs.
+trait Effects {
+    fn take(
+        &mut self,
+        at: At<'_>,
+        row: &crate::record::Row<'_>,
+        value: &str,
+    ) -> Result<Taken, ShardError>;
+    fn failed(&mut self, rec: &FailedRecord<'_>) -> Result<(), ShardError>;
+    fn unrecoverable(&mut self, rec: &FailedRecord<'_>) -> Result<(), ShardError>;
+}
+
+/// The attempt's own sink and outputs, written as items come (the sequential path).
+struct InOrder<'s, 'f, S> {
+    sink: &'s mut S,
+    failed: &'s mut FailedSink<'f>,
+    unrecoverable: &'s mut FailedSink<'f>,
+}
+
+impl<S: Sink> Effects for InOrder<'_, '_, S> {
+    fn take(
+        &mut self,
+        at: At<'_>,
+        row: &crate::record::Row<'_>,
+        value: &str,
+    ) -> Result<Taken, ShardError> {
+        self.sink.take(at, row, value)
+    }
+    fn failed(&mut self, rec: &FailedRecord<'_>) -> Result<(), ShardError> {
+        self.failed.write(rec).map_err(ShardError::sink)
+    }
+    fn unrecoverable(&mut self, rec: &FailedRecord<'_>) -> Result<(), ShardError> {
+        self.unrecoverable.write(rec).map_err(ShardError::sink)
+    }
+}
+
+/// Routes one decoded item to exactly one outcome, counts it and hands it on.
+#[allow(clippy::too_many_arguments)]
+fn handle_item<E: Effects>(
+    item: Item<'_>,
+    index: usize,
+    key: &str,
+    router: &Router,
+    scratch: &mut Scratch,
+    seen: Option<&mut Seen>,
+    tally: &mut Tally<'_>,
+    stats: &mut ObjectStats,
+    effects: &mut E,
+) -> Result<(), ShardError> {
+    tally.decoded();
+    let flows = router.flows();
+    match item {
+        Item::Event(ev) => {
+            stats.events += 1;
+            let flow_name = |f: Option<usize>| f.map(|f| flows.name(f));
+            match router.route(&ev, scratch, seen) {
+                Outcome::Recovered {
+                    row,
+                    repaired,
+                    flow,
+                } => {
+                    let at = At {
+                        index,
+                        key,
+                        offset: ev.offset,
+                        end: ev.offset + ev.bytes().len() as u64,
+                    };
+                    let value = repaired.unwrap_or(ev.text());
+                    match effects.take(at, &row, value)? {
+                        Taken::Written | Taken::DeliveredBefore => {
+                            tally.recovered(flow, repaired.is_some())
+                        }
+                        Taken::Filtered(reason) => tally.filtered(reason, flow),
+                        Taken::Refused(code, reason) => {
+                            tally.failed(code, None);
+                            let rec = FailedRecord::new(
+                                key,
+                                ev.offset,
+                                ev.bytes().len() as u64,
+                                code,
+                                &reason,
+                                ev.bytes(),
+                                false,
+                            );
+                            effects.failed(&rec)?;
+                        }
+                    }
+                }
+                Outcome::Filtered { reason, flow } => tally.filtered(reason, flow),
+                Outcome::Failed {
+                    code,
+                    reason,
+                    flow,
+                    step,
+                } => {
+                    tally.failed(code, flow);
+                    let step = flow.zip(step).map(|(f, s)| (s, flows.step_op(f, s)));
+                    let rec = FailedRecord::new(
+                        key,
+                        ev.offset,
+                        ev.bytes().len() as u64,
+                        code,
+                        &reason,
+                        ev.bytes(),
+                        false,
+                    )
+                    .with_flow(flow_name(flow), step);
+                    effects.failed(&rec)?;
+                }
+                Outcome::Unrecoverable { reason, flow } => {
+                    tally.unrecoverable(flow);
+                    let rec = FailedRecord::new(
+                        key,
+                        ev.offset,
+                        ev.bytes().len() as u64,
+                        "unrecoverable",
+                        &reason,
+                        ev.bytes(),
+                        false,
+                    )
+                    .with_flow(flow_name(flow), None);
+                    effects.unrecoverable(&rec)?;
+                }
+            }
+        }
+        Item::Damaged(d) => {
+            stats.damaged += 1;
+            let code = d.damage.code();
+            tally.failed(code, None);
+            let reason = d.damage.to_string();
+            let rec = FailedRecord::new(
+                key,
+                d.offset,
+                d.length,
+                code,
+                &reason,
+                d.raw,
+                d.raw_truncated,
+            );
+            effects.failed(&rec)?;
+        }
+    }
+    Ok(())
 }
 
 /// The failed record of an event the sink refused for itself (Kafka: too large, invalid).

@@ -65,6 +65,21 @@ pub(super) trait Sink {
     fn publish(&self, _p: &Progress) {}
     /// Everything delivered and durable; called only when the attempt is to commit.
     fn finish(self) -> Result<SinkEnd, ShardError>;
+    /// Whether it takes whole batches of rows built elsewhere ([`Sink::write_batch`]): then a
+    /// shard's objects may be decoded and routed in parallel.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+    fn write_batch(
+        &mut self,
+        _batch: arrow_array::RecordBatch,
+        _bytes: u64,
+    ) -> Result<(), ShardError> {
+        Err(ShardError {
+            message: "internal error: this sink takes events one by one".into(),
+            retryable: false,
+        })
+    }
 }
 
 /// Hive-partitioned Parquet in the destination: the reference layout (`org_id=…/date=…` of the
@@ -178,6 +193,24 @@ impl Sink for ParquetOut<'_> {
             }
         }
         Ok(Taken::Written)
+    }
+
+    fn takes_batches(&self) -> bool {
+        matches!(self, ParquetOut::Reference(_))
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: arrow_array::RecordBatch,
+        bytes: u64,
+    ) -> Result<(), ShardError> {
+        match self {
+            ParquetOut::Reference(sink) => sink.write_batch(batch, bytes).map_err(ShardError::sink),
+            ParquetOut::Partitioned(_) => Err(ShardError {
+                message: "internal error: a partitioned output takes rows one by one".into(),
+                retryable: false,
+            }),
+        }
     }
 
     fn after_item(&mut self) -> Result<(), ShardError> {

@@ -144,6 +144,18 @@ impl<'a> ReadAhead<'a> {
             .pop_front()
             .unwrap_or_else(|| self.source.open(object))
             .map_err(|e| ShardError::storage(&format!("opening {}", object.key), &e))?;
+        decoded(raw, object, self.prefetch)
+    }
+}
+
+/// An opened object as the decoder reads it: decompressed, its stored bytes counted, and read
+/// ahead on a thread of its own when `prefetch` and compressed.
+pub(super) fn decoded(
+    raw: Box<dyn Read + Send>,
+    object: &ObjectMeta,
+    prefetch: bool,
+) -> Result<Opened, ShardError> {
+    {
         let stored = Arc::new(AtomicU64::new(0));
         let counted = Box::new(Counting {
             inner: raw,
@@ -154,7 +166,7 @@ impl<'a> ReadAhead<'a> {
         Ok(Opened {
             codec,
             // (Plain bytes gain nothing from it: the copy costs what the read saves.)
-            reader: if self.prefetch && codec != Codec::None {
+            reader: if prefetch && codec != Codec::None {
                 Prefetch::start(reader)
             } else {
                 reader

@@ -123,6 +123,21 @@ impl<'f> Tally<'f> {
     }
 
     /// Every decoded item has exactly one outcome.
+    /// Adds what another tally (one object's, counted on another thread) counted. Live
+    /// progress is published by [`Tally::object_done`] as usual.
+    pub fn absorb(&mut self, other: Tally<'_>) {
+        self.counts.add(&other.counts);
+        for (k, v) in other.by_reason {
+            *self.by_reason.entry(k).or_default() += v;
+        }
+        for (k, v) in other.filtered_by {
+            *self.filtered_by.entry(k).or_default() += v;
+        }
+        for (mine, theirs) in self.per_flow.iter_mut().zip(&other.per_flow) {
+            mine.add(theirs);
+        }
+    }
+
     pub fn check(&self) -> Result<(), ShardError> {
         let c = &self.counts;
         let outcomes = c.recovered + c.filtered + c.failed + c.unrecoverable;
