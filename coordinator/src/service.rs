@@ -172,19 +172,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         ),
         Status,
     > {
-        let record = self
-            .core
-            .registry()
-            .record(job)
-            .await
-            .map_err(store_status)?;
-        let dest = rewind_s3::open_output(
-            &record.spec.places.dest,
-            &record.request.s3,
-            rewind_common::location::JobSide::Dest,
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("opening the destination: {e}")))?;
+        let (dest, record) = self.destination_of(job).await?;
         // (A retry job's is the execution it completed.)
         let key = rewind_common::OutputKeys::of(&record.run_spec()).job_manifest();
         let body = tokio::task::spawn_blocking(move || dest.get(&key))
@@ -213,6 +201,22 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         Status,
     > {
         self.visible(job, scope).await?;
+        let (dest, record) = self.destination_of(job).await?;
+        let execution = record.run_spec().job;
+        Ok((dest, record, execution))
+    }
+
+    /// The job's record and its destination, opened.
+    async fn destination_of(
+        &self,
+        job: &JobId,
+    ) -> Result<
+        (
+            std::sync::Arc<dyn rewind_common::storage::OutputStore>,
+            rewind_common::JobRecord,
+        ),
+        Status,
+    > {
         let record = self
             .core
             .registry()
@@ -226,8 +230,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         )
         .await
         .map_err(|e| Status::unavailable(format!("opening the destination: {e}")))?;
-        let execution = record.run_spec().job;
-        Ok((dest, record, execution))
+        Ok((dest, record))
     }
 
     /// The active jobs' event and byte counts now (committed + live): a throughput sample.

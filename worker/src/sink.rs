@@ -364,6 +364,25 @@ impl<'a> FailedRecord<'a> {
         }
     }
 
+    /// The record of a whole event (its bytes all kept) at `offset` of `source_key`.
+    pub fn of_event(
+        source_key: &'a str,
+        offset: u64,
+        raw: &'a [u8],
+        code: &'a str,
+        reason: &'a str,
+    ) -> Self {
+        FailedRecord::new(
+            source_key,
+            offset,
+            raw.len() as u64,
+            code,
+            reason,
+            raw,
+            false,
+        )
+    }
+
     /// Appends the record as one JSON line to `out`.
     pub fn line(&self, out: &mut Vec<u8>) {
         // (Serialising these fields to memory cannot fail.)
@@ -405,6 +424,7 @@ impl<'a> FailedSink<'a> {
             return Ok(());
         }
         if self.file.is_none() {
+            // Written staged; the job commit makes it visible under `key`.
             self.file = Some(
                 self.store
                     .create(&rewind_common::output::staged(&self.key))?,
@@ -422,24 +442,9 @@ impl<'a> FailedSink<'a> {
     }
 
     pub fn write(&mut self, record: &FailedRecord<'_>) -> Result<(), SinkError> {
-        if self.file.is_none() {
-            // Written staged; the job commit makes it visible under `key`.
-            self.file = Some(
-                self.store
-                    .create(&rewind_common::output::staged(&self.key))?,
-            );
-        }
-        let Some(file) = self.file.as_mut() else {
-            unreachable!("opened above")
-        };
-        let io = |source| SinkError::Io {
-            key: self.key.clone(),
-            source,
-        };
-        serde_json::to_writer(&mut *file, record).map_err(|e| io(e.into()))?;
-        file.write_all(b"\n").map_err(io)?;
-        self.records += 1;
-        Ok(())
+        let mut line = Vec::with_capacity(256 + record.raw.map_or(0, str::len));
+        record.line(&mut line);
+        self.write_lines(&line, 1)
     }
 
     pub fn finish(self) -> Result<Option<OutputFileEntry>, SinkError> {

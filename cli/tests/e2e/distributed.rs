@@ -177,10 +177,16 @@ impl Cluster {
     }
 
     fn submit(&self, hours: u32) -> String {
+        self.submit_with(hours, &[])
+    }
+
+    /// `rewind submit` of the first `hours` hours of this cluster's archive, with `extra` flags;
+    /// the job id.
+    fn submit_with(&self, hours: u32, extra: &[&str]) -> String {
         let end = format!("2024-04-01T{:02}", hours - 1);
         let src = self.src();
         let dest = self.dest();
-        let out = self.cli(&[
+        let mut args = vec![
             "submit",
             "--source",
             src.to_str().unwrap(),
@@ -192,7 +198,9 @@ impl Cluster {
             &end,
             "--dest",
             dest.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
         assert!(
             out.status.success(),
             "{}",
@@ -2635,22 +2643,7 @@ fn retry_through_the_coordinator_runs_only_the_failed_shards() {
     fs::rename(&hour, &saved).unwrap();
     fs::write(&hour, b"not a directory").unwrap();
     let (src, dest) = (c.src(), c.dest());
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
-        "2024-04-01T00",
-        "--end",
-        "2024-04-01T02",
-        "--dest",
-        dest.to_str().unwrap(),
-        "--max-attempts",
-        "1",
-    ]);
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let job = c.submit_with(hours, &["--max-attempts", "1"]);
     let (code, _) = c.watch(&job);
     assert_eq!(code, Some(1), "the job fails: {}", c.logs());
     let exec = dest.join(format!("execution_id={job}"));
@@ -2814,22 +2807,7 @@ fn status_page_in_a_browser_watches_retries_rolls_back_and_cancels() {
         .expect("the page asks for a token");
     use_token("token-of-ops-0001");
 
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
-        "2024-04-01T00",
-        "--end",
-        "2024-04-01T03",
-        "--dest",
-        dest.to_str().unwrap(),
-        "--max-attempts",
-        "1",
-    ]);
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let job = c.submit_with(hours, &["--max-attempts", "1"]);
     let wait = Duration::from_secs(60);
     b.goto(&base);
     b.wait_until(wait, |h| h.contains(&format!("data-job=\"{job}\"")))

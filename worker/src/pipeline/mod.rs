@@ -288,14 +288,7 @@ impl Attempt<'_> {
                     return Err(ShardError::cancelled());
                 }
                 let opened = reader.open(i)?;
-                let mut stats = ObjectStats {
-                    key: object.key.clone(),
-                    size: object.size,
-                    etag: object.etag.clone(),
-                    version: object.version.clone(),
-                    compression: opened.codec.name().into(),
-                    ..ObjectStats::default()
-                };
+                let mut stats = opened.stats(object);
                 let mut dec = Decoder::new(opened.reader, decoder);
                 let mut effects = InOrder {
                     sink: &mut sink,
@@ -469,15 +462,8 @@ fn handle_item<E: Effects>(
                         Taken::Filtered(reason) => tally.filtered(reason, flow),
                         Taken::Refused(code, reason) => {
                             tally.failed(code, None);
-                            let rec = FailedRecord::new(
-                                key,
-                                ev.offset,
-                                ev.bytes().len() as u64,
-                                code,
-                                &reason,
-                                ev.bytes(),
-                                false,
-                            );
+                            let rec =
+                                FailedRecord::of_event(key, ev.offset, ev.bytes(), code, &reason);
                             effects.failed(&rec)?;
                         }
                     }
@@ -491,28 +477,18 @@ fn handle_item<E: Effects>(
                 } => {
                     tally.failed(code, flow);
                     let step = flow.zip(step).map(|(f, s)| (s, flows.step_op(f, s)));
-                    let rec = FailedRecord::new(
-                        key,
-                        ev.offset,
-                        ev.bytes().len() as u64,
-                        code,
-                        &reason,
-                        ev.bytes(),
-                        false,
-                    )
-                    .with_flow(flow_name(flow), step);
+                    let rec = FailedRecord::of_event(key, ev.offset, ev.bytes(), code, &reason)
+                        .with_flow(flow_name(flow), step);
                     effects.failed(&rec)?;
                 }
                 Outcome::Unrecoverable { reason, flow } => {
                     tally.unrecoverable(flow);
-                    let rec = FailedRecord::new(
+                    let rec = FailedRecord::of_event(
                         key,
                         ev.offset,
-                        ev.bytes().len() as u64,
+                        ev.bytes(),
                         "unrecoverable",
                         &reason,
-                        ev.bytes(),
-                        false,
                     )
                     .with_flow(flow_name(flow), None);
                     effects.unrecoverable(&rec)?;
@@ -548,15 +524,7 @@ fn sink_refused(
     code: &str,
     reason: &str,
 ) -> Result<(), ShardError> {
-    let rec = FailedRecord::new(
-        source_key,
-        offset,
-        raw.len() as u64,
-        code,
-        reason,
-        raw,
-        false,
-    );
+    let rec = FailedRecord::of_event(source_key, offset, raw, code, reason);
     failed.write(&rec).map_err(ShardError::sink)
 }
 

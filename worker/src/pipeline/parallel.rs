@@ -219,14 +219,7 @@ impl Objects<'_> {
             .map_err(|e| ShardError::storage(&format!("opening {}", object.key), &e))?;
         // (This thread is the read-ahead: no other.)
         let opened = super::read::decoded(raw, object, false)?;
-        let mut stats = ObjectStats {
-            key: object.key.clone(),
-            size: object.size,
-            etag: object.etag.clone(),
-            version: object.version.clone(),
-            compression: opened.codec.name().into(),
-            ..ObjectStats::default()
-        };
+        let mut stats = opened.stats(object);
         let mut tally = Tally::new(self.router.flows());
         let mut collect = Collect {
             rows: Rows::default(),

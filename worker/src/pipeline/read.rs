@@ -119,6 +119,20 @@ pub(super) struct Opened {
     pub stored: Arc<AtomicU64>,
 }
 
+impl Opened {
+    /// The object's stats before any event is decoded.
+    pub fn stats(&self, object: &ObjectMeta) -> rewind_common::job::ObjectStats {
+        rewind_common::job::ObjectStats {
+            key: object.key.clone(),
+            size: object.size,
+            etag: object.etag.clone(),
+            version: object.version.clone(),
+            compression: self.codec.name().into(),
+            ..Default::default()
+        }
+    }
+}
+
 impl<'a> ReadAhead<'a> {
     pub fn new(source: &'a dyn ObjectSource, todo: &'a [ObjectMeta], spare_cores: bool) -> Self {
         ReadAhead {
