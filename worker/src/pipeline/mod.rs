@@ -117,6 +117,9 @@ pub struct ShardEnv {
     pub produce_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
+/// Objects of a shard are decoded in parallel when they average at least this many bytes.
+const PARALLEL_MIN_OBJECT: u64 = 1 << 20;
+
 /// Shard attempts running in this process now.
 static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -263,12 +266,16 @@ impl Attempt<'_> {
         let mut objects = Vec::new();
         // Cores to spare, batches the sink takes, no dedup order: objects in parallel.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Small objects are not worth a hand-off each (2,000 objects of 1 KB: 0.17 s and 108 MB
+        // in parallel, 0.11 s and 33 MB one at a time).
+        let large =
+            todo.iter().map(|o| o.size).sum::<u64>() >= PARALLEL_MIN_OBJECT * todo.len() as u64;
         // (`REWIND_PARALLEL_OBJECTS=0`: always one object at a time, the benchmarks' baseline;
-        // `=1`: in parallel even without cores to spare, for tests.)
+        // `=1`: in parallel whenever the sink allows, for tests.)
         let wanted = match std::env::var("REWIND_PARALLEL_OBJECTS").as_deref() {
             Ok("0") => false,
             Ok("1") => true,
-            _ => spare_cores,
+            _ => spare_cores && large,
         };
         if wanted && seen.is_none() && sink.takes_batches() && todo.len() > 1 {
             objects = parallel::Objects {

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Peak RSS of `rewind run --workers 2` by object size (issue 19's memory target: < 256 MB
+whatever the object size), with a shard's helper threads (the default on a machine with cores
+to spare) and with everything on one thread per shard, in one run.
+
+    python3 bench/memory.py                 # 1 KB, 5 MB, 100 MB and 400 MB objects, 4 hours
+    BENCH_CASES=1kb,5mb python3 bench/memory.py
+
+Needs a release build (built when missing) and ~1.5 GB of free disk in bench/out.
+"""
+import os, shutil, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "out")
+BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
+
+# name: (hours, objects per hour, MB per object)
+CASES = {
+    "1kb": (1, 2000, 0.001),
+    "5mb": (1, 12, 5),
+    "100mb": (1, 3, 100),
+    "400mb": (1, 1, 400),
+    "4h-5mb": (4, 12, 5),
+}
+
+
+def peak(args, env):
+    t0 = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args} failed with {status}")
+    return ru.ru_maxrss / 1024, time.time() - t0
+
+
+def main():
+    wanted = os.environ.get("BENCH_CASES", ",".join(CASES)).split(",")
+    if not os.path.exists(BIN):
+        subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
+    os.makedirs(OUT, exist_ok=True)
+    print(f"{'case':<8} {'stored MB':>9}  {'helpers: RSS':>13} {'wall':>6}  {'one thread: RSS':>16} {'wall':>6}")
+    for name in wanted:
+        hours, per_hour, mb = CASES[name]
+        src = os.path.join(OUT, f"mem-{name}")
+        shutil.rmtree(src, ignore_errors=True)
+        subprocess.run([BIN, "gen", "--out", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                        "--hours", str(hours), "--objects-per-hour", str(per_hour),
+                        "--object-mb", str(mb), "--seed", "7"], check=True,
+                       stdout=subprocess.DEVNULL)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
+        row = []
+        for helpers in (True, False):
+            dest = os.path.join(OUT, "mem-dest")
+            shutil.rmtree(dest, ignore_errors=True)
+            env = dict(os.environ)
+            if not helpers:
+                env.update(REWIND_PARALLEL_OBJECTS="0", REWIND_ENCODE_INLINE="1", REWIND_PREFETCH="0")
+            rss, wall = peak([BIN, "run", "--source", src, "--org", "TN-bench",
+                              "--start", "2024-04-01T00", "--end", f"2024-04-01T{hours - 1:02d}",
+                              "--dest", dest, "--workers", "2", "--json"], env)
+            row.append((rss, wall))
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(os.path.join(OUT, "mem-dest"), ignore_errors=True)
+        print(f"{name:<8} {size / 1e6:>9.0f}  {row[0][0]:>10.0f} MB {row[0][1]:>5.1f}s  "
+              f"{row[1][0]:>13.0f} MB {row[1][1]:>5.1f}s")
+
+
+if __name__ == "__main__":
+    main()
