@@ -629,20 +629,35 @@ async fn rollback(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Str
                 newest.why_not.as_deref().unwrap_or("see rewind changes")
             )));
         }
-        let done = change::rollback(store, Some(&newest.change.id), Some(&scope.subject))
-            .map_err(|e| match e {
+        let done = change::rollback(store, Some(&newest.change.id), Some(&scope.subject)).map_err(
+            |e| match e {
                 ChangeError::Refused(w) | ChangeError::Conflict(w) => {
                     tonic::Status::failed_precondition(w)
                 }
                 ChangeError::NotFound(w) => tonic::Status::not_found(w),
                 other => tonic::Status::unavailable(other.to_string()),
-            })?;
+            },
+        )?;
         let after = changes_value(store, execution).map_err(tonic::Status::unavailable)?;
-        Ok(json!({"rolled_back": newest.change.id, "change": done.change.id, "changes": after["changes"]}))
+        Ok(
+            json!({"rolled_back": newest.change.id, "change": done.change.id,
+                  "execution": execution, "changes": after["changes"]}),
+        )
     })
     .await;
     match done {
-        Ok(v) => json_response(StatusCode::OK, v),
+        Ok(v) => {
+            // The job whose execution it was now says how it stands (best effort: the rollback
+            // itself is done and recorded).
+            if let (Some(execution), Some(change)) =
+                (v["execution"].as_str(), v["rolled_back"].as_str())
+                && let Ok(job) = rewind_common::JobId::parse(execution)
+                && let Err(e) = api.service.restate_after_rollback(&job, change).await
+            {
+                tracing::warn!(job = %job, error = %e.message(), "restating the job after a rollback");
+            }
+            json_response(StatusCode::OK, v)
+        }
         Err(r) => r,
     }
 }

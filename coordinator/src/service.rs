@@ -233,6 +233,33 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         Ok((dest, record))
     }
 
+    /// After change `change` of job `job`'s execution was rolled back (through the API): the
+    /// job's final status says how the execution now stands (a retry's rollback brings back the
+    /// failed execution), and that the change was rolled back.
+    pub async fn restate_after_rollback(&self, job: &JobId, change: &str) -> Result<(), Status> {
+        let registry = self.core.registry();
+        let mut status = registry.status(job).await.map_err(store_status)?;
+        if !status.phase.finished() {
+            return Ok(());
+        }
+        let (manifest, _) = self.finished_manifest(job).await?;
+        let elapsed = status.summary.as_ref().map_or(0.0, |s| s.duration_s);
+        let mut summary = rewind_common::lifecycle::Summary::new(
+            &manifest.spec,
+            &manifest,
+            Duration::from_secs_f64(elapsed.max(0.0)),
+        );
+        summary.change = status
+            .summary
+            .as_ref()
+            .and_then(|s| s.change.clone())
+            .filter(|c| c != change);
+        status.phase = manifest.state;
+        status.summary = Some(summary);
+        status.message = Some(format!("change {change} rolled back"));
+        registry.finish(job, &status).await.map_err(store_status)
+    }
+
     /// The active jobs' event and byte counts now (committed + live): a throughput sample.
     pub async fn active_counts(&self) -> Result<Vec<(JobId, u64, u64)>, Status> {
         let mut out = Vec::new();

@@ -2897,6 +2897,16 @@ fn status_page_in_a_browser_watches_retries_rolls_back_and_cancels() {
     };
     assert!(rolled.contains("(retry)"), "{rolled}");
     assert!(!exec.join("_SUCCESS").exists());
+    // The job says how its execution stands again: failed, and why.
+    let restated = c.status(&job);
+    assert_eq!(restated["state"], "failed", "{restated}");
+    assert!(
+        restated["message"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{restated}"
+    );
 
     // Cancel: with a wrong token, no job and no button; with a valid one, cancelled.
     let long = c.submit(hours);
