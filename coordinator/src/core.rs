@@ -266,21 +266,18 @@ impl<R: JobRegistry> Coordinator<R> {
             }
             // One ingest at a time per trusted zone or landing zone: two would take the same
             // pending objects.
-            for (job, _) in self.registry.active_jobs().await? {
-                let Ok(other) = self.registry.record(&job).await else {
-                    continue;
-                };
-                if let Some(t) = &other.spec.ingest_to
-                    && (t.trusted == target.trusted
-                        || (t.landing == target.landing && t.pending == target.pending))
-                    && id.as_ref() != Some(&job)
-                {
-                    return Err(CoreError::Precondition(format!(
-                        "ingest job {job} into {} is still running: one ingest at a time per \
-                         trusted zone and landing zone",
-                        t.trusted
-                    )));
-                }
+            let same_zone = |other: &JobRecord| {
+                other.spec.ingest_to.as_ref().is_some_and(|t| {
+                    t.trusted == target.trusted
+                        || (t.landing == target.landing && t.pending == target.pending)
+                }) && id.as_ref() != Some(&other.spec.job)
+            };
+            if let Some(job) = self.active_job_where(same_zone).await? {
+                return Err(CoreError::Precondition(format!(
+                    "ingest job {job} into {} is still running: one ingest at a time per \
+                     trusted zone and landing zone",
+                    target.trusted
+                )));
             }
         }
         // Who may run it is decided before anything is touched.
@@ -460,14 +457,11 @@ impl<R: JobRegistry> Coordinator<R> {
         crate::retry::check_kind(&target, &record.spec)
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
         // One retry of a job at a time: two would run the same shards.
-        for (active, _) in self.registry.active_jobs().await? {
-            if let Ok(other) = self.registry.record(&active).await
-                && other.retry.as_ref().is_some_and(|r| r.job == target)
-            {
-                return Err(CoreError::Precondition(format!(
-                    "job {target} is being retried by job {active}"
-                )));
-            }
+        let retries_it = |other: &JobRecord| other.retry.as_ref().is_some_and(|r| r.job == target);
+        if let Some(active) = self.active_job_where(retries_it).await? {
+            return Err(CoreError::Precondition(format!(
+                "job {target} is being retried by job {active}"
+            )));
         }
         let output =
             rewind_s3::open_output(&record.spec.places.dest, &record.request.s3, JobSide::Dest)
@@ -544,6 +538,22 @@ impl<R: JobRegistry> Coordinator<R> {
         Err(CoreError::Internal(
             "could not find an unused job id".into(),
         ))
+    }
+
+    /// The first active job whose record satisfies `pred` (one ingest per zone, one retry per
+    /// job). A job that finished meanwhile is skipped.
+    async fn active_job_where(
+        &self,
+        pred: impl Fn(&JobRecord) -> bool,
+    ) -> Result<Option<JobId>, CoreError> {
+        for (job, _) in self.registry.active_jobs().await? {
+            if let Ok(record) = self.registry.record(&job).await
+                && pred(&record)
+            {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
     }
 
     /// Asks a running job to stop: workers stop its attempts, the leader ends it. A finished

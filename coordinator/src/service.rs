@@ -270,14 +270,37 @@ impl<R: JobRegistry> JobServiceImpl<R> {
             .await
             .map_err(store_status)?;
         for (job, _) in active {
-            let Ok(j) = self.job(&job).await else {
+            // (A job that finished meanwhile has no shard keys left: skipped.)
+            let Ok(c) = self.counts_now(&job).await else {
                 continue;
             };
-            let c = j.counts.unwrap_or_default();
             let events = c.recovered + c.filtered + c.failed + c.unrecoverable;
             out.push((job, events, c.bytes));
         }
         Ok(out)
+    }
+
+    /// An unfinished job's counts now: its committed shards' and its attempts in flight, read at
+    /// one moment.
+    async fn counts_now(&self, job: &JobId) -> Result<ShardCounts, Status> {
+        let (done, live) = self
+            .core
+            .registry()
+            .counts_snapshot(job)
+            .await
+            .map_err(store_status)?;
+        let mut c = ShardCounts::default();
+        for done in done {
+            c.add(&done.counts);
+        }
+        for live in live {
+            // Per-flow counts of attempts in flight are not published live.
+            c.add(&ShardCounts {
+                flows: Default::default(),
+                ..live
+            });
+        }
+        Ok(c)
     }
 
     /// A job of another tenant is, to this caller, a job that does not exist. The job's status
@@ -367,18 +390,7 @@ impl<R: JobRegistry> JobServiceImpl<R> {
         // Unfinished: shard states and counters from the registry.
         let p = registry.progress(job).await.map_err(store_status)?;
         out.shards = Some(progress_to_pb(p));
-        let (done, live) = registry.counts_snapshot(job).await.map_err(store_status)?;
-        let mut c = ShardCounts::default();
-        for done in done {
-            c.add(&done.counts);
-        }
-        for live in live {
-            // Per-flow counts of attempts in flight are not published live.
-            c.add(&ShardCounts {
-                flows: Default::default(),
-                ..live
-            });
-        }
+        let c = self.counts_now(job).await?;
         let secs = ((now_ms() - status.created_ms).max(1) as f64) / 1000.0;
         out.events_per_s = (c.recovered + c.filtered + c.failed + c.unrecoverable) as f64 / secs;
         out.bytes_per_s = c.bytes as f64 / secs;
