@@ -5,6 +5,7 @@ to spare) and with everything on one thread per shard, in one run.
 
     python3 bench/memory.py                 # 1 KB, 5 MB, 100 MB and 400 MB objects, 4 hours
     BENCH_CASES=1kb,5mb python3 bench/memory.py
+    BENCH_PROFILE=hard python3 bench/memory.py   # the `rewind gen` hard profile (default: easy)
 
 Needs a release build (built when missing) and ~1.5 GB of free disk in bench/out.
 """
@@ -35,9 +36,11 @@ def peak(args, env):
 
 def main():
     wanted = os.environ.get("BENCH_CASES", ",".join(CASES)).split(",")
+    profile = os.environ.get("BENCH_PROFILE", "easy")
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
     os.makedirs(OUT, exist_ok=True)
+    print(f"profile: {profile}")
     print(f"{'case':<8} {'stored MB':>9}  {'helpers: RSS':>13} {'wall':>6}  {'one thread: RSS':>16} {'wall':>6}")
     for name in wanted:
         hours, per_hour, mb = CASES[name]
@@ -45,7 +48,7 @@ def main():
         shutil.rmtree(src, ignore_errors=True)
         subprocess.run([BIN, "gen", "--out", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                         "--hours", str(hours), "--objects-per-hour", str(per_hour),
-                        "--object-mb", str(mb), "--seed", "7"], check=True,
+                        "--object-mb", str(mb), "--seed", "7", "--profile", profile], check=True,
                        stdout=subprocess.DEVNULL)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
         row = []
