@@ -292,8 +292,15 @@ async fn follow(client: &mut Client, job_id: &str) -> Result<pb::Job, Failure> {
     }
 }
 
-pub fn submit(remote: &Remote, job: &JobArgs, wait: bool) -> Result<(), Failure> {
-    submit_request(remote, job.request()?, wait)
+pub fn submit(
+    remote: &Remote,
+    job: &JobArgs,
+    priority: Option<String>,
+    wait: bool,
+) -> Result<(), Failure> {
+    let mut request = job.request()?;
+    request.priority = priority;
+    submit_request(remote, request, wait)
 }
 
 /// Submits a request (and with `wait`, follows it to its end and reports it).

@@ -214,6 +214,11 @@ pub struct SubmitArgs {
     /// Wait for the job to finish: print its summary and exit with its outcome (0, 1).
     #[arg(long)]
     pub wait: bool,
+    /// How the job shares the fleet's worker slots with other jobs: interactive (8 shares),
+    /// normal (4) or backfill (1); tenants (orgs) share first, by their most urgent job
+    /// (docs/scheduling.md).
+    #[arg(long, value_parser = ["interactive", "normal", "backfill"])]
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -469,6 +474,7 @@ impl JobArgs {
             lineage_headers: self.lineage_headers,
             repair: None,
             guard: None,
+            priority: None,
         })
     }
 }
@@ -628,7 +634,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => embedded::run(args),
         Command::Gen(args) => generate::run(args),
-        Command::Submit(a) => client::submit(&a.remote, &a.job, a.wait),
+        Command::Submit(a) => client::submit(&a.remote, &a.job, a.priority.clone(), a.wait),
         Command::Plan(a) => client::plan(&a.remote, &a.job),
         Command::Status(a) => client::status(&a.remote, &a.job),
         Command::Watch(a) => client::watch(&a.remote, &a.job),

@@ -126,6 +126,57 @@ pub struct JobRequest {
     /// runs each day as a job of this request narrowed to the day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardRequest>,
+    /// How the job shares the fleet's worker slots (`--priority`): interactive, normal
+    /// (the default) or backfill. See [`Priority`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+}
+
+/// A job's claim on the fleet's worker slots when several jobs wait (docs/scheduling.md).
+/// Workers share slots between tenants (orgs) in proportion to the weight of each tenant's
+/// most urgent running job, and between one tenant's jobs in proportion to their own weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// Someone is waiting for it: 8 shares.
+    Interactive,
+    /// 4 shares.
+    #[default]
+    Normal,
+    /// A long backfill that may take whatever is left: 1 share.
+    Backfill,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Interactive, Priority::Normal, Priority::Backfill];
+
+    pub fn parse(s: &str) -> Result<Priority, RequestError> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s.trim())
+            .ok_or_else(|| {
+                RequestError::new(
+                    "--priority",
+                    format!("is {s:?}; expected interactive, normal or backfill"),
+                )
+            })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Normal => "normal",
+            Priority::Backfill => "backfill",
+        }
+    }
+
+    /// Its shares of the slots against other jobs.
+    pub fn weight(self) -> u32 {
+        match self {
+            Priority::Interactive => 8,
+            Priority::Normal => 4,
+            Priority::Backfill => 1,
+        }
+    }
 }
 
 /// Where a distributed ingest's commit publishes and moves: the trusted zone, the landing
@@ -286,12 +337,21 @@ impl Default for JobRequest {
             lineage_headers: false,
             repair: None,
             guard: None,
+            priority: None,
         }
     }
 }
 
 impl JobRequest {
     /// Checks everything that does not touch storage and returns the spec for `job`.
+    /// The job's priority (an unparsable one was refused at submission).
+    pub fn priority(&self) -> Priority {
+        self.priority
+            .as_deref()
+            .and_then(|p| Priority::parse(p).ok())
+            .unwrap_or_default()
+    }
+
     pub fn validate(&self, job: JobId) -> Result<JobSpec, RequestError> {
         if self.source.trim().is_empty() {
             return Err(RequestError::new("--source", "is required"));
@@ -300,6 +360,9 @@ impl JobRequest {
             return Err(RequestError::new("--dest", "is required"));
         }
         let org = OrgId::parse(&self.org)?;
+        if let Some(p) = &self.priority {
+            Priority::parse(p)?;
+        }
         let places = self.locations(&org)?;
         self.s3.validate()?;
         let range = HourRange::parse(&self.start, &self.end, self.max_range_hours)?;

@@ -201,6 +201,10 @@ pub trait ShardStore: Send + Sync {
     fn progress(&self, job: &JobId)
     -> impl Future<Output = Result<JobProgress, StoreError>> + Send;
 
+    /// How many of the job's shards are claimed right now (one cheap count: workers read it
+    /// for every active job on every poll to share their slots fairly).
+    fn running(&self, job: &JobId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     fn shards(
         &self,
         job: &JobId,
@@ -484,6 +488,10 @@ impl ShardStore for InMemoryShardStore {
             job.ready.push_front(claim.shard);
             Ok(())
         })
+    }
+
+    async fn running(&self, job: &JobId) -> Result<u64, StoreError> {
+        self.progress(job).await.map(|p| p.running)
     }
 
     async fn progress(&self, job: &JobId) -> Result<JobProgress, StoreError> {

@@ -101,6 +101,7 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
             dedup: (!i.dedup.is_empty()).then_some(i.dedup),
         }),
         envelope: r.envelope.filter(|e| !e.is_empty()),
+        priority: r.priority.filter(|p| !p.is_empty()),
         preserve_partition: r.preserve_partition,
         lineage_headers: r.lineage_headers,
         repair: r.repair.map(|x| rewind_common::request::RepairRequest {
@@ -196,6 +197,7 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         table_format: r.table_format.clone().unwrap_or_default(),
         partition_by: r.partition_by.clone(),
         envelope: r.envelope.clone(),
+        priority: r.priority.clone(),
         preserve_partition: r.preserve_partition,
         lineage_headers: r.lineage_headers,
         ingest: r.ingest_to.as_ref().map(|i| pb::IngestRequest {
@@ -273,7 +275,8 @@ mod tests {
     use super::*;
 
     /// Every field a client sets survives the wire: a request converted to protobuf and back is
-    /// the request (the newer fields too: partition-by, envelopes, guards, ingests, repairs).
+    /// the request (the newer fields too: partition-by, envelopes, guards, ingests, repairs,
+    /// priorities).
     #[test]
     fn requests_round_trip_through_protobuf() {
         let guard: rewind_common::guard::Guard = serde_json::from_value(serde_json::json!({
@@ -292,6 +295,7 @@ mod tests {
             topic: Some("t".into()),
             partition_by: Some("d={domain}".into()),
             envelope: Some("kcat".into()),
+            priority: Some("backfill".into()),
             preserve_partition: true,
             lineage_headers: true,
             ingest: true,

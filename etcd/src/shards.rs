@@ -616,6 +616,10 @@ impl ShardStore for EtcdStore {
         self.end_attempt(claim, op).await
     }
 
+    async fn running(&self, job: &JobId) -> Result<u64, StoreError> {
+        self.count(self.job_key(job, "claim/")).await
+    }
+
     async fn progress(&self, job: &JobId) -> Result<JobProgress, StoreError> {
         let meta = self.meta(job).await?;
         let done = self.count(self.job_key(job, "done/")).await?;

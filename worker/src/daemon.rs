@@ -126,6 +126,14 @@ enum JobEnv {
     },
 }
 
+/// A running job in this worker's list.
+#[derive(Clone)]
+struct Listed {
+    job: JobId,
+    env: JobEnv,
+    share: crate::fair::Share,
+}
+
 struct InFlight {
     job: JobId,
     lease: LeaseId,
@@ -136,7 +144,8 @@ struct Shared<R> {
     store: R,
     cfg: DaemonConfig,
     lease: Mutex<LeaseId>,
-    jobs: Mutex<Vec<(JobId, JobEnv)>>,
+    /// The running jobs, oldest first, with what the fair order needs (crate::fair).
+    jobs: Mutex<Vec<Listed>>,
     inflight: Mutex<HashMap<u64, InFlight>>,
     stats: Mutex<DaemonStats>,
 }
@@ -157,6 +166,29 @@ impl<R> Shared<R> {
 
     fn busy(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The running jobs in the order a free slot should try them (crate::fair::order).
+    fn fair_order(&self) -> Vec<(JobId, JobEnv)> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let shares: Vec<_> = jobs.iter().map(|l| l.share.clone()).collect();
+        crate::fair::order(&shares)
+            .into_iter()
+            .map(|i| (jobs[i].job.clone(), jobs[i].env.clone()))
+            .collect()
+    }
+
+    /// Counts a claim of this worker's (`+1`) or its end (`-1`) in the job's running shards
+    /// until the next poll reads them afresh, so this worker's other slots see it at once.
+    fn count_running(&self, job: &JobId, up: bool) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = jobs.iter_mut().find(|l| &l.job == job) {
+            l.share.running = if up {
+                l.share.running + 1
+            } else {
+                l.share.running.saturating_sub(1)
+            };
+        }
     }
 }
 
@@ -269,7 +301,8 @@ async fn keep_lease<R: JobRegistry>(shared: Arc<Shared<R>>) {
 }
 
 async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
-    let mut known: HashMap<JobId, JobEnv> = HashMap::new();
+    // Each job's environment, tenant and weight, read once.
+    let mut known: HashMap<JobId, (JobEnv, String, u32)> = HashMap::new();
     loop {
         match shared.store.active_jobs().await {
             Ok(active) => {
@@ -278,16 +311,23 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                     if phase != JobPhase::Running {
                         continue;
                     }
-                    let env = match known.get(&job) {
-                        Some(env) => env.clone(),
+                    let (env, tenant, weight) = match known.get(&job) {
+                        Some(k) => k.clone(),
                         None => match shared.store.record(&job).await {
-                            Ok(record) => open_env(&record).await,
+                            Ok(record) => (
+                                open_env(&record).await,
+                                record.spec.org.to_string(),
+                                record.request.priority().weight(),
+                            ),
                             Err(e) => {
                                 warn!(job = %job, error = %e, "reading the job record");
                                 continue;
                             }
                         },
                     };
+                    // Its shards claimed across the fleet now (a failed read counts none: the
+                    // job is then tried earlier, never skipped).
+                    let running = shared.store.running(&job).await.unwrap_or(0);
                     // A store that could not be opened for a passing reason is tried again.
                     if !matches!(
                         env,
@@ -296,12 +336,20 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                             ..
                         }
                     ) {
-                        known.insert(job.clone(), env.clone());
+                        known.insert(job.clone(), (env.clone(), tenant.clone(), weight));
                     }
-                    list.push((job, env));
+                    list.push(Listed {
+                        job,
+                        env,
+                        share: crate::fair::Share {
+                            tenant,
+                            weight,
+                            running,
+                        },
+                    });
                 }
-                list.sort_by(|a, b| a.0.cmp(&b.0));
-                let live: Vec<JobId> = list.iter().map(|(j, _)| j.clone()).collect();
+                list.sort_by(|a, b| a.job.cmp(&b.job));
+                let live: Vec<JobId> = list.iter().map(|l| l.job.clone()).collect();
                 known.retain(|j, _| live.contains(j));
                 // Attempts of jobs that are no longer running (cancelled) stop now.
                 shared.stop_where(|f| !live.contains(&f.job));
@@ -317,11 +365,8 @@ async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch:
     let worker = format!("{}/{n}", shared.cfg.id);
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        let jobs = shared
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Weighted fair between tenants, then between a tenant's jobs (crate::fair).
+        let jobs = shared.fair_order();
         let lease = shared.lease();
         let mut claimed = None;
         let mut trouble = false;
@@ -353,7 +398,10 @@ async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch:
             continue;
         };
         backoff = Duration::from_millis(100);
+        let job = claim.job.clone();
+        shared.count_running(&job, true);
         run_attempt(&shared, claim, env).await;
+        shared.count_running(&job, false);
     }
 }
 

@@ -269,7 +269,7 @@ impl<R: Read> Decoder<R> {
                     if kind != ValueKind::Object {
                         return Ok(Some(self.damaged(start, end, Damage::NotAnObject { kind })));
                     }
-                    let text = match std::str::from_utf8(&self.buf[start..end]) {
+                    let text = match simdutf8::compat::from_utf8(&self.buf[start..end]) {
                         Ok(text) => text,
                         Err(e) => {
                             let at = self.base + (start + e.valid_up_to()) as u64;

@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod decode;
+pub mod fair;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;

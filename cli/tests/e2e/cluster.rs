@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rewind_common::lifecycle::{JobPhase, JobStatus};
 use rewind_common::registry::JobRegistry;
+use rewind_common::shard_store::ShardStore;
 use rewind_common::{JobId, JobRequest};
 use rewind_coordinator::core::Coordinator;
 use rewind_coordinator::driver::{LeaderConfig, lead};
@@ -161,6 +162,170 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
             core.cancel(&first.job, &admin).await.unwrap().phase,
             JobPhase::Succeeded
         );
+
+        let _ = stop.send(true);
+        for w in workers {
+            w.await.unwrap().unwrap();
+        }
+        leader.await.unwrap();
+    });
+}
+
+/// Fair sharing (worker/src/fair.rs): tenant A's backfill holds both worker slots with many
+/// shards left; tenant B's interactive job, submitted after, runs on the next freed slots and
+/// finishes while A's backfill still has most of its shards to do. (Claiming in submission
+/// order, as before, would run all of A's shards first.)
+#[test]
+fn an_urgent_job_of_another_tenant_runs_beside_a_backfill_holding_every_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src_a, src_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let dest = tmp.path().join("out");
+    let (hours_a, hours_b) = (40, 4);
+    let seed = common::seed("4242");
+    common::generate(
+        &src_a,
+        "TN-a",
+        "2024-04-01T00",
+        &hours_a.to_string(),
+        "0.2",
+        &seed,
+        &[],
+    );
+    common::generate(
+        &src_b,
+        "TN-b",
+        "2024-04-01T00",
+        &hours_b.to_string(),
+        "0.2",
+        &seed,
+        &[],
+    );
+    let etcd = Etcd::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = EtcdStore::connect(&[etcd.endpoint()], "/rewind/fair/")
+            .await
+            .unwrap();
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let leader = tokio::spawn(lead(
+            core.clone(),
+            LeaderConfig {
+                id: "c1".into(),
+                lease_ttl: Duration::from_secs(2),
+                tick: Duration::from_millis(100),
+                compact_every: None,
+                compact_keep: 1000,
+                metrics: Default::default(),
+            },
+            stopped.clone(),
+        ));
+        let workers: Vec<_> = (0..2)
+            .map(|n| {
+                tokio::spawn(run_daemon(
+                    store.clone(),
+                    DaemonConfig {
+                        id: format!("w{n}"),
+                        slots: 1,
+                        lease_ttl: Duration::from_secs(2),
+                        poll: Duration::from_millis(50),
+                        grace: Duration::from_secs(5),
+                        metrics: Default::default(),
+                    },
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        let admin = rewind_coordinator::access::Scope::all("test");
+        let request = |src: &std::path::Path, org: &str, hours: u32, priority: &str| JobRequest {
+            source: src.to_string_lossy().into(),
+            org: org.into(),
+            start: "2024-04-01T00".into(),
+            end: format!(
+                "2024-04-{:02}T{:02}",
+                1 + (hours - 1) / 24,
+                (hours - 1) % 24
+            ),
+            dest: dest.join(org).to_string_lossy().into(),
+            priority: Some(priority.into()),
+            ..JobRequest::default()
+        };
+
+        // A priority that is not one of the three is refused, naming the flag.
+        let bad = request(&src_b, "TN-b", hours_b, "urgent");
+        let err = core
+            .submit(bad, &tracing::Span::none(), &admin)
+            .await
+            .unwrap_err();
+        assert!(format!("{err}").contains("--priority"), "{err}");
+
+        let a = core
+            .submit(
+                request(&src_a, "TN-a", hours_a, "backfill"),
+                &tracing::Span::none(),
+                &admin,
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.shards, hours_a as u64);
+        // Both slots busy with A's shards, a few done.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = store.progress(&a.job).await.unwrap();
+            if p.done >= 2 && p.running == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "A never filled the slots: {p:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let b = core
+            .submit(
+                request(&src_b, "TN-b", hours_b, "interactive"),
+                &tracing::Span::none(),
+                &admin,
+            )
+            .await
+            .unwrap();
+        // Workers see B at their next poll (50 ms here: longer than one of these tiny shards,
+        // unlike production's hour shards); from then on every freed slot goes to B until all
+        // of B's shards are claimed.
+        let a_at_start = loop {
+            let p = store.progress(&b.job).await.unwrap();
+            if p.running + p.done > 0 {
+                break store.progress(&a.job).await.unwrap();
+            }
+            assert!(Instant::now() < deadline, "B never started: {p:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        // The moment B's last shard is done (its commit by the leader comes after).
+        loop {
+            let p = store.progress(&b.job).await.unwrap();
+            if p.done + p.failed == hours_b as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B never finished: {p:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let a_after = store.progress(&a.job).await.unwrap();
+        let status = wait_finished(&store, &b.job).await;
+        assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+        // While B ran, A finished only the shards it had in flight (at most 2) and those
+        // claimed once all of B's were running (at most 2): nowhere near its remaining ~30.
+        let a_meanwhile = a_after.done - a_at_start.done;
+        assert!(
+            a_meanwhile <= 5,
+            "A finished {a_meanwhile} shards while B's {hours_b} ran: {a_at_start:?} -> {a_after:?}"
+        );
+        assert!(a_after.pending > 20, "{a_after:?}");
+        // And A goes on to its end exactly.
+        let status = wait_finished(&store, &a.job).await;
+        assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+        assert_eq!(status.summary.unwrap().shards_done, hours_a as u64);
 
         let _ = stop.send(true);
         for w in workers {
