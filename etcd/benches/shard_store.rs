@@ -5,8 +5,14 @@
 //! 2. claim + commit throughput with many concurrent claimants on one job, for several claimant
 //!    counts: shards/s = shards / wall time until every shard is committed.
 //!
+//! 3. etcd's footprint per shard: the bytes a job's keys take while its shards are pending,
+//!    running and done, and after the leader drops a finished job's shard keys; extrapolated to a
+//!    year for 1,000 tenants (docs/scale.md).
+//!
 //! `cargo bench -p rewind-etcd --bench shard_store` (needs `etcd` on the PATH; `REWIND_BENCH_SHARDS`
-//! sets the shards per throughput run, default 6,000).
+//! sets the shards per throughput run, default 6,000; `REWIND_BENCH_CLAIMANTS` the claimant
+//! counts, default `1,8,32,64,1000`). Each throughput row also gives the p50/p99/max latency of a
+//! claim, the fewest shards any claimant got, and etcd's own CPU seconds and database size.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,9 +117,17 @@ async fn bench(etcd: &Etcd) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6000);
+    let counts: Vec<usize> = std::env::var("REWIND_BENCH_CLAIMANTS")
+        .unwrap_or_else(|_| "1,8,32,64,1000".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     println!("claim + commit, {shards} shards per run, against plain puts on the same etcd:");
-    println!("claimants (processes)  shards/s  plain puts/s  puts per shard  lost races per shard");
-    for claimants in [1usize, 8, 32, 64] {
+    println!(
+        "claimants (processes)  shards/s  plain puts/s  puts per shard  lost races per shard  \
+         claim p50/p99/max ms  fewest per claimant  etcd CPU-s per 1k shards  etcd db MB"
+    );
+    for claimants in counts {
         let job = JobId::generate();
         let ids: Vec<ShardId> = HourRange::parse("2020-01-01T00", "2030-01-01T00", 200_000)
             .unwrap()
@@ -123,6 +137,7 @@ async fn bench(etcd: &Etcd) {
             .collect();
         store.create_job(&job, &ids, 3).await.unwrap();
         let started = Instant::now();
+        let etcd_cpu0 = process_cpu(etcd.pid());
         let races0 = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed);
         // Claimants as worker processes would hold them: 8 slots per process, each process
         // with its own connection and its own cache of claimable keys.
@@ -142,12 +157,14 @@ async fn bench(etcd: &Etcd) {
                 let name = format!("w{w}");
                 let mut n = 0u64;
                 let (mut tc, mut tm) = (Duration::ZERO, Duration::ZERO);
+                let mut latencies = Vec::new();
                 loop {
                     let t = Instant::now();
                     let Some(c) = store.claim(&job, lease, &name).await.unwrap() else {
                         break;
                     };
                     tc += t.elapsed();
+                    latencies.push(t.elapsed());
                     let t = Instant::now();
                     let done = ShardDone {
                         attempt: c.attempt,
@@ -168,14 +185,23 @@ async fn bench(etcd: &Etcd) {
                         tm.as_secs_f64() * 1e3 / n as f64
                     );
                 }
-                n
+                (n, latencies)
             }));
         }
-        let mut total = 0;
+        let (mut total, mut fewest, mut latencies) = (0, u64::MAX, Vec::new());
         for t in tasks {
-            total += t.await.unwrap();
+            let (n, l) = t.await.unwrap();
+            total += n;
+            fewest = fewest.min(n);
+            latencies.extend(l);
         }
         let secs = started.elapsed().as_secs_f64();
+        let etcd_cpu = process_cpu(etcd.pid()) - etcd_cpu0;
+        latencies.sort();
+        let ms = |q: f64| {
+            latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3
+        };
+        let db_mb = db_size(etcd).await as f64 / 1e6;
         assert_eq!(total as usize, shards, "every shard committed exactly once");
         let p = store.progress(&job).await.unwrap();
         assert_eq!(p.done as usize, shards);
@@ -184,12 +210,95 @@ async fn bench(etcd: &Etcd) {
         let puts = plain_puts(etcd, claimants, shards * 2).await;
         let races = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed) - races0;
         println!(
-            "{claimants:>9} ({:>9})  {rate:>8.0}  {puts:>12.0}  {:>14.2}  {:>20.2}",
+            "{claimants:>9} ({:>9})  {rate:>8.0}  {puts:>12.0}  {:>14.2}  {:>20.2}  {:>6.1}/{:>5.1}/{:>6.1}  {fewest:>19}  {:>24.2}  {db_mb:>10.1}",
             claimants.div_ceil(8),
             puts / rate,
-            races as f64 / shards as f64
+            races as f64 / shards as f64,
+            ms(0.5),
+            ms(0.99),
+            ms(1.0),
+            etcd_cpu / shards as f64 * 1000.0,
         );
     }
+
+    // 3. Footprint: the bytes of one year's keys (8,760 shards) in each state.
+    let job = JobId::generate();
+    let ids: Vec<ShardId> = HourRange::parse("2025-01-01", "2025-12-31", 9000)
+        .unwrap()
+        .hours()
+        .map(ShardId)
+        .collect();
+    let n = ids.len() as f64;
+    let prefix = "/rewind/bench/";
+    let before = logical_bytes(etcd, prefix).await;
+    store.create_job(&job, &ids, 3).await.unwrap();
+    let pending = logical_bytes(etcd, prefix).await - before;
+    let lease = store.grant_lease(Duration::from_secs(600)).await.unwrap();
+    let mut claims = Vec::new();
+    while let Some(c) = store.claim(&job, lease, "w").await.unwrap() {
+        claims.push(c);
+    }
+    assert_eq!(claims.len(), ids.len());
+    let running = logical_bytes(etcd, prefix).await - before;
+    for c in claims {
+        let done = ShardDone {
+            attempt: c.attempt,
+            manifest_key: format!("execution_id={}/_rewind/shards/{}-a1.json", c.job, c.shard),
+            counts: Default::default(),
+        };
+        store.commit(&c, done).await.unwrap();
+    }
+    let done = logical_bytes(etcd, prefix).await - before;
+    store.compact(&job).await.unwrap();
+    let dropped = logical_bytes(etcd, prefix).await - before;
+    println!("etcd footprint of a year of one job ({} shards), keys + values:", ids.len());
+    for (state, bytes) in [
+        ("all pending", pending),
+        ("all running", running),
+        ("all done", done),
+        ("finished, shard keys dropped", dropped),
+    ] {
+        println!(
+            "  {state:<30} {:>10} bytes  {:>7.1} bytes per shard  x 1,000 tenants: {:>8.1} MB",
+            bytes,
+            bytes as f64 / n,
+            bytes as f64 * 1000.0 / 1e6
+        );
+    }
+}
+
+/// CPU seconds a process has used (user + system), from /proc.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// etcd's database size (bytes on disk, before defragmentation).
+async fn db_size(etcd: &Etcd) -> i64 {
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    client.status().await.map(|s| s.db_size()).unwrap_or(0)
+}
+
+/// The bytes of every key and value under `prefix` now (what a year of jobs holds live).
+async fn logical_bytes(etcd: &Etcd, prefix: &str) -> i64 {
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let resp = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key().len() + kv.value().len()) as i64)
+        .sum()
 }
 
 /// The baseline: `n` plain puts of small values by `clients` concurrent clients; puts/s.

@@ -299,6 +299,11 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The etcd process (to read its CPU time in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Kills etcd (SIGKILL) and leaves it down.
     pub fn kill(&mut self) {
         self.child.kill();
