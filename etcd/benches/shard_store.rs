@@ -198,9 +198,8 @@ async fn bench(etcd: &Etcd) {
         let secs = started.elapsed().as_secs_f64();
         let etcd_cpu = process_cpu(etcd.pid()) - etcd_cpu0;
         latencies.sort();
-        let ms = |q: f64| {
-            latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3
-        };
+        let ms =
+            |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
         let db_mb = db_size(etcd).await as f64 / 1e6;
         assert_eq!(total as usize, shards, "every shard committed exactly once");
         let p = store.progress(&job).await.unwrap();
@@ -251,7 +250,10 @@ async fn bench(etcd: &Etcd) {
     let done = logical_bytes(etcd, prefix).await - before;
     store.compact(&job).await.unwrap();
     let dropped = logical_bytes(etcd, prefix).await - before;
-    println!("etcd footprint of a year of one job ({} shards), keys + values:", ids.len());
+    println!(
+        "etcd footprint of a year of one job ({} shards), keys + values:",
+        ids.len()
+    );
     for (state, bytes) in [
         ("all pending", pending),
         ("all running", running),
@@ -274,7 +276,12 @@ fn process_cpu(pid: u32) -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 

@@ -37,6 +37,69 @@ async fn wait_finished(registry: &EtcdStore, job: &JobId) -> JobStatus {
     }
 }
 
+/// The coordinator's leader loop and `workers` worker loops (one slot each, 50 ms polls) over
+/// one etcd store, in this process.
+struct Cluster {
+    core: Coordinator<EtcdStore>,
+    stop: tokio::sync::watch::Sender<bool>,
+    leader: tokio::task::JoinHandle<()>,
+    workers: Vec<
+        tokio::task::JoinHandle<
+            Result<rewind_worker::daemon::DaemonStats, rewind_common::shard_store::StoreError>,
+        >,
+    >,
+}
+
+impl Cluster {
+    fn start(store: &EtcdStore, workers: usize) -> Cluster {
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let leader = tokio::spawn(lead(
+            core.clone(),
+            LeaderConfig {
+                id: "c1".into(),
+                lease_ttl: Duration::from_secs(2),
+                tick: Duration::from_millis(100),
+                compact_every: None,
+                compact_keep: 1000,
+                metrics: Default::default(),
+            },
+            stopped.clone(),
+        ));
+        let workers = (0..workers)
+            .map(|n| {
+                tokio::spawn(run_daemon(
+                    store.clone(),
+                    DaemonConfig {
+                        id: format!("w{n}"),
+                        slots: 1,
+                        lease_ttl: Duration::from_secs(2),
+                        poll: Duration::from_millis(50),
+                        grace: Duration::from_secs(5),
+                        metrics: Default::default(),
+                    },
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        Cluster {
+            core,
+            stop,
+            leader,
+            workers,
+        }
+    }
+
+    /// Stops every loop; each must end cleanly.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for w in self.workers {
+            w.await.unwrap().unwrap();
+        }
+        self.leader.await.unwrap();
+    }
+}
+
 #[test]
 fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
     let tmp = tempfile::tempdir().unwrap();
@@ -63,36 +126,8 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
         let store = EtcdStore::connect(&[etcd.endpoint()], "/rewind/cluster/")
             .await
             .unwrap();
-        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let leader = tokio::spawn(lead(
-            core.clone(),
-            LeaderConfig {
-                id: "c1".into(),
-                lease_ttl: Duration::from_secs(2),
-                tick: Duration::from_millis(100),
-                compact_every: None,
-                compact_keep: 1000,
-                metrics: Default::default(),
-            },
-            stopped.clone(),
-        ));
-        let workers: Vec<_> = (0..3)
-            .map(|n| {
-                tokio::spawn(run_daemon(
-                    store.clone(),
-                    DaemonConfig {
-                        id: format!("w{n}"),
-                        slots: 1,
-                        lease_ttl: Duration::from_secs(2),
-                        poll: Duration::from_millis(50),
-                        grace: Duration::from_secs(5),
-                        metrics: Default::default(),
-                    },
-                    stopped.clone(),
-                ))
-            })
-            .collect();
+        let cluster = Cluster::start(&store, 3);
+        let core = cluster.core.clone();
         let admin = rewind_coordinator::access::Scope::all("test");
         let request = |end: &str| JobRequest {
             source: src.to_string_lossy().into(),
@@ -163,11 +198,7 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
             JobPhase::Succeeded
         );
 
-        let _ = stop.send(true);
-        for w in workers {
-            w.await.unwrap().unwrap();
-        }
-        leader.await.unwrap();
+        cluster.stop().await;
     });
 }
 
@@ -211,36 +242,8 @@ fn an_urgent_job_of_another_tenant_runs_beside_a_backfill_holding_every_slot() {
         let store = EtcdStore::connect(&[etcd.endpoint()], "/rewind/fair/")
             .await
             .unwrap();
-        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let leader = tokio::spawn(lead(
-            core.clone(),
-            LeaderConfig {
-                id: "c1".into(),
-                lease_ttl: Duration::from_secs(2),
-                tick: Duration::from_millis(100),
-                compact_every: None,
-                compact_keep: 1000,
-                metrics: Default::default(),
-            },
-            stopped.clone(),
-        ));
-        let workers: Vec<_> = (0..2)
-            .map(|n| {
-                tokio::spawn(run_daemon(
-                    store.clone(),
-                    DaemonConfig {
-                        id: format!("w{n}"),
-                        slots: 1,
-                        lease_ttl: Duration::from_secs(2),
-                        poll: Duration::from_millis(50),
-                        grace: Duration::from_secs(5),
-                        metrics: Default::default(),
-                    },
-                    stopped.clone(),
-                ))
-            })
-            .collect();
+        let cluster = Cluster::start(&store, 2);
+        let core = cluster.core.clone();
         let admin = rewind_coordinator::access::Scope::all("test");
         let request = |src: &std::path::Path, org: &str, hours: u32, priority: &str| JobRequest {
             source: src.to_string_lossy().into(),
@@ -327,10 +330,6 @@ fn an_urgent_job_of_another_tenant_runs_beside_a_backfill_holding_every_slot() {
         assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
         assert_eq!(status.summary.unwrap().shards_done, hours_a as u64);
 
-        let _ = stop.send(true);
-        for w in workers {
-            w.await.unwrap().unwrap();
-        }
-        leader.await.unwrap();
+        cluster.stop().await;
     });
 }
