@@ -2533,6 +2533,8 @@ fn json_api_shows_jobs_behind_the_same_token() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(finished["shards"]["done"], hours as u64, "{finished}");
+    // Submitted without --priority: it shares the slots as a normal job.
+    assert_eq!(finished["priority"], "normal", "{finished}");
     assert_eq!(
         finished["summary"]["recovered"],
         expected(&c.src(), hours).len() as u64,
