@@ -37,6 +37,16 @@ async fn wait_finished(registry: &EtcdStore, job: &JobId) -> JobStatus {
     }
 }
 
+/// The runtime the in-process cluster runs on: two threads, as on the CI machine.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The coordinator's leader loop and `workers` worker loops (one slot each, 50 ms polls) over
 /// one etcd store, in this process.
 struct Cluster {
@@ -116,12 +126,7 @@ fn in_process_cluster_runs_one_job_exactly_and_cancels_another() {
     );
     let want = expected(&src, hours);
     let etcd = Etcd::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let store = EtcdStore::connect(&[etcd.endpoint()], "/rewind/cluster/")
             .await
@@ -232,12 +237,7 @@ fn an_urgent_job_of_another_tenant_runs_beside_a_backfill_holding_every_slot() {
         &[],
     );
     let etcd = Etcd::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime.block_on(async {
         let store = EtcdStore::connect(&[etcd.endpoint()], "/rewind/fair/")
             .await
