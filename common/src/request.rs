@@ -343,7 +343,6 @@ impl Default for JobRequest {
 }
 
 impl JobRequest {
-    /// Checks everything that does not touch storage and returns the spec for `job`.
     /// The job's priority (an unparsable one was refused at submission).
     pub fn priority(&self) -> Priority {
         self.priority
@@ -352,6 +351,7 @@ impl JobRequest {
             .unwrap_or_default()
     }
 
+    /// Checks everything that does not touch storage and returns the spec for `job`.
     pub fn validate(&self, job: JobId) -> Result<JobSpec, RequestError> {
         if self.source.trim().is_empty() {
             return Err(RequestError::new("--source", "is required"));

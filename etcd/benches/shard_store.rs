@@ -99,11 +99,7 @@ async fn bench(etcd: &Etcd) {
         median.as_secs_f64() * 1000.0,
         {
             let job = JobId::generate();
-            let ids: Vec<ShardId> = HourRange::parse("2025-01-01", "2025-12-31", 9000)
-                .unwrap()
-                .hours()
-                .map(ShardId)
-                .collect();
+            let ids = year();
             store.create_job(&job, &ids, 3).await.unwrap();
             let t = Instant::now();
             let p = store.progress(&job).await.unwrap();
@@ -222,11 +218,7 @@ async fn bench(etcd: &Etcd) {
 
     // 3. Footprint: the bytes of one year's keys (8,760 shards) in each state.
     let job = JobId::generate();
-    let ids: Vec<ShardId> = HourRange::parse("2025-01-01", "2025-12-31", 9000)
-        .unwrap()
-        .hours()
-        .map(ShardId)
-        .collect();
+    let ids = year();
     let n = ids.len() as f64;
     let prefix = "/rewind/bench/";
     let before = logical_bytes(etcd, prefix).await;
@@ -267,6 +259,15 @@ async fn bench(etcd: &Etcd) {
             bytes as f64 * 1000.0 / 1e6
         );
     }
+}
+
+/// The shards of a year of hours (2025: 8,760).
+fn year() -> Vec<ShardId> {
+    HourRange::parse("2025-01-01", "2025-12-31", 9000)
+        .unwrap()
+        .hours()
+        .map(ShardId)
+        .collect()
 }
 
 /// CPU seconds a process has used (user + system), from /proc.
