@@ -22,14 +22,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# S3-compatible servers: s3s-fs (Rust, checks signatures) and moto (Python, has versioning).
+# S3-compatible servers: s3s-fs (Rust, checks signatures) and moto (Python, has versioning;
+# it is also the Kinesis server of the tests).
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "installing s3s-fs" >&2
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
-if ! command -v moto_server >/dev/null 2>&1; then
+# moto serves Kinesis too (the Kinesis sink's tests read it back with boto3, moto's client).
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import boto3" >/dev/null 2>&1; then
   echo "installing moto" >&2
-  python3 -m pip install --quiet "moto[s3]" flask flask-cors
+  python3 -m pip install --quiet "moto[s3,kinesis]" flask flask-cors
 fi
 
 # An independent Delta Lake reader (delta-rs's Python package) checks the tables Rewind writes.

@@ -158,12 +158,19 @@ async fn sweep_interrupted(
     let spec = record.spec;
     let done = status.summary.as_ref().map_or(0, |s| s.shards_done);
     let total = status.shards;
-    if let rewind_common::job::SinkSpec::Kafka(k) = &spec.sink {
+    let stream = match &spec.sink {
+        rewind_common::job::SinkSpec::Kafka(k) => Some(("topic", k.topic.as_str(), "Kafka")),
+        rewind_common::job::SinkSpec::Kinesis(k) => {
+            Some(("Kinesis stream", k.stream.as_str(), "Kinesis"))
+        }
+        rewind_common::job::SinkSpec::Parquet => None,
+    };
+    if let Some((what, name, service)) = stream {
         let produced = status.summary.as_ref().map_or(0, |s| s.acknowledged);
         return Failure::Interrupted(format!(
             "job {job} stopped: {done} of {total} shards had committed; their {produced} records \
-             stay in topic {} (Kafka cannot take them back), and {} keeps the job's manifest",
-            k.topic,
+             stay in {what} {name} ({service} cannot take them back), and {} keeps the job's \
+             manifest",
             spec.places.dest.join(&OutputKeys::new(job).job_prefix())
         ));
     }

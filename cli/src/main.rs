@@ -314,17 +314,32 @@ pub struct JobArgs {
     /// more read of that hour).
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_DEDUP_WINDOW_HOURS)]
     pub dedup_window_hours: u32,
-    /// Where recovered events go: parquet (in --dest) or kafka (--brokers, --topic; --dest then
-    /// keeps the manifests and the failed and unrecoverable records).
-    #[arg(long, value_name = "parquet|kafka")]
+    /// Where recovered events go: parquet (in --dest), kafka (--brokers, --topic) or kinesis
+    /// (--kinesis-stream); for the streams --dest keeps the manifests, checkpoints and the
+    /// failed and unrecoverable records.
+    #[arg(long, value_name = "parquet|kafka|kinesis")]
     pub sink: Option<String>,
+    /// Kinesis data stream to put records into: its name or ARN (it must exist). Region from
+    /// --region, credentials from the standard AWS chain. Delivery is at-least-once (Kinesis
+    /// has no transactions).
+    #[arg(long, value_name = "NAME|ARN")]
+    pub kinesis_stream: Option<String>,
+    /// A Kinesis-compatible endpoint instead of AWS's, e.g. http://127.0.0.1:4566.
+    #[arg(long, value_name = "URL")]
+    pub kinesis_endpoint_url: Option<String>,
+    /// Kinesis: put each event as {"rewind":{"job","source_key","offset","event_id"},"event":EVENT}
+    /// (Kinesis records have no headers; by default the data is the event's bytes alone).
+    #[arg(long)]
+    pub wrap_lineage: bool,
     /// Kafka bootstrap servers, host:port[,host:port...].
     #[arg(long)]
     pub brokers: Option<String>,
     /// Kafka topic to produce to (it must exist).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Record key: event_id (default), cid, none, or a JSONPath such as $.data.account_id.
+    /// Record key (Kafka) or partition key (Kinesis): event_id (default), cid, none, or a
+    /// JSONPath such as $.data.account_id. Kinesis records without one get their place in the
+    /// archive as key.
     #[arg(long)]
     pub key: Option<String>,
     /// Record batch compression: none (default), gzip, snappy, lz4, zstd.
@@ -339,21 +354,23 @@ pub struct JobArgs {
     /// refused in --kafka-option: a value given there would be stored and shown.
     #[arg(long = "kafka-secret", value_name = "KEY=REF")]
     pub kafka_secrets: Vec<String>,
-    /// at-least-once (default): every event acknowledged before its shard commits.
+    /// at-least-once (default): every event acknowledged before its shard commits;
+    /// exactly-once (Kafka only): each shard one Kafka transaction.
     #[arg(long)]
     pub delivery: Option<String>,
-    /// Kafka: save a shard's progress every this many acknowledged records (or each second)
+    /// Kafka, Kinesis: save a shard's progress every this many acknowledged records (or each second)
     /// and keep at most this many in flight; a crash produces at most about twice this again.
     #[arg(long, value_name = "N")]
     pub checkpoint_events: Option<u64>,
-    /// Kafka: events per second for the whole job (all workers together).
+    /// Kafka, Kinesis: events per second for the whole job (all workers together).
     #[arg(long, value_name = "N")]
     pub max_events_per_sec: Option<u64>,
-    /// Kafka: value bytes per second for the whole job (all workers together).
+    /// Kafka, Kinesis: value bytes per second for the whole job (all workers together).
     #[arg(long, value_name = "N")]
     pub max_bytes_per_sec: Option<u64>,
-    /// Kafka: keep the archive's order per key within each hour (objects in name order, events
-    /// in byte order, one request in flight per broker connection).
+    /// Kafka, Kinesis: keep the archive's order per key within each hour (objects in name
+    /// order, events in byte order; one request in flight per broker connection, or one
+    /// PutRecords call in flight with at most one record per key).
     #[arg(long)]
     pub ordered: bool,
     /// Replay only this archive object: its key below --source (it must lie in the range).
@@ -475,6 +492,9 @@ impl JobArgs {
             repair: None,
             guard: None,
             priority: None,
+            kinesis_stream: self.kinesis_stream.clone(),
+            kinesis_endpoint_url: self.kinesis_endpoint_url.clone(),
+            wrap_lineage: self.wrap_lineage,
         })
     }
 }

@@ -125,7 +125,7 @@ fn job_value(m: &JobManifest) -> Value {
         "repair"
     } else if m.spec.ingest {
         "ingest"
-    } else if matches!(m.spec.sink, rewind_common::job::SinkSpec::Kafka(_)) {
+    } else if m.spec.sink.is_stream() {
         "replay"
     } else {
         "recovery"

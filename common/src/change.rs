@@ -156,6 +156,16 @@ pub struct KafkaEffect {
     pub ranges_complete: bool,
 }
 
+/// What a replay into another stream service delivered (Kinesis; it cannot be undone there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEffect {
+    /// `kinesis`.
+    pub service: String,
+    /// The stream's name or ARN.
+    pub stream: String,
+    pub records: u64,
+}
+
 /// One entry of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
@@ -185,6 +195,9 @@ pub struct Change {
     pub objects: Vec<Touch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaEffect>,
+    /// A replay into a Kinesis stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamEffect>,
     /// On a table destination: the commit of the table's log that made the change (the data
     /// files it added and removed; `objects` then holds only the other objects it wrote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -797,11 +810,19 @@ pub fn record_job(
             partitions: manifest.kafka_offsets.clone(),
             ranges_complete: manifest.kafka_ranges_complete,
         }),
-        crate::job::SinkSpec::Parquet => None,
+        crate::job::SinkSpec::Parquet | crate::job::SinkSpec::Kinesis(_) => None,
+    };
+    let stream = match &manifest.spec.sink {
+        crate::job::SinkSpec::Kinesis(k) => Some(StreamEffect {
+            service: "kinesis".into(),
+            stream: k.stream.clone(),
+            records: manifest.counts.acknowledged,
+        }),
+        _ => None,
     };
     let change = Change {
         id: log.new_id(ids.iter().map(String::as_str), Some(&manifest.job_id))?,
-        kind: if kafka.is_some() {
+        kind: if kafka.is_some() || stream.is_some() {
             ChangeKind::Replay
         } else {
             ChangeKind::Recover
@@ -815,6 +836,7 @@ pub fn record_job(
         counts: Some(manifest.counts.clone()),
         objects,
         kafka,
+        stream,
         table,
         ingest: None,
         retries: None,
@@ -867,6 +889,7 @@ pub fn record_ingest(
         counts,
         objects,
         kafka: None,
+        stream: None,
         table: None,
         ingest: Some(effect),
         retries: None,
@@ -953,6 +976,7 @@ pub fn record_retry(store: &dyn OutputStore, id: &str, r: Retried) -> Result<Cha
         counts: r.counts,
         objects,
         kafka: None,
+        stream: None,
         table: None,
         ingest: None,
         retries: r.original.or(Some(r.job.clone())),
@@ -1046,6 +1070,7 @@ fn preview(kind: ChangeKind, inverse_of: &Change, about: &str, who: Option<&str>
             })
             .collect(),
         kafka: None,
+        stream: None,
         table: inverse_of.table.as_ref().map(|e| TableEffect {
             format: e.format,
             version: None,
@@ -1290,10 +1315,14 @@ fn undo(
             )));
         }
         ChangeKind::Replay => {
+            let (service, into) = match (&target.kafka, &target.stream) {
+                (Some(k), _) => ("Kafka", k.topic.as_str()),
+                (None, Some(s)) => ("Kinesis", s.stream.as_str()),
+                (None, None) => ("Kafka", "?"),
+            };
             return Err(ChangeError::Refused(format!(
-                "{id} is a Kafka replay into {}: its records cannot be taken back from Kafka \
-                 (guarded replays clear and restore what consumers wrote downstream)",
-                target.kafka.as_ref().map_or("?", |k| k.topic.as_str())
+                "{id} is a {service} replay into {into}: its records cannot be taken back from \
+                 {service} (guarded replays clear and restore what consumers wrote downstream)"
             )));
         }
         _ => {}
@@ -1743,6 +1772,7 @@ fn carry_out(log: &Log<'_>, intent: &Intent) -> Result<Change, ChangeError> {
         counts: intent.counts.clone(),
         objects,
         kafka: None,
+        stream: None,
         table,
         ingest: None,
         retries: None,

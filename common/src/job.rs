@@ -78,6 +78,42 @@ pub enum SinkSpec {
     Parquet,
     /// Produced to a Kafka topic; the destination keeps manifests and records only.
     Kafka(Box<KafkaSpec>),
+    /// Put into an Amazon Kinesis data stream (at-least-once: Kinesis has no transactions);
+    /// the destination keeps manifests, checkpoints and records only.
+    Kinesis(Box<KinesisSpec>),
+}
+
+/// A Kinesis replay target. Credentials come from the standard AWS chain of each process that
+/// puts records; nothing secret is stored here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KinesisSpec {
+    /// The stream's name, or its ARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+    pub stream: String,
+    /// The AWS region (default: from the AWS environment or profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Kinesis-compatible endpoint instead of AWS's (tests, LocalStack, moto).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Where each record's partition key comes from (`--key`; `none`: a key from the
+    /// record's place in the archive, which spreads records over the stream's shards).
+    pub key: KafkaKey,
+    /// The shard's progress is saved after about this many acknowledged records (or a second),
+    /// and at most this many are in flight; a crash repeats at most about twice this.
+    #[serde(default = "default_checkpoint_events")]
+    pub checkpoint_events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+    /// Keep the archive's order per partition key within a shard: one PutRecords call in
+    /// flight, at most one record per key in each call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
+    /// Each record's data is `{"rewind":{lineage},"event":EVENT}` instead of the event's bytes
+    /// (Kinesis records have no headers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrap_lineage: bool,
 }
 
 /// A Kafka replay target.
@@ -123,16 +159,80 @@ pub struct KafkaSpec {
 }
 
 impl SinkSpec {
-    /// The job's rate limits (Kafka replays only).
+    /// The job's rate limits (stream replays only).
     pub fn limits(&self) -> (Option<u64>, Option<u64>) {
         match self {
             SinkSpec::Kafka(k) => (k.max_events_per_sec, k.max_bytes_per_sec),
+            SinkSpec::Kinesis(k) => (k.max_events_per_sec, k.max_bytes_per_sec),
             SinkSpec::Parquet => (None, None),
+        }
+    }
+
+    /// A stream sink's name (`kafka`, `kinesis`); none for files.
+    pub fn name(&self) -> Option<&'static str> {
+        match self {
+            SinkSpec::Parquet => None,
+            SinkSpec::Kafka(_) => Some("kafka"),
+            SinkSpec::Kinesis(_) => Some("kinesis"),
+        }
+    }
+
+    /// A replay into a stream (Kafka or Kinesis) rather than files.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self, SinkSpec::Parquet)
+    }
+
+    /// What the job promises about each event's delivery, for its summary: none for files
+    /// (a shard's files are published whole or not at all).
+    pub fn delivery(&self) -> Option<&'static str> {
+        match self {
+            SinkSpec::Parquet => None,
+            SinkSpec::Kafka(k) if k.delivery == Delivery::ExactlyOnce => Some("exactly-once"),
+            SinkSpec::Kafka(_) => Some("at-least-once"),
+            SinkSpec::Kinesis(_) => Some("at-least-once"),
         }
     }
 }
 
 pub const DEFAULT_CHECKPOINT_EVENTS: u64 = 10_000;
+
+/// A Kinesis stream as `--kinesis-stream` names it: a name (1-128 of `a-zA-Z0-9_.-`) or a
+/// stream ARN.
+pub fn check_kinesis_stream(s: &str) -> Result<(), String> {
+    let name = match s.strip_prefix("arn:") {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            match parts.as_slice() {
+                [_, "kinesis", region, account, resource]
+                    if !region.is_empty() && !account.is_empty() =>
+                {
+                    resource.strip_prefix("stream/").ok_or_else(|| {
+                        format!(
+                            "{s:?} is not a stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)"
+                        )
+                    })?
+                }
+                _ => {
+                    return Err(format!(
+                        "{s:?} is not a stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)"
+                    ));
+                }
+            }
+        }
+        None => s,
+    };
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(format!(
+            "{name:?} is not a Kinesis stream name (1-128 of a-z, A-Z, 0-9, _ . -)"
+        ));
+    }
+    Ok(())
+}
 
 fn default_checkpoint_events() -> u64 {
     DEFAULT_CHECKPOINT_EVENTS

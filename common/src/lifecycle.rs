@@ -276,6 +276,16 @@ pub struct Summary {
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     #[serde(default)]
     pub retries: u64,
+    /// A stream replay's sink: kafka or kinesis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
+    /// A stream replay: what each event's delivery promises (at-least-once: a retried shard
+    /// may send some records again; exactly-once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// Kinesis: records put again after the stream refused them for the moment (throttled).
+    #[serde(default, skip_serializing_if = "crate::output::is_zero")]
+    pub sink_retries: u64,
     pub failed_by_reason: BTreeMap<String, u64>,
     /// event_type, domain, filter, arrival, flow, duplicate.
     #[serde(default)]
@@ -329,6 +339,9 @@ impl Summary {
             produced: m.counts.produced,
             acknowledged: m.counts.acknowledged,
             retries: m.counts.retries,
+            sink: spec.sink.name().map(str::to_string),
+            delivery: spec.sink.delivery().map(str::to_string),
+            sink_retries: m.counts.sink_retries,
             failed_by_reason: m.failed_by_reason.clone(),
             filtered_by_reason: m.filtered_by_reason.clone(),
             flows: m.counts.flows.clone(),
@@ -387,6 +400,9 @@ impl Summary {
             produced: replayed,
             acknowledged: replayed,
             retries: 0,
+            sink: spec.sink.name().map(str::to_string),
+            delivery: spec.sink.delivery().map(str::to_string),
+            sink_retries: 0,
             failed_by_reason: BTreeMap::new(),
             filtered_by_reason: BTreeMap::new(),
             flows: BTreeMap::new(),
@@ -417,6 +433,7 @@ impl Summary {
             acknowledged: self.acknowledged,
             flows: self.flows.clone(),
             retries: self.retries,
+            sink_retries: self.sink_retries,
         }
     }
 
@@ -520,9 +537,24 @@ impl Summary {
         }
         if self.produced > 0 {
             lines.push(format!(
-                "kafka: {} records produced, {} acknowledged",
-                self.produced, self.acknowledged
+                "{}: {} records sent, {} acknowledged{}",
+                self.sink.as_deref().unwrap_or("kafka"),
+                self.produced,
+                self.acknowledged,
+                match self.sink_retries {
+                    0 => String::new(),
+                    n => format!(", {n} put again after throttling or failures"),
+                }
             ));
+        }
+        match self.delivery.as_deref() {
+            Some("at-least-once") => lines.push(
+                "delivery: at-least-once — every event was acknowledged before its shard \
+                 committed; a shard that was retried may have sent some records twice"
+                    .into(),
+            ),
+            Some(d) => lines.push(format!("delivery: {d}")),
+            None => {}
         }
         if !self.filtered_by_reason.is_empty() {
             lines.push(format!("filtered: {:?}", self.filtered_by_reason));

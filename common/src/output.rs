@@ -219,6 +219,10 @@ pub(crate) fn yes() -> bool {
     true
 }
 
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The objects one shard reads, listed when the job was planned (the coordinator core stores one
 /// per shard below the execution's `_rewind/plan/`). Workers read exactly these versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

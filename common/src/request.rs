@@ -130,6 +130,16 @@ pub struct JobRequest {
     /// (the default) or backfill. See [`Priority`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// `--sink kinesis`: the stream's name or ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinesis_stream: Option<String>,
+    /// `--sink kinesis`: a Kinesis-compatible endpoint instead of AWS's (the region is
+    /// `s3.region`, `--region`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinesis_endpoint_url: Option<String>,
+    /// `--sink kinesis`: wrap each record as `{"rewind":{lineage},"event":EVENT}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrap_lineage: bool,
 }
 
 /// A job's claim on the fleet's worker slots when several jobs wait (docs/scheduling.md).
@@ -338,6 +348,9 @@ impl Default for JobRequest {
             repair: None,
             guard: None,
             priority: None,
+            kinesis_stream: None,
+            kinesis_endpoint_url: None,
+            wrap_lineage: false,
         }
     }
 }
@@ -525,29 +538,81 @@ impl JobRequest {
         fn given(v: &Option<String>) -> Option<&str> {
             v.as_deref().map(str::trim).filter(|v| !v.is_empty())
         }
-        let kafka_only = [
-            ("--brokers", given(&self.brokers).is_some()),
-            ("--topic", given(&self.topic).is_some()),
-            ("--key", given(&self.key).is_some()),
-            ("--compression", given(&self.compression).is_some()),
-            ("--kafka-option", !self.kafka_options.is_empty()),
-            ("--kafka-secret", !self.kafka_secrets.is_empty()),
-            ("--delivery", given(&self.delivery).is_some()),
-            ("--checkpoint-events", self.checkpoint_events.is_some()),
-            ("--max-events-per-sec", self.max_events_per_sec.is_some()),
-            ("--max-bytes-per-sec", self.max_bytes_per_sec.is_some()),
-            ("--ordered", self.ordered),
-            ("--envelope", given(&self.envelope).is_some()),
-            ("--preserve-partition", self.preserve_partition),
-            ("--lineage-headers", self.lineage_headers),
+        // Flags of the stream sinks, and which sinks each applies to.
+        let stream_flags = [
+            ("--brokers", given(&self.brokers).is_some(), "kafka"),
+            ("--topic", given(&self.topic).is_some(), "kafka"),
+            ("--compression", given(&self.compression).is_some(), "kafka"),
+            ("--kafka-option", !self.kafka_options.is_empty(), "kafka"),
+            ("--kafka-secret", !self.kafka_secrets.is_empty(), "kafka"),
+            ("--envelope", given(&self.envelope).is_some(), "kafka"),
+            ("--preserve-partition", self.preserve_partition, "kafka"),
+            ("--lineage-headers", self.lineage_headers, "kafka"),
+            (
+                "--kinesis-stream",
+                given(&self.kinesis_stream).is_some(),
+                "kinesis",
+            ),
+            (
+                "--kinesis-endpoint-url",
+                given(&self.kinesis_endpoint_url).is_some(),
+                "kinesis",
+            ),
+            ("--wrap-lineage", self.wrap_lineage, "kinesis"),
+            ("--key", given(&self.key).is_some(), "kafka, kinesis"),
+            (
+                "--delivery",
+                given(&self.delivery).is_some(),
+                "kafka, kinesis",
+            ),
+            (
+                "--checkpoint-events",
+                self.checkpoint_events.is_some(),
+                "kafka, kinesis",
+            ),
+            (
+                "--max-events-per-sec",
+                self.max_events_per_sec.is_some(),
+                "kafka, kinesis",
+            ),
+            (
+                "--max-bytes-per-sec",
+                self.max_bytes_per_sec.is_some(),
+                "kafka, kinesis",
+            ),
+            ("--ordered", self.ordered, "kafka, kinesis"),
         ];
-        match given(&self.sink).unwrap_or("parquet") {
-            "parquet" => {
-                if let Some((flag, _)) = kafka_only.iter().find(|(_, set)| *set) {
-                    return Err(RequestError::new(flag, "applies to --sink kafka only"));
-                }
-                Ok(SinkSpec::Parquet)
+        let sink = given(&self.sink).unwrap_or("parquet");
+        if let Some((flag, _, sinks)) = stream_flags
+            .iter()
+            .find(|(_, set, sinks)| *set && !sinks.split(", ").any(|s| s == sink))
+        {
+            let sinks = sinks.replace(", ", " or --sink ");
+            return Err(RequestError::new(
+                flag,
+                format!("applies to --sink {sinks} only"),
+            ));
+        }
+        let checkpoint_events = self
+            .checkpoint_events
+            .unwrap_or(crate::job::DEFAULT_CHECKPOINT_EVENTS);
+        if !(10..=10_000_000).contains(&checkpoint_events) {
+            return Err(RequestError::new(
+                "--checkpoint-events",
+                "must be between 10 and 10000000",
+            ));
+        }
+        for (flag, v) in [
+            ("--max-events-per-sec", self.max_events_per_sec),
+            ("--max-bytes-per-sec", self.max_bytes_per_sec),
+        ] {
+            if v == Some(0) {
+                return Err(RequestError::new(flag, "must be at least 1"));
             }
+        }
+        match sink {
+            "parquet" => Ok(SinkSpec::Parquet),
+            "kinesis" => self.kinesis_sink(checkpoint_events),
             "kafka" => {
                 let brokers = given(&self.brokers).ok_or_else(|| {
                     RequestError::new("--brokers", "is required with --sink kafka")
@@ -629,23 +694,6 @@ impl JobRequest {
                         ));
                     }
                 };
-                let checkpoint_events = self
-                    .checkpoint_events
-                    .unwrap_or(crate::job::DEFAULT_CHECKPOINT_EVENTS);
-                if !(10..=10_000_000).contains(&checkpoint_events) {
-                    return Err(RequestError::new(
-                        "--checkpoint-events",
-                        "must be between 10 and 10000000",
-                    ));
-                }
-                for (flag, v) in [
-                    ("--max-events-per-sec", self.max_events_per_sec),
-                    ("--max-bytes-per-sec", self.max_bytes_per_sec),
-                ] {
-                    if v == Some(0) {
-                        return Err(RequestError::new(flag, "must be at least 1"));
-                    }
-                }
                 let envelope = match given(&self.envelope) {
                     None => None,
                     Some(e) => {
@@ -693,9 +741,61 @@ impl JobRequest {
             }
             other => Err(RequestError::new(
                 "--sink",
-                format!("{other:?}: one of parquet, kafka"),
+                format!("{other:?}: one of parquet, kafka, kinesis"),
             )),
         }
+    }
+
+    /// A Kinesis sink, checked (the shared stream flags are checked by [`Self::sink`]).
+    fn kinesis_sink(&self, checkpoint_events: u64) -> Result<SinkSpec, RequestError> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let stream = given(&self.kinesis_stream).ok_or_else(|| {
+            RequestError::new("--kinesis-stream", "is required with --sink kinesis")
+        })?;
+        crate::job::check_kinesis_stream(stream)
+            .map_err(|e| RequestError::new("--kinesis-stream", e))?;
+        match given(&self.delivery).unwrap_or("at-least-once") {
+            "at-least-once" => {}
+            "exactly-once" => {
+                return Err(RequestError::new(
+                    "--delivery",
+                    "exactly-once needs transactions, which Kinesis does not have: a Kinesis \
+                     replay is at-least-once (a retried shard may put records again, at most \
+                     about two --checkpoint-events windows)",
+                ));
+            }
+            other => {
+                return Err(RequestError::new(
+                    "--delivery",
+                    format!("{other:?}: a Kinesis replay is at-least-once"),
+                ));
+            }
+        }
+        let endpoint_url = match given(&self.kinesis_endpoint_url) {
+            None => None,
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
+            Some(u) => {
+                return Err(RequestError::new(
+                    "--kinesis-endpoint-url",
+                    format!("{u:?}: give http://HOST:PORT or https://HOST"),
+                ));
+            }
+        };
+        let key = KafkaKey::parse(given(&self.key).unwrap_or("event_id"))
+            .map_err(|e| RequestError::new("--key", e))?;
+        Ok(SinkSpec::Kinesis(Box::new(crate::job::KinesisSpec {
+            stream: stream.to_string(),
+            region: given(&self.s3.region).map(str::to_string),
+            endpoint_url,
+            key,
+            checkpoint_events,
+            max_events_per_sec: self.max_events_per_sec,
+            max_bytes_per_sec: self.max_bytes_per_sec,
+            ordered: self.ordered,
+            wrap_lineage: self.wrap_lineage,
+        })))
     }
 
     /// Selection, flows and dedup, each checked the way the workers will use it.

@@ -49,6 +49,10 @@ pub struct ShardCounts {
     pub flows: std::collections::BTreeMap<String, crate::job::FlowCounts>,
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     pub retries: u64,
+    /// Stream sinks without a producer of their own (Kinesis): records put again after the
+    /// service refused them for the moment (throttling, internal failure) or a call failed.
+    #[serde(skip_serializing_if = "crate::output::is_zero")]
+    pub sink_retries: u64,
 }
 
 impl ShardCounts {
@@ -67,6 +71,7 @@ impl ShardCounts {
         self.acknowledged += other.acknowledged;
         crate::job::add_counts(&mut self.flows, &other.flows, crate::job::FlowCounts::add);
         self.retries += other.retries;
+        self.sink_retries += other.sink_retries;
     }
 }
 

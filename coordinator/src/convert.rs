@@ -102,6 +102,9 @@ pub fn request_from_pb(r: Option<pb::JobRequest>) -> Result<JobRequest, Status> 
         }),
         envelope: r.envelope.filter(|e| !e.is_empty()),
         priority: r.priority.filter(|p| !p.is_empty()),
+        kinesis_stream: r.kinesis_stream.filter(|p| !p.is_empty()),
+        kinesis_endpoint_url: r.kinesis_endpoint_url.filter(|p| !p.is_empty()),
+        wrap_lineage: r.wrap_lineage,
         preserve_partition: r.preserve_partition,
         lineage_headers: r.lineage_headers,
         repair: r.repair.map(|x| rewind_common::request::RepairRequest {
@@ -198,6 +201,9 @@ pub fn request_to_pb(r: &JobRequest) -> pb::JobRequest {
         partition_by: r.partition_by.clone(),
         envelope: r.envelope.clone(),
         priority: r.priority.clone(),
+        kinesis_stream: r.kinesis_stream.clone(),
+        kinesis_endpoint_url: r.kinesis_endpoint_url.clone(),
+        wrap_lineage: r.wrap_lineage,
         preserve_partition: r.preserve_partition,
         lineage_headers: r.lineage_headers,
         ingest: r.ingest_to.as_ref().map(|i| pb::IngestRequest {
@@ -276,7 +282,7 @@ mod tests {
 
     /// Every field a client sets survives the wire: a request converted to protobuf and back is
     /// the request (the newer fields too: partition-by, envelopes, guards, ingests, repairs,
-    /// priorities).
+    /// priorities, Kinesis streams).
     #[test]
     fn requests_round_trip_through_protobuf() {
         let guard: rewind_common::guard::Guard = serde_json::from_value(serde_json::json!({
@@ -320,6 +326,9 @@ mod tests {
                 rows: Some("{}".into()),
             }),
             table_format: Some("parquet".into()),
+            kinesis_stream: Some("replays".into()),
+            kinesis_endpoint_url: Some("http://127.0.0.1:4566".into()),
+            wrap_lineage: true,
             ..JobRequest::default()
         };
         let back = request_from_pb(Some(request_to_pb(&r))).unwrap();

@@ -9,6 +9,7 @@
 
 mod azure;
 mod client;
+pub mod kinesis;
 mod output;
 mod retry;
 mod source;

@@ -4,6 +4,7 @@ pub mod azure;
 pub mod browser;
 pub mod http;
 pub mod kafka;
+pub mod kinesis;
 pub mod pki;
 pub mod s3;
 pub mod servers;

@@ -67,14 +67,14 @@ struct Ctx {
 
 /// Which records are finished: all below `below`, and those in `above`.
 #[derive(Default)]
-struct Done {
-    below: u64,
+pub(crate) struct Done {
+    pub(crate) below: u64,
     above: std::collections::BTreeSet<u64>,
-    count: u64,
+    pub(crate) count: u64,
 }
 
 impl Done {
-    fn mark(&mut self, seq: u64) {
+    pub(crate) fn mark(&mut self, seq: u64) {
         self.count += 1;
         if seq != self.below {
             self.above.insert(seq);
@@ -1122,7 +1122,8 @@ impl KafkaSink {
 }
 
 /// What the coordinator core asks of the sinks: at submit the Kafka checks (settings, brokers,
-/// topic, and transactions for exactly-once); a Delta destination opened (and created on first
+/// topic, and transactions for exactly-once) and the Kinesis stream's (it exists, is active,
+/// the credentials may describe it); a Delta destination opened (and created on first
 /// use, with the reference schema, partitioned by `date`) at submit and at commit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KafkaChecks;
@@ -1164,8 +1165,14 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
     }
 
     fn preflight(&self, spec: &mut rewind_common::JobSpec) -> Result<(), String> {
-        if let rewind_common::job::SinkSpec::Kafka(k) = &mut spec.sink {
-            k.control_from = preflight(k, Duration::from_secs(15))?.control_from;
+        match &mut spec.sink {
+            rewind_common::job::SinkSpec::Kafka(k) => {
+                k.control_from = preflight(k, Duration::from_secs(15))?.control_from;
+            }
+            rewind_common::job::SinkSpec::Kinesis(k) => {
+                crate::kinesis::preflight(k, Duration::from_secs(15))?;
+            }
+            rewind_common::job::SinkSpec::Parquet => {}
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod fair;
 pub mod ingest;
 pub mod kafka;
+pub mod kinesis;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

@@ -56,7 +56,7 @@ fn replay_as_users_do(src: &Path, dest: &Path, extra: &[&str]) -> std::process::
 
 /// Every archived event's exact bytes, by (object key, offset): read independently with
 /// serde_json's stream deserializer over the decompressed objects.
-fn archived(src: &Path) -> BTreeMap<(String, u64), Vec<u8>> {
+pub(crate) fn archived(src: &Path) -> BTreeMap<(String, u64), Vec<u8>> {
     let mut out = BTreeMap::new();
     for path in files_below(src) {
         let key = path

@@ -12,6 +12,7 @@ mod flows;
 mod guard;
 mod ingest;
 mod kafka;
+mod kinesis;
 mod run;
 mod s3;
 mod secure;

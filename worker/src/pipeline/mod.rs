@@ -25,7 +25,7 @@ mod tally;
 
 pub use read::{Codec, open_decoded};
 
-use out::{At, KafkaOut, ParquetOut, Sink, Taken};
+use out::{At, KafkaOut, KinesisOut, ParquetOut, Sink, Taken};
 use read::{ReadAhead, names_other_org, pinned_objects, prescan};
 use tally::Tally;
 
@@ -200,6 +200,9 @@ pub fn run_shard(
         SinkSpec::Kafka(k) => {
             attempt_.run(|| KafkaOut::new(env, k, output.as_ref(), shard, attempt, &todo))
         }
+        SinkSpec::Kinesis(k) => {
+            attempt_.run(|| KinesisOut::new(env, k, output.as_ref(), shard, attempt, &todo))
+        }
     }
 }
 
@@ -361,6 +364,7 @@ impl Attempt<'_> {
         let failed_file = failed.finish().map_err(ShardError::sink)?;
         let unrecoverable_file = unrecoverable.finish().map_err(ShardError::sink)?;
         tally.counts.retries = io.retries.load(Ordering::Relaxed);
+        tally.counts.sink_retries = end.sink_retries;
         let (counts, by_reason, filtered_by) = tally.finish();
         let manifest = ShardManifest {
             job: spec.job.clone(),

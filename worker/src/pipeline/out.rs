@@ -5,12 +5,15 @@
 
 use std::sync::Arc;
 
-use rewind_common::job::{Delivery, KafkaCheckpoint, KafkaSpec, OutputFileEntry, OutputKeys};
+use rewind_common::job::{
+    Delivery, KafkaCheckpoint, KafkaSpec, KinesisSpec, OutputFileEntry, OutputKeys,
+};
 use rewind_common::storage::{ObjectMeta, OutputStore};
 use rewind_common::{JobSpec, ShardId};
 
 use super::{Progress, ShardEnv, ShardError};
 use crate::kafka::{KafkaSink, Rejected};
+use crate::kinesis::KinesisSink;
 use crate::record::Row;
 use crate::sink::ParquetSink;
 use crate::throttle::Throttle;
@@ -51,6 +54,8 @@ pub(super) struct SinkEnd {
     pub refused: Vec<Rejected>,
     /// Kafka: where this attempt's records went, by partition.
     pub offsets: std::collections::BTreeMap<i32, rewind_common::output::OffsetRange>,
+    /// Kinesis: records put again after the stream failed them for the moment.
+    pub sink_retries: u64,
 }
 
 /// The seam between the event loop and an output.
@@ -395,8 +400,9 @@ impl Sink for KafkaOut<'_> {
                 (at.index, at.end),
             )
             .map_err(ShardError::kafka)?;
+        let kafka = &mut self.kafka;
         self.checkpoints.maybe_write(
-            &mut self.kafka,
+            || kafka.finished_position(),
             self.output,
             &self.checkpoint_key,
             self.attempt,
@@ -436,11 +442,121 @@ impl Sink for KafkaOut<'_> {
             delivered_before: self.resumed,
             refused,
             offsets: done.offsets,
+            sink_retries: 0,
         })
     }
 }
 
-/// When a Kafka replay saves how far its acknowledgements reached.
+/// A Kinesis stream: PutRecords calls with their retries, checkpoints of the acknowledged
+/// prefix (Kinesis has no transactions: always at-least-once), and a retried attempt resuming
+/// after what an earlier one delivered.
+pub(super) struct KinesisOut<'a> {
+    kinesis: KinesisSink,
+    throttle: Option<Arc<Throttle>>,
+    /// Everything before this position was delivered by an earlier attempt.
+    resume: Option<crate::kafka::Position>,
+    resumed: u64,
+    checkpoints: Checkpoints,
+    output: &'a dyn OutputStore,
+    checkpoint_key: String,
+    attempt: u32,
+    todo: &'a [ObjectMeta],
+}
+
+impl<'a> KinesisOut<'a> {
+    pub fn new(
+        env: &ShardEnv,
+        k: &KinesisSpec,
+        output: &'a dyn OutputStore,
+        shard: ShardId,
+        attempt: u32,
+        todo: &'a [ObjectMeta],
+    ) -> Result<Self, ShardError> {
+        let spec = &env.spec;
+        let kinesis = KinesisSink::new(k, spec.job.as_str(), shard, env.produce_latency.clone())
+            .map_err(ShardError::kafka)?;
+        let checkpoint_key = OutputKeys::new(&spec.job).checkpoint(shard);
+        Ok(KinesisOut {
+            kinesis,
+            throttle: env.throttle.clone(),
+            resume: read_checkpoint(output, &checkpoint_key, todo),
+            resumed: 0,
+            checkpoints: Checkpoints {
+                every: k.checkpoint_events,
+                ..Checkpoints::default()
+            },
+            output,
+            checkpoint_key,
+            attempt,
+            todo,
+        })
+    }
+}
+
+impl Sink for KinesisOut<'_> {
+    fn take(&mut self, at: At<'_>, row: &Row<'_>, value: &str) -> Result<Taken, ShardError> {
+        // Refused the same way by every attempt, delivered before or not.
+        let entry = match self
+            .kinesis
+            .record(row, value, at.key, (at.index, at.offset))
+        {
+            Ok(e) => e,
+            Err((code, reason)) => return Ok(Taken::Refused(code, reason)),
+        };
+        if self.resume.is_some_and(|r| (at.index, at.offset) < r) {
+            self.resumed += 1;
+            return Ok(Taken::DeliveredBefore);
+        }
+        if let Some(t) = &self.throttle {
+            t.acquire(value.len() as u64);
+        }
+        self.kinesis
+            .send(entry, (at.index, at.end))
+            .map_err(ShardError::kafka)?;
+        let kinesis = &mut self.kinesis;
+        self.checkpoints.maybe_write(
+            || kinesis.finished_position(),
+            self.output,
+            &self.checkpoint_key,
+            self.attempt,
+            self.todo,
+        );
+        Ok(Taken::Written)
+    }
+
+    fn publish(&self, p: &Progress) {
+        use std::sync::atomic::Ordering;
+        p.produced.store(self.kinesis.put(), Ordering::Relaxed);
+        p.acknowledged
+            .store(self.kinesis.acknowledged(), Ordering::Relaxed);
+    }
+
+    fn finish(self) -> Result<SinkEnd, ShardError> {
+        let done = self.kinesis.finish().map_err(ShardError::kafka)?;
+        // Everything is acknowledged: a retry (a crash before the shard's commit) puts nothing
+        // again.
+        let end = KafkaCheckpoint {
+            attempt: self.attempt,
+            object_index: self.todo.len(),
+            object_key: String::new(),
+            offset: 0,
+        };
+        if let Ok(body) = serde_json::to_vec(&end) {
+            let _ = self.output.put(&self.checkpoint_key, &body);
+        }
+        Ok(SinkEnd {
+            files: Vec::new(),
+            produced: done.put + self.resumed,
+            acknowledged: done.acknowledged + self.resumed,
+            delivered_before: self.resumed,
+            refused: Vec::new(),
+            offsets: Default::default(),
+            sink_retries: done.retries,
+        })
+    }
+}
+
+/// When a stream replay saves how far its acknowledgements reached.
 #[derive(Default)]
 struct Checkpoints {
     every: u64,
@@ -455,7 +571,7 @@ impl Checkpoints {
     /// moved. A failed write is logged: the replay goes on (a crash then repeats more).
     fn maybe_write(
         &mut self,
-        sink: &mut KafkaSink,
+        finished: impl FnOnce() -> Option<crate::kafka::Position>,
         output: &dyn OutputStore,
         key: &str,
         attempt: u32,
@@ -476,7 +592,7 @@ impl Checkpoints {
         if !by_count && !by_time {
             return;
         }
-        let Some(pos) = sink.finished_position() else {
+        let Some(pos) = finished() else {
             return;
         };
         if self.written == Some(pos) {
