@@ -3,8 +3,14 @@
 //! Rust SDK Rewind uses. [`ThrottleProxy`] sits between Rewind and moto and makes the stream
 //! busy the way Kinesis does: part of a PutRecords call failed with
 //! `ProvisionedThroughputExceededException` per record, or whole calls refused.
+//!
+//! moto's Kinesis is not safe under concurrent writes: each record's sequence number is the
+//! shard's highest plus one, so two PutRecords calls at once can give two records the same
+//! number and one overwrites the other (records lost that the service acknowledged). Real
+//! Kinesis does not do that, and Rewind has several calls in flight, so Rewind always reaches
+//! moto through a proxy of this module, which passes one PutRecords call at a time.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
@@ -32,11 +38,15 @@ pub struct Record {
     pub data: Vec<u8>,
 }
 
-/// A moto server serving Kinesis.
+/// A moto server serving Kinesis, behind a proxy that passes one write at a time.
 pub struct Kinesis {
     port: u16,
+    proxy: ThrottleProxy,
     _child: ChildGuard,
 }
+
+/// One write to moto at a time (see the module's doc).
+static MOTO_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Kinesis {
     pub fn start() -> Kinesis {
@@ -53,15 +63,23 @@ impl Kinesis {
         );
         Kinesis {
             port,
+            proxy: ThrottleProxy::start(port, Busy::default()),
             _child: ChildGuard(Some(child)),
         }
     }
 
+    /// moto's own port (for a [`ThrottleProxy`] in front of it).
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Where Rewind puts records: the proxy that serialises writes.
     pub fn endpoint(&self) -> String {
+        self.proxy.endpoint()
+    }
+
+    /// moto itself (reads).
+    fn direct(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -70,7 +88,7 @@ impl Kinesis {
             "import boto3, sys, json, base64\n\
              k = boto3.client('kinesis', endpoint_url='{}', region_name='us-east-1', \
              aws_access_key_id='testing', aws_secret_access_key='testing')\n",
-            self.endpoint()
+            self.direct()
         );
         let out = Command::new("python3")
             .arg("-c")
@@ -107,8 +125,7 @@ impl Kinesis {
              \x20       for rec in r['Records']:\n\
              \x20           print(json.dumps({'shard': s['ShardId'], 'seq': rec['SequenceNumber'], \
              'key': rec['PartitionKey'], 'data': base64.b64encode(rec['Data']).decode()}))\n\
-             \x20       if not r['Records'] or r.get('MillisBehindLatest', 0) == 0 and \
-             len(r['Records']) < 10000:\n\
+             \x20       if not r['Records']:\n\
              \x20           break\n\
              \x20       it = r.get('NextShardIterator')\n",
             &[name],
@@ -264,6 +281,7 @@ impl Message {
 }
 
 fn forward(req: &Message, upstream: u16) -> std::io::Result<Message> {
+    let _one_at_a_time = MOTO_WRITES.lock().unwrap_or_else(|p| p.into_inner());
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     req.write(&mut up, true)?;
     let mut r = BufReader::new(up);

@@ -109,13 +109,27 @@ fn replay_into_kinesis_is_byte_exact_keyed_and_at_least_once() {
     }
     let shards: std::collections::BTreeSet<&str> = got.iter().map(|r| r.shard.as_str()).collect();
     assert_eq!(shards.len(), 4, "records on every shard");
-    // The checkpoint says each shard was delivered to its end.
+    // The destination's change log records the replay, and that it cannot be undone.
     let job = summary["job_id"].as_str().unwrap();
-    let cp = dest.join(format!(
-        "execution_id={job}/_rewind/checkpoints/2024060100.json"
-    ));
-    let cp: Value = serde_json::from_slice(&fs::read(&cp).unwrap()).unwrap();
-    assert_eq!(cp["object_key"], "", "{cp}");
+    let change = rewind_testkit::files_below(&dest.join("_rewind/changes"));
+    let change: Value = serde_json::from_slice(&fs::read(&change[0]).unwrap()).unwrap();
+    assert_eq!(change["job"], job);
+    assert_eq!(change["kind"], "replay");
+    assert_eq!(change["stream"]["service"], "kinesis");
+    assert_eq!(change["stream"]["stream"], "replays");
+    assert_eq!(change["stream"]["records"], events);
+    let out = rewind_testkit::run(
+        BIN,
+        &[
+            "rollback",
+            "--dest",
+            dest.to_str().unwrap(),
+            change["id"].as_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot be taken back from Kinesis"), "{err}");
 
     // Lineage wrapped around each event, keys from the record's place in the archive, and the
     // human summary says what the delivery promises.
