@@ -1503,6 +1503,104 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     );
 }
 
+/// kill -9 of the worker in the middle of a Kinesis replay: the coordinator's preflight refuses a
+/// stream that is not there; then another worker retries the killed worker's shard from its
+/// checkpoint. Nothing is lost, and the records put twice stay within one checkpoint window
+/// (acknowledged after the last checkpoint, plus those in flight: at most twice
+/// `--checkpoint-events`).
+#[test]
+fn killed_worker_during_a_kinesis_replay_repeats_at_most_one_checkpoint_window() {
+    use rewind_testkit::kinesis::{ENV, Kinesis};
+
+    let mut c = Cluster::start_with(0, &ENV);
+    c.add_worker_with_env(&ENV);
+    c.generate(1);
+    let kinesis = Kinesis::start();
+    kinesis.create_stream("replay", 2);
+    let (src, dest) = (c.src(), c.dest());
+    let submit = |stream: &str, extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T00",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            stream,
+        ];
+        let endpoint = kinesis.endpoint();
+        args.extend(["--kinesis-endpoint-url", endpoint.as_str()]);
+        args.extend_from_slice(extra);
+        c.cli(&args)
+    };
+    let out = submit("no-such-stream", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
+    let window = 100u64;
+    let out = submit(
+        "replay",
+        &[
+            "--wrap-lineage",
+            "--checkpoint-events",
+            &window.to_string(),
+            "--max-events-per-sec",
+            "800",
+        ],
+    );
+    let job = submitted(&out);
+    let checkpoint = dest.join(format!(
+        "execution_id={job}/_rewind/checkpoints/2024040100.json"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    c.workers[0].child.kill();
+    c.add_worker_with_env(&ENV);
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    let events = archived_events(&src).len();
+    assert_eq!(summary["recovered"], events as u64);
+    assert_eq!(summary["acknowledged"], events as u64);
+    let records = kinesis.read_all("replay");
+    let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for r in &records {
+        let (lineage, _) = crate::kinesis::unwrap_record(&r.data);
+        let at = (
+            lineage["source_key"].as_str().unwrap().to_string(),
+            lineage["offset"].as_u64().unwrap(),
+        );
+        *seen.entry(at).or_default() += 1;
+    }
+    assert_eq!(seen.len(), events, "every event is in the stream");
+    let repeated = records.len() - events;
+    eprintln!(
+        "kill -9 mid-replay into Kinesis: {events} events, {repeated} put twice (window {window})"
+    );
+    assert!(
+        repeated as u64 <= 2 * window,
+        "{repeated} records put twice, more than two checkpoint windows of {window}"
+    );
+    let manifests = files_below(&dest.join(format!("execution_id={job}/_rewind/shards")));
+    assert!(
+        manifests
+            .iter()
+            .any(|m| !m.to_string_lossy().ends_with("-a1.json")),
+        "the shard was retried: {manifests:?}"
+    );
+}
+
 /// kill -9 at random moments during an at-least-once Kafka replay of several hours by three
 /// workers (one shard each at a time): nothing is lost, and each kill repeats at most two
 /// checkpoint windows of the one shard its worker was running.
