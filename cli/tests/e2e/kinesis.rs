@@ -309,8 +309,8 @@ fn bad_kinesis_requests_are_refused_before_anything_runs() {
     );
 }
 
-/// Records over Kinesis's 1 MiB go to the failed output with the reason and their exact bytes;
-/// the others are put and the job succeeds.
+/// Records over Kinesis's 1 MiB, and a partition key over its 256 characters, go to the failed
+/// output with the reason and their exact bytes; the others are put and the job succeeds.
 #[test]
 fn records_over_a_mebibyte_go_to_the_failed_output() {
     let tmp = tempfile::tempdir().unwrap();
@@ -324,7 +324,9 @@ fn records_over_a_mebibyte_go_to_the_failed_output() {
                 .to_string()
         })
         .collect();
-    fs::write(hour.join("events-000001.json"), body).unwrap();
+    // And a partition key longer than Kinesis takes (256 characters).
+    let long = serde_json::json!({"event_id": "k".repeat(300), "org_id": "TN-k", "data": {}});
+    fs::write(hour.join("events-000001.json"), body + &long.to_string()).unwrap();
     let want = archived(&src);
     let kinesis = Kinesis::start();
     kinesis.create_stream("small", 1);
@@ -345,12 +347,17 @@ fn records_over_a_mebibyte_go_to_the_failed_output() {
         summary["failed_by_reason"]["kinesis_too_large"], 3,
         "{summary}"
     );
+    assert_eq!(summary["failed_by_reason"]["kinesis_key"], 1, "{summary}");
     assert_eq!(summary["acknowledged"], 9);
     let job = summary["job_id"].as_str().unwrap();
     let mut refused = Vec::new();
     for r in records(&dest.join(format!("_failed/execution_id={job}"))) {
-        assert_eq!(r["code"], "kinesis_too_large");
-        assert!(r["reason"].as_str().unwrap().contains("1048576"), "{r}");
+        let reason = r["reason"].as_str().unwrap();
+        match r["code"].as_str().unwrap() {
+            "kinesis_too_large" => assert!(reason.contains("1048576"), "{r}"),
+            "kinesis_key" => assert!(reason.contains("300 characters"), "{r}"),
+            other => panic!("{other}: {r}"),
+        }
         let key = (
             r["source_key"].as_str().unwrap().to_string(),
             r["byte_offset"].as_u64().unwrap(),
@@ -360,6 +367,6 @@ fn records_over_a_mebibyte_go_to_the_failed_output() {
         refused.push(v["event_id"].as_str().unwrap().to_string());
     }
     refused.sort();
-    assert_eq!(refused, ["e1", "e5", "e9"]);
+    assert_eq!(refused, ["e1", "e5", "e9", &"k".repeat(300)]);
     assert_eq!(kinesis.read_all("small").len(), 9);
 }
