@@ -34,6 +34,13 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import boto3" >/dev
   python3 -m pip install --quiet "moto[s3,kinesis]" flask flask-cors
 fi
 
+# Google Cloud Storage emulator (GCS's JSON API, Python; the testkit puts a small proxy in front
+# of it for generation reads and create-if-absent, which it ignores).
+if ! command -v gcp-storage-emulator >/dev/null 2>&1; then
+  echo "installing gcp-storage-emulator" >&2
+  python3 -m pip install --quiet "gcp-storage-emulator==2026.7.19"
+fi
+
 # An independent Delta Lake reader (delta-rs's Python package) checks the tables Rewind writes.
 if ! python3 -c "import deltalake, pyarrow" >/dev/null 2>&1; then
   echo "installing deltalake" >&2

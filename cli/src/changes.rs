@@ -129,7 +129,7 @@ fn open_plain(place: &DestArgs, flag: &'static str) -> Result<Opened, Failure> {
                 _runtime: None,
             })
         }
-        Location::S3 { .. } | Location::Azure { .. } => {
+        Location::S3 { .. } | Location::Azure { .. } | Location::Gcs { .. } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -41,7 +41,7 @@ pub fn run(args: GenArgs) -> Result<(), Failure> {
     let location = Location::parse("--out", &args.out, &org)?;
     let written = match &location {
         Location::Local(dir) => generate(dir, &cfg),
-        Location::S3 { .. } | Location::Azure { .. } => {
+        Location::S3 { .. } | Location::Azure { .. } | Location::Gcs { .. } => {
             let options = S3Options {
                 region: args.region.clone(),
                 endpoint_url: args.endpoint_url.clone(),

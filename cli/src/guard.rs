@@ -107,22 +107,9 @@ pub fn load(
                 };
                 let loc = Location::parse("--guard", &url, &org)
                     .map_err(|e| format!("{at}.prefix: {}", e.message))?;
-                let (root, prefix) = match &loc {
-                    Location::S3 { bucket, prefix } => (
-                        Location::S3 {
-                            bucket: bucket.clone(),
-                            prefix: String::new(),
-                        },
-                        prefix.clone(),
-                    ),
-                    Location::Azure { container, prefix } => (
-                        Location::Azure {
-                            container: container.clone(),
-                            prefix: String::new(),
-                        },
-                        prefix.clone(),
-                    ),
-                    Location::Local(_) => (loc.clone(), String::new()),
+                let (root, prefix) = match loc.key_prefix() {
+                    Some(prefix) => (loc.with_prefix(String::new()), prefix.to_string()),
+                    None => (loc.clone(), String::new()),
                 };
                 let layout = s
                     .layout

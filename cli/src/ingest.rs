@@ -208,7 +208,9 @@ fn parent(loc: &Location) -> Result<(Location, String), String> {
             let up = p.parent().ok_or("has no parent directory")?;
             Ok((Location::Local(up.to_path_buf()), format!("{name}/")))
         }
-        Location::S3 { prefix, .. } | Location::Azure { prefix, .. } => {
+        Location::S3 { prefix, .. }
+        | Location::Azure { prefix, .. }
+        | Location::Gcs { prefix, .. } => {
             let p = prefix.trim_end_matches('/');
             if p.is_empty() {
                 return Err("is a whole bucket: give the pending prefix".into());
@@ -217,18 +219,7 @@ fn parent(loc: &Location) -> Result<(Location, String), String> {
                 Some(i) => (format!("{}/", &p[..i]), &p[i + 1..]),
                 None => (String::new(), p),
             };
-            let root = match loc {
-                Location::S3 { bucket, .. } => Location::S3 {
-                    bucket: bucket.clone(),
-                    prefix: up,
-                },
-                Location::Azure { container, .. } => Location::Azure {
-                    container: container.clone(),
-                    prefix: up,
-                },
-                Location::Local(_) => unreachable!(),
-            };
-            Ok((root, format!("{name}/")))
+            Ok((loc.with_prefix(up), format!("{name}/")))
         }
     }
 }
@@ -242,26 +233,13 @@ fn below(loc: &Location, root: &Location) -> Option<String> {
             .and_then(|rel| rel.to_str())
             .filter(|rel| !rel.is_empty())
             .map(|rel| format!("{}/", rel.trim_end_matches('/'))),
-        (
-            Location::S3 { bucket, prefix },
-            Location::S3 {
-                bucket: rb,
-                prefix: rp,
-            },
-        )
-        | (
-            Location::Azure {
-                container: bucket,
-                prefix,
-            },
-            Location::Azure {
-                container: rb,
-                prefix: rp,
-            },
-        ) if bucket == rb => prefix
-            .strip_prefix(rp.as_str())
-            .filter(|rel| !rel.is_empty())
-            .map(|rel| format!("{}/", rel.trim_end_matches('/'))),
+        _ if loc.same_bucket(root) => {
+            let (prefix, rp) = (loc.key_prefix()?, root.key_prefix()?);
+            prefix
+                .strip_prefix(rp)
+                .filter(|rel| !rel.is_empty())
+                .map(|rel| format!("{}/", rel.trim_end_matches('/')))
+        }
         _ => None,
     }
 }

@@ -131,9 +131,9 @@ impl Guard {
                         .map_err(|e| format!("{at}.prefix: {}", e.message))?;
                     let root_only = match root {
                         Location::Local(_) => prefix.is_empty(),
-                        Location::S3 { prefix: p, .. } | Location::Azure { prefix: p, .. } => {
-                            p.is_empty()
-                        }
+                        Location::S3 { prefix: p, .. }
+                        | Location::Azure { prefix: p, .. }
+                        | Location::Gcs { prefix: p, .. } => p.is_empty(),
                     };
                     if !root_only || s.location().as_ref() != Some(&whole) {
                         return Err(format!("{at}: its root and prefix do not make {name}"));

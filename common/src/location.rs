@@ -25,6 +25,12 @@ pub enum Location {
         container: String,
         prefix: String,
     },
+    /// Google Cloud Storage, `gs://BUCKET[/PREFIX]` (credentials come from the environment:
+    /// application default credentials); `prefix` as for S3.
+    Gcs {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl Location {
@@ -41,6 +47,23 @@ impl Location {
                 field,
                 format!("{value}: the only placeholder is {{org}}"),
             ));
+        }
+        if let Some(rest) = value.strip_prefix("gs://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            check_gcs_bucket(bucket)
+                .map_err(|why| RequestError::new(field, format!("{value}: {why}")))?;
+            let prefix = prefix.trim_end_matches('/');
+            if !prefix.is_empty() {
+                check_key(prefix).map_err(|e| RequestError::new(field, format!("{value}: {e}")))?;
+            }
+            return Ok(Location::Gcs {
+                bucket: bucket.to_string(),
+                prefix: if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                },
+            });
         }
         if let Some(rest) = value.strip_prefix("az://") {
             let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -63,7 +86,9 @@ impl Location {
             if value.contains("://") {
                 return Err(RequestError::new(
                     field,
-                    format!("{value}: only s3:// and az:// URLs and local paths are supported"),
+                    format!(
+                        "{value}: only s3://, gs:// and az:// URLs and local paths are supported"
+                    ),
                 ));
             }
             return Ok(Location::Local(PathBuf::from(value)));
@@ -96,6 +121,52 @@ impl Location {
                 container: container.clone(),
                 prefix: format!("{prefix}{}/", sub.trim_matches('/')),
             },
+            Location::Gcs { bucket, prefix } => Location::Gcs {
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}{}/", sub.trim_matches('/')),
+            },
+        }
+    }
+
+    /// The same bucket (container) with another key prefix; a local directory stays as it is.
+    pub fn with_prefix(&self, prefix: String) -> Location {
+        match self {
+            Location::Local(_) => self.clone(),
+            Location::S3 { bucket, .. } => Location::S3 {
+                bucket: bucket.clone(),
+                prefix,
+            },
+            Location::Azure { container, .. } => Location::Azure {
+                container: container.clone(),
+                prefix,
+            },
+            Location::Gcs { bucket, .. } => Location::Gcs {
+                bucket: bucket.clone(),
+                prefix,
+            },
+        }
+    }
+
+    /// Whether both are in the same bucket (container) of the same kind of store.
+    pub fn same_bucket(&self, other: &Location) -> bool {
+        match (self, other) {
+            (Location::S3 { bucket: a, .. }, Location::S3 { bucket: b, .. })
+            | (Location::Gcs { bucket: a, .. }, Location::Gcs { bucket: b, .. })
+            | (Location::Azure { container: a, .. }, Location::Azure { container: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+
+    /// The key prefix of an object-store location (empty or ending with `/`); none for a
+    /// local directory.
+    pub fn key_prefix(&self) -> Option<&str> {
+        match self {
+            Location::Local(_) => None,
+            Location::S3 { prefix, .. }
+            | Location::Azure { prefix, .. }
+            | Location::Gcs { prefix, .. } => Some(prefix),
         }
     }
 }
@@ -110,7 +181,42 @@ impl fmt::Display for Location {
             Location::Azure { container, prefix } => {
                 write!(f, "az://{container}/{}", prefix.trim_end_matches('/'))
             }
+            Location::Gcs { bucket, prefix } => {
+                write!(f, "gs://{bucket}/{}", prefix.trim_end_matches('/'))
+            }
         }
+    }
+}
+
+/// Google Cloud Storage bucket naming rules (names without dots: 3-63 lowercase letters, digits,
+/// `-` and `_`, starting and ending with a letter or digit; names with dots up to 222, each
+/// dot-separated part up to 63).
+fn check_gcs_bucket(b: &str) -> Result<(), String> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+    };
+    let edges_ok = b
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.bytes()
+            .last()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = (3..=222).contains(&b.len())
+        && (b.contains('.') || b.len() <= 63)
+        && b.split('.').all(part_ok)
+        && edges_ok
+        && !b.starts_with("goog");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bucket name {b:?} is not a valid Google Cloud Storage bucket (3-63 lowercase letters, \
+             digits, '-' and '_', starting and ending with a letter or digit)"
+        ))
     }
 }
 
@@ -296,6 +402,38 @@ mod tests {
             Location::parse("--dest", "/tmp/x", &org()).unwrap(),
             Location::Local("/tmp/x".into())
         );
+    }
+
+    #[test]
+    fn gcs_urls() {
+        let l = Location::parse("--source", "gs://archive_{org}/raw/", &org()).unwrap();
+        assert_eq!(
+            l,
+            Location::Gcs {
+                bucket: "archive_tn-abc".into(),
+                prefix: "raw/".into()
+            }
+        );
+        assert_eq!(l.to_string(), "gs://archive_tn-abc/raw");
+        assert_eq!(
+            l.join("_failed").to_string(),
+            "gs://archive_tn-abc/raw/_failed"
+        );
+        assert_eq!(l.key_prefix(), Some("raw/"));
+        assert!(Location::parse("--dest", "gs://my.bucket.example/x", &org()).is_ok());
+        for bad in [
+            "gs://",
+            "gs://ab",
+            "gs://Upper",
+            "gs://-x-bucket",
+            "gs://goog-bucket",
+            "gs://ok-name/../x",
+        ] {
+            let e = Location::parse("--dest", bad, &org())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("--dest: "), "{bad}: {e}");
+        }
     }
 
     #[test]

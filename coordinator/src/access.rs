@@ -76,27 +76,17 @@ impl Scope {
 }
 
 /// Whether `loc` lies below `allowed`. Local paths must be absolute and free of `..` (compared
-/// by components, not by characters: `/data/a` does not contain `/data/ab`); S3 locations by
-/// bucket and key prefix on `/` boundaries.
+/// by components, not by characters: `/data/a` does not contain `/data/ab`); S3, GCS and Azure
+/// locations by bucket (container) and key prefix on `/` boundaries.
 pub fn within(loc: &Location, allowed: &Location) -> bool {
     match (loc, allowed) {
         (Location::Local(p), Location::Local(a)) => {
             clean_absolute(p) && clean_absolute(a) && p.starts_with(a)
         }
-        (
-            Location::S3 { bucket, prefix },
-            Location::S3 {
-                bucket: ab,
-                prefix: ap,
-            },
-        ) => bucket == ab && prefix.starts_with(ap.as_str()),
-        (
-            Location::Azure { container, prefix },
-            Location::Azure {
-                container: ac,
-                prefix: ap,
-            },
-        ) => container == ac && prefix.starts_with(ap.as_str()),
+        _ if loc.same_bucket(allowed) => match (loc.key_prefix(), allowed.key_prefix()) {
+            (Some(prefix), Some(ap)) => prefix.starts_with(ap),
+            _ => false,
+        },
         _ => false,
     }
 }

@@ -9,6 +9,7 @@
 
 mod azure;
 mod client;
+mod gcs;
 pub mod kinesis;
 mod output;
 mod retry;
@@ -21,6 +22,7 @@ use rewind_common::storage::{LocalOutput, LocalSource, ObjectSource, OutputStore
 
 pub use azure::AzureStore;
 pub use client::{S3Client, connect, connect_static};
+pub use gcs::GcsStore;
 pub use object_store::azure::MicrosoftAzureBuilder;
 pub use output::S3Output;
 pub use retry::RetryPolicy;
@@ -46,6 +48,9 @@ pub async fn open_source(
         Location::Azure { container, prefix } => Ok(Arc::new(
             AzureStore::open(container, prefix, options.part_size(), options.read_ahead()).await?,
         )),
+        Location::Gcs { bucket, prefix } => Ok(Arc::new(
+            GcsStore::open(bucket, prefix, options.part_size(), options.read_ahead()).await?,
+        )),
     }
 }
 
@@ -68,6 +73,9 @@ pub async fn open_output(
         }
         Location::Azure { container, prefix } => Ok(Arc::new(
             AzureStore::open(container, prefix, options.part_size(), options.read_ahead()).await?,
+        )),
+        Location::Gcs { bucket, prefix } => Ok(Arc::new(
+            GcsStore::open(bucket, prefix, options.part_size(), options.read_ahead()).await?,
         )),
     }
 }

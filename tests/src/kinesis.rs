@@ -10,7 +10,7 @@
 //! Kinesis does not do that, and Rewind has several calls in flight, so Rewind always reaches
 //! moto through a proxy of this module, which passes one PutRecords call at a time.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::proxy::Message;
 use crate::servers::{ChildGuard, free_port, wait_port};
 
 /// Credentials moto accepts (any), for the processes under test.
@@ -216,76 +217,10 @@ impl Drop for ThrottleProxy {
     }
 }
 
-/// An HTTP/1.1 request or response: its first line, headers and body.
-struct Message {
-    first: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Message {
-    fn read(r: &mut impl BufRead) -> std::io::Result<Option<Message>> {
-        let mut first = String::new();
-        if r.read_line(&mut first)? == 0 {
-            return Ok(None);
-        }
-        let mut headers = Vec::new();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body)?;
-        Ok(Some(Message {
-            first: first.trim_end().to_string(),
-            headers,
-            body,
-        }))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn write(&self, w: &mut impl Write, close: bool) -> std::io::Result<()> {
-        let mut head = format!("{}\r\n", self.first);
-        for (k, v) in &self.headers {
-            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
-                continue;
-            }
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str(&format!("content-length: {}\r\n", self.body.len()));
-        if close {
-            head.push_str("connection: close\r\n");
-        }
-        head.push_str("\r\n");
-        w.write_all(head.as_bytes())?;
-        w.write_all(&self.body)?;
-        w.flush()
-    }
-}
-
+/// Forwards one request to moto, one write at a time (see the module's doc).
 fn forward(req: &Message, upstream: u16) -> std::io::Result<Message> {
     let _one_at_a_time = MOTO_WRITES.lock().unwrap_or_else(|p| p.into_inner());
-    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
-    req.write(&mut up, true)?;
-    let mut r = BufReader::new(up);
-    Message::read(&mut r)?.ok_or_else(|| std::io::Error::other("no answer upstream"))
+    crate::proxy::forward(req, upstream)
 }
 
 fn relay(

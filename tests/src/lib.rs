@@ -2,10 +2,12 @@
 
 pub mod azure;
 pub mod browser;
+pub mod gcs;
 pub mod http;
 pub mod kafka;
 pub mod kinesis;
 pub mod pki;
+mod proxy;
 pub mod s3;
 pub mod servers;
 

@@ -9,6 +9,7 @@ mod common;
 mod deploy_static;
 mod distributed;
 mod flows;
+mod gcs;
 mod guard;
 mod ingest;
 mod kafka;
