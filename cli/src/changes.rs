@@ -14,7 +14,7 @@ use crate::{Failure, S3Args};
 /// A destination and how to reach it.
 #[derive(Debug, Args)]
 pub struct DestArgs {
-    /// The destination: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], as given to the jobs.
+    /// The destination: a directory, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], as given to the jobs.
     #[arg(long)]
     pub dest: String,
     /// Print JSON on stdout.
@@ -29,7 +29,7 @@ pub struct DestArgs {
 pub struct ChangesArgs {
     #[command(subcommand)]
     pub action: Option<ChangesAction>,
-    /// The destination: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], as given to the jobs.
+    /// The destination: a directory, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], as given to the jobs.
     #[arg(long)]
     pub dest: Option<String>,
     /// Print JSON on stdout.

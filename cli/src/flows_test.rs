@@ -20,7 +20,7 @@ pub struct FlowsTestArgs {
     /// The flow config to try (JSON or YAML).
     #[arg(long, value_name = "FILE")]
     pub flows: PathBuf,
-    /// The archive: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
+    /// The archive: a directory, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
     #[arg(long)]
     pub source: String,
     #[arg(long)]

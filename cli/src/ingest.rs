@@ -40,11 +40,11 @@ pub const DISTRIBUTOR_LAYOUT: &str =
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// The landing zone's pending prefix (a directory, s3:// or az:// URL): every object below
+    /// The landing zone's pending prefix (a directory, s3://, gs:// or az:// URL): every object below
     /// it is ingested, whatever its name.
     #[arg(long)]
     pub source: String,
-    /// The trusted zone (a directory, s3:// or az:// URL).
+    /// The trusted zone (a directory, s3://, gs:// or az:// URL).
     #[arg(long)]
     pub dest: String,
     /// The tenant whose events these are (events of another org are failed records).

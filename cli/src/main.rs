@@ -232,7 +232,7 @@ pub struct PlanArgs {
 /// What to recover: the same flags for `rewind run`, `rewind submit` and `rewind plan`.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
-    /// The archive: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], laid out as --layout describes. A
+    /// The archive: a directory, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX], laid out as --layout describes. A
     /// {org} placeholder is replaced with the lowercase org id (s3://pismo-dataplatform-{org}).
     #[arg(long)]
     pub source: String,
@@ -246,7 +246,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub end: String,
     /// Where to write Parquet (execution_id=<job>/org_id=<org>/date=<day>/): a directory,
-    /// s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
+    /// s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
     #[arg(long)]
     pub dest: String,
     /// Where an hour's objects live below --source.
@@ -277,7 +277,7 @@ pub struct JobArgs {
     /// (default: org_id=…/date=… of the archive hour).
     #[arg(long)]
     pub partition_by: Option<String>,
-    /// Where failed records go, a directory, s3:// or az:// URL (default: <dest>/_failed).
+    /// Where failed records go, a directory, s3://, gs:// or az:// URL (default: <dest>/_failed).
     #[arg(long)]
     pub failed_output: Option<String>,
     /// Largest event accepted, in bytes; larger ones are failed records.
@@ -289,7 +289,7 @@ pub struct JobArgs {
     /// Attempts per shard before the shard (and the job) fails.
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
-    /// Where events routed to unrecoverable go, a directory, s3:// or az:// URL (default:
+    /// Where events routed to unrecoverable go, a directory, s3://, gs:// or az:// URL (default:
     /// <dest>/_unrecoverable).
     #[arg(long)]
     pub unrecoverable_output: Option<String>,
@@ -513,7 +513,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct GenArgs {
-    /// Where to write the archive: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX] (`{org}` allowed).
+    /// Where to write the archive: a directory, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX] (`{org}` allowed).
     #[arg(long)]
     pub out: String,
     #[arg(long)]

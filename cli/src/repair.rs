@@ -10,7 +10,7 @@ use crate::{Failure, S3Args};
 
 #[derive(Debug, Args)]
 pub struct RepairArgs {
-    /// The dataset: a directory, s3://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX] of Parquet files (any Hive layout,
+    /// The dataset: a directory, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX] of Parquet files (any Hive layout,
     /// written by Rewind or not).
     #[arg(long)]
     pub dataset: String,

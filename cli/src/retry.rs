@@ -28,7 +28,7 @@ use crate::changes::DestArgs;
 pub struct RetryArgs {
     /// The finished job whose failed shards to run again.
     pub job: String,
-    /// The job's destination (a directory, s3://… or az://…): the retry runs in this process.
+    /// The job's destination (a directory, s3://…, gs://… or az://…): the retry runs in this process.
     #[arg(long)]
     pub dest: Option<String>,
     /// A coordinator: the retry is a job of its own there (`rewind watch` it), its shards run by
