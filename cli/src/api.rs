@@ -224,7 +224,7 @@ fn job_value(j: &pb::Job) -> Value {
         "ingest"
     } else if r.repair.is_some() {
         "repair"
-    } else if r.sink == "kafka" || r.sink == "kinesis" {
+    } else if ["kafka", "kinesis", "pubsub"].contains(&r.sink.as_str()) {
         "replay"
     } else {
         "recovery"

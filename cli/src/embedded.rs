@@ -163,6 +163,9 @@ async fn sweep_interrupted(
         rewind_common::job::SinkSpec::Kinesis(k) => {
             Some(("Kinesis stream", k.stream.as_str(), "Kinesis"))
         }
+        rewind_common::job::SinkSpec::PubSub(p) => {
+            Some(("Pub/Sub topic", p.topic.as_str(), "Pub/Sub"))
+        }
         rewind_common::job::SinkSpec::Parquet => None,
     };
     if let Some((what, name, service)) = stream {

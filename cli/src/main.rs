@@ -314,10 +314,10 @@ pub struct JobArgs {
     /// more read of that hour).
     #[arg(long, default_value_t = rewind_common::request::DEFAULT_DEDUP_WINDOW_HOURS)]
     pub dedup_window_hours: u32,
-    /// Where recovered events go: parquet (in --dest), kafka (--brokers, --topic) or kinesis
-    /// (--kinesis-stream); for the streams --dest keeps the manifests, checkpoints and the
-    /// failed and unrecoverable records.
-    #[arg(long, value_name = "parquet|kafka|kinesis")]
+    /// Where recovered events go: parquet (in --dest), kafka (--brokers, --topic), kinesis
+    /// (--kinesis-stream) or pubsub (--topic projects/P/topics/T); for the streams --dest keeps
+    /// the manifests, checkpoints and the failed and unrecoverable records.
+    #[arg(long, value_name = "parquet|kafka|kinesis|pubsub")]
     pub sink: Option<String>,
     /// Kinesis data stream to put records into: its name or ARN (it must exist). Region from
     /// --region, credentials from the standard AWS chain. Delivery is at-least-once (Kinesis
@@ -334,12 +334,14 @@ pub struct JobArgs {
     /// Kafka bootstrap servers, host:port[,host:port...].
     #[arg(long)]
     pub brokers: Option<String>,
-    /// Kafka topic to produce to (it must exist).
+    /// Kafka topic to produce to, or Pub/Sub topic to publish to (projects/PROJECT/topics/TOPIC;
+    /// credentials from Google's application default chain, or PUBSUB_EMULATOR_HOST). It must
+    /// exist.
     #[arg(long)]
     pub topic: Option<String>,
-    /// Record key (Kafka) or partition key (Kinesis): event_id (default), cid, none, or a
-    /// JSONPath such as $.data.account_id. Kinesis records without one get their place in the
-    /// archive as key.
+    /// Record key (Kafka), partition key (Kinesis) or ordering key (Pub/Sub, with --ordered):
+    /// event_id (default), cid, none, or a JSONPath such as $.data.account_id. Kinesis records
+    /// without one get their place in the archive as key.
     #[arg(long)]
     pub key: Option<String>,
     /// Record batch compression: none (default), gzip, snappy, lz4, zstd.
@@ -358,19 +360,20 @@ pub struct JobArgs {
     /// exactly-once (Kafka only): each shard one Kafka transaction.
     #[arg(long)]
     pub delivery: Option<String>,
-    /// Kafka, Kinesis: save a shard's progress every this many acknowledged records (or each second)
+    /// Kafka, Kinesis, Pub/Sub: save a shard's progress every this many acknowledged records (or each second)
     /// and keep at most this many in flight; a crash produces at most about twice this again.
     #[arg(long, value_name = "N")]
     pub checkpoint_events: Option<u64>,
-    /// Kafka, Kinesis: events per second for the whole job (all workers together).
+    /// Kafka, Kinesis, Pub/Sub: events per second for the whole job (all workers together).
     #[arg(long, value_name = "N")]
     pub max_events_per_sec: Option<u64>,
-    /// Kafka, Kinesis: value bytes per second for the whole job (all workers together).
+    /// Kafka, Kinesis, Pub/Sub: value bytes per second for the whole job (all workers together).
     #[arg(long, value_name = "N")]
     pub max_bytes_per_sec: Option<u64>,
-    /// Kafka, Kinesis: keep the archive's order per key within each hour (objects in name
-    /// order, events in byte order; one request in flight per broker connection, or one
-    /// PutRecords call in flight with at most one record per key).
+    /// Kafka, Kinesis, Pub/Sub: keep the archive's order per key within each hour (objects in
+    /// name order, events in byte order; one request in flight per broker connection, one
+    /// PutRecords call in flight with at most one record per key, or one publish in flight
+    /// with ordering keys).
     #[arg(long)]
     pub ordered: bool,
     /// Replay only this archive object: its key below --source (it must lie in the range).

@@ -156,10 +156,11 @@ pub struct KafkaEffect {
     pub ranges_complete: bool,
 }
 
-/// What a replay into another stream service delivered (Kinesis; it cannot be undone there).
+/// What a replay into another stream service delivered (Kinesis, Pub/Sub; it cannot be undone
+/// there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamEffect {
-    /// `kinesis`.
+    /// `kinesis` or `pubsub`.
     pub service: String,
     /// The stream's name or ARN.
     pub stream: String,
@@ -810,12 +811,17 @@ pub fn record_job(
             partitions: manifest.kafka_offsets.clone(),
             ranges_complete: manifest.kafka_ranges_complete,
         }),
-        crate::job::SinkSpec::Parquet | crate::job::SinkSpec::Kinesis(_) => None,
+        _ => None,
     };
     let stream = match &manifest.spec.sink {
         crate::job::SinkSpec::Kinesis(k) => Some(StreamEffect {
             service: "kinesis".into(),
             stream: k.stream.clone(),
+            records: manifest.counts.acknowledged,
+        }),
+        crate::job::SinkSpec::PubSub(k) => Some(StreamEffect {
+            service: "pubsub".into(),
+            stream: k.topic.clone(),
             records: manifest.counts.acknowledged,
         }),
         _ => None,
@@ -1317,6 +1323,7 @@ fn undo(
         ChangeKind::Replay => {
             let (service, into) = match (&target.kafka, &target.stream) {
                 (Some(k), _) => ("Kafka", k.topic.as_str()),
+                (None, Some(s)) if s.service == "pubsub" => ("Pub/Sub", s.stream.as_str()),
                 (None, Some(s)) => ("Kinesis", s.stream.as_str()),
                 (None, None) => ("Kafka", "?"),
             };

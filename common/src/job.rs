@@ -81,6 +81,61 @@ pub enum SinkSpec {
     /// Put into an Amazon Kinesis data stream (at-least-once: Kinesis has no transactions);
     /// the destination keeps manifests, checkpoints and records only.
     Kinesis(Box<KinesisSpec>),
+    /// Published to a Google Cloud Pub/Sub topic (at-least-once); the destination keeps
+    /// manifests, checkpoints and records only.
+    PubSub(Box<PubSubSpec>),
+}
+
+/// A Pub/Sub replay target. Credentials come from the standard Google chain of each process
+/// that publishes (or `PUBSUB_EMULATOR_HOST`); nothing secret is stored here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PubSubSpec {
+    /// `projects/PROJECT/topics/TOPIC`.
+    pub topic: String,
+    /// With `ordered`: where each message's ordering key comes from (`--key`).
+    pub key: KafkaKey,
+    #[serde(default = "default_checkpoint_events")]
+    pub checkpoint_events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+    /// Ordering keys from `key`, one publish request in flight: subscribers with message
+    /// ordering see each key's events in archive order within a shard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
+}
+
+/// A Pub/Sub topic as `--topic` names it: `projects/PROJECT/topics/TOPIC`.
+pub fn check_pubsub_topic(s: &str) -> Result<(), String> {
+    let shape = "give projects/PROJECT/topics/TOPIC";
+    let parts: Vec<&str> = s.split('/').collect();
+    let ["projects", project, "topics", topic] = parts.as_slice() else {
+        return Err(format!("{s:?}: {shape}"));
+    };
+    let project_ok = (6..=30).contains(&project.len())
+        && project.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':'
+        })
+        && project.as_bytes()[0].is_ascii_lowercase();
+    if !project_ok {
+        return Err(format!(
+            "{s:?}: {project:?} is not a Google Cloud project id"
+        ));
+    }
+    let topic_ok = (3..=255).contains(&topic.len())
+        && topic.as_bytes()[0].is_ascii_alphabetic()
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~+%".contains(&b))
+        && !topic.starts_with("goog");
+    if !topic_ok {
+        return Err(format!(
+            "{s:?}: {topic:?} is not a Pub/Sub topic name (3-255 of letters, digits, - _ . ~ + %, \
+             starting with a letter, not with goog)"
+        ));
+    }
+    Ok(())
 }
 
 /// A Kinesis replay target. Credentials come from the standard AWS chain of each process that
@@ -164,20 +219,22 @@ impl SinkSpec {
         match self {
             SinkSpec::Kafka(k) => (k.max_events_per_sec, k.max_bytes_per_sec),
             SinkSpec::Kinesis(k) => (k.max_events_per_sec, k.max_bytes_per_sec),
+            SinkSpec::PubSub(k) => (k.max_events_per_sec, k.max_bytes_per_sec),
             SinkSpec::Parquet => (None, None),
         }
     }
 
-    /// A stream sink's name (`kafka`, `kinesis`); none for files.
+    /// A stream sink's name (`kafka`, `kinesis`, `pubsub`); none for files.
     pub fn name(&self) -> Option<&'static str> {
         match self {
             SinkSpec::Parquet => None,
             SinkSpec::Kafka(_) => Some("kafka"),
             SinkSpec::Kinesis(_) => Some("kinesis"),
+            SinkSpec::PubSub(_) => Some("pubsub"),
         }
     }
 
-    /// A replay into a stream (Kafka or Kinesis) rather than files.
+    /// A replay into a stream (Kafka, Kinesis, Pub/Sub) rather than files.
     pub fn is_stream(&self) -> bool {
         !matches!(self, SinkSpec::Parquet)
     }
@@ -189,7 +246,7 @@ impl SinkSpec {
             SinkSpec::Parquet => None,
             SinkSpec::Kafka(k) if k.delivery == Delivery::ExactlyOnce => Some("exactly-once"),
             SinkSpec::Kafka(_) => Some("at-least-once"),
-            SinkSpec::Kinesis(_) => Some("at-least-once"),
+            SinkSpec::Kinesis(_) | SinkSpec::PubSub(_) => Some("at-least-once"),
         }
     }
 }

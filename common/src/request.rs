@@ -541,7 +541,7 @@ impl JobRequest {
         // Flags of the stream sinks, and which sinks each applies to.
         let stream_flags = [
             ("--brokers", given(&self.brokers).is_some(), "kafka"),
-            ("--topic", given(&self.topic).is_some(), "kafka"),
+            ("--topic", given(&self.topic).is_some(), "kafka, pubsub"),
             ("--compression", given(&self.compression).is_some(), "kafka"),
             ("--kafka-option", !self.kafka_options.is_empty(), "kafka"),
             ("--kafka-secret", !self.kafka_secrets.is_empty(), "kafka"),
@@ -559,28 +559,32 @@ impl JobRequest {
                 "kinesis",
             ),
             ("--wrap-lineage", self.wrap_lineage, "kinesis"),
-            ("--key", given(&self.key).is_some(), "kafka, kinesis"),
+            (
+                "--key",
+                given(&self.key).is_some(),
+                "kafka, kinesis, pubsub",
+            ),
             (
                 "--delivery",
                 given(&self.delivery).is_some(),
-                "kafka, kinesis",
+                "kafka, kinesis, pubsub",
             ),
             (
                 "--checkpoint-events",
                 self.checkpoint_events.is_some(),
-                "kafka, kinesis",
+                "kafka, kinesis, pubsub",
             ),
             (
                 "--max-events-per-sec",
                 self.max_events_per_sec.is_some(),
-                "kafka, kinesis",
+                "kafka, kinesis, pubsub",
             ),
             (
                 "--max-bytes-per-sec",
                 self.max_bytes_per_sec.is_some(),
-                "kafka, kinesis",
+                "kafka, kinesis, pubsub",
             ),
-            ("--ordered", self.ordered, "kafka, kinesis"),
+            ("--ordered", self.ordered, "kafka, kinesis, pubsub"),
         ];
         let sink = given(&self.sink).unwrap_or("parquet");
         if let Some((flag, _, sinks)) = stream_flags
@@ -613,6 +617,7 @@ impl JobRequest {
         match sink {
             "parquet" => Ok(SinkSpec::Parquet),
             "kinesis" => self.kinesis_sink(checkpoint_events),
+            "pubsub" => self.pubsub_sink(checkpoint_events),
             "kafka" => {
                 let brokers = given(&self.brokers).ok_or_else(|| {
                     RequestError::new("--brokers", "is required with --sink kafka")
@@ -741,9 +746,56 @@ impl JobRequest {
             }
             other => Err(RequestError::new(
                 "--sink",
-                format!("{other:?}: one of parquet, kafka, kinesis"),
+                format!("{other:?}: one of parquet, kafka, kinesis, pubsub"),
             )),
         }
+    }
+
+    /// A Pub/Sub sink, checked (the shared stream flags are checked by [`Self::sink`]).
+    fn pubsub_sink(&self, checkpoint_events: u64) -> Result<SinkSpec, RequestError> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let topic = given(&self.topic).ok_or_else(|| {
+            RequestError::new(
+                "--topic",
+                "is required with --sink pubsub (projects/PROJECT/topics/TOPIC)",
+            )
+        })?;
+        crate::job::check_pubsub_topic(topic).map_err(|e| RequestError::new("--topic", e))?;
+        match given(&self.delivery).unwrap_or("at-least-once") {
+            "at-least-once" => {}
+            "exactly-once" => {
+                return Err(RequestError::new(
+                    "--delivery",
+                    "a Pub/Sub replay is at-least-once: publishing has no transactions (a \
+                     retried shard may publish messages again, at most about two \
+                     --checkpoint-events windows)",
+                ));
+            }
+            other => {
+                return Err(RequestError::new(
+                    "--delivery",
+                    format!("{other:?}: a Pub/Sub replay is at-least-once"),
+                ));
+            }
+        }
+        if given(&self.key).is_some() && !self.ordered {
+            return Err(RequestError::new(
+                "--key",
+                "with --sink pubsub it names the ordering key: give --ordered too",
+            ));
+        }
+        let key = KafkaKey::parse(given(&self.key).unwrap_or("event_id"))
+            .map_err(|e| RequestError::new("--key", e))?;
+        Ok(SinkSpec::PubSub(Box::new(crate::job::PubSubSpec {
+            topic: topic.to_string(),
+            key,
+            checkpoint_events,
+            max_events_per_sec: self.max_events_per_sec,
+            max_bytes_per_sec: self.max_bytes_per_sec,
+            ordered: self.ordered,
+        })))
     }
 
     /// A Kinesis sink, checked (the shared stream flags are checked by [`Self::sink`]).

@@ -60,7 +60,7 @@ impl std::fmt::Debug for GcsStore {
 }
 
 /// One HTTP client per process (connection pools, TLS roots loaded once).
-fn http_client() -> Result<reqwest::Client, String> {
+pub(crate) fn http_client() -> Result<reqwest::Client, String> {
     static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
         std::sync::OnceLock::new();
     CLIENT
@@ -75,7 +75,7 @@ fn http_client() -> Result<reqwest::Client, String> {
 }
 
 /// Percent-encodes an object name or query value (everything but RFC 3986's unreserved bytes).
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -12,6 +12,7 @@ mod client;
 mod gcs;
 pub mod kinesis;
 mod output;
+pub mod pubsub;
 mod retry;
 mod source;
 

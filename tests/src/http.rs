@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-type Handler = Arc<dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync>;
 
 /// Serves `handler(method, path, body) -> (status, body)` on a free loopback port until dropped.
-struct Server {
-    port: u16,
+pub(crate) struct Server {
+    pub(crate) port: u16,
 }
 
-fn serve(handler: Handler) -> Server {
+pub(crate) fn serve(handler: Handler) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {

@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod kinesis;
 pub mod pki;
 mod proxy;
+pub mod pubsub;
 pub mod s3;
 pub mod servers;
 

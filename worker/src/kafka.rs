@@ -1170,7 +1170,10 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
                 k.control_from = preflight(k, Duration::from_secs(15))?.control_from;
             }
             rewind_common::job::SinkSpec::Kinesis(k) => {
-                crate::kinesis::preflight(k, Duration::from_secs(15))?;
+                crate::streams::preflight(k, Duration::from_secs(15))?;
+            }
+            rewind_common::job::SinkSpec::PubSub(p) => {
+                crate::streams::preflight_pubsub(p, Duration::from_secs(15))?;
             }
             rewind_common::job::SinkSpec::Parquet => {}
         }

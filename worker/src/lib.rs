@@ -5,7 +5,6 @@ pub mod decode;
 pub mod fair;
 pub mod ingest;
 pub mod kafka;
-pub mod kinesis;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
@@ -14,6 +13,7 @@ pub mod route;
 pub mod run;
 pub mod scan;
 pub mod sink;
+pub mod streams;
 pub mod throttle;
 
 pub use rewind_common::failpoint;

@@ -14,6 +14,7 @@ mod guard;
 mod ingest;
 mod kafka;
 mod kinesis;
+mod pubsub;
 mod run;
 mod s3;
 mod secure;

@@ -25,7 +25,7 @@ mod tally;
 
 pub use read::{Codec, open_decoded};
 
-use out::{At, KafkaOut, KinesisOut, ParquetOut, Sink, Taken};
+use out::{At, KafkaOut, ParquetOut, Sink, Stream, StreamOut, Taken};
 use read::{ReadAhead, names_other_org, pinned_objects, prescan};
 use tally::Tally;
 
@@ -200,9 +200,26 @@ pub fn run_shard(
         SinkSpec::Kafka(k) => {
             attempt_.run(|| KafkaOut::new(env, k, output.as_ref(), shard, attempt, &todo))
         }
-        SinkSpec::Kinesis(k) => {
-            attempt_.run(|| KinesisOut::new(env, k, output.as_ref(), shard, attempt, &todo))
-        }
+        SinkSpec::Kinesis(k) => attempt_.run(|| {
+            StreamOut::new(
+                env,
+                Stream::Kinesis(k),
+                output.as_ref(),
+                shard,
+                attempt,
+                &todo,
+            )
+        }),
+        SinkSpec::PubSub(p) => attempt_.run(|| {
+            StreamOut::new(
+                env,
+                Stream::PubSub(p),
+                output.as_ref(),
+                shard,
+                attempt,
+                &todo,
+            )
+        }),
     }
 }
 

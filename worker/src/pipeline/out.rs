@@ -13,9 +13,9 @@ use rewind_common::{JobSpec, ShardId};
 
 use super::{Progress, ShardEnv, ShardError};
 use crate::kafka::{KafkaSink, Rejected};
-use crate::kinesis::KinesisSink;
 use crate::record::Row;
 use crate::sink::ParquetSink;
+use crate::streams::StreamSink;
 use crate::throttle::Throttle;
 
 /// Where one recovered event is: its object (index and key), its byte offset and the offset
@@ -447,11 +447,11 @@ impl Sink for KafkaOut<'_> {
     }
 }
 
-/// A Kinesis stream: PutRecords calls with their retries, checkpoints of the acknowledged
-/// prefix (Kinesis has no transactions: always at-least-once), and a retried attempt resuming
-/// after what an earlier one delivered.
-pub(super) struct KinesisOut<'a> {
-    kinesis: KinesisSink,
+/// A Kinesis stream or a Pub/Sub topic: calls with their retries, checkpoints of the
+/// acknowledged prefix (neither has transactions: always at-least-once), and a retried attempt
+/// resuming after what an earlier one delivered.
+pub(super) struct StreamOut<'a> {
+    sink: StreamSink,
     throttle: Option<Arc<Throttle>>,
     /// Everything before this position was delivered by an earlier attempt.
     resume: Option<crate::kafka::Position>,
@@ -463,26 +463,37 @@ pub(super) struct KinesisOut<'a> {
     todo: &'a [ObjectMeta],
 }
 
-impl<'a> KinesisOut<'a> {
+impl<'a> StreamOut<'a> {
     pub fn new(
         env: &ShardEnv,
-        k: &KinesisSpec,
+        k: Stream<'_>,
         output: &'a dyn OutputStore,
         shard: ShardId,
         attempt: u32,
         todo: &'a [ObjectMeta],
     ) -> Result<Self, ShardError> {
         let spec = &env.spec;
-        let kinesis = KinesisSink::new(k, spec.job.as_str(), shard, env.produce_latency.clone())
-            .map_err(ShardError::kafka)?;
+        let sink = match k {
+            Stream::Kinesis(k) => {
+                StreamSink::kinesis(k, spec.job.as_str(), shard, env.produce_latency.clone())
+            }
+            Stream::PubSub(p) => {
+                StreamSink::pubsub(p, spec.job.as_str(), shard, env.produce_latency.clone())
+            }
+        }
+        .map_err(ShardError::kafka)?;
+        let checkpoint_events = match k {
+            Stream::Kinesis(k) => k.checkpoint_events,
+            Stream::PubSub(p) => p.checkpoint_events,
+        };
         let checkpoint_key = OutputKeys::new(&spec.job).checkpoint(shard);
-        Ok(KinesisOut {
-            kinesis,
+        Ok(StreamOut {
+            sink,
             throttle: env.throttle.clone(),
             resume: read_checkpoint(output, &checkpoint_key, todo),
             resumed: 0,
             checkpoints: Checkpoints {
-                every: k.checkpoint_events,
+                every: checkpoint_events,
                 ..Checkpoints::default()
             },
             output,
@@ -493,13 +504,16 @@ impl<'a> KinesisOut<'a> {
     }
 }
 
-impl Sink for KinesisOut<'_> {
+/// Which of the batching stream sinks a [`StreamOut`] sends to.
+pub(super) enum Stream<'a> {
+    Kinesis(&'a KinesisSpec),
+    PubSub(&'a rewind_common::job::PubSubSpec),
+}
+
+impl Sink for StreamOut<'_> {
     fn take(&mut self, at: At<'_>, row: &Row<'_>, value: &str) -> Result<Taken, ShardError> {
         // Refused the same way by every attempt, delivered before or not.
-        let entry = match self
-            .kinesis
-            .record(row, value, at.key, (at.index, at.offset))
-        {
+        let entry = match self.sink.record(row, value, at.key, (at.index, at.offset)) {
             Ok(e) => e,
             Err((code, reason)) => return Ok(Taken::Refused(code, reason)),
         };
@@ -510,12 +524,12 @@ impl Sink for KinesisOut<'_> {
         if let Some(t) = &self.throttle {
             t.acquire(value.len() as u64);
         }
-        self.kinesis
+        self.sink
             .send(entry, (at.index, at.end))
             .map_err(ShardError::kafka)?;
-        let kinesis = &mut self.kinesis;
+        let sink = &mut self.sink;
         self.checkpoints.maybe_write(
-            || kinesis.finished_position(),
+            || sink.finished_position(),
             self.output,
             &self.checkpoint_key,
             self.attempt,
@@ -526,13 +540,13 @@ impl Sink for KinesisOut<'_> {
 
     fn publish(&self, p: &Progress) {
         use std::sync::atomic::Ordering;
-        p.produced.store(self.kinesis.put(), Ordering::Relaxed);
+        p.produced.store(self.sink.put(), Ordering::Relaxed);
         p.acknowledged
-            .store(self.kinesis.acknowledged(), Ordering::Relaxed);
+            .store(self.sink.acknowledged(), Ordering::Relaxed);
     }
 
     fn finish(self) -> Result<SinkEnd, ShardError> {
-        let done = self.kinesis.finish().map_err(ShardError::kafka)?;
+        let done = self.sink.finish().map_err(ShardError::kafka)?;
         // Everything is acknowledged: a retry (a crash before the shard's commit) puts nothing
         // again.
         let end = KafkaCheckpoint {

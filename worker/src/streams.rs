@@ -1,14 +1,18 @@
-//! The Kinesis sink: each recovered event is put as one record whose data is the event's bytes
-//! (original, or repaired by a flow; or wrapped with its lineage, `--wrap-lineage`), with a
-//! partition key as `--key` says. Records go out in PutRecords calls within the service's
-//! limits (500 records, 5 MiB), several calls in flight; the records a call failed for the
-//! moment (throughput exceeded, internal failure) are put again with backoff and counted, so a
-//! throttled stream slows the shard instead of failing it. A shard commits only after every
-//! record is acknowledged; its progress is checkpointed as for Kafka's at-least-once mode, so a
-//! retried shard puts again at most what was in flight after the last checkpoint.
+//! The stream sinks without a producer library of their own: Amazon Kinesis and Google Cloud
+//! Pub/Sub. Each recovered event is one record (Kinesis) or message (Pub/Sub) whose data is the
+//! event's bytes (original, or repaired by a flow). Records go out in calls within the service's
+//! limits (Kinesis PutRecords: 500 records, 5 MiB; Pub/Sub publish: 1,000 messages, kept under
+//! 7 MB of data so the base64 request stays under its 10 MB), several calls in flight; what a
+//! call failed for the moment (throughput exceeded, internal failure, 429/5xx) is sent again
+//! with backoff and counted, so a throttled service slows the shard instead of failing it. A
+//! shard commits only after every record is acknowledged; its progress is checkpointed as for
+//! Kafka's at-least-once mode, so a retried shard sends again at most what was in flight after
+//! the last checkpoint.
 //!
-//! Kinesis has no transactions and no headers: delivery is at-least-once, and lineage travels
-//! in the data only when the job asks for the wrapping.
+//! Neither has transactions: delivery is at-least-once. Kinesis records have no headers, so
+//! lineage travels in the data only when the job asks for the wrapping (`--wrap-lineage`);
+//! Pub/Sub messages carry it as attributes (`rewind-job`, `rewind-source-key`, `rewind-offset`,
+//! `rewind-event-id`), and with `--ordered` an ordering key from `--key`.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use rewind_common::ShardId;
-use rewind_common::job::{KafkaKey, KinesisSpec};
+use rewind_common::job::{KafkaKey, KinesisSpec, PubSubSpec};
 use rewind_flows::Path;
 use rewind_s3::kinesis::{Entry, ErrorClass, KinesisClient, KinesisError};
+use rewind_s3::pubsub::{Message, PubSubClient};
 
 use crate::kafka::{KafkaFailure, Position, Refusal};
 use crate::record::Row;
@@ -31,6 +36,69 @@ pub const MAX_BYTES_PER_CALL: usize = 5 << 20;
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// A partition key's most characters.
 pub const MAX_KEY_CHARS: usize = 256;
+
+/// Pub/Sub publish limits as we use them: messages per call, bytes of data and attributes per
+/// call and per message (base64 in the JSON request makes 7 MB about 9.4 MB of the 10 MB
+/// request limit).
+pub const PUBSUB_MAX_MESSAGES_PER_CALL: usize = 1000;
+pub const PUBSUB_MAX_BYTES: usize = 7_000_000;
+/// An attribute value's and an ordering key's most bytes.
+pub const PUBSUB_MAX_ATTRIBUTE: usize = 1024;
+
+/// Lineage attributes of a Pub/Sub message.
+pub const ATTR_JOB: &str = "rewind-job";
+pub const ATTR_SOURCE_KEY: &str = "rewind-source-key";
+pub const ATTR_OFFSET: &str = "rewind-offset";
+pub const ATTR_EVENT_ID: &str = "rewind-event-id";
+
+/// Where the records go.
+#[derive(Clone)]
+enum Target {
+    Kinesis(KinesisClient),
+    PubSub(PubSubClient),
+}
+
+impl Target {
+    /// Records per call, bytes per call, bytes per record.
+    fn limits(&self) -> (usize, usize, usize) {
+        match self {
+            Target::Kinesis(_) => (MAX_RECORDS_PER_CALL, MAX_BYTES_PER_CALL, MAX_RECORD_BYTES),
+            Target::PubSub(_) => (
+                PUBSUB_MAX_MESSAGES_PER_CALL,
+                PUBSUB_MAX_BYTES,
+                PUBSUB_MAX_BYTES,
+            ),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Kinesis(c) => format!("Kinesis stream {}", c.stream()),
+            Target::PubSub(c) => format!("Pub/Sub topic {}", c.topic()),
+        }
+    }
+}
+
+/// One record as it goes out: data, key (Kinesis: the partition key; Pub/Sub: the ordering
+/// key, empty for none) and attributes (Pub/Sub).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub data: bytes::Bytes,
+    pub key: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Record {
+    fn size(&self) -> usize {
+        self.data.len()
+            + self.key.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
 
 /// Calls in flight per shard attempt (one with `--ordered`).
 const CALLS_IN_FLIGHT: usize = 4;
@@ -44,7 +112,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// One record waiting for its call.
 struct Pending {
     seq: u64,
-    entry: Entry,
+    record: Record,
 }
 
 /// What a call (with its retries) came to.
@@ -63,9 +131,9 @@ pub struct Finished {
     pub retries: u64,
 }
 
-/// Puts one shard attempt's events.
-pub struct KinesisSink {
-    client: KinesisClient,
+/// Sends one shard attempt's events.
+pub struct StreamSink {
+    target: Target,
     handle: tokio::runtime::Handle,
     key: KafkaKey,
     key_path: Option<Path>,
@@ -101,19 +169,16 @@ fn failure(e: &KinesisError) -> KafkaFailure {
     }
 }
 
-impl KinesisSink {
-    /// A sink for one shard attempt. Must be called on a thread of a tokio runtime (the
+impl StreamSink {
+    /// A Kinesis sink for one shard attempt. Must be called on a thread of a tokio runtime (the
     /// pipeline's blocking threads are): the calls run on that runtime.
-    pub fn new(
+    pub fn kinesis(
         spec: &KinesisSpec,
         job: &str,
         shard: ShardId,
         latency: Option<Histogram>,
-    ) -> Result<KinesisSink, KafkaFailure> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| KafkaFailure {
-            message: "internal error: the Kinesis sink runs inside a tokio runtime".into(),
-            retryable: false,
-        })?;
+    ) -> Result<StreamSink, KafkaFailure> {
+        let handle = runtime()?;
         let (stream, region, endpoint) = (
             spec.stream.clone(),
             spec.region.clone(),
@@ -122,21 +187,71 @@ impl KinesisSink {
         let client = block_on(&handle, async move {
             rewind_s3::kinesis::connect(&stream, region.as_deref(), endpoint.as_deref()).await
         });
-        let key_path = match &spec.key {
+        let mut sink = Self::with(
+            Target::Kinesis(client),
+            handle,
+            &spec.key,
+            spec.ordered,
+            spec.checkpoint_events,
+            job,
+            shard,
+            latency,
+        )?;
+        sink.wrap = spec.wrap_lineage;
+        Ok(sink)
+    }
+
+    /// A Pub/Sub sink for one shard attempt (same runtime rule as [`StreamSink::kinesis`]).
+    pub fn pubsub(
+        spec: &PubSubSpec,
+        job: &str,
+        shard: ShardId,
+        latency: Option<Histogram>,
+    ) -> Result<StreamSink, KafkaFailure> {
+        let handle = runtime()?;
+        let client = PubSubClient::connect(&spec.topic).map_err(|message| KafkaFailure {
+            message,
+            retryable: false,
+        })?;
+        Self::with(
+            Target::PubSub(client),
+            handle,
+            &spec.key,
+            spec.ordered,
+            spec.checkpoint_events,
+            job,
+            shard,
+            latency,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with(
+        target: Target,
+        handle: tokio::runtime::Handle,
+        key: &KafkaKey,
+        ordered: bool,
+        checkpoint_events: u64,
+        job: &str,
+        shard: ShardId,
+        latency: Option<Histogram>,
+    ) -> Result<StreamSink, KafkaFailure> {
+        let key_path = match key {
             KafkaKey::Path(p) => Some(Path::parse(p).map_err(|e| KafkaFailure {
                 message: format!("--key {p}: {e}"),
                 retryable: false,
             })?),
             _ => None,
         };
+        let (per_call, _, _) = target.limits();
         let (tx, rx) = mpsc::channel();
-        Ok(KinesisSink {
-            client,
+        Ok(StreamSink {
+            target,
             handle,
-            key: spec.key.clone(),
+            key: key.clone(),
             key_path,
-            wrap: spec.wrap_lineage,
-            ordered: spec.ordered,
+            wrap: false,
+            ordered,
             job: job.to_string(),
             shard,
             batch: Vec::new(),
@@ -146,7 +261,7 @@ impl KinesisSink {
             put: 0,
             acknowledged: 0,
             calls_in_flight: 0,
-            max_in_flight: spec.checkpoint_events.max(MAX_RECORDS_PER_CALL as u64),
+            max_in_flight: checkpoint_events.max(per_call as u64),
             done: Default::default(),
             positions: VecDeque::new(),
             finished_to: None,
@@ -158,19 +273,31 @@ impl KinesisSink {
         })
     }
 
-    /// The record for one event, or why it cannot be one (too large, a key Kinesis refuses).
-    /// Deterministic, so every attempt refuses the same events.
+    /// The record for one event, or why it cannot be one (too large, a key or attribute the
+    /// service refuses). Deterministic, so every attempt refuses the same events.
     pub fn record(
         &self,
         row: &Row<'_>,
         value: &str,
         source_key: &str,
         at: Position,
-    ) -> Result<Entry, Refusal> {
+    ) -> Result<Record, Refusal> {
+        match &self.target {
+            Target::Kinesis(_) => self.kinesis_record(row, value, source_key, at),
+            Target::PubSub(_) => self.pubsub_record(row, value, source_key, at),
+        }
+    }
+
+    fn kinesis_record(
+        &self,
+        row: &Row<'_>,
+        value: &str,
+        source_key: &str,
+        at: Position,
+    ) -> Result<Record, Refusal> {
         let key = match self.key_of(row, value) {
-            Some(k) if k.is_empty() => place_key(self.shard, at),
-            Some(k) => k,
-            None => place_key(self.shard, at),
+            Some(k) if !k.is_empty() => k,
+            _ => place_key(self.shard, at),
         };
         let chars = key.chars().count();
         if chars > MAX_KEY_CHARS {
@@ -196,10 +323,71 @@ impl KinesisSink {
                 ),
             ));
         }
-        Ok(Entry {
+        Ok(Record {
             data: data.into(),
             key,
+            attributes: Vec::new(),
         })
+    }
+
+    fn pubsub_record(
+        &self,
+        row: &Row<'_>,
+        value: &str,
+        source_key: &str,
+        at: Position,
+    ) -> Result<Record, Refusal> {
+        // Ordering keys only with --ordered (a message without one is delivered in any order).
+        let key = if self.ordered {
+            self.key_of(row, value).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if key.len() > PUBSUB_MAX_ATTRIBUTE {
+            return Err((
+                "pubsub_key",
+                format!(
+                    "ordering key of {} bytes; Pub/Sub takes at most {PUBSUB_MAX_ATTRIBUTE}",
+                    key.len()
+                ),
+            ));
+        }
+        let mut attributes = vec![
+            (ATTR_JOB.to_string(), self.job.clone()),
+            (ATTR_SOURCE_KEY.to_string(), source_key.to_string()),
+            (ATTR_OFFSET.to_string(), at.1.to_string()),
+        ];
+        if let Some(id) = row.event_id() {
+            attributes.push((ATTR_EVENT_ID.to_string(), id.to_string()));
+        }
+        if let Some((name, v)) = attributes
+            .iter()
+            .find(|(_, v)| v.len() > PUBSUB_MAX_ATTRIBUTE)
+        {
+            return Err((
+                "pubsub_attribute",
+                format!(
+                    "attribute {name} of {} bytes; Pub/Sub takes at most {PUBSUB_MAX_ATTRIBUTE}",
+                    v.len()
+                ),
+            ));
+        }
+        let record = Record {
+            data: bytes::Bytes::copy_from_slice(value.as_bytes()),
+            key,
+            attributes,
+        };
+        if record.size() > PUBSUB_MAX_BYTES {
+            return Err((
+                "pubsub_too_large",
+                format!(
+                    "a Pub/Sub message of {} bytes (data, attributes, ordering key); the most a \
+                     replay sends is {PUBSUB_MAX_BYTES}",
+                    record.size()
+                ),
+            ));
+        }
+        Ok(record)
     }
 
     fn key_of(&self, row: &Row<'_>, text: &str) -> Option<String> {
@@ -220,27 +408,30 @@ impl KinesisSink {
 
     /// Queues one record; `after` is the position just after its event (the checkpoint's unit).
     /// Waits while the attempt has its most records or calls in flight.
-    pub fn send(&mut self, entry: Entry, after: Position) -> Result<(), KafkaFailure> {
+    pub fn send(&mut self, record: Record, after: Position) -> Result<(), KafkaFailure> {
         self.collect(false)?;
-        let size = entry.data.len() + entry.key.len();
-        let repeats_key = self.ordered && self.batch_keys.contains(&entry.key);
-        if self.batch.len() >= MAX_RECORDS_PER_CALL
-            || self.batch_bytes + size > MAX_BYTES_PER_CALL
-            || repeats_key
-        {
+        let size = record.size();
+        let (per_call, bytes_per_call, _) = self.target.limits();
+        // Kinesis may fail part of a call: with --ordered, one record per key per call, so a
+        // record sent again never lands after a later one of its key. (A Pub/Sub publish is
+        // whole or nothing and keeps its messages' order.)
+        let repeats_key = self.ordered
+            && matches!(self.target, Target::Kinesis(_))
+            && self.batch_keys.contains(&record.key);
+        if self.batch.len() >= per_call || self.batch_bytes + size > bytes_per_call || repeats_key {
             self.dispatch()?;
         }
         while self.put - self.done.count >= self.max_in_flight {
             self.collect(true)?;
         }
-        if self.ordered {
-            self.batch_keys.insert(entry.key.clone());
+        if self.ordered && matches!(self.target, Target::Kinesis(_)) {
+            self.batch_keys.insert(record.key.clone());
         }
         let seq = self.put;
         self.put += 1;
         self.positions.push_back((seq, after));
         self.batch_bytes += size;
-        self.batch.push(Pending { seq, entry });
+        self.batch.push(Pending { seq, record });
         let since = *self.batch_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= LINGER {
             self.dispatch()?;
@@ -261,15 +452,37 @@ impl KinesisSink {
         self.batch_bytes = 0;
         self.batch_keys.clear();
         self.batch_since = None;
-        let (seqs, entries): (Vec<u64>, Vec<Entry>) =
-            batch.into_iter().map(|p| (p.seq, p.entry)).unzip();
-        let client = self.client.clone();
+        let (seqs, records): (Vec<u64>, Vec<Record>) =
+            batch.into_iter().map(|p| (p.seq, p.record)).unzip();
+        let target = self.target.clone();
         let retries = self.retries.clone();
         let tx = self.tx.clone();
         self.calls_in_flight += 1;
         self.handle.spawn(async move {
             let started = Instant::now();
-            let result = put_all(&client, entries, &retries).await;
+            let result = match &target {
+                Target::Kinesis(client) => {
+                    let entries = records
+                        .into_iter()
+                        .map(|r| Entry {
+                            data: r.data,
+                            key: r.key,
+                        })
+                        .collect();
+                    put_all(client, entries, &retries).await
+                }
+                Target::PubSub(client) => {
+                    let messages = records
+                        .into_iter()
+                        .map(|r| Message {
+                            data: r.data,
+                            attributes: r.attributes,
+                            ordering_key: r.key,
+                        })
+                        .collect::<Vec<_>>();
+                    publish_all(client, &messages, &retries).await
+                }
+            };
             let _ = tx.send(Completion {
                 seqs,
                 latency: started.elapsed(),
@@ -296,7 +509,10 @@ impl KinesisSink {
                     Ok(c) => Some(c),
                     Err(_) => {
                         return Err(KafkaFailure {
-                            message: "internal error: a Kinesis call never finished".into(),
+                            message: format!(
+                                "internal error: a call to {} never finished",
+                                self.target.describe()
+                            ),
                             retryable: true,
                         });
                     }
@@ -458,6 +674,41 @@ async fn put_all(
     }
 }
 
+/// Publishes `messages` until the call succeeds: a call that failed for the moment (429, 5xx,
+/// a reset) is made again, whole, after a backoff doubling while it keeps failing, and its
+/// messages counted as sent again. Fails on a fatal error, or after [`NO_PROGRESS_LIMIT`].
+async fn publish_all(
+    client: &PubSubClient,
+    messages: &[Message],
+    retries: &AtomicU64,
+) -> Result<(), KinesisError> {
+    let mut backoff = BACKOFF_FIRST;
+    let started = Instant::now();
+    let mut calls = 0u64;
+    loop {
+        calls += 1;
+        let last = match client.publish(messages).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.class == ErrorClass::Fatal => return Err(e),
+            Err(e) => e.message,
+        };
+        if started.elapsed() >= NO_PROGRESS_LIMIT {
+            return Err(KinesisError {
+                class: ErrorClass::Transient,
+                message: format!(
+                    "Pub/Sub topic {} took no message of a call for {} s ({calls} calls); last \
+                     error: {last}",
+                    client.topic(),
+                    NO_PROGRESS_LIMIT.as_secs()
+                ),
+            });
+        }
+        retries.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
 /// Between half and all of `d` (so the shards of a throttled stream do not retry in step).
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -465,6 +716,14 @@ fn jitter(d: Duration) -> Duration {
         .map_or(0, |t| t.subsec_nanos()) as u64;
     let half = d.as_micros() as u64 / 2;
     Duration::from_micros(half + nanos % (half + 1))
+}
+
+/// The runtime of the calling (blocking) thread.
+fn runtime() -> Result<tokio::runtime::Handle, KafkaFailure> {
+    tokio::runtime::Handle::try_current().map_err(|_| KafkaFailure {
+        message: "internal error: the stream sinks run inside a tokio runtime".into(),
+        retryable: false,
+    })
 }
 
 fn block_on<T: Send + 'static>(
@@ -510,6 +769,25 @@ pub fn preflight(spec: &KinesisSpec, timeout: Duration) -> Result<(), String> {
             "Kinesis stream {stream} is {}: it takes records when ACTIVE",
             i.status
         )),
+    }
+}
+
+/// The topic answers: it exists and the credentials may see it. Blocking (runs on its own
+/// runtime).
+pub fn preflight_pubsub(spec: &PubSubSpec, timeout: Duration) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime for the Pub/Sub preflight: {e}"))?;
+    let client = PubSubClient::connect(&spec.topic)?;
+    match rt.block_on(async { tokio::time::timeout(timeout, client.describe()).await }) {
+        Err(_) => Err(format!(
+            "Pub/Sub topic {}: no answer within {} s",
+            spec.topic,
+            timeout.as_secs()
+        )),
+        Ok(Err(e)) => Err(e.message),
+        Ok(Ok(())) => Ok(()),
     }
 }
 
