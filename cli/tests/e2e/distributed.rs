@@ -1601,6 +1601,93 @@ fn killed_worker_during_a_kinesis_replay_repeats_at_most_one_checkpoint_window()
     );
 }
 
+/// kill -9 of the worker in the middle of a Pub/Sub replay: a topic that is not there is refused
+/// at submit; then another worker retries the killed worker's shard from its checkpoint. Nothing
+/// is lost, and the messages published twice stay within one checkpoint window.
+#[test]
+fn killed_worker_during_a_pubsub_replay_repeats_at_most_one_checkpoint_window() {
+    use rewind_testkit::pubsub::PubSub;
+
+    let ps = PubSub::start();
+    let env: Vec<(&str, String)> = ps.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut c = Cluster::start_with(0, &env);
+    c.add_worker_with_env(&env);
+    c.generate(1);
+    let topic = ps.create_topic("rewind-tests", "replay");
+    let (src, dest) = (c.src(), c.dest());
+    let submit = |topic: &str, extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            "2024-04-01T00",
+            "--end",
+            "2024-04-01T00",
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "pubsub",
+            "--topic",
+            topic,
+        ];
+        args.extend_from_slice(extra);
+        c.cli(&args)
+    };
+    let out = submit("projects/rewind-tests/topics/missing", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Topic not found"), "{err}");
+    let window = 100u64;
+    let out = submit(
+        &topic,
+        &[
+            "--checkpoint-events",
+            &window.to_string(),
+            "--max-events-per-sec",
+            "800",
+        ],
+    );
+    let job = submitted(&out);
+    let checkpoint = dest.join(format!(
+        "execution_id={job}/_rewind/checkpoints/2024040100.json"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    c.workers[0].child.kill();
+    c.add_worker_with_env(&env);
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    let events = archived_events(&src).len();
+    assert_eq!(summary["acknowledged"], events as u64);
+    let messages = ps.pull_all("rewind-tests", "replay");
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for m in &messages {
+        let at = (
+            m.attribute("rewind-source-key").unwrap().to_string(),
+            m.attribute("rewind-offset").unwrap().to_string(),
+        );
+        *seen.entry(at).or_default() += 1;
+    }
+    assert_eq!(seen.len(), events, "every event is on the topic");
+    let repeated = messages.len() - events;
+    eprintln!(
+        "kill -9 mid-replay into Pub/Sub ({}): {events} events, {repeated} published twice (window {window})",
+        ps.kind()
+    );
+    assert!(
+        repeated as u64 <= 2 * window,
+        "{repeated} messages published twice, more than two checkpoint windows of {window}"
+    );
+}
+
 /// kill -9 at random moments during an at-least-once Kafka replay of several hours by three
 /// workers (one shard each at a time): nothing is lost, and each kill repeats at most two
 /// checkpoint windows of the one shard its worker was running.
