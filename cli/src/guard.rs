@@ -80,10 +80,11 @@ pub fn load(
                     datasource: prefix.to_string(),
                 }
             }
-            kind @ ("azure" | "s3" | "local") => {
+            kind @ ("azure" | "s3" | "gcs" | "local") => {
                 let scheme = match kind {
                     "azure" => Some("az://"),
                     "s3" => Some("s3://"),
+                    "gcs" => Some("gs://"),
                     _ => None,
                 };
                 let url = match scheme {
@@ -125,7 +126,7 @@ pub fn load(
             }
             other => {
                 return Err(format!(
-                    "{at}.type {other:?}: expected azure, s3, local or druid"
+                    "{at}.type {other:?}: expected azure, s3, gcs, local or druid"
                 ));
             }
         };
@@ -173,6 +174,22 @@ mod tests {
             backup_key("raw/", "j1", "2024-04-01", "raw/2024-04-01/a.json"),
             "raw/_rewind/backup/j1/2024-04-01/raw/2024-04-01/a.json"
         );
+        // A GCS sink, by URL and as a bare prefix below its --guard-base.
+        let gcs = r#"{"s": {"outputKafkaTopic": "t", "dependentSinkSources": [
+            {"type": "gcs", "prefix": "gs://lake/unique"}, {"type": "gcs", "prefix": "raw"}]}}"#;
+        let base = BTreeMap::from([("gcs".to_string(), "gs://sinks".to_string())]);
+        let g = load(gcs, "g.json", "s", &base).unwrap();
+        assert!(
+            matches!(&g.sources[0], Dependent::Store { name, .. } if name == "gs://lake/unique")
+        );
+        assert!(matches!(&g.sources[1], Dependent::Store { name, .. } if name == "gs://sinks/raw"));
+        assert_eq!(
+            g.sources[1].day_prefix("2024-04-01").unwrap(),
+            "raw/2024-04-01/"
+        );
+        let wrong = r#"{"s": {"outputKafkaTopic": "t", "dependentSinkSources": [{"type": "gcs", "prefix": "s3://b/p"}]}}"#;
+        let e = load(wrong, "g.json", "s", &base).unwrap_err();
+        assert!(e.contains("a gcs source is gs://"), "{e}");
         let yaml = "ingest:\n  outputKafkaTopic: t\n  dependentSinkSources:\n    - type: local\n      prefix: /data/raw\n";
         let g = load(yaml, "g.yaml", "ingest", &BTreeMap::new()).unwrap();
         assert_eq!(

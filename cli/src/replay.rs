@@ -68,7 +68,8 @@ pub struct ReplayArgs {
     /// Druid basic auth `user:password`, by reference: env:NAME or file:PATH.
     #[arg(long)]
     pub druid_auth: Option<String>,
-    /// Base of bare prefixes in the guard config, by type: azure=az://CONTAINER, s3=s3://BUCKET.
+    /// Base of bare prefixes in the guard config, by type: azure=az://CONTAINER, s3=s3://BUCKET,
+    /// gcs=gs://BUCKET.
     #[arg(long)]
     pub guard_base: Vec<String>,
     /// Go on with an interrupted guarded replay (its job id).
