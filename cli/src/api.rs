@@ -229,8 +229,6 @@ fn job_value(j: &pb::Job) -> Value {
     } else {
         "recovery"
     });
-    // How it shares the workers' slots (docs/scheduling.md).
-    v["priority"] = json!(r.priority.as_deref().unwrap_or("normal"));
     if !j.summary_json.is_empty()
         && let Ok(s) = serde_json::from_str::<Value>(&j.summary_json)
     {

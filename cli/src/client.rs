@@ -133,6 +133,8 @@ pub fn job_json(j: &pb::Job) -> Value {
         "job_id": j.job_id,
         "state": j.state,
         "org": request.org,
+        // How it shares the workers' slots (docs/scheduling.md).
+        "priority": request.priority.as_deref().filter(|p| !p.is_empty()).unwrap_or("normal"),
         "start": request.start,
         "end": request.end,
         "source": request.source,

@@ -87,6 +87,10 @@ pub struct IngestArgs {
     /// objects (shards by size), its commit publishes, records and moves. Waits for the job.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// With --coordinator: how the job shares the fleet's worker slots with other jobs:
+    /// interactive (8 shares), normal (4) or backfill (1) (docs/scheduling.md).
+    #[arg(long, requires = "coordinator", value_parser = ["interactive", "normal", "backfill"])]
+    pub priority: Option<String>,
     #[command(flatten)]
     pub reach: crate::CoordinatorAuth,
     #[command(flatten)]
@@ -335,6 +339,7 @@ pub fn run(args: IngestArgs) -> Result<(), Failure> {
             processed: processed.clone(),
             dedup: args.dedup.clone().filter(|d| !d.trim().is_empty()),
         });
+        request.priority = args.priority.clone();
         request.validate(JobId::generate())?;
         let remote = crate::Remote::to(addr, &args.reach, args.json);
         return crate::client::submit_request(&remote, request, true);

@@ -38,6 +38,10 @@ pub struct RepairArgs {
     /// the shards of one job; the rows must then be JSON lines. Waits for the job.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// With --coordinator: how the job shares the fleet's worker slots with other jobs:
+    /// interactive (8 shares), normal (4) or backfill (1) (docs/scheduling.md).
+    #[arg(long, requires = "coordinator", value_parser = ["interactive", "normal", "backfill"])]
+    pub priority: Option<String>,
     #[command(flatten)]
     pub reach: crate::CoordinatorAuth,
     /// What the dataset must be: parquet (files rewritten in place, kept for a rollback) or
@@ -233,6 +237,7 @@ fn distributed(args: RepairArgs) -> Result<(), Failure> {
             delete,
             rows,
         }),
+        priority: args.priority.clone(),
         ..Default::default()
     };
     let remote = crate::Remote::to(

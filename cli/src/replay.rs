@@ -82,6 +82,10 @@ pub struct ReplayArgs {
     /// days, its workers replay them. Waits for the job and reports it.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// With --coordinator: how the job shares the fleet's worker slots with other jobs:
+    /// interactive (8 shares), normal (4) or backfill (1) (docs/scheduling.md).
+    #[arg(long, requires = "coordinator", value_parser = ["interactive", "normal", "backfill"])]
+    pub priority: Option<String>,
     #[command(flatten)]
     pub reach: crate::CoordinatorAuth,
     /// Print exactly one JSON object (the job's summary) on stdout.
@@ -327,6 +331,7 @@ fn distributed(args: &ReplayArgs, g: GuardRequest, mut request: JobRequest) -> R
         ));
     }
     request.guard = Some(g);
+    request.priority = args.priority.clone();
     let remote = crate::Remote::to(
         args.coordinator.as_deref().unwrap_or_default(),
         &args.reach,

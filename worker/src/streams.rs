@@ -150,8 +150,13 @@ pub struct StreamSink {
     put: u64,
     acknowledged: u64,
     calls_in_flight: usize,
-    /// Records allowed in flight (put, not acknowledged) before `send` waits.
+    /// Records allowed in flight (sent or batched, not acknowledged) before `send` waits: the
+    /// job's `--checkpoint-events`, so a crash repeats at most about two of those windows.
     max_in_flight: u64,
+    /// Records per call: the service's limit, or fewer when the window is smaller.
+    batch_cap: usize,
+    /// Set when the attempt ends (finished, failed or dropped): calls still retrying give up.
+    stop: Arc<std::sync::atomic::AtomicBool>,
     done: crate::kafka::Done,
     positions: VecDeque<(u64, Position)>,
     finished_to: Option<Position>,
@@ -261,7 +266,9 @@ impl StreamSink {
             put: 0,
             acknowledged: 0,
             calls_in_flight: 0,
-            max_in_flight: checkpoint_events.max(per_call as u64),
+            max_in_flight: checkpoint_events.max(1),
+            batch_cap: per_call.min(checkpoint_events.max(1) as usize),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             done: Default::default(),
             positions: VecDeque::new(),
             finished_to: None,
@@ -411,7 +418,8 @@ impl StreamSink {
     pub fn send(&mut self, record: Record, after: Position) -> Result<(), KafkaFailure> {
         self.collect(false)?;
         let size = record.size();
-        let (per_call, bytes_per_call, _) = self.target.limits();
+        let (_, bytes_per_call, _) = self.target.limits();
+        let per_call = self.batch_cap;
         // Kinesis may fail part of a call: with --ordered, one record per key per call, so a
         // record sent again never lands after a later one of its key. (A Pub/Sub publish is
         // whole or nothing and keeps its messages' order.)
@@ -456,6 +464,7 @@ impl StreamSink {
             batch.into_iter().map(|p| (p.seq, p.record)).unzip();
         let target = self.target.clone();
         let retries = self.retries.clone();
+        let stop = self.stop.clone();
         let tx = self.tx.clone();
         self.calls_in_flight += 1;
         self.handle.spawn(async move {
@@ -469,7 +478,7 @@ impl StreamSink {
                             key: r.key,
                         })
                         .collect();
-                    put_all(client, entries, &retries).await
+                    put_all(client, entries, &retries, &stop).await
                 }
                 Target::PubSub(client) => {
                     let messages = records
@@ -480,7 +489,7 @@ impl StreamSink {
                             ordering_key: r.key,
                         })
                         .collect::<Vec<_>>();
-                    publish_all(client, &messages, &retries).await
+                    publish_all(client, &messages, &retries, &stop).await
                 }
             };
             let _ = tx.send(Completion {
@@ -578,6 +587,13 @@ impl StreamSink {
     }
 }
 
+impl Drop for StreamSink {
+    fn drop(&mut self) {
+        // Calls still retrying for a finished or failed attempt stop at their next try.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A partition key for a record without one: its place in the archive (spreads the records
 /// evenly over the stream's shards; the same record gets the same key in every attempt).
 fn place_key(shard: ShardId, at: Position) -> String {
@@ -617,12 +633,19 @@ async fn put_all(
     client: &KinesisClient,
     mut entries: Vec<Entry>,
     retries: &AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), KinesisError> {
     let mut backoff = BACKOFF_FIRST;
     let mut progress = Instant::now();
     let mut last: Option<String> = None;
     let mut calls = 0u64;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(KinesisError {
+                class: ErrorClass::Transient,
+                message: "the attempt ended before this call was acknowledged".into(),
+            });
+        }
         calls += 1;
         match client.put_records(&entries).await {
             Ok(outcome) => {
@@ -681,11 +704,18 @@ async fn publish_all(
     client: &PubSubClient,
     messages: &[Message],
     retries: &AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), KinesisError> {
     let mut backoff = BACKOFF_FIRST;
     let started = Instant::now();
     let mut calls = 0u64;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(KinesisError {
+                class: ErrorClass::Transient,
+                message: "the attempt ended before this call was acknowledged".into(),
+            });
+        }
         calls += 1;
         let last = match client.publish(messages).await {
             Ok(()) => return Ok(()),

@@ -1,8 +1,9 @@
 //! What the end-to-end modules share.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use rewind_testkit::{files_below, run, stdout_json};
+use rewind_testkit::{archived_events, expected_row, files_below, parquet_rows, run, stdout_json};
 use serde_json::Value;
 
 const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
@@ -82,4 +83,37 @@ pub fn ok_status(out: &std::process::Output) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `rewind ARGS` with extra environment (a store's credentials or emulator).
+pub fn rewind_with_env(env: &[(&'static str, String)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(REWIND)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap()
+}
+
+/// Every Parquet row below `dir`, by event id (partition dropped); an id twice fails.
+pub fn rows_by_id(dir: &Path) -> BTreeMap<String, Value> {
+    let mut got = BTreeMap::new();
+    for mut row in parquet_rows(dir) {
+        row.as_object_mut().unwrap().remove("_partition");
+        let id = row["event_id"].as_str().unwrap().to_string();
+        assert!(got.insert(id.clone(), row).is_none(), "event {id} twice");
+    }
+    got
+}
+
+/// The row every archived event below `src` should become, by event id.
+pub fn expected_rows(src: &Path) -> BTreeMap<String, Value> {
+    archived_events(src)
+        .iter()
+        .map(|e| {
+            (
+                e.value["event_id"].as_str().unwrap().to_string(),
+                expected_row(&e.value),
+            )
+        })
+        .collect()
 }

@@ -346,6 +346,28 @@ fn submitted(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits until the job's first shard has saved a checkpoint (a stream replay under way), then
+/// kills worker 0 with SIGKILL a moment later, starts another worker with `env`, and watches the
+/// job to its end: the exit code and the summary.
+fn kill_the_worker_after_a_checkpoint(
+    c: &mut Cluster,
+    job: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, Value) {
+    let checkpoint = c.dest().join(format!(
+        "execution_id={job}/_rewind/checkpoints/2024040100.json"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    c.workers[0].child.kill();
+    c.add_worker_with_env(env);
+    c.watch(job)
+}
+
 /// A xorshift stream seeded from the test seed: the moments and victims of crash tests.
 fn random_moments() -> impl FnMut() -> u64 {
     let mut rng: u64 = seed().parse::<u64>().unwrap_or(7) | 1;
@@ -1466,18 +1488,7 @@ fn killed_worker_during_a_kafka_replay_duplicates_at_most_one_checkpoint_window(
     );
     let job = submitted(&out);
     // Kill the worker once its checkpoint shows progress.
-    let checkpoint = dest.join(format!(
-        "execution_id={job}/_rewind/checkpoints/2024040100.json"
-    ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !checkpoint.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    c.workers[0].child.kill();
-    c.add_worker();
-    let (code, summary) = c.watch(&job);
+    let (code, summary) = kill_the_worker_after_a_checkpoint(&mut c, &job, &[]);
     assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
     let events = archived_events(&src).len();
     assert_eq!(summary["recovered"], events as u64);
@@ -1557,18 +1568,7 @@ fn killed_worker_during_a_kinesis_replay_repeats_at_most_one_checkpoint_window()
         ],
     );
     let job = submitted(&out);
-    let checkpoint = dest.join(format!(
-        "execution_id={job}/_rewind/checkpoints/2024040100.json"
-    ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !checkpoint.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    c.workers[0].child.kill();
-    c.add_worker_with_env(&ENV);
-    let (code, summary) = c.watch(&job);
+    let (code, summary) = kill_the_worker_after_a_checkpoint(&mut c, &job, &ENV);
     assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
     let events = archived_events(&src).len();
     assert_eq!(summary["recovered"], events as u64);
@@ -1652,18 +1652,7 @@ fn killed_worker_during_a_pubsub_replay_repeats_at_most_one_checkpoint_window() 
         ],
     );
     let job = submitted(&out);
-    let checkpoint = dest.join(format!(
-        "execution_id={job}/_rewind/checkpoints/2024040100.json"
-    ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !checkpoint.exists() {
-        assert!(Instant::now() < deadline, "no checkpoint\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    c.workers[0].child.kill();
-    c.add_worker_with_env(&env);
-    let (code, summary) = c.watch(&job);
+    let (code, summary) = kill_the_worker_after_a_checkpoint(&mut c, &job, &env);
     assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
     let events = archived_events(&src).len();
     assert_eq!(summary["acknowledged"], events as u64);
@@ -2614,7 +2603,14 @@ fn distributed_ingest_survives_its_leader_dying_mid_publish() {
     let client = crate::ingest::ingest_cmd(
         pending.to_str().unwrap(),
         &trusted,
-        &["--dedup", "event_id", "--coordinator", &addr],
+        &[
+            "--dedup",
+            "event_id",
+            "--coordinator",
+            &addr,
+            "--priority",
+            "backfill",
+        ],
     )
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
@@ -2654,6 +2650,9 @@ fn distributed_ingest_survives_its_leader_dying_mid_publish() {
     );
     let changes = files_below(&trusted.join("_rewind/changes"));
     assert_eq!(changes.len(), 1, "one change: {changes:?}");
+    // The batch ran at the priority it was given.
+    let job = summary["job_id"].as_str().unwrap();
+    assert_eq!(c.status(job)["priority"], "backfill");
 }
 
 /// The coordinator's JSON API (`/api/v1/jobs`, `/api/v1/jobs/{id}` on `--metrics-listen`): the

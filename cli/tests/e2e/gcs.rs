@@ -6,47 +6,27 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::{self, seed};
 use rewind_testkit::gcs::GcsEmulator;
-use rewind_testkit::{archived_events, expected_row, parquet_rows};
 use serde_json::Value;
 
-const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
 const ORG: &str = "TN-gs";
 
 fn rewind(env: &[(&'static str, String)], args: &[&str]) -> Output {
-    Command::new(REWIND)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap()
+    common::rewind_with_env(env, args)
 }
 
 /// Every row below `prefix` of `bucket`, by event id (partition dropped).
 fn rows(gcs: &GcsEmulator, bucket: &str, prefix: &str) -> BTreeMap<String, Value> {
     let local = tempfile::tempdir().unwrap();
     gcs.download_prefix(bucket, prefix, local.path());
-    let mut got = BTreeMap::new();
-    for mut row in parquet_rows(local.path()) {
-        row.as_object_mut().unwrap().remove("_partition");
-        let id = row["event_id"].as_str().unwrap().to_string();
-        assert!(got.insert(id.clone(), row).is_none(), "event {id} twice");
-    }
-    got
+    common::rows_by_id(local.path())
 }
 
 fn want(src: &Path) -> BTreeMap<String, Value> {
-    archived_events(src)
-        .iter()
-        .map(|e| {
-            (
-                e.value["event_id"].as_str().unwrap().to_string(),
-                expected_row(&e.value),
-            )
-        })
-        .collect()
+    common::expected_rows(src)
 }
 
 /// `rewind run --json` of the archive's first three hours into `dest`, with `env`.

@@ -327,7 +327,10 @@ fn bad_kafka_requests_are_refused_before_anything_runs() {
         ],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--topic: applies to --sink kafka only"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--topic: applies to --sink kafka or --sink pubsub only")
+    );
     // TLS is built in: a bad CA path is the error (not "built without SSL support"), refused
     // with the settings before anything runs.
     let out = replay(

@@ -257,7 +257,7 @@ fn bad_kinesis_requests_are_refused_before_anything_runs() {
     refused(
         &["--kinesis-stream", "replays", "--topic", "t"],
         2,
-        "--topic: applies to --sink kafka only",
+        "--topic: applies to --sink kafka or --sink pubsub only",
     );
     refused(
         &["--kinesis-stream", "replays", "--key", "$..x"],

@@ -426,15 +426,7 @@ impl Sink for KafkaOut<'_> {
         let (produced, acknowledged, refused) = (done.produced, done.acknowledged, done.rejected);
         // Everything is acknowledged: a retry (a crash before the shard's commit) produces
         // nothing again.
-        let end = KafkaCheckpoint {
-            attempt: self.attempt,
-            object_index: self.todo.len(),
-            object_key: String::new(),
-            offset: 0,
-        };
-        if let Ok(body) = serde_json::to_vec(&end) {
-            let _ = self.output.put(&self.checkpoint_key, &body);
-        }
+        write_done_checkpoint(self.output, &self.checkpoint_key, self.attempt, self.todo);
         Ok(SinkEnd {
             files: Vec::new(),
             produced: produced + self.resumed,
@@ -547,17 +539,9 @@ impl Sink for StreamOut<'_> {
 
     fn finish(self) -> Result<SinkEnd, ShardError> {
         let done = self.sink.finish().map_err(ShardError::kafka)?;
-        // Everything is acknowledged: a retry (a crash before the shard's commit) puts nothing
+        // Everything is acknowledged: a retry (a crash before the shard's commit) sends nothing
         // again.
-        let end = KafkaCheckpoint {
-            attempt: self.attempt,
-            object_index: self.todo.len(),
-            object_key: String::new(),
-            offset: 0,
-        };
-        if let Ok(body) = serde_json::to_vec(&end) {
-            let _ = self.output.put(&self.checkpoint_key, &body);
-        }
+        write_done_checkpoint(self.output, &self.checkpoint_key, self.attempt, self.todo);
         Ok(SinkEnd {
             files: Vec::new(),
             produced: done.put + self.resumed,
@@ -629,6 +613,20 @@ impl Checkpoints {
             }
             Err(e) => tracing::warn!(key, error = %e, "writing a Kafka checkpoint failed"),
         }
+    }
+}
+
+/// The checkpoint of a shard whose every record is acknowledged (past its last object). Best
+/// effort: without it a retry resumes from the last periodic checkpoint instead.
+fn write_done_checkpoint(output: &dyn OutputStore, key: &str, attempt: u32, todo: &[ObjectMeta]) {
+    let end = KafkaCheckpoint {
+        attempt,
+        object_index: todo.len(),
+        object_key: String::new(),
+        offset: 0,
+    };
+    if let Ok(body) = serde_json::to_vec(&end) {
+        let _ = output.put(key, &body);
     }
 }
 
