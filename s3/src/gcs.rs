@@ -87,9 +87,10 @@ pub(crate) fn enc(s: &str) -> String {
     out
 }
 
-/// The emulator's base URL, from `STORAGE_EMULATOR_HOST` (with or without a scheme).
-fn emulator() -> Option<String> {
-    let host = std::env::var("STORAGE_EMULATOR_HOST").ok()?;
+/// An emulator's base URL from the environment variable `var` (Google's convention:
+/// `STORAGE_EMULATOR_HOST`, `PUBSUB_EMULATOR_HOST`; with or without a scheme).
+pub(crate) fn emulator(var: &str) -> Option<String> {
+    let host = std::env::var(var).ok()?;
     let host = host.trim().trim_end_matches('/');
     if host.is_empty() {
         return None;
@@ -99,6 +100,28 @@ fn emulator() -> Option<String> {
     } else {
         format!("http://{host}")
     })
+}
+
+/// The process's Google credentials: object_store's application default credentials chain,
+/// built once so every store and topic of the process shares its cached, refreshed tokens.
+pub(crate) fn google_credentials() -> Result<GcpCredentialProvider, String> {
+    static CREDS: std::sync::OnceLock<Result<GcpCredentialProvider, String>> =
+        std::sync::OnceLock::new();
+    CREDS
+        .get_or_init(|| {
+            // The builder wants a bucket; its credential chain does not use it.
+            GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name("rewind-credentials-only")
+                .build()
+                .map(|s| s.credentials().clone())
+                .map_err(|e| {
+                    format!(
+                        "Google credentials: {e} (GOOGLE_APPLICATION_CREDENTIALS, gcloud's \
+                         application default credentials or the metadata server)"
+                    )
+                })
+        })
+        .clone()
 }
 
 /// What a response's status means for the request named `what`.
@@ -128,17 +151,7 @@ fn status_failure(what: &str, status: u16, body: &str) -> Failure {
 }
 
 fn transport_failure(what: &str, e: reqwest::Error) -> Failure {
-    let mut why = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !why.contains(&t) {
-            why.push_str(": ");
-            why.push_str(&t);
-        }
-        src = inner.source();
-    }
-    Failure::Transient(format!("{what}: {why}"))
+    Failure::Transient(format!("{what}: {}", crate::retry::chain(&e)))
 }
 
 /// An object resource's listing fields as ours (`key` below the store's prefix).
@@ -163,7 +176,14 @@ impl GcsStore {
         part_size: usize,
         read_ahead: usize,
     ) -> Result<GcsStore, StorageError> {
-        Self::open_at(emulator(), bucket, prefix, part_size, read_ahead).await
+        Self::open_at(
+            emulator("STORAGE_EMULATOR_HOST"),
+            bucket,
+            prefix,
+            part_size,
+            read_ahead,
+        )
+        .await
     }
 
     /// [`GcsStore::open`] against the emulator at `emulator` (none: Google, with credentials).
@@ -178,17 +198,11 @@ impl GcsStore {
         let (base, auth) = match emulator {
             Some(base) => (base, None),
             None => {
-                let store = GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| StorageError::Denied {
-                        what: what.clone(),
-                        why: format!(
-                            "{e} (credentials: GOOGLE_APPLICATION_CREDENTIALS, gcloud's application \
-                             default credentials or the metadata server)"
-                        ),
-                    })?;
-                (GOOGLE.to_string(), Some(store.credentials().clone()))
+                let creds = google_credentials().map_err(|why| StorageError::Denied {
+                    what: what.clone(),
+                    why,
+                })?;
+                (GOOGLE.to_string(), Some(creds))
             }
         };
         let http = http_client().map_err(|why| StorageError::Unavailable {

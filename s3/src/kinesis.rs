@@ -190,29 +190,13 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
         }
         SdkError::ConstructionFailure(_) => KinesisError {
             class: ErrorClass::Fatal,
-            message: format!("{what}: {}", error_chain(&e)),
+            message: format!("{what}: {}", crate::retry::chain(&e)),
         },
         _ => KinesisError {
             class: ErrorClass::Transient,
-            message: format!("{what}: {}", error_chain(&e)),
+            message: format!("{what}: {}", crate::retry::chain(&e)),
         },
     }
-}
-
-/// The error and its sources, for messages that say what actually happened (the SDK's
-/// top-level message is often just "dispatch failure").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 impl KinesisClient {

@@ -3,10 +3,10 @@
 //! (object_store's GCP provider, cloud-platform scope). `PUBSUB_EMULATOR_HOST` (Google's
 //! convention) sends every call to an emulator instead, without credentials.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
-use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder};
+use object_store::gcp::GcpCredentialProvider;
 use serde_json::{Value, json};
 
 use crate::kinesis::{ErrorClass, KinesisError};
@@ -38,39 +38,6 @@ impl std::fmt::Debug for PubSubClient {
     }
 }
 
-/// The emulator's base URL, from `PUBSUB_EMULATOR_HOST` (with or without a scheme).
-fn emulator() -> Option<String> {
-    let host = std::env::var("PUBSUB_EMULATOR_HOST").ok()?;
-    let host = host.trim().trim_end_matches('/');
-    (!host.is_empty()).then(|| {
-        if host.contains("://") {
-            host.to_string()
-        } else {
-            format!("http://{host}")
-        }
-    })
-}
-
-/// The process's Google credentials (built once; the provider caches and refreshes tokens).
-fn credentials() -> Result<GcpCredentialProvider, String> {
-    static CREDS: OnceLock<Result<GcpCredentialProvider, String>> = OnceLock::new();
-    CREDS
-        .get_or_init(|| {
-            // object_store's builder wants a bucket; its credential chain does not use it.
-            GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name("rewind-credentials-only")
-                .build()
-                .map(|s| s.credentials().clone())
-                .map_err(|e| {
-                    format!(
-                        "Google credentials: {e} (GOOGLE_APPLICATION_CREDENTIALS, gcloud's \
-                         application default credentials or the metadata server)"
-                    )
-                })
-        })
-        .clone()
-}
-
 /// What a failed call's status means (Pub/Sub's canonical codes over HTTP).
 fn class_of_status(status: u16) -> ErrorClass {
     match status {
@@ -85,9 +52,9 @@ impl PubSubClient {
     /// `PUBSUB_EMULATOR_HOST` is set, else at Google with the process's credentials.
     pub fn connect(topic: &str) -> Result<PubSubClient, String> {
         let http = crate::gcs::http_client()?;
-        let (base, auth) = match emulator() {
+        let (base, auth) = match crate::gcs::emulator("PUBSUB_EMULATOR_HOST") {
             Some(base) => (base, None),
-            None => (GOOGLE.to_string(), Some(credentials()?)),
+            None => (GOOGLE.to_string(), Some(crate::gcs::google_credentials()?)),
         };
         Ok(PubSubClient {
             http,
