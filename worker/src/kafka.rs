@@ -606,6 +606,30 @@ pub fn committed(
     Ok(found)
 }
 
+/// An event's key as `--key` says (`path` is the parsed `KafkaKey::Path`): its event id, its
+/// cid, none, or the value at the path — a string as is, other values as their JSON text, null
+/// as none. Kafka record keys, Kinesis partition keys and Pub/Sub ordering keys alike.
+pub(crate) fn key_of<'a>(
+    key: &KafkaKey,
+    path: Option<&Path>,
+    row: &'a Row<'_>,
+    text: &'a str,
+) -> Option<std::borrow::Cow<'a, str>> {
+    match key {
+        KafkaKey::EventId => row.event_id().map(std::borrow::Cow::Borrowed),
+        KafkaKey::Cid => row.cid().map(std::borrow::Cow::Borrowed),
+        KafkaKey::None => None,
+        KafkaKey::Path(_) => {
+            let raw = path?.raw_get(text)??;
+            match serde_json::from_str::<serde_json::Value>(raw) {
+                Ok(serde_json::Value::String(s)) => Some(std::borrow::Cow::Owned(s)),
+                Ok(serde_json::Value::Null) | Err(_) => None,
+                Ok(_) => Some(std::borrow::Cow::Borrowed(raw)),
+            }
+        }
+    }
+}
+
 /// Where a shard's replay is: the next event to produce is at `offset` in object
 /// `object_index` (everything before is finished).
 pub type Position = (usize, u64);
@@ -836,19 +860,7 @@ impl KafkaSink {
 
     /// The record key of an event.
     fn key_of<'a>(&self, row: &'a Row<'_>, text: &'a str) -> Option<std::borrow::Cow<'a, str>> {
-        match &self.key {
-            KafkaKey::EventId => row.event_id().map(std::borrow::Cow::Borrowed),
-            KafkaKey::Cid => row.cid().map(std::borrow::Cow::Borrowed),
-            KafkaKey::None => None,
-            KafkaKey::Path(_) => {
-                let raw = self.key_path.as_ref()?.raw_get(text)??;
-                match serde_json::from_str::<serde_json::Value>(raw) {
-                    Ok(serde_json::Value::String(s)) => Some(std::borrow::Cow::Owned(s)),
-                    Ok(serde_json::Value::Null) | Err(_) => None,
-                    Ok(_) => Some(std::borrow::Cow::Borrowed(raw)),
-                }
-            }
-        }
+        key_of(&self.key, self.key_path.as_ref(), row, text)
     }
 
     /// Exactly-once: commits the open transaction, with a marker of how far it reached, once

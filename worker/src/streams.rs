@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use rewind_common::ShardId;
 use rewind_common::job::{KafkaKey, KinesisSpec, PubSubSpec};
 use rewind_flows::Path;
-use rewind_s3::kinesis::{Entry, ErrorClass, KinesisClient, KinesisError};
+use rewind_s3::kinesis::{Entry, ErrorClass, KinesisClient, KinesisError, PutOutcome};
 use rewind_s3::pubsub::{Message, PubSubClient};
 
 use crate::kafka::{KafkaFailure, Position, Refusal};
@@ -59,15 +59,12 @@ enum Target {
 }
 
 impl Target {
-    /// Records per call, bytes per call, bytes per record.
-    fn limits(&self) -> (usize, usize, usize) {
+    /// Records per call and bytes per call (each record's own limit is checked where the
+    /// record is made).
+    fn limits(&self) -> (usize, usize) {
         match self {
-            Target::Kinesis(_) => (MAX_RECORDS_PER_CALL, MAX_BYTES_PER_CALL, MAX_RECORD_BYTES),
-            Target::PubSub(_) => (
-                PUBSUB_MAX_MESSAGES_PER_CALL,
-                PUBSUB_MAX_BYTES,
-                PUBSUB_MAX_BYTES,
-            ),
+            Target::Kinesis(_) => (MAX_RECORDS_PER_CALL, MAX_BYTES_PER_CALL),
+            Target::PubSub(_) => (PUBSUB_MAX_MESSAGES_PER_CALL, PUBSUB_MAX_BYTES),
         }
     }
 
@@ -106,6 +103,7 @@ const CALLS_IN_FLIGHT: usize = 4;
 const LINGER: Duration = Duration::from_millis(100);
 /// Without any record acknowledged for this long, the shard fails (retryably).
 const NO_PROGRESS_LIMIT: Duration = Duration::from_secs(120);
+/// Backoff between calls sent again: from 50 ms, doubling to 5 s, jittered (equal jitter).
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -248,7 +246,7 @@ impl StreamSink {
             })?),
             _ => None,
         };
-        let (per_call, _, _) = target.limits();
+        let (per_call, _) = target.limits();
         let (tx, rx) = mpsc::channel();
         Ok(StreamSink {
             target,
@@ -398,19 +396,7 @@ impl StreamSink {
     }
 
     fn key_of(&self, row: &Row<'_>, text: &str) -> Option<String> {
-        match &self.key {
-            KafkaKey::EventId => row.event_id().map(str::to_string),
-            KafkaKey::Cid => row.cid().map(str::to_string),
-            KafkaKey::None => None,
-            KafkaKey::Path(_) => {
-                let raw = self.key_path.as_ref()?.raw_get(text)??;
-                match serde_json::from_str::<serde_json::Value>(raw) {
-                    Ok(serde_json::Value::String(s)) => Some(s),
-                    Ok(serde_json::Value::Null) | Err(_) => None,
-                    Ok(_) => Some(raw.to_string()),
-                }
-            }
-        }
+        crate::kafka::key_of(&self.key, self.key_path.as_ref(), row, text).map(|k| k.into_owned())
     }
 
     /// Queues one record; `after` is the position just after its event (the checkpoint's unit).
@@ -418,7 +404,7 @@ impl StreamSink {
     pub fn send(&mut self, record: Record, after: Position) -> Result<(), KafkaFailure> {
         self.collect(false)?;
         let size = record.size();
-        let (_, bytes_per_call, _) = self.target.limits();
+        let (_, bytes_per_call) = self.target.limits();
         let per_call = self.batch_cap;
         // Kinesis may fail part of a call: with --ordered, one record per key per call, so a
         // record sent again never lands after a later one of its key. (A Pub/Sub publish is
@@ -469,29 +455,7 @@ impl StreamSink {
         self.calls_in_flight += 1;
         self.handle.spawn(async move {
             let started = Instant::now();
-            let result = match &target {
-                Target::Kinesis(client) => {
-                    let entries = records
-                        .into_iter()
-                        .map(|r| Entry {
-                            data: r.data,
-                            key: r.key,
-                        })
-                        .collect();
-                    put_all(client, entries, &retries, &stop).await
-                }
-                Target::PubSub(client) => {
-                    let messages = records
-                        .into_iter()
-                        .map(|r| Message {
-                            data: r.data,
-                            attributes: r.attributes,
-                            ordering_key: r.key,
-                        })
-                        .collect::<Vec<_>>();
-                    publish_all(client, &messages, &retries, &stop).await
-                }
-            };
+            let result = send_all(&target, records, &retries, &stop).await;
             let _ = tx.send(Completion {
                 seqs,
                 latency: started.elapsed(),
@@ -626,16 +590,56 @@ pub fn wrap_lineage(
     out
 }
 
-/// Puts `entries` until each is acknowledged: the records a call failed for the moment are
-/// put again (and counted) after a backoff that doubles while nothing gets through. Fails on a
-/// fatal error, or when nothing got through for [`NO_PROGRESS_LIMIT`].
-async fn put_all(
-    client: &KinesisClient,
-    mut entries: Vec<Entry>,
+impl Target {
+    /// One call with `records`: each record's outcome in order (`None`: taken; else the
+    /// service's code and message), or why the whole call failed. A Pub/Sub publish is whole
+    /// or nothing, so its outcome is all taken or an error.
+    async fn call(&self, records: &[Record]) -> Result<PutOutcome, KinesisError> {
+        match self {
+            Target::Kinesis(client) => {
+                let entries: Vec<Entry> = records
+                    .iter()
+                    .map(|r| Entry {
+                        data: r.data.clone(),
+                        key: r.key.clone(),
+                    })
+                    .collect();
+                client.put_records(&entries).await
+            }
+            Target::PubSub(client) => {
+                let messages: Vec<Message> = records
+                    .iter()
+                    .map(|r| Message {
+                        data: r.data.clone(),
+                        attributes: r.attributes.clone(),
+                        ordering_key: r.key.clone(),
+                    })
+                    .collect();
+                client.publish(&messages).await?;
+                Ok(vec![None; records.len()])
+            }
+        }
+    }
+}
+
+/// Sends `records` until each is acknowledged: the records a call failed for the moment (a
+/// Kinesis record throttled within its call, or a whole call refused: throttling, 5xx, a reset)
+/// are sent again, and counted, after a jittered backoff that doubles while nothing gets
+/// through. Fails on a fatal error, when the attempt has ended, or when nothing got through for
+/// [`NO_PROGRESS_LIMIT`].
+async fn send_all(
+    target: &Target,
+    mut records: Vec<Record>,
     retries: &AtomicU64,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), KinesisError> {
-    let mut backoff = BACKOFF_FIRST;
+    let backoff = rewind_s3::RetryPolicy {
+        max_attempts: u32::MAX,
+        base: BACKOFF_FIRST,
+        cap: BACKOFF_MAX,
+    };
+    // Failed calls in a row since something last got through.
+    let mut failures = 0u32;
     let mut progress = Instant::now();
     let mut last: Option<String> = None;
     let mut calls = 0u64;
@@ -647,34 +651,31 @@ async fn put_all(
             });
         }
         calls += 1;
-        match client.put_records(&entries).await {
+        match target.call(&records).await {
             Ok(outcome) => {
-                let before = entries.len();
+                let before = records.len();
                 let mut again = Vec::new();
-                for (entry, result) in entries.into_iter().zip(outcome) {
+                for (record, result) in records.into_iter().zip(outcome) {
                     let Some((code, message)) = result else {
                         continue;
                     };
                     if rewind_s3::kinesis::class_of(&code) == ErrorClass::Fatal {
                         return Err(KinesisError {
                             class: ErrorClass::Fatal,
-                            message: format!(
-                                "putting records into Kinesis stream {}: {code}: {message}",
-                                client.stream()
-                            ),
+                            message: format!("sending to {}: {code}: {message}", target.describe()),
                         });
                     }
                     last = Some(format!("{code}: {message}"));
-                    again.push(entry);
+                    again.push(record);
                 }
                 if again.is_empty() {
                     return Ok(());
                 }
                 if again.len() < before {
                     progress = Instant::now();
-                    backoff = BACKOFF_FIRST;
+                    failures = 0;
                 }
-                entries = again;
+                records = again;
             }
             Err(e) if e.class == ErrorClass::Fatal => return Err(e),
             Err(e) => last = Some(e.message),
@@ -683,69 +684,18 @@ async fn put_all(
             return Err(KinesisError {
                 class: ErrorClass::Transient,
                 message: format!(
-                    "no record of a call was acknowledged by Kinesis stream {} for {} s ({calls} \
-                     calls); last error: {}",
-                    client.stream(),
+                    "nothing of a call was acknowledged by {} for {} s ({calls} calls); last \
+                     error: {}",
+                    target.describe(),
                     NO_PROGRESS_LIMIT.as_secs(),
                     last.unwrap_or_default()
                 ),
             });
         }
-        retries.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        retries.fetch_add(records.len() as u64, Ordering::Relaxed);
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(backoff.delay(failures)).await;
     }
-}
-
-/// Publishes `messages` until the call succeeds: a call that failed for the moment (429, 5xx,
-/// a reset) is made again, whole, after a backoff doubling while it keeps failing, and its
-/// messages counted as sent again. Fails on a fatal error, or after [`NO_PROGRESS_LIMIT`].
-async fn publish_all(
-    client: &PubSubClient,
-    messages: &[Message],
-    retries: &AtomicU64,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<(), KinesisError> {
-    let mut backoff = BACKOFF_FIRST;
-    let started = Instant::now();
-    let mut calls = 0u64;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(KinesisError {
-                class: ErrorClass::Transient,
-                message: "the attempt ended before this call was acknowledged".into(),
-            });
-        }
-        calls += 1;
-        let last = match client.publish(messages).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.class == ErrorClass::Fatal => return Err(e),
-            Err(e) => e.message,
-        };
-        if started.elapsed() >= NO_PROGRESS_LIMIT {
-            return Err(KinesisError {
-                class: ErrorClass::Transient,
-                message: format!(
-                    "Pub/Sub topic {} took no message of a call for {} s ({calls} calls); last \
-                     error: {last}",
-                    client.topic(),
-                    NO_PROGRESS_LIMIT.as_secs()
-                ),
-            });
-        }
-        retries.fetch_add(messages.len() as u64, Ordering::Relaxed);
-        tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// Between half and all of `d` (so the shards of a throttled stream do not retry in step).
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos()) as u64;
-    let half = d.as_micros() as u64 / 2;
-    Duration::from_micros(half + nanos % (half + 1))
 }
 
 /// The runtime of the calling (blocking) thread.
@@ -837,13 +787,5 @@ mod tests {
         // The event's own bytes, escapes and number spellings included.
         let text = String::from_utf8(w).unwrap();
         assert!(text.ends_with(&format!(",\"event\":{event}}}")), "{text}");
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(200));
-            assert!(j >= Duration::from_millis(100) && j <= Duration::from_millis(200));
-        }
     }
 }
