@@ -299,6 +299,11 @@ impl RepairRequest {
     }
 }
 
+/// An optional flag's value, trimmed; none when missing or blank.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
 fn default_dedup_window() -> u32 {
     DEFAULT_DEDUP_WINDOW_HOURS
 }
@@ -535,9 +540,6 @@ impl JobRequest {
     /// The sink, checked: a Kafka sink needs brokers and a topic; keys, compression, options
     /// and delivery are validated here so a bad value is refused before anything runs.
     fn sink(&self) -> Result<SinkSpec, RequestError> {
-        fn given(v: &Option<String>) -> Option<&str> {
-            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-        }
         // Flags of the stream sinks, and which sinks each applies to.
         let stream_flags = [
             ("--brokers", given(&self.brokers).is_some(), "kafka"),
@@ -751,11 +753,28 @@ impl JobRequest {
         }
     }
 
+    /// `--delivery` of a sink without transactions: at-least-once or nothing. `again` says
+    /// what a retried shard may do twice ("put records").
+    fn at_least_once_only(&self, service: &str, again: &str) -> Result<(), RequestError> {
+        match given(&self.delivery).unwrap_or("at-least-once") {
+            "at-least-once" => Ok(()),
+            "exactly-once" => Err(RequestError::new(
+                "--delivery",
+                format!(
+                    "exactly-once needs transactions, which {service} does not have: a {service} \
+                     replay is at-least-once (a retried shard may {again} again, at most about \
+                     two --checkpoint-events windows)"
+                ),
+            )),
+            other => Err(RequestError::new(
+                "--delivery",
+                format!("{other:?}: a {service} replay is at-least-once"),
+            )),
+        }
+    }
+
     /// A Pub/Sub sink, checked (the shared stream flags are checked by [`Self::sink`]).
     fn pubsub_sink(&self, checkpoint_events: u64) -> Result<SinkSpec, RequestError> {
-        fn given(v: &Option<String>) -> Option<&str> {
-            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-        }
         let topic = given(&self.topic).ok_or_else(|| {
             RequestError::new(
                 "--topic",
@@ -763,23 +782,7 @@ impl JobRequest {
             )
         })?;
         crate::job::check_pubsub_topic(topic).map_err(|e| RequestError::new("--topic", e))?;
-        match given(&self.delivery).unwrap_or("at-least-once") {
-            "at-least-once" => {}
-            "exactly-once" => {
-                return Err(RequestError::new(
-                    "--delivery",
-                    "a Pub/Sub replay is at-least-once: publishing has no transactions (a \
-                     retried shard may publish messages again, at most about two \
-                     --checkpoint-events windows)",
-                ));
-            }
-            other => {
-                return Err(RequestError::new(
-                    "--delivery",
-                    format!("{other:?}: a Pub/Sub replay is at-least-once"),
-                ));
-            }
-        }
+        self.at_least_once_only("Pub/Sub", "publish messages")?;
         if given(&self.key).is_some() && !self.ordered {
             return Err(RequestError::new(
                 "--key",
@@ -800,31 +803,12 @@ impl JobRequest {
 
     /// A Kinesis sink, checked (the shared stream flags are checked by [`Self::sink`]).
     fn kinesis_sink(&self, checkpoint_events: u64) -> Result<SinkSpec, RequestError> {
-        fn given(v: &Option<String>) -> Option<&str> {
-            v.as_deref().map(str::trim).filter(|v| !v.is_empty())
-        }
         let stream = given(&self.kinesis_stream).ok_or_else(|| {
             RequestError::new("--kinesis-stream", "is required with --sink kinesis")
         })?;
         crate::job::check_kinesis_stream(stream)
             .map_err(|e| RequestError::new("--kinesis-stream", e))?;
-        match given(&self.delivery).unwrap_or("at-least-once") {
-            "at-least-once" => {}
-            "exactly-once" => {
-                return Err(RequestError::new(
-                    "--delivery",
-                    "exactly-once needs transactions, which Kinesis does not have: a Kinesis \
-                     replay is at-least-once (a retried shard may put records again, at most \
-                     about two --checkpoint-events windows)",
-                ));
-            }
-            other => {
-                return Err(RequestError::new(
-                    "--delivery",
-                    format!("{other:?}: a Kinesis replay is at-least-once"),
-                ));
-            }
-        }
+        self.at_least_once_only("Kinesis", "put records")?;
         let endpoint_url = match given(&self.kinesis_endpoint_url) {
             None => None,
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_string()),
