@@ -86,19 +86,11 @@ impl GcsEmulator {
     }
 
     fn py(&self, script: &str, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{PRELUDE}{script}"))
-            .arg(self.direct())
-            .args(args)
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "GCS emulator client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let base = self.direct();
+        let all: Vec<&str> = std::iter::once(base.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        crate::servers::python("GCS emulator client", &format!("{PRELUDE}{script}"), &all)
     }
 
     pub fn create_bucket(&self, name: &str) {

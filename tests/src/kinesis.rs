@@ -91,18 +91,7 @@ impl Kinesis {
              aws_access_key_id='testing', aws_secret_access_key='testing')\n",
             self.direct()
         );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{prelude}{script}"))
-            .args(args)
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "boto3: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::servers::python("boto3", &format!("{prelude}{script}"), args)
     }
 
     /// Creates `name` with `shards` shards and waits until it is ACTIVE.

@@ -122,18 +122,7 @@ impl PubSub {
              \x20       return json.loads(r.read() or b'{{}}')\n",
             self.host()
         );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{prelude}{script}"))
-            .args(args)
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "Pub/Sub client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::servers::python("Pub/Sub client", &format!("{prelude}{script}"), args)
     }
 
     /// Creates `projects/{project}/topics/{topic}` and a subscription `{topic}-sub` on it

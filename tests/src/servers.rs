@@ -421,3 +421,20 @@ pub fn chromium_dom(url: &str) -> String {
     }
     text
 }
+
+/// Runs `python3 -c SCRIPT ARGS…` (the tests' independent clients) and returns its stdout;
+/// fails the test with its stderr, naming `what`, when it fails.
+pub fn python(what: &str, script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
