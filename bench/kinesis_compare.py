@@ -14,7 +14,9 @@ take; the CPU per 1,000 records is each client's own cost (decode, route, checkp
 SDK's signing and JSON for Rewind; JSON and signing for boto3). Needs a release build (built
 when missing).
 """
-import base64, json, os, resource, shutil, socket, subprocess, sys, tempfile, time
+import base64, json, os, shutil, subprocess, sys, tempfile, time
+
+from benchlib import archived_events, child_cpu, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "rewind")
@@ -30,34 +32,11 @@ run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_bac
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, limit=20):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
-
-
-def child_cpu():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def main():
     import boto3
     hours = int(os.environ.get("BENCH_HOURS", "2"))
     runs = int(os.environ.get("BENCH_RUNS", "3"))
+    profile = os.environ.get("BENCH_PROFILE", "easy")
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli", "--bin", "rewind"],
                        cwd=ROOT, check=True)
@@ -73,26 +52,12 @@ def main():
         src = os.path.join(tmp, "archive")
         subprocess.run([BIN, "gen", "--out", src, "--org", "TN-b", "--start", "2024-06-01T00",
                         "--hours", str(hours), "--objects-per-hour", "4", "--object-mb", "1",
-                        "--json"], check=True, stdout=subprocess.DEVNULL, env=ENV)
+                        "--profile", profile, "--json"], check=True, stdout=subprocess.DEVNULL, env=ENV)
         # The plain client's records: the archived events' exact bytes (the objects are
         # uncompressed), keyed by event id as Rewind keys them.
-        events = []
-        for dirpath, _, files in os.walk(src):
-            for f in sorted(files):
-                raw = open(os.path.join(dirpath, f), "rb").read()
-                dec = json.JSONDecoder()
-                text = raw.decode("utf-8")
-                i = 0
-                while i < len(text):
-                    while i < len(text) and text[i].isspace():
-                        i += 1
-                    if i >= len(text):
-                        break
-                    obj, end = dec.raw_decode(text, i)
-                    events.append((text[i:end].encode(), str(obj.get("event_id", i))))
-                    i = end
+        events = [(e, eid) for e, _, _, eid in archived_events(src)]
         n = len(events)
-        print(f"{n} events, {sum(len(e) for e, _ in events) / 1e6:.1f} MB, {runs} runs each")
+        print(f"{profile} profile: {n} events, {sum(len(e) for e, _ in events) / 1e6:.1f} MB, {runs} runs each")
 
         def read_back(stream):
             got = 0

@@ -13,8 +13,10 @@ every message arrived. The emulator shares the 2 cores with the clients, so the 
 how much of its pace each client keeps; the CPU per 1,000 messages is each client's own cost.
 Needs a release build (built when missing).
 """
-import base64, json, os, resource, shutil, socket, subprocess, sys, tempfile, time
+import base64, json, os, shutil, subprocess, sys, tempfile, time
 import urllib.request
+
+from benchlib import archived_events, child_cpu, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "rewind")
@@ -23,35 +25,12 @@ EMULATOR = os.environ.get(
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, limit=60):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listens on {port}")
-
-
-def child_cpu():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def main():
     if not os.path.exists(EMULATOR):
         sys.exit(f"no Pub/Sub emulator at {EMULATOR} (set REWIND_PUBSUB_EMULATOR)")
     hours = int(os.environ.get("BENCH_HOURS", "2"))
     runs = int(os.environ.get("BENCH_RUNS", "3"))
+    profile = os.environ.get("BENCH_PROFILE", "easy")
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli", "--bin", "rewind"],
                        cwd=ROOT, check=True)
@@ -70,28 +49,14 @@ def main():
             return json.loads(r.read() or b"{}")
 
     try:
-        wait_port(port)
+        wait_port(port, 60)
         src = os.path.join(tmp, "archive")
         subprocess.run([BIN, "gen", "--out", src, "--org", "TN-b", "--start", "2024-06-01T00",
                         "--hours", str(hours), "--objects-per-hour", "4", "--object-mb", "1",
-                        "--json"], check=True, stdout=subprocess.DEVNULL, env=env)
-        events = []
-        for dirpath, _, files in os.walk(src):
-            for f in sorted(files):
-                path = os.path.join(dirpath, f)
-                text = open(path, "rb").read().decode("utf-8")
-                dec, i = json.JSONDecoder(), 0
-                while i < len(text):
-                    while i < len(text) and text[i].isspace():
-                        i += 1
-                    if i >= len(text):
-                        break
-                    obj, end = dec.raw_decode(text, i)
-                    events.append((text[i:end].encode(), os.path.relpath(path, src), i,
-                                   str(obj.get("event_id", ""))))
-                    i = end
+                        "--profile", profile, "--json"], check=True, stdout=subprocess.DEVNULL, env=env)
+        events = archived_events(src)
         n = len(events)
-        print(f"{n} events, {sum(len(e[0]) for e in events) / 1e6:.1f} MB, {runs} runs each")
+        print(f"{profile} profile: {n} events, {sum(len(e[0]) for e in events) / 1e6:.1f} MB, {runs} runs each")
 
         def topic(name):
             call("PUT", f"projects/bench-project/topics/{name}")

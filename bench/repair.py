@@ -19,6 +19,8 @@ Needs: `pip install duckdb pyarrow` (and moto for BENCH_S3), a release build (bu
 """
 import json, os, random, re, shutil, socket, subprocess, sys, tempfile, time
 
+from benchlib import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out", "repair")
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
@@ -112,12 +114,6 @@ def repair_case(name, dest, keys, mb, table=None):
     print(f"  full rewrite (DuckDB) {d_cpu:6.2f} CPU-s {d_wall:6.2f} s  {mb / d_cpu:7.1f} MB/CPU-s"
           f"  -> repair takes {cpu / d_cpu:.2f}x the CPU of a full rewrite")
     print(f"  rollback {rb_cpu:6.2f} CPU-s {rb_wall:6.2f} s ({r['files_rewritten']} files back)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def s3_rollback(hours):

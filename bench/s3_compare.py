@@ -25,17 +25,11 @@ run, divided by the objects). Needs a release build (built when missing).
 """
 import json, os, shutil, socket, subprocess, sys, tempfile, time
 
+from benchlib import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "rewind")
 KEY, SECRET = "benchkey", "benchsecret0123456789"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def child(args, env=None):

@@ -1,0 +1,51 @@
+"""What the benchmark scripts share: free loopback ports, waiting for a server, the CPU time of
+finished children, and the archived events of an uncompressed archive with their places."""
+import json, os, resource, socket, sys, time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=20):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def child_cpu():
+    """User + system CPU seconds of every finished child so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def archived_events(src):
+    """Every event below `src` (uncompressed objects of concatenated JSON) as
+    (exact bytes, object key relative to src, byte offset, event_id), in archive order."""
+    events = []
+    dec = json.JSONDecoder()
+    for dirpath, _, files in sorted(os.walk(src)):
+        for f in sorted(files):
+            path = os.path.join(dirpath, f)
+            text = open(path, "rb").read().decode("utf-8")
+            key = os.path.relpath(path, src)
+            i = 0
+            while i < len(text):
+                while i < len(text) and text[i].isspace():
+                    i += 1
+                if i >= len(text):
+                    break
+                obj, end = dec.raw_decode(text, i)
+                # (Offsets in bytes, as Rewind's lineage gives them.)
+                off = len(text[:i].encode("utf-8"))
+                events.append((text[i:end].encode("utf-8"), key, off,
+                               str(obj.get("event_id", off))))
+                i = end
+    return events
