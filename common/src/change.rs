@@ -196,7 +196,7 @@ pub struct Change {
     pub objects: Vec<Touch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaEffect>,
-    /// A replay into a Kinesis stream.
+    /// A replay into a Kinesis stream or a Pub/Sub topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamEffect>,
     /// On a table destination: the commit of the table's log that made the change (the data

@@ -276,14 +276,15 @@ pub struct Summary {
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     #[serde(default)]
     pub retries: u64,
-    /// A stream replay's sink: kafka or kinesis.
+    /// A stream replay's sink: kafka, kinesis or pubsub.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
     /// A stream replay: what each event's delivery promises (at-least-once: a retried shard
     /// may send some records again; exactly-once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<String>,
-    /// Kinesis: records put again after the stream refused them for the moment (throttled).
+    /// Kinesis, Pub/Sub: records sent again after the service refused them for the moment
+    /// (throttled, 5xx, a reset).
     #[serde(default, skip_serializing_if = "crate::output::is_zero")]
     pub sink_retries: u64,
     pub failed_by_reason: BTreeMap<String, u64>,

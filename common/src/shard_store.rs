@@ -49,8 +49,9 @@ pub struct ShardCounts {
     pub flows: std::collections::BTreeMap<String, crate::job::FlowCounts>,
     /// Storage requests retried after transient failures (throttling, 5xx, resets).
     pub retries: u64,
-    /// Stream sinks without a producer of their own (Kinesis): records put again after the
-    /// service refused them for the moment (throttling, internal failure) or a call failed.
+    /// Stream sinks without a producer of their own (Kinesis, Pub/Sub): records sent again
+    /// after the service refused them for the moment (throttling, internal failure) or a call
+    /// failed.
     #[serde(skip_serializing_if = "crate::output::is_zero")]
     pub sink_retries: u64,
 }

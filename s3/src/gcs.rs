@@ -304,17 +304,26 @@ impl GcsStore {
             .await
     }
 
+    /// [`GcsStore::call`], the whole body.
+    async fn call_bytes(
+        &self,
+        what: &str,
+        make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, StorageError> {
+        let resp = self.call(what, make).await?;
+        resp.bytes().await.map_err(|e| StorageError::Unavailable {
+            what: what.into(),
+            why: e.to_string(),
+        })
+    }
+
     /// [`GcsStore::call`], the body as JSON.
     async fn call_json(
         &self,
         what: &str,
         make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Value, StorageError> {
-        let resp = self.call(what, make).await?;
-        let body = resp.bytes().await.map_err(|e| StorageError::Unavailable {
-            what: what.into(),
-            why: e.to_string(),
-        })?;
+        let body = self.call_bytes(what, make).await?;
         serde_json::from_slice(&body).map_err(|e| StorageError::Unavailable {
             what: what.into(),
             why: format!("an answer that is not JSON: {e}"),
@@ -628,16 +637,8 @@ impl OutputStore for GcsStore {
         let (me, what) = (self.clone(), self.what(key));
         let url = format!("{}?alt=media", self.object_url(&self.full(key)?));
         self.block(async move {
-            match me.call(&what, |http| http.get(&url)).await {
-                Ok(resp) => Ok(Some(
-                    resp.bytes()
-                        .await
-                        .map_err(|e| StorageError::Unavailable {
-                            what: what.clone(),
-                            why: e.to_string(),
-                        })?
-                        .to_vec(),
-                )),
+            match me.call_bytes(&what, |http| http.get(&url)).await {
+                Ok(body) => Ok(Some(body.to_vec())),
                 Err(StorageError::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -729,17 +730,10 @@ impl OutputStore for GcsStore {
         let url = format!("{}?alt=media", self.object_url(&self.full(key)?));
         let range = format!("bytes={start}-{}", start + len.max(1) - 1);
         self.block(async move {
-            let resp = me
-                .call(&what, |http| http.get(&url).header("range", range.clone()))
+            let body = me
+                .call_bytes(&what, |http| http.get(&url).header("range", range.clone()))
                 .await?;
-            Ok(resp
-                .bytes()
-                .await
-                .map_err(|e| StorageError::Unavailable {
-                    what: what.clone(),
-                    why: e.to_string(),
-                })?
-                .to_vec())
+            Ok(body.to_vec())
         })
     }
 
