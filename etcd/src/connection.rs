@@ -27,6 +27,8 @@ pub struct EtcdStore {
     pub(crate) cache: std::sync::Arc<Mutex<HashMap<JobId, Vec<KeyValue>>>>,
     /// Counts reads of claimable keys, to look at retries on every fourth one.
     pub(crate) turn: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Held by every clone: the member watcher (several endpoints) stops when the last goes.
+    pub(crate) alive: std::sync::Arc<()>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -109,7 +111,23 @@ impl EtcdStore {
                 .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3)),
         )?;
         let where_ = endpoints.join(",");
-        let client = Client::connect(endpoints, Some(options))
+        let tls = security.ca.is_some() || security.cert.is_some();
+        let endpoints: Vec<String> = endpoints.iter().map(|e| with_scheme(e, tls)).collect();
+        // Several members: balance over those that answer now (see `watch_members`).
+        let mut members = Members::new(&endpoints, &options);
+        let first: Vec<String> = if endpoints.len() > 1 {
+            members.probe_all().await;
+            let up = members.up();
+            if up.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd at {where_}: no member answers"
+                )));
+            }
+            up
+        } else {
+            endpoints.clone()
+        };
+        let client = Client::connect(&first, Some(options))
             .await
             .map_err(|e| StoreError::Unavailable(format!("etcd at {where_}: {e}")))?;
         let store = EtcdStore {
@@ -119,12 +137,13 @@ impl EtcdStore {
             } else {
                 format!("{root}/")
             },
-            endpoints: endpoints.to_vec(),
+            endpoints: endpoints.clone(),
             metas: Default::default(),
             drained: Default::default(),
             low: Default::default(),
             turn: Default::default(),
             cache: Default::default(),
+            alive: Default::default(),
         };
         store
             .client
@@ -132,6 +151,13 @@ impl EtcdStore {
             .get(format!("{}probe", store.root), None)
             .await
             .map_err(|e| StoreError::Unavailable(format!("etcd at {where_}: {e}")))?;
+        if endpoints.len() > 1 {
+            tokio::spawn(watch_members(
+                store.client.clone(),
+                members,
+                std::sync::Arc::downgrade(&store.alive),
+            ));
+        }
         Ok(store)
     }
 
@@ -225,5 +251,113 @@ impl EtcdStore {
         txn: Txn,
     ) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
         self.kv().txn(txn).await
+    }
+}
+
+/// An endpoint as etcd-client keys its balanced channel: with its scheme (it adds `http://`, or
+/// `https://` with TLS, to a bare `host:port`), so that removing it later finds it.
+fn with_scheme(endpoint: &str, tls: bool) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// Which etcd members answer, probed one by one. etcd-client balances every request over all
+/// the endpoints it was given, whether or not the member behind one is up, so a killed or
+/// frozen member fails (or stalls for the request timeout) a share of every request of every
+/// process — found by the chaos load test: with one of three members down, workers and
+/// coordinators stopped making progress (etcdv3/etcd-client#39). Each member is probed with a
+/// status call on a connection of its own, with a short timeout.
+struct Members {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    /// One single-endpoint client per member, made on first use.
+    probes: Vec<Option<Client>>,
+    up: Vec<bool>,
+}
+
+/// How long a member may take to answer a probe before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Members {
+    fn new(endpoints: &[String], options: &ConnectOptions) -> Members {
+        Members {
+            endpoints: endpoints.to_vec(),
+            options: options
+                .clone()
+                .with_connect_timeout(PROBE_TIMEOUT)
+                .with_timeout(PROBE_TIMEOUT),
+            probes: vec![None; endpoints.len()],
+            up: vec![false; endpoints.len()],
+        }
+    }
+
+    async fn answers(&mut self, i: usize) -> bool {
+        if self.probes[i].is_none() {
+            let connect = Client::connect([&self.endpoints[i]], Some(self.options.clone()));
+            match tokio::time::timeout(PROBE_TIMEOUT * 2, connect).await {
+                Ok(Ok(c)) => self.probes[i] = Some(c),
+                _ => return false,
+            }
+        }
+        let Some(probe) = self.probes[i].as_mut() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT * 2, probe.status()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn probe_all(&mut self) {
+        for i in 0..self.endpoints.len() {
+            self.up[i] = self.answers(i).await;
+        }
+    }
+
+    fn up(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .zip(&self.up)
+            .filter(|(_, up)| **up)
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+}
+
+/// Keeps `client`'s balanced channel to the members that answer: every second each member is
+/// probed; one that stops answering leaves the channel (never the last one: requests then fail
+/// and are retried as before), one that answers again rejoins it. Requests already sent to a
+/// member that died fail or time out and are retried by their callers. Ends when the store's
+/// last clone is dropped.
+async fn watch_members(client: Client, mut members: Members, alive: std::sync::Weak<()>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        for i in 0..members.endpoints.len() {
+            let answers = members.answers(i).await;
+            let endpoint = members.endpoints[i].clone();
+            let others_up = members.up.iter().filter(|u| **u).count() > 1;
+            if answers && !members.up[i] && client.add_endpoint(&endpoint).await.is_ok() {
+                members.up[i] = true;
+                tracing::info!(endpoint, "etcd member answers: requests go to it again");
+            } else if !answers
+                && members.up[i]
+                && others_up
+                && client.remove_endpoint(&endpoint).await.is_ok()
+            {
+                members.up[i] = false;
+                warn!(
+                    endpoint,
+                    "etcd member does not answer: no requests go to it until it does"
+                );
+            }
+        }
     }
 }

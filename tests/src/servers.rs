@@ -317,6 +317,111 @@ impl Etcd {
     }
 }
 
+/// A cluster of real etcd members on free loopback ports, each its own process and data
+/// directory: for faults of one member (killed, frozen) while the others keep a quorum.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<(u16, u16, Option<ChildGuard>)>,
+    cluster: String,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = fast_tempdir();
+        let members: Vec<(u16, u16, Option<ChildGuard>)> =
+            (0..n).map(|_| (free_port(), free_port(), None)).collect();
+        let cluster = members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer, _))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            cluster,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let (client_port, peer_port, _) = self.members[i];
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("m{i}.log")))
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(self.dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd; install it with `apt-get install -y etcd-server`");
+        self.members[i].2 = Some(ChildGuard(Some(child)));
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get_ok(self.members[i].0, "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")));
+        panic!("etcd member m{i} did not become healthy: {log:?}");
+    }
+
+    /// Every member's client URL, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|(port, _, _)| format!("http://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// Kills member `i` (SIGKILL) and leaves it down.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].2.take() {
+            c.kill();
+        }
+    }
+
+    /// Starts a killed member again on its ports and data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) member `i`: it keeps its sockets but answers
+    /// nothing, as a paused container or a stalled machine does.
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        let pid = self.members[i].2.as_ref().expect("member is running").pid();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let _ = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
+}
+
 /// One of our binaries running as a child process, with its stderr in a file.
 #[derive(Debug)]
 pub struct Proc {
