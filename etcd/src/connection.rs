@@ -27,6 +27,8 @@ pub struct EtcdStore {
     pub(crate) cache: std::sync::Arc<Mutex<HashMap<JobId, Vec<KeyValue>>>>,
     /// Counts reads of claimable keys, to look at retries on every fourth one.
     pub(crate) turn: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Per job, when this process last looked for attempts lost with an expired lease.
+    pub(crate) lost_checked: std::sync::Arc<Mutex<HashMap<JobId, std::time::Instant>>>,
     /// Held by every clone: the member watcher (several endpoints) stops when the last goes.
     pub(crate) alive: std::sync::Arc<()>,
 }
@@ -143,6 +145,7 @@ impl EtcdStore {
             low: Default::default(),
             turn: Default::default(),
             cache: Default::default(),
+            lost_checked: Default::default(),
             alive: Default::default(),
         };
         store

@@ -361,6 +361,74 @@ impl EtcdStore {
         Ok(lost)
     }
 
+    /// Whether this process last looked for `job`'s lost attempts a second ago or more (then
+    /// it looks now): two range reads of running shards per job and second, whatever the
+    /// number of claimants in the process.
+    fn lost_check_due(&self, job: &JobId) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.lost_checked.lock() else {
+            return false;
+        };
+        match last.get(job) {
+            Some(at) if now.duration_since(*at) < std::time::Duration::from_secs(1) => false,
+            _ => {
+                last.insert(job.clone(), now);
+                true
+            }
+        }
+    }
+
+    /// Claims an attempt lost with an expired lease (its run record stays, its claim went with
+    /// the lease) for its next attempt, or fails it for good at its last one.
+    async fn claim_lost(
+        &self,
+        job: &JobId,
+        meta: &Meta,
+        lease: LeaseId,
+        worker: &str,
+    ) -> Result<Lost, StoreError> {
+        let mut raced = false;
+        for (shard, run, rev) in self.lost_attempts(job).await? {
+            let run_key = self.shard_key(job, "run", shard);
+            let guard = Compare::mod_revision(run_key.clone(), CompareOp::Equal, rev);
+            if run.attempt < meta.max_attempts {
+                let target = Target {
+                    shard,
+                    attempt: run.attempt + 1,
+                    guard,
+                    extra: None,
+                };
+                match self.try_claim(job, target, lease, worker).await? {
+                    Some(c) => return Ok(Lost::Claimed(c)),
+                    None => raced = true,
+                }
+            } else {
+                let failed = FailedRecord {
+                    attempts: run.attempt,
+                    reason: lost_reason(run.attempt),
+                };
+                self.txn(
+                    Txn::new()
+                        .when([
+                            guard,
+                            Compare::create_revision(
+                                self.shard_key(job, "claim", shard),
+                                CompareOp::Equal,
+                                0,
+                            ),
+                        ])
+                        .and_then([
+                            TxnOp::delete(run_key, None),
+                            TxnOp::put(self.shard_key(job, "failed", shard), json(&failed), None),
+                        ]),
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+        }
+        Ok(if raced { Lost::Raced } else { Lost::None })
+    }
+
     async fn lease_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         let resp = self
             .leases()
@@ -422,6 +490,16 @@ impl ShardStore for EtcdStore {
         // Each round either claims, loses a race to another claimant (and retries), or finds
         // nothing; the bound only guards against a livelock bug.
         for _ in 0..10_000 {
+            // 0. Once a second per job and process: an attempt whose worker died runs again
+            //    before fresh shards, not only once the job has none left (the chaos load test
+            //    saw a killed worker's shard wait minutes behind a long job's pending ones).
+            if self.lost_check_due(job) {
+                match self.claim_lost(job, &meta, lease, worker).await? {
+                    Lost::Claimed(c) => return Ok(Some(c)),
+                    Lost::Raced => continue,
+                    Lost::None => {}
+                }
+            }
             // 1. A claimable key this process read earlier and has not tried yet: one txn per
             //    claim, no read. Another worker may have taken it meanwhile; the txn's guard (the
             //    key's mod revision) then fails and the next one is tried.
@@ -482,51 +560,10 @@ impl ShardStore for EtcdStore {
                 continue;
             }
             // 3. Attempts lost with an expired lease: retry them, or fail them at the last one.
-            let mut raced = false;
-            for (shard, run, rev) in self.lost_attempts(job).await? {
-                let run_key = self.shard_key(job, "run", shard);
-                let guard = Compare::mod_revision(run_key.clone(), CompareOp::Equal, rev);
-                if run.attempt < meta.max_attempts {
-                    let target = Target {
-                        shard,
-                        attempt: run.attempt + 1,
-                        guard,
-                        extra: None,
-                    };
-                    match self.try_claim(job, target, lease, worker).await? {
-                        Some(c) => return Ok(Some(c)),
-                        None => raced = true,
-                    }
-                } else {
-                    let failed = FailedRecord {
-                        attempts: run.attempt,
-                        reason: lost_reason(run.attempt),
-                    };
-                    self.txn(
-                        Txn::new()
-                            .when([
-                                guard,
-                                Compare::create_revision(
-                                    self.shard_key(job, "claim", shard),
-                                    CompareOp::Equal,
-                                    0,
-                                ),
-                            ])
-                            .and_then([
-                                TxnOp::delete(run_key, None),
-                                TxnOp::put(
-                                    self.shard_key(job, "failed", shard),
-                                    json(&failed),
-                                    None,
-                                ),
-                            ]),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                }
-            }
-            if raced {
-                continue;
+            match self.claim_lost(job, &meta, lease, worker).await? {
+                Lost::Claimed(c) => return Ok(Some(c)),
+                Lost::Raced => continue,
+                Lost::None => {}
             }
             // Nothing claimable: say so, unless the caller's lease is gone.
             self.lease_alive(lease).await?;
@@ -759,4 +796,12 @@ impl EtcdStore {
             })
         }
     }
+}
+
+/// What [`EtcdStore::claim_lost`] did.
+enum Lost {
+    Claimed(Claim),
+    /// Another claimant took (or failed) one first: look again.
+    Raced,
+    None,
 }

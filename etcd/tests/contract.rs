@@ -154,3 +154,39 @@ async fn etcd_registry_leadership_follows_the_lease() {
     let etcd = Etcd::start();
     registry::contract::leadership_follows_the_lease(&store(&etcd).await).await;
 }
+
+/// A shard whose worker died (its lease expired mid-attempt) runs again within a few claims,
+/// not only once the job has no fresh shard left: the chaos load test saw a killed worker's
+/// shard wait minutes behind a long job's pending shards.
+#[tokio::test]
+async fn etcd_a_dead_workers_shard_is_claimed_again_soon() {
+    use rewind_common::shard_store::ShardStore;
+    use rewind_common::{Hour, JobId, ShardId};
+
+    let etcd = Etcd::start();
+    let s = store(&etcd).await;
+    let job = JobId::generate();
+    let shards: Vec<ShardId> = (0..60)
+        .map(|h| ShardId(Hour::from_epoch_hours(491_000 + h)))
+        .collect();
+    s.create_job(&job, &shards, 3).await.unwrap();
+    let dying = s.grant_lease(TTL).await.unwrap();
+    let lost = s.claim(&job, dying, "dies").await.unwrap().unwrap();
+    // Its lease expires (no keep-alive): the attempt is lost.
+    tokio::time::sleep(TTL + Duration::from_secs(2)).await;
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let mut order = Vec::new();
+    while let Some(c) = s.claim(&job, lease, "lives").await.unwrap() {
+        order.push((c.shard, c.attempt));
+    }
+    let at = order
+        .iter()
+        .position(|(shard, _)| *shard == lost.shard)
+        .expect("the lost shard is claimed again");
+    assert_eq!(order[at].1, 2, "as its second attempt");
+    assert_eq!(order.len(), 60, "every shard once");
+    assert!(
+        at < 12,
+        "the lost shard came {at}th of 60 claims; it should not wait for the fresh ones"
+    );
+}
