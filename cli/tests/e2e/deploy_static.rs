@@ -423,6 +423,77 @@ fn compose_load_tests_name_what_the_file_provides() {
     );
 }
 
+/// The chaos load test's fleet (`deploy/compose/loadtest/`, run by `deploy/compose/loadtest.sh`):
+/// every service on the host's network, 3 etcd members that name each other, 2 coordinators
+/// with the ids the chaos loop looks for in etcd's leader key, and every Rewind command, flag
+/// and REWIND_* variable known to the binary. Every `${LT_…}` the file reads is one the driver
+/// sets, so the ports it talks to are the ports the fleet listens on.
+#[test]
+fn chaos_load_test_fleet_matches_the_binaries() {
+    let dir = deploy().join("compose/loadtest");
+    let docs = yaml_docs(&dir.join("compose.yml"));
+    let services = docs[0]["services"].as_object().expect("services");
+    let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    let want = [
+        "etcd1",
+        "etcd2",
+        "etcd3",
+        "coordinator1",
+        "coordinator2",
+        "worker",
+        "s3",
+        "kafka",
+    ];
+    assert_eq!(names, BTreeSet::from(want), "services");
+    let driver = fs::read_to_string(dir.join("loadtest.py")).unwrap();
+    let text = fs::read_to_string(dir.join("compose.yml")).unwrap();
+    for var in text.split("${").skip(1) {
+        let name = var.split([':', '}']).next().unwrap();
+        assert!(
+            name == "LT_DIR" || driver.contains(&format!("\"{name}\"")),
+            "compose.yml reads ${{{name}}}, which loadtest.py does not set"
+        );
+    }
+    let mut rewinds = 0;
+    for (name, svc) in services {
+        let whence = format!("chaos fleet service {name}");
+        assert_eq!(svc["network_mode"], "host", "{whence}: host network");
+        assert_eq!(svc["image"], "rewind-loadtest:local", "{whence}");
+        let command = strings(&svc["command"]);
+        let script = command.join(" ");
+        if let Some(member) = name.strip_prefix("etcd") {
+            assert!(script.contains(&format!("--name e{member}")), "{whence}");
+            let cluster = svc["environment"]["ETCD_INITIAL_CLUSTER"].as_str().unwrap();
+            assert_eq!(cluster.split(',').count(), 3, "{whence}: {cluster}");
+            continue;
+        }
+        // `rewind …` as the command itself or after `exec` in a shell line.
+        let args: Vec<String> = match script.split_once("exec rewind ") {
+            Some((_, rest)) => rest.split_whitespace().map(String::from).collect(),
+            None if command.first().map(String::as_str) == Some("rewind") => command[1..].to_vec(),
+            None => continue,
+        };
+        let inv = Invocation::cli(&args);
+        inv.check_flags(&whence);
+        let mut env: BTreeSet<String> = svc["environment"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        env.extend(
+            script
+                .split_whitespace()
+                .filter_map(|w| w.split_once('=').map(|(k, _)| k.to_string()))
+                .filter(|k| k.starts_with("REWIND_")),
+        );
+        check_env(&env, std::slice::from_ref(&inv), &whence);
+        if name.starts_with("coordinator") {
+            assert_eq!(svc["environment"]["REWIND_COORDINATOR_ID"], name.as_str());
+        }
+        rewinds += 1;
+    }
+    assert_eq!(rewinds, 3, "two coordinators and the workers run rewind");
+}
+
 #[test]
 fn dockerfile_ships_the_one_binary_and_its_services_start_from_it() {
     let dockerfile = fs::read_to_string(deploy().join("Dockerfile")).unwrap();
