@@ -1,6 +1,6 @@
 """What the benchmark scripts share: free loopback ports, waiting for a server, the CPU time of
 finished children, and the archived events of an uncompressed archive with their places."""
-import json, os, resource, socket, sys, time
+import gzip, json, os, resource, socket, sys, time
 
 
 def free_port():
@@ -27,14 +27,18 @@ def child_cpu():
 
 
 def archived_events(src):
-    """Every event below `src` (uncompressed objects of concatenated JSON) as
-    (exact bytes, object key relative to src, byte offset, event_id), in archive order."""
+    """Every event below `src` (objects of concatenated JSON, plain or gzip) as
+    (exact bytes, object key relative to src, byte offset in the decompressed object,
+    event_id), in archive order."""
     events = []
     dec = json.JSONDecoder()
     for dirpath, _, files in sorted(os.walk(src)):
         for f in sorted(files):
             path = os.path.join(dirpath, f)
-            text = open(path, "rb").read().decode("utf-8")
+            raw = open(path, "rb").read()
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+            text = raw.decode("utf-8")
             key = os.path.relpath(path, src)
             i = 0
             while i < len(text):

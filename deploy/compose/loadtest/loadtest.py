@@ -13,10 +13,13 @@ time to recover per fault kind, events lost or duplicated.
 Exit status 1 when anything was lost, or duplicated where exactly-once is promised, or a job did
 not succeed.
 """
-import argparse, base64, collections, gzip, json, os, random, subprocess, sys, threading, time
+import argparse, base64, collections, json, os, random, subprocess, sys, threading, time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The archive reader the benchmarks use (independent of Rewind).
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "bench"))
+import benchlib  # noqa: E402
 PROJECT = "rewind-lt"
 PREFIX = "/rewind/v1/"
 START = "2024-04-01T00"
@@ -143,26 +146,7 @@ class Fleet:
 # --- the archive, read independently of Rewind ---------------------------------------------
 def archived_ids(root):
     """Every event's event_id below `root` (objects of concatenated JSON, plain or gzip)."""
-    ids = collections.Counter()
-    dec = json.JSONDecoder()
-    for dirpath, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for f in files:
-            if f.startswith("."):
-                continue
-            raw = open(os.path.join(dirpath, f), "rb").read()
-            if raw[:2] == b"\x1f\x8b":
-                raw = gzip.decompress(raw)
-            text = raw.decode("utf-8")
-            i = 0
-            while i < len(text):
-                while i < len(text) and text[i].isspace():
-                    i += 1
-                if i >= len(text):
-                    break
-                obj, i = dec.raw_decode(text, i)
-                ids[str(obj["event_id"])] += 1
-    return ids
+    return collections.Counter(e[3] for e in benchlib.archived_events(root))
 
 
 def parquet_ids(root):
