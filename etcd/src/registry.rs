@@ -49,6 +49,9 @@ impl EtcdStore {
         if let Ok(mut c) = self.cache.lock() {
             c.remove(job);
         }
+        if let Ok(mut l) = self.lost_checked.lock() {
+            l.remove(job);
+        }
     }
 }
 
