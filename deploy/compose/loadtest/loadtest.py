@@ -13,7 +13,7 @@ time to recover per fault kind, events lost or duplicated.
 Exit status 1 when anything was lost, or duplicated where exactly-once is promised, or a job did
 not succeed.
 """
-import argparse, base64, collections, json, os, random, subprocess, sys, threading, time
+import argparse, base64, collections, datetime, json, os, random, subprocess, sys, threading, time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,10 +60,6 @@ class Fleet:
     def containers(self, service):
         out = self.compose("ps", "-q", service).stdout.split()
         return out
-
-    def container_name(self, cid):
-        return subprocess.run(["docker", "inspect", "-f", "{{.Name}}", cid], capture_output=True,
-                              text=True).stdout.strip().lstrip("/")
 
     def docker(self, *args):
         return subprocess.run(["docker", *args], capture_output=True, text=True)
@@ -378,8 +374,8 @@ def run(f, a):
 
     tenants = {"TN-alpha": "backfill", "TN-bravo": "interactive", "TN-charlie": "normal",
                "TN-delta": "normal", "TN-echo": "normal"}
-    end = time.strftime("%Y-%m-%dT%H", time.gmtime(
-        time.mktime(time.strptime(START, "%Y-%m-%dT%H")) - time.timezone + (a.hours - 1) * 3600))
+    end = (datetime.datetime.strptime(START, "%Y-%m-%dT%H")
+           + datetime.timedelta(hours=a.hours - 1)).strftime("%Y-%m-%dT%H")
     t0 = time.time()
     for i, org in enumerate(tenants):
         f.rewind("gen", "--out", f"s3://archive/{org}", *f.s3_args(), "--org", org,
