@@ -491,7 +491,10 @@ impl ShardStore for InMemoryShardStore {
                     last_error: None,
                 },
             );
-            job.ready.push_front(claim.shard);
+            // Behind the others: an attempt gives its shard back when it cannot go on yet
+            // (it waits for another shard's attempt), and claiming it again at once would
+            // keep that shard waiting.
+            job.ready.push_back(claim.shard);
             Ok(())
         })
     }

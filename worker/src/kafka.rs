@@ -390,10 +390,15 @@ fn marker_key(job: &str, shard: ShardId) -> String {
     format!("{job}/{shard}")
 }
 
-/// A marker lookup waits this much past the producers' transaction timeout for transactions
-/// left open on the control topic to end, so that one left by a dead attempt of ours has been
-/// aborted by the brokers by then, even when nothing retries its shard.
-const OPEN_TRANSACTION_MARGIN: Duration = Duration::from_secs(10);
+/// How long a marker lookup waits for a transaction open on the control topic to end before
+/// its attempt gives the shard back. A live attempt's transaction holds the topic's stable
+/// offset only between its marker and its commit (milliseconds); one held longer is most
+/// likely a dead attempt's, which ends only when its shard runs again (its producer is then
+/// fenced) or the brokers time it out, and waiting for it in a slot could keep that shard
+/// from ever getting one.
+const GIVE_BACK_AFTER: Duration = Duration::from_secs(5);
+/// How long a marker lookup may take to read the control topic to its end.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// `transaction.timeout.ms` of the shards' producers, in seconds.
 const TRANSACTION_TIMEOUT_S: u64 = 300;
 
@@ -476,6 +481,25 @@ impl Committed {
     }
 }
 
+/// Why a marker lookup gave no answer.
+#[derive(Debug, Clone)]
+pub enum LookupError {
+    /// Reading the control topic failed.
+    Failed(KafkaFailure),
+    /// A transaction left open holds the control topic's stable offset back (the text says
+    /// where), so a marker could be out of sight. It ends when its producer is fenced — its
+    /// shard's next attempt starts — or the brokers time it out (Kafka; some brokers never
+    /// do). The attempt gives its shard back, uncounted, rather than hold a slot that the
+    /// dead attempt's shard may need.
+    Blocked(String),
+}
+
+impl From<KafkaFailure> for LookupError {
+    fn from(f: KafkaFailure) -> LookupError {
+        LookupError::Failed(f)
+    }
+}
+
 /// How far an exactly-once replay of this shard is committed to Kafka (an attempt that died
 /// after one of its transactions committed): the markers of its transactions in the control
 /// topic, read with `read_committed`.
@@ -485,7 +509,7 @@ pub fn committed(
     job: &str,
     shard: ShardId,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<Committed, KafkaFailure> {
+) -> Result<Committed, LookupError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let fail = |e: String| KafkaFailure {
         message: format!("reading the control topic {}: {e}", spec.control_topic()),
@@ -524,9 +548,7 @@ pub fn committed(
         .ok_or_else(|| fail("the topic does not exist".into()))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut reached = Vec::new();
-    // A transaction timeout the user set instead of ours is waited out too.
-    let wait = Duration::from_millis(transaction_timeout_ms(spec)) + OPEN_TRANSACTION_MARGIN;
-    let deadline = std::time::Instant::now() + wait;
+    let started = std::time::Instant::now();
     let stopped = || {
         stop.load(std::sync::atomic::Ordering::Relaxed)
             .then(|| KafkaFailure {
@@ -552,16 +574,17 @@ pub fn committed(
                 break stable.max(low);
             }
             if let Some(f) = stopped() {
-                return Err(f);
+                return Err(f.into());
             }
-            if std::time::Instant::now() >= deadline {
-                return Err(fail(format!(
-                    "partition {p} has a transaction open at offset {stable} (end {high}) for \
-                     over {}s; it ends when its attempt is fenced or times out",
-                    wait.as_secs()
+            if started.elapsed() >= GIVE_BACK_AFTER {
+                return Err(LookupError::Blocked(format!(
+                    "partition {p} of {control} has a transaction open (stable offset {stable}, \
+                     end {high}) for over {}s: a dead attempt's, which ends when its shard runs \
+                     again; giving this shard back meanwhile",
+                    GIVE_BACK_AFTER.as_secs()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(100));
         };
         let start = from.map_or(rdkafka::Offset::Beginning, rdkafka::Offset::Offset);
         tpl.add_partition_offset(&control, p, start)
@@ -577,13 +600,14 @@ pub fn committed(
     // makes the lookup wait, up to its deadline, and then fail (the attempt is retried).
     while !reached.iter().all(|r| *r) {
         if let Some(f) = stopped() {
-            return Err(f);
+            return Err(f.into());
         }
-        if std::time::Instant::now() >= deadline {
+        if started.elapsed() >= LOOKUP_TIMEOUT {
             return Err(fail(format!(
                 "could not read it to its end within {}s; the attempt is retried",
-                wait.as_secs()
-            )));
+                LOOKUP_TIMEOUT.as_secs()
+            ))
+            .into());
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) if m.key() == Some(want.as_bytes()) => {
@@ -599,7 +623,7 @@ pub fn committed(
                     *r = true;
                 }
             }
-            Some(Err(e)) => return Err(fail(e.to_string())),
+            Some(Err(e)) => return Err(fail(e.to_string()).into()),
             None => {}
         }
     }
@@ -678,6 +702,8 @@ pub struct Finished {
 /// Produces one shard attempt's events.
 pub struct KafkaSink {
     txn: Option<Txn>,
+    /// Exactly-once: a transaction is begun and not yet committed or aborted.
+    txn_open: bool,
     producer: ThreadedProducer<Ctx>,
     topic: String,
     key: KafkaKey,
@@ -783,6 +809,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             partitions,
             lineage: spec.envelope.is_none() || spec.lineage_headers,
+            txn_open: txn.is_some(),
             txn,
             producer,
             topic: spec.topic.clone(),
@@ -879,13 +906,16 @@ impl KafkaSink {
         }
         let marker = txn.marker(Some((*pos, key)));
         let rejected = self.settle()?;
-        self.commit(&marker, &rejected)?;
+        let committed = self.commit(&marker, &rejected);
+        self.txn_open = false;
+        committed?;
         self.producer
             .begin_transaction()
             .map_err(|e| KafkaFailure {
                 message: format!("beginning the shard's next Kafka transaction: {e}"),
                 retryable: true,
             })?;
+        self.txn_open = true;
         if let Some(txn) = &mut self.txn {
             txn.open_since = None;
         }
@@ -1037,11 +1067,13 @@ impl KafkaSink {
 
     /// Waits until every record is acknowledged or refused. Returns the records the brokers
     /// refused for themselves; fails when any delivery failed otherwise or did not finish.
-    pub fn finish(self) -> Result<Finished, KafkaFailure> {
+    pub fn finish(mut self) -> Result<Finished, KafkaFailure> {
         let rejected = self.settle()?;
         let acknowledged = self.acknowledged();
         if let Some(txn) = &self.txn {
-            self.commit(&txn.marker(None), &rejected)?;
+            let committed = self.commit(&txn.marker(None), &rejected);
+            self.txn_open = false;
+            committed?;
         }
         Ok(Finished {
             produced: self.produced,
@@ -1117,6 +1149,12 @@ impl KafkaSink {
         if let Err((e, _)) = self.producer.send(marker) {
             return Err(abort(format!("producing the shard's marker: {e}"), true));
         }
+        // A test hook: die with the marker written and the transaction open (a kill or a
+        // pause at this moment leaves it open on the control topic until it is fenced).
+        if crate::failpoint("before-kafka-commit") {
+            let _ = self.producer.flush(self.timeout);
+            std::process::abort();
+        }
         self.producer
             .commit_transaction(self.timeout)
             .map_err(|e| {
@@ -1130,6 +1168,21 @@ impl KafkaSink {
             std::process::abort();
         }
         Ok(())
+    }
+}
+
+/// How long an attempt that ends without its commit waits for its transaction's abort.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Drop for KafkaSink {
+    /// An exactly-once attempt that ends without committing (stopped, failed, its shard given
+    /// back) aborts its open transaction: until it ends, read_committed readers of the topic
+    /// and of the control topic could not see past it (the brokers time it out only after
+    /// `transaction.timeout.ms`, and some brokers never do).
+    fn drop(&mut self) {
+        if self.txn_open {
+            let _ = self.producer.abort_transaction(ABORT_TIMEOUT);
+        }
     }
 }
 

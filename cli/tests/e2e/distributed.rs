@@ -1916,6 +1916,114 @@ fn exactly_once_retry_waits_for_a_transaction_left_open_on_the_control_topic() {
     assert_eq!(records.len(), events, "every event once");
 }
 
+/// A worker dies with a shard's marker written and its transaction open (a kill or a pause at
+/// that moment leaves one open on the control topic; the brokers end it only after
+/// `transaction.timeout.ms`, 5 minutes, and tansu never does). Another job's replay to the same
+/// topic starts on the next worker, which has one slot: its attempt cannot read the control
+/// topic past the open transaction, and waiting for it in the slot would keep the dead shard —
+/// whose next attempt fences the transaction — from ever running. The attempt gives its shard
+/// back instead, uncounted; the dead shard runs and fences its transaction, and the job
+/// finishes long before the brokers' timeout, every event once.
+#[test]
+fn exactly_once_is_not_stalled_by_a_dead_attempts_open_transaction() {
+    let mut c = Cluster::start(0);
+    c.generate(3);
+    // The first hour's objects are empty: its shard commits at once, with nothing but its
+    // marker in the transaction the fail point leaves open. (tansu shows the records and
+    // markers of aborted transactions to read_committed readers (INFRA.md), where a real broker
+    // hides them: a dead transaction with events and a marker would look committed here.)
+    for f in std::fs::read_dir(c.src().join("main_stream/2024/04/01/00")).unwrap() {
+        std::fs::write(f.unwrap().path(), b"").unwrap();
+    }
+    let events = archived_events(&c.src()).len();
+    let broker = rewind_testkit::kafka::Tansu::start();
+    broker.create_topic("eo", 2);
+    broker.create_topic("eo.rewind-control", 1);
+    // Its lease outlives it by 10 s: the dead shard cannot be claimed again before the other
+    // job's shards are.
+    let args: Vec<String> = [
+        "--etcd",
+        &c.etcd.endpoint(),
+        "--slots",
+        "1",
+        "--lease-ttl",
+        "10",
+        "--poll-ms",
+        "100",
+        "--id",
+        "doomed",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut doomed = Proc::spawn_with_env(
+        WORKER,
+        &args,
+        c.tmp.path().join("worker-doomed.log"),
+        &[("REWIND_FAILPOINT", "before-kafka-commit")],
+    );
+    let submit = |start: &str, end: &str| {
+        let (src, dest) = (c.src(), c.dest());
+        submitted(&c.cli(&[
+            "submit",
+            "--source",
+            src.to_str().unwrap(),
+            "--org",
+            ORG,
+            "--start",
+            start,
+            "--end",
+            end,
+            "--dest",
+            dest.to_str().unwrap(),
+            "--sink",
+            "kafka",
+            "--brokers",
+            &broker.brokers(),
+            "--kafka-option",
+            rewind_testkit::kafka::PRODUCER_OPTION,
+            "--topic",
+            "eo",
+            "--delivery",
+            "exactly-once",
+        ]))
+    };
+    let dead_job = submit("2024-04-01T00", "2024-04-01T00");
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "{}",
+        doomed.log_text()
+    );
+    let control = "eo.rewind-control";
+    assert!(
+        broker.end_offset(control, 0, true) < broker.end_offset(control, 0, false),
+        "the dead attempt's transaction holds the control topic's stable offset back"
+    );
+    let job = submit("2024-04-01T01", "2024-04-01T02");
+    c.add_worker();
+    let started = Instant::now();
+    while c.status(&job)["state"] == "running" || c.status(&dead_job)["state"] == "running" {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the jobs stalled behind the open transaction\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for j in [&dead_job, &job] {
+        let (code, summary) = c.watch(j);
+        assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    }
+    let records = broker.read_all("eo", 2, events, Duration::from_secs(60));
+    let seen = copies_by_source(&records);
+    assert_eq!(seen.len(), events, "every event is on the topic");
+    assert_eq!(records.len(), events, "every event once");
+    assert!(
+        c.logs().contains("giving this shard back"),
+        "the replay's attempt gave its shard back while the transaction was open\n{}",
+        c.logs()
+    );
+}
+
 /// The throttle holds for the job as a whole: two workers replaying two shards at once share
 /// `--max-events-per-sec`, and the records' timestamps show the job's rate within 10%. One
 /// worker's metrics count its shard's records produced and acknowledged, with a latency each.

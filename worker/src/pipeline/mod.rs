@@ -117,6 +117,19 @@ pub struct ShardEnv {
     pub produce_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
+impl ShardEnv {
+    /// Stops this attempt and has it give its shard back uncounted (released, as a stopped
+    /// attempt's is), for a reason that is not the shard's: `why` is logged. Its slot is then
+    /// free for other shards, the one the attempt waits for among them.
+    pub(crate) fn give_back(&self, why: String) -> ShardError {
+        self.cancel.store(true, Ordering::Relaxed);
+        ShardError {
+            message: why,
+            retryable: true,
+        }
+    }
+}
+
 /// Objects of a shard are decoded in parallel when they average at least this many bytes.
 const PARALLEL_MIN_OBJECT: u64 = 1 << 20;
 

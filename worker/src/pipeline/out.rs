@@ -295,10 +295,13 @@ impl<'a> KafkaOut<'a> {
         let resume = if k.delivery == Delivery::ExactlyOnce {
             // Committed to Kafka already, whole or in part (an attempt died after one of its
             // transactions committed): produce only what no transaction committed.
-            use crate::kafka::Committed;
-            match crate::kafka::committed(k, spec.job.as_str(), shard, &env.cancel)
-                .map_err(ShardError::kafka)?
-            {
+            use crate::kafka::{Committed, LookupError};
+            let found = match crate::kafka::committed(k, spec.job.as_str(), shard, &env.cancel) {
+                Ok(found) => found,
+                Err(LookupError::Failed(f)) => return Err(ShardError::kafka(f)),
+                Err(LookupError::Blocked(why)) => return Err(env.give_back(why)),
+            };
+            match found {
                 Committed::Nothing => None,
                 Committed::All => Some((todo.len(), 0)),
                 Committed::UpTo {
