@@ -96,6 +96,16 @@ pub struct CoordinatorArgs {
         default_value_t = 30
     )]
     pub keep_finished_days: u64,
+    /// The most shards of one tenant (org) that run at once across the fleet: `N` for every
+    /// tenant, `ORG=N` for one (overrides N); repeat or separate with commas. 0 (the default):
+    /// no cap. Stamped into each job accepted; workers claim within it (etcd keys under
+    /// `tenants/ORG/slot/`).
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_TENANT_MAX_SHARDS",
+        value_delimiter = ','
+    )]
+    pub tenant_max_shards: Vec<String>,
 }
 
 #[derive(Debug, Parser)]

@@ -62,6 +62,13 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tenant_caps = match rewind_common::lifecycle::TenantCaps::parse(&args.tenant_max_shards) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let id = args
         .id
         .clone()
@@ -78,6 +85,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             max_range_hours: args.max_range_hours,
             max_event_bytes: args.max_event_bytes,
         })
+        .with_tenant_caps(tenant_caps)
         .with_retention(Retention {
             keep_jobs: args.keep_finished_jobs,
             keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),

@@ -100,6 +100,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         table_format: Default::default(),
         repair: None,
         guard: None,
+        tenant_max_shards: None,
         partition_by: None,
         ingest: false,
         ingest_to: None,

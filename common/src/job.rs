@@ -48,6 +48,10 @@ pub struct JobSpec {
     /// A guarded replay: the job runs its days one by one, each as a job of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardRequest>,
+    /// The most shards of this job's tenant (org) that run at once across the fleet: the
+    /// coordinator's `--tenant-max-shards` when it accepted the job (never the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_max_shards: Option<u32>,
 }
 
 /// A distributed keyed repair. The keys and rows themselves are in the destination

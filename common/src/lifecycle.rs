@@ -166,6 +166,52 @@ impl Limits {
     }
 }
 
+/// The coordinator's caps on how many shards of one tenant (org) run at once across the fleet
+/// (`rewind coordinator --tenant-max-shards`): one for every tenant, and per-tenant values that
+/// override it. A cap of 0 is no cap. Stamped into each job it accepts
+/// (`JobSpec::tenant_max_shards`); workers claim within it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantCaps {
+    pub every: Option<u32>,
+    pub tenants: std::collections::BTreeMap<String, u32>,
+}
+
+impl TenantCaps {
+    /// From `--tenant-max-shards` values: `N` (every tenant) or `ORG=N` (one tenant).
+    pub fn parse(values: &[String]) -> Result<TenantCaps, String> {
+        let mut caps = TenantCaps::default();
+        for v in values {
+            let bad = || {
+                format!(
+                    "invalid --tenant-max-shards {v:?}: expected N (every tenant) or ORG=N, N a \
+                     whole number (0: no cap)"
+                )
+            };
+            match v.split_once('=') {
+                None => {
+                    caps.every = Some(v.trim().parse().map_err(|_| bad())?);
+                }
+                Some((org, n)) => {
+                    let org =
+                        crate::OrgId::parse(org.trim()).map_err(|e| format!("{}: {e}", bad()))?;
+                    caps.tenants
+                        .insert(org.to_string(), n.trim().parse().map_err(|_| bad())?);
+                }
+            }
+        }
+        Ok(caps)
+    }
+
+    /// The cap on `org`'s running shards, if any.
+    pub fn of(&self, org: &str) -> Option<u32> {
+        self.tenants
+            .get(org)
+            .copied()
+            .or(self.every)
+            .filter(|n| *n > 0)
+    }
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -591,5 +637,24 @@ impl Summary {
             ));
         }
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TenantCaps;
+
+    #[test]
+    fn tenant_caps_parse_a_default_and_per_tenant_overrides() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let caps = TenantCaps::parse(&v(&["8", "acme=2", " beta = 0 "])).unwrap();
+        assert_eq!(caps.of("acme"), Some(2));
+        assert_eq!(caps.of("beta"), None, "0 is no cap, even over the default");
+        assert_eq!(caps.of("gamma"), Some(8));
+        assert_eq!(TenantCaps::parse(&[]).unwrap().of("acme"), None);
+        for bad in ["eight", "acme=two", "a/b=1", "=3", "-1"] {
+            let e = TenantCaps::parse(&v(&[bad])).unwrap_err();
+            assert!(e.contains("--tenant-max-shards") && e.contains(bad), "{e}");
+        }
     }
 }

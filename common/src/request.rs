@@ -507,6 +507,7 @@ impl JobRequest {
                 None => None,
                 Some(g) => Some(self.guard_spec(g)?),
             },
+            tenant_max_shards: None,
         })
     }
 

@@ -114,6 +114,18 @@ pub struct Claim {
     pub token: u64,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The place among its tenant's capped running shards this claim holds (a store key),
+    /// given back when the attempt ends ([`ShardStore::claim_capped`]).
+    pub tenant_slot: Option<String>,
+}
+
+/// A cap on how many shards of one tenant (org) run at once across the fleet: the
+/// coordinator's `--tenant-max-shards`, stamped into each job it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantCap {
+    pub tenant: String,
+    /// At least 1.
+    pub max: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +196,21 @@ pub trait ShardStore: Send + Sync {
         lease: LeaseId,
         worker: &str,
     ) -> impl Future<Output = Result<Option<Claim>, StoreError>> + Send;
+
+    /// [`ShardStore::claim`] within a cap on the tenant's running shards: `None` also when the
+    /// tenant runs `cap.max` shards already. The claim holds one of the tenant's places until
+    /// its attempt ends (commit, fail, release) or its lease expires. Stores of one process
+    /// (the embedded mode, one tenant) ignore the cap.
+    fn claim_capped(
+        &self,
+        job: &JobId,
+        lease: LeaseId,
+        worker: &str,
+        cap: Option<&TenantCap>,
+    ) -> impl Future<Output = Result<Option<Claim>, StoreError>> + Send {
+        let _ = cap;
+        self.claim(job, lease, worker)
+    }
 
     /// Marks the claimed shard done; `Fenced` when the claim is no longer current. Idempotent:
     /// repeating a commit that took effect (its response was lost) returns `Ok`.
@@ -443,6 +470,7 @@ impl ShardStore for InMemoryShardStore {
                     lease,
                     token,
                     attempt,
+                    tenant_slot: None,
                 }));
             }
             Ok(None)

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rewind_common::job::ShardPlan;
-use rewind_common::lifecycle::{JobPhase, JobStatus, Limits, SinkCheck, Summary, now_ms};
+use rewind_common::lifecycle::{
+    JobPhase, JobStatus, Limits, SinkCheck, Summary, TenantCaps, now_ms,
+};
 use rewind_common::location::JobSide;
 use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::StoreError;
@@ -100,6 +102,7 @@ pub struct Coordinator<R> {
     registry: R,
     sinks: Arc<dyn SinkCheck>,
     limits: Limits,
+    tenant_caps: TenantCaps,
     retention: Retention,
 }
 
@@ -135,8 +138,15 @@ impl<R: JobRegistry> Coordinator<R> {
             registry,
             sinks,
             limits: Limits::default(),
+            tenant_caps: TenantCaps::default(),
             retention: Retention::default(),
         }
+    }
+
+    /// The caps on each tenant's running shards stamped into the jobs this core accepts.
+    pub fn with_tenant_caps(mut self, caps: TenantCaps) -> Self {
+        self.tenant_caps = caps;
+        self
     }
 
     /// How much finished-job history [`Coordinator::expire_history`] keeps.
@@ -203,8 +213,9 @@ impl<R: JobRegistry> Coordinator<R> {
         let mut capped = request.clone();
         capped.max_range_hours = capped.max_range_hours.min(limits.max_range_hours);
         capped.max_event_bytes = capped.max_event_bytes.min(limits.max_event_bytes);
-        let spec = capped.validate(JobId::generate())?;
+        let mut spec = capped.validate(JobId::generate())?;
         spec.places.check_local_paths()?;
+        spec.tenant_max_shards = self.tenant_caps.of(spec.org.as_str());
         Ok(spec)
     }
 

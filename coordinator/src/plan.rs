@@ -234,6 +234,7 @@ mod tests {
             table_format: Default::default(),
             repair: None,
             guard: None,
+            tenant_max_shards: None,
             partition_by: None,
             ingest: false,
             ingest_to: None,

@@ -9,6 +9,7 @@ use etcd_client::{
 };
 use rewind_common::shard_store::{
     AfterFailure, Claim, JobProgress, LeaseId, ShardDone, ShardState, ShardStore, StoreError,
+    TenantCap,
 };
 use rewind_common::{Hour, JobId, ShardId};
 use serde::{Deserialize, Serialize};
@@ -132,20 +133,60 @@ impl EtcdStore {
         ]
     }
 
-    /// Claims under `lease` with one txn; `Ok(None)` when the txn lost a race.
+    /// The key of place `i` among `tenant`'s capped running shards.
+    fn tenant_slot_key(&self, tenant: &str, i: u32) -> String {
+        format!("{}tenants/{tenant}/slot/{i}", self.root)
+    }
+
+    /// A free place among the tenant's `cap.max` (picked at random among the free ones, so
+    /// that claimants mostly try different ones), or `None` when all are held.
+    async fn free_tenant_slot(&self, cap: &TenantCap) -> Result<Option<String>, StoreError> {
+        let prefix = format!("{}tenants/{}/slot/", self.root, cap.tenant);
+        let held: HashSet<u32> = self
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?
+            .iter()
+            .filter_map(|kv| {
+                std::str::from_utf8(kv.key())
+                    .ok()?
+                    .strip_prefix(prefix.as_str())?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let free: Vec<u32> = (0..cap.max.max(1)).filter(|i| !held.contains(i)).collect();
+        if free.is_empty() {
+            return Ok(None);
+        }
+        let i = free[random_index(free.len())];
+        Ok(Some(self.tenant_slot_key(&cap.tenant, i)))
+    }
+
+    /// Claims under `lease` with one txn (taking a free place of the tenant's cap with it).
     async fn try_claim(
         &self,
         job: &JobId,
         target: Target,
         lease: LeaseId,
         worker: &str,
-    ) -> Result<Option<Claim>, StoreError> {
+        cap: Option<&TenantCap>,
+    ) -> Result<Tried, StoreError> {
         let Target {
             shard,
             attempt,
             guard,
             extra,
         } = target;
+        let tenant_slot = match cap {
+            None => None,
+            Some(cap) => match self.free_tenant_slot(cap).await? {
+                Some(key) => Some(key),
+                None => return Ok(Tried::Full),
+            },
+        };
         let claim_key = self.shard_key(job, "claim", shard);
         let mut ops = vec![
             TxnOp::put(
@@ -163,28 +204,35 @@ impl EtcdStore {
             ),
         ];
         ops.extend(extra);
+        let mut when = vec![
+            guard,
+            Compare::create_revision(claim_key, CompareOp::Equal, 0),
+        ];
+        if let Some(key) = &tenant_slot {
+            // The place goes with the claim's lease when its worker dies.
+            when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            ops.push(TxnOp::put(
+                key.clone(),
+                format!("{job}/{shard}"),
+                Some(PutOptions::new().with_lease(lease.0)),
+            ));
+        }
         let resp = self
-            .txn(
-                Txn::new()
-                    .when([
-                        guard,
-                        Compare::create_revision(claim_key, CompareOp::Equal, 0),
-                    ])
-                    .and_then(ops),
-            )
+            .txn(Txn::new().when(when).and_then(ops))
             .await
             .map_err(|e| lease_error(e, lease))?;
         if !resp.succeeded() {
             CLAIM_RACES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(None);
+            return Ok(Tried::Raced);
         }
         let token = resp.header().map(|h| h.revision()).unwrap_or_default() as u64;
-        Ok(Some(Claim {
+        Ok(Tried::Claimed(Claim {
             job: job.clone(),
             shard,
             lease,
             token,
             attempt,
+            tenant_slot,
         }))
     }
 
@@ -386,6 +434,7 @@ impl EtcdStore {
         meta: &Meta,
         lease: LeaseId,
         worker: &str,
+        cap: Option<&TenantCap>,
     ) -> Result<Lost, StoreError> {
         let mut raced = false;
         for (shard, run, rev) in self.lost_attempts(job).await? {
@@ -398,9 +447,10 @@ impl EtcdStore {
                     guard,
                     extra: None,
                 };
-                match self.try_claim(job, target, lease, worker).await? {
-                    Some(c) => return Ok(Lost::Claimed(c)),
-                    None => raced = true,
+                match self.try_claim(job, target, lease, worker, cap).await? {
+                    Tried::Claimed(c) => return Ok(Lost::Claimed(c)),
+                    Tried::Raced => raced = true,
+                    Tried::Full => return Ok(Lost::Full),
                 }
             } else {
                 let failed = FailedRecord {
@@ -486,6 +536,16 @@ impl ShardStore for EtcdStore {
         lease: LeaseId,
         worker: &str,
     ) -> Result<Option<Claim>, StoreError> {
+        self.claim_capped(job, lease, worker, None).await
+    }
+
+    async fn claim_capped(
+        &self,
+        job: &JobId,
+        lease: LeaseId,
+        worker: &str,
+        cap: Option<&TenantCap>,
+    ) -> Result<Option<Claim>, StoreError> {
         let meta = self.meta(job).await?;
         // Each round either claims, loses a race to another claimant (and retries), or finds
         // nothing; the bound only guards against a livelock bug.
@@ -494,9 +554,10 @@ impl ShardStore for EtcdStore {
             //    before fresh shards, not only once the job has none left (the chaos load test
             //    saw a killed worker's shard wait minutes behind a long job's pending ones).
             if self.lost_check_due(job) {
-                match self.claim_lost(job, &meta, lease, worker).await? {
+                match self.claim_lost(job, &meta, lease, worker, cap).await? {
                     Lost::Claimed(c) => return Ok(Some(c)),
                     Lost::Raced => continue,
+                    Lost::Full => return Ok(None),
                     Lost::None => {}
                 }
             }
@@ -517,8 +578,16 @@ impl ShardStore for EtcdStore {
                     guard,
                     extra: Some(delete),
                 };
-                if let Some(c) = self.try_claim(job, target, lease, worker).await? {
-                    return Ok(Some(c));
+                match self.try_claim(job, target, lease, worker, cap).await? {
+                    Tried::Claimed(c) => return Ok(Some(c)),
+                    // The key stays cached for a claim once the tenant has a free place.
+                    Tried::Full => {
+                        if let Ok(mut cache) = self.cache.lock() {
+                            cache.entry(job.clone()).or_default().push(kv);
+                        }
+                        return Ok(None);
+                    }
+                    Tried::Raced => {}
                 }
                 // Lost to another process: it is probably working through the same keys, so
                 // drop them and read afresh from another point of the window.
@@ -560,9 +629,10 @@ impl ShardStore for EtcdStore {
                 continue;
             }
             // 3. Attempts lost with an expired lease: retry them, or fail them at the last one.
-            match self.claim_lost(job, &meta, lease, worker).await? {
+            match self.claim_lost(job, &meta, lease, worker, cap).await? {
                 Lost::Claimed(c) => return Ok(Some(c)),
                 Lost::Raced => continue,
+                Lost::Full => return Ok(None),
                 Lost::None => {}
             }
             // Nothing claimable: say so, unless the caller's lease is gone.
@@ -773,12 +843,20 @@ impl EtcdStore {
     /// and the removal of the attempt's claim, run record and live counters.
     pub(crate) fn end_txn(&self, claim: &Claim, op: TxnOp) -> Txn {
         let key = |kind| self.shard_key(&claim.job, kind, claim.shard);
-        Txn::new().when([self.claim_is_current(claim)]).and_then([
+        let mut ops = vec![
             op,
             TxnOp::delete(key("claim"), None),
             TxnOp::delete(key("run"), None),
             TxnOp::delete(key("live"), None),
-        ])
+        ];
+        // Its tenant's place: still this claim's while the claim is current (both went with
+        // the same lease, and only a txn that ends the claim deletes the place).
+        if let Some(slot) = &claim.tenant_slot {
+            ops.push(TxnOp::delete(slot.clone(), None));
+        }
+        Txn::new()
+            .when([self.claim_is_current(claim)])
+            .and_then(ops)
     }
 
     /// Ends an attempt (fail or release) with one txn guarded by the fencing token.
@@ -803,5 +881,16 @@ enum Lost {
     Claimed(Claim),
     /// Another claimant took (or failed) one first: look again.
     Raced,
+    /// The tenant runs as many shards as its cap allows.
+    Full,
     None,
+}
+
+/// What one claim txn did.
+enum Tried {
+    Claimed(Claim),
+    /// Its guard failed: another claimant was first.
+    Raced,
+    /// The tenant runs as many shards as its cap allows (no txn was tried).
+    Full,
 }

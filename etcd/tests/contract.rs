@@ -190,3 +190,140 @@ async fn etcd_a_dead_workers_shard_is_claimed_again_soon() {
         "the lost shard came {at}th of 60 claims; it should not wait for the fresh ones"
     );
 }
+
+/// A tenant's cap holds fleet-wide: eight claimants racing over two jobs of one tenant capped
+/// at 3 never hold more than 3 of its shards at once, reach 3, and finish every shard; another
+/// tenant claims while the capped one is full; a place comes back when an attempt fails, is
+/// released, or its worker's lease expires.
+#[tokio::test]
+async fn etcd_a_tenant_cap_holds_under_racing_claimants() {
+    use rewind_common::shard_store::{ShardDone, ShardStore, TenantCap};
+    use rewind_common::{Hour, JobId, ShardId};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let etcd = Etcd::start();
+    let s = store(&etcd).await;
+    let hours = |from: i64, n: i64| -> Vec<ShardId> {
+        (0..n)
+            .map(|h| ShardId(Hour::from_epoch_hours(from + h)))
+            .collect()
+    };
+    let acme = TenantCap {
+        tenant: "acme".into(),
+        max: 3,
+    };
+    let jobs = [JobId::generate(), JobId::generate()];
+    s.create_job(&jobs[0], &hours(470_000, 20), 3)
+        .await
+        .unwrap();
+    s.create_job(&jobs[1], &hours(471_000, 20), 3)
+        .await
+        .unwrap();
+    let (held, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let (s, jobs, acme) = (s.clone(), jobs.clone(), acme.clone());
+        let (held, most) = (held.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+            let mut done = 0;
+            let mut idle = 0;
+            while idle < 40 {
+                let job = &jobs[(w + done) % 2];
+                let Some(c) = s
+                    .claim_capped(job, lease, &format!("w{w}"), Some(&acme))
+                    .await
+                    .unwrap()
+                else {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                idle = 0;
+                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                held.fetch_sub(1, Ordering::SeqCst);
+                let record = ShardDone {
+                    attempt: c.attempt,
+                    manifest_key: format!("m/{}", c.shard),
+                    counts: Default::default(),
+                };
+                s.commit(&c, record).await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 40, "every shard of both jobs committed once");
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= 3,
+        "{most} of the tenant's shards ran at once, over its cap of 3"
+    );
+    assert_eq!(most, 3, "the claimants reached the cap");
+
+    // Full: the capped tenant gets nothing more; another tenant still claims.
+    let job = JobId::generate();
+    s.create_job(&job, &hours(472_000, 10), 3).await.unwrap();
+    let one = TenantCap {
+        tenant: "solo".into(),
+        max: 1,
+    };
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let first = s
+        .claim_capped(&job, lease, "a", Some(&one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.claim_capped(&job, lease, "b", Some(&one))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let other = TenantCap {
+        tenant: "other".into(),
+        max: 1,
+    };
+    let theirs = s
+        .claim_capped(&job, lease, "c", Some(&other))
+        .await
+        .unwrap();
+    assert!(theirs.is_some(), "another tenant's cap is its own");
+    s.release(&theirs.unwrap()).await.unwrap();
+    // A failed attempt gives its place back, and so does a released one.
+    s.fail(&first, "boom", true).await.unwrap();
+    let second = s
+        .claim_capped(&job, lease, "a", Some(&one))
+        .await
+        .unwrap()
+        .unwrap();
+    s.release(&second).await.unwrap();
+    // A dead worker's place goes with its lease.
+    let dying = s.grant_lease(TTL).await.unwrap();
+    let _lost = s
+        .claim_capped(&job, dying, "dies", Some(&one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.claim_capped(&job, lease, "a", Some(&one))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(TTL + Duration::from_secs(2)).await;
+    assert!(
+        s.claim_capped(&job, lease, "a", Some(&one))
+            .await
+            .unwrap()
+            .is_some(),
+        "the place came back with the dead worker's lease"
+    );
+}

@@ -59,6 +59,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         table_format: Default::default(),
         repair: None,
         guard: None,
+        tenant_max_shards: None,
         partition_by: None,
         ingest: false,
         ingest_to: None,

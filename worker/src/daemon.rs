@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rewind_common::lifecycle::JobPhase;
 use rewind_common::registry::JobRegistry;
-use rewind_common::shard_store::{Claim, LeaseId, ShardCounts, StoreError};
+use rewind_common::shard_store::{Claim, LeaseId, ShardCounts, StoreError, TenantCap};
 use rewind_common::storage::StorageError;
 use rewind_common::{JobId, JobRecord};
 use tokio::sync::watch;
@@ -132,6 +132,8 @@ struct Listed {
     job: JobId,
     env: JobEnv,
     share: crate::fair::Share,
+    /// The cap on its tenant's running shards, from its spec.
+    cap: Option<TenantCap>,
 }
 
 struct InFlight {
@@ -169,12 +171,18 @@ impl<R> Shared<R> {
     }
 
     /// The running jobs in the order a free slot should try them (crate::fair::order).
-    fn fair_order(&self) -> Vec<(JobId, JobEnv)> {
+    fn fair_order(&self) -> Vec<(JobId, JobEnv, Option<TenantCap>)> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let shares: Vec<_> = jobs.iter().map(|l| l.share.clone()).collect();
         crate::fair::order(&shares)
             .into_iter()
-            .map(|i| (jobs[i].job.clone(), jobs[i].env.clone()))
+            .map(|i| {
+                (
+                    jobs[i].job.clone(),
+                    jobs[i].env.clone(),
+                    jobs[i].cap.clone(),
+                )
+            })
             .collect()
     }
 
@@ -302,7 +310,7 @@ async fn keep_lease<R: JobRegistry>(shared: Arc<Shared<R>>) {
 
 async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
     // Each job's environment, tenant and weight, read once.
-    let mut known: HashMap<JobId, (JobEnv, String, u32)> = HashMap::new();
+    let mut known: HashMap<JobId, (JobEnv, String, u32, Option<TenantCap>)> = HashMap::new();
     loop {
         match shared.store.active_jobs().await {
             Ok(active) => {
@@ -311,13 +319,17 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                     if phase != JobPhase::Running {
                         continue;
                     }
-                    let (env, tenant, weight) = match known.get(&job) {
+                    let (env, tenant, weight, cap) = match known.get(&job) {
                         Some(k) => k.clone(),
                         None => match shared.store.record(&job).await {
                             Ok(record) => (
                                 open_env(&record).await,
                                 record.spec.org.to_string(),
                                 record.request.priority().weight(),
+                                record.spec.tenant_max_shards.map(|max| TenantCap {
+                                    tenant: record.spec.org.to_string(),
+                                    max,
+                                }),
                             ),
                             Err(e) => {
                                 warn!(job = %job, error = %e, "reading the job record");
@@ -336,7 +348,10 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                             ..
                         }
                     ) {
-                        known.insert(job.clone(), (env.clone(), tenant.clone(), weight));
+                        known.insert(
+                            job.clone(),
+                            (env.clone(), tenant.clone(), weight, cap.clone()),
+                        );
                     }
                     list.push(Listed {
                         job,
@@ -346,6 +361,7 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                             weight,
                             running,
                         },
+                        cap,
                     });
                 }
                 list.sort_by(|a, b| a.job.cmp(&b.job));
@@ -370,8 +386,12 @@ async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch:
         let lease = shared.lease();
         let mut claimed = None;
         let mut trouble = false;
-        for (job, env) in jobs {
-            match shared.store.claim(&job, lease, &worker).await {
+        for (job, env, cap) in jobs {
+            match shared
+                .store
+                .claim_capped(&job, lease, &worker, cap.as_ref())
+                .await
+            {
                 Ok(Some(c)) => {
                     claimed = Some((c, env));
                     break;

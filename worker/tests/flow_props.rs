@@ -61,6 +61,7 @@ fn router(flows: Option<&str>) -> Router {
         table_format: Default::default(),
         repair: None,
         guard: None,
+        tenant_max_shards: None,
         partition_by: None,
         ingest: false,
         ingest_to: None,

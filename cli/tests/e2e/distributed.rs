@@ -407,6 +407,41 @@ fn running(s: &Value) -> u64 {
     s["shards"]["running"].as_u64().unwrap_or(0)
 }
 
+/// The coordinator's `--tenant-max-shards` holds across the fleet: with the tenant capped at 2
+/// (and every other tenant at 3), three one-slot workers never run more than 2 of its shards at
+/// once, reach 2, and the job finishes exactly.
+#[test]
+fn a_tenant_runs_no_more_shards_at_once_than_its_cap() {
+    let caps = format!("3,{ORG}=2");
+    let mut c = Cluster::start_with(0, &[("REWIND_COORDINATOR_TENANT_MAX_SHARDS", &caps)]);
+    for _ in 0..3 {
+        c.add_worker_with_env(&[
+            ("REWIND_FAILPOINT", "pause-before-shard-commit"),
+            ("REWIND_FAILPOINT_PAUSE_MS", "700"),
+        ]);
+    }
+    let hours = 6;
+    c.generate(hours);
+    let job = c.submit(hours);
+    let mut most = 0;
+    loop {
+        let s = c.status(&job);
+        most = most.max(running(&s));
+        if s["state"] != "running" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        most <= 2,
+        "{most} shards of the tenant ran at once, over its cap of 2"
+    );
+    assert_eq!(most, 2, "the workers reached the cap");
+    let (code, summary) = c.watch(&job);
+    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+}
+
 /// (a) kill -9 a worker while it holds a shard: its lease expires, the shard is re-run by
 /// another worker, and the output is exact.
 #[test]
