@@ -26,6 +26,9 @@ pub const HEADER_JOB: &str = "rewind-job";
 pub const HEADER_SOURCE_KEY: &str = "rewind-source-key";
 pub const HEADER_OFFSET: &str = "rewind-offset";
 pub const HEADER_EVENT_ID: &str = "rewind-event-id";
+/// The shard attempt that produced the record (1 for the first): a checker can tell a retry's
+/// copies from the first attempt's.
+pub const HEADER_ATTEMPT: &str = "rewind-attempt";
 
 /// The delivery opaque of a transaction's marker record.
 const MARKER: usize = usize::MAX;
@@ -709,6 +712,8 @@ pub struct KafkaSink {
     key: KafkaKey,
     key_path: Option<Path>,
     job: String,
+    /// The attempt's number, as its header carries it.
+    attempt: String,
     produced: u64,
     timeout: Duration,
     /// Records allowed in flight (produced, not finished) before `send` waits.
@@ -816,6 +821,7 @@ impl KafkaSink {
             key: spec.key.clone(),
             key_path,
             job: job.to_string(),
+            attempt: attempt.to_string(),
             produced: 0,
             timeout: Duration::from_millis(timeout_ms) + FLUSH_GRACE,
             max_in_flight: spec.checkpoint_events.max(1),
@@ -974,7 +980,7 @@ impl KafkaSink {
                 .map(|k| std::borrow::Cow::Owned(k.into_owned().into_bytes())),
         };
         let offset_text = offset.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(4);
+        let mut headers = OwnedHeaders::new_with_capacity(5);
         if let Some(r) = archived {
             for (name, v) in &r.headers {
                 headers = headers.insert(Header {
@@ -996,6 +1002,10 @@ impl KafkaSink {
                 .insert(Header {
                     key: HEADER_OFFSET,
                     value: Some(offset_text.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_ATTEMPT,
+                    value: Some(self.attempt.as_str()),
                 });
             if let Some(id) = row.event_id() {
                 headers = headers.insert(Header {

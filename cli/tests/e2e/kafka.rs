@@ -165,6 +165,7 @@ fn replay_is_byte_exact_keyed_and_traced() {
         let key = r.header("rewind-source-key").unwrap().to_string();
         let offset: u64 = r.header("rewind-offset").unwrap().parse().unwrap();
         assert_eq!(r.header("rewind-job"), Some(job));
+        assert_eq!(r.header("rewind-attempt"), Some("1"));
         assert_eq!(
             want.get(&(key.clone(), offset)).map(Vec::as_slice),
             Some(r.value.as_slice()),

@@ -7,13 +7,14 @@ recoveries at three priorities, an at-least-once and an exactly-once Kafka repla
 repair), and while they run kills, pauses and restarts random containers: workers, the leading
 coordinator, etcd members (the etcd leader among them). Then it checks every job against the
 archive, read independently of Rewind (each event once in Parquet and, read_committed, in
-Kafka) and prints one JSON summary: jobs, events, throughput, faults injected and survived,
-time to recover per fault kind, events lost or duplicated.
+Kafka; for exactly-once, the records the job's committed markers cover, since tansu also shows
+aborted transactions' records) and prints one JSON summary: jobs, events, throughput, faults
+injected and survived, time to recover per fault kind, events lost or duplicated.
 
 Exit status 1 when anything was lost, or duplicated where exactly-once is promised, or a job did
 not succeed.
 """
-import argparse, base64, collections, datetime, json, os, random, subprocess, sys, threading, time
+import argparse, base64, collections, datetime, json, os, random, re, subprocess, sys, threading, time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -162,7 +163,8 @@ def parquet_ids(root):
     return ids, files
 
 
-def kafka_ids(brokers, topic):
+def kafka_records(brokers, topic):
+    """Every record of `topic` a read_committed consumer sees: (value, headers)."""
     from confluent_kafka import Consumer, TopicPartition
     c = Consumer({"bootstrap.servers": brokers, "group.id": f"lt-check-{time.time()}",
                   "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -171,7 +173,7 @@ def kafka_ids(brokers, topic):
     parts = list(meta.topics[topic].partitions)
     ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] for p in parts}
     c.assign([TopicPartition(topic, p, 0) for p in parts])
-    ids = collections.Counter()
+    out = []
     pos = {p: 0 for p in parts}
     deadline = time.time() + 300
     while any(pos[p] < ends[p] for p in parts) and time.time() < deadline:
@@ -179,9 +181,52 @@ def kafka_ids(brokers, topic):
             if m.error():
                 continue
             pos[m.partition()] = m.offset() + 1
-            ids[str(json.loads(m.value())["event_id"])] += 1
+            out.append((m.value(), dict((k, v) for k, v in (m.headers() or []))))
     c.close()
-    return ids
+    return out
+
+
+def kafka_ids(brokers, topic):
+    return collections.Counter(str(json.loads(v)["event_id"]) for v, _ in
+                               kafka_records(brokers, topic))
+
+
+SHARD_DIR = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
+
+
+def committed_ids(brokers, topic, job):
+    """event_id of the records an exactly-once job committed, as its markers tell.
+
+    tansu shows the records of aborted transactions to read_committed consumers (a Kafka broker
+    hides them), so a killed attempt's open transaction shows up as duplicates there. Each
+    record carries its attempt (`rewind-attempt`) and position (`rewind-source-key`,
+    `rewind-offset`); each committed transaction's marker in `<topic>.rewind-control` says how
+    far its attempt reached (object key and offset, or done). A record counts when its attempt's
+    furthest marker is past it: what a broker that hides aborted transactions would deliver.
+    Also returns how many records were left out as aborted."""
+    reach = {}
+    for value, _ in kafka_records(brokers, topic + ".rewind-control"):
+        try:
+            m = json.loads(value)
+        except ValueError:
+            continue
+        if m.get("job") != job:
+            continue
+        at = (m["shard"], int(m["attempt"]))
+        here = (chr(0x10FFFF),) if m.get("done", True) else (m["object_key"], int(m["offset"]))
+        if at not in reach or here > reach[at]:
+            reach[at] = here
+    ids, aborted = collections.Counter(), 0
+    for value, h in kafka_records(brokers, topic):
+        key = h["rewind-source-key"].decode()
+        d = SHARD_DIR.search("/" + key)
+        shard = "".join(d.groups()) if d else ""
+        mark = reach.get((shard, int(h["rewind-attempt"])))
+        if mark is not None and (key, int(h["rewind-offset"])) < mark:
+            ids[str(json.loads(value)["event_id"])] += 1
+        else:
+            aborted += 1
+    return ids, aborted
 
 
 def compare(expected, got):
@@ -446,6 +491,8 @@ def run(f, a):
                 dest = os.path.join(a.dir, "s3", dest[len("s3://"):])
             got, files = parquet_ids(dest)
             r["files"] = files
+        elif job["kind"] == "exactly-once":
+            got, r["aborted_records"] = committed_ids(f.kafka, job["topic"], job["id"])
         else:
             got = kafka_ids(f.kafka, job["topic"])
         r["lost"], r["extra"] = compare(expected, got)
