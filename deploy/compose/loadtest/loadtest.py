@@ -380,6 +380,8 @@ def main():
     p.add_argument("--port-base", type=int, default=27000)
     p.add_argument("--dir", default="/tmp/rewind-loadtest")
     p.add_argument("--keep", action="store_true", help="leave the fleet running")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip checking the outputs (throughput runs: the checker reads ~3 MB/s)")
     a = p.parse_args()
     a.rewind = os.path.abspath(a.rewind)
     f = Fleet(a)
@@ -476,6 +478,10 @@ def run(f, a):
         src = os.path.join(a.dir, "s3", "archive", org)
         in_bytes += sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(src)
                         for n in ns if not n.startswith("."))
+        if a.no_check:
+            results[org] = {"job": job["id"], "kind": job["kind"], "state": states[org]}
+            ok &= states[org] == "succeeded"
+            continue
         expected = archived_ids(src)
         events += sum(expected.values())
         r = {"job": job["id"], "kind": job["kind"], "state": states[org],
