@@ -413,14 +413,23 @@ pub fn jobs(args: &crate::JobsArgs) -> Result<(), Failure> {
             }
         }
         list.truncate(args.limit);
-        if as_json {
-            println!("{}", Value::Array(list.iter().map(job_json).collect()));
+        // A reader that stops early (`rewind jobs | head`) closes the pipe: that ends the
+        // listing, it is not an error (println! would panic on it).
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let written = if as_json {
+            writeln!(out, "{}", Value::Array(list.iter().map(job_json).collect()))
         } else {
-            for j in &list {
-                println!("{}", job_line(j));
-            }
+            list.iter()
+                .try_for_each(|j| writeln!(out, "{}", job_line(j)))
         }
-        Ok(())
+        .and_then(|()| out.flush());
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(Failure::Job(format!("writing the list: {e}")))
+            }
+            _ => Ok(()),
+        }
     })
 }
 

@@ -442,6 +442,35 @@ fn a_tenant_runs_no_more_shards_at_once_than_its_cap() {
     assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
 }
 
+/// `rewind jobs | head`: a reader that closes the pipe before the listing is written ends it
+/// quietly, exit 0 (println! used to panic on the broken pipe, exit 101).
+#[test]
+fn jobs_listing_into_a_closed_pipe_ends_quietly() {
+    let c = Cluster::start(1);
+    c.generate(1);
+    let job = c.submit(1);
+    let _ = c.watch(&job);
+    for json in [false, true] {
+        let mut args = vec!["jobs", "--coordinator"];
+        let addr = c.addr();
+        args.push(&addr);
+        if json {
+            args.push("--json");
+        }
+        let mut child = std::process::Command::new(REWIND)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "json {json}: {stderr}");
+        assert!(!stderr.contains("panicked"), "json {json}: {stderr}");
+    }
+}
+
 /// (a) kill -9 a worker while it holds a shard: its lease expires, the shard is re-run by
 /// another worker, and the output is exact.
 #[test]
