@@ -271,59 +271,35 @@ async fn etcd_a_tenant_cap_holds_under_racing_claimants() {
     // Full: the capped tenant gets nothing more; another tenant still claims.
     let job = JobId::generate();
     s.create_job(&job, &hours(472_000, 10), 3).await.unwrap();
-    let one = TenantCap {
-        tenant: "solo".into(),
+    let cap = |tenant: &str| TenantCap {
+        tenant: tenant.into(),
         max: 1,
     };
+    let (one, other) = (cap("solo"), cap("other"));
     let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
-    let first = s
-        .claim_capped(&job, lease, "a", Some(&one))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        s.claim_capped(&job, lease, "b", Some(&one))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let other = TenantCap {
-        tenant: "other".into(),
-        max: 1,
+    let claim = |lease, cap| {
+        let (s, job) = (s.clone(), job.clone());
+        async move { s.claim_capped(&job, lease, "w", Some(cap)).await.unwrap() }
     };
-    let theirs = s
-        .claim_capped(&job, lease, "c", Some(&other))
-        .await
-        .unwrap();
+    let first = claim(lease, &one).await.unwrap();
+    assert!(claim(lease, &one).await.is_none(), "full at 1");
+    let theirs = claim(lease, &other).await;
     assert!(theirs.is_some(), "another tenant's cap is its own");
     s.release(&theirs.unwrap()).await.unwrap();
     // A failed attempt gives its place back, and so does a released one.
     s.fail(&first, "boom", true).await.unwrap();
-    let second = s
-        .claim_capped(&job, lease, "a", Some(&one))
-        .await
-        .unwrap()
-        .unwrap();
+    let second = claim(lease, &one).await.unwrap();
     s.release(&second).await.unwrap();
     // A dead worker's place goes with its lease.
     let dying = s.grant_lease(TTL).await.unwrap();
-    let _lost = s
-        .claim_capped(&job, dying, "dies", Some(&one))
-        .await
-        .unwrap()
-        .unwrap();
+    let _lost = claim(dying, &one).await.unwrap();
     assert!(
-        s.claim_capped(&job, lease, "a", Some(&one))
-            .await
-            .unwrap()
-            .is_none()
+        claim(lease, &one).await.is_none(),
+        "the dying worker holds it"
     );
     tokio::time::sleep(TTL + Duration::from_secs(2)).await;
     assert!(
-        s.claim_capped(&job, lease, "a", Some(&one))
-            .await
-            .unwrap()
-            .is_some(),
+        claim(lease, &one).await.is_some(),
         "the place came back with the dead worker's lease"
     );
 }

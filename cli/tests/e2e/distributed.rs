@@ -96,6 +96,31 @@ impl Cluster {
         self.add_worker_with(&[], &[]);
     }
 
+    /// A one-slot worker named "doomed" with a lease of `lease_ttl` seconds and the fail point
+    /// `failpoint` (not among `workers`: tests wait for it to die).
+    fn doomed_worker(&self, lease_ttl: &str, failpoint: &str) -> Proc {
+        let args: Vec<String> = [
+            "--etcd",
+            &self.etcd.endpoint(),
+            "--slots",
+            "1",
+            "--lease-ttl",
+            lease_ttl,
+            "--poll-ms",
+            "100",
+            "--id",
+            "doomed",
+        ]
+        .map(String::from)
+        .to_vec();
+        Proc::spawn_with_env(
+            WORKER,
+            &args,
+            self.tmp.path().join("worker-doomed.log"),
+            &[("REWIND_FAILPOINT", failpoint)],
+        )
+    }
+
     /// A worker with extra environment variables (fail points).
     fn add_worker_with_env(&mut self, env: &[(&str, &str)]) {
         self.add_worker_with(env, &[]);
@@ -152,6 +177,17 @@ impl Cluster {
 
     /// `rewind submit` of a Kafka replay of this cluster's archive from 2024-04-01T00 to `end`.
     fn submit_kafka(&self, end: &str, brokers: &str, extra: &[&str]) -> std::process::Output {
+        self.submit_kafka_from("2024-04-01T00", end, brokers, extra)
+    }
+
+    /// `rewind submit` of a Kafka replay of this cluster's archive from `start` to `end`.
+    fn submit_kafka_from(
+        &self,
+        start: &str,
+        end: &str,
+        brokers: &str,
+        extra: &[&str],
+    ) -> std::process::Output {
         let (src, dest) = (self.src(), self.dest());
         let mut args = vec![
             "submit",
@@ -160,7 +196,7 @@ impl Cluster {
             "--org",
             ORG,
             "--start",
-            "2024-04-01T00",
+            start,
             "--end",
             end,
             "--dest",
@@ -1815,26 +1851,7 @@ fn exactly_once_job_with_a_doomed_worker(
     let broker = rewind_testkit::kafka::Tansu::start();
     broker.create_topic("eo", 2);
     broker.create_topic("eo.rewind-control", 1);
-    let args: Vec<String> = [
-        "--etcd",
-        &c.etcd.endpoint(),
-        "--slots",
-        "1",
-        "--lease-ttl",
-        TTL,
-        "--poll-ms",
-        "100",
-        "--id",
-        "doomed",
-    ]
-    .map(String::from)
-    .to_vec();
-    let doomed = Proc::spawn_with_env(
-        WORKER,
-        &args,
-        c.tmp.path().join("worker-doomed.log"),
-        &[("REWIND_FAILPOINT", "after-kafka-commit")],
-    );
+    let doomed = c.doomed_worker(TTL, "after-kafka-commit");
     let mut flags = vec!["--topic", "eo", "--delivery", "exactly-once"];
     flags.extend(extra.iter().map(String::as_str));
     let out = c.submit_kafka("2024-04-01T00", &broker.brokers(), &flags);
@@ -2005,51 +2022,10 @@ fn exactly_once_is_not_stalled_by_a_dead_attempts_open_transaction() {
     broker.create_topic("eo.rewind-control", 1);
     // Its lease outlives it by 10 s: the dead shard cannot be claimed again before the other
     // job's shards are.
-    let args: Vec<String> = [
-        "--etcd",
-        &c.etcd.endpoint(),
-        "--slots",
-        "1",
-        "--lease-ttl",
-        "10",
-        "--poll-ms",
-        "100",
-        "--id",
-        "doomed",
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut doomed = Proc::spawn_with_env(
-        WORKER,
-        &args,
-        c.tmp.path().join("worker-doomed.log"),
-        &[("REWIND_FAILPOINT", "before-kafka-commit")],
-    );
+    let mut doomed = c.doomed_worker("10", "before-kafka-commit");
     let submit = |start: &str, end: &str| {
-        let (src, dest) = (c.src(), c.dest());
-        submitted(&c.cli(&[
-            "submit",
-            "--source",
-            src.to_str().unwrap(),
-            "--org",
-            ORG,
-            "--start",
-            start,
-            "--end",
-            end,
-            "--dest",
-            dest.to_str().unwrap(),
-            "--sink",
-            "kafka",
-            "--brokers",
-            &broker.brokers(),
-            "--kafka-option",
-            rewind_testkit::kafka::PRODUCER_OPTION,
-            "--topic",
-            "eo",
-            "--delivery",
-            "exactly-once",
-        ]))
+        let flags = ["--topic", "eo", "--delivery", "exactly-once"];
+        submitted(&c.submit_kafka_from(start, end, &broker.brokers(), &flags))
     };
     let dead_job = submit("2024-04-01T00", "2024-04-01T00");
     assert!(
