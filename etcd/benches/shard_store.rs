@@ -9,7 +9,8 @@
 //!    running and done, and after the leader drops a finished job's shard keys; extrapolated to a
 //!    year for 1,000 tenants (docs/scale.md).
 //!
-//! `cargo bench -p rewind-etcd --bench shard_store` (needs `etcd` on the PATH; `REWIND_BENCH_SHARDS`
+//! `cargo bench -p rewind-etcd --bench shard_store` (needs `etcd` on the PATH; with
+//! `REWIND_BENCH_ETCD_MEMBERS=3` against a 3-member cluster on this machine; `REWIND_BENCH_SHARDS`
 //! sets the shards per throughput run, default 6,000; `REWIND_BENCH_CLAIMANTS` the claimant
 //! counts, default `1,8,32,64,1000`). Each throughput row also gives the p50/p99/max latency of a
 //! claim, the fewest shards any claimant got, and etcd's own CPU seconds and database size.
@@ -21,21 +22,46 @@ use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::{ShardDone, ShardStore};
 use rewind_common::{HourRange, JobId, Layout, OrgId, ShardId};
 use rewind_etcd::EtcdStore;
-use rewind_testkit::servers::Etcd;
+use rewind_testkit::servers::{Etcd, EtcdCluster};
+
+/// The etcd under test: one member or a cluster, its client URLs and its processes.
+struct Target {
+    endpoints: Vec<String>,
+    pids: Vec<u32>,
+}
 
 fn main() {
-    let etcd = Etcd::start();
+    let members: usize = std::env::var("REWIND_BENCH_ETCD_MEMBERS")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(1);
+    let (_single, _cluster, target) = if members <= 1 {
+        let etcd = Etcd::start();
+        let t = Target {
+            endpoints: vec![etcd.endpoint()],
+            pids: vec![etcd.pid()],
+        };
+        (Some(etcd), None, t)
+    } else {
+        let cluster = EtcdCluster::start(members);
+        let t = Target {
+            endpoints: cluster.endpoints(),
+            pids: cluster.pids(),
+        };
+        (None, Some(cluster), t)
+    };
+    println!("etcd: {} member(s) on this machine", target.pids.len());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(bench(&etcd));
+    rt.block_on(bench(&target));
 }
 
-async fn bench(etcd: &Etcd) {
+async fn bench(etcd: &Target) {
     let store = Arc::new(
-        EtcdStore::connect(&[etcd.endpoint()], "/rewind/bench/")
+        EtcdStore::connect(&etcd.endpoints, "/rewind/bench/")
             .await
             .unwrap(),
     );
@@ -133,14 +159,14 @@ async fn bench(etcd: &Etcd) {
             .collect();
         store.create_job(&job, &ids, 3).await.unwrap();
         let started = Instant::now();
-        let etcd_cpu0 = process_cpu(etcd.pid());
+        let etcd_cpu0 = etcd_cpu(etcd);
         let races0 = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed);
         // Claimants as worker processes would hold them: 8 slots per process, each process
         // with its own connection and its own cache of claimable keys.
         let mut stores = Vec::new();
         for _ in 0..claimants.div_ceil(8) {
             stores.push(Arc::new(
-                EtcdStore::connect(&[etcd.endpoint()], "/rewind/bench/")
+                EtcdStore::connect(&etcd.endpoints, "/rewind/bench/")
                     .await
                     .unwrap(),
             ));
@@ -192,7 +218,7 @@ async fn bench(etcd: &Etcd) {
             latencies.extend(l);
         }
         let secs = started.elapsed().as_secs_f64();
-        let etcd_cpu = process_cpu(etcd.pid()) - etcd_cpu0;
+        let etcd_cpu = etcd_cpu(etcd) - etcd_cpu0;
         latencies.sort();
         let ms =
             |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
@@ -270,6 +296,11 @@ fn year() -> Vec<ShardId> {
         .collect()
 }
 
+/// CPU seconds every etcd member has used (user + system).
+fn etcd_cpu(etcd: &Target) -> f64 {
+    etcd.pids.iter().map(|p| process_cpu(*p)).sum()
+}
+
 /// CPU seconds a process has used (user + system), from /proc.
 fn process_cpu(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -287,16 +318,16 @@ fn process_cpu(pid: u32) -> f64 {
 }
 
 /// etcd's database size (bytes on disk, before defragmentation).
-async fn db_size(etcd: &Etcd) -> i64 {
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+async fn db_size(etcd: &Target) -> i64 {
+    let mut client = etcd_client::Client::connect(&etcd.endpoints[..1], None)
         .await
         .unwrap();
     client.status().await.map(|s| s.db_size()).unwrap_or(0)
 }
 
 /// The bytes of every key and value under `prefix` now (what a year of jobs holds live).
-async fn logical_bytes(etcd: &Etcd, prefix: &str) -> i64 {
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+async fn logical_bytes(etcd: &Target, prefix: &str) -> i64 {
+    let mut client = etcd_client::Client::connect(&etcd.endpoints, None)
         .await
         .unwrap();
     let resp = client
@@ -310,8 +341,8 @@ async fn logical_bytes(etcd: &Etcd, prefix: &str) -> i64 {
 }
 
 /// The baseline: `n` plain puts of small values by `clients` concurrent clients; puts/s.
-async fn plain_puts(etcd: &Etcd, clients: usize, n: usize) -> f64 {
-    let client = etcd_client::Client::connect([etcd.endpoint()], None)
+async fn plain_puts(etcd: &Target, clients: usize, n: usize) -> f64 {
+    let client = etcd_client::Client::connect(&etcd.endpoints, None)
         .await
         .unwrap();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -397,6 +397,14 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// The running members' process ids, in member order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|(_, _, c)| c.as_ref().map(ChildGuard::pid))
+            .collect()
+    }
+
     /// Kills member `i` (SIGKILL) and leaves it down.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].2.take() {
