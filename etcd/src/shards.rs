@@ -133,15 +133,16 @@ impl EtcdStore {
         ]
     }
 
-    /// The key of place `i` among `tenant`'s capped running shards.
-    fn tenant_slot_key(&self, tenant: &str, i: u32) -> String {
-        format!("{}tenants/{tenant}/slot/{i}", self.root)
+    /// The prefix of `tenant`'s places among its capped running shards (place `i` is the
+    /// prefix and `i`).
+    fn tenant_slots(&self, tenant: &str) -> String {
+        format!("{}tenants/{tenant}/slot/", self.root)
     }
 
     /// A free place among the tenant's `cap.max` (picked at random among the free ones, so
     /// that claimants mostly try different ones), or `None` when all are held.
     async fn free_tenant_slot(&self, cap: &TenantCap) -> Result<Option<String>, StoreError> {
-        let prefix = format!("{}tenants/{}/slot/", self.root, cap.tenant);
+        let prefix = self.tenant_slots(&cap.tenant);
         let held: HashSet<u32> = self
             .get(
                 prefix.clone(),
@@ -162,7 +163,7 @@ impl EtcdStore {
             return Ok(None);
         }
         let i = free[random_index(free.len())];
-        Ok(Some(self.tenant_slot_key(&cap.tenant, i)))
+        Ok(Some(format!("{prefix}{i}")))
     }
 
     /// Claims under `lease` with one txn (taking a free place of the tenant's cap with it).

@@ -11,6 +11,13 @@ use rewind_testkit::servers::Etcd;
 
 const TTL: Duration = Duration::from_secs(2);
 
+/// `n` hour shards from epoch hour `from`.
+fn hours(from: i64, n: i64) -> Vec<rewind_common::ShardId> {
+    (0..n)
+        .map(|h| rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(from + h)))
+        .collect()
+}
+
 async fn store(etcd: &Etcd) -> EtcdStore {
     EtcdStore::connect(&[etcd.endpoint()], "/rewind/test/")
         .await
@@ -45,16 +52,14 @@ async fn etcd_expiry_at_max_attempts() {
 /// claimed exactly once and committed, and the job's progress adds up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_concurrent_claimants_claim_each_shard_once() {
+    use rewind_common::JobId;
     use rewind_common::shard_store::{ShardDone, ShardStore};
-    use rewind_common::{Hour, JobId, ShardId};
     use std::sync::Arc;
 
     let etcd = Etcd::start();
     let s = Arc::new(store(&etcd).await);
     let job = JobId::generate();
-    let shards: Vec<ShardId> = (0..250)
-        .map(|h| ShardId(Hour::from_epoch_hours(480_000 + h)))
-        .collect();
+    let shards = hours(480_000, 250);
     s.create_job(&job, &shards, 3).await.unwrap();
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -92,15 +97,13 @@ async fn etcd_concurrent_claimants_claim_each_shard_once() {
 /// flight: fencing tokens are create revisions of live keys, not old revisions.
 #[tokio::test]
 async fn etcd_claims_survive_history_compaction() {
+    use rewind_common::JobId;
     use rewind_common::shard_store::{ShardDone, ShardStore, StoreError};
-    use rewind_common::{Hour, JobId, ShardId};
 
     let etcd = Etcd::start();
     let s = store(&etcd).await;
     let job = JobId::generate();
-    let shards: Vec<ShardId> = (0..3)
-        .map(|h| ShardId(Hour::from_epoch_hours(490_000 + h)))
-        .collect();
+    let shards = hours(490_000, 3);
     s.create_job(&job, &shards, 3).await.unwrap();
     let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
     let c = s.claim(&job, lease, "w").await.unwrap().unwrap();
@@ -160,15 +163,13 @@ async fn etcd_registry_leadership_follows_the_lease() {
 /// shard wait minutes behind a long job's pending shards.
 #[tokio::test]
 async fn etcd_a_dead_workers_shard_is_claimed_again_soon() {
+    use rewind_common::JobId;
     use rewind_common::shard_store::ShardStore;
-    use rewind_common::{Hour, JobId, ShardId};
 
     let etcd = Etcd::start();
     let s = store(&etcd).await;
     let job = JobId::generate();
-    let shards: Vec<ShardId> = (0..60)
-        .map(|h| ShardId(Hour::from_epoch_hours(491_000 + h)))
-        .collect();
+    let shards = hours(491_000, 60);
     s.create_job(&job, &shards, 3).await.unwrap();
     let dying = s.grant_lease(TTL).await.unwrap();
     let lost = s.claim(&job, dying, "dies").await.unwrap().unwrap();
@@ -197,18 +198,13 @@ async fn etcd_a_dead_workers_shard_is_claimed_again_soon() {
 /// released, or its worker's lease expires.
 #[tokio::test]
 async fn etcd_a_tenant_cap_holds_under_racing_claimants() {
+    use rewind_common::JobId;
     use rewind_common::shard_store::{ShardDone, ShardStore, TenantCap};
-    use rewind_common::{Hour, JobId, ShardId};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let etcd = Etcd::start();
     let s = store(&etcd).await;
-    let hours = |from: i64, n: i64| -> Vec<ShardId> {
-        (0..n)
-            .map(|h| ShardId(Hour::from_epoch_hours(from + h)))
-            .collect()
-    };
     let acme = TenantCap {
         tenant: "acme".into(),
         max: 3,

@@ -279,6 +279,14 @@ impl Cluster {
         (code, stdout_json(&out))
     }
 
+    /// Waits for `job` to end; asserts it succeeded with exactly the first `hours` hours of the
+    /// archive in its output. Returns its manifest.
+    fn succeeds_exactly(&self, job: &str, hours: u32) -> Value {
+        let (code, summary) = self.watch(job);
+        assert_eq!(code, Some(0), "{summary}\n{}", self.logs());
+        assert_exact_output(&self.dest(), job, &expected(&self.src(), hours))
+    }
+
     fn logs(&self) -> String {
         let mut text = String::new();
         for p in self.coordinator.iter().chain(&self.workers) {
@@ -473,9 +481,7 @@ fn a_tenant_runs_no_more_shards_at_once_than_its_cap() {
         "{most} shards of the tenant ran at once, over its cap of 2"
     );
     assert_eq!(most, 2, "the workers reached the cap");
-    let (code, summary) = c.watch(&job);
-    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
-    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+    c.succeeds_exactly(&job, hours);
 }
 
 /// `rewind jobs | head`: a reader that closes the pipe before the listing is written ends it
@@ -770,9 +776,7 @@ fn sigterm_drains_a_worker_within_its_grace_period() {
     assert!(asked.elapsed() < Duration::from_secs(15));
     let log = c.workers[0].log_text();
     assert!(log.contains("no new claims"), "{log}");
-    let (code, summary) = c.watch(&job);
-    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
-    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+    c.succeeds_exactly(&job, hours);
 }
 
 /// The gRPC API itself: status codes (INVALID_ARGUMENT naming the field, NOT_FOUND), the
@@ -1194,9 +1198,7 @@ fn repeated_crashes_at_random_moments() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let (code, summary) = c.watch(&job);
-    assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
-    assert_exact_output(&c.dest(), &job, &expected(&c.src(), hours));
+    c.succeeds_exactly(&job, hours);
 }
 
 /// WatchJob is a stream of progress: states go running -> succeeded, shard and event counts
