@@ -447,6 +447,15 @@ fn attempts_above_one(manifest: &Value) -> usize {
         .count()
 }
 
+/// Waits up to a minute for a worker that a fail point stops to exit (its log if it does not).
+fn died(doomed: &mut Proc) {
+    assert!(
+        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
+        "{}",
+        doomed.log_text()
+    );
+}
+
 fn running(s: &Value) -> u64 {
     s["shards"]["running"].as_u64().unwrap_or(0)
 }
@@ -1869,11 +1878,7 @@ fn exactly_once_replay_survives_a_crash_after_the_kafka_commit() {
     let (mut c, broker, mut doomed, job) = exactly_once_job_with_a_doomed_worker(|_| Vec::new());
     let src = c.src();
     // The doomed worker commits the transaction, then aborts.
-    assert!(
-        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
-        "{}",
-        doomed.log_text()
-    );
+    died(&mut doomed);
     c.add_worker();
     let (code, summary) = c.watch(&job);
     assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
@@ -1921,11 +1926,7 @@ fn exactly_once_resumes_after_the_last_committed_part() {
         .to_vec()
     });
     let src = c.src();
-    assert!(
-        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
-        "{}",
-        doomed.log_text()
-    );
+    died(&mut doomed);
     let events = archived_events(&src).len();
     let first_part = broker
         .read_all("eo", 2, events, Duration::from_secs(5))
@@ -1971,11 +1972,7 @@ fn exactly_once_retry_waits_for_a_transaction_left_open_on_the_control_topic() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let open = broker.open_transaction("eo.rewind-control", "stuck");
-    assert!(
-        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
-        "{}",
-        doomed.log_text()
-    );
+    died(&mut doomed);
     let control = "eo.rewind-control";
     assert!(
         broker.end_offset(control, 0, true) < broker.end_offset(control, 0, false),
@@ -2030,11 +2027,7 @@ fn exactly_once_is_not_stalled_by_a_dead_attempts_open_transaction() {
         submitted(&c.submit_kafka_from(start, end, &broker.brokers(), &flags))
     };
     let dead_job = submit("2024-04-01T00", "2024-04-01T00");
-    assert!(
-        doomed.child.wait_exit(Duration::from_secs(60)).is_some(),
-        "{}",
-        doomed.log_text()
-    );
+    died(&mut doomed);
     let control = "eo.rewind-control";
     assert!(
         broker.end_offset(control, 0, true) < broker.end_offset(control, 0, false),
