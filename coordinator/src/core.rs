@@ -606,6 +606,16 @@ impl<R: JobRegistry> Coordinator<R> {
                 progress.finished()
             };
             if !ready {
+                // A long job in flight: keep its committed shards' records small.
+                if progress.done > 0 {
+                    match self.registry.fold_done(&job).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(job = %job, records = n, "folded committed shards' records"),
+                        Err(e) => {
+                            warn!(job = %job, error = %e, "folding committed shards' records")
+                        }
+                    }
+                }
                 continue;
             }
             let record = match self.registry.record(&job).await {

@@ -6,7 +6,7 @@
 //!    counts: shards/s = shards / wall time until every shard is committed.
 //!
 //! 3. etcd's footprint per shard: the bytes a job's keys take while its shards are pending,
-//!    running and done, and after the leader drops a finished job's shard keys; extrapolated to a
+//!    running, done, done and folded (ADR 35), and after the leader drops a finished job's shard keys; extrapolated to a
 //!    year for 1,000 tenants (docs/scale.md).
 //!
 //! `cargo bench -p rewind-etcd --bench shard_store` (needs `etcd` on the PATH; with
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rewind_common::registry::JobRegistry;
-use rewind_common::shard_store::{ShardDone, ShardStore};
+use rewind_common::shard_store::{ShardCounts, ShardDone, ShardStore};
 use rewind_common::{HourRange, JobId, Layout, OrgId, ShardId};
 use rewind_etcd::EtcdStore;
 use rewind_testkit::servers::{Etcd, EtcdCluster};
@@ -257,15 +257,30 @@ async fn bench(etcd: &Target) {
     }
     assert_eq!(claims.len(), ids.len());
     let running = logical_bytes(etcd, prefix).await - before;
-    for c in claims {
+    for (i, c) in claims.into_iter().enumerate() {
+        // Counts of the size a real hour has (numbers of as many digits).
+        let i = i as u64;
         let done = ShardDone {
             attempt: c.attempt,
             manifest_key: format!("execution_id={}/_rewind/shards/{}-a1.json", c.job, c.shard),
-            counts: Default::default(),
+            counts: ShardCounts {
+                objects: 12,
+                bytes: 60_000_000 + i * 7919,
+                recovered: 150_000 + i * 13,
+                filtered: 1_000 + i,
+                failed: i % 7,
+                decoded: 151_000 + i * 14 + i % 7,
+                produced: 150_000 + i * 13,
+                acknowledged: 150_000 + i * 13,
+                ..ShardCounts::default()
+            },
         };
         store.commit(&c, done).await.unwrap();
     }
     let done = logical_bytes(etcd, prefix).await - before;
+    // What the leader's fold (ADR 35) leaves of it.
+    while store.fold_done(&job).await.unwrap() > 0 {}
+    let folded = logical_bytes(etcd, prefix).await - before;
     store.compact(&job).await.unwrap();
     let dropped = logical_bytes(etcd, prefix).await - before;
     println!(
@@ -276,6 +291,7 @@ async fn bench(etcd: &Target) {
         ("all pending", pending),
         ("all running", running),
         ("all done", done),
+        ("all done, folded", folded),
         ("finished, shard keys dropped", dropped),
     ] {
         println!(

@@ -18,6 +18,7 @@
 //! | `jobs/{job}/claim/{shard}` | the worker holding the shard | worker's |
 //! | `jobs/{job}/live/{shard}` | live counters of the attempt | worker's |
 //! | `jobs/{job}/done/{shard}` | attempt, manifest key, counts | - |
+//! | `jobs/{job}/folded/{first shard}+{n}` | `n` done records folded by the leader (zstd JSON) | - |
 //! | `jobs/{job}/failed/{shard}` | attempts, last reason | - |
 //! | `leader` | the leading coordinator | its own |
 //!
@@ -29,6 +30,7 @@
 //! When a worker's lease expires, etcd deletes its claim keys; the `run` record stays behind and
 //! marks the attempt as lost: the next claimant re-claims it (attempt + 1) or, at the last
 //! attempt, records it failed. Until then, `progress` and `shards` already report it that way.
+//! A running job's done records are folded by the leader, 120 to a key (ADR 35).
 
 use etcd_client::KeyValue;
 use rewind_common::shard_store::{LeaseId, StoreError};

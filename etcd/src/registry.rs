@@ -268,6 +268,10 @@ impl JobRegistry for EtcdStore {
                     self.job_key(job, "live/"),
                     Some(GetOptions::new().with_prefix()),
                 ),
+                TxnOp::get(
+                    self.job_key(job, "folded/"),
+                    Some(GetOptions::new().with_prefix()),
+                ),
             ]))
             .await
             .map_err(unavailable)?;
@@ -275,13 +279,18 @@ impl JobRegistry for EtcdStore {
             TxnOpResponse::Get(g) => Some(g),
             _ => None,
         });
-        let (Some(meta), Some(done), Some(live)) = (gets.next(), gets.next(), gets.next()) else {
+        let (Some(meta), Some(done), Some(live), Some(folded)) =
+            (gets.next(), gets.next(), gets.next(), gets.next())
+        else {
             return Err(StoreError::Unavailable("etcd: incomplete txn reply".into()));
         };
         if meta.count() == 0 {
             return Err(StoreError::JobNotFound(job.clone()));
         }
-        let done = done.kvs().iter().map(parse).collect::<Result<_, _>>()?;
+        let mut done: Vec<ShardDone> = done.kvs().iter().map(parse).collect::<Result<_, _>>()?;
+        for kv in folded.kvs() {
+            done.extend(crate::shards::unfold(kv)?.into_iter().map(|(_, d)| d));
+        }
         let live = live.kvs().iter().map(parse).collect::<Result<_, _>>()?;
         Ok((done, live))
     }
@@ -304,5 +313,9 @@ impl JobRegistry for EtcdStore {
 
     async fn compact_history(&self, keep: i64) -> Result<Option<i64>, StoreError> {
         self.compact_revisions(keep).await
+    }
+
+    async fn fold_done(&self, job: &JobId) -> Result<u64, StoreError> {
+        self.fold_done_records(job).await
     }
 }

@@ -92,6 +92,16 @@ struct FailedRecord {
     reason: String,
 }
 
+/// Done records folded into one key: at most this many (the fold is one txn of a put, and a
+/// compare and a delete per record; etcd allows 128 of each).
+pub(crate) const FOLD_CHUNK: usize = 120;
+/// A running job's done records are folded once at least this many stand alone.
+pub(crate) const FOLD_AT: u64 = 2 * FOLD_CHUNK as u64;
+
+/// A fold key's value: done records of consecutive commits, zstd-compressed JSON. Its key
+/// ends in `{first shard}+{count}`, so counting needs no value.
+type Folded = Vec<(ShardId, ShardDone)>;
+
 /// What a claim txn takes: the shard, its attempt number, the condition that proves the shard
 /// is still where the claimant saw it, and one more operation (deleting the ready key).
 struct Target {
@@ -669,6 +679,12 @@ impl ShardStore for EtcdStore {
         {
             return Ok(());
         }
+        // ... or, when the leader has folded it since, among the job's folded records.
+        if done_now.as_ref().is_some_and(|g| g.kvs().is_empty())
+            && self.was_folded(claim, &done).await?
+        {
+            return Ok(());
+        }
         // The job's shard state is gone: it has ended (finishing deletes it in one txn), maybe
         // after this very commit took effect. Only the job's record can tell.
         if meta.is_some_and(|g| g.kvs().is_empty()) {
@@ -730,7 +746,7 @@ impl ShardStore for EtcdStore {
 
     async fn progress(&self, job: &JobId) -> Result<JobProgress, StoreError> {
         let meta = self.meta(job).await?;
-        let done = self.count(self.job_key(job, "done/")).await?;
+        let done = self.count(self.job_key(job, "done/")).await? + self.folded_count(job).await?;
         let mut failed = self.count(self.job_key(job, "failed/")).await?;
         let running = self.count(self.job_key(job, "claim/")).await?;
         for (_, run, _) in self.lost_attempts(job).await? {
@@ -804,6 +820,11 @@ impl ShardStore for EtcdStore {
                 states.insert(shard, ShardState::Done(parse(&kv)?));
             }
         }
+        for kv in self.prefix(self.job_key(job, "folded/")).await? {
+            for (shard, done) in unfold(&kv)? {
+                states.insert(shard, ShardState::Done(done));
+            }
+        }
         for kv in self.prefix(self.job_key(job, "failed/")).await? {
             if let Some(shard) = Self::shard_of(kv.key()) {
                 let f: FailedRecord = parse(&kv)?;
@@ -821,6 +842,80 @@ impl ShardStore for EtcdStore {
 }
 
 impl EtcdStore {
+    /// How many done records of `job` are folded (from the fold keys' names alone).
+    async fn folded_count(&self, job: &JobId) -> Result<u64, StoreError> {
+        let kvs = self
+            .get(
+                self.job_key(job, "folded/"),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        kvs.iter().map(fold_size).sum()
+    }
+
+    /// Whether `claim`'s shard is committed with `done` among the job's folded records.
+    async fn was_folded(&self, claim: &Claim, done: &ShardDone) -> Result<bool, StoreError> {
+        for kv in self.prefix(self.job_key(&claim.job, "folded/")).await? {
+            if unfold(&kv)?
+                .iter()
+                .any(|(s, d)| *s == claim.shard && d == done)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Folds a running job's done records, [`FOLD_CHUNK`] to a key, once at least [`FOLD_AT`]
+    /// stand alone (the leader calls it now and then). A year-long job then holds ~30 bytes per
+    /// committed shard instead of ~340, and one key per 120 shards instead of one per shard.
+    /// Each fold txn deletes the records it folds and succeeds only while every one of them
+    /// still exists, so two folders (a leadership hand-over) cannot fold a record twice, and a
+    /// job dropped meanwhile gets no fold key. Returns how many records were folded.
+    pub(crate) async fn fold_done_records(&self, job: &JobId) -> Result<u64, StoreError> {
+        if self.count(self.job_key(job, "done/")).await? < FOLD_AT {
+            return Ok(0);
+        }
+        let kvs = self.prefix(self.job_key(job, "done/")).await?;
+        let mut folded = 0;
+        for chunk in kvs.chunks(FOLD_CHUNK) {
+            if chunk.len() < FOLD_CHUNK {
+                break;
+            }
+            let mut records: Folded = Vec::with_capacity(chunk.len());
+            for kv in chunk {
+                if let Some(shard) = Self::shard_of(kv.key()) {
+                    records.push((shard, parse(kv)?));
+                }
+            }
+            let Some((first, _)) = records.first() else {
+                continue;
+            };
+            let key = format!("{}{first}+{}", self.job_key(job, "folded/"), records.len());
+            let value = zstd::bulk::compress(&json(&records), 3)
+                .map_err(|e| StoreError::Unavailable(format!("folding done records: {e}")))?;
+            let guards = chunk
+                .iter()
+                .map(|kv| Compare::version(kv.key().to_vec(), CompareOp::Greater, 0));
+            let mut ops = vec![TxnOp::put(key, value, None)];
+            ops.extend(
+                chunk
+                    .iter()
+                    .map(|kv| TxnOp::delete(kv.key().to_vec(), None)),
+            );
+            let resp = self
+                .txn(Txn::new().when(guards.collect::<Vec<_>>()).and_then(ops))
+                .await
+                .map_err(unavailable)?;
+            if !resp.succeeded() {
+                // Another folder was first, or the job ended: what is left is its business.
+                break;
+            }
+            folded += records.len() as u64;
+        }
+        Ok(folded)
+    }
+
     /// Why a job's shard state is missing: it has finished (its status says so) or it never
     /// existed.
     pub(crate) async fn gone(&self, job: &JobId) -> StoreError {
@@ -875,6 +970,21 @@ impl EtcdStore {
             })
         }
     }
+}
+
+/// How many records a fold key holds (its name ends in `+{count}`).
+fn fold_size(kv: &KeyValue) -> Result<u64, StoreError> {
+    let key = String::from_utf8_lossy(kv.key());
+    key.rsplit_once('+')
+        .and_then(|(_, n)| n.parse().ok())
+        .ok_or_else(|| corrupt(&key, "a fold key without its record count"))
+}
+
+/// The done records a fold key holds.
+pub(crate) fn unfold(kv: &KeyValue) -> Result<Folded, StoreError> {
+    let key = String::from_utf8_lossy(kv.key());
+    let bytes = zstd::stream::decode_all(kv.value()).map_err(|e| corrupt(&key, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| corrupt(&key, e))
 }
 
 /// What [`EtcdStore::claim_lost`] did.

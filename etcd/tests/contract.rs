@@ -299,3 +299,109 @@ async fn etcd_a_tenant_cap_holds_under_racing_claimants() {
         "the place came back with the dead worker's lease"
     );
 }
+
+/// The leader folds a long job's done records (ADR 35): progress, the shard list and the live
+/// counts read the same before and after, a commit retried after its reply was lost still
+/// finds itself committed, two folders at once fold each record once, and dropping the job's
+/// keys drops the folds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_folding_done_records_changes_nothing_readers_see() {
+    use rewind_common::JobId;
+    use rewind_common::shard_store::{ShardCounts, ShardDone, ShardStore, StoreError};
+
+    let etcd = Etcd::start();
+    let s = store(&etcd).await;
+    let mut kv = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let mut keys = async |job: &JobId, kind: &str| {
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let key = format!("/rewind/test/jobs/{job}/{kind}");
+        kv.get(key, Some(opts)).await.unwrap().count()
+    };
+    let done = |shard: rewind_common::ShardId, i: u64| ShardDone {
+        attempt: 1,
+        manifest_key: format!("out/_rewind/m/{shard}-1.json"),
+        counts: ShardCounts {
+            recovered: i,
+            bytes: 1000 + i,
+            ..ShardCounts::default()
+        },
+    };
+    let job = JobId::generate();
+    let shards = hours(500_000, 300);
+    s.create_job(&job, &shards, 3).await.unwrap();
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let mut committed = std::collections::HashMap::new();
+    for i in 0..300 {
+        let c = s.claim(&job, lease, "w").await.unwrap().unwrap();
+        s.commit(&c, done(c.shard, i)).await.unwrap();
+        committed.insert(c.shard, (c.clone(), done(c.shard, i)));
+    }
+    let before = (
+        s.progress(&job).await.unwrap(),
+        s.shards(&job).await.unwrap(),
+    );
+    let sum = |d: Vec<ShardDone>| d.iter().map(|d| d.counts.recovered).sum::<u64>();
+    let counted = sum(s.counts_snapshot(&job).await.unwrap().0);
+    assert_eq!(counted, (0..300).sum::<u64>());
+
+    assert_eq!(
+        registry::JobRegistry::fold_done(&s, &job).await.unwrap(),
+        240
+    );
+    assert_eq!(
+        (keys(&job, "done/").await, keys(&job, "folded/").await),
+        (60, 2)
+    );
+    let after = (
+        s.progress(&job).await.unwrap(),
+        s.shards(&job).await.unwrap(),
+    );
+    assert_eq!(after, before, "folding changed what readers see");
+    assert_eq!(sum(s.counts_snapshot(&job).await.unwrap().0), counted);
+    // Below the threshold nothing more is folded.
+    assert_eq!(registry::JobRegistry::fold_done(&s, &job).await.unwrap(), 0);
+
+    // The first shard's commit, retried as if its reply had been lost: it is folded now.
+    let (retried, first_done) = committed[&shards[0]].clone();
+    s.commit(&retried, first_done.clone()).await.unwrap();
+    let other = ShardDone {
+        attempt: 2,
+        ..first_done
+    };
+    assert!(matches!(
+        s.commit(&retried, other).await,
+        Err(StoreError::Fenced { .. })
+    ));
+
+    // Two folders at once (a leadership hand-over): every record folded once.
+    let job2 = JobId::generate();
+    let shards2 = hours(510_000, 480);
+    s.create_job(&job2, &shards2, 3).await.unwrap();
+    for i in 0..480 {
+        let c = s.claim(&job2, lease, "w").await.unwrap().unwrap();
+        s.commit(&c, done(c.shard, i)).await.unwrap();
+    }
+    let s2 = store(&etcd).await;
+    let (a, b) = tokio::join!(
+        registry::JobRegistry::fold_done(&s, &job2),
+        registry::JobRegistry::fold_done(&s2, &job2)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a + b <= 480, "folded {a} + {b}");
+    let p = s.progress(&job2).await.unwrap();
+    assert_eq!((p.done, p.pending), (480, 0));
+    let states = s.shards(&job2).await.unwrap();
+    assert_eq!(states.len(), 480);
+    assert_eq!(
+        sum(s.counts_snapshot(&job2).await.unwrap().0),
+        (0..480).sum::<u64>()
+    );
+
+    // Dropping a job's shard keys (the leader does it when the job finishes) drops its folds.
+    s.compact(&job).await.unwrap();
+    assert_eq!(keys(&job, "").await, 0);
+}

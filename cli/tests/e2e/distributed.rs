@@ -460,6 +460,50 @@ fn running(s: &Value) -> u64 {
     s["shards"]["running"].as_u64().unwrap_or(0)
 }
 
+/// A job longer than the fold threshold (ADR 35): while one shard is held by a hung worker,
+/// the leader folds the other shards' done records, and once a live worker takes the held
+/// shard over the job commits exactly, its manifests read through the folds.
+#[test]
+fn a_long_jobs_done_records_are_folded_while_it_runs_and_it_commits_exactly() {
+    let mut c = Cluster::start(0);
+    let hours = 4;
+    c.generate(hours);
+    let mut doomed = c.doomed_worker("2", "hang-before-shard-commit");
+    // 300 hours (12.5 days), of which the first 4 hold events.
+    let (src, dest) = (c.src(), c.dest());
+    let out = c.cli(&[
+        "submit",
+        "--source",
+        src.to_str().unwrap(),
+        "--org",
+        ORG,
+        "--start",
+        "2024-04-01T00",
+        "--end",
+        "2024-04-13T11",
+        "--dest",
+        dest.to_str().unwrap(),
+    ]);
+    common::ok_status(&out);
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    c.wait_until(&job, "the hung worker's claim", |s| running(s) == 1);
+    c.add_worker();
+    c.wait_until(&job, "every other shard done", |s| {
+        s["shards"]["done"].as_u64() == Some(299)
+    });
+    let log = || c.coordinator.as_ref().unwrap().log_text();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log().contains("folded committed shards' records") {
+        assert!(Instant::now() < deadline, "no fold: {}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.status(&job)["shards"]["done"].as_u64(), Some(299));
+    doomed.child.kill();
+    let manifest = c.succeeds_exactly(&job, hours);
+    assert_eq!(manifest["shards_done"], 300, "{manifest}");
+    assert_eq!(manifest["attempts"].as_object().map(|a| a.len()), Some(300));
+}
+
 /// The coordinator's `--tenant-max-shards` holds across the fleet: with the tenant capped at 2
 /// (and every other tenant at 3), three one-slot workers never run more than 2 of its shards at
 /// once, reach 2, and the job finishes exactly.
