@@ -106,6 +106,33 @@ pub struct CoordinatorArgs {
         value_delimiter = ','
     )]
     pub tenant_max_shards: Vec<String>,
+    /// Events per second one tenant's stream replays (Kafka, Kinesis, Pub/Sub) together send:
+    /// `N` for every tenant, `ORG=N` for one (overrides N); 0 (the default): no budget. Each
+    /// worker takes the share its running attempts are of the tenant's; a job's own
+    /// `--max-events-per-sec` holds as well.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_TENANT_REPLAY_EVENTS_PER_SEC",
+        value_delimiter = ','
+    )]
+    pub tenant_replay_events_per_sec: Vec<String>,
+    /// Bytes (event values) per second one tenant's stream replays together send; as
+    /// `--tenant-replay-events-per-sec`.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_TENANT_REPLAY_BYTES_PER_SEC",
+        value_delimiter = ','
+    )]
+    pub tenant_replay_bytes_per_sec: Vec<String>,
+    /// Requests per second one tenant's jobs of every kind together send to their sources'
+    /// object stores (each listing call and each object read is one); as
+    /// `--tenant-replay-events-per-sec`.
+    #[arg(
+        long,
+        env = "REWIND_COORDINATOR_TENANT_SOURCE_REQUESTS_PER_SEC",
+        value_delimiter = ','
+    )]
+    pub tenant_source_requests_per_sec: Vec<String>,
 }
 
 #[derive(Debug, Parser)]

@@ -69,6 +69,34 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let per_tenant =
+        |flag: &str, values: &[String]| rewind_common::lifecycle::PerTenant::parse(flag, values);
+    let tenant_budgets = match (
+        per_tenant(
+            "--tenant-replay-events-per-sec",
+            &args.tenant_replay_events_per_sec,
+        ),
+        per_tenant(
+            "--tenant-replay-bytes-per-sec",
+            &args.tenant_replay_bytes_per_sec,
+        ),
+        per_tenant(
+            "--tenant-source-requests-per-sec",
+            &args.tenant_source_requests_per_sec,
+        ),
+    ) {
+        (Ok(replay_events_per_sec), Ok(replay_bytes_per_sec), Ok(source_requests_per_sec)) => {
+            rewind_common::lifecycle::TenantBudgets {
+                replay_events_per_sec,
+                replay_bytes_per_sec,
+                source_requests_per_sec,
+            }
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let id = args
         .id
         .clone()
@@ -86,6 +114,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             max_event_bytes: args.max_event_bytes,
         })
         .with_tenant_caps(tenant_caps)
+        .with_tenant_budgets(tenant_budgets)
         .with_retention(Retention {
             keep_jobs: args.keep_finished_jobs,
             keep_for: Duration::from_secs(args.keep_finished_days.saturating_mul(24 * 3600)),

@@ -101,6 +101,7 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
         repair: None,
         guard: None,
         tenant_max_shards: None,
+        tenant_budget: None,
         partition_by: None,
         ingest: false,
         ingest_to: None,

@@ -106,7 +106,7 @@ enum Runner<R> {
     /// As a job of the coordinator's workers: `parent` is the guard job, `subject` who
     /// submitted it (its scope was checked for the whole range at submit).
     Cluster {
-        core: Coordinator<R>,
+        core: Box<Coordinator<R>>,
         parent: JobId,
         subject: String,
     },
@@ -677,7 +677,7 @@ async fn run_guard_job<R: JobRegistry + Clone>(
         state_key: state_key.clone(),
         keep_backups: g.keep_backups,
         runner: Runner::Cluster {
-            core: core.clone(),
+            core: Box::new(core.clone()),
             parent: spec.job.clone(),
             subject: record
                 .submitted_by

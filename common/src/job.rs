@@ -52,6 +52,25 @@ pub struct JobSpec {
     /// coordinator's `--tenant-max-shards` when it accepted the job (never the request's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_max_shards: Option<u32>,
+    /// The budgets this job's tenant shares across the fleet: the coordinator's when it
+    /// accepted the job (never the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_budget: Option<TenantBudget>,
+}
+
+/// What one tenant's jobs share across the fleet, per second (each worker process takes the
+/// share its running attempts are of the tenant's running attempts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TenantBudget {
+    /// Events replayed into a stream sink (Kafka, Kinesis, Pub/Sub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_events_per_sec: Option<u64>,
+    /// Bytes of event values replayed into a stream sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_bytes_per_sec: Option<u64>,
+    /// Requests to the source's object store: listings and object reads, any job kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_requests_per_sec: Option<u64>,
 }
 
 /// A distributed keyed repair. The keys and rows themselves are in the destination

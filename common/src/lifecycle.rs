@@ -166,49 +166,89 @@ impl Limits {
     }
 }
 
-/// The coordinator's caps on how many shards of one tenant (org) run at once across the fleet
-/// (`rewind coordinator --tenant-max-shards`): one for every tenant, and per-tenant values that
-/// override it. A cap of 0 is no cap. Stamped into each job it accepts
-/// (`JobSpec::tenant_max_shards`); workers claim within it.
+/// The values of one per-tenant coordinator flag: `N` for every tenant and `ORG=N` for one
+/// (overriding N). A value of 0 is none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TenantCaps {
-    pub every: Option<u32>,
-    pub tenants: std::collections::BTreeMap<String, u32>,
+pub struct PerTenant {
+    pub every: Option<u64>,
+    pub tenants: std::collections::BTreeMap<String, u64>,
 }
 
-impl TenantCaps {
-    /// From `--tenant-max-shards` values: `N` (every tenant) or `ORG=N` (one tenant).
-    pub fn parse(values: &[String]) -> Result<TenantCaps, String> {
-        let mut caps = TenantCaps::default();
+impl PerTenant {
+    /// From the values of `flag` (named in errors).
+    pub fn parse(flag: &str, values: &[String]) -> Result<PerTenant, String> {
+        let mut out = PerTenant::default();
         for v in values {
             let bad = || {
                 format!(
-                    "invalid --tenant-max-shards {v:?}: expected N (every tenant) or ORG=N, N a \
-                     whole number (0: no cap)"
+                    "invalid {flag} {v:?}: expected N (every tenant) or ORG=N, N a whole number \
+                     (0: none)"
                 )
             };
             match v.split_once('=') {
                 None => {
-                    caps.every = Some(v.trim().parse().map_err(|_| bad())?);
+                    out.every = Some(v.trim().parse().map_err(|_| bad())?);
                 }
                 Some((org, n)) => {
                     let org =
                         crate::OrgId::parse(org.trim()).map_err(|e| format!("{}: {e}", bad()))?;
-                    caps.tenants
+                    out.tenants
                         .insert(org.to_string(), n.trim().parse().map_err(|_| bad())?);
                 }
             }
         }
-        Ok(caps)
+        Ok(out)
     }
 
-    /// The cap on `org`'s running shards, if any.
-    pub fn of(&self, org: &str) -> Option<u32> {
+    /// The value for `org`, if any.
+    pub fn of(&self, org: &str) -> Option<u64> {
         self.tenants
             .get(org)
             .copied()
             .or(self.every)
             .filter(|n| *n > 0)
+    }
+}
+
+/// The coordinator's caps on how many shards of one tenant (org) run at once across the fleet
+/// (`rewind coordinator --tenant-max-shards`): one for every tenant, and per-tenant values that
+/// override it. A cap of 0 is no cap. Stamped into each job it accepts
+/// (`JobSpec::tenant_max_shards`); workers claim within it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantCaps(PerTenant);
+
+impl TenantCaps {
+    /// From `--tenant-max-shards` values: `N` (every tenant) or `ORG=N` (one tenant).
+    pub fn parse(values: &[String]) -> Result<TenantCaps, String> {
+        PerTenant::parse("--tenant-max-shards", values).map(TenantCaps)
+    }
+
+    /// The cap on `org`'s running shards, if any.
+    pub fn of(&self, org: &str) -> Option<u32> {
+        self.0.of(org).map(|n| n.min(u32::MAX as u64) as u32)
+    }
+}
+
+/// The coordinator's budgets a tenant's jobs share across the fleet (`rewind coordinator
+/// --tenant-replay-events-per-sec`, `--tenant-replay-bytes-per-sec`,
+/// `--tenant-source-requests-per-sec`). Stamped into each job it accepts
+/// (`JobSpec::tenant_budget`): a limit that protects shared servers is the server's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantBudgets {
+    pub replay_events_per_sec: PerTenant,
+    pub replay_bytes_per_sec: PerTenant,
+    pub source_requests_per_sec: PerTenant,
+}
+
+impl TenantBudgets {
+    /// `org`'s budget, if any of them is set for it.
+    pub fn of(&self, org: &str) -> Option<crate::job::TenantBudget> {
+        let b = crate::job::TenantBudget {
+            replay_events_per_sec: self.replay_events_per_sec.of(org),
+            replay_bytes_per_sec: self.replay_bytes_per_sec.of(org),
+            source_requests_per_sec: self.source_requests_per_sec.of(org),
+        };
+        (b != crate::job::TenantBudget::default()).then_some(b)
     }
 }
 
@@ -656,5 +696,30 @@ mod tests {
             let e = TenantCaps::parse(&v(&[bad])).unwrap_err();
             assert!(e.contains("--tenant-max-shards") && e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn tenant_budgets_stamp_only_what_is_set_for_the_tenant() {
+        use super::{PerTenant, TenantBudgets};
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let flag = "--tenant-replay-bytes-per-sec";
+        let budgets = TenantBudgets {
+            replay_bytes_per_sec: PerTenant::parse(flag, &v(&["1000000", "acme=0"])).unwrap(),
+            source_requests_per_sec: PerTenant::parse("-r", &v(&["acme=50"])).unwrap(),
+            ..TenantBudgets::default()
+        };
+        let acme = budgets.of("acme").unwrap();
+        assert_eq!(
+            (acme.replay_bytes_per_sec, acme.source_requests_per_sec),
+            (None, Some(50))
+        );
+        let beta = budgets.of("beta").unwrap();
+        assert_eq!(
+            (beta.replay_bytes_per_sec, beta.source_requests_per_sec),
+            (Some(1_000_000), None)
+        );
+        assert_eq!(TenantBudgets::default().of("acme"), None);
+        let e = PerTenant::parse(flag, &v(&["10MB"])).unwrap_err();
+        assert!(e.contains(flag) && e.contains("10MB"), "{e}");
     }
 }

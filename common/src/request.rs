@@ -508,6 +508,7 @@ impl JobRequest {
                 Some(g) => Some(self.guard_spec(g)?),
             },
             tenant_max_shards: None,
+            tenant_budget: None,
         })
     }
 

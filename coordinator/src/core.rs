@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rewind_common::job::ShardPlan;
 use rewind_common::lifecycle::{
-    JobPhase, JobStatus, Limits, SinkCheck, Summary, TenantCaps, now_ms,
+    JobPhase, JobStatus, Limits, SinkCheck, Summary, TenantBudgets, TenantCaps, now_ms,
 };
 use rewind_common::location::JobSide;
 use rewind_common::registry::JobRegistry;
@@ -103,6 +103,7 @@ pub struct Coordinator<R> {
     sinks: Arc<dyn SinkCheck>,
     limits: Limits,
     tenant_caps: TenantCaps,
+    tenant_budgets: TenantBudgets,
     retention: Retention,
 }
 
@@ -139,6 +140,7 @@ impl<R: JobRegistry> Coordinator<R> {
             sinks,
             limits: Limits::default(),
             tenant_caps: TenantCaps::default(),
+            tenant_budgets: TenantBudgets::default(),
             retention: Retention::default(),
         }
     }
@@ -146,6 +148,12 @@ impl<R: JobRegistry> Coordinator<R> {
     /// The caps on each tenant's running shards stamped into the jobs this core accepts.
     pub fn with_tenant_caps(mut self, caps: TenantCaps) -> Self {
         self.tenant_caps = caps;
+        self
+    }
+
+    /// The budgets each tenant's jobs share across the fleet (`--tenant-*-per-sec`).
+    pub fn with_tenant_budgets(mut self, budgets: TenantBudgets) -> Self {
+        self.tenant_budgets = budgets;
         self
     }
 
@@ -216,6 +224,7 @@ impl<R: JobRegistry> Coordinator<R> {
         let mut spec = capped.validate(JobId::generate())?;
         spec.places.check_local_paths()?;
         spec.tenant_max_shards = self.tenant_caps.of(spec.org.as_str());
+        spec.tenant_budget = self.tenant_budgets.of(spec.org.as_str());
         Ok(spec)
     }
 

@@ -235,6 +235,7 @@ mod tests {
             repair: None,
             guard: None,
             tenant_max_shards: None,
+            tenant_budget: None,
             partition_by: None,
             ingest: false,
             ingest_to: None,

@@ -60,6 +60,7 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         repair: None,
         guard: None,
         tenant_max_shards: None,
+        tenant_budget: None,
         partition_by: None,
         ingest: false,
         ingest_to: None,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rewind_common::job::TenantBudget;
 use rewind_common::lifecycle::JobPhase;
 use rewind_common::registry::JobRegistry;
 use rewind_common::shard_store::{Claim, LeaseId, ShardCounts, StoreError, TenantCap};
@@ -25,6 +26,7 @@ use crate::decode::DecoderConfig;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::{Progress, ShardEnv};
 use crate::run::{Attempt, execute_claim};
+use crate::throttle::{TenantThrottles, ThrottledSource};
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -134,6 +136,21 @@ struct Listed {
     share: crate::fair::Share,
     /// The cap on its tenant's running shards, from its spec.
     cap: Option<TenantCap>,
+    /// Its tenant's budgets, from its spec: the key of the throttles it shares.
+    budget: Option<BudgetKey>,
+}
+
+/// A tenant and the budget its jobs were accepted with.
+type BudgetKey = (String, TenantBudget);
+
+/// What the poller reads once per job: its environment, tenant, weight, cap and budget.
+#[derive(Clone)]
+struct JobInfo {
+    env: JobEnv,
+    tenant: String,
+    weight: u32,
+    cap: Option<TenantCap>,
+    budget: Option<BudgetKey>,
 }
 
 struct InFlight {
@@ -150,6 +167,8 @@ struct Shared<R> {
     jobs: Mutex<Vec<Listed>>,
     inflight: Mutex<HashMap<u64, InFlight>>,
     stats: Mutex<DaemonStats>,
+    /// Tenants' budgets in this process, shared by the attempts of their jobs.
+    tenants: Mutex<HashMap<BudgetKey, TenantThrottles>>,
 }
 
 impl<R> Shared<R> {
@@ -168,6 +187,36 @@ impl<R> Shared<R> {
 
     fn busy(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The throttles of a tenant's budget in this process (made on first use).
+    fn tenant_throttles(&self, key: &BudgetKey) -> TenantThrottles {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .entry(key.clone())
+            .or_insert_with(|| TenantThrottles::new(&key.1))
+            .clone()
+    }
+
+    /// Sets this process's share of each tenant budget: its attempts of the jobs under the
+    /// budget over all of theirs across the fleet (as last polled, with this process's own
+    /// claims and ends since counted in).
+    fn share_budgets(&self) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, throttles) in tenants.iter() {
+            let under: Vec<&Listed> = jobs
+                .iter()
+                .filter(|l| l.budget.as_ref() == Some(key))
+                .collect();
+            let fleet: u64 = under.iter().map(|l| l.share.running).sum();
+            let local = inflight
+                .values()
+                .filter(|f| under.iter().any(|l| l.job == f.job))
+                .count() as u64;
+            throttles.set_share(local, fleet.max(local));
+        }
     }
 
     /// The running jobs in the order a free slot should try them (crate::fair::order).
@@ -202,7 +251,7 @@ impl<R> Shared<R> {
 
 /// Opens the job's stores. A job whose stores cannot be opened here fails its shards with the
 /// reason (at once when retrying cannot help, e.g. access denied; counted otherwise).
-async fn open_env(record: &JobRecord) -> JobEnv {
+async fn open_env(record: &JobRecord, tenant: TenantThrottles) -> JobEnv {
     let request = &record.request;
     let broken = |what: &str, e: StorageError| JobEnv::Broken {
         why: format!("opening the {what}: {e}"),
@@ -221,7 +270,7 @@ async fn open_env(record: &JobRecord) -> JobEnv {
         ShardEnv {
             // (A retry's shards write into the execution it retries.)
             spec: Arc::new(record.run_spec()),
-            source,
+            source: ThrottledSource::wrap(source, tenant.source),
             output: outputs.dest,
             failed_output: outputs.failed,
             unrecoverable_output: outputs.unrecoverable,
@@ -229,6 +278,8 @@ async fn open_env(record: &JobRecord) -> JobEnv {
                 let (events, bytes) = record.spec.sink.limits();
                 crate::throttle::Throttle::new(events, bytes).map(Arc::new)
             },
+            // Only stream sinks replay (a Parquet job's budget is its source's).
+            tenant_throttle: tenant.replay.filter(|_| record.spec.sink.name().is_some()),
             produce_latency: None,
             progress: Arc::new(Progress::default()),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -252,6 +303,7 @@ pub async fn run_daemon<R: JobRegistry>(
         jobs: Mutex::new(Vec::new()),
         inflight: Mutex::new(HashMap::new()),
         stats: Mutex::new(DaemonStats::default()),
+        tenants: Mutex::new(HashMap::new()),
     });
     let keeper = tokio::spawn(keep_lease(shared.clone()));
     let poller = tokio::spawn(poll_jobs(shared.clone()));
@@ -309,8 +361,8 @@ async fn keep_lease<R: JobRegistry>(shared: Arc<Shared<R>>) {
 }
 
 async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
-    // Each job's environment, tenant and weight, read once.
-    let mut known: HashMap<JobId, (JobEnv, String, u32, Option<TenantCap>)> = HashMap::new();
+    // What each job needs here, read once.
+    let mut known: HashMap<JobId, JobInfo> = HashMap::new();
     loop {
         match shared.store.active_jobs().await {
             Ok(active) => {
@@ -319,18 +371,27 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                     if phase != JobPhase::Running {
                         continue;
                     }
-                    let (env, tenant, weight, cap) = match known.get(&job) {
+                    let info = match known.get(&job) {
                         Some(k) => k.clone(),
                         None => match shared.store.record(&job).await {
-                            Ok(record) => (
-                                open_env(&record).await,
-                                record.spec.org.to_string(),
-                                record.request.priority().weight(),
-                                record.spec.tenant_max_shards.map(|max| TenantCap {
-                                    tenant: record.spec.org.to_string(),
-                                    max,
-                                }),
-                            ),
+                            Ok(record) => {
+                                let org = record.spec.org.to_string();
+                                let budget = record.spec.tenant_budget.map(|b| (org.clone(), b));
+                                let throttles = budget
+                                    .as_ref()
+                                    .map(|k| shared.tenant_throttles(k))
+                                    .unwrap_or_default();
+                                JobInfo {
+                                    env: open_env(&record, throttles).await,
+                                    weight: record.request.priority().weight(),
+                                    cap: record.spec.tenant_max_shards.map(|max| TenantCap {
+                                        tenant: org.clone(),
+                                        max,
+                                    }),
+                                    tenant: org,
+                                    budget,
+                                }
+                            }
                             Err(e) => {
                                 warn!(job = %job, error = %e, "reading the job record");
                                 continue;
@@ -342,26 +403,24 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                     let running = shared.store.running(&job).await.unwrap_or(0);
                     // A store that could not be opened for a passing reason is tried again.
                     if !matches!(
-                        env,
+                        info.env,
                         JobEnv::Broken {
                             retryable: true,
                             ..
                         }
                     ) {
-                        known.insert(
-                            job.clone(),
-                            (env.clone(), tenant.clone(), weight, cap.clone()),
-                        );
+                        known.insert(job.clone(), info.clone());
                     }
                     list.push(Listed {
                         job,
-                        env,
+                        env: info.env,
                         share: crate::fair::Share {
-                            tenant,
-                            weight,
+                            tenant: info.tenant,
+                            weight: info.weight,
                             running,
                         },
-                        cap,
+                        cap: info.cap,
+                        budget: info.budget,
                     });
                 }
                 list.sort_by(|a, b| a.job.cmp(&b.job));
@@ -370,6 +429,7 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                 // Attempts of jobs that are no longer running (cancelled) stop now.
                 shared.stop_where(|f| !live.contains(&f.job));
                 *shared.jobs.lock().unwrap_or_else(|p| p.into_inner()) = list;
+                shared.share_budgets();
             }
             Err(e) => warn!(error = %e, "listing active jobs"),
         }
@@ -426,14 +486,16 @@ async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch:
 }
 
 /// This process's share of a job's rate: its running attempts of the job over all the job's
-/// running attempts (their live keys in etcd).
+/// running attempts (their claim keys in etcd).
 async fn share_rate<R: JobRegistry>(
     store: &R,
     shared: &Shared<R>,
     job: &JobId,
     throttle: &crate::throttle::Throttle,
 ) {
-    let Ok((_, live)) = store.counts_snapshot(job).await else {
+    // (A count of the job's claims: reading its live counters would also read every
+    // committed shard's record.)
+    let Ok(running) = store.running(job).await else {
         return;
     };
     let local = shared
@@ -441,7 +503,7 @@ async fn share_rate<R: JobRegistry>(
         .lock()
         .map(|m| m.values().filter(|f| &f.job == job).count() as u64)
         .unwrap_or(1);
-    throttle.set_share(local, (live.len() as u64).max(local));
+    throttle.set_share(local, running.max(local));
 }
 
 async fn run_attempt<R: JobRegistry>(shared: &Arc<Shared<R>>, claim: Claim, env: JobEnv) {
@@ -483,22 +545,28 @@ async fn run_attempt<R: JobRegistry>(shared: &Arc<Shared<R>>, claim: Claim, env:
         let (store, claim, progress) = (shared.store.clone(), claim.clone(), progress.clone());
         let (metrics, counted) = (metrics.clone(), counted.clone());
         let (throttle, shared) = (env.throttle.clone(), shared.clone());
+        let budgeted = shared
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|l| l.job == claim.job && l.budget.is_some());
         tokio::spawn(async move {
             let mut last = ShardCounts::default();
-            if throttle.is_some() {
-                // Counted among the job's running attempts at once (the throttle shares).
-                let _ = store.put_live(&claim, &last).await;
-            }
             loop {
-                match &throttle {
-                    // The share follows attempts starting and ending within a quarter second.
-                    Some(t) => {
-                        for _ in 0..4 {
+                if throttle.is_none() && !budgeted {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    // The shares follow attempts starting and ending within a quarter second.
+                    for _ in 0..4 {
+                        if let Some(t) = &throttle {
                             share_rate(&store, &shared, &claim.job, t).await;
-                            tokio::time::sleep(Duration::from_millis(250)).await;
                         }
+                        if budgeted {
+                            shared.share_budgets();
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                    None => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
                 count_progress(&metrics, &progress, &counted);
                 let now = live_counts(&progress);

@@ -1,4 +1,5 @@
-//! The replay throttle: token buckets for events and bytes per second.
+//! The replay throttle: token buckets for events and bytes per second; a tenant's budgets
+//! (its replays' events and bytes, its requests to sources) are throttles of the same kind.
 //!
 //! One `Throttle` serves every shard of a job in a process. In embedded mode that is the whole
 //! job. In the distributed mode each worker process takes the share of the job's rate that its
@@ -6,7 +7,10 @@
 //! in etcd, refreshed every second), so the workers together stay at the job's rate without a
 //! round trip per event.
 
-use std::sync::Mutex;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, StorageError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -89,6 +93,78 @@ impl Throttle {
         if wait > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(wait.min(5.0)));
         }
+    }
+}
+
+/// A tenant's budgets in this process (from one stamped `TenantBudget`): every attempt of the
+/// tenant's jobs accepted with that budget shares them. The share of the fleet's budget this
+/// process takes is its attempts of those jobs over all of theirs across the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct TenantThrottles {
+    /// Events and bytes replayed into stream sinks.
+    pub replay: Option<Arc<Throttle>>,
+    /// Requests to the source's object store (as events).
+    pub source: Option<Arc<Throttle>>,
+}
+
+impl TenantThrottles {
+    pub fn new(budget: &rewind_common::job::TenantBudget) -> TenantThrottles {
+        TenantThrottles {
+            replay: Throttle::new(budget.replay_events_per_sec, budget.replay_bytes_per_sec)
+                .map(Arc::new),
+            source: Throttle::new(budget.source_requests_per_sec, None).map(Arc::new),
+        }
+    }
+
+    pub fn set_share(&self, part: u64, whole: u64) {
+        for t in self.replay.iter().chain(&self.source) {
+            t.set_share(part, whole);
+        }
+    }
+}
+
+/// A source whose listings and object reads each wait for a request of the tenant's budget.
+pub struct ThrottledSource {
+    inner: Arc<dyn ObjectSource>,
+    throttle: Arc<Throttle>,
+}
+
+impl ThrottledSource {
+    pub fn wrap(
+        inner: Arc<dyn ObjectSource>,
+        throttle: Option<Arc<Throttle>>,
+    ) -> Arc<dyn ObjectSource> {
+        match throttle {
+            Some(throttle) => Arc::new(ThrottledSource { inner, throttle }),
+            None => inner,
+        }
+    }
+}
+
+impl ObjectSource for ThrottledSource {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.throttle.acquire(0);
+        self.inner.list(prefix)
+    }
+
+    fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
+        self.throttle.acquire(0);
+        self.inner.open(meta)
+    }
+
+    fn read_ahead(&self) -> usize {
+        self.inner.read_ahead()
+    }
+
+    fn with_stats(&self, stats: Arc<IoStats>) -> Arc<dyn ObjectSource> {
+        Arc::new(ThrottledSource {
+            inner: self.inner.with_stats(stats),
+            throttle: self.throttle.clone(),
+        })
     }
 }
 

@@ -62,6 +62,7 @@ fn router(flows: Option<&str>) -> Router {
         repair: None,
         guard: None,
         tenant_max_shards: None,
+        tenant_budget: None,
         partition_by: None,
         ingest: false,
         ingest_to: None,

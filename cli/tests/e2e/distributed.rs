@@ -2193,6 +2193,131 @@ fn kafka_throttle_is_shared_by_the_workers() {
     );
 }
 
+/// A tenant's replay budget (`--tenant-replay-bytes-per-sec`) holds for its jobs together: two
+/// replays of one tenant, run at once by two workers, send at the tenant's byte rate between
+/// them (within 15%, from the records' timestamps), not each at it.
+#[test]
+fn a_tenants_replays_share_its_byte_budget() {
+    use rewind_testkit::kafka::Tansu;
+
+    let hours = 2;
+    let probe = Cluster::start(0);
+    probe.generate(hours);
+    let events = archived_events(&probe.src());
+    // The bytes Rewind sends are the events' values: about the archived JSON's size.
+    let bytes: usize = events.iter().map(|e| e.value.to_string().len()).sum();
+    let budget = (bytes as f64 / 8.0).round() as u64;
+    drop(probe);
+    let env = format!("{ORG}={budget}");
+    let mut c = Cluster::start_with(
+        0,
+        &[("REWIND_COORDINATOR_TENANT_REPLAY_BYTES_PER_SEC", &env)],
+    );
+    c.add_worker();
+    c.add_worker();
+    c.generate(hours);
+    let broker = Tansu::start();
+    broker.create_topic("t0", 1);
+    broker.create_topic("t1", 1);
+    let jobs: Vec<String> = (0..hours)
+        .map(|h| {
+            let hour = format!("2024-04-01T{h:02}");
+            let out = c.submit_kafka_from(
+                &hour,
+                &hour,
+                &broker.brokers(),
+                &["--topic", &format!("t{h}")],
+            );
+            common::ok_status(&out);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    for job in &jobs {
+        let (code, summary) = c.watch(job);
+        assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    }
+    let per_topic: Vec<usize> = (0..hours)
+        .map(|h| {
+            let dir = format!("main_stream/2024/04/01/{h:02}");
+            events.iter().filter(|e| e.hour_dir == dir).count()
+        })
+        .collect();
+    let mut records = Vec::new();
+    for (h, n) in per_topic.iter().enumerate() {
+        records.extend(broker.read_all(&format!("t{h}"), 1, *n, Duration::from_secs(60)));
+    }
+    assert_eq!(records.len(), events.len());
+    let sent: usize = records.iter().map(|r| r.value.len()).sum();
+    let times: Vec<i64> = records.iter().map(|r| r.timestamp.unwrap()).collect();
+    let span_s = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    let measured = sent as f64 / span_s;
+    let asked = budget as f64 * sent as f64 / bytes as f64;
+    assert!(
+        (measured - asked).abs() <= asked * 0.15,
+        "the tenant's budget is {budget} B/s (~{asked:.0} of these values); both jobs together \
+         sent {measured:.0} B/s over {span_s:.1}s"
+    );
+}
+
+/// A tenant's source budget (`--tenant-source-requests-per-sec`) holds across its jobs and the
+/// workers: two Parquet recoveries of one tenant, run at once by two workers, read their 18
+/// objects at no more than the tenant's 3 requests a second between them (a wait every
+/// worker taking the whole budget would halve), and end exact.
+#[test]
+fn a_tenants_jobs_share_its_source_request_budget() {
+    let env = format!("{ORG}=3");
+    let mut c = Cluster::start_with(
+        0,
+        &[("REWIND_COORDINATOR_TENANT_SOURCE_REQUESTS_PER_SEC", &env)],
+    );
+    c.add_worker();
+    c.add_worker();
+    let hours = 6;
+    c.generate(hours);
+    let started = Instant::now();
+    let (src, dest) = (c.src(), c.dest());
+    let jobs: Vec<String> = [("00", "02"), ("03", "05")]
+        .iter()
+        .map(|(from, to)| {
+            let (start, end) = (format!("2024-04-01T{from}"), format!("2024-04-01T{to}"));
+            let out = c.cli(&[
+                "submit",
+                "--source",
+                src.to_str().unwrap(),
+                "--org",
+                ORG,
+                "--start",
+                &start,
+                "--end",
+                &end,
+                "--dest",
+                dest.to_str().unwrap(),
+            ]);
+            common::ok_status(&out);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    for job in &jobs {
+        let (code, summary) = c.watch(job);
+        assert_eq!(code, Some(0), "{summary}\n{}", c.logs());
+    }
+    let took = started.elapsed().as_secs_f64();
+    let first = expected(&src, 3);
+    let mut second = expected(&src, hours);
+    second.retain(|id, _| !first.contains_key(id));
+    let mut objects = 0;
+    for (job, want) in jobs.iter().zip([&first, &second]) {
+        let manifest = assert_exact_output(&dest, job, want);
+        objects += manifest["counts"]["objects"].as_u64().unwrap();
+    }
+    assert_eq!(objects, 18);
+    // Each object read is a request (listings come on top): 18 at 3 a second.
+    assert!(
+        took >= 18.0 / 3.0 * 0.9,
+        "18 objects read in {took:.1}s: over the budget"
+    );
+}
+
 /// The soak (`scripts/soak.sh`, not part of CI): `SOAK_FAULTS` (default 20) faults at random
 /// moments (which and when follow `REWIND_TEST_SEED`) across Parquet recoveries and
 /// exactly-once Kafka replays run one after another: kill -9 of a worker (a fresh one takes its

@@ -113,11 +113,23 @@ pub struct ShardEnv {
     pub cancel: Arc<AtomicBool>,
     /// The job's rate limit, shared by its shards in this process.
     pub throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// Its tenant's replay budget (`--tenant-replay-*-per-sec`), shared by the tenant's
+    /// attempts in this process.
+    pub tenant_throttle: Option<Arc<crate::throttle::Throttle>>,
     /// Where the Kafka sink records each acknowledgement's latency (the worker's metric).
     pub produce_latency: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl ShardEnv {
+    /// The rate limits a replayed event waits for: the job's and its tenant's.
+    pub(crate) fn throttles(&self) -> Vec<Arc<crate::throttle::Throttle>> {
+        self.throttle
+            .iter()
+            .chain(&self.tenant_throttle)
+            .cloned()
+            .collect()
+    }
+
     /// Stops this attempt and has it give its shard back uncounted (released, as a stopped
     /// attempt's is), for a reason that is not the shard's: `why` is logged. Its slot is then
     /// free for other shards, the one the attempt waits for among them.

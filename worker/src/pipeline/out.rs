@@ -259,7 +259,7 @@ pub(super) struct KafkaOut<'a> {
     envelope: Option<rewind_common::envelope::Envelope>,
     /// An undated layout: the range's window (ms) that records' timestamps must fall in.
     window: Option<(i64, i64)>,
-    throttle: Option<Arc<Throttle>>,
+    throttles: Vec<Arc<Throttle>>,
     /// Everything before this position was delivered by an earlier attempt.
     resume: Option<crate::kafka::Position>,
     resumed: u64,
@@ -341,7 +341,7 @@ impl<'a> KafkaOut<'a> {
             kafka,
             envelope,
             window: spec.layout.is_undated().then(|| spec.range.window_ms()),
-            throttle: env.throttle.clone(),
+            throttles: env.throttles(),
             resume,
             resumed: 0,
             checkpoints: Checkpoints {
@@ -387,10 +387,12 @@ impl Sink for KafkaOut<'_> {
             self.resumed += 1;
             return Ok(Taken::DeliveredBefore);
         }
-        if let Some(t) = &self.throttle {
+        if !self.throttles.is_empty() {
             // A transaction due to commit does so before the wait, not after it.
             self.kafka.maybe_commit_part().map_err(ShardError::kafka)?;
-            t.acquire(value.len() as u64);
+            for t in &self.throttles {
+                t.acquire(value.len() as u64);
+            }
         }
         let refused = self
             .kafka
@@ -447,7 +449,7 @@ impl Sink for KafkaOut<'_> {
 /// resuming after what an earlier one delivered.
 pub(super) struct StreamOut<'a> {
     sink: StreamSink,
-    throttle: Option<Arc<Throttle>>,
+    throttles: Vec<Arc<Throttle>>,
     /// Everything before this position was delivered by an earlier attempt.
     resume: Option<crate::kafka::Position>,
     resumed: u64,
@@ -484,7 +486,7 @@ impl<'a> StreamOut<'a> {
         let checkpoint_key = OutputKeys::new(&spec.job).checkpoint(shard);
         Ok(StreamOut {
             sink,
-            throttle: env.throttle.clone(),
+            throttles: env.throttles(),
             resume: read_checkpoint(output, &checkpoint_key, todo),
             resumed: 0,
             checkpoints: Checkpoints {
@@ -516,7 +518,7 @@ impl Sink for StreamOut<'_> {
             self.resumed += 1;
             return Ok(Taken::DeliveredBefore);
         }
-        if let Some(t) = &self.throttle {
+        for t in &self.throttles {
             t.acquire(value.len() as u64);
         }
         self.sink
