@@ -242,6 +242,36 @@ pub trait ShardStore: Send + Sync {
         &self,
         job: &JobId,
     ) -> impl Future<Output = Result<Vec<(ShardId, ShardState)>, StoreError>> + Send;
+
+    /// [`ShardStore::progress`] of many jobs, in their order (etcd: a few round trips for all
+    /// of them; the leader reads every unfinished job's progress on each pass).
+    fn progress_of(
+        &self,
+        jobs: &[JobId],
+    ) -> impl Future<Output = Vec<Result<JobProgress, StoreError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push(self.progress(job).await);
+            }
+            out
+        }
+    }
+
+    /// [`ShardStore::running`] of many jobs, in their order (etcd: a few round trips for all
+    /// of them; every worker reads every active job's on each poll).
+    fn running_of(
+        &self,
+        jobs: &[JobId],
+    ) -> impl Future<Output = Vec<Result<u64, StoreError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push(self.running(job).await);
+            }
+            out
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -105,6 +105,8 @@ pub struct Coordinator<R> {
     tenant_caps: TenantCaps,
     tenant_budgets: TenantBudgets,
     retention: Retention,
+    /// Each running job's committed shards when its records were last offered for folding.
+    fold_checked: Arc<std::sync::Mutex<std::collections::HashMap<JobId, u64>>>,
 }
 
 /// How much finished-job history the registry keeps (etcd holds coordination state, not an
@@ -142,6 +144,7 @@ impl<R: JobRegistry> Coordinator<R> {
             tenant_caps: TenantCaps::default(),
             tenant_budgets: TenantBudgets::default(),
             retention: Retention::default(),
+            fold_checked: Arc::default(),
         }
     }
 
@@ -602,8 +605,11 @@ impl<R: JobRegistry> Coordinator<R> {
         metrics: Option<&CoordinatorMetrics>,
     ) -> Result<Vec<(JobId, JobPhase)>, StoreError> {
         let mut finished = Vec::new();
-        for (job, phase) in self.registry.active_jobs().await? {
-            let progress = match self.registry.progress(&job).await {
+        let active = self.registry.active_jobs().await?;
+        let ids: Vec<JobId> = active.iter().map(|(job, _)| job.clone()).collect();
+        let progresses = self.registry.progress_of(&ids).await;
+        for ((job, phase), progress) in active.into_iter().zip(progresses) {
+            let progress = match progress {
                 Ok(p) => p,
                 Err(StoreError::JobNotFound(_)) => continue,
                 Err(e) => return Err(e),
@@ -615,8 +621,9 @@ impl<R: JobRegistry> Coordinator<R> {
                 progress.finished()
             };
             if !ready {
-                // A long job in flight: keep its committed shards' records small.
-                if progress.done > 0 {
+                // A long job in flight: keep its committed shards' records small (looked at
+                // every 60 commits, not on every pass).
+                if self.fold_due(&job, progress.done) {
                     match self.registry.fold_done(&job).await {
                         Ok(0) => {}
                         Ok(n) => info!(job = %job, records = n, "folded committed shards' records"),
@@ -645,10 +652,25 @@ impl<R: JobRegistry> Coordinator<R> {
                         })
                         .inc();
                 }
+                if let Ok(mut checked) = self.fold_checked.lock() {
+                    checked.remove(&job);
+                }
                 finished.push((job, state));
             }
         }
         Ok(finished)
+    }
+
+    /// Whether `job`'s done records are due to be offered for folding: 60 more committed
+    /// since the last time (half the fold's unit).
+    fn fold_due(&self, job: &JobId, done: u64) -> bool {
+        let mut checked = self.fold_checked.lock().unwrap_or_else(|p| p.into_inner());
+        let last = checked.get(job).copied().unwrap_or(0);
+        if done < last + 60 {
+            return false;
+        }
+        checked.insert(job.clone(), done);
+        true
     }
 
     /// Ends a job; returns its final phase, or None when the commit is to be tried again.

@@ -79,8 +79,9 @@ impl CoordinatorMetrics {
         };
         self.job_shards.clear();
         let (mut pending, mut running) = (0, 0);
-        for (job, _) in &active {
-            let Ok(p) = store.progress(job).await else {
+        let ids: Vec<rewind_common::JobId> = active.iter().map(|(job, _)| job.clone()).collect();
+        for (job, p) in ids.iter().zip(store.progress_of(&ids).await) {
+            let Ok(p) = p else {
                 continue;
             };
             pending += p.pending;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, GetResponse, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use rewind_common::shard_store::{
     AfterFailure, Claim, JobProgress, LeaseId, ShardDone, ShardState, ShardStore, StoreError,
@@ -745,22 +745,59 @@ impl ShardStore for EtcdStore {
     }
 
     async fn progress(&self, job: &JobId) -> Result<JobProgress, StoreError> {
-        let meta = self.meta(job).await?;
-        let done = self.count(self.job_key(job, "done/")).await? + self.folded_count(job).await?;
-        let mut failed = self.count(self.job_key(job, "failed/")).await?;
-        let running = self.count(self.job_key(job, "claim/")).await?;
-        for (_, run, _) in self.lost_attempts(job).await? {
-            if run.attempt >= meta.max_attempts {
-                failed += 1;
+        self.progress_of(std::slice::from_ref(job))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("etcd: no progress read".into())))
+    }
+
+    /// A txn of five range reads per job (one snapshot each), 25 jobs to a txn (etcd allows
+    /// 128 operations): the leader reads every unfinished job's progress on each pass.
+    async fn progress_of(&self, jobs: &[JobId]) -> Vec<Result<JobProgress, StoreError>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(PROGRESS_PER_TXN) {
+            let mut metas = Vec::with_capacity(chunk.len());
+            let mut ops = Vec::new();
+            for job in chunk {
+                let meta = self.meta(job).await;
+                if meta.is_ok() {
+                    ops.extend(self.progress_ops(job));
+                }
+                metas.push(meta);
+            }
+            let gets = match self.read_txn(ops).await {
+                Ok(gets) => gets,
+                Err(e) => {
+                    out.extend(chunk.iter().map(|_| Err(e.clone())));
+                    continue;
+                }
+            };
+            let mut gets = gets.into_iter();
+            for meta in metas {
+                out.push(meta.and_then(|meta| {
+                    let five: Vec<_> = gets.by_ref().take(5).collect();
+                    progress_from(&meta, five)
+                }));
             }
         }
-        let pending = meta.total.saturating_sub(done + failed + running);
-        Ok(JobProgress {
-            pending,
-            running,
-            done,
-            failed,
-        })
+        out
+    }
+
+    async fn running_of(&self, jobs: &[JobId]) -> Vec<Result<u64, StoreError>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(WINDOW) {
+            let ops = chunk.iter().map(|job| {
+                TxnOp::get(
+                    self.job_key(job, "claim/"),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+            });
+            match self.read_txn(ops.collect()).await {
+                Ok(gets) => out.extend(gets.iter().map(|g| Ok(g.count().max(0) as u64))),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
     }
 
     async fn shards(&self, job: &JobId) -> Result<Vec<(ShardId, ShardState)>, StoreError> {
@@ -842,15 +879,45 @@ impl ShardStore for EtcdStore {
 }
 
 impl EtcdStore {
-    /// How many done records of `job` are folded (from the fold keys' names alone).
-    async fn folded_count(&self, job: &JobId) -> Result<u64, StoreError> {
-        let kvs = self
-            .get(
-                self.job_key(job, "folded/"),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        kvs.iter().map(fold_size).sum()
+    /// The five reads a job's progress is made of: done records (count), fold keys, failed
+    /// records (count), claims (keys) and run records.
+    fn progress_ops(&self, job: &JobId) -> [TxnOp; 5] {
+        let count = || Some(GetOptions::new().with_prefix().with_count_only());
+        let keys = || Some(GetOptions::new().with_prefix().with_keys_only());
+        [
+            TxnOp::get(self.job_key(job, "done/"), count()),
+            TxnOp::get(self.job_key(job, "folded/"), keys()),
+            TxnOp::get(self.job_key(job, "failed/"), count()),
+            TxnOp::get(self.job_key(job, "claim/"), keys()),
+            TxnOp::get(
+                self.job_key(job, "run/"),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        ]
+    }
+
+    /// The answers of a txn of reads, in order.
+    async fn read_txn(&self, ops: Vec<TxnOp>) -> Result<Vec<GetResponse>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = ops.len();
+        let resp = self
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(unavailable)?;
+        let gets: Vec<GetResponse> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        if gets.len() != n {
+            return Err(StoreError::Unavailable("etcd: incomplete txn reply".into()));
+        }
+        Ok(gets)
     }
 
     /// Whether `claim`'s shard is committed with `done` among the job's folded records.
@@ -970,6 +1037,40 @@ impl EtcdStore {
             })
         }
     }
+}
+
+/// Jobs whose progress one txn reads (five reads each; etcd allows 128 operations).
+const PROGRESS_PER_TXN: usize = 25;
+
+/// A job's progress from its five reads (see [`EtcdStore::progress_ops`]).
+fn progress_from(meta: &Meta, gets: Vec<GetResponse>) -> Result<JobProgress, StoreError> {
+    let Ok([done, folded, failed, claims, runs]) = <[_; 5]>::try_from(gets) else {
+        return Err(StoreError::Unavailable("etcd: incomplete txn reply".into()));
+    };
+    let done =
+        done.count().max(0) as u64 + folded.kvs().iter().map(fold_size).sum::<Result<u64, _>>()?;
+    let claimed: HashSet<ShardId> = claims
+        .kvs()
+        .iter()
+        .filter_map(|kv| EtcdStore::shard_of(kv.key()))
+        .collect();
+    let running = claims.kvs().len() as u64;
+    let mut failed = failed.count().max(0) as u64;
+    // Attempts whose claim went with an expired lease: failed at the last attempt.
+    for kv in runs.kvs() {
+        if let Some(shard) = EtcdStore::shard_of(kv.key())
+            && !claimed.contains(&shard)
+            && parse::<RunRecord>(kv)?.attempt >= meta.max_attempts
+        {
+            failed += 1;
+        }
+    }
+    Ok(JobProgress {
+        pending: meta.total.saturating_sub(done + failed + running),
+        running,
+        done,
+        failed,
+    })
 }
 
 /// How many records a fold key holds (its name ends in `+{count}`).

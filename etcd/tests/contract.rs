@@ -199,7 +199,7 @@ async fn etcd_a_dead_workers_shard_is_claimed_again_soon() {
 #[tokio::test]
 async fn etcd_a_tenant_cap_holds_under_racing_claimants() {
     use rewind_common::JobId;
-    use rewind_common::shard_store::{ShardDone, ShardStore, TenantCap};
+    use rewind_common::shard_store::{ShardDone, ShardStore, StoreError, TenantCap};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -288,15 +288,44 @@ async fn etcd_a_tenant_cap_holds_under_racing_claimants() {
     s.release(&second).await.unwrap();
     // A dead worker's place goes with its lease.
     let dying = s.grant_lease(TTL).await.unwrap();
-    let _lost = claim(dying, &one).await.unwrap();
+    let zombie = claim(dying, &one).await.unwrap();
     assert!(
         claim(lease, &one).await.is_none(),
         "the dying worker holds it"
     );
     tokio::time::sleep(TTL + Duration::from_secs(2)).await;
+    let taker = claim(lease, &one).await;
+    assert!(
+        taker.is_some(),
+        "the place came back with the dead worker's lease"
+    );
+    // The dead worker wakes up and ends its attempt every way it can: each is fenced, and none
+    // frees the place the live claimant now holds.
+    let done = ShardDone {
+        attempt: zombie.attempt,
+        manifest_key: "m/zombie".into(),
+        counts: Default::default(),
+    };
+    assert!(matches!(
+        s.commit(&zombie, done).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        s.fail(&zombie, "late", true).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        s.release(&zombie).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(
+        claim(lease, &one).await.is_none(),
+        "the live claimant still holds the tenant's one place"
+    );
+    s.release(&taker.unwrap()).await.unwrap();
     assert!(
         claim(lease, &one).await.is_some(),
-        "the place came back with the dead worker's lease"
+        "free once the live claimant ends"
     );
 }
 
@@ -404,4 +433,74 @@ async fn etcd_folding_done_records_changes_nothing_readers_see() {
     // Dropping a job's shard keys (the leader does it when the job finishes) drops its folds.
     s.compact(&job).await.unwrap();
     assert_eq!(keys(&job, "").await, 0);
+}
+
+/// Progress and running counts of many jobs read together (the leader's pass, the workers'
+/// poll: a few txns for all) are each job's own, in order, across txn boundaries; a job that
+/// does not exist gets its own error without spoiling the others.
+#[tokio::test]
+async fn etcd_many_jobs_read_at_once_read_as_each_alone() {
+    use rewind_common::JobId;
+    use rewind_common::shard_store::{ShardDone, ShardStore, StoreError};
+
+    let etcd = Etcd::start();
+    let s = store(&etcd).await;
+    let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..60 {
+        let job = JobId::generate();
+        s.create_job(&job, &hours(520_000 + i * 10, 4), 1)
+            .await
+            .unwrap();
+        // Job i: i % 4 shards claimed, of which i % 3 committed (when there are that many),
+        // one failed when i is a multiple of 5.
+        let mut claims = Vec::new();
+        for _ in 0..(i % 4) {
+            claims.push(s.claim(&job, lease, "w").await.unwrap().unwrap());
+        }
+        for c in claims.iter().take((i % 3) as usize) {
+            let done = ShardDone {
+                attempt: c.attempt,
+                manifest_key: "m".into(),
+                counts: Default::default(),
+            };
+            s.commit(c, done).await.unwrap();
+        }
+        if i % 5 == 0
+            && let Some(c) = claims.last()
+            && s.running(&job).await.unwrap() > 0
+        {
+            let _ = s.fail(c, "boom", false).await;
+        }
+        jobs.push(job);
+        if i == 30 {
+            jobs.push(JobId::generate()); // never created
+        }
+    }
+    let trips = || rewind_etcd::ROUND_TRIPS.load(std::sync::atomic::Ordering::Relaxed);
+    let before = trips();
+    let together = s.progress_of(&jobs).await;
+    let running = s.running_of(&jobs).await;
+    let used = trips() - before;
+    // 61 jobs: 3 txns of progress and 1 of running counts, plus a read of the meta of each job
+    // this store has not claimed from (16 of them; later passes find them cached).
+    assert!(used <= 24, "{used} round trips for 61 jobs");
+    assert_eq!((together.len(), running.len()), (jobs.len(), jobs.len()));
+    let mut seen_failed = 0;
+    for ((job, p), r) in jobs.iter().zip(together).zip(running) {
+        match s.progress(job).await {
+            Ok(alone) => {
+                let p = p.unwrap();
+                assert_eq!(p, alone, "{job}");
+                assert_eq!(r.unwrap(), alone.running, "{job}");
+                seen_failed += p.failed;
+            }
+            Err(StoreError::JobNotFound(_)) => {
+                assert!(matches!(p, Err(StoreError::JobNotFound(_))), "{p:?}");
+                assert_eq!(r.unwrap(), 0);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(seen_failed > 0, "some jobs have a failed shard");
 }

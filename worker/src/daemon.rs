@@ -367,10 +367,16 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
         match shared.store.active_jobs().await {
             Ok(active) => {
                 let mut list = Vec::new();
-                for (job, phase) in active {
-                    if phase != JobPhase::Running {
-                        continue;
-                    }
+                let active: Vec<JobId> = active
+                    .into_iter()
+                    .filter(|(_, phase)| *phase == JobPhase::Running)
+                    .map(|(job, _)| job)
+                    .collect();
+                // Each job's shards claimed across the fleet now, read for all at once (a
+                // failed read counts none: the job is then tried earlier, never skipped).
+                let claimed = shared.store.running_of(&active).await;
+                for (job, running) in active.into_iter().zip(claimed) {
+                    let running = running.unwrap_or(0);
                     let info = match known.get(&job) {
                         Some(k) => k.clone(),
                         None => match shared.store.record(&job).await {
@@ -398,9 +404,6 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                             }
                         },
                     };
-                    // Its shards claimed across the fleet now (a failed read counts none: the
-                    // job is then tried earlier, never skipped).
-                    let running = shared.store.running(&job).await.unwrap_or(0);
                     // A store that could not be opened for a passing reason is tried again.
                     if !matches!(
                         info.env,
