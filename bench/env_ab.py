@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""A/B of `rewind run --workers 2` with and without one environment setting, alternating, in
+one run (compare the ratio: shared machines).
+
+    python3 bench/env_ab.py REWIND_MALLOC_TUNING=0          # B = without Rewind's malloc settings
+    BENCH_PROFILE=easy BENCH_HOURS=2 python3 bench/env_ab.py REWIND_PARALLEL_OBJECTS=0
+
+Input: `rewind gen` of BENCH_HOURS (default 4) hours x 12 objects x 5 MB of BENCH_PROFILE
+(default hard), generated once into bench/out. Prints the medians of BENCH_ROUNDS (default 5)
+rounds: wall, CPU, MB per CPU-second, peak RSS, and B's CPU over A's. Needs a release build.
+"""
+import json, os, shutil, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "out")
+BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
+
+
+def child(args, env):
+    t0 = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args[0]} failed with {status}")
+    return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
+
+
+def main():
+    if len(sys.argv) < 2 or any("=" not in a for a in sys.argv[1:]):
+        sys.exit("usage: env_ab.py NAME=VALUE...  (the B side's settings)")
+    b_env = dict(a.split("=", 1) for a in sys.argv[1:])
+    profile = os.environ.get("BENCH_PROFILE", "hard")
+    hours = int(os.environ.get("BENCH_HOURS", "4"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
+    if not os.path.exists(BIN):
+        subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
+    src = os.path.join(OUT, f"ab-{profile}-{hours}h")
+    if not os.path.exists(src):
+        subprocess.run([BIN, "gen", "--out", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                        "--hours", str(hours), "--objects-per-hour", "12", "--object-mb", "5",
+                        "--seed", "7", "--profile", profile], check=True,
+                       stdout=subprocess.DEVNULL)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
+    dest = os.path.join(OUT, "ab-dest")
+    end = f"2024-04-01T{hours - 1:02d}"
+    results = {"A": [], "B": []}
+    counts = set()
+    for _ in range(rounds):
+        for side in ("A", "B"):
+            shutil.rmtree(dest, ignore_errors=True)
+            env = {k: v for k, v in os.environ.items() if k not in b_env}
+            if side == "B":
+                env.update(b_env)
+            cpu, wall, rss, out = child(
+                [BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                 "--end", end, "--dest", dest, "--json", "--workers", "2"], env)
+            counts.add(json.loads(out)["recovered"])
+            results[side].append((wall, cpu, rss))
+    if len(counts) != 1:
+        sys.exit(f"A and B recovered different counts: {counts}")
+    print(f"{hours} hours, {size / 1e6:.0f} MB ({profile} profile), {rounds} rounds; "
+          f"B = {' '.join(sys.argv[1:])}")
+    med = {}
+    for side, rs in results.items():
+        wall = statistics.median(r[0] for r in rs)
+        cpu = statistics.median(r[1] for r in rs)
+        rss = max(r[2] for r in rs)
+        med[side] = cpu
+        print(f"  {side}: wall {wall:6.2f} s  cpu {cpu:6.2f} s  {size / 1e6 / cpu:6.1f} MB/CPU-s  "
+              f"peak RSS {rss:5.0f} MB")
+    print(f"  CPU of B over A: {med['B'] / med['A']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
