@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Planning a year on S3 (issue 19: a year of hourly prefixes holding 10 objects each planned in
+under 30 s, with listing parallelism): `rewind plan` of 8,760 hours x 10 objects through a real
+coordinator, against s3s-fs serving the archive from tmpfs.
+
+    python3 bench/plan_year.py                       # a month (720 hours), 10 objects per hour
+    BENCH_HOURS=8760 python3 bench/plan_year.py      # a year (see below: not with s3s-fs)
+
+Starts etcd, s3s-fs and `rewind coordinator` (release build, or $REWIND_BIN) on free loopback
+ports; `rewind gen` writes the archive (1 KB objects: planning lists, it does not read) straight
+into s3s-fs's directory. Prints the wall time of the plan (best of BENCH_ROUNDS, default 2), the
+objects found, and the CPU the coordinator and the S3 server spent. s3s-fs lists no ETags, so
+each object also costs a HEAD to pin it: a store that lists ETags (AWS S3, MinIO, moto) needs
+only the listings, so this is the worst case. And s3s-fs walks the whole bucket for every
+listing, so its CPU grows with the square of the archive (240 hours: 2.3 CPU-s, 720 hours:
+20 CPU-s; a year did not finish in 10 minutes): use the coordinator's CPU to extrapolate.
+"""
+import json, os, shutil, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, wait_port  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
+KEY, SECRET = "AKIAREWINDBENCH", "rewind-bench-secret"
+
+
+def cpu(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main():
+    hours = int(os.environ.get("BENCH_HOURS", "720"))
+    per_hour = int(os.environ.get("BENCH_OBJECTS_PER_HOUR", "10"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+    for tool in ("etcd", "s3s-fs"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run scripts/test.sh (it installs it)")
+    if not os.path.exists(BIN):
+        subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="rewind-plan-year-",
+                           dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    procs = []
+    try:
+        bucket = os.path.join(tmp, "s3", "archive")
+        t0 = time.time()
+        subprocess.run([BIN, "gen", "--out", bucket, "--org", "TN-bench", "--start", "2023-01-01T00",
+                        "--hours", str(hours), "--objects-per-hour", str(per_hour),
+                        "--object-mb", "0.001", "--seed", "5"], check=True,
+                       stdout=subprocess.DEVNULL)
+        objects = sum(len(fs) for _, _, fs in os.walk(bucket))
+        print(f"archive: {hours} hours x {per_hour} objects = {objects:,} objects "
+              f"(written in {time.time() - t0:.0f}s)")
+        cport, pport, s3port, api = free_port(), free_port(), free_port(), free_port()
+        etcd = subprocess.Popen(
+            ["etcd", "--data-dir", os.path.join(tmp, "etcd"), "--listen-client-urls",
+             f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+             "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls",
+             f"http://127.0.0.1:{pport}", "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(etcd)
+        s3 = subprocess.Popen(["s3s-fs", "--host", "127.0.0.1", "--port", str(s3port),
+                               "--access-key", KEY, "--secret-key", SECRET,
+                               os.path.join(tmp, "s3")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(s3)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
+                   AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+        wait_port(cport)
+        wait_port(s3port)
+        coord = subprocess.Popen(
+            [BIN, "coordinator", "--listen", f"127.0.0.1:{api}", "--etcd", f"127.0.0.1:{cport}"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "coordinator.log"), "w"),
+            env=env)
+        procs.append(coord)
+        wait_port(api)
+        end_hour = time.strftime("%Y-%m-%dT%H", time.gmtime(1672531200 + (hours - 1) * 3600))
+        best = None
+        for _ in range(rounds):
+            c0, s0, t0 = cpu(coord.pid), cpu(s3.pid), time.time()
+            out = subprocess.run(
+                [BIN, "plan", "--coordinator", f"http://127.0.0.1:{api}", "--source",
+                 "s3://archive", "--endpoint-url", f"http://127.0.0.1:{s3port}",
+                 "--force-path-style", "--org", "TN-bench", "--start", "2023-01-01T00", "--end",
+                 end_hour, "--dest", os.path.join(tmp, "out"), "--json"],
+                capture_output=True, text=True, env=env)
+            wall = time.time() - t0
+            if out.returncode != 0:
+                sys.exit(f"rewind plan failed: {out.stderr}")
+            found = json.loads(out.stdout)
+            if found["objects"] != objects:
+                sys.exit(f"planned {found['objects']} objects of {objects}")
+            row = (wall, cpu(coord.pid) - c0, cpu(s3.pid) - s0, len(found["shards"]))
+            best = row if best is None or wall < best[0] else best
+        wall, ccpu, scpu, shards = best
+        print(f"plan of {shards:,} hour shards, {objects:,} objects: {wall:.1f}s wall "
+              f"(best of {rounds}); coordinator {ccpu:.1f} CPU-s, s3s-fs {scpu:.1f} CPU-s "
+              f"({objects:,} HEADs and {shards:,}+ listings)")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
