@@ -3,11 +3,11 @@
 whatever the object size), with a shard's helper threads (the default on a machine with cores
 to spare) and with everything on one thread per shard, in one run.
 
-    python3 bench/memory.py                 # 1 KB, 5 MB, 100 MB and 400 MB objects, 4 hours
+    python3 bench/memory.py                 # 1 KB, 5 MB, 100 MB, 400 MB and 1 GB objects, 4 hours
     BENCH_CASES=1kb,5mb python3 bench/memory.py
     BENCH_PROFILE=hard python3 bench/memory.py   # the `rewind gen` hard profile (default: easy)
 
-Needs a release build (built when missing) and ~1.5 GB of free disk in bench/out.
+Needs a release build (built when missing) and ~3 GB of free disk in bench/out.
 """
 import os, shutil, subprocess, sys, time
 
@@ -21,6 +21,7 @@ CASES = {
     "5mb": (1, 12, 5),
     "100mb": (1, 3, 100),
     "400mb": (1, 1, 400),
+    "1gb": (1, 1, 1000),
     "4h-5mb": (4, 12, 5),
 }
 
