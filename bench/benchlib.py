@@ -53,3 +53,30 @@ def archived_events(src):
                                str(obj.get("event_id", off))))
                 i = end
     return events
+
+
+def measured(args, env=None):
+    """Runs a command to its end; (CPU seconds, wall seconds, peak RSS MB, stdout bytes). Exits
+    the benchmark when it fails."""
+    import subprocess
+    t0 = time.time()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{args[0]} failed with {status}")
+    return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
+
+
+def start_etcd(data_dir):
+    """A one-member etcd on free loopback ports, data in `data_dir`: (process, client port)."""
+    import subprocess
+    cport, pport = free_port(), free_port()
+    etcd = subprocess.Popen(
+        ["etcd", "--data-dir", data_dir, "--listen-client-urls", f"http://127.0.0.1:{cport}",
+         "--advertise-client-urls", f"http://127.0.0.1:{cport}", "--listen-peer-urls",
+         f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(cport)
+    return etcd, cport

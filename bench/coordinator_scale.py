@@ -16,7 +16,7 @@ CPU seconds per second, RSS (now and peak), etcd requests per second (the coordi
 import concurrent.futures, os, re, shutil, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import free_port, wait_port  # noqa: E402
+from benchlib import free_port, start_etcd, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
@@ -52,15 +52,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="rewind-coord-scale-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     procs = []
     try:
-        cport, pport = free_port(), free_port()
-        etcd = subprocess.Popen(
-            ["etcd", "--data-dir", os.path.join(tmp, "etcd"), "--listen-client-urls",
-             f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-             "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{pport}", "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        etcd, cport = start_etcd(os.path.join(tmp, "etcd"))
         procs.append(etcd)
-        wait_port(cport)
         api, mport = free_port(), free_port()
         coord = subprocess.Popen(
             [BIN, "coordinator", "--listen", f"127.0.0.1:{api}", "--etcd", f"127.0.0.1:{cport}",

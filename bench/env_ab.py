@@ -9,21 +9,14 @@ Input: `rewind gen` of BENCH_HOURS (default 4) hours x 12 objects x 5 MB of BENC
 (default hard), generated once into bench/out. Prints the medians of BENCH_ROUNDS (default 5)
 rounds: wall, CPU, MB per CPU-second, peak RSS, and B's CPU over A's. Needs a release build.
 """
-import json, os, shutil, statistics, subprocess, sys, time
+import json, os, shutil, statistics, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import measured  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
-
-
-def child(args, env):
-    t0 = time.time()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{args[0]} failed with {status}")
-    return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
 
 
 def main():
@@ -52,7 +45,7 @@ def main():
             env = {k: v for k, v in os.environ.items() if k not in b_env}
             if side == "B":
                 env.update(b_env)
-            cpu, wall, rss, out = child(
+            cpu, wall, rss, out = measured(
                 [BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                  "--end", end, "--dest", dest, "--json", "--workers", "2"], env)
             counts.add(json.loads(out)["recovered"])

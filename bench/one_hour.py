@@ -11,22 +11,14 @@ release before did), and each alone, alternating, in one run.
 Prints wall seconds, CPU seconds and peak RSS of each (medians) and the wall-time ratio. Needs a
 release build (built when missing). Compare the ratio, not absolute times: shared machines.
 """
-import json, os, shutil, statistics, subprocess, sys, time
+import json, os, shutil, statistics, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import measured  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
-
-
-def child(args, env):
-    """Runs a command; returns (cpu_seconds, wall_seconds, peak_rss_mb, stdout)."""
-    t0 = time.time()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{args[0]} failed with {status}")
-    return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
 
 
 def main():
@@ -59,7 +51,7 @@ def main():
             env["REWIND_PARALLEL_OBJECTS"] = parallel
             env["REWIND_PREFETCH"] = prefetch
             env["REWIND_ENCODE_INLINE"] = inline
-            cpu, wall, rss, out = child(
+            cpu, wall, rss, out = measured(
                 [BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                  "--end", "2024-04-01T00", "--dest", dest, "--json", "--workers", "2"], env)
             events.add(json.loads(out)["recovered"])

@@ -18,7 +18,7 @@ listing, so its CPU grows with the square of the archive (240 hours: 2.3 CPU-s, 
 import json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import free_port, wait_port  # noqa: E402
+from benchlib import free_port, start_etcd, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
@@ -52,13 +52,8 @@ def main():
         objects = sum(len(fs) for _, _, fs in os.walk(bucket))
         print(f"archive: {hours} hours x {per_hour} objects = {objects:,} objects "
               f"(written in {time.time() - t0:.0f}s)")
-        cport, pport, s3port, api = free_port(), free_port(), free_port(), free_port()
-        etcd = subprocess.Popen(
-            ["etcd", "--data-dir", os.path.join(tmp, "etcd"), "--listen-client-urls",
-             f"http://127.0.0.1:{cport}", "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-             "--listen-peer-urls", f"http://127.0.0.1:{pport}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{pport}", "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        s3port, api = free_port(), free_port()
+        etcd, cport = start_etcd(os.path.join(tmp, "etcd"))
         procs.append(etcd)
         s3 = subprocess.Popen(["s3s-fs", "--host", "127.0.0.1", "--port", str(s3port),
                                "--access-key", KEY, "--secret-key", SECRET,
@@ -67,7 +62,6 @@ def main():
         procs.append(s3)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
                    AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-        wait_port(cport)
         wait_port(s3port)
         coord = subprocess.Popen(
             [BIN, "coordinator", "--listen", f"127.0.0.1:{api}", "--etcd", f"127.0.0.1:{cport}"],

@@ -12,7 +12,8 @@
 //! `cargo bench -p rewind-etcd --bench shard_store` (needs `etcd` on the PATH; with
 //! `REWIND_BENCH_ETCD_MEMBERS=3` against a 3-member cluster on this machine; `REWIND_BENCH_SHARDS`
 //! sets the shards per throughput run, default 6,000; `REWIND_BENCH_CLAIMANTS` the claimant
-//! counts, default `1,8,32,64,1000`). Each throughput row also gives the p50/p99/max latency of a
+//! counts, default `1,8,32,64,1000`; `REWIND_BENCH_JOBS` splits the shards over that many jobs,
+//! default 1). Each throughput row also gives the p50/p99/max latency of a
 //! claim, the fewest shards any claimant got, and etcd's own CPU seconds and database size.
 
 use std::sync::Arc;
@@ -149,15 +150,30 @@ async fn bench(etcd: &Target) {
         "claimants (processes)  shards/s  plain puts/s  puts per shard  lost races per shard  \
          claim p50/p99/max ms  fewest per claimant  etcd CPU-s per 1k shards  etcd db MB"
     );
+    let job_count: usize = std::env::var("REWIND_BENCH_JOBS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    if job_count > 1 {
+        println!(
+            "(the shards split over {job_count} jobs; claimant w starts at job w mod {job_count} \
+             and moves on when it is drained, as workers spread by the fair order do)"
+        );
+    }
     for claimants in counts {
-        let job = JobId::generate();
         let ids: Vec<ShardId> = HourRange::parse("2020-01-01T00", "2030-01-01T00", 200_000)
             .unwrap()
             .hours()
             .take(shards)
             .map(ShardId)
             .collect();
-        store.create_job(&job, &ids, 3).await.unwrap();
+        let jobs: Vec<JobId> = (0..job_count).map(|_| JobId::generate()).collect();
+        let per_job = shards.div_ceil(job_count);
+        for (job, ids) in jobs.iter().zip(ids.chunks(per_job)) {
+            store.create_job(job, ids, 3).await.unwrap();
+        }
+        let jobs = Arc::new(jobs);
         let started = Instant::now();
         let etcd_cpu0 = etcd_cpu(etcd);
         let races0 = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed);
@@ -173,16 +189,26 @@ async fn bench(etcd: &Target) {
         }
         let mut tasks = Vec::new();
         for w in 0..claimants {
-            let (store, job) = (stores[w % stores.len()].clone(), job.clone());
+            let (store, jobs) = (stores[w % stores.len()].clone(), jobs.clone());
             tasks.push(tokio::spawn(async move {
                 let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
                 let name = format!("w{w}");
                 let mut n = 0u64;
                 let (mut tc, mut tm) = (Duration::ZERO, Duration::ZERO);
                 let mut latencies = Vec::new();
+                let mut at = w % jobs.len();
                 loop {
                     let t = Instant::now();
-                    let Some(c) = store.claim(&job, lease, &name).await.unwrap() else {
+                    let mut claimed = None;
+                    for k in 0..jobs.len() {
+                        let job = &jobs[(at + k) % jobs.len()];
+                        if let Some(c) = store.claim(job, lease, &name).await.unwrap() {
+                            at = (at + k) % jobs.len();
+                            claimed = Some(c);
+                            break;
+                        }
+                    }
+                    let Some(c) = claimed else {
                         break;
                     };
                     tc += t.elapsed();
@@ -224,10 +250,13 @@ async fn bench(etcd: &Target) {
             |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
         let db_mb = db_size(etcd).await as f64 / 1e6;
         assert_eq!(total as usize, shards, "every shard committed exactly once");
-        let p = store.progress(&job).await.unwrap();
-        assert_eq!(p.done as usize, shards);
+        let mut done = 0;
+        for job in jobs.iter() {
+            done += store.progress(job).await.unwrap().done as usize;
+            store.compact(job).await.unwrap();
+        }
+        assert_eq!(done, shards);
         let rate = shards as f64 / secs;
-        store.compact(&job).await.unwrap();
         let puts = plain_puts(etcd, claimants, shards * 2).await;
         let races = rewind_etcd::CLAIM_RACES.load(std::sync::atomic::Ordering::Relaxed) - races0;
         println!(

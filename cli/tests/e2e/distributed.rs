@@ -220,6 +220,12 @@ impl Cluster {
     /// the job id.
     fn submit_with(&self, hours: u32, extra: &[&str]) -> String {
         let end = format!("2024-04-01T{:02}", hours - 1);
+        self.submit_range("2024-04-01T00", &end, extra)
+    }
+
+    /// `rewind submit` of this cluster's archive from `start` to `end` (hours), with `extra`
+    /// flags; the job id.
+    fn submit_range(&self, start: &str, end: &str, extra: &[&str]) -> String {
         let src = self.src();
         let dest = self.dest();
         let mut args = vec![
@@ -229,9 +235,9 @@ impl Cluster {
             "--org",
             ORG,
             "--start",
-            "2024-04-01T00",
+            start,
             "--end",
-            &end,
+            end,
             "--dest",
             dest.to_str().unwrap(),
         ];
@@ -470,22 +476,7 @@ fn a_long_jobs_done_records_are_folded_while_it_runs_and_it_commits_exactly() {
     c.generate(hours);
     let mut doomed = c.doomed_worker("2", "hang-before-shard-commit");
     // 300 hours (12.5 days), of which the first 4 hold events.
-    let (src, dest) = (c.src(), c.dest());
-    let out = c.cli(&[
-        "submit",
-        "--source",
-        src.to_str().unwrap(),
-        "--org",
-        ORG,
-        "--start",
-        "2024-04-01T00",
-        "--end",
-        "2024-04-13T11",
-        "--dest",
-        dest.to_str().unwrap(),
-    ]);
-    common::ok_status(&out);
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let job = c.submit_range("2024-04-01T00", "2024-04-13T11", &[]);
     c.wait_until(&job, "the hung worker's claim", |s| running(s) == 1);
     c.add_worker();
     c.wait_until(&job, "every other shard done", |s| {
@@ -2279,22 +2270,11 @@ fn a_tenants_jobs_share_its_source_request_budget() {
     let jobs: Vec<String> = [("00", "02"), ("03", "05")]
         .iter()
         .map(|(from, to)| {
-            let (start, end) = (format!("2024-04-01T{from}"), format!("2024-04-01T{to}"));
-            let out = c.cli(&[
-                "submit",
-                "--source",
-                src.to_str().unwrap(),
-                "--org",
-                ORG,
-                "--start",
-                &start,
-                "--end",
-                &end,
-                "--dest",
-                dest.to_str().unwrap(),
-            ]);
-            common::ok_status(&out);
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
+            c.submit_range(
+                &format!("2024-04-01T{from}"),
+                &format!("2024-04-01T{to}"),
+                &[],
+            )
         })
         .collect();
     for job in &jobs {
