@@ -58,11 +58,12 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 const SAMPLES_KEPT: usize = 900;
 const JOBS_SAMPLED: usize = 64;
 
-/// Samples the active jobs' counters every [`SAMPLE_EVERY`] for the throughput plots.
+/// Samples the newest [`JOBS_SAMPLED`] active jobs' counters every [`SAMPLE_EVERY`] for the
+/// throughput plots.
 async fn sample(service: JobServiceImpl<rewind_etcd::EtcdStore>, samples: Samples) {
     loop {
         tokio::time::sleep(SAMPLE_EVERY).await;
-        let Ok(counts) = service.active_counts().await else {
+        let Ok(counts) = service.active_counts(JOBS_SAMPLED).await else {
             continue;
         };
         let now = rewind_common::lifecycle::now_ms();
