@@ -80,3 +80,17 @@ def start_etcd(data_dir):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(cport)
     return etcd, cport
+
+
+def process_cpu(pid):
+    """CPU seconds a running process has used so far (user + system)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_all(procs):
+    """Terminates the processes a benchmark started and waits for each."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait()

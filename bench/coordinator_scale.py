@@ -16,15 +16,10 @@ CPU seconds per second, RSS (now and peak), etcd requests per second (the coordi
 import concurrent.futures, os, re, shutil, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import free_port, start_etcd, wait_port  # noqa: E402
+from benchlib import free_port, process_cpu, start_etcd, stop_all, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
-
-
-def cpu(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mem(pid):
@@ -92,10 +87,10 @@ def main():
         ra = metric(mport, "rewind_etcd_requests")
         r0 = metric(mport, "rewind_etcd_requests")
         scrape = r0 - ra
-        c0, e0, t0 = cpu(coord.pid), cpu(etcd.pid), time.time()
+        c0, e0, t0 = process_cpu(coord.pid), process_cpu(etcd.pid), time.time()
         time.sleep(seconds)
         dt = time.time() - t0
-        c1, e1 = cpu(coord.pid), cpu(etcd.pid)
+        c1, e1 = process_cpu(coord.pid), process_cpu(etcd.pid)
         r1 = metric(mport, "rewind_etcd_requests") - scrape
         rss, peak = mem(coord.pid)
         erss, _ = mem(etcd.pid)
@@ -107,10 +102,7 @@ def main():
         print(f"  etcd: {(e1 - e0) / dt:.2f} CPU-s/s, RSS {erss:.0f} MB, db {db / 1e6:.1f} MB")
         print(f"  (one scrape of the coordinator's /metrics: {scrape:,.0f} etcd requests)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

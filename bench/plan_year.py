@@ -18,16 +18,11 @@ listing, so its CPU grows with the square of the archive (240 hours: 2.3 CPU-s, 
 import json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import free_port, start_etcd, wait_port  # noqa: E402
+from benchlib import free_port, process_cpu, start_etcd, stop_all, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
 KEY, SECRET = "AKIAREWINDBENCH", "rewind-bench-secret"
-
-
-def cpu(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -72,7 +67,7 @@ def main():
         end_hour = time.strftime("%Y-%m-%dT%H", time.gmtime(1672531200 + (hours - 1) * 3600))
         best = None
         for _ in range(rounds):
-            c0, s0, t0 = cpu(coord.pid), cpu(s3.pid), time.time()
+            c0, s0, t0 = process_cpu(coord.pid), process_cpu(s3.pid), time.time()
             out = subprocess.run(
                 [BIN, "plan", "--coordinator", f"http://127.0.0.1:{api}", "--source",
                  "s3://archive", "--endpoint-url", f"http://127.0.0.1:{s3port}",
@@ -85,17 +80,14 @@ def main():
             found = json.loads(out.stdout)
             if found["objects"] != objects:
                 sys.exit(f"planned {found['objects']} objects of {objects}")
-            row = (wall, cpu(coord.pid) - c0, cpu(s3.pid) - s0, len(found["shards"]))
+            row = (wall, process_cpu(coord.pid) - c0, process_cpu(s3.pid) - s0, len(found["shards"]))
             best = row if best is None or wall < best[0] else best
         wall, ccpu, scpu, shards = best
         print(f"plan of {shards:,} hour shards, {objects:,} objects: {wall:.1f}s wall "
               f"(best of {rounds}); coordinator {ccpu:.1f} CPU-s, s3s-fs {scpu:.1f} CPU-s "
               f"({objects:,} HEADs and {shards:,}+ listings)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
