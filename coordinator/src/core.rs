@@ -96,6 +96,11 @@ pub struct Submitted {
     pub shards: u64,
 }
 
+/// A running job's committed shards are offered for folding every this many commits (half the
+/// etcd store's fold of 120, so a job whose commits stop short still gets its records folded
+/// once 240 stand alone).
+const FOLD_CHECK_EVERY: u64 = 60;
+
 /// The coordinator core over one registry. Cheap to clone.
 #[derive(Clone)]
 pub struct Coordinator<R> {
@@ -622,7 +627,7 @@ impl<R: JobRegistry> Coordinator<R> {
             };
             if !ready {
                 // A long job in flight: keep its committed shards' records small (looked at
-                // every 60 commits, not on every pass).
+                // every `FOLD_CHECK_EVERY` commits, not on every pass).
                 if self.fold_due(&job, progress.done) {
                     match self.registry.fold_done(&job).await {
                         Ok(0) => {}
@@ -661,12 +666,12 @@ impl<R: JobRegistry> Coordinator<R> {
         Ok(finished)
     }
 
-    /// Whether `job`'s done records are due to be offered for folding: 60 more committed
-    /// since the last time (half the fold's unit).
+    /// Whether `job`'s done records are due to be offered for folding: `FOLD_CHECK_EVERY` more
+    /// committed since the last time.
     fn fold_due(&self, job: &JobId, done: u64) -> bool {
         let mut checked = self.fold_checked.lock().unwrap_or_else(|p| p.into_inner());
         let last = checked.get(job).copied().unwrap_or(0);
-        if done < last + 60 {
+        if done < last + FOLD_CHECK_EVERY {
             return false;
         }
         checked.insert(job.clone(), done);

@@ -254,8 +254,8 @@ impl JobRegistry for EtcdStore {
         &self,
         job: &JobId,
     ) -> Result<(Vec<ShardDone>, Vec<ShardCounts>), StoreError> {
-        let resp = self
-            .txn(Txn::new().and_then([
+        let gets = self
+            .read_txn(vec![
                 TxnOp::get(
                     self.job_key(job, "meta"),
                     Some(GetOptions::new().with_count_only()),
@@ -272,16 +272,9 @@ impl JobRegistry for EtcdStore {
                     self.job_key(job, "folded/"),
                     Some(GetOptions::new().with_prefix()),
                 ),
-            ]))
-            .await
-            .map_err(unavailable)?;
-        let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let (Some(meta), Some(done), Some(live), Some(folded)) =
-            (gets.next(), gets.next(), gets.next(), gets.next())
-        else {
+            ])
+            .await?;
+        let Ok([meta, done, live, folded]) = <[_; 4]>::try_from(gets) else {
             return Err(StoreError::Unavailable("etcd: incomplete txn reply".into()));
         };
         if meta.count() == 0 {

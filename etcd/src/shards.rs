@@ -775,8 +775,8 @@ impl ShardStore for EtcdStore {
             let mut gets = gets.into_iter();
             for meta in metas {
                 out.push(meta.and_then(|meta| {
-                    let five: Vec<_> = gets.by_ref().take(5).collect();
-                    progress_from(&meta, five)
+                    let reads: Vec<_> = gets.by_ref().take(PROGRESS_READS).collect();
+                    progress_from(&meta, reads)
                 }));
             }
         }
@@ -785,7 +785,7 @@ impl ShardStore for EtcdStore {
 
     async fn running_of(&self, jobs: &[JobId]) -> Vec<Result<u64, StoreError>> {
         let mut out = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(WINDOW) {
+        for chunk in jobs.chunks(COUNTS_PER_TXN) {
             let ops = chunk.iter().map(|job| {
                 TxnOp::get(
                     self.job_key(job, "claim/"),
@@ -881,7 +881,7 @@ impl ShardStore for EtcdStore {
 impl EtcdStore {
     /// The five reads a job's progress is made of: done records (count), fold keys, failed
     /// records (count), claims (keys) and run records.
-    fn progress_ops(&self, job: &JobId) -> [TxnOp; 5] {
+    fn progress_ops(&self, job: &JobId) -> [TxnOp; PROGRESS_READS] {
         let count = || Some(GetOptions::new().with_prefix().with_count_only());
         let keys = || Some(GetOptions::new().with_prefix().with_keys_only());
         [
@@ -897,7 +897,7 @@ impl EtcdStore {
     }
 
     /// The answers of a txn of reads, in order.
-    async fn read_txn(&self, ops: Vec<TxnOp>) -> Result<Vec<GetResponse>, StoreError> {
+    pub(crate) async fn read_txn(&self, ops: Vec<TxnOp>) -> Result<Vec<GetResponse>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -1041,10 +1041,14 @@ impl EtcdStore {
 
 /// Jobs whose progress one txn reads (five reads each; etcd allows 128 operations).
 const PROGRESS_PER_TXN: usize = 25;
+/// The reads of one job's progress (see [`EtcdStore::progress_ops`]).
+const PROGRESS_READS: usize = 5;
+/// Jobs whose running count one txn reads (one read each; etcd allows 128 operations).
+const COUNTS_PER_TXN: usize = 120;
 
 /// A job's progress from its five reads (see [`EtcdStore::progress_ops`]).
 fn progress_from(meta: &Meta, gets: Vec<GetResponse>) -> Result<JobProgress, StoreError> {
-    let Ok([done, folded, failed, claims, runs]) = <[_; 5]>::try_from(gets) else {
+    let Ok([done, folded, failed, claims, runs]) = <[_; PROGRESS_READS]>::try_from(gets) else {
         return Err(StoreError::Unavailable("etcd: incomplete txn reply".into()));
     };
     let done =

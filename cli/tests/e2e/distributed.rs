@@ -99,7 +99,19 @@ impl Cluster {
     /// A one-slot worker named "doomed" with a lease of `lease_ttl` seconds and the fail point
     /// `failpoint` (not among `workers`: tests wait for it to die).
     fn doomed_worker(&self, lease_ttl: &str, failpoint: &str) -> Proc {
-        let args: Vec<String> = [
+        let args = self.worker_args("doomed", lease_ttl);
+        Proc::spawn_with_env(
+            WORKER,
+            &args,
+            self.tmp.path().join("worker-doomed.log"),
+            &[("REWIND_FAILPOINT", failpoint)],
+        )
+    }
+
+    /// A one-slot worker's arguments: this cluster's etcd, `lease_ttl` seconds, polls every
+    /// 100 ms.
+    fn worker_args(&self, id: &str, lease_ttl: &str) -> Vec<String> {
+        [
             "--etcd",
             &self.etcd.endpoint(),
             "--slots",
@@ -109,16 +121,10 @@ impl Cluster {
             "--poll-ms",
             "100",
             "--id",
-            "doomed",
+            id,
         ]
         .map(String::from)
-        .to_vec();
-        Proc::spawn_with_env(
-            WORKER,
-            &args,
-            self.tmp.path().join("worker-doomed.log"),
-            &[("REWIND_FAILPOINT", failpoint)],
-        )
+        .to_vec()
     }
 
     /// A worker with extra environment variables (fail points).
@@ -131,24 +137,8 @@ impl Cluster {
         self.spawned += 1;
         let n = self.spawned;
         let log = self.tmp.path().join(format!("worker-{n}.log"));
-        let args: Vec<String> = [
-            "--etcd",
-            &self.etcd.endpoint(),
-            "--slots",
-            "1",
-            "--lease-ttl",
-            TTL,
-            "--poll-ms",
-            "100",
-            "--grace",
-            "5",
-            "--id",
-            &format!("w{n}"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = self.worker_args(&format!("w{n}"), TTL);
+        args.extend(["--grace", "5"].iter().chain(extra).map(|s| s.to_string()));
         self.workers
             .push(Proc::spawn_with_env(WORKER, &args, log, env));
     }
