@@ -361,7 +361,8 @@ pub struct JobArgs {
     #[arg(long)]
     pub delivery: Option<String>,
     /// Kafka, Kinesis, Pub/Sub: save a shard's progress every this many acknowledged records (or each second)
-    /// and keep at most this many in flight; a crash produces at most about twice this again.
+    /// and keep at most this many in flight (default 50,000); a crash produces at most about
+    /// twice this again.
     #[arg(long, value_name = "N")]
     pub checkpoint_events: Option<u64>,
     /// Kafka, Kinesis, Pub/Sub: events per second for the whole job (all workers together).

@@ -78,7 +78,7 @@ pub struct JobRequest {
     /// at-least-once (default).
     #[serde(default)]
     pub delivery: Option<String>,
-    /// Records between progress checkpoints of a Kafka replay (default 10,000).
+    /// Records between progress checkpoints of a Kafka replay (default 50,000).
     #[serde(default)]
     pub checkpoint_events: Option<u64>,
     /// Kafka: the job's rate limits, across all its workers.

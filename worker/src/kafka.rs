@@ -55,13 +55,26 @@ pub struct KafkaFailure {
     pub retryable: bool,
 }
 
+/// Where records in flight were read, by sequence number: (source key, byte offset).
+type Origins = std::collections::HashMap<usize, (std::sync::Arc<str>, u64)>;
+
 #[derive(Default)]
 struct Ctx {
     acknowledged: AtomicU64,
     rejected: Mutex<Vec<Rejected>>,
     failure: Mutex<Option<KafkaFailure>>,
+    /// Whether `failure` is set: read before every record without taking the lock.
+    failing: std::sync::atomic::AtomicBool,
     /// Records finished (acknowledged or refused), by sequence number.
     done: Mutex<Done>,
+    /// How many records `done` holds: the sender's in-flight count without taking the lock.
+    settled: AtomicU64,
+    /// The bytes (key and value) of those records.
+    settled_bytes: AtomicU64,
+    /// Where each record in flight was read (source key, offset), kept only when the records
+    /// carry no lineage headers (a faithful replay of archived records), so a refused record is
+    /// still reported with its place in the archive.
+    origins: Option<Mutex<Origins>>,
     /// Acknowledgement latencies, when someone collects them.
     latency: Option<Histogram>,
     /// The offsets the brokers gave the acknowledged records, by partition.
@@ -125,6 +138,16 @@ fn classify(e: &KafkaError) -> Class {
     }
 }
 
+/// What a record weighs in flight: its key and value.
+fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>) -> u64 {
+    (key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len)) as u64
+}
+
+/// At most this many bytes of records in flight per shard (besides `--checkpoint-events`
+/// records): the worker's memory stays bounded whatever the events weigh (librdkafka holds each
+/// record until it is acknowledged).
+const MAX_IN_FLIGHT_BYTES: u64 = 32 << 20;
+
 fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
     let headers = msg.headers()?;
     (0..headers.count()).find_map(|i| {
@@ -134,11 +157,43 @@ fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
 }
 
 impl Ctx {
-    fn mark(&self, seq: usize) {
+    fn mark(&self, seq: usize, msg: &BorrowedMessage<'_>) {
         self.done
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .mark(seq as u64);
+        self.settled_bytes
+            .fetch_add(record_bytes(msg.key(), msg.payload()), Ordering::Relaxed);
+        self.settled.fetch_add(1, Ordering::Release);
+    }
+
+    /// Records why producing cannot go on (the first reason stays).
+    fn fail(&self, f: KafkaFailure) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert(f);
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// Where a record was read: what the sender noted for it, or its lineage headers.
+    fn origin<'m>(&self, seq: usize, header: impl Fn(&str) -> Option<&'m [u8]>) -> (String, u64) {
+        if let Some(origins) = &self.origins {
+            let noted = origins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
+            if let Some((key, offset)) = noted {
+                return (key.to_string(), offset);
+            }
+        }
+        let text = |name| {
+            header(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        (
+            text(HEADER_SOURCE_KEY),
+            text(HEADER_OFFSET).parse().unwrap_or(0),
+        )
     }
 }
 
@@ -149,18 +204,23 @@ impl ProducerContext for Ctx {
         if seq == MARKER {
             // The transaction's marker: not an event; its failure fails the commit.
             if let Err((e, _)) = result {
-                let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-                failure.get_or_insert(KafkaFailure {
+                self.fail(KafkaFailure {
                     message: format!("producing the record in the control topic: {e}"),
                     retryable: true,
                 });
             }
             return;
         }
+        if let (Some(origins), Ok(_)) = (&self.origins, result) {
+            origins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
+        }
         match result {
             Ok(msg) => {
                 self.acknowledged.fetch_add(1, Ordering::Relaxed);
-                self.mark(seq);
+                self.mark(seq, msg);
                 let at = OffsetRange {
                     first: msg.offset(),
                     last: msg.offset(),
@@ -182,14 +242,10 @@ impl ProducerContext for Ctx {
             }
             Err((e, msg)) => match classify(e) {
                 Class::Record => {
-                    let text = |name| {
-                        header(msg, name)
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                            .unwrap_or_default()
-                    };
+                    let (source_key, offset) = self.origin(seq, |name| header(msg, name));
                     let rejected = Rejected {
-                        source_key: text(HEADER_SOURCE_KEY),
-                        offset: text(HEADER_OFFSET).parse().unwrap_or(0),
+                        source_key,
+                        offset,
                         raw: msg.payload().unwrap_or_default().to_vec(),
                         reason: format!("the broker refused the record: {e}"),
                     };
@@ -197,17 +253,12 @@ impl ProducerContext for Ctx {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(rejected);
-                    self.mark(seq);
+                    self.mark(seq, msg);
                 }
-                class => {
-                    let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-                    if failure.is_none() {
-                        *failure = Some(KafkaFailure {
-                            message: format!("producing to Kafka: {e}"),
-                            retryable: matches!(class, Class::Transient),
-                        });
-                    }
-                }
+                class => self.fail(KafkaFailure {
+                    message: format!("producing to Kafka: {e}"),
+                    retryable: matches!(class, Class::Transient),
+                }),
             },
         }
     }
@@ -718,6 +769,8 @@ pub struct KafkaSink {
     timeout: Duration,
     /// Records allowed in flight (produced, not finished) before `send` waits.
     max_in_flight: u64,
+    /// The bytes (keys and values) of the records handed to the producer so far.
+    produced_bytes: u64,
     /// The position after each record in flight, by sequence number (oldest first).
     positions: std::collections::VecDeque<(u64, Position)>,
     /// The position after the last finished record of the contiguous finished prefix.
@@ -728,6 +781,10 @@ pub struct KafkaSink {
     partitions: Option<i32>,
     /// Whether Rewind's lineage headers are added (always without an envelope).
     lineage: bool,
+    /// The offset header's text, its buffer reused from record to record.
+    offset_text: String,
+    /// The source key of the records being noted in `Ctx::origins` (one per object, shared).
+    origin_key: std::sync::Arc<str>,
 }
 
 /// Why one event was not produced: a failed record's code and reason.
@@ -756,9 +813,11 @@ impl KafkaSink {
             .iter()
             .find_map(|k| config.get(k).and_then(|v| v.parse::<u64>().ok()))
             .unwrap_or(DEFAULT_DELIVERY_TIMEOUT_MS);
+        let lineage = spec.envelope.is_none() || spec.lineage_headers;
         let producer: ThreadedProducer<Ctx> = config
             .create_with_context(Ctx {
                 latency,
+                origins: (!lineage).then(Default::default),
                 ..Ctx::default()
             })
             .map_err(|e| KafkaFailure {
@@ -813,7 +872,9 @@ impl KafkaSink {
         };
         Ok(KafkaSink {
             partitions,
-            lineage: spec.envelope.is_none() || spec.lineage_headers,
+            lineage,
+            offset_text: String::new(),
+            origin_key: std::sync::Arc::from(""),
             txn_open: txn.is_some(),
             txn,
             producer,
@@ -823,6 +884,7 @@ impl KafkaSink {
             job: job.to_string(),
             attempt: attempt.to_string(),
             produced: 0,
+            produced_bytes: 0,
             timeout: Duration::from_millis(timeout_ms) + FLUSH_GRACE,
             max_in_flight: spec.checkpoint_events.max(1),
             positions: std::collections::VecDeque::new(),
@@ -852,14 +914,16 @@ impl KafkaSink {
     }
 
     fn in_flight(&self) -> u64 {
-        let done = self
+        self.produced - self.producer.context().settled.load(Ordering::Acquire)
+    }
+
+    fn in_flight_bytes(&self) -> u64 {
+        let settled = self
             .producer
             .context()
-            .done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .count;
-        self.produced - done
+            .settled_bytes
+            .load(Ordering::Relaxed);
+        self.produced_bytes.saturating_sub(settled)
     }
 
     /// Records handed to the producer so far.
@@ -883,9 +947,11 @@ impl KafkaSink {
     }
 
     fn failed(&self) -> Option<KafkaFailure> {
-        self.producer
-            .context()
-            .failure
+        let ctx = self.producer.context();
+        if !ctx.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        ctx.failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -967,7 +1033,9 @@ impl KafkaSink {
             _ => None,
         };
         self.maybe_commit_part()?;
-        while self.in_flight() >= self.max_in_flight {
+        while self.in_flight() >= self.max_in_flight
+            || (self.in_flight() > 0 && self.in_flight_bytes() >= MAX_IN_FLIGHT_BYTES)
+        {
             std::thread::sleep(Duration::from_millis(1));
             if let Some(f) = self.failed() {
                 return Err(f);
@@ -975,11 +1043,27 @@ impl KafkaSink {
         }
         let key: Option<std::borrow::Cow<'_, [u8]>> = match archived {
             Some(r) => r.key.as_deref().map(std::borrow::Cow::Borrowed),
-            None => self
-                .key_of(row, value)
-                .map(|k| std::borrow::Cow::Owned(k.into_owned().into_bytes())),
+            None => self.key_of(row, value).map(|k| match k {
+                std::borrow::Cow::Borrowed(k) => std::borrow::Cow::Borrowed(k.as_bytes()),
+                std::borrow::Cow::Owned(k) => std::borrow::Cow::Owned(k.into_bytes()),
+            }),
         };
-        let offset_text = offset.to_string();
+        let seq = self.produced as usize;
+        if let Some(origins) = &self.producer.context().origins {
+            if &*self.origin_key != source_key {
+                self.origin_key = std::sync::Arc::from(source_key);
+            }
+            origins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq, (self.origin_key.clone(), offset));
+        }
+        let mut offset_text = std::mem::take(&mut self.offset_text);
+        offset_text.clear();
+        {
+            use std::fmt::Write;
+            let _ = write!(offset_text, "{offset}");
+        }
         let mut headers = OwnedHeaders::new_with_capacity(5);
         if let Some(r) = archived {
             for (name, v) in &r.headers {
@@ -1014,11 +1098,12 @@ impl KafkaSink {
                 });
             }
         }
+        self.offset_text = offset_text;
         let payload: Option<&[u8]> = match archived {
             Some(r) => r.value.as_deref(),
             None => Some(value.as_bytes()),
         };
-        let seq = self.produced as usize;
+        let bytes = record_bytes(key.as_deref(), payload);
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&self.topic, seq).headers(headers);
         if let Some(p) = payload {
@@ -1037,6 +1122,7 @@ impl KafkaSink {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.produced += 1;
+                    self.produced_bytes += bytes;
                     self.positions.push_back((seq as u64, after));
                     match &mut self.last_after {
                         Some((pos, key)) if key == source_key => *pos = after,
@@ -1056,22 +1142,31 @@ impl KafkaSink {
                         std::thread::sleep(Duration::from_millis(2));
                         record = back;
                     }
-                    _ => match classify(&e) {
-                        Class::Record => {
-                            return Ok(Some((
+                    _ => {
+                        self.forget_origin(seq);
+                        return match classify(&e) {
+                            Class::Record => Ok(Some((
                                 "kafka_rejected",
                                 format!("the producer refused the record: {e}"),
-                            )));
-                        }
-                        class => {
-                            return Err(KafkaFailure {
+                            ))),
+                            class => Err(KafkaFailure {
                                 message: format!("producing to Kafka: {e}"),
                                 retryable: matches!(class, Class::Transient),
-                            });
-                        }
-                    },
+                            }),
+                        };
+                    }
                 },
             }
+        }
+    }
+
+    /// Drops what was noted of where a record was read (it never reached the producer).
+    fn forget_origin(&self, seq: usize) {
+        if let Some(origins) = &self.producer.context().origins {
+            origins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
         }
     }
 
@@ -1270,6 +1365,101 @@ mod tests {
             budget: Duration::from_secs(1),
             open_since: None,
         }
+    }
+
+    /// Whatever the events weigh, a shard keeps at most `MAX_IN_FLIGHT_BYTES` of records in
+    /// flight (besides the `--checkpoint-events` count): against a broker cut off after the
+    /// first exchanges, 512 KiB events stop being handed to the producer at the cap (librdkafka
+    /// would queue a gigabyte), until the deliveries time out and the shard fails.
+    #[test]
+    fn records_in_flight_are_bounded_in_bytes() {
+        let (broker, proxy) = rewind_testkit::kafka::Tansu::start_behind_proxy(64 << 10);
+        broker.create_topic("window", 1);
+        let spec = KafkaSpec {
+            envelope: None,
+            preserve_partition: false,
+            lineage_headers: false,
+            brokers: format!("127.0.0.1:{}", proxy.port),
+            topic: "window".into(),
+            key: KafkaKey::EventId,
+            compression: "none".into(),
+            options: vec![("message.timeout.ms".into(), "3000".into())],
+            secrets: vec![],
+            control_from: vec![],
+            delivery: Delivery::AtLeastOnce,
+            checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
+            max_events_per_sec: None,
+            max_bytes_per_sec: None,
+            ordered: false,
+        };
+        let mut sink = KafkaSink::new(
+            &spec,
+            "job",
+            ShardId(rewind_common::Hour::from_epoch_hours(0)),
+            1,
+            None,
+        )
+        .unwrap();
+        let org = rewind_common::OrgId::parse("TN-1").unwrap();
+        let pad = "x".repeat(1 << 19);
+        let mut accepted = 0;
+        let failure = loop {
+            assert!(
+                accepted < 200,
+                "{accepted} x 512 KiB handed to the producer, none acknowledged"
+            );
+            let text = format!(r#"{{"event_id":"e{accepted}","org_id":"TN-1","data":"{pad}"}}"#);
+            let mut d = crate::decode::Decoder::new(text.as_bytes(), Default::default());
+            let Ok(Some(crate::decode::Item::Event(ev))) = d.next() else {
+                panic!("the test's event decodes")
+            };
+            let row = crate::record::Row::extract(&ev, &org).unwrap();
+            match sink.send(&row, ev.text(), None, "a/b.json", 0, (0, 0)) {
+                Ok(None) => accepted += 1,
+                Ok(Some(refusal)) => panic!("refused: {refusal:?}"),
+                Err(f) => break f,
+            }
+        };
+        assert!(proxy.is_cut(), "the broker was cut off");
+        assert!(
+            (1..=(MAX_IN_FLIGHT_BYTES >> 19) as usize + 1).contains(&accepted),
+            "{accepted} records of 512 KiB in flight"
+        );
+        assert!(failure.retryable, "{}", failure.message);
+    }
+
+    /// A record the brokers refuse is reported with where it was read: from its lineage
+    /// headers, or — records replayed faithfully carry none — from what the sender noted.
+    #[test]
+    fn refused_records_are_reported_with_their_place_in_the_archive() {
+        let with_headers = Ctx::default();
+        let headers = |name: &str| match name {
+            HEADER_SOURCE_KEY => Some(&b"a/b.json"[..]),
+            HEADER_OFFSET => Some(&b"1200"[..]),
+            _ => None,
+        };
+        assert_eq!(with_headers.origin(7, headers), ("a/b.json".into(), 1200));
+        let faithful = Ctx {
+            origins: Some(Default::default()),
+            ..Ctx::default()
+        };
+        faithful
+            .origins
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .insert(7, (std::sync::Arc::from("c/d.json"), 42));
+        assert_eq!(faithful.origin(7, |_| None), ("c/d.json".into(), 42));
+        assert!(
+            faithful
+                .origins
+                .as_ref()
+                .unwrap()
+                .lock()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
