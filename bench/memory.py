@@ -3,7 +3,8 @@
 whatever the object size), with a shard's helper threads (the default on a machine with cores
 to spare) and with everything on one thread per shard, in one run.
 
-    python3 bench/memory.py                 # 1 KB, 5 MB, 100 MB, 400 MB and 1 GB objects, 4 hours
+    python3 bench/memory.py                 # 1 KB, 5 MB, 100 MB, 400 MB and 1 GB objects, 4 hours,
+                                            # and events at --max-event-bytes (big-events)
     BENCH_CASES=1kb,5mb python3 bench/memory.py
     BENCH_PROFILE=hard python3 bench/memory.py   # the `rewind gen` hard profile (default: easy)
 
@@ -23,7 +24,27 @@ CASES = {
     "400mb": (1, 1, 400),
     "1gb": (1, 1, 1000),
     "4h-5mb": (4, 12, 5),
+    # One hour of 4 objects of ~100 MB, each: 5 events just under --max-event-bytes (16 MiB),
+    # one over it (a failed record, skipped by the decoder) and 1,000 small events between.
+    "big-events": (1, 4, None),
 }
+MAX_EVENT = 16 << 20
+
+
+def big_events(src, objects):
+    hour = os.path.join(src, "main_stream", "2024", "04", "01", "00")
+    os.makedirs(hour)
+    for o in range(objects):
+        with open(os.path.join(hour, f"dataplatform-TN-bench-{o:06d}-2024-04-01-00-00-00"), "w") as f:
+            for i in range(1006):
+                if i == 1005:
+                    size = MAX_EVENT + (4 << 20)  # over the limit
+                elif i % 200 == 100:
+                    size = MAX_EVENT - 4096
+                else:
+                    size = 200
+                f.write('{"event_id":"o%d-e%d","org_id":"TN-bench","event_type":"blob",'
+                        '"arrival_epoch":1711929600000,"data":{"blob":"%s"}}' % (o, i, "x" * size))
 
 
 def peak(args, env):
@@ -47,10 +68,13 @@ def main():
         hours, per_hour, mb = CASES[name]
         src = os.path.join(OUT, f"mem-{name}")
         shutil.rmtree(src, ignore_errors=True)
-        subprocess.run([BIN, "gen", "--out", src, "--org", "TN-bench", "--start", "2024-04-01T00",
-                        "--hours", str(hours), "--objects-per-hour", str(per_hour),
-                        "--object-mb", str(mb), "--seed", "7", "--profile", profile], check=True,
-                       stdout=subprocess.DEVNULL)
+        if mb is None:
+            big_events(src, per_hour)
+        else:
+            subprocess.run([BIN, "gen", "--out", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                            "--hours", str(hours), "--objects-per-hour", str(per_hour),
+                            "--object-mb", str(mb), "--seed", "7", "--profile", profile], check=True,
+                           stdout=subprocess.DEVNULL)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
         row = []
         for helpers in (True, False):

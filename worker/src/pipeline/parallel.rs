@@ -7,7 +7,9 @@
 //! them through the object's own bounded channel; the attempt's thread drains the channels in
 //! object order, so the files, the failed records and the counts are those of the sequential
 //! path (only batch boundaries differ). Memory stays bounded: each decode thread holds one
-//! object's current batch, and each channel at most two pieces.
+//! object's current batch, and each channel at most one piece more; the decode threads share the
+//! sequential path's batch size between them (`BATCH_BYTES / threads` each), so events at
+//! `--max-event-bytes` keep the shard as small as one thread would.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,6 +48,8 @@ struct Collect<'t, 'f> {
     rows: Rows,
     schema: arrow_schema::SchemaRef,
     tx: &'t SyncSender<Piece<'f>>,
+    /// A batch is sent once its `data` column holds this many bytes.
+    batch_bytes: usize,
     failed: (Vec<u8>, u64),
     unrecoverable: (Vec<u8>, u64),
 }
@@ -57,7 +61,9 @@ impl<'f> Collect<'_, 'f> {
     /// Sends what is buffered; all of it when `all`, else only what is full.
     fn send(&mut self, all: bool) -> Result<(), Gone> {
         if !self.rows.is_empty()
-            && (all || self.rows.len() >= BATCH_ROWS || self.rows.buffered_bytes() >= BATCH_BYTES)
+            && (all
+                || self.rows.len() >= BATCH_ROWS
+                || self.rows.buffered_bytes() >= self.batch_bytes)
         {
             let bytes = self.rows.buffered_bytes() as u64;
             let batch = self.rows.finish(&self.schema);
@@ -116,7 +122,7 @@ impl Objects<'_> {
         unrecoverable: &mut FailedSink<'_>,
     ) -> Result<Vec<ObjectStats>, ShardError> {
         let n = self.todo.len();
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| sync_channel(2)).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| sync_channel(1)).unzip();
         // Each object's sender goes to the thread that takes it (dropped with it, even on a
         // panic: the attempt's thread then sees the channel close instead of waiting).
         let senders = Mutex::new(senders.into_iter().map(Some).collect::<Vec<_>>());
@@ -225,6 +231,7 @@ impl Objects<'_> {
             rows: Rows::default(),
             schema: schema(),
             tx,
+            batch_bytes: BATCH_BYTES / self.threads.max(1),
             failed: Default::default(),
             unrecoverable: Default::default(),
         };
