@@ -7,6 +7,8 @@ release before did), and each alone, alternating, in one run.
     python3 bench/one_hour.py                      # hard profile, 5 rounds
     BENCH_PROFILE=easy BENCH_ROUNDS=3 python3 bench/one_hour.py
     BENCH_COMPRESSION=gzip python3 bench/one_hour.py   # gzip objects (as many archives are)
+    BENCH_BEFORE=/tmp/rewind-old python3 bench/one_hour.py  # also an older build, one thread
+                                                   # (the "today"), in the same rounds
 
 Prints wall seconds, CPU seconds and peak RSS of each (medians) and the wall-time ratio. Needs a
 release build (built when missing). Compare the ratio, not absolute times: shared machines.
@@ -36,23 +38,29 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
     dest = os.path.join(OUT, "one-hour-dest")
-    modes = {  # name: (REWIND_PARALLEL_OBJECTS, REWIND_PREFETCH, REWIND_ENCODE_INLINE)
-        "one thread": ("0", "0", "1"),
-        "encoder": ("0", "0", "0"),
-        "enc+ahead": ("0", "1", "0"),
-        "parallel": ("1", "1", "0"),
+    modes = {  # name: (REWIND_PARALLEL_OBJECTS, REWIND_PREFETCH, REWIND_ENCODE_INLINE, binary)
+        "one thread": ("0", "0", "1", BIN),
+        "encoder": ("0", "0", "0", BIN),
+        "enc+ahead": ("0", "1", "0", BIN),
+        "parallel": ("1", "1", "0", BIN),
+        "default": (None, None, None, BIN),  # what the binary chooses by itself
     }
+    before = os.environ.get("BENCH_BEFORE")
+    if before:
+        modes = {"before": ("0", "0", "1", before), **modes}
     results = {name: [] for name in modes}
     events = set()
     for _ in range(rounds):
-        for name, (parallel, prefetch, inline) in modes.items():
+        for name, (parallel, prefetch, inline, binary) in modes.items():
             shutil.rmtree(dest, ignore_errors=True)
-            env = dict(os.environ)
-            env["REWIND_PARALLEL_OBJECTS"] = parallel
-            env["REWIND_PREFETCH"] = prefetch
-            env["REWIND_ENCODE_INLINE"] = inline
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("REWIND_PARALLEL_OBJECTS", "REWIND_PREFETCH", "REWIND_ENCODE_INLINE")}
+            if parallel is not None:
+                env["REWIND_PARALLEL_OBJECTS"] = parallel
+                env["REWIND_PREFETCH"] = prefetch
+                env["REWIND_ENCODE_INLINE"] = inline
             cpu, wall, rss, out = measured(
-                [BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                [binary, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                  "--end", "2024-04-01T00", "--dest", dest, "--json", "--workers", "2"], env)
             events.add(json.loads(out)["recovered"])
             results[name].append((wall, cpu, rss))
@@ -69,9 +77,12 @@ def main():
         print(f"  {name:<10} wall {wall:6.2f} s  cpu {cpu:6.2f} s  "
               f"{size / 1e6 / wall:6.1f} MB/s wall  {size / 1e6 / cpu:6.1f} MB/CPU-s  "
               f"peak RSS {rss:5.0f} MB")
-    for name in ("encoder", "enc+ahead", "parallel"):
+    for name in ("encoder", "enc+ahead", "parallel", "default"):
         print(f"  wall-time speed-up of {name} over one thread: "
               f"{med['one thread'] / med[name]:.2f}x")
+    if before:
+        print(f"  wall-time speed-up of default over the older build on one thread: "
+              f"{med['before'] / med['default']:.2f}x  ({before})")
 
 
 if __name__ == "__main__":

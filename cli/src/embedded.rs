@@ -77,6 +77,7 @@ pub async fn execute_as(
 
     // The worker loop of `rewind worker`, with N slots.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ended = Arc::new(tokio::sync::Notify::new());
     let daemon = tokio::spawn(run_daemon(
         registry.clone(),
         DaemonConfig {
@@ -86,6 +87,7 @@ pub async fn execute_as(
             poll: Duration::from_millis(20),
             grace: Duration::from_secs(1),
             metrics: Default::default(),
+            attempt_ended: Some(ended.clone()),
         },
         stopped,
     ));
@@ -114,6 +116,9 @@ pub async fn execute_as(
                 eprintln!("interrupted: stopping job {job}");
                 core.cancel(&job, &local).await?;
             }
+            // The leader looks again when an attempt ends (its shard committed or failed), or
+            // at the tick for what no attempt reports (a lease running out).
+            _ = ended.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     };

@@ -184,6 +184,7 @@ async fn run_shards(
         .await
         .map_err(|e| blocking_err("registering the retry", e))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ended = std::sync::Arc::new(tokio::sync::Notify::new());
     let daemon = tokio::spawn(run_daemon(
         registry.clone(),
         DaemonConfig {
@@ -193,6 +194,7 @@ async fn run_shards(
             poll: Duration::from_millis(20),
             grace: Duration::from_secs(1),
             metrics: Default::default(),
+            attempt_ended: Some(ended.clone()),
         },
         stopped,
     ));
@@ -204,7 +206,9 @@ async fn run_shards(
         if p.finished() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // An attempt's end is when progress moves; the tick covers what a worker does not
+        // report (a lease running out).
+        let _ = tokio::time::timeout(Duration::from_millis(20), ended.notified()).await;
     }
     let _ = stop.send(true);
     let _ = daemon.await;

@@ -55,6 +55,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             poll: Duration::from_millis(args.poll_ms.max(10)),
             grace: Duration::from_secs(args.grace),
             metrics,
+            attempt_ended: None,
         };
         match run_daemon(store, cfg, rx).await {
             Ok(_) => ExitCode::SUCCESS,

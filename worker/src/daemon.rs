@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     pub grace: Duration,
     /// Where the process's metrics go (registered by the caller).
     pub metrics: WorkerMetrics,
+    /// Woken after each attempt ends (committed, failed or given back): a leader in the same
+    /// process (`rewind run`, `rewind retry`) looks at the job then instead of at its next tick.
+    pub attempt_ended: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Adds what `progress` counted since `counted` to the metrics.
@@ -169,6 +172,9 @@ struct Shared<R> {
     stats: Mutex<DaemonStats>,
     /// Tenants' budgets in this process, shared by the attempts of their jobs.
     tenants: Mutex<HashMap<BudgetKey, TenantThrottles>>,
+    /// Woken each time the poller has listed the active jobs: an idle slot looks for work then
+    /// rather than at the end of its wait (a job just submitted starts at once).
+    listed: tokio::sync::Notify,
 }
 
 impl<R> Shared<R> {
@@ -304,6 +310,7 @@ pub async fn run_daemon<R: JobRegistry>(
         inflight: Mutex::new(HashMap::new()),
         stats: Mutex::new(DaemonStats::default()),
         tenants: Mutex::new(HashMap::new()),
+        listed: tokio::sync::Notify::new(),
     });
     let keeper = tokio::spawn(keep_lease(shared.clone()));
     let poller = tokio::spawn(poll_jobs(shared.clone()));
@@ -433,6 +440,7 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
                 shared.stop_where(|f| !live.contains(&f.job));
                 *shared.jobs.lock().unwrap_or_else(|p| p.into_inner()) = list;
                 shared.share_budgets();
+                shared.listed.notify_waiters();
             }
             Err(e) => warn!(error = %e, "listing active jobs"),
         }
@@ -440,10 +448,19 @@ async fn poll_jobs<R: JobRegistry>(shared: Arc<Shared<R>>) {
     }
 }
 
-async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch::Receiver<bool>) {
+async fn slot<R: JobRegistry>(
+    shared: Arc<Shared<R>>,
+    n: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let worker = format!("{}/{n}", shared.cfg.id);
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
+        // Registered before the jobs are read, so a listing that lands meanwhile still wakes
+        // this slot.
+        let listed = shared.listed.notified();
+        tokio::pin!(listed);
+        listed.as_mut().enable();
         // Weighted fair between tenants, then between a tenant's jobs (crate::fair).
         let jobs = shared.fair_order();
         let lease = shared.lease();
@@ -477,7 +494,17 @@ async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch:
                 backoff = Duration::from_millis(100);
                 shared.cfg.poll
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // A new listing may hold work (not after trouble: the store needs its rest).
+                _ = listed, if !trouble => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // No one can ask for a shutdown any more: wait as before.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
             continue;
         };
         backoff = Duration::from_millis(100);
@@ -485,6 +512,9 @@ async fn slot<R: JobRegistry>(shared: Arc<Shared<R>>, n: usize, shutdown: watch:
         shared.count_running(&job, true);
         run_attempt(&shared, claim, env).await;
         shared.count_running(&job, false);
+        if let Some(ended) = &shared.cfg.attempt_ended {
+            ended.notify_one();
+        }
     }
 }
 

@@ -87,6 +87,7 @@ impl Cluster {
                         poll: Duration::from_millis(50),
                         grace: Duration::from_secs(5),
                         metrics: Default::default(),
+                        attempt_ended: None,
                     },
                     stopped.clone(),
                 ))
@@ -331,5 +332,82 @@ fn an_urgent_job_of_another_tenant_runs_beside_a_backfill_holding_every_slot() {
         assert_eq!(status.summary.unwrap().shards_done, hours_a as u64);
 
         cluster.stop().await;
+    });
+}
+
+/// The worker loop's waits are woken by events, not only by its ticks: with a poll of a minute,
+/// a job submitted before the worker starts is claimed when the poller first lists it, the
+/// leader (as `rewind run` drives it) hears of each ended attempt at once, and a shutdown ends
+/// the idle slots' waits. Each step would otherwise wait a whole minute.
+#[test]
+fn an_idle_worker_wakes_for_a_new_job_an_ended_attempt_and_its_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = (tmp.path().join("archive"), tmp.path().join("out"));
+    common::generate(
+        &src,
+        ORG,
+        "2024-04-01T00",
+        "2",
+        "0.05",
+        &common::seed("7"),
+        &[],
+    );
+    let want = expected(&src, 2);
+    runtime().block_on(async {
+        let store = rewind_common::shard_store::InMemoryShardStore::new();
+        let core = Coordinator::new(store.clone(), Arc::new(KafkaChecks));
+        let admin = rewind_coordinator::access::Scope::all("test");
+        let request = JobRequest {
+            source: src.to_string_lossy().into(),
+            org: ORG.into(),
+            start: "2024-04-01T00".into(),
+            end: "2024-04-01T01".into(),
+            dest: dest.to_string_lossy().into(),
+            ..JobRequest::default()
+        };
+        let job = core
+            .submit(request, &tracing::Span::none(), &admin)
+            .await
+            .unwrap()
+            .job;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let minute = Duration::from_secs(60);
+        let worker = tokio::spawn(run_daemon(
+            store.clone(),
+            DaemonConfig {
+                id: "w".into(),
+                slots: 3,
+                lease_ttl: Duration::from_secs(30),
+                poll: minute,
+                grace: Duration::from_secs(1),
+                metrics: Default::default(),
+                attempt_ended: Some(ended.clone()),
+            },
+            stopped,
+        ));
+        // The leader's loop of `rewind run`, waiting for nothing but ended attempts.
+        let lead = async {
+            loop {
+                core.drive_once(None).await.unwrap();
+                let status = store.status(&job).await.unwrap();
+                if status.phase.finished() {
+                    return status;
+                }
+                ended.notified().await;
+            }
+        };
+        let status = tokio::time::timeout(Duration::from_secs(20), lead)
+            .await
+            .expect("the job ran and ended without waiting for a poll tick");
+        assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+        assert_exact_output(&dest, job.as_str(), &want);
+        let _ = stop.send(true);
+        let stats = tokio::time::timeout(Duration::from_secs(20), worker)
+            .await
+            .expect("the idle slots stopped without waiting for a poll tick")
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.committed, 2);
     });
 }
