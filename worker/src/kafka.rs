@@ -174,16 +174,19 @@ impl Ctx {
         self.failing.store(true, Ordering::Release);
     }
 
+    /// Takes what the sender noted of where a record was read (faithful replays only).
+    fn forget(&self, seq: usize) -> Option<(std::sync::Arc<str>, u64)> {
+        let origins = self.origins.as_ref()?;
+        origins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq)
+    }
+
     /// Where a record was read: what the sender noted for it, or its lineage headers.
     fn origin<'m>(&self, seq: usize, header: impl Fn(&str) -> Option<&'m [u8]>) -> (String, u64) {
-        if let Some(origins) = &self.origins {
-            let noted = origins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&seq);
-            if let Some((key, offset)) = noted {
-                return (key.to_string(), offset);
-            }
+        if let Some((key, offset)) = self.forget(seq) {
+            return (key.to_string(), offset);
         }
         let text = |name| {
             header(name)
@@ -211,11 +214,8 @@ impl ProducerContext for Ctx {
             }
             return;
         }
-        if let (Some(origins), Ok(_)) = (&self.origins, result) {
-            origins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&seq);
+        if result.is_ok() {
+            self.forget(seq);
         }
         match result {
             Ok(msg) => {
@@ -1162,12 +1162,7 @@ impl KafkaSink {
 
     /// Drops what was noted of where a record was read (it never reached the producer).
     fn forget_origin(&self, seq: usize) {
-        if let Some(origins) = &self.producer.context().origins {
-            origins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&seq);
-        }
+        self.producer.context().forget(seq);
     }
 
     /// Waits until every record is acknowledged or refused. Returns the records the brokers
@@ -1443,23 +1438,10 @@ mod tests {
             origins: Some(Default::default()),
             ..Ctx::default()
         };
-        faithful
-            .origins
-            .as_ref()
-            .unwrap()
-            .lock()
-            .unwrap()
-            .insert(7, (std::sync::Arc::from("c/d.json"), 42));
+        let noted = || faithful.origins.as_ref().unwrap().lock().unwrap();
+        noted().insert(7, (std::sync::Arc::from("c/d.json"), 42));
         assert_eq!(faithful.origin(7, |_| None), ("c/d.json".into(), 42));
-        assert!(
-            faithful
-                .origins
-                .as_ref()
-                .unwrap()
-                .lock()
-                .unwrap()
-                .is_empty()
-        );
+        assert!(noted().is_empty(), "taken once reported");
     }
 
     #[test]
