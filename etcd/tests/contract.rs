@@ -448,10 +448,15 @@ async fn etcd_many_jobs_read_at_once_read_as_each_alone() {
     let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
     let mut jobs = Vec::new();
     for i in 0..60 {
-        let job = JobId::generate();
-        s.create_job(&job, &hours(520_000 + i * 10, 4), 1)
-            .await
-            .unwrap();
+        // Ids made in the same second share their prefix: a taken one is drawn again, as the
+        // coordinator's submit does.
+        let job = loop {
+            let job = JobId::generate();
+            match s.create_job(&job, &hours(520_000 + i * 10, 4), 1).await {
+                Err(StoreError::JobExists(_)) => continue,
+                created => break created.map(|()| job).unwrap(),
+            }
+        };
         // Job i: i % 4 shards claimed, of which i % 3 committed (when there are that many),
         // one failed when i is a multiple of 5.
         let mut claims = Vec::new();
