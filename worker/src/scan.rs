@@ -711,12 +711,32 @@ mod tests {
             b"0123456789abcdef",
             b"",
         ];
+        let naive = |input: &[u8], start: usize| {
+            (start..input.len())
+                .find(|&k| input[k] == b'"' || input[k] == b'\\' || input[k] < 0x20)
+                .unwrap_or(input.len())
+        };
         for input in inputs {
             for start in 0..=input.len() {
-                let naive = (start..input.len())
-                    .find(|&k| input[k] == b'"' || input[k] == b'\\' || input[k] < 0x20)
-                    .unwrap_or(input.len());
-                assert_eq!(find_string_special(input, start), naive);
+                assert_eq!(find_string_special(input, start), naive(input, start));
+            }
+        }
+        // Every byte value at every place of a word, after any other byte (a borrow between
+        // the bytes of a word must never hide the first special byte nor invent one).
+        for before in 0..=255u8 {
+            for b in 0..=255u8 {
+                for at in 0..8 {
+                    let mut word = [b'a'; 16];
+                    if at > 0 {
+                        word[at - 1] = before;
+                    }
+                    word[at] = b;
+                    assert_eq!(
+                        find_string_special(&word, 0),
+                        naive(&word, 0),
+                        "{before:#x} then {b:#x} at {at}"
+                    );
+                }
             }
         }
     }
