@@ -157,6 +157,10 @@ pub struct Decoder<R> {
     reader: R,
     cfg: DecoderConfig,
     buf: Vec<u8>,
+    /// How many bytes the next read asks for (zeroed first): twice what the last read gave, within
+    /// [`MIN_READ`, `read_buffer`]. A network body hands over ~16 KiB per read; zeroing a whole
+    /// `read_buffer` before each cost ~2% of a run over small S3 objects.
+    next_read: usize,
     /// Absolute offset of `buf[0]`.
     base: u64,
     /// Next unconsumed byte in `buf`.
@@ -167,6 +171,11 @@ pub struct Decoder<R> {
     oversize_raw: Vec<u8>,
     stream_error: Option<String>,
 }
+
+/// The first read of an object asks for at most this much (later ones follow what reads give).
+const FIRST_READ: usize = 64 * 1024;
+/// Reads never ask for less than this (unless `read_buffer` is smaller).
+const MIN_READ: usize = 8 * 1024;
 
 enum Candidate {
     Accept,
@@ -180,6 +189,7 @@ impl<R: Read> Decoder<R> {
             reader,
             cfg,
             buf: Vec::with_capacity(cfg.read_buffer * 2),
+            next_read: cfg.read_buffer.min(FIRST_READ),
             base: 0,
             pos: 0,
             eof: false,
@@ -205,11 +215,15 @@ impl<R: Read> Decoder<R> {
             return Ok(keep);
         }
         let len = self.buf.len();
-        self.buf.resize(len + self.cfg.read_buffer, 0);
+        self.buf.resize(len + self.next_read.max(1), 0);
         loop {
             match self.reader.read(&mut self.buf[len..]) {
                 Ok(n) => {
                     self.buf.truncate(len + n);
+                    self.next_read = (2 * n).clamp(
+                        MIN_READ.min(self.cfg.read_buffer),
+                        self.cfg.read_buffer.max(1),
+                    );
                     if n == 0 {
                         self.eof = true;
                     }
