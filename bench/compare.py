@@ -24,22 +24,14 @@ missing, not when stale). Each contender runs as a child process; its CPU time
 (user + sys) and peak RSS come from wait4(), so the figures are MB of input per CPU-second.
 Compare ratios, not absolute numbers: these machines are shared and noisy.
 """
-import json, os, shutil, subprocess, sys, time
+import json, os, shutil, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import measured  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewind"))
-
-
-def child(args, **kw):
-    """Runs a command; returns (cpu_seconds, wall_seconds, peak_rss_mb, stdout)."""
-    t0 = time.time()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, **kw)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{args[0]} failed with {status}")
-    return ru.ru_utime + ru.ru_stime, time.time() - t0, ru.ru_maxrss / 1024, out
 
 
 def gen(path, hours, per_hour, object_mb, profile="easy"):
@@ -55,7 +47,7 @@ def rewind(src, hours, workers, binary=None):
     dest = os.path.join(OUT, "rewind-dest")
     shutil.rmtree(dest, ignore_errors=True)
     end = f"2024-04-01T{hours - 1:02d}"
-    cpu, wall, rss, out = child([binary or BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+    cpu, wall, rss, out = measured([binary or BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                                  "--end", end, "--dest", dest, "--json", "--workers", str(workers)])
     return cpu, wall, rss, json.loads(out)["recovered"]
 
@@ -73,7 +65,7 @@ def duckdb(src):
     dest = os.path.join(OUT, "duckdb.parquet")
     if os.path.exists(dest):
         os.remove(dest)
-    cpu, wall, rss, out = child([sys.executable, "-c", DUCK, src, dest])
+    cpu, wall, rss, out = measured([sys.executable, "-c", DUCK, src, dest])
     return cpu, wall, rss, int(out)
 
 
@@ -81,7 +73,7 @@ PARSE_LIMIT = os.path.join(ROOT, "target", "release", "examples", "parse_limit")
 
 
 def parse_limit(src):
-    cpu, wall, rss, out = child([PARSE_LIMIT, src])
+    cpu, wall, rss, out = measured([PARSE_LIMIT, src])
     return cpu, wall, rss, json.loads(out)["events"]
 
 

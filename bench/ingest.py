@@ -17,7 +17,10 @@ CPU time (user + sys) and wall time of each child come from wait4(); figures are
 
 Needs a release build (built if missing).
 """
-import os, shutil, subprocess, sys, time
+import os, shutil, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import measured  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out", "ingest")
@@ -28,12 +31,8 @@ DISTRIBUTOR = "domain_event_type={domain}-{event_type}/year={ts:YYYY}/month={ts:
 
 def child(args):
     """Runs a command; (cpu_seconds, wall_seconds)."""
-    t0 = time.time()
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    _, status, ru = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(args[:3])} failed with {status}")
-    return ru.ru_utime + ru.ru_stime, time.time() - t0
+    cpu, wall, _, _ = measured(args)
+    return cpu, wall
 
 
 def landing(src, name, every=1):

@@ -19,7 +19,7 @@ Needs: `pip install duckdb pyarrow` (and moto for BENCH_S3), a release build (bu
 """
 import json, os, random, re, shutil, socket, subprocess, sys, tempfile, time
 
-from benchlib import free_port
+from benchlib import free_port, measured
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out", "repair")
@@ -28,13 +28,8 @@ BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewi
 
 def child(args, env=None):
     """Runs a command; (cpu_seconds, wall_seconds, stdout)."""
-    t0 = time.time()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(args[:3])} failed with {status}")
-    return ru.ru_utime + ru.ru_stime, time.time() - t0, out
+    cpu, wall, _, out = measured(args, env)
+    return cpu, wall, out
 
 
 def last_hour(hours):

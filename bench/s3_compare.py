@@ -25,7 +25,7 @@ run, divided by the objects). Needs a release build (built when missing).
 """
 import json, os, shutil, socket, subprocess, sys, tempfile, time
 
-from benchlib import free_port
+from benchlib import free_port, measured
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "rewind")
@@ -34,13 +34,8 @@ KEY, SECRET = "benchkey", "benchsecret0123456789"
 
 def child(args, env=None):
     """(cpu seconds of the child, wall seconds, summary json)."""
-    t0 = time.time()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{args[:2]} failed with {status}")
-    return ru.ru_utime + ru.ru_stime, time.time() - t0, json.loads(out)
+    cpu, wall, _, out = measured(args, env)
+    return cpu, wall, json.loads(out)
 
 
 def server_cpu(pid):
