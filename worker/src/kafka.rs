@@ -1058,12 +1058,6 @@ impl KafkaSink {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(seq, (self.origin_key.clone(), offset));
         }
-        let mut offset_text = std::mem::take(&mut self.offset_text);
-        offset_text.clear();
-        {
-            use std::fmt::Write;
-            let _ = write!(offset_text, "{offset}");
-        }
         let mut headers = OwnedHeaders::new_with_capacity(5);
         if let Some(r) = archived {
             for (name, v) in &r.headers {
@@ -1074,6 +1068,9 @@ impl KafkaSink {
             }
         }
         if self.lineage {
+            use std::fmt::Write;
+            self.offset_text.clear();
+            let _ = write!(self.offset_text, "{offset}");
             headers = headers
                 .insert(Header {
                     key: HEADER_JOB,
@@ -1085,7 +1082,7 @@ impl KafkaSink {
                 })
                 .insert(Header {
                     key: HEADER_OFFSET,
-                    value: Some(offset_text.as_str()),
+                    value: Some(self.offset_text.as_str()),
                 })
                 .insert(Header {
                     key: HEADER_ATTEMPT,
@@ -1098,7 +1095,6 @@ impl KafkaSink {
                 });
             }
         }
-        self.offset_text = offset_text;
         let payload: Option<&[u8]> = match archived {
             Some(r) => r.value.as_deref(),
             None => Some(value.as_bytes()),
@@ -1143,7 +1139,8 @@ impl KafkaSink {
                         record = back;
                     }
                     _ => {
-                        self.forget_origin(seq);
+                        // It never reached the producer: what was noted of it goes.
+                        self.producer.context().forget(seq);
                         return match classify(&e) {
                             Class::Record => Ok(Some((
                                 "kafka_rejected",
@@ -1158,11 +1155,6 @@ impl KafkaSink {
                 },
             }
         }
-    }
-
-    /// Drops what was noted of where a record was read (it never reached the producer).
-    fn forget_origin(&self, seq: usize) {
-        self.producer.context().forget(seq);
     }
 
     /// Waits until every record is acknowledged or refused. Returns the records the brokers
