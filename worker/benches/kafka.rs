@@ -6,6 +6,7 @@
 //!
 //!     cargo bench -p rewind-worker --bench kafka             # 256 MB of generated events
 //!     REWIND_BENCH_MB=64 REWIND_BENCH_ROUNDS=3 cargo bench -p rewind-worker --bench kafka
+//!     REWIND_BENCH_PROFILE=hard cargo bench -p rewind-worker --bench kafka   # the hard profile
 //!
 //! Runs under a second are skewed by the producer's flush at the end (its wait moves in steps
 //! of ~100 ms), so keep the input large enough for runs of several seconds.
@@ -164,7 +165,25 @@ fn main() {
         .unwrap_or(256);
     let compression =
         std::env::var("REWIND_BENCH_COMPRESSION").unwrap_or_else(|_| "lz4".to_string());
-    let data = rewind_gen::sample_bytes(3, "TN-bench", mb << 20);
+    // REWIND_BENCH_PROFILE=hard: the `rewind gen --profile hard` events (escapes, shuffled and
+    // escaped keys, pretty-printed events, unicode, numbers of every shape).
+    let profile: rewind_gen::Profile = std::env::var("REWIND_BENCH_PROFILE")
+        .unwrap_or_else(|_| "easy".into())
+        .parse()
+        .unwrap();
+    let data = match profile {
+        rewind_gen::Profile::Easy => rewind_gen::sample_bytes(3, "TN-bench", mb << 20),
+        rewind_gen::Profile::Hard => {
+            let mut rng = rewind_gen::Rng::new(3);
+            let mut out = Vec::new();
+            while out.len() < mb << 20 {
+                let event =
+                    rewind_gen::event_with(&mut rng, "TN-bench", 1_711_929_600_000, profile);
+                out.extend_from_slice(event.as_bytes());
+            }
+            out
+        }
+    };
     // The plain producer gets the values already split (its side does no decoding at all).
     let mut values = Vec::new();
     let mut d = Decoder::new(&data[..], DecoderConfig::default());
@@ -183,7 +202,7 @@ fn main() {
         .unwrap_or(3);
     let broker = Tansu::start();
     println!(
-        "input: {:.0} MB, {} events, compression {compression}, tansu in memory on the same machine; best of {rounds}",
+        "input: {:.0} MB ({profile:?} profile), {} events, compression {compression}, tansu in memory on the same machine; best of {rounds}",
         data.len() as f64 / 1e6,
         values.len()
     );
