@@ -7,6 +7,7 @@
 //!     cargo bench -p rewind-worker --bench kafka             # 256 MB of generated events
 //!     REWIND_BENCH_MB=64 REWIND_BENCH_ROUNDS=3 cargo bench -p rewind-worker --bench kafka
 //!     REWIND_BENCH_PROFILE=hard cargo bench -p rewind-worker --bench kafka   # the hard profile
+//!     REWIND_BENCH_ONLY=rewind cargo bench ...     # one contender alone (for `perf record`)
 //!
 //! Runs under a second are skewed by the producer's flush at the end (its wait moves in steps
 //! of ~100 ms), so keep the input large enough for runs of several seconds.
@@ -207,11 +208,16 @@ fn main() {
         values.len()
     );
     const WHO: [&str; 3] = ["plain", "plain+headers", "rewind"];
+    // REWIND_BENCH_ONLY=rewind (or plain, plain+headers): that contender alone, for a profiler.
+    let only = std::env::var("REWIND_BENCH_ONLY").ok();
     // Best events/s of each, with the CPU per 1,000 events of that run (ms: the process with
     // the producer's threads, and the sending thread).
     let mut best = [(0.0f64, 0.0f64, 0.0f64); 3];
     for round in 0..rounds {
         for (i, which) in WHO.iter().enumerate() {
+            if only.as_deref().is_some_and(|o| o != *which) {
+                continue;
+            }
             let topic = format!("bench-{}-{round}", i);
             broker.create_topic(&topic, 6);
             let k = spec(&broker.brokers(), &topic, &compression);
