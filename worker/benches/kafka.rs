@@ -1,8 +1,10 @@
 //! Replay throughput against its ceiling: a plain rdkafka producer sending the same values to
 //! the same broker (tansu, started here) in the same run — once bare, once with the five lineage
-//! headers Rewind adds to each record (the same bytes on the wire). Rewind's side is the shard event path
-//! with the Kafka sink: decode, route, produce, wait for every acknowledgement. The target:
-//! Rewind at >= 70% of the plain producer's events per second (wall clock).
+//! headers Rewind adds to each record (the same bytes on the wire). Rewind's side is one shard
+//! attempt as a worker runs it (`run_shard`): the input cut into objects of 5 MB in a local
+//! directory (REWIND_BENCH_OBJECT_MB), read, decoded, routed and produced, every
+//! acknowledgement awaited. The target (issue 19): Rewind at >= 90% of the plain producer's
+//! events per second (wall clock).
 //!
 //!     cargo bench -p rewind-worker --bench kafka             # 256 MB of generated events
 //!     REWIND_BENCH_MB=64 REWIND_BENCH_ROUNDS=3 cargo bench -p rewind-worker --bench kafka
@@ -20,15 +22,19 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rewind_common::job::{Delivery, JobSpec, KafkaKey, KafkaSpec, SinkSpec, Treatment};
-use rewind_common::{HourRange, JobId, Layout, OrgId};
+use std::sync::Arc;
+
+use rewind_common::job::{
+    Delivery, JobSpec, KafkaKey, KafkaSpec, OutputKeys, ShardPlan, SinkSpec, Treatment,
+};
+use rewind_common::storage::{LocalOutput, LocalSource, ObjectMeta, OutputStore};
+use rewind_common::{HourRange, JobId, Layout, OrgId, ShardId};
 use rewind_testkit::kafka::Tansu;
 use rewind_worker::decode::{Decoder, DecoderConfig, Item};
 use rewind_worker::kafka::{
-    HEADER_ATTEMPT, HEADER_EVENT_ID, HEADER_JOB, HEADER_OFFSET, HEADER_SOURCE_KEY, KafkaSink,
-    client_config,
+    HEADER_ATTEMPT, HEADER_EVENT_ID, HEADER_JOB, HEADER_OFFSET, HEADER_SOURCE_KEY, client_config,
 };
-use rewind_worker::route::{Outcome, Router, Scratch};
+use rewind_worker::pipeline::{ShardEnv, run_shard};
 
 fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
     KafkaSpec {
@@ -53,11 +59,14 @@ fn spec(brokers: &str, topic: &str, compression: &str) -> KafkaSpec {
     }
 }
 
-fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
+/// Rewind's side: one shard attempt (`run_shard`, as a worker runs it) over the input cut into
+/// objects of `object_mb` in a local directory, producing to the topic. Returns the records the
+/// brokers acknowledged.
+fn rewind(objects: &Objects, k: &KafkaSpec) -> u64 {
     let job = JobSpec {
         job: JobId::generate(),
         org: OrgId::parse("TN-bench").unwrap(),
-        range: HourRange::parse("2024-01-01T00", "2024-01-01T00", 10).unwrap(),
+        range: objects.range,
         layout: Layout::default(),
         arrival_filter: false,
         max_event_bytes: 16 << 20,
@@ -66,8 +75,8 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         sink: SinkSpec::Kafka(Box::new(k.clone())),
         object: None,
         places: rewind_common::request::JobLocations::new(
-            rewind_common::Location::Local("/nonexistent/source".into()),
-            rewind_common::Location::Local("/nonexistent/dest".into()),
+            rewind_common::Location::Local(objects.source.path().into()),
+            rewind_common::Location::Local(objects.dest.path().into()),
         ),
         table_format: Default::default(),
         repair: None,
@@ -78,24 +87,80 @@ fn rewind(data: &[u8], k: &KafkaSpec) -> u64 {
         ingest: false,
         ingest_to: None,
     };
-    let router = Router::new(&job, 128).unwrap();
-    let shard = rewind_common::ShardId(rewind_common::Hour::from_epoch_hours(0));
-    let mut sink = KafkaSink::new(k, "bench", shard, 1, None).unwrap();
-    let mut d = Decoder::new(data, DecoderConfig::default());
-    let mut scratch = Scratch::default();
-    while let Some(Item::Event(ev)) = d.next().unwrap() {
-        if let Outcome::Recovered { row, repaired, .. } = router.route(&ev, &mut scratch, None) {
-            let value = repaired.unwrap_or(ev.text());
-            assert!(
-                sink.send(&row, value, None, "bench/object", ev.offset, (0, ev.offset))
-                    .unwrap()
-                    .is_none()
-            );
+    let shard = ShardId(objects.range.first);
+    let output = Arc::new(LocalOutput::new(objects.dest.path()));
+    let plan = ShardPlan {
+        shard,
+        prefix: objects.prefix.clone(),
+        objects: objects.listed.clone(),
+        unlisted: None,
+    };
+    output
+        .put(
+            &OutputKeys::of(&job).shard_plan(shard),
+            &serde_json::to_vec(&plan).unwrap(),
+        )
+        .unwrap();
+    let env = ShardEnv {
+        spec: Arc::new(job),
+        source: Arc::new(LocalSource::new(objects.source.path()).unwrap()),
+        output: output.clone(),
+        failed_output: output.clone(),
+        unrecoverable_output: output,
+        progress: Default::default(),
+        cancel: Default::default(),
+        throttle: None,
+        tenant_throttle: None,
+        produce_latency: None,
+    };
+    let (_, manifest) = run_shard(&env, shard, 1, DecoderConfig::default()).unwrap();
+    assert_eq!(manifest.counts.failed, 0);
+    manifest.counts.acknowledged
+}
+
+/// The input as a worker finds it: objects of one hour in a local directory.
+struct Objects {
+    source: tempfile::TempDir,
+    dest: tempfile::TempDir,
+    range: HourRange,
+    prefix: String,
+    listed: Vec<ObjectMeta>,
+}
+
+impl Objects {
+    /// Cuts `data` into objects of about `object_mb` at event boundaries.
+    fn write(data: &[u8], object_mb: usize) -> Objects {
+        let range = HourRange::parse("2024-04-01T00", "2024-04-01T00", 10).unwrap();
+        let prefix = Layout::default().prefix(range.first, &OrgId::parse("TN-bench").unwrap());
+        let source = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let mut cuts = vec![0];
+        let mut d = Decoder::new(data, DecoderConfig::default());
+        while let Some(Item::Event(ev)) = d.next().unwrap() {
+            let end = (ev.offset as usize) + ev.bytes().len();
+            if end - cuts[cuts.len() - 1] >= object_mb << 20 {
+                cuts.push(end);
+            }
+        }
+        if *cuts.last().unwrap() < data.len() {
+            cuts.push(data.len());
+        }
+        let mut listed = Vec::new();
+        for (i, w) in cuts.windows(2).enumerate() {
+            let key = format!("{prefix}part-{i:04}.json");
+            let path = source.path().join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &data[w[0]..w[1]]).unwrap();
+            listed.push(ObjectMeta::new(key, (w[1] - w[0]) as u64));
+        }
+        Objects {
+            source,
+            dest,
+            range,
+            prefix,
+            listed,
         }
     }
-    let done = sink.finish().unwrap();
-    assert!(done.rejected.is_empty());
-    done.acknowledged
 }
 
 /// A plain producer sending the values with their keys; with `lineage`, also the five headers
@@ -197,6 +262,12 @@ fn main() {
             .to_vec();
         values.push((key, ev.bytes().to_vec(), ev.offset));
     }
+    // Rewind reads objects of 5 MB (REWIND_BENCH_OBJECT_MB) from a local directory.
+    let object_mb = std::env::var("REWIND_BENCH_OBJECT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let objects = Objects::write(&data, object_mb);
     let rounds: usize = std::env::var("REWIND_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -226,7 +297,7 @@ fn main() {
             let n = match *which {
                 "plain" => plain(&values, &k, false),
                 "plain+headers" => plain(&values, &k, true),
-                _ => rewind(&data, &k),
+                _ => rewind(&objects, &k),
             };
             let rate = n as f64 / t.elapsed().as_secs_f64();
             let c1 = cpu();
