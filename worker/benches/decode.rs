@@ -2,6 +2,7 @@
 //!
 //!     cargo bench -p rewind-worker --bench decode            # 256 MB of generated events
 //!     REWIND_BENCH_MB=64 cargo bench -p rewind-worker --bench decode
+//!     REWIND_BENCH_PROFILE=hard cargo bench -p rewind-worker --bench decode   # the hard profile
 //!
 //! CPU time is this thread's on-CPU time (`/proc/thread-self/schedstat`), so the figures are
 //! per CPU-second whatever else the machine is doing; compare the ratios, not absolute times.
@@ -38,10 +39,28 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let data = rewind_gen::sample_bytes(42, "TN-bench", mb << 20);
+    // REWIND_BENCH_PROFILE=hard: the `rewind gen --profile hard` events (escapes, shuffled and
+    // escaped keys, pretty-printed events, unicode, numbers of every shape).
+    let profile: rewind_gen::Profile = std::env::var("REWIND_BENCH_PROFILE")
+        .unwrap_or_else(|_| "easy".into())
+        .parse()
+        .unwrap();
+    let data = match profile {
+        rewind_gen::Profile::Easy => rewind_gen::sample_bytes(42, "TN-bench", mb << 20),
+        rewind_gen::Profile::Hard => {
+            let mut rng = rewind_gen::Rng::new(42);
+            let mut out = Vec::new();
+            while out.len() < mb << 20 {
+                let event =
+                    rewind_gen::event_with(&mut rng, "TN-bench", 1_711_929_600_000, profile);
+                out.extend_from_slice(event.as_bytes());
+            }
+            out
+        }
+    };
     let org = OrgId::parse("TN-bench").unwrap();
     println!(
-        "input: {:.0} MB of generated events, best of 3",
+        "input: {:.0} MB of generated events ({profile:?} profile), best of 3",
         data.len() as f64 / 1e6
     );
 
