@@ -430,11 +430,17 @@ pub fn event_with(rng: &mut Rng, org: &str, hour_ms: i64, profile: Profile) -> S
 
 /// Concatenated events (no delimiter) of at least `bytes` bytes, for benchmarks.
 pub fn sample_bytes(seed: u64, org: &str, bytes: usize) -> Vec<u8> {
+    sample_bytes_with(seed, org, bytes, Profile::Easy)
+}
+
+/// [`sample_bytes`] of a profile (the hard one: escapes, shuffled and escaped keys,
+/// pretty-printed events, unicode, numbers of every shape).
+pub fn sample_bytes_with(seed: u64, org: &str, bytes: usize, profile: Profile) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(bytes + 4096);
     let hour_ms = 1_711_929_600_000;
     while out.len() < bytes {
-        out.extend_from_slice(event(&mut rng, org, hour_ms).as_bytes());
+        out.extend_from_slice(event_with(&mut rng, org, hour_ms, profile).as_bytes());
     }
     out
 }

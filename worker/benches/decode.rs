@@ -45,19 +45,7 @@ fn main() {
         .unwrap_or_else(|_| "easy".into())
         .parse()
         .unwrap();
-    let data = match profile {
-        rewind_gen::Profile::Easy => rewind_gen::sample_bytes(42, "TN-bench", mb << 20),
-        rewind_gen::Profile::Hard => {
-            let mut rng = rewind_gen::Rng::new(42);
-            let mut out = Vec::new();
-            while out.len() < mb << 20 {
-                let event =
-                    rewind_gen::event_with(&mut rng, "TN-bench", 1_711_929_600_000, profile);
-                out.extend_from_slice(event.as_bytes());
-            }
-            out
-        }
-    };
+    let data = rewind_gen::sample_bytes_with(42, "TN-bench", mb << 20, profile);
     let org = OrgId::parse("TN-bench").unwrap();
     println!(
         "input: {:.0} MB of generated events ({profile:?} profile), best of 3",

@@ -1426,6 +1426,32 @@ mod tests {
         }
     }
 
+    /// An at-least-once replay of `topic` with lineage headers, uncompressed.
+    fn test_spec(brokers: String, topic: &str) -> KafkaSpec {
+        KafkaSpec {
+            envelope: None,
+            preserve_partition: false,
+            lineage_headers: true,
+            brokers,
+            topic: topic.into(),
+            key: KafkaKey::EventId,
+            compression: "none".into(),
+            options: vec![],
+            secrets: vec![],
+            control_from: vec![],
+            delivery: Delivery::AtLeastOnce,
+            checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
+            max_events_per_sec: None,
+            max_bytes_per_sec: None,
+            ordered: false,
+        }
+    }
+
+    fn test_sink(spec: &KafkaSpec) -> KafkaSink {
+        let shard = ShardId(rewind_common::Hour::from_epoch_hours(0));
+        KafkaSink::new(spec, "job", shard, 1, None).unwrap()
+    }
+
     /// Whatever the events weigh, a shard keeps at most `MAX_IN_FLIGHT_BYTES` of records in
     /// flight (besides the `--checkpoint-events` count): against a broker cut off after the
     /// first exchanges, 512 KiB events stop being handed to the producer at the cap (librdkafka
@@ -1435,30 +1461,11 @@ mod tests {
         let (broker, proxy) = rewind_testkit::kafka::Tansu::start_behind_proxy(64 << 10);
         broker.create_topic("window", 1);
         let spec = KafkaSpec {
-            envelope: None,
-            preserve_partition: false,
             lineage_headers: false,
-            brokers: format!("127.0.0.1:{}", proxy.port),
-            topic: "window".into(),
-            key: KafkaKey::EventId,
-            compression: "none".into(),
             options: vec![("message.timeout.ms".into(), "3000".into())],
-            secrets: vec![],
-            control_from: vec![],
-            delivery: Delivery::AtLeastOnce,
-            checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
-            max_events_per_sec: None,
-            max_bytes_per_sec: None,
-            ordered: false,
+            ..test_spec(format!("127.0.0.1:{}", proxy.port), "window")
         };
-        let mut sink = KafkaSink::new(
-            &spec,
-            "job",
-            ShardId(rewind_common::Hour::from_epoch_hours(0)),
-            1,
-            None,
-        )
-        .unwrap();
+        let mut sink = test_sink(&spec);
         let org = rewind_common::OrgId::parse("TN-1").unwrap();
         let pad = "x".repeat(1 << 19);
         let mut accepted = 0;
@@ -1494,23 +1501,7 @@ mod tests {
     fn records_weigh_the_same_sent_and_acknowledged() {
         let broker = rewind_testkit::kafka::Tansu::start();
         broker.create_topic("weights", 2);
-        let mut spec = KafkaSpec {
-            envelope: None,
-            preserve_partition: false,
-            lineage_headers: true,
-            brokers: broker.brokers(),
-            topic: "weights".into(),
-            key: KafkaKey::EventId,
-            compression: "none".into(),
-            options: vec![],
-            secrets: vec![],
-            control_from: vec![],
-            delivery: Delivery::AtLeastOnce,
-            checkpoint_events: rewind_common::job::DEFAULT_CHECKPOINT_EVENTS,
-            max_events_per_sec: None,
-            max_bytes_per_sec: None,
-            ordered: false,
-        };
+        let mut spec = test_spec(broker.brokers(), "weights");
         let org = rewind_common::OrgId::parse("TN-1").unwrap();
         let big = vec![b'h'; 3000];
         let archived: Vec<rewind_common::envelope::Record> = (0..40)
@@ -1536,14 +1527,7 @@ mod tests {
                 spec.envelope = Some("value=$.v".into());
                 spec.lineage_headers = false;
             }
-            let mut sink = KafkaSink::new(
-                &spec,
-                "job",
-                ShardId(rewind_common::Hour::from_epoch_hours(0)),
-                1,
-                None,
-            )
-            .unwrap();
+            let mut sink = test_sink(&spec);
             let mut plain_bytes = 0;
             for (i, archived) in archived.iter().enumerate() {
                 let text = format!(
