@@ -3,6 +3,7 @@
 //!     cargo bench -p rewind-worker --bench decode            # 256 MB of generated events
 //!     REWIND_BENCH_MB=64 cargo bench -p rewind-worker --bench decode
 //!     REWIND_BENCH_PROFILE=hard cargo bench -p rewind-worker --bench decode   # the hard profile
+//!     REWIND_BENCH_ONLY=rewind cargo bench ...   # Rewind's decoder alone, no serde_json runs
 //!
 //! CPU time is this thread's on-CPU time (`/proc/thread-self/schedstat`), so the figures are
 //! per CPU-second whatever else the machine is doing; compare the ratios, not absolute times.
@@ -81,6 +82,10 @@ fn main() {
         }
         n
     });
+    // REWIND_BENCH_ONLY=rewind: Rewind's decoder alone (A/B of two builds).
+    if std::env::var("REWIND_BENCH_ONLY").is_ok_and(|v| v == "rewind") {
+        return;
+    }
     let validate = measure(
         "serde_json stream, validate only (IgnoredAny)",
         data.len(),
