@@ -749,6 +749,32 @@ mod tests {
     }
 
     #[test]
+    fn field_names_are_recognised_exactly() {
+        for id in FieldId::ALL {
+            let name = id.name().as_bytes();
+            assert_eq!(FieldId::from_key(name), Some(id));
+            // Same length, one byte off anywhere: not the field.
+            for at in 0..name.len() {
+                let mut other = name.to_vec();
+                other[at] ^= 0x20;
+                assert_eq!(FieldId::from_key(&other), None, "{other:?}");
+            }
+            assert_eq!(FieldId::from_key(&name[1..]), None);
+            assert_eq!(FieldId::from_key(&[name, b"x"].concat()), None);
+        }
+        for other in [
+            &b""[..],
+            b"org_ix",
+            b"domaim",
+            b"Data",
+            b"event-id",
+            b"timestamps",
+        ] {
+            assert_eq!(FieldId::from_key(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
     fn unescape_handles_surrogates() {
         assert_eq!(
             unescape(br"a\n\u00e9\ud83d\ude00").as_deref(),
