@@ -1389,6 +1389,7 @@ impl rewind_common::lifecycle::SinkCheck for KafkaChecks {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn finished_records_are_counted_in_any_order() {
@@ -1412,7 +1413,6 @@ mod tests {
             assert!(done.bits.len() <= 1, "finished words are dropped");
         }
     }
-    use super::*;
 
     fn txn() -> Txn {
         Txn {
