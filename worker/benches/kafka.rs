@@ -18,12 +18,11 @@
 //! idempotence, linger.ms=5, the compression given by REWIND_BENCH_COMPRESSION, default lz4);
 //! best of 3 (REWIND_BENCH_ROUNDS), alternating. Also prints the CPU per 1,000 events of each.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use std::sync::Arc;
-
 use rewind_common::job::{
     Delivery, JobSpec, KafkaKey, KafkaSpec, OutputKeys, ShardPlan, SinkSpec, Treatment,
 };
