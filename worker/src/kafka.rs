@@ -156,15 +156,19 @@ fn classify(e: &KafkaError) -> Class {
     }
 }
 
-/// What librdkafka holds for a record until it is acknowledged, about: its key and value, its
-/// headers (`headers`: what [`header_weight`] gives for each) and its own structure.
-fn record_weight(key: Option<&[u8]>, value: Option<&[u8]>, headers: usize) -> u64 {
+/// What librdkafka holds for a record until it is acknowledged, about: its key and value, each
+/// header's name and value, and its own structures. The sender and the delivery callback both
+/// count from the record itself, so the two always agree.
+fn record_weight(key: Option<&[u8]>, value: Option<&[u8]>, headers: Option<&impl Headers>) -> u64 {
+    let headers: usize = headers.map_or(0, |h| {
+        (0..h.count())
+            .map(|i| {
+                let h = h.get(i);
+                h.key.len() + h.value.map_or(0, <[u8]>::len) + HEADER_OVERHEAD
+            })
+            .sum()
+    });
     (key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers + RECORD_OVERHEAD) as u64
-}
-
-/// What librdkafka holds for one header: its name, value and structure.
-fn header_weight(name: &str, value: Option<&[u8]>) -> usize {
-    name.len() + value.map_or(0, <[u8]>::len) + HEADER_OVERHEAD
 }
 
 /// librdkafka's own bytes per record (the message structure, its allocation, the header list)
@@ -193,16 +197,8 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .mark(seq as u64);
-        let headers = msg.headers().map_or(0, |h| {
-            (0..h.count())
-                .map(|i| {
-                    let h = h.get(i);
-                    header_weight(h.key, h.value)
-                })
-                .sum()
-        });
         self.settled_bytes.fetch_add(
-            record_weight(msg.key(), msg.payload(), headers),
+            record_weight(msg.key(), msg.payload(), msg.headers()),
             Ordering::Relaxed,
         );
         self.settled.fetch_add(1, Ordering::Release);
@@ -1100,11 +1096,8 @@ impl KafkaSink {
                 .insert(seq, (self.origin_key.clone(), offset));
         }
         let mut headers = OwnedHeaders::new_with_capacity(5);
-        // What the headers weigh in flight, as the delivery callback will count them.
-        let mut weight = 0;
         if let Some(r) = archived {
             for (name, v) in &r.headers {
-                weight += header_weight(name, v.as_deref());
                 headers = headers.insert(Header {
                     key: name.as_str(),
                     value: v.as_deref(),
@@ -1132,12 +1125,7 @@ impl KafkaSink {
                     key: HEADER_ATTEMPT,
                     value: Some(self.attempt.as_str()),
                 });
-            weight += header_weight(HEADER_JOB, Some(self.job.as_bytes()))
-                + header_weight(HEADER_SOURCE_KEY, Some(source_key.as_bytes()))
-                + header_weight(HEADER_OFFSET, Some(self.offset_text.as_bytes()))
-                + header_weight(HEADER_ATTEMPT, Some(self.attempt.as_bytes()));
             if let Some(id) = row.event_id() {
-                weight += header_weight(HEADER_EVENT_ID, Some(id.as_bytes()));
                 headers = headers.insert(Header {
                     key: HEADER_EVENT_ID,
                     value: Some(id),
@@ -1148,7 +1136,7 @@ impl KafkaSink {
             Some(r) => r.value.as_deref(),
             None => Some(value.as_bytes()),
         };
-        let bytes = record_weight(key.as_deref(), payload, weight);
+        let bytes = record_weight(key.as_deref(), payload, Some(&headers));
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&self.topic, seq).headers(headers);
         if let Some(p) = payload {
