@@ -12,7 +12,8 @@ This serves what planning asks for and nothing more:
   max-keys (at most 1,000), with Key, LastModified, ETag (MD5 of the file, computed once at
   start) and Size, as S3 lists them;
 - ListObjectVersions answers 501 NotImplemented (an unversioned store: listings pin by ETag);
-- HEAD and GET of an object (whole object) for completeness; anything else 501.
+- HEAD and GET of an object, with If-Match on the ETag and a byte Range, as a pinned read
+  asks; anything else 501.
 
 Path-style requests only; signatures are not checked (this measures the client's side). HTTP/1.1
 with keep-alive, a thread per connection. Keys are loaded once at start: objects added later are
@@ -104,17 +105,30 @@ class Handler(BaseHTTPRequestHandler):
         if key not in meta:
             return self.error(404, "NoSuchKey", f"no key {key}")
         size, etag, modified = meta[key]
-        headers = [("ETag", etag), ("Last-Modified", time.strftime(
-            "%a, %d %b %Y %H:%M:%S GMT", time.strptime(modified, "%Y-%m-%dT%H:%M:%S.000Z")))]
+        match = self.headers.get("If-Match")
+        if match is not None and match.strip() not in ("*", etag):
+            return self.error(412, "PreconditionFailed", "If-Match does not hold")
+        first, last = 0, size - 1
+        ranged = self.headers.get("Range")
+        if ranged:
+            lo, _, hi = ranged.removeprefix("bytes=").partition("-")
+            first = int(lo) if lo else max(size - int(hi), 0)
+            last = min(int(hi), size - 1) if lo and hi else size - 1
+            if first >= size:
+                return self.error(416, "InvalidRange", f"{ranged} of {size} bytes")
         body = b""
         if self.command == "GET":
             with open(os.path.join(self.root, bucket, key), "rb") as fh:
-                body = fh.read()
-        self.send_response(200)
+                fh.seek(first)
+                body = fh.read(last - first + 1)
+        self.send_response(206 if ranged else 200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size))
-        for k, v in headers:
-            self.send_header(k, v)
+        self.send_header("Content-Length", str(last - first + 1))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", time.strftime(
+            "%a, %d %b %Y %H:%M:%S GMT", time.strptime(modified, "%Y-%m-%dT%H:%M:%S.000Z")))
         self.end_headers()
         self.wfile.write(body)
 

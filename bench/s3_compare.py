@@ -22,10 +22,14 @@ CPU-second, each case prints Rewind's extra CPU per object read from S3 (S3 run 
 run, divided by the objects). Needs a release build (built when missing).
 
     BENCH_SERVER=moto BENCH_CASE=small python3 bench/s3_compare.py
+
+`BENCH_SERVER=stand-in` serves them from `bench/list_server.py` (a Python stand-in: listings
+with ETags from a sorted key set, pinned GETs with If-Match and Range, HTTP/1.1 keep-alive):
+no HEADs and no new connection per request, which is what Rewind's side costs against AWS S3.
 """
 import json, os, shutil, socket, subprocess, sys, tempfile, time
 
-from benchlib import free_port, measured
+from benchlib import free_port, measured, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "rewind")
@@ -65,7 +69,8 @@ def upload(bucket_dir, port):
         list(pool.map(put, files))
 
 
-def run_case(name, hours, per_hour, object_mb, base, port, server_pid, repeats=3, moto=False):
+def run_case(name, hours, per_hour, object_mb, base, port, server_pid, repeats=3, moto=False,
+             standin=False):
     bucket_dir = os.path.join(base, "data", "archive")
     shutil.rmtree(bucket_dir, ignore_errors=True)
     subprocess.run([BIN, "gen", "--out", bucket_dir, "--org", "TN-bench", "--start", "2024-04-01T00",
@@ -75,6 +80,13 @@ def run_case(name, hours, per_hour, object_mb, base, port, server_pid, repeats=3
     objects = sum(len(fs) for _, _, fs in os.walk(bucket_dir))
     if moto:
         upload(bucket_dir, port)
+    if standin:
+        # The stand-in reads its key set at start: start it now that the archive is written.
+        server = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "list_server.py"),
+                                   "--port", str(port), os.path.join(base, "data")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, limit=120)
+        server_pid = server.pid
     end = f"2024-04-01T{hours - 1:02d}"
     env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1",
                AWS_EC2_METADATA_DISABLED="true")
@@ -92,6 +104,9 @@ def run_case(name, hours, per_hour, object_mb, base, port, server_pid, repeats=3
             # The run with the least CPU (wall times of a slow test server mean little).
             if kind not in best or cpu < best[kind][0]:
                 best[kind] = (cpu, wall, summary["recovered"], served)
+    if standin:
+        server.terminate()
+        server.wait()
     (lc, lw, lr, _), (sc, sw, sr, ss) = best["local"], best["s3"]
     assert lr == sr, f"different event counts: {lr} vs {sr}"
     mb = size / 1e6
@@ -107,13 +122,17 @@ def run_case(name, hours, per_hour, object_mb, base, port, server_pid, repeats=3
 def main():
     if not os.path.exists(BIN):
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
-    if os.environ.get("BENCH_SERVER", "s3s") != "moto" and not shutil.which("s3s-fs"):
+    if os.environ.get("BENCH_SERVER", "s3s") == "s3s" and not shutil.which("s3s-fs"):
         sys.exit("s3s-fs is missing: run scripts/test.sh (it installs it)")
     base = tempfile.mkdtemp(prefix="rewind-s3bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     os.makedirs(os.path.join(base, "data"))
     port = free_port()
     moto = os.environ.get("BENCH_SERVER", "s3s") == "moto"
-    if moto:
+    standin = os.environ.get("BENCH_SERVER", "s3s") == "stand-in"
+    server = None
+    if standin:
+        pass  # started per case, once its archive is written
+    elif moto:
         server = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
@@ -121,7 +140,7 @@ def main():
                                    "--secret-key", SECRET, os.path.join(base, "data")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
+        for _ in range(0 if standin else 100):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -129,11 +148,14 @@ def main():
                 time.sleep(0.1)
         case = os.environ.get("BENCH_CASE", "both")
         if case in ("both", "large"):
-            run_case("large objects", 4, 12, 5, base, port, server.pid, moto=moto)
+            run_case("large objects", 4, 12, 5, base, port, server and server.pid, moto=moto,
+                     standin=standin)
         if case in ("both", "small"):
-            run_case("many small objects", 24, 417, 0.05, base, port, server.pid, repeats=2, moto=moto)
+            run_case("many small objects", 24, 417, 0.05, base, port, server and server.pid,
+                     repeats=2, moto=moto, standin=standin)
     finally:
-        server.terminate()
+        if server:
+            server.terminate()
         shutil.rmtree(base, ignore_errors=True)
 
 

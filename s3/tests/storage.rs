@@ -10,7 +10,7 @@ use rewind_common::S3Options;
 use rewind_common::storage::{IoStats, ObjectSource, OutputStore, StorageError};
 use rewind_common::storage_contract::{Backend, pattern, read_pinned, run_all};
 use rewind_s3::{RetryPolicy, S3Output, S3Source, connect_static};
-use rewind_testkit::s3::{ACCESS_KEY, FaultProxy, Faults, S3Server, SECRET_KEY};
+use rewind_testkit::s3::{ACCESS_KEY, FaultProxy, Faults, S3Kind, S3Server, SECRET_KEY};
 
 const PART: usize = 5 * 1024 * 1024;
 
@@ -222,6 +222,45 @@ fn cut_bodies_resume_and_throttling_is_retried_and_counted() {
         stats.retries.load(Ordering::Relaxed),
         resets + slowdowns
     );
+}
+
+/// Listing pins each object with what the listing gives: where a store lists ETags (moto, as AWS
+/// S3 does) no object costs a HEAD; where it lists none (s3s-fs) each object costs one, and the
+/// pin still holds.
+#[test]
+fn listings_that_carry_etags_pin_without_a_head_per_object() {
+    for server in [S3Server::start_moto(), S3Server::start_s3s()] {
+        server.create_bucket("pinned", false);
+        for i in 0..5 {
+            server.put(
+                "pinned",
+                &format!("h/obj-{i}"),
+                &pattern(1_000 + i, i as u8),
+            );
+        }
+        let proxy = FaultProxy::start(server.port, Faults::default());
+        let rt = runtime();
+        let (source, _) = stores(&rt, &proxy.endpoint(), "pinned", "", SECRET_KEY).unwrap();
+        let listed = source.list("h/").unwrap();
+        assert_eq!(listed.len(), 5, "{:?}", server.kind);
+        assert!(
+            listed
+                .iter()
+                .all(|m| m.etag.is_some() || m.version.is_some()),
+            "every object pinned: {listed:?}"
+        );
+        let heads = proxy.counts.heads.load(Ordering::Relaxed);
+        match server.kind {
+            S3Kind::Moto => assert_eq!(heads, 0, "moto lists ETags: no HEAD needed"),
+            S3Kind::S3sFs => assert_eq!(heads, 5, "s3s-fs lists no ETags: one HEAD per object"),
+        }
+        for (i, meta) in listed.iter().enumerate() {
+            assert_eq!(
+                read_pinned(&source, meta).unwrap(),
+                pattern(1_000 + i, i as u8)
+            );
+        }
+    }
 }
 
 /// An object overwritten after it was listed fails the read with what changed, not other bytes.

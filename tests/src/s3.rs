@@ -291,6 +291,8 @@ pub struct Faults {
 #[derive(Debug, Default)]
 pub struct FaultCounts {
     pub requests: AtomicU64,
+    /// HEAD requests among them.
+    pub heads: AtomicU64,
     pub slowdowns: AtomicU64,
     pub resets: AtomicU64,
     body_gets: AtomicU64,
@@ -377,6 +379,9 @@ fn serve(
     client.set_read_timeout(Some(Duration::from_secs(60)))?;
     let (head, early_body) = read_head(&mut client)?;
     let n = counts.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if head.starts_with("HEAD ") {
+        counts.heads.fetch_add(1, Ordering::Relaxed);
+    }
     if faults.slowdown_every > 0 && n.is_multiple_of(faults.slowdown_every) {
         counts.slowdowns.fetch_add(1, Ordering::Relaxed);
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
