@@ -8,6 +8,12 @@ to spare) and with everything on one thread per shard, in one run.
     BENCH_CASES=1kb,5mb python3 bench/memory.py
     BENCH_PROFILE=hard python3 bench/memory.py   # the `rewind gen` hard profile (default: easy)
     BENCH_SINK=kafka BENCH_CASES=4h-5mb python3 bench/memory.py   # replayed into Kafka (tansu)
+    BENCH_CASES=year,year-100 python3 bench/memory.py   # the longest range a job takes: a year
+                                                        # of hours, 10 or 100 objects an hour
+    BENCH_SOURCE=s3 BENCH_CASES=year python3 bench/memory.py      # read through S3 (the stand-in)
+
+BENCH_SOURCE=s3 serves each case's archive from `bench/list_server.py` (a stand-in S3 endpoint
+that lists like AWS S3; the real test servers cannot list a year) instead of a local directory.
 
 Needs a release build (built when missing) and ~3 GB of free disk in bench/out; BENCH_SINK=kafka
 needs tansu (scripts/test.sh installs it), started here in memory on a free port.
@@ -29,6 +35,10 @@ CASES = {
     # One hour of 4 objects of ~100 MB, each: 5 events just under --max-event-bytes (16 MiB),
     # one over it (a failed record, skipped by the decoder) and 1,000 small events between.
     "big-events": (1, 4, None),
+    # The longest range a job takes (--max-range-hours is a leap year): 8,760 hour shards.
+    "year": (8760, 10, 0.001),
+    # ... of 100 objects an hour: 876,000 objects planned, pinned and committed in one job.
+    "year-100": (8760, 100, 0.001),
 }
 MAX_EVENT = 16 << 20
 
@@ -97,6 +107,32 @@ class Kafka:
         self.proc.wait()
 
 
+class StandIn:
+    """`bench/list_server.py` serving `root` (its subdirectories are buckets) on a free port."""
+
+    def __init__(self, root):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "list_server.py"),
+                                      "--port", str(self.port), root],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(1200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+    def args(self):
+        return ["--source", "s3://archive", "--endpoint-url", f"http://127.0.0.1:{self.port}",
+                "--force-path-style"]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def peak(args, env):
     t0 = time.time()
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env)
@@ -113,12 +149,14 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-p", "rewind-cli"], cwd=ROOT, check=True)
     os.makedirs(OUT, exist_ok=True)
     kafka = Kafka() if os.environ.get("BENCH_SINK") == "kafka" else None
-    print(f"profile: {profile}, sink: {'kafka (tansu)' if kafka else 'parquet'}")
+    print(f"profile: {profile}, sink: {'kafka (tansu)' if kafka else 'parquet'}, source: "
+          f"{'S3 (stand-in)' if os.environ.get('BENCH_SOURCE') == 's3' else 'local directory'}")
     print(f"{'case':<8} {'stored MB':>9}  {'helpers: RSS':>13} {'wall':>6}  {'one thread: RSS':>16} {'wall':>6}")
     for name in wanted:
         hours, per_hour, mb = CASES[name]
-        src = os.path.join(OUT, f"mem-{name}")
-        shutil.rmtree(src, ignore_errors=True)
+        base = os.path.join(OUT, f"mem-{name}")
+        shutil.rmtree(base, ignore_errors=True)
+        src = os.path.join(base, "archive")
         if mb is None:
             big_events(src, per_hour)
         else:
@@ -127,19 +165,25 @@ def main():
                             "--object-mb", str(mb), "--seed", "7", "--profile", profile], check=True,
                            stdout=subprocess.DEVNULL)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
+        end = time.strftime("%Y-%m-%dT%H", time.gmtime(1711929600 + (hours - 1) * 3600))
+        s3 = StandIn(base) if os.environ.get("BENCH_SOURCE") == "s3" else None
+        source = s3.args() if s3 else ["--source", src]
         row = []
         for helpers in (True, False):
             dest = os.path.join(OUT, "mem-dest")
             shutil.rmtree(dest, ignore_errors=True)
-            env = dict(os.environ)
+            env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                       AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
             if not helpers:
                 env.update(REWIND_PARALLEL_OBJECTS="0", REWIND_ENCODE_INLINE="1", REWIND_PREFETCH="0")
-            rss, wall = peak([BIN, "run", "--source", src, "--org", "TN-bench",
-                              "--start", "2024-04-01T00", "--end", f"2024-04-01T{hours - 1:02d}",
+            rss, wall = peak([BIN, "run"] + source + ["--org", "TN-bench",
+                              "--start", "2024-04-01T00", "--end", end,
                               "--dest", dest, "--workers", "2", "--json"]
                              + (kafka.args() if kafka else []), env)
             row.append((rss, wall))
-        shutil.rmtree(src, ignore_errors=True)
+        if s3:
+            s3.stop()
+        shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(os.path.join(OUT, "mem-dest"), ignore_errors=True)
         print(f"{name:<8} {size / 1e6:>9.0f}  {row[0][0]:>10.0f} MB {row[0][1]:>5.1f}s  "
               f"{row[1][0]:>13.0f} MB {row[1][1]:>5.1f}s")

@@ -126,13 +126,14 @@ pub fn run(args: FlowsTestArgs) -> Result<(), Failure> {
     let (mut sampled, mut unmatched, mut unmatched_unrecoverable, mut damaged) = (0u64, 0, 0, 0);
     let mut hours_read = 0;
     // Spread over the hours that have objects (a range often has many empty hours).
-    let with_objects = plans.iter().filter(|p| !p.objects.is_empty()).count();
+    let with_objects = plans.iter().filter(|p| p.objects > 0).count();
     let per_hour = args.sample.div_ceil(with_objects.max(1)).max(1);
     let cfg = DecoderConfig::default();
     // Storage is synchronous and may wait on the runtime: read from a blocking thread.
     let (sampled_out, reports_out) = runtime.block_on(async {
         tokio::task::spawn_blocking(move || -> Result<_, Failure> {
-            'hours: for plan in &plans {
+            'hours: for packed in &plans {
+                let plan = packed.unpack();
                 let mut taken = 0;
                 if !plan.objects.is_empty() {
                     hours_read += 1;

@@ -471,4 +471,6 @@ pub fn add_counts<V: Clone + Default>(
 }
 
 // What a job writes lives in `crate::output`; these paths stay valid.
-pub use crate::output::{ObjectStats, OutputFileEntry, OutputKeys, ShardManifest, ShardPlan};
+pub use crate::output::{
+    ObjectStats, OutputFileEntry, OutputKeys, PackedPlan, ShardManifest, ShardPlan,
+};

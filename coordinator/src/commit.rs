@@ -68,6 +68,7 @@ const MANIFEST_READS: usize = 16;
 fn read_manifests(
     output: &dyn OutputStore,
     done: &[(ShardId, &str)],
+    objects: PerObject,
 ) -> Result<Vec<(String, ShardManifest)>, CommitError> {
     let read = |(shard, key): &(ShardId, &str)| -> Result<(String, ShardManifest), CommitError> {
         let bad = |why: String| CommitError::Manifest {
@@ -76,7 +77,11 @@ fn read_manifests(
             why,
         };
         let body = output.get(key)?.ok_or_else(|| bad("not found".into()))?;
-        let m: ShardManifest = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        let mut m: ShardManifest = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        if objects == PerObject::Drop {
+            m.objects = Vec::new();
+            m.skipped_objects = Vec::new();
+        }
         Ok((key.to_string(), m))
     };
     if done.len() <= 1 {
@@ -97,6 +102,16 @@ fn read_manifests(
         }
         Ok(all)
     })
+}
+
+/// Whether a commit keeps each shard manifest's per-object statistics. A recovery's commit
+/// does not use them (they stay in the shard manifests), and a year of hours of 100 small
+/// objects each held ~130 MB of them at once (peak RSS 556 MB, `BENCH_CASES=year-100
+/// python3 bench/memory.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PerObject {
+    Keep,
+    Drop,
 }
 
 /// The committed shards and where their manifests are.
@@ -186,7 +201,7 @@ fn commit(
     }
     let keys = OutputKeys::new(&spec.job);
     let done = done_manifests(shards);
-    let mut manifests = read_manifests(output, &done)?;
+    let mut manifests = read_manifests(output, &done, PerObject::Drop)?;
     // The committed attempts' outputs become visible now, and only now: attempts write staged
     // names, so a stale attempt (a worker frozen past its lease) can never add a visible file,
     // not even after this commit. Idempotent: a commit run again finds them promoted.
@@ -346,7 +361,8 @@ fn commit_repair(
     use rewind_common::table::TableFile;
     let keys = OutputKeys::of(spec);
     let done = done_manifests(shards);
-    let manifests = read_manifests(output, &done)?;
+    // (A repair shard's objects are the dataset files it read: counted below.)
+    let manifests = read_manifests(output, &done, PerObject::Keep)?;
     let failed_shards = failed_shards(shards, cancelled)?;
     let input: rewind_common::job::RepairInput = match output.get(&keys.repair_input())? {
         Some(b) => serde_json::from_slice(&b).map_err(|e| CommitError::Change(e.to_string()))?,

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rewind_common::job::ShardPlan;
+use rewind_common::job::PackedPlan;
 use rewind_common::lifecycle::{
     JobPhase, JobStatus, Limits, SinkCheck, Summary, TenantBudgets, TenantCaps, now_ms,
 };
@@ -241,7 +241,7 @@ impl<R: JobRegistry> Coordinator<R> {
         &self,
         request: &JobRequest,
         scope: &Scope,
-    ) -> Result<(JobSpec, Vec<ShardPlan>), CoreError> {
+    ) -> Result<(JobSpec, Vec<PackedPlan>), CoreError> {
         let spec = self.validate(request)?;
         scope.allows(&spec).map_err(CoreError::Denied)?;
         let plans = pin_job(request, &spec).await?;
@@ -365,10 +365,11 @@ impl<R: JobRegistry> Coordinator<R> {
                         spec.places.dest
                     )));
                 }
-                plans
+                crate::plan::packed(plans)
             }
         };
         let shards: Vec<_> = plans.iter().map(|p| p.shard).collect();
+        let plans = Arc::new(plans);
         for _ in 0..16 {
             // Plans are keyed by job id: never write them over another job's. Ids are random
             // (two coordinators collide in the same second 1 in 65,536): the registry knows
@@ -822,13 +823,14 @@ impl<R: JobRegistry> Coordinator<R> {
 
 /// Opens the job's source and lists every hour prefix (an ingest: every object), pinning the
 /// objects.
-async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<ShardPlan>, CoreError> {
+async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<PackedPlan>, CoreError> {
     let source = rewind_s3::open_source(&spec.places.source, &request.s3)
         .await
         .map_err(|e| CoreError::storage("opening the source", e))?;
     if spec.ingest {
         return crate::plan::ingest_plans(source)
             .await
+            .map(crate::plan::packed)
             .map_err(|e| CoreError::storage("listing the landing zone", e));
     }
     pin(source, spec)

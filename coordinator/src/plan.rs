@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rewind_common::job::ShardPlan;
+use rewind_common::job::{PackedPlan, ShardPlan};
 use rewind_common::storage::{ObjectMeta, ObjectSource, OutputStore, StorageError};
 use rewind_common::{JobSpec, OutputKeys, ShardId};
 use tokio::sync::Semaphore;
@@ -73,13 +73,14 @@ where
 
 /// Lists every shard's prefix and pins what is there. Never lists outside the job's hours.
 /// Denied access fails the whole plan (no shard could do better); any other listing failure is
-/// recorded in that shard's plan, so the other hours still run.
+/// recorded in that shard's plan, so the other hours still run. Each plan is packed as soon as
+/// its prefix is listed: a job's listings are held until they are stored.
 pub async fn pin(
     source: Arc<dyn ObjectSource>,
     spec: &JobSpec,
-) -> Result<Vec<ShardPlan>, StorageError> {
+) -> Result<Vec<PackedPlan>, StorageError> {
     if spec.layout.is_undated() {
-        return undated_plans(source, spec).await;
+        return Ok(packed(undated_plans(source, spec).await?));
     }
     let shards = plan(spec);
     let only = spec.object.clone();
@@ -92,24 +93,28 @@ pub async fn pin(
         if let Some(key) = &only {
             objects.retain(|o| &o.key == key);
         }
-        Ok(ShardPlan {
+        Ok(PackedPlan::pack(&ShardPlan {
             shard: s.id,
             prefix: s.prefix,
             objects,
             unlisted,
-        })
+        }))
     })
     .await?;
+    // (With --object, a plan holds that object or nothing.)
     if let Some(key) = &spec.object
-        && !plans
-            .iter()
-            .any(|p| p.objects.iter().any(|o| &o.key == key))
+        && plans.iter().all(|p| p.objects == 0)
     {
         return Err(StorageError::NotFound {
             what: format!("--object {key} in the job's hours"),
         });
     }
     Ok(plans)
+}
+
+/// Plans packed ([`PackedPlan`]).
+pub fn packed(plans: Vec<ShardPlan>) -> Vec<PackedPlan> {
+    plans.iter().map(PackedPlan::pack).collect()
 }
 
 /// An undated layout's shards (Kafka Connect's default partitioner): everything below its
@@ -191,19 +196,16 @@ pub fn repair_plans(output: &dyn OutputStore) -> Result<Vec<ShardPlan>, StorageE
 }
 
 /// Writes one plan object per shard into the job's `_rewind/plan/` (distributed mode: the
-/// workers read them).
+/// workers read them). The plans are shared, not copied.
 pub async fn store_plans(
     output: Arc<dyn OutputStore>,
     spec: &JobSpec,
-    plans: Vec<ShardPlan>,
+    plans: Arc<Vec<PackedPlan>>,
 ) -> Result<(), StorageError> {
     let keys = OutputKeys::of(spec);
-    concurrently(plans, move |p| {
-        let body = serde_json::to_vec(&p).map_err(|e| StorageError::Unavailable {
-            what: "a shard plan".into(),
-            why: e.to_string(),
-        })?;
-        output.put(&keys.shard_plan(p.shard), &body).map(|_| ())
+    concurrently((0..plans.len()).collect(), move |i| {
+        let p = &plans[i];
+        output.put(&keys.shard_plan(p.shard), &p.json()).map(|_| ())
     })
     .await
     .map(|_| ())

@@ -477,8 +477,8 @@ impl<R: JobRegistry> JobService for JobServiceImpl<R> {
             .map(|p| pb::PlannedShard {
                 shard: p.shard.to_string(),
                 prefix: p.prefix,
-                objects: p.objects.len() as u64,
-                bytes: p.objects.iter().map(|o| o.size).sum(),
+                objects: p.objects,
+                bytes: p.bytes,
             })
             .collect();
         Ok(Response::new(pb::PlanJobResponse {
