@@ -32,6 +32,8 @@ CASES = {
     "400mb": (1, 1, 400),
     "1gb": (1, 1, 1000),
     "4h-5mb": (4, 12, 5),
+    # A day of them: 24 shards, each attempt's threads new (glibc's arenas, see malloc.rs).
+    "24h-5mb": (24, 12, 5),
     # One hour of 4 objects of ~100 MB, each: 5 events just under --max-event-bytes (16 MiB),
     # one over it (a failed record, skipped by the decoder) and 1,000 small events between.
     "big-events": (1, 4, None),

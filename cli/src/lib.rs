@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod config;
+pub mod malloc;
 mod ops;
 mod security;
 mod telemetry;

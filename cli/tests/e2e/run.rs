@@ -1134,3 +1134,62 @@ fn parallel_objects_write_what_one_at_a_time_writes() {
     assert_eq!(fa.len() as u64, a["failed"].as_u64().unwrap());
     assert_eq!(fa, fb, "the same failed records, in the same order");
 }
+
+/// The binary starts itself again once with `MALLOC_ARENA_MAX` set (one glibc arena per four
+/// cores: `cli/src/malloc.rs`), same process, same arguments, unless the environment sets it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_binary_limits_glibc_arenas_once_and_keeps_an_operators_choice() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    // A worker whose etcd never answers: it retries (and says so on stderr) until killed.
+    let args = ["worker", "--etcd", "http://127.0.0.1:9", "--slots", "1"];
+    let environ_of = |operator: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(v) = operator {
+            cmd.env("MALLOC_ARENA_MAX", v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // Its first line is written by `main` past the point where it would start again.
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("etcd unreachable"), "{line}");
+        let pid = child.id();
+        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| v.starts_with("MALLOC_ARENA_MAX="))
+            .collect();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (vars, argv)
+    };
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (vars, argv) = environ_of(None);
+    assert_eq!(vars, [format!("MALLOC_ARENA_MAX={}", cores.div_ceil(4))]);
+    assert_eq!(argv[0], BIN, "argv[0] is kept");
+    assert_eq!(argv[1..], args, "the arguments are kept");
+
+    let (vars, argv) = environ_of(Some("3"));
+    assert_eq!(
+        vars,
+        ["MALLOC_ARENA_MAX=3"],
+        "an operator's setting is left alone"
+    );
+    assert_eq!(argv[1..], args);
+}
