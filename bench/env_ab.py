@@ -2,7 +2,8 @@
 """A/B of `rewind run --workers 2` with and without one environment setting, alternating, in
 one run (compare the ratio: shared machines).
 
-    python3 bench/env_ab.py REWIND_MALLOC_TUNING=0          # B = without Rewind's malloc settings
+    python3 bench/env_ab.py MALLOC_ARENA_MAX=16   # B = glibc's default arenas on 2 cores (A: the
+                                                  # binary's own, one per four cores)
     BENCH_PROFILE=easy BENCH_HOURS=2 python3 bench/env_ab.py REWIND_PARALLEL_OBJECTS=0
 
 Input: `rewind gen` of BENCH_HOURS (default 4) hours x 12 objects x 5 MB of BENCH_PROFILE
