@@ -5,12 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Servers and tools the tests use, installed only when missing (Debian packages).
+# What building needs (protoc, pkg-config, OpenSSL headers), then the servers and tools the
+# tests use, installed only when missing (Debian packages).
+scripts/build-deps.sh
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 # A real browser for the status page's tests (headless), and its WebDriver server.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

@@ -610,13 +610,18 @@ fn layered_configuration_through_the_binaries() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// The README's front-door command is `cargo run -p rewind-cli -- run …`: with three binaries
-/// in the package, that only works while `rewind` is the package's default-run binary.
+/// The README's front door is `scripts/sample.sh`, which runs `cargo run -p rewind-cli -- run …`
+/// (the README also gives that command): with three binaries in the package, that only works
+/// while `rewind` is the package's default-run binary.
 #[test]
 fn readme_cargo_run_reaches_the_rewind_binary() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = fs::read_to_string(root.join("../README.md")).unwrap();
+    assert!(readme.contains("```sh\nscripts/sample.sh\n```"));
     assert!(readme.contains("cargo run --release -p rewind-cli -- run "));
+    let sample = fs::read_to_string(root.join("../scripts/sample.sh")).unwrap();
+    assert!(sample.contains("scripts/build-deps.sh"));
+    assert!(sample.contains("cargo run --release -p rewind-cli -- run --source examples/archive"));
     let manifest: toml::Table = fs::read_to_string(root.join("Cargo.toml"))
         .unwrap()
         .parse()
