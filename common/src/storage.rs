@@ -119,6 +119,18 @@ pub trait ObjectSource: Send + Sync {
     fn describe(&self) -> String;
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+    /// The objects of [`ObjectSource::list`], handed to `each` a page at a time: each page
+    /// sorted by key and every key after the previous page's. A caller that groups or packs
+    /// them as they come holds a page, not the whole listing (a landing zone or an undated
+    /// archive can hold millions of objects). Sources that list in one go hand over one page.
+    /// An error from `each` stops the listing and is returned.
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        each(self.list(prefix)?)
+    }
     /// Streams exactly the object `meta` lists, from its first byte: the same version, or the
     /// same content tag. An object changed or deleted since it was listed is an error
     /// ([`StorageError::Changed`] / [`StorageError::NotFound`]), never other bytes.

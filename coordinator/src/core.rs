@@ -830,7 +830,6 @@ async fn pin_job(request: &JobRequest, spec: &JobSpec) -> Result<Vec<PackedPlan>
     if spec.ingest {
         return crate::plan::ingest_plans(source)
             .await
-            .map(crate::plan::packed)
             .map_err(|e| CoreError::storage("listing the landing zone", e));
     }
     pin(source, spec)

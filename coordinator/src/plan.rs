@@ -80,7 +80,7 @@ pub async fn pin(
     spec: &JobSpec,
 ) -> Result<Vec<PackedPlan>, StorageError> {
     if spec.layout.is_undated() {
-        return Ok(packed(undated_plans(source, spec).await?));
+        return undated_plans(source, spec).await;
     }
     let shards = plan(spec);
     let only = spec.object.clone();
@@ -119,24 +119,25 @@ pub fn packed(plans: Vec<ShardPlan>) -> Vec<PackedPlan> {
 
 /// An undated layout's shards (Kafka Connect's default partitioner): everything below its
 /// prefix, listed once, in key order, grouped by size; the workers pick records by their
-/// archived timestamps.
+/// archived timestamps. Each group is packed as soon as it is full: the listing is held a page
+/// at a time, not whole.
 async fn undated_plans(
     source: Arc<dyn ObjectSource>,
     spec: &JobSpec,
-) -> Result<Vec<ShardPlan>, StorageError> {
+) -> Result<Vec<PackedPlan>, StorageError> {
     let prefix = spec.layout.prefix(spec.range.first, &spec.org);
     let only = spec.object.clone();
-    let mut objects = tokio::task::spawn_blocking(move || source.list(&prefix))
-        .await
-        .map_err(|e| StorageError::Unavailable {
-            what: "listing the archive".into(),
-            why: e.to_string(),
-        })??;
-    if let Some(key) = &only {
-        objects.retain(|o| &o.key == key);
-    }
-    objects.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(grouped(objects, INGEST_SHARD_OBJECTS, INGEST_SHARD_BYTES))
+    listed_in_groups("listing the archive", move |groups| {
+        source.list_pages(&prefix, &mut |page| {
+            for o in page {
+                if only.as_ref().is_none_or(|key| &o.key == key) {
+                    groups.push(o);
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
 }
 
 /// Objects a landing-zone ingest shard reads at most, and bytes.
@@ -146,41 +147,101 @@ pub const INGEST_SHARD_BYTES: u64 = 256 << 20;
 /// The shards of a landing-zone ingest: every object below the source, whatever its name
 /// (names with a segment starting `_` or `.` are markers and hidden files, left alone), in key
 /// order, in groups of up to 256 objects and 256 MiB (ids are hours from the epoch: shard `n`
-/// is hour `n`).
-pub async fn ingest_plans(source: Arc<dyn ObjectSource>) -> Result<Vec<ShardPlan>, StorageError> {
-    let mut objects = tokio::task::spawn_blocking(move || source.list(""))
-        .await
-        .map_err(|e| StorageError::Unavailable {
-            what: "listing the landing zone".into(),
-            why: e.to_string(),
-        })??;
-    objects.retain(|o| !o.key.split('/').any(|s| s.starts_with(['_', '.'])));
-    objects.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(grouped(objects, INGEST_SHARD_OBJECTS, INGEST_SHARD_BYTES))
+/// is hour `n`), each packed as soon as it is full.
+pub async fn ingest_plans(source: Arc<dyn ObjectSource>) -> Result<Vec<PackedPlan>, StorageError> {
+    listed_in_groups("listing the landing zone", move |groups| {
+        source.list_pages("", &mut |page| {
+            for o in page {
+                if !o.key.split('/').any(|s| s.starts_with(['_', '.'])) {
+                    groups.push(o);
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Runs a paged listing (`list`, which pushes objects in key order) on a blocking thread into
+/// ingest-sized groups, packed as they fill.
+async fn listed_in_groups(
+    what: &'static str,
+    list: impl FnOnce(&mut Groups<PackedPlan>) -> Result<(), StorageError> + Send + 'static,
+) -> Result<Vec<PackedPlan>, StorageError> {
+    tokio::task::spawn_blocking(move || {
+        let mut groups = Groups::new(INGEST_SHARD_OBJECTS, INGEST_SHARD_BYTES, |p| {
+            PackedPlan::pack(&p)
+        });
+        list(&mut groups)?;
+        Ok(groups.finish())
+    })
+    .await
+    .map_err(|e| StorageError::Unavailable {
+        what: what.into(),
+        why: e.to_string(),
+    })?
 }
 
 /// Objects in order, in groups of up to `n` objects and `bytes` bytes, each group one shard
 /// (ids are hours from the epoch: shard `i` is hour `i`).
 fn grouped(objects: Vec<ObjectMeta>, n: usize, max_bytes: u64) -> Vec<ShardPlan> {
-    let mut plans: Vec<ShardPlan> = Vec::new();
-    let mut bytes = 0;
+    let mut groups = Groups::new(n, max_bytes, |p| p);
     for o in objects {
-        let full = plans
-            .last()
-            .is_none_or(|p| p.objects.len() >= n || bytes + o.size > max_bytes);
-        if full {
-            plans.push(ShardPlan {
-                shard: ShardId(rewind_common::Hour::from_epoch_hours(plans.len() as i64)),
-                prefix: String::new(),
-                objects: Vec::new(),
-                unlisted: None,
-            });
-            bytes = 0;
-        }
-        bytes += o.size;
-        plans.last_mut().expect("a plan").objects.push(o);
+        groups.push(o);
     }
-    plans
+    groups.finish()
+}
+
+/// Objects pushed in order into groups of up to `n` objects and `max_bytes` bytes; each group,
+/// once full, sealed (`seal`: kept as it is, or packed).
+struct Groups<T> {
+    n: usize,
+    max_bytes: u64,
+    open: Option<(ShardPlan, u64)>,
+    sealed: Vec<T>,
+    seal: fn(ShardPlan) -> T,
+}
+
+impl<T> Groups<T> {
+    fn new(n: usize, max_bytes: u64, seal: fn(ShardPlan) -> T) -> Self {
+        Groups {
+            n,
+            max_bytes,
+            open: None,
+            sealed: Vec::new(),
+            seal,
+        }
+    }
+
+    fn push(&mut self, o: ObjectMeta) {
+        if let Some((plan, bytes)) = &self.open
+            && (plan.objects.len() >= self.n || bytes + o.size > self.max_bytes)
+        {
+            let (plan, _) = self.open.take().expect("an open group");
+            self.sealed.push((self.seal)(plan));
+        }
+        let index = self.sealed.len() as i64;
+        let (plan, bytes) = self.open.get_or_insert_with(|| {
+            (
+                ShardPlan {
+                    shard: ShardId(rewind_common::Hour::from_epoch_hours(index)),
+                    prefix: String::new(),
+                    objects: Vec::new(),
+                    unlisted: None,
+                },
+                0,
+            )
+        });
+        *bytes += o.size;
+        plan.objects.push(o);
+    }
+
+    fn finish(mut self) -> Vec<T> {
+        if let Some((plan, _)) = self.open.take() {
+            self.sealed.push((self.seal)(plan));
+        }
+        self.sealed
+    }
 }
 
 /// Files a distributed repair shard rewrites at most, and bytes.
@@ -250,5 +311,80 @@ mod tests {
         let mut prefixes: Vec<_> = shards.iter().map(|s| &s.prefix).collect();
         prefixes.dedup();
         assert_eq!(prefixes.len(), shards.len());
+    }
+
+    fn object(key: &str, size: u64) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size,
+            etag: Some(format!("\"{key}\"")),
+            version: None,
+        }
+    }
+
+    /// Groups close at `n` objects or before `max_bytes` would be passed, in order; an object
+    /// larger than the limit is a group of its own; ids count hours from the epoch.
+    #[test]
+    fn groups_close_by_count_and_bytes_in_order() {
+        let sizes = [40, 40, 40, 10, 150, 5, 5, 5, 5];
+        let objects: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| object(&format!("k{i}"), *s))
+            .collect();
+        let plans = grouped(objects.clone(), 3, 100);
+        let keys: Vec<Vec<&str>> = plans
+            .iter()
+            .map(|p| p.objects.iter().map(|o| o.key.as_str()).collect())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                vec!["k0", "k1"],
+                vec!["k2", "k3"],
+                vec!["k4"],
+                vec!["k5", "k6", "k7"],
+                vec!["k8"]
+            ]
+        );
+        for (i, p) in plans.iter().enumerate() {
+            assert_eq!(p.shard.0, rewind_common::Hour::from_epoch_hours(i as i64));
+        }
+        // Packed as they fill: the same plans.
+        let mut packed = Groups::new(3, 100, |p| PackedPlan::pack(&p));
+        for o in objects {
+            packed.push(o);
+        }
+        let packed = packed.finish();
+        assert_eq!(packed.len(), plans.len());
+        for (p, plan) in packed.iter().zip(&plans) {
+            assert_eq!(p.unpack(), *plan);
+        }
+    }
+
+    /// A landing zone is grouped from a paged listing: markers and hidden files left out, every
+    /// other object in one group, in key order.
+    #[tokio::test]
+    async fn an_ingest_groups_a_paged_listing_without_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "b/2.json",
+            "a/1.json",
+            "_SUCCESS",
+            "a/.hidden",
+            "c/_tmp/x",
+            "c/3.json",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, name).unwrap();
+        }
+        let source: Arc<dyn ObjectSource> =
+            Arc::new(rewind_common::storage::LocalSource::new(dir.path()).unwrap());
+        let plans = ingest_plans(source).await.unwrap();
+        assert_eq!(plans.len(), 1);
+        let plan = plans[0].unpack();
+        let keys: Vec<_> = plan.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["a/1.json", "b/2.json", "c/3.json"]);
     }
 }

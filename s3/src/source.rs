@@ -114,6 +114,53 @@ impl ObjectSource for S3Source {
         })
     }
 
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        check_key(prefix)?;
+        let full: Arc<str> = format!("{}{prefix}", self.prefix).into();
+        let what: Arc<str> = format!("listing {}", self.what(prefix)).into();
+        let root = self.prefix.len();
+        // One listing page per round trip to the runtime; the pages come in key order.
+        let mut cursor = Some(if self.versioned {
+            Page::Versions(None)
+        } else {
+            Page::Objects(None)
+        });
+        while let Some(at) = cursor {
+            let (client, bucket, full, what) = (
+                self.client.clone(),
+                self.bucket.clone(),
+                full.clone(),
+                what.clone(),
+            );
+            let (mut page, next) = self.client.block(async move {
+                Ok(match at {
+                    Page::Versions(markers) => {
+                        let (out, next) =
+                            version_page(&client, &bucket, &full, &what, markers).await?;
+                        let page: Vec<ObjectMeta> = latest_versions(&out).collect();
+                        (page, next.map(|m| Page::Versions(Some(m))))
+                    }
+                    Page::Objects(token) => {
+                        let (page, next) =
+                            objects_page(&client, &bucket, &full, &what, true, token).await?;
+                        (page, next.map(|t| Page::Objects(Some(t))))
+                    }
+                })
+            })?;
+            for o in &mut page {
+                o.key = o.key[root..].to_string();
+            }
+            page.sort_by(|a, b| a.key.cmp(&b.key));
+            each(page)?;
+            cursor = next;
+        }
+        Ok(())
+    }
+
     fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
         check_key(&meta.key)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
@@ -147,7 +194,8 @@ impl ObjectSource for S3Source {
     }
 }
 
-/// Every object under `prefix` (full keys). `pin` fills in ETags a store did not list.
+/// Every object under `prefix` (full keys; ListObjectsV2, every page). `pin` fills in ETags a
+/// store did not list.
 pub(crate) async fn list_objects(
     client: &S3Client,
     bucket: &str,
@@ -156,35 +204,53 @@ pub(crate) async fn list_objects(
     pin: bool,
 ) -> Result<Vec<ObjectMeta>, StorageError> {
     let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client
-            .send(what, || {
-                client
-                    .sdk
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token.clone())
-                    .send()
-            })
-            .await?;
-        for o in page.contents() {
-            if let Some(key) = o.key() {
-                out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag().map(str::to_string),
-                    version: None,
-                });
-            }
-        }
-        token = page.next_continuation_token().map(str::to_string);
-        if !page.is_truncated().unwrap_or(false) || token.is_none() {
-            break;
-        }
+    let mut token = Some(None);
+    while let Some(after) = token {
+        let (page, next) = objects_page(client, bucket, prefix, what, pin, after).await?;
+        out.extend(page);
+        token = next.map(Some);
     }
-    // Some S3-compatible stores list no ETags: ask for each such object once, so the pin holds.
+    Ok(out)
+}
+
+/// One page of ListObjectsV2 under `prefix` from `token` (`None`: the first), and the next
+/// page's token when there is one. With `pin`, objects listed without an ETag (some
+/// S3-compatible stores list none) are asked for once each (HEAD), so the pin holds.
+async fn objects_page(
+    client: &S3Client,
+    bucket: &str,
+    prefix: &str,
+    what: &str,
+    pin: bool,
+    token: Option<String>,
+) -> Result<(Vec<ObjectMeta>, Option<String>), StorageError> {
+    let page = client
+        .send(what, || {
+            client
+                .sdk
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+        })
+        .await?;
+    let mut out: Vec<ObjectMeta> = page
+        .contents()
+        .iter()
+        .filter_map(|o| {
+            Some(ObjectMeta {
+                key: o.key()?.to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().map(str::to_string),
+                version: None,
+            })
+        })
+        .collect();
+    let next = page
+        .next_continuation_token()
+        .filter(|_| page.is_truncated().unwrap_or(false))
+        .map(str::to_string);
     for o in out.iter_mut().filter(|o| pin && o.etag.is_none()) {
         let head = client
             .send(what, || {
@@ -194,8 +260,19 @@ pub(crate) async fn list_objects(
         o.etag = head.e_tag().map(str::to_string);
         o.size = head.content_length().unwrap_or(0).max(0) as u64;
     }
-    Ok(out)
+    Ok((out, next))
 }
+
+/// Where the next page of a paged listing starts.
+enum Page {
+    /// ListObjectsV2 from this continuation token (`None`: the first page).
+    Objects(Option<String>),
+    /// ListObjectVersions from these markers.
+    Versions(VersionMarkers),
+}
+
+/// Where a ListObjectVersions page starts: after this key and version (`None`: the first).
+type VersionMarkers = Option<(Option<String>, Option<String>)>;
 
 /// Every page of ListObjectVersions under `prefix`, handed to `each` in order.
 pub(crate) async fn version_pages(
@@ -205,27 +282,71 @@ pub(crate) async fn version_pages(
     what: &str,
     mut each: impl FnMut(&aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput),
 ) -> Result<(), StorageError> {
-    let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+    let mut markers: VersionMarkers = None;
     loop {
-        let page = client
-            .send(what, || {
-                client
-                    .sdk
-                    .list_object_versions()
-                    .bucket(bucket)
-                    .prefix(prefix)
-                    .set_key_marker(key_marker.clone())
-                    .set_version_id_marker(version_marker.clone())
-                    .send()
-            })
-            .await?;
+        let (page, next) = version_page(client, bucket, prefix, what, markers).await?;
         each(&page);
-        key_marker = page.next_key_marker().map(str::to_string);
-        version_marker = page.next_version_id_marker().map(str::to_string);
-        if !page.is_truncated().unwrap_or(false) || key_marker.is_none() {
-            return Ok(());
+        match next {
+            Some(m) => markers = Some(m),
+            None => return Ok(()),
         }
     }
+}
+
+/// One page of ListObjectVersions from `markers`, and where the next one starts.
+async fn version_page(
+    client: &S3Client,
+    bucket: &str,
+    prefix: &str,
+    what: &str,
+    markers: VersionMarkers,
+) -> Result<
+    (
+        aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput,
+        Option<(Option<String>, Option<String>)>,
+    ),
+    StorageError,
+> {
+    let (key_marker, version_marker) = markers.unwrap_or_default();
+    let page = client
+        .send(what, || {
+            client
+                .sdk
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+        })
+        .await?;
+    let key_marker = page.next_key_marker().map(str::to_string);
+    let version_marker = page.next_version_id_marker().map(str::to_string);
+    let next = (page.is_truncated().unwrap_or(false) && key_marker.is_some())
+        .then_some((key_marker, version_marker));
+    Ok((page, next))
+}
+
+/// The latest version of each key a ListObjectVersions page lists (a key whose latest entry is
+/// a delete marker has no `is_latest` version: it is gone).
+fn latest_versions(
+    page: &aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput,
+) -> impl Iterator<Item = ObjectMeta> + '_ {
+    page.versions().iter().filter_map(|v| {
+        if v.is_latest() != Some(true) {
+            return None;
+        }
+        Some(ObjectMeta {
+            key: v.key()?.to_string(),
+            size: v.size().unwrap_or(0).max(0) as u64,
+            etag: v.e_tag().map(str::to_string),
+            // "null" is the version of objects written while versioning was off.
+            version: v
+                .version_id()
+                .filter(|id| *id != "null")
+                .map(str::to_string),
+        })
+    })
 }
 
 /// In a versioned bucket: the latest version of each key (delete markers hide a key).
@@ -237,23 +358,7 @@ async fn list_versions(
 ) -> Result<Vec<ObjectMeta>, StorageError> {
     let mut out = Vec::new();
     version_pages(client, bucket, prefix, what, |page| {
-        for v in page.versions() {
-            if v.is_latest() == Some(true)
-                && let Some(key) = v.key()
-            {
-                out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: v.size().unwrap_or(0).max(0) as u64,
-                    etag: v.e_tag().map(str::to_string),
-                    // "null" is the version of objects written while versioning was off.
-                    version: v
-                        .version_id()
-                        .filter(|id| *id != "null")
-                        .map(str::to_string),
-                });
-            }
-        }
-        // A key whose latest entry is a delete marker has no `is_latest` version: it is gone.
+        out.extend(latest_versions(page));
     })
     .await?;
     Ok(out)

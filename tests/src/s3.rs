@@ -145,6 +145,27 @@ impl S3Server {
         });
     }
 
+    /// Writes many objects, 16 requests at a time.
+    pub fn put_many(&self, bucket: &str, objects: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        use futures::StreamExt;
+        self.rt.block_on(async {
+            futures::stream::iter(objects)
+                .map(|(key, body)| async move {
+                    self.client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(&key)
+                        .body(ByteStream::from(body))
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<()>>()
+                .await;
+        });
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         self.rt.block_on(async {
             self.client

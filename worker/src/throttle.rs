@@ -151,6 +151,15 @@ impl ObjectSource for ThrottledSource {
         self.inner.list(prefix)
     }
 
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.throttle.acquire(0);
+        self.inner.list_pages(prefix, each)
+    }
+
     fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
         self.throttle.acquire(0);
         self.inner.open(meta)
