@@ -6,6 +6,10 @@ coordinator.
     python3 bench/plan_year.py                                   # a year, stand-in listing server
     BENCH_SERVER=s3s-fs BENCH_HOURS=720 python3 bench/plan_year.py   # a month against s3s-fs
     BENCH_SUBMIT=1 python3 bench/plan_year.py                    # also submit it (no workers)
+    BENCH_LAYOUT=undated BENCH_OBJECTS=300000 python3 bench/plan_year.py
+                         # an undated layout (Kafka Connect's default partitioner): every object
+                         # below one prefix, listed in pages and grouped into shards; prints the
+                         # coordinator's peak RSS
 
 Starts etcd, the S3 endpoint and `rewind coordinator` (release build, or $REWIND_BIN) on free
 loopback ports; `rewind gen` writes the archive (1 KB objects: planning lists, it does not read)
@@ -37,6 +41,7 @@ def main():
     hours = int(os.environ.get("BENCH_HOURS", "8760" if server == "stand-in" else "720"))
     per_hour = int(os.environ.get("BENCH_OBJECTS_PER_HOUR", "10"))
     rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+    undated = os.environ.get("BENCH_LAYOUT") == "undated"
     for tool in ("etcd", "s3s-fs") if server == "s3s-fs" else ("etcd",):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run scripts/test.sh (it installs it)")
@@ -48,13 +53,26 @@ def main():
     try:
         bucket = os.path.join(tmp, "s3", "archive")
         t0 = time.time()
-        subprocess.run([BIN, "gen", "--out", bucket, "--org", "TN-bench", "--start", "2023-01-01T00",
-                        "--hours", str(hours), "--objects-per-hour", str(per_hour),
-                        "--object-mb", "0.001", "--seed", "5"], check=True,
-                       stdout=subprocess.DEVNULL)
+        layout = []
+        if undated:
+            # Kafka Connect's default partitioner: topics/<topic>/partition=<p>/<topic>+<p>+<offset>
+            n = int(os.environ.get("BENCH_OBJECTS", "300000"))
+            part = os.path.join(bucket, "topics", "orders", "partition=0")
+            os.makedirs(part)
+            for i in range(n):
+                with open(os.path.join(part, f"orders+0+{i * 1000:019d}.json"), "w") as f:
+                    f.write('{"value":"x","timestamp":1672531200000}')
+            layout = ["--layout", "topics/orders/partition=0/", "--envelope", "kcat", "--sink",
+                      "kafka", "--brokers", "127.0.0.1:9", "--topic", "orders"]
+            hours = 24
+        else:
+            subprocess.run([BIN, "gen", "--out", bucket, "--org", "TN-bench", "--start",
+                            "2023-01-01T00", "--hours", str(hours), "--objects-per-hour",
+                            str(per_hour), "--object-mb", "0.001", "--seed", "5"], check=True,
+                           stdout=subprocess.DEVNULL)
         objects = sum(len(fs) for _, _, fs in os.walk(bucket))
-        print(f"archive: {hours} hours x {per_hour} objects = {objects:,} objects "
-              f"(written in {time.time() - t0:.0f}s)")
+        print(f"archive: {'one undated prefix' if undated else f'{hours} hours x {per_hour} objects'}"
+              f" = {objects:,} objects (written in {time.time() - t0:.0f}s)")
         s3port, api = free_port(), free_port()
         etcd, cport = start_etcd(os.path.join(tmp, "etcd"))
         procs.append(etcd)
@@ -83,7 +101,7 @@ def main():
                 [BIN, "plan", "--coordinator", f"http://127.0.0.1:{api}", "--source",
                  "s3://archive", "--endpoint-url", f"http://127.0.0.1:{s3port}",
                  "--force-path-style", "--org", "TN-bench", "--start", "2023-01-01T00", "--end",
-                 end_hour, "--dest", os.path.join(tmp, "out"), "--json"],
+                 end_hour, "--dest", os.path.join(tmp, "out"), "--json"] + layout,
                 capture_output=True, text=True, env=env)
             wall = time.time() - t0
             if out.returncode != 0:
@@ -116,9 +134,13 @@ def main():
                   f"wall; status shows {shown['shards']['total']:,} shards, "
                   f"{shown['objects']:,} objects, state {shown['state']}")
         wall, ccpu, scpu, shards = best
-        print(f"plan of {shards:,} hour shards, {objects:,} objects: {wall:.1f}s wall "
+        with open(f"/proc/{coord.pid}/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        print(f"coordinator peak RSS: {hwm / 1024:.0f} MB")
+        print(f"plan of {shards:,} {'shards' if undated else 'hour shards'}, {objects:,} objects: {wall:.1f}s wall "
               f"(best of {rounds}); coordinator {ccpu:.1f} CPU-s, {server} {scpu:.1f} CPU-s "
-              f"({shards:,}+ listings{f' and {objects:,} HEADs' if server == 's3s-fs' else ''})")
+              f"({'one listing, ' + format(-(-objects // 1000), ',') + ' pages' if undated else format(shards, ',') + '+ listings'}"
+              f"{f' and {objects:,} HEADs' if server == 's3s-fs' else ''})")
     finally:
         stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
