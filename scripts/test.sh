@@ -5,21 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What building needs (protoc, pkg-config, OpenSSL headers), then the servers and tools the
-# tests use, installed only when missing (Debian packages).
-scripts/build-deps.sh
+# The servers and tools the tests use that are Debian packages, installed only when missing,
+# with what building needs (protoc, pkg-config, OpenSSL headers: scripts/build-deps.sh).
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # A real browser for the status page's tests (headless), and its WebDriver server.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-if ((${#missing[@]})); then
-  echo "installing ${missing[*]}" >&2
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+scripts/build-deps.sh "${missing[@]}"
 
 # S3-compatible servers: s3s-fs (Rust, checks signatures) and moto (Python, has versioning;
 # it is also the Kinesis server of the tests).
