@@ -317,53 +317,83 @@ fn join(root: &Path, key: &str) -> Result<PathBuf, StorageError> {
     Ok(root.join(key))
 }
 
-/// Lists regular files below `dir` (recursively), as keys relative to `root`.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+/// Hands the regular files below `dir` (recursively) to `each` in key order, as keys relative
+/// to `root`. A directory's entries are visited sorted as their keys sort (a subdirectory as its
+/// name and '/'), so the walk needs no sort of the whole listing and holds one directory's
+/// names at a time.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    each: &mut dyn FnMut(ObjectMeta) -> Result<(), StorageError>,
+) -> Result<(), WalkError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
+    let mut sorted = Vec::new();
     for entry in entries {
         let entry = entry?;
         let path = entry.path();
-        if entry.file_name().to_str().is_none() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             // Object keys are UTF-8; never skip such a file silently.
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} has a name that is not valid UTF-8", path.display()),
-            ));
-        }
+            )
+            .into());
+        };
         let file_type = match entry.file_type() {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         if file_type.is_dir() {
-            walk(root, &path, out)?;
+            sorted.push((name + "/", path, true));
         } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
-            let rel = path.strip_prefix(root).unwrap_or(&path);
-            let key = rel
-                .components()
-                .filter_map(|c| c.as_os_str().to_str())
-                .collect::<Vec<_>>()
-                .join("/");
-            // A file removed between the directory read and now (a temporary file renamed or
-            // linked into place by a concurrent writer) is simply not listed.
-            let meta = match fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            out.push(ObjectMeta {
-                key,
-                size: meta.len(),
-                etag: Some(local_tag(&meta)),
-                version: None,
-            });
+            sorted.push((name, path, false));
         }
     }
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (_, path, is_dir) in sorted {
+        if is_dir {
+            walk(root, &path, each)?;
+            continue;
+        }
+        let rel = path.strip_prefix(root).unwrap_or(&path);
+        let key = rel
+            .components()
+            .filter_map(|c| c.as_os_str().to_str())
+            .collect::<Vec<_>>()
+            .join("/");
+        // A file removed between the directory read and now (a temporary file renamed or
+        // linked into place by a concurrent writer) is simply not listed.
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        each(ObjectMeta {
+            key,
+            size: meta.len(),
+            etag: Some(local_tag(&meta)),
+            version: None,
+        })
+        .map_err(WalkError::Caller)?;
+    }
     Ok(())
+}
+
+/// Why a walk stopped: the file system, or the caller.
+enum WalkError {
+    Io(io::Error),
+    Caller(StorageError),
+}
+
+impl From<io::Error> for WalkError {
+    fn from(e: io::Error) -> Self {
+        WalkError::Io(e)
+    }
 }
 
 /// A local file's content tag: modification time (ns) and size. A rewrite in place changes it.
@@ -377,19 +407,41 @@ fn local_tag(meta: &fs::Metadata) -> String {
 }
 
 fn list_dir(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut out = Vec::new();
+    walk_prefix(root, prefix, &mut |o| {
+        out.push(o);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The files whose keys start with `prefix`, handed to `each` in key order.
+fn walk_prefix(
+    root: &Path,
+    prefix: &str,
+    each: &mut dyn FnMut(ObjectMeta) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
     check_key(prefix)?;
     // Walk the deepest directory the prefix names, then filter on the full prefix.
     let dir_part = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
         None => "",
     };
-    let mut out = Vec::new();
-    walk(root, &root.join(dir_part), &mut out)
-        .map_err(|e| StorageError::io(format!("listing {}/{prefix}", root.display()), e))?;
-    out.retain(|o| o.key.starts_with(prefix));
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
+    let filtered = &mut |o: ObjectMeta| {
+        if o.key.starts_with(prefix) {
+            each(o)
+        } else {
+            Ok(())
+        }
+    };
+    walk(root, &root.join(dir_part), filtered).map_err(|e| match e {
+        WalkError::Io(e) => StorageError::io(format!("listing {}/{prefix}", root.display()), e),
+        WalkError::Caller(e) => e,
+    })
 }
+
+/// Objects a local listing hands over per page.
+const LOCAL_PAGE: usize = 1_000;
 
 /// An archive laid out in a local directory.
 #[derive(Debug, Clone)]
@@ -418,6 +470,25 @@ impl ObjectSource for LocalSource {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         list_dir(&self.root, prefix)
+    }
+
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut page = Vec::new();
+        walk_prefix(&self.root, prefix, &mut |o| {
+            page.push(o);
+            if page.len() >= LOCAL_PAGE {
+                each(std::mem::take(&mut page))?;
+            }
+            Ok(())
+        })?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        each(page)
     }
 
     fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
@@ -695,6 +766,68 @@ impl OutputStore for LocalOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local listing walks directories in key order ('-' and '.' sort before '/', a
+    /// directory's keys before a longer sibling's), and its pages, 1,000 objects each, are the
+    /// listing cut in order; an error from the caller stops the walk.
+    #[test]
+    fn local_listings_come_in_key_order_and_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut names = vec![
+            "h/a-b", "h/a/x", "h/a.c", "h/a/y/z", "h/ab", "h/a0", "h/a/y-", "g/x", "h0",
+        ];
+        let many: Vec<String> = (0..1_500).map(|i| format!("h/m/{i}")).collect();
+        names.extend(many.iter().map(String::as_str));
+        for name in &names {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, name).unwrap();
+        }
+        let source = LocalSource::new(dir.path()).unwrap();
+        let listed = source.list("h/").unwrap();
+        let mut expected: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.starts_with("h/"))
+            .collect();
+        expected.sort_unstable();
+        let keys: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, expected);
+        assert_eq!(
+            &keys[..7],
+            [
+                "h/a-b", "h/a.c", "h/a/x", "h/a/y-", "h/a/y/z", "h/a0", "h/ab"
+            ]
+        );
+
+        let mut pages = Vec::new();
+        source
+            .list_pages("h/", &mut |page| {
+                pages.push(page);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [1_000, 507]);
+        assert_eq!(pages.concat(), listed);
+
+        let err = source
+            .list_pages("h/", &mut |_| {
+                Err(StorageError::Unavailable {
+                    what: "the caller".into(),
+                    why: "stop here".into(),
+                })
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("stop here"), "{err}");
+        let mut none = 0;
+        source
+            .list_pages("nothing/", &mut |_| {
+                none += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(none, 0, "no page for an empty listing");
+    }
 
     #[test]
     fn keys_cannot_escape_the_root() {
