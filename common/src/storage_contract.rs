@@ -259,6 +259,38 @@ fn listing(b: &Backend<'_>) {
         "content tags listed"
     );
     assert!(b.source.list("nothing-here/").unwrap().is_empty());
+    // A paged listing is the same listing cut in order, in pages of at most 1,000 (a caller
+    // grouping a landing zone holds a page, not the whole listing).
+    let mut pages = Vec::new();
+    b.source
+        .list_pages("many/", &mut |page| {
+            pages.push(page);
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        pages.len() >= 2 && pages.iter().all(|p| !p.is_empty() && p.len() <= 1_000),
+        "pages of {:?} objects",
+        pages.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        pages.concat(),
+        listed,
+        "the pages are the listing, in order"
+    );
+    let mut calls = 0;
+    let err = b
+        .source
+        .list_pages("many/", &mut |_| {
+            calls += 1;
+            Err(StorageError::Unavailable {
+                what: "the caller".into(),
+                why: "stop here".into(),
+            })
+        })
+        .unwrap_err();
+    assert_eq!(calls, 1, "an error from the caller stops the listing");
+    assert!(err.to_string().contains("stop here"), "{err}");
     // Streaming reads return the exact bytes, whatever the read size.
     let body = pattern(3 * 1024 * 1024 + 11, 3);
     b.output.put("read/obj", &body).unwrap();

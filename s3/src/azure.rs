@@ -28,7 +28,7 @@ use rewind_common::storage::{
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::client::block_on;
+use crate::client::{LIST_PAGE, block_on, paged};
 use crate::source::{BodyReader, CHANNEL_CHUNKS};
 
 /// A container and prefix, as a source and as an output.
@@ -183,6 +183,21 @@ impl AzureStore {
     }
 
     fn listing(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut out = Vec::new();
+        self.listing_pages(prefix, &mut |page| {
+            out.extend(page);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The blobs under `prefix`, a page of up to [`LIST_PAGE`] at a time, in key order (Azure
+    /// lists blobs in lexicographic order).
+    fn listing_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         if !prefix.is_empty() {
             check_key(prefix.trim_end_matches('/'))?;
         }
@@ -190,25 +205,47 @@ impl AzureStore {
         let full = format!("{}{prefix}", self.prefix);
         let root = self.prefix.clone();
         let what = format!("listing {}", self.what(prefix));
-        self.block(async move {
-            let mut out = Vec::new();
-            let mut stream = store.list(dir.as_ref());
-            while let Some(item) = stream.next().await {
-                let m = item.map_err(|e| storage_error(&what, e))?;
-                let key = m.location.as_ref();
-                if !key.starts_with(&full) {
-                    continue;
+        let producer_what = what.clone();
+        paged(
+            &self.handle,
+            &what,
+            |tx| async move {
+                let what = producer_what;
+                let mut page = Vec::new();
+                let mut stream = store.list(dir.as_ref());
+                while let Some(item) = stream.next().await {
+                    let m = match item {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let _ = tx.send(Err(storage_error(&what, e))).await;
+                            return;
+                        }
+                    };
+                    let key = m.location.as_ref();
+                    if !key.starts_with(&full) {
+                        continue;
+                    }
+                    page.push(ObjectMeta {
+                        key: key[root.len()..].to_string(),
+                        size: m.size,
+                        etag: tag(m.e_tag),
+                        version: None,
+                    });
+                    if page.len() >= LIST_PAGE {
+                        page.sort_by(|a, b| a.key.cmp(&b.key));
+                        if tx.send(Ok(Some(std::mem::take(&mut page)))).await.is_err() {
+                            return;
+                        }
+                    }
                 }
-                out.push(ObjectMeta {
-                    key: key[root.len()..].to_string(),
-                    size: m.size,
-                    etag: tag(m.e_tag),
-                    version: None,
-                });
-            }
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
+                page.sort_by(|a, b| a.key.cmp(&b.key));
+                if !page.is_empty() && tx.send(Ok(Some(page))).await.is_err() {
+                    return;
+                }
+                let _ = tx.send(Ok(None)).await;
+            },
+            each,
+        )
     }
 }
 
@@ -219,6 +256,14 @@ impl ObjectSource for AzureStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.listing(prefix)
+    }
+
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.listing_pages(prefix, each)
     }
 
     fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {

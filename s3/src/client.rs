@@ -10,7 +10,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use rewind_common::location::{JobSide, S3Options};
-use rewind_common::storage::{IoStats, StorageError};
+use rewind_common::storage::{IoStats, ObjectMeta, StorageError};
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -198,6 +198,52 @@ pub(crate) fn block_on<T: Send + 'static>(
             why: "the runtime shut down before it finished".into(),
         })
     })
+}
+
+/// Objects a paged listing hands over at most per page (S3's page size).
+pub(crate) const LIST_PAGE: usize = 1_000;
+
+/// What a listing's producer sends: a page, or `None` when the listing is complete.
+pub(crate) type PageMsg = Result<Option<Vec<ObjectMeta>>, StorageError>;
+
+/// A listing produced on `handle` by `produce` (pages in key order, sent through the channel it
+/// is given, then `Ok(None)`), handed to `each` on this (blocking) thread as the pages arrive;
+/// at most one page waits. An error from `each` stops the producer (its next send fails); a
+/// producer that ends without saying the listing is complete is an error, never a short list.
+pub(crate) fn paged<Fut>(
+    handle: &tokio::runtime::Handle,
+    what: &str,
+    produce: impl FnOnce(tokio::sync::mpsc::Sender<PageMsg>) -> Fut,
+    each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+) -> Result<(), StorageError>
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let producer = handle.spawn(produce(tx));
+    let mut next = || match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| rx.blocking_recv())
+        }
+        _ => rx.blocking_recv(),
+    };
+    loop {
+        let page = match next() {
+            Some(Ok(Some(page))) => page,
+            Some(Ok(None)) => return Ok(()),
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(StorageError::Unavailable {
+                    what: what.to_string(),
+                    why: "the listing stopped before it was complete".into(),
+                });
+            }
+        };
+        if let Err(e) = each(page) {
+            producer.abort();
+            return Err(e);
+        }
+    }
 }
 
 /// A role's external id as given: a literal, or a reference (`env:NAME`, `file:PATH`) that this

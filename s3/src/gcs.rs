@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::client::block_on;
+use crate::client::{LIST_PAGE, block_on, paged};
 use crate::retry::{Failure, RetryPolicy};
 use crate::source::{BodyReader, CHANNEL_CHUNKS};
 
@@ -331,39 +331,75 @@ impl GcsStore {
     }
 
     fn listing(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut out = Vec::new();
+        self.listing_pages(prefix, &mut |page| {
+            out.extend(page);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The objects under `prefix`, a page of the JSON API (up to [`LIST_PAGE`]) at a time, in
+    /// key order (GCS lists names in lexicographic order).
+    fn listing_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         if !prefix.is_empty() {
             check_key(prefix.trim_end_matches('/'))?;
         }
         let me = self.clone();
         let full = format!("{}{prefix}", self.prefix);
         let what = format!("listing {}", self.what(prefix));
-        self.block(async move {
-            let mut out = Vec::new();
-            let mut page: Option<String> = None;
-            loop {
-                let mut url = format!(
-                    "{}/storage/v1/b/{}/o?prefix={}&fields=items(name,size,generation),nextPageToken",
-                    me.base,
-                    enc(&me.bucket),
-                    enc(&full)
-                );
-                if let Some(p) = &page {
-                    url.push_str(&format!("&pageToken={}", enc(p)));
-                }
-                let v = me.call_json(&what, |http| http.get(&url)).await?;
-                for item in v["items"].as_array().into_iter().flatten() {
-                    if let Some(m) = meta_of(item, &me.prefix) {
-                        out.push(m);
+        let producer_what = what.clone();
+        paged(
+            &self.handle,
+            &what,
+            |tx| async move {
+                let what = producer_what;
+                let mut page: Option<String> = None;
+                loop {
+                    let mut url = format!(
+                        "{}/storage/v1/b/{}/o?prefix={}&maxResults={LIST_PAGE}\
+                         &fields=items(name,size,generation),nextPageToken",
+                        me.base,
+                        enc(&me.bucket),
+                        enc(&full)
+                    );
+                    if let Some(p) = &page {
+                        url.push_str(&format!("&pageToken={}", enc(p)));
+                    }
+                    let v = match me.call_json(&what, |http| http.get(&url)).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let mut out: Vec<ObjectMeta> = v["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|item| meta_of(item, &me.prefix))
+                        .collect();
+                    out.sort_by(|a, b| a.key.cmp(&b.key));
+                    while !out.is_empty() {
+                        let rest = out.split_off(out.len().min(LIST_PAGE));
+                        if tx.send(Ok(Some(out))).await.is_err() {
+                            return;
+                        }
+                        out = rest;
+                    }
+                    match v["nextPageToken"].as_str() {
+                        Some(t) if !t.is_empty() => page = Some(t.to_string()),
+                        _ => break,
                     }
                 }
-                match v["nextPageToken"].as_str() {
-                    Some(t) if !t.is_empty() => page = Some(t.to_string()),
-                    _ => break,
-                }
-            }
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
+                let _ = tx.send(Ok(None)).await;
+            },
+            each,
+        )
     }
 
     /// Starts a resumable upload at `url`; its session URI.
@@ -434,6 +470,14 @@ impl ObjectSource for GcsStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         self.listing(prefix)
+    }
+
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.listing_pages(prefix, each)
     }
 
     fn open(&self, meta: &ObjectMeta) -> Result<Box<dyn Read + Send>, StorageError> {
