@@ -113,6 +113,21 @@ impl StorageError {
     }
 }
 
+/// A paged listing (`list`: a source's `list_pages`, given where to hand each page) gathered
+/// whole, for `list` where pages are the primitive.
+pub fn all_pages(
+    list: impl FnOnce(
+        &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>,
+) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut out = Vec::new();
+    list(&mut |page| {
+        out.extend(page);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Where archived objects are read from.
 pub trait ObjectSource: Send + Sync {
     /// A human description for messages, e.g. `dir /data/archive`.

@@ -23,7 +23,8 @@ use object_store::{
     PutPayload,
 };
 use rewind_common::storage::{
-    IoStats, ObjectMeta, ObjectSource, OutputFile, OutputStore, StorageError, Written, check_key,
+    IoStats, ObjectMeta, ObjectSource, OutputFile, OutputStore, StorageError, Written, all_pages,
+    check_key,
 };
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -183,12 +184,7 @@ impl AzureStore {
     }
 
     fn listing(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut out = Vec::new();
-        self.listing_pages(prefix, &mut |page| {
-            out.extend(page);
-            Ok(())
-        })?;
-        Ok(out)
+        all_pages(|each| self.listing_pages(prefix, each))
     }
 
     /// The blobs under `prefix`, a page of up to [`LIST_PAGE`] at a time, in key order (Azure

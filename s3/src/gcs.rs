@@ -22,7 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::gcp::{GcpCredentialProvider, GoogleCloudStorageBuilder};
 use rewind_common::storage::{
-    IoStats, ObjectMeta, ObjectSource, OutputFile, OutputStore, StorageError, Written, check_key,
+    IoStats, ObjectMeta, ObjectSource, OutputFile, OutputStore, StorageError, Written, all_pages,
+    check_key,
 };
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -331,12 +332,7 @@ impl GcsStore {
     }
 
     fn listing(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut out = Vec::new();
-        self.listing_pages(prefix, &mut |page| {
-            out.extend(page);
-            Ok(())
-        })?;
-        Ok(out)
+        all_pages(|each| self.listing_pages(prefix, each))
     }
 
     /// The objects under `prefix`, a page of the JSON API (up to [`LIST_PAGE`]) at a time, in
