@@ -183,21 +183,24 @@ pub(crate) fn block_on<T: Send + 'static>(
     handle.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    // Callers should be on blocking threads; on a multi-thread runtime's worker, hand the
-    // worker's other tasks off first instead of stalling them (or deadlocking).
-    let wait = || rx.recv();
-    let got = match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
-    };
-    got.unwrap_or_else(|_| {
+    wait_here(|| rx.recv()).unwrap_or_else(|_| {
         Err(StorageError::Unavailable {
             what: "a storage request".into(),
             why: "the runtime shut down before it finished".into(),
         })
     })
+}
+
+/// Runs `wait` (a blocking wait for the runtime's work) on this thread. Callers should be on
+/// blocking threads; on a multi-thread runtime's worker, the worker's other tasks are handed off
+/// first instead of being stalled (or deadlocking).
+fn wait_here<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
 }
 
 /// Objects a paged listing hands over at most per page (S3's page size).
@@ -221,14 +224,8 @@ where
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let producer = handle.spawn(produce(tx));
-    let mut next = || match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| rx.blocking_recv())
-        }
-        _ => rx.blocking_recv(),
-    };
     loop {
-        let page = match next() {
+        let page = match wait_here(|| rx.blocking_recv()) {
             Some(Ok(Some(page))) => page,
             Some(Ok(None)) => return Ok(()),
             Some(Err(e)) => return Err(e),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use rewind_common::storage::{IoStats, ObjectMeta, ObjectSource, StorageError, check_key};
+use rewind_common::storage::{
+    IoStats, ObjectMeta, ObjectSource, StorageError, all_pages, check_key,
+};
 use tokio::sync::mpsc;
 
 use crate::client::S3Client;
@@ -90,28 +92,7 @@ impl ObjectSource for S3Source {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        check_key(prefix)?;
-        let (client, bucket, root) = (
-            self.client.clone(),
-            self.bucket.clone(),
-            self.prefix.clone(),
-        );
-        let full = format!("{root}{prefix}");
-        let what = self.what(prefix);
-        let versioned = self.versioned;
-        self.client.block(async move {
-            let what = &format!("listing {what}");
-            let mut out = if versioned {
-                list_versions(&client, &bucket, &full, what).await?
-            } else {
-                list_objects(&client, &bucket, &full, what, true).await?
-            };
-            for o in &mut out {
-                o.key = o.key[root.len()..].to_string();
-            }
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
+        all_pages(|each| self.list_pages(prefix, each))
     }
 
     fn list_pages(
@@ -347,21 +328,6 @@ fn latest_versions(
                 .map(str::to_string),
         })
     })
-}
-
-/// In a versioned bucket: the latest version of each key (delete markers hide a key).
-async fn list_versions(
-    client: &S3Client,
-    bucket: &str,
-    prefix: &str,
-    what: &str,
-) -> Result<Vec<ObjectMeta>, StorageError> {
-    let mut out = Vec::new();
-    version_pages(client, bucket, prefix, what, |page| {
-        out.extend(latest_versions(page));
-    })
-    .await?;
-    Ok(out)
 }
 
 /// One object's bytes, as `Some(chunk)` messages ending with `None`, or an error.
