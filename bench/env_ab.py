@@ -5,6 +5,8 @@ one run (compare the ratio: shared machines).
     python3 bench/env_ab.py MALLOC_ARENA_MAX=16   # B = glibc's default arenas on 2 cores (A: the
                                                   # binary's own, one per four cores)
     BENCH_PROFILE=easy BENCH_HOURS=2 python3 bench/env_ab.py REWIND_PARALLEL_OBJECTS=0
+    BENCH_B_BIN=/tmp/rewind-new python3 bench/env_ab.py   # B = another build (A: REWIND_BIN or
+                                                          # target/release/rewind)
 
 Input: `rewind gen` of BENCH_HOURS (default 4) hours x 12 objects x 5 MB of BENCH_PROFILE
 (default hard), generated once into bench/out. Prints the medians of BENCH_ROUNDS (default 5)
@@ -21,8 +23,9 @@ BIN = os.environ.get("REWIND_BIN", os.path.join(ROOT, "target", "release", "rewi
 
 
 def main():
-    if len(sys.argv) < 2 or any("=" not in a for a in sys.argv[1:]):
-        sys.exit("usage: env_ab.py NAME=VALUE...  (the B side's settings)")
+    b_bin = os.environ.get("BENCH_B_BIN")
+    if (len(sys.argv) < 2 and not b_bin) or any("=" not in a for a in sys.argv[1:]):
+        sys.exit("usage: [BENCH_B_BIN=build] env_ab.py NAME=VALUE...  (the B side's settings)")
     b_env = dict(a.split("=", 1) for a in sys.argv[1:])
     profile = os.environ.get("BENCH_PROFILE", "hard")
     hours = int(os.environ.get("BENCH_HOURS", "4"))
@@ -46,15 +49,16 @@ def main():
             env = {k: v for k, v in os.environ.items() if k not in b_env}
             if side == "B":
                 env.update(b_env)
+            binary = b_bin if side == "B" and b_bin else BIN
             cpu, wall, rss, out = measured(
-                [BIN, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
+                [binary, "run", "--source", src, "--org", "TN-bench", "--start", "2024-04-01T00",
                  "--end", end, "--dest", dest, "--json", "--workers", "2"], env)
             counts.add(json.loads(out)["recovered"])
             results[side].append((wall, cpu, rss))
     if len(counts) != 1:
         sys.exit(f"A and B recovered different counts: {counts}")
     print(f"{hours} hours, {size / 1e6:.0f} MB ({profile} profile), {rounds} rounds; "
-          f"B = {' '.join(sys.argv[1:])}")
+          f"B = {' '.join(([b_bin] if b_bin else []) + sys.argv[1:])}")
     med = {}
     for side, rs in results.items():
         wall = statistics.median(r[0] for r in rs)

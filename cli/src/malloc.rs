@@ -1,4 +1,7 @@
-//! How many heaps (arenas) glibc's allocator keeps.
+//! How glibc's allocator is set up: how many heaps (arenas) it keeps, and from which size it
+//! maps a block on its own.
+//!
+//! Arenas.
 //!
 //! glibc gives a new thread its own arena, up to eight per core, and an arena keeps what its
 //! threads freed: a shard attempt's batches, pages and read buffers are tens of megabytes, and
@@ -8,35 +11,61 @@
 //! again and again (page faults were ~13% of the CPU). One arena per four cores keeps one pool
 //! that every shard reuses: 157 MB, 14% less CPU (`docs/performance.md`, "Arenas").
 //!
-//! The number can only be set before the allocator starts, and setting it from the program
-//! needs `mallopt` (`unsafe`, which this workspace forbids), so the binary starts itself again
-//! once, same process id, with `MALLOC_ARENA_MAX` in its environment. An operator's own
-//! `MALLOC_ARENA_MAX` is left as it is (and is how to opt out).
+//! glibc also maps every block above its mmap threshold (128 KiB at start) freshly from the
+//! kernel and unmaps it when freed, raising the threshold only as such blocks are freed, up to
+//! 32 MiB, with the trim threshold at twice it. A shard's batches hold up to 32 MiB of event text,
+//! so a run spent its first batches faulting in fresh pages for every batch and page buffer.
+//! Starting in that steady state (mmap threshold 32 MiB, trim threshold 64 MiB) cost 10-11% less
+//! CPU on a 4-hour run and ~5 MB of peak RSS (47 MB with 16 MiB events: 235 MB, under the 256 MB
+//! target); a threshold of 16 MiB bought nothing (`docs/performance.md`, "Allocation churn").
+//!
+//! These can only be set before the allocator starts, and setting them from the program needs
+//! `mallopt` (`unsafe`, which this workspace forbids), so the binary starts itself again once,
+//! same process id, with the variables in its environment. A variable an operator set is left as
+//! it is (and is how to opt out, or to choose another value).
 
-/// The variable glibc reads.
+/// The arena count glibc reads.
 pub const ARENA_VAR: &str = "MALLOC_ARENA_MAX";
+/// The size from which glibc maps a block on its own.
+pub const MMAP_THRESHOLD_VAR: &str = "MALLOC_MMAP_THRESHOLD_";
+/// How much free memory at the top of the heap glibc keeps before returning it.
+pub const TRIM_THRESHOLD_VAR: &str = "MALLOC_TRIM_THRESHOLD_";
 
 /// Arenas for a machine of `cores`: one per four cores, at least one.
 pub fn arenas_for(cores: usize) -> usize {
     cores.div_ceil(4).max(1)
 }
 
-/// Replaces this process with the same program, arguments and environment plus
-/// `MALLOC_ARENA_MAX`, unless it is set already (by an operator, or by this very step). Returns
-/// only when that did not happen: not glibc, the variable already set, or the program could not
-/// be started again (then the process goes on with glibc's defaults — slower, not wrong).
-/// Call it first in `main`, before any thread starts.
-pub fn limit_arenas() {
+/// The settings the binary runs with on a machine of `cores`, before an operator's own.
+pub fn settings(cores: usize) -> [(&'static str, String); 3] {
+    [
+        (ARENA_VAR, arenas_for(cores).to_string()),
+        // glibc's own ceiling for its adaptive threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit).
+        (MMAP_THRESHOLD_VAR, (32usize << 20).to_string()),
+        (TRIM_THRESHOLD_VAR, (64usize << 20).to_string()),
+    ]
+}
+
+/// Replaces this process with the same program, arguments and environment plus the
+/// allocator [`settings`] the environment does not set already (by an operator, or by this very
+/// step). Returns only when that did not happen: not glibc, every variable already set, or the
+/// program could not be started again (then the process goes on with glibc's defaults — slower,
+/// not wrong). Call it first in `main`, before any thread starts.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if std::env::var_os(ARENA_VAR).is_some() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let missing: Vec<_> = settings(cores)
+            .into_iter()
+            .filter(|(var, _)| std::env::var_os(var).is_none())
+            .collect();
+        if missing.is_empty() {
             return;
         }
         let Ok(exe) = std::env::current_exe() else {
             return;
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut args = std::env::args_os();
         let argv0 = args.next();
         let mut cmd = std::process::Command::new(exe);
@@ -45,10 +74,7 @@ pub fn limit_arenas() {
         }
         // `exec` returns only on failure (a binary replaced or deleted under a running job's
         // feet, say): carry on as we are.
-        let _ = cmd
-            .args(args)
-            .env(ARENA_VAR, arenas_for(cores).to_string())
-            .exec();
+        let _ = cmd.args(args).envs(missing).exec();
     }
 }
 
@@ -64,5 +90,12 @@ mod tests {
         assert_eq!(arenas_for(4), 1);
         assert_eq!(arenas_for(5), 2);
         assert_eq!(arenas_for(16), 4);
+    }
+
+    #[test]
+    fn thresholds_are_glibcs_own_ceiling_and_trim_twice_it() {
+        let s = settings(2);
+        assert_eq!(s[1], (MMAP_THRESHOLD_VAR, "33554432".to_string()));
+        assert_eq!(s[2], (TRIM_THRESHOLD_VAR, "67108864".to_string()));
     }
 }

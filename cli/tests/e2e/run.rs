@@ -1135,25 +1135,29 @@ fn parallel_objects_write_what_one_at_a_time_writes() {
     assert_eq!(fa, fb, "the same failed records, in the same order");
 }
 
-/// The binary starts itself again once with `MALLOC_ARENA_MAX` set (one glibc arena per four
-/// cores: `cli/src/malloc.rs`), same process, same arguments, unless the environment sets it.
+/// The binary starts itself again once with glibc's allocator settings (one arena per four
+/// cores, mmap threshold 32 MiB, trim threshold 64 MiB: `cli/src/malloc.rs`), same process, same
+/// arguments; a variable the environment sets is left as it is.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
-fn the_binary_limits_glibc_arenas_once_and_keeps_an_operators_choice() {
+fn the_binary_tunes_glibcs_allocator_once_and_keeps_an_operators_choice() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
+    const VARS: [&str; 3] = [
+        "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+    ];
     // A worker whose etcd never answers: it retries (and says so on stderr) until killed.
     let args = ["worker", "--etcd", "http://127.0.0.1:9", "--slots", "1"];
-    let environ_of = |operator: Option<&str>| {
+    let environ_of = |operator: &[(&str, &str)]| {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env_remove("MALLOC_ARENA_MAX")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(v) = operator {
-            cmd.env("MALLOC_ARENA_MAX", v);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        for var in VARS {
+            cmd.env_remove(var);
         }
+        cmd.envs(operator.iter().copied());
         let mut child = cmd.spawn().unwrap();
         // Its first line is written by `main` past the point where it would start again.
         let mut line = String::new();
@@ -1166,11 +1170,12 @@ fn the_binary_limits_glibc_arenas_once_and_keeps_an_operators_choice() {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        let vars: Vec<String> = environ
+        let mut vars: Vec<String> = environ
             .split(|b| *b == 0)
             .map(|v| String::from_utf8_lossy(v).into_owned())
-            .filter(|v| v.starts_with("MALLOC_ARENA_MAX="))
+            .filter(|v| VARS.iter().any(|var| v.starts_with(&format!("{var}="))))
             .collect();
+        vars.sort();
         let argv: Vec<String> = cmdline
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
@@ -1180,16 +1185,46 @@ fn the_binary_limits_glibc_arenas_once_and_keeps_an_operators_choice() {
     };
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (vars, argv) = environ_of(None);
-    assert_eq!(vars, [format!("MALLOC_ARENA_MAX={}", cores.div_ceil(4))]);
+    let (vars, argv) = environ_of(&[]);
+    assert_eq!(
+        vars,
+        [
+            format!("MALLOC_ARENA_MAX={}", cores.div_ceil(4)),
+            "MALLOC_MMAP_THRESHOLD_=33554432".to_string(),
+            "MALLOC_TRIM_THRESHOLD_=67108864".to_string(),
+        ]
+    );
     assert_eq!(argv[0], BIN, "argv[0] is kept");
     assert_eq!(argv[1..], args, "the arguments are kept");
 
-    let (vars, argv) = environ_of(Some("3"));
+    // An operator's settings are left alone; the others are still filled in.
+    let (vars, argv) = environ_of(&[
+        ("MALLOC_ARENA_MAX", "3"),
+        ("MALLOC_MMAP_THRESHOLD_", "131072"),
+    ]);
     assert_eq!(
         vars,
-        ["MALLOC_ARENA_MAX=3"],
-        "an operator's setting is left alone"
+        [
+            "MALLOC_ARENA_MAX=3",
+            "MALLOC_MMAP_THRESHOLD_=131072",
+            "MALLOC_TRIM_THRESHOLD_=67108864"
+        ],
     );
     assert_eq!(argv[1..], args);
+
+    // All three set: each is kept as it is.
+    let all = [
+        ("MALLOC_ARENA_MAX", "2"),
+        ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+        ("MALLOC_TRIM_THRESHOLD_", "2097152"),
+    ];
+    let (vars, _) = environ_of(&all);
+    assert_eq!(
+        vars,
+        [
+            "MALLOC_ARENA_MAX=2",
+            "MALLOC_MMAP_THRESHOLD_=1048576",
+            "MALLOC_TRIM_THRESHOLD_=2097152"
+        ]
+    );
 }
