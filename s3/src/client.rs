@@ -257,6 +257,144 @@ pub fn external_id_value(given: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    fn page(keys: &[&str]) -> Vec<ObjectMeta> {
+        keys.iter()
+            .map(|k| ObjectMeta {
+                key: k.to_string(),
+                size: 1,
+                etag: None,
+                version: None,
+            })
+            .collect()
+    }
+
+    /// What `paged` handed over, and how it ended.
+    fn collect<Fut>(
+        produce: impl FnOnce(tokio::sync::mpsc::Sender<PageMsg>) -> Fut,
+    ) -> (Vec<String>, Result<(), StorageError>)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut got = Vec::new();
+        let end = paged(rt.handle(), "listing test/", produce, &mut |p| {
+            got.extend(p.into_iter().map(|o| o.key));
+            Ok(())
+        });
+        (got, end)
+    }
+
+    #[test]
+    fn a_complete_listing_hands_over_every_page_in_order() {
+        let (got, end) = collect(|tx| async move {
+            for p in [page(&["a", "b"]), page(&["c"])] {
+                tx.send(Ok(Some(p))).await.unwrap();
+            }
+            tx.send(Ok(None)).await.unwrap();
+        });
+        end.unwrap();
+        assert_eq!(got, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_producer_that_panics_or_stops_early_is_an_error_not_a_short_list() {
+        // A panic in the middle of the listing (the task's sender is dropped as it unwinds).
+        let (got, end) = collect(|tx| async move {
+            tx.send(Ok(Some(page(&["a", "b"])))).await.unwrap();
+            panic!("a listing producer failed mid-way");
+        });
+        assert_eq!(
+            got,
+            ["a", "b"],
+            "the pages before the panic were handed over"
+        );
+        let err = end.unwrap_err().to_string();
+        assert!(err.contains("stopped before it was complete"), "{err}");
+        assert!(err.contains("listing test/"), "{err}");
+
+        // A producer that returns without saying the listing is complete.
+        let (got, end) = collect(|tx| async move {
+            tx.send(Ok(Some(page(&["a"])))).await.unwrap();
+        });
+        assert_eq!(got, ["a"]);
+        assert!(end.is_err());
+
+        // A store's error is the listing's error.
+        let (_, end) = collect(|tx| async move {
+            tx.send(Ok(Some(page(&["a"])))).await.unwrap();
+            let _ = tx
+                .send(Err(StorageError::Unavailable {
+                    what: "s3://b/p".into(),
+                    why: "503 SlowDown".into(),
+                }))
+                .await;
+        });
+        assert!(end.unwrap_err().to_string().contains("503 SlowDown"));
+    }
+
+    #[test]
+    fn a_callers_error_stops_the_producer() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        /// Set when the producer's future is dropped: finished or cancelled.
+        struct Ended(Arc<AtomicBool>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let sent = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicBool::new(false));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (counter, flag) = (sent.clone(), ended.clone());
+        let mut pages = 0;
+        let end = paged(
+            rt.handle(),
+            "listing test/",
+            move |tx| async move {
+                let _ended = Ended(flag);
+                for i in 0..1_000 {
+                    if tx.send(Ok(Some(page(&["k"])))).await.is_err() {
+                        return;
+                    }
+                    counter.store(i + 1, Ordering::SeqCst);
+                }
+                let _ = tx.send(Ok(None)).await;
+            },
+            &mut |_| {
+                pages += 1;
+                if pages == 2 {
+                    return Err(StorageError::Unavailable {
+                        what: "the caller".into(),
+                        why: "stops here".into(),
+                    });
+                }
+                Ok(())
+            },
+        );
+        assert!(end.unwrap_err().to_string().contains("stops here"));
+        // The runtime lives on: the producer ends because of the caller's error, not a shutdown.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ended.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ended.load(Ordering::SeqCst), "the producer still runs");
+        // One page may wait in the channel and one be on its way when the caller stops.
+        assert!(
+            sent.load(Ordering::SeqCst) <= 4,
+            "{} pages",
+            sent.load(Ordering::SeqCst)
+        );
+        drop(rt);
+    }
+
     #[test]
     fn external_ids_are_literals_or_resolved_references() {
         assert_eq!(external_id_value("ext-7731").unwrap(), "ext-7731");
