@@ -4,7 +4,6 @@
 
 pub mod args;
 pub mod config;
-pub mod malloc;
 mod ops;
 mod security;
 mod telemetry;

@@ -624,7 +624,7 @@ fn config_command(c: ConfigCommand, file: Option<PathBuf>) -> Result<(), Failure
 }
 
 fn main() -> ExitCode {
-    rewind_cli::malloc::tune_allocator();
+    rewind_common::malloc::tune_allocator();
     rewind_cli::init_crypto();
     // The services parse their own command lines (layered with their config sections), so they
     // are dispatched before the CLI's parser sees the arguments.

@@ -9,6 +9,7 @@ pub mod job;
 pub mod layout;
 pub mod lifecycle;
 pub mod location;
+pub mod malloc;
 pub mod output;
 pub mod partition;
 pub mod range;

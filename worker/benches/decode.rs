@@ -36,6 +36,8 @@ fn measure(name: &str, bytes: usize, reps: usize, mut f: impl FnMut() -> u64) ->
 }
 
 fn main() {
+    // The allocator settings the `rewind` binary runs with (glibc arenas and thresholds).
+    rewind_common::malloc::tune_allocator();
     let mb: usize = std::env::var("REWIND_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -131,6 +131,8 @@ fn best_of(data: &[u8], a: impl Fn() -> Tally, b: impl Fn() -> Tally) -> [(f64, 
 }
 
 fn main() {
+    // The allocator settings the `rewind` binary runs with (glibc arenas and thresholds).
+    rewind_common::malloc::tune_allocator();
     let mb: usize = std::env::var("REWIND_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -224,6 +224,8 @@ fn h<'a>(key: &'a str, value: &'a [u8]) -> Header<'a, &'a [u8]> {
 }
 
 fn main() {
+    // The allocator settings the `rewind` binary runs with (glibc arenas and thresholds).
+    rewind_common::malloc::tune_allocator();
     let mb: usize = std::env::var("REWIND_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1136,7 +1136,7 @@ fn parallel_objects_write_what_one_at_a_time_writes() {
 }
 
 /// The binary starts itself again once with glibc's allocator settings (one arena per four
-/// cores, mmap threshold 32 MiB, trim threshold 64 MiB: `cli/src/malloc.rs`), same process, same
+/// cores, mmap threshold 32 MiB, trim threshold 64 MiB: `common/src/malloc.rs`), same process, same
 /// arguments; a variable the environment sets is left as it is.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
