@@ -1,23 +1,22 @@
 //! How glibc's allocator is set up: how many heaps (arenas) it keeps, and from which size it
 //! maps a block on its own.
 //!
-//! Arenas.
-//!
 //! glibc gives a new thread its own arena, up to eight per core, and an arena keeps what its
 //! threads freed: a shard attempt's batches, pages and read buffers are tens of megabytes, and
 //! helper threads come and go, so over a long job every arena ends up holding a shard's worth
 //! of freed memory. `rewind run --workers 2` over 12 hours of 5 MB objects peaked at 400-460 MB
 //! that way (4 hours: 170-200 MB), and the memory freshly taken by each arena was faulted in
 //! again and again (page faults were ~13% of the CPU). One arena per four cores keeps one pool
-//! that every shard reuses: 157 MB, 14% less CPU (`docs/performance.md`, "Arenas").
+//! that every shard reuses: 157 MB, 14% less CPU (`docs/performance.md`, "glibc arenas").
 //!
 //! glibc also maps every block above its mmap threshold (128 KiB at start) freshly from the
 //! kernel and unmaps it when freed, raising the threshold only as such blocks are freed, up to
 //! 32 MiB, with the trim threshold at twice it. A shard's batches hold up to 32 MiB of event text,
 //! so a run spent its first batches faulting in fresh pages for every batch and page buffer.
-//! Starting in that steady state (mmap threshold 32 MiB, trim threshold 64 MiB) cost 10-11% less
-//! CPU on a 4-hour run and ~5 MB of peak RSS (47 MB with 16 MiB events: 235 MB, under the 256 MB
-//! target); a threshold of 16 MiB bought nothing (`docs/performance.md`, "Allocation churn").
+//! Starting in that steady state (mmap threshold 32 MiB, trim threshold 64 MiB) cost 7% (hard
+//! profile) to 11% (easy) less CPU on a 4-hour run, peak RSS unchanged there and 203-235 MB with
+//! 16 MiB events (188 before; the target is 256); a threshold of 16 MiB bought nothing
+//! (`docs/performance.md`, "The thresholds again, with one arena").
 //!
 //! These can only be set before the allocator starts, and setting them from the program needs
 //! `mallopt` (`unsafe`, which this workspace forbids), so the binary starts itself again once,
