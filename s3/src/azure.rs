@@ -210,13 +210,7 @@ impl AzureStore {
                 let mut page = Vec::new();
                 let mut stream = store.list(dir.as_ref());
                 while let Some(item) = stream.next().await {
-                    let m = match item {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let _ = tx.send(Err(storage_error(&what, e))).await;
-                            return;
-                        }
-                    };
+                    let m = item.map_err(|e| storage_error(&what, e))?;
                     let key = m.location.as_ref();
                     if !key.starts_with(&full) {
                         continue;
@@ -230,15 +224,16 @@ impl AzureStore {
                     if page.len() >= LIST_PAGE {
                         page.sort_by(|a, b| a.key.cmp(&b.key));
                         if tx.send(Ok(Some(std::mem::take(&mut page)))).await.is_err() {
-                            return;
+                            return Ok(());
                         }
                     }
                 }
                 page.sort_by(|a, b| a.key.cmp(&b.key));
                 if !page.is_empty() && tx.send(Ok(Some(page))).await.is_err() {
-                    return;
+                    return Ok(());
                 }
                 let _ = tx.send(Ok(None)).await;
+                Ok(())
             },
             each,
         )

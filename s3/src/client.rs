@@ -211,8 +211,9 @@ pub(crate) type PageMsg = Result<Option<Vec<ObjectMeta>>, StorageError>;
 
 /// A listing produced on `handle` by `produce` (pages in key order, sent through the channel it
 /// is given, then `Ok(None)`), handed to `each` on this (blocking) thread as the pages arrive;
-/// at most one page waits. An error from `each` stops the producer (its next send fails); a
-/// producer that ends without saying the listing is complete is an error, never a short list.
+/// at most one page waits. An error the producer returns is the listing's error; an error from
+/// `each` stops the producer (its next send fails); a producer that ends without saying the
+/// listing is complete is an error, never a short list.
 pub(crate) fn paged<Fut>(
     handle: &tokio::runtime::Handle,
     what: &str,
@@ -220,10 +221,15 @@ pub(crate) fn paged<Fut>(
     each: &mut dyn FnMut(Vec<ObjectMeta>) -> Result<(), StorageError>,
 ) -> Result<(), StorageError>
 where
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = Result<(), StorageError>> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let producer = handle.spawn(produce(tx));
+    let listing = produce(tx.clone());
+    let producer = handle.spawn(async move {
+        if let Err(e) = listing.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
     loop {
         let page = match wait_here(|| rx.blocking_recv()) {
             Some(Ok(Some(page))) => page,
@@ -273,7 +279,7 @@ mod tests {
         produce: impl FnOnce(tokio::sync::mpsc::Sender<PageMsg>) -> Fut,
     ) -> (Vec<String>, Result<(), StorageError>)
     where
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Result<(), StorageError>> + Send + 'static,
     {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -295,6 +301,7 @@ mod tests {
                 tx.send(Ok(Some(p))).await.unwrap();
             }
             tx.send(Ok(None)).await.unwrap();
+            Ok(())
         });
         end.unwrap();
         assert_eq!(got, ["a", "b", "c"]);
@@ -319,19 +326,18 @@ mod tests {
         // A producer that returns without saying the listing is complete.
         let (got, end) = collect(|tx| async move {
             tx.send(Ok(Some(page(&["a"])))).await.unwrap();
+            Ok(())
         });
         assert_eq!(got, ["a"]);
         assert!(end.is_err());
 
-        // A store's error is the listing's error.
+        // A store's error, returned by the producer, is the listing's error.
         let (_, end) = collect(|tx| async move {
             tx.send(Ok(Some(page(&["a"])))).await.unwrap();
-            let _ = tx
-                .send(Err(StorageError::Unavailable {
-                    what: "s3://b/p".into(),
-                    why: "503 SlowDown".into(),
-                }))
-                .await;
+            Err(StorageError::Unavailable {
+                what: "s3://b/p".into(),
+                why: "503 SlowDown".into(),
+            })
         });
         assert!(end.unwrap_err().to_string().contains("503 SlowDown"));
     }
@@ -362,11 +368,12 @@ mod tests {
                 let _ended = Ended(flag);
                 for i in 0..1_000 {
                     if tx.send(Ok(Some(page(&["k"])))).await.is_err() {
-                        return;
+                        return Ok(());
                     }
                     counter.store(i + 1, Ordering::SeqCst);
                 }
                 let _ = tx.send(Ok(None)).await;
+                Ok(())
             },
             &mut |_| {
                 pages += 1;

@@ -366,13 +366,7 @@ impl GcsStore {
                     if let Some(p) = &page {
                         url.push_str(&format!("&pageToken={}", enc(p)));
                     }
-                    let v = match me.call_json(&what, |http| http.get(&url)).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    };
+                    let v = me.call_json(&what, |http| http.get(&url)).await?;
                     let mut out: Vec<ObjectMeta> = v["items"]
                         .as_array()
                         .into_iter()
@@ -383,7 +377,7 @@ impl GcsStore {
                     while !out.is_empty() {
                         let rest = out.split_off(out.len().min(LIST_PAGE));
                         if tx.send(Ok(Some(out))).await.is_err() {
-                            return;
+                            return Ok(());
                         }
                         out = rest;
                     }
@@ -393,6 +387,7 @@ impl GcsStore {
                     }
                 }
                 let _ = tx.send(Ok(None)).await;
+                Ok(())
             },
             each,
         )

@@ -284,7 +284,7 @@ async fn version_page(
 ) -> Result<
     (
         aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput,
-        Option<(Option<String>, Option<String>)>,
+        VersionMarkers,
     ),
     StorageError,
 > {
